@@ -1,0 +1,263 @@
+"""Hook wiring shared by decoder-only transformers: a map from canonical parts to HF modules.
+
+A concrete adapter names its modules in a :class:`Layout` and states its quirks (weight layouts,
+norm kind, gated or parallel MLP); :class:`DecoderAdapter` turns that into torch hooks that call
+the active :class:`~tdb_core.hooks.HookContext`. Where each site is read:
+
+    hook_embed / hook_pos_embed   output of the embedding modules
+    hook_resid_pre                input of the block
+    ln1.* / ln2.*                 output of the pre-norms (hook_scale derived from their input)
+    attn.hook_q .. hook_z         inside the "tdb" attention function
+    attn.hook_result              derived from the output projection's input, z @ W_O per head
+    hook_attn_out                 output of the module whose result joins the residual
+    hook_resid_mid                input of ln2; edits are applied by adjusting hook_attn_out so
+                                  that resid_pre + attn_out equals the edited value
+    mlp.hook_pre / hook_pre_linear   outputs of the gate (or in) / up projections
+    mlp.hook_post                 input of the down (out) projection
+    hook_mlp_out                  output of the module whose result joins the residual
+    hook_resid_post               output of the block
+    ln_final.*, logits            final norm output, unembedding output
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from tdb_core.adapter import Adapter, Norm
+from tdb_core.hooks import HookContext, register_attention_layers
+from tdb_core.schema import SITE_KIND_BY_KEY, ModelDims, ModelSchema
+
+
+@dataclass(frozen=True)
+class Layout:
+    """HF module paths of the canonical parts. Block-relative paths start at a block."""
+
+    embed: str
+    blocks: str
+    ln1: str
+    attn: str
+    o_proj: str
+    mlp: str
+    mlp_in: str
+    mlp_out: str
+    ln_final: str
+    unembed: str
+    pos_embed: str | None = None
+    ln2: str | None = None
+    mlp_up: str | None = None  # gated MLPs: the up projection (mlp_in is then the gate)
+    attn_out: str | None = None  # module whose output joins the residual (default: attn)
+    mlp_out_module: str | None = None  # module whose output joins the residual (default: mlp)
+
+
+def _get(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    return root.get_submodule(path)
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _replace_first(out: Any, x: torch.Tensor) -> Any:
+    return (x, *out[1:]) if isinstance(out, tuple) else x
+
+
+_BASE_KINDS = (
+    "hook_embed", "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q",
+    "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
+    "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale",
+    "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post",
+    "hook_mlp_out", "hook_resid_post", "ln_final.hook_scale", "ln_final.hook_normalized", "logits",
+)
+
+
+class DecoderAdapter(Adapter):
+    """Generic wiring for decoder-only models described by a :class:`Layout`."""
+
+    layout: Layout
+    norm_kind: str = "layernorm"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__(model)
+        self._blocks: list[torch.nn.Module] = list(_get(model, self.layout.blocks))
+        register_attention_layers([_get(b, self.layout.attn) for b in self._blocks])
+
+    # -- schema ------------------------------------------------------------------------------------
+    @cached_property
+    def dims(self) -> ModelDims:
+        return self.read_dims(self.model.config)
+
+    def read_dims(self, config: Any) -> ModelDims:
+        """Sizes from the HF config; adapters override for configs with other field names."""
+        n_heads = config.num_attention_heads
+        d_model = config.hidden_size
+        return ModelDims(
+            n_layers=config.num_hidden_layers,
+            n_heads=n_heads,
+            n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+            d_model=d_model,
+            d_head=getattr(config, "head_dim", None) or d_model // n_heads,
+            d_mlp=config.intermediate_size,
+            d_vocab=config.vocab_size,
+            n_ctx=config.max_position_embeddings,
+        )
+
+    @cached_property
+    def schema(self) -> ModelSchema:
+        keys = [k for k in _BASE_KINDS if self._has_kind(k)]
+        if self.layout.pos_embed is not None:
+            keys.insert(1, "hook_pos_embed")
+        return ModelSchema(self.dims, tuple(SITE_KIND_BY_KEY[k] for k in keys))
+
+    def _has_kind(self, key: str) -> bool:
+        if key == "mlp.hook_pre_linear":
+            return self.layout.mlp_up is not None
+        if key == "hook_resid_mid":
+            return not self.parallel_blocks
+        if key.startswith("ln2."):
+            return self.layout.ln2 is not None
+        return True
+
+    # -- norms -------------------------------------------------------------------------------------
+    def norm_of(self, module: torch.nn.Module) -> Norm:
+        eps = getattr(module, "eps", None)
+        if eps is None:
+            eps = getattr(module, "variance_epsilon")
+        return Norm(self.norm_kind, float(eps), getattr(module, "weight", None),
+                    getattr(module, "bias", None))
+
+    def final_norm(self) -> Norm:
+        return self.norm_of(_get(self.model, self.layout.ln_final))
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def install(self, ctx: HookContext) -> list[Any]:
+        handles: list[Any] = []
+        m, lay = self.model, self.layout
+
+        def fwd(module: torch.nn.Module, fn: Callable[..., Any]) -> None:
+            handles.append(module.register_forward_hook(fn))
+
+        def pre(module: torch.nn.Module, fn: Callable[..., Any]) -> None:
+            handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+
+        if ctx.wants("hook_embed"):
+            fwd(_get(m, lay.embed), lambda mod, args, out: ctx.point("hook_embed", out))
+        if lay.pos_embed is not None and ctx.wants("hook_pos_embed"):
+            def pos_hook(mod: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
+                batch = ctx.lengths.shape[0]
+                return ctx.point("hook_pos_embed", out.expand(batch, *out.shape[1:]))
+            fwd(_get(m, lay.pos_embed), pos_hook)
+
+        for layer, block in enumerate(self._blocks):
+            self._install_block(ctx, layer, block, fwd, pre)
+
+        self._install_norm(ctx, _get(m, lay.ln_final), "ln_final", fwd)
+        if ctx.wants("logits"):
+            fwd(_get(m, lay.unembed), lambda mod, args, out: ctx.point("logits", out))
+        return handles
+
+    def _install_block(self, ctx: HookContext, layer: int, block: torch.nn.Module,
+                       fwd: Callable[..., None], pre: Callable[..., None]) -> None:
+        lay = self.layout
+        p = f"blocks.{layer}."
+        resid_pre, resid_mid, resid_post = p + "hook_resid_pre", p + "hook_resid_mid", p + "hook_resid_post"
+        attn_out, mlp_out = p + "hook_attn_out", p + "hook_mlp_out"
+        mid_edit = ctx.has_edit(resid_mid)
+
+        if ctx.wants(resid_pre) or mid_edit:
+            def block_pre(mod: Any, args: tuple, kwargs: dict) -> Any:
+                if args:
+                    x = ctx.point(resid_pre, args[0])
+                    ctx.stash[("resid_pre", layer)] = x
+                    return (x, *args[1:]), kwargs
+                x = ctx.point(resid_pre, kwargs["hidden_states"])
+                ctx.stash[("resid_pre", layer)] = x
+                return args, {**kwargs, "hidden_states": x}
+            pre(block, block_pre)
+
+        self._install_norm(ctx, _get(block, lay.ln1), p + "ln1", fwd)
+        if lay.ln2 is not None:
+            self._install_norm(ctx, _get(block, lay.ln2), p + "ln2", fwd)
+            if ctx.wants(resid_mid):
+                def ln2_pre(mod: Any, args: tuple, kwargs: dict) -> None:
+                    x = args[0] if args else kwargs["hidden_states"]
+                    ctx.observe(resid_mid, x)
+                pre(_get(block, lay.ln2), ln2_pre)
+
+        result = p + "attn.hook_result"
+        if ctx.wants(result):
+            o_proj = _get(block, lay.o_proj)
+
+            def o_proj_hook(mod: Any, args: tuple, out: torch.Tensor) -> torch.Tensor:
+                z = args[0]  # [B, T, H * d_head]
+                w_o = self.W_O(layer)  # [H, d_head, d_model]
+                z = z.reshape(*z.shape[:-1], w_o.shape[0], w_o.shape[1])  # [B, T, H, d_head]
+                res = torch.einsum("bthd,hdm->bthm", z, w_o)  # [B, T, H, d_model]
+                if not ctx.needs_graph(result):
+                    ctx.observe(result, res)
+                    return out
+                res = ctx.point(result, res)
+                b_o = self.b_O(layer)
+                new = res.sum(2)  # [B, T, d_model]
+                return new if b_o is None else new + b_o
+            fwd(o_proj, o_proj_hook)
+
+        if ctx.wants(attn_out) or mid_edit:
+            def attn_out_hook(mod: Any, args: tuple, out: Any) -> Any:
+                a = ctx.point(attn_out, _first(out))
+                if mid_edit:
+                    r = ctx.stash[("resid_pre", layer)]
+                    mid = ctx.edit(resid_mid, a + r)  # what the block will compute, edited
+                    a = mid - r
+                return _replace_first(out, a)
+            fwd(_get(block, lay.attn_out or lay.attn), attn_out_hook)
+
+        self._install_mlp(ctx, layer, block, fwd, pre)
+
+        if ctx.wants(mlp_out):
+            fwd(_get(block, lay.mlp_out_module or lay.mlp),
+                lambda mod, args, out: _replace_first(out, ctx.point(mlp_out, _first(out))))
+        if ctx.wants(resid_post):
+            fwd(block, lambda mod, args, out: _replace_first(out, ctx.point(resid_post, _first(out))))
+
+    def _install_mlp(self, ctx: HookContext, layer: int, block: torch.nn.Module,
+                     fwd: Callable[..., None], pre: Callable[..., None]) -> None:
+        lay = self.layout
+        p = f"blocks.{layer}.mlp."
+        if ctx.wants(p + "hook_pre"):
+            fwd(_get(block, lay.mlp_in), lambda mod, args, out: ctx.point(p + "hook_pre", out))
+        if lay.mlp_up is not None and ctx.wants(p + "hook_pre_linear"):
+            fwd(_get(block, lay.mlp_up), lambda mod, args, out: ctx.point(p + "hook_pre_linear", out))
+        if ctx.wants(p + "hook_post"):
+            def post_hook(mod: Any, args: tuple, kwargs: dict) -> Any:
+                return (ctx.point(p + "hook_post", args[0]), *args[1:]), kwargs
+            pre(_get(block, lay.mlp_out), post_hook)
+
+    def _install_norm(self, ctx: HookContext, module: torch.nn.Module, name: str,
+                      fwd: Callable[..., None]) -> None:
+        """Hooks of a norm: ``{name}.hook_scale`` (derived) and ``{name}.hook_normalized``."""
+        scale_site, norm_site = name + ".hook_scale", name + ".hook_normalized"
+        freeze = ctx.freezes(name)
+        if not (ctx.wants(scale_site) or ctx.wants(norm_site) or freeze):
+            return
+        norm = self.norm_of(module)
+
+        def norm_hook(mod: Any, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            x = args[0]
+            if ctx.needs_graph(scale_site):
+                scale = ctx.point(scale_site, norm.scale(x))  # [..., 1], in the graph
+                out = norm.apply(x, scale.detach() if freeze else scale)
+            else:
+                if ctx.wants(scale_site):
+                    ctx.observe(scale_site, norm.scale(x))
+                if freeze:
+                    # same value as `out`; gradient as if the scale were a constant
+                    linear = norm.apply(x, norm.scale(x).detach())
+                    out = out.detach() + (linear - linear.detach())
+            return ctx.point(norm_site, out)
+        fwd(module, norm_hook)
+

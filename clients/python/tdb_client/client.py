@@ -1,0 +1,177 @@
+"""``TdbClient``: typed methods over the generated stubs, one exception type, per-call timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from tdb.v1 import common_pb2 as cpb
+from tdb.v1 import inference_pb2 as ipb
+from tdb.v1 import inference_pb2_grpc as ipb_grpc
+from tdb.v1 import model_pb2 as mpb
+from tdb.v1 import model_pb2_grpc as mpb_grpc
+from tdb_client.errors import TdbClientError
+from tdb_client.tensors import StreamAssembler, assemble
+from tdb_client.types import Capture, ForwardResult, ModelInfo, ModelSummary, SiteInfo, TopLogits
+
+PromptLike = str | Sequence[int]
+R = TypeVar("R")
+
+_DTYPES = {None: cpb.DTYPE_UNSPECIFIED, "float32": cpb.DTYPE_FLOAT32,
+           "float16": cpb.DTYPE_FLOAT16, "bfloat16": cpb.DTYPE_BFLOAT16}
+_MODES = {"largest": cpb.TOP_K_MODE_LARGEST, "smallest": cpb.TOP_K_MODE_SMALLEST,
+          "abs": cpb.TOP_K_MODE_ABS}
+
+
+def prompt_pb(p: PromptLike) -> cpb.Prompt:
+    """A prompt message from text or a sequence of token ids."""
+    if isinstance(p, str):
+        return cpb.Prompt(text=p)
+    return cpb.Prompt(token_ids=cpb.TokenIds(ids=[int(i) for i in p]))
+
+
+def prompts_pb(prompts: PromptLike | Sequence[PromptLike]) -> list[cpb.Prompt]:
+    if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts
+                                    and isinstance(prompts[0], int)):
+        return [prompt_pb(prompts)]  # type: ignore[arg-type]
+    return [prompt_pb(p) for p in prompts]  # type: ignore[union-attr]
+
+
+def capture_pb(c: str | Capture, positions: Sequence[int] | None = None) -> cpb.Capture:
+    if isinstance(c, str):
+        c = Capture(site=c, positions=tuple(positions) if positions is not None else None)
+    if c.dtype not in _DTYPES:
+        raise ValueError(f"dtype {c.dtype!r}: use float32, float16 or bfloat16")
+    msg = cpb.Capture(site=c.site, positions=list(c.positions or ()), units=list(c.units or ()),
+                      dtype=_DTYPES[c.dtype])
+    if c.top_k is not None:
+        msg.top_k.k = c.top_k
+        msg.top_k.mode = _MODES[c.top_k_mode]
+    return msg
+
+
+def top_logits_from_pb(t: cpb.TopLogits) -> TopLogits:
+    return TopLogits(t.position, tuple(t.token_ids), tuple(t.tokens), tuple(t.logits), tuple(t.probs))
+
+
+class TdbClient:
+    """A client for one TDB server.
+
+    >>> with TdbClient("localhost:50051", timeout=30) as c:
+    ...     out = c.forward("When Mary and John went to the store, John gave a drink to",
+    ...                     capture=["blocks.*.attn.hook_pattern"])
+    ...     out.top_logits[0][0].tokens[0]
+    ' Mary'
+
+    Every method takes ``timeout`` (seconds; default the client's) and raises
+    :class:`TdbClientError` carrying the status code on failure.
+    """
+
+    def __init__(self, target: str = "localhost:50051", timeout: float | None = 60.0,
+                 metadata: Sequence[tuple[str, str]] = (),
+                 options: Sequence[tuple[str, Any]] = ()) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._metadata = tuple(metadata)
+        self._channel = grpc.insecure_channel(target, options=list(options))
+        self._models = mpb_grpc.ModelServiceStub(self._channel)
+        self._inference = ipb_grpc.InferenceServiceStub(self._channel)
+
+    # -- plumbing
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "TdbClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unary(self, fn: Callable[..., R], request: Message, timeout: float | None) -> R:
+        try:
+            return fn(request, timeout=self.timeout if timeout is None else timeout,
+                      metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise TdbClientError.from_rpc_error(e) from None
+
+    def _stream(self, fn: Callable[..., Iterable[Message]], request: Message,
+                timeout: float | None) -> StreamAssembler:
+        try:
+            return assemble(fn(request, timeout=self.timeout if timeout is None else timeout,
+                               metadata=self._metadata))
+        except grpc.RpcError as e:
+            raise TdbClientError.from_rpc_error(e) from None
+
+    # -- ModelService
+    def list_models(self, timeout: float | None = None) -> list[ModelSummary]:
+        r = self._unary(self._models.ListModels, mpb.ListModelsRequest(), timeout)
+        return [ModelSummary(m.name, m.architecture, m.source, m.is_default) for m in r.models]
+
+    def model_info(self, model: str | None = None, timeout: float | None = None) -> ModelInfo:
+        r = self._unary(self._models.GetModelInfo, mpb.GetModelInfoRequest(model=model or ""), timeout)
+        sites = tuple(SiteInfo(s.name, s.kind, s.layer if s.HasField("layer") else None,
+                               tuple(s.dims), tuple(s.sizes), s.unit_dim or None, s.meaning)
+                      for s in r.sites)
+        return ModelInfo(
+            name=r.name, architecture=r.architecture, source=r.source, n_layers=r.n_layers,
+            n_heads=r.n_heads, n_kv_heads=r.n_kv_heads, d_model=r.d_model, d_head=r.d_head,
+            d_mlp=r.d_mlp, d_vocab=r.d_vocab, n_ctx=r.n_ctx, device=r.device, dtype=r.dtype,
+            sites=sites,
+            bos_token_id=r.bos_token_id if r.HasField("bos_token_id") else None,
+            eos_token_id=r.eos_token_id if r.HasField("eos_token_id") else None)
+
+    def tokenize(self, text: str | Sequence[str], model: str | None = None,
+                 prepend_bos: bool | None = None,
+                 timeout: float | None = None) -> list[int] | list[list[int]]:
+        """Token ids of a text (or a list of ids per text for a list of texts)."""
+        texts = [text] if isinstance(text, str) else list(text)
+        req = mpb.TokenizeRequest(model=model or "", texts=texts)
+        if prepend_bos is not None:
+            req.prepend_bos = prepend_bos
+        r = self._unary(self._models.Tokenize, req, timeout)
+        ids = [list(p.token_ids) for p in r.prompts]
+        return ids[0] if isinstance(text, str) else ids
+
+    def detokenize(self, token_ids: Sequence[int], model: str | None = None,
+                   timeout: float | None = None) -> str:
+        r = self._unary(self._models.Detokenize,
+                        mpb.DetokenizeRequest(model=model or "", token_ids=list(token_ids)), timeout)
+        return r.text
+
+    # -- InferenceService
+    def forward(self, prompts: PromptLike | Sequence[PromptLike], model: str | None = None,
+                capture: Iterable[str | Capture] = (), positions: Sequence[int] | None = None,
+                top_k: int = 10, logit_positions: Sequence[int] | None = None,
+                interventions: Iterable[cpb.Intervention] = (),
+                sources: Sequence[PromptLike] = (), references: Sequence[PromptLike] = (),
+                prepend_bos: bool | None = None, timeout: float | None = None) -> ForwardResult:
+        """Run prompts and read activations.
+
+        ``capture``: site names or globs (or :class:`Capture` objects for per-site reductions);
+        ``positions`` applies to the plain-string captures. ``interventions`` are messages built
+        with :mod:`tdb_client.interventions`; ``sources``/``references`` feed patch and
+        reference-mean interventions.
+        """
+        req = ipb.ForwardRequest(
+            model=model or "", prompts=prompts_pb(prompts),
+            captures=[capture_pb(c, positions) for c in capture],
+            interventions=list(interventions),
+            sources=[prompt_pb(p) for p in sources], references=[prompt_pb(p) for p in references],
+            logit_positions=list(logit_positions or ()), top_k=top_k)
+        if prepend_bos is not None:
+            req.prepend_bos = prepend_bos
+        stream = self._stream(self._inference.Forward, req, timeout)
+        h: ipb.ForwardHeader = stream.header  # type: ignore[assignment]
+        out = ForwardResult(model=h.model, token_ids=[list(p.token_ids) for p in h.prompts],
+                            tokens=[list(p.tokens) for p in h.prompts])
+        for c in h.captures:
+            out.activations[c.site] = stream.array(c.values)
+            out.positions[c.site] = stream.array(c.positions)
+            out.dims[c.site] = tuple(c.dims)
+            if c.HasField("indices"):
+                out.indices[c.site] = stream.array(c.indices)
+        out.top_logits = [[top_logits_from_pb(t) for t in p.positions] for p in h.top_logits]
+        return out

@@ -1,0 +1,96 @@
+"""Plain result types returned by the client (NumPy arrays, no protobuf)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    name: str
+    kind: str
+    layer: int | None
+    dims: tuple[str, ...]
+    sizes: tuple[int, ...]  # -1 for position axes
+    unit_dim: str | None
+    meaning: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    architecture: str
+    source: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    device: str
+    dtype: str
+    sites: tuple[SiteInfo, ...]
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def site(self, name: str) -> SiteInfo:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    architecture: str
+    source: str
+    is_default: bool
+
+
+@dataclass(frozen=True)
+class TopLogits:
+    position: int
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    logits: tuple[float, ...]
+    probs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A capture request: a site (or glob) and optional server-side reductions.
+
+    top_k_mode: "largest", "smallest" or "abs". dtype: "float32", "float16" or "bfloat16".
+    """
+
+    site: str
+    positions: tuple[int, ...] | None = None
+    units: tuple[int, ...] | None = None
+    top_k: int | None = None
+    top_k_mode: str = "largest"
+    dtype: str | None = None
+
+
+@dataclass
+class ForwardResult:
+    """What Forward returned.
+
+    ``activations[site]`` is ``[batch, *site shape]`` (reduced as requested), e.g.
+    ``blocks.0.attn.hook_pattern`` -> ``[batch, head, q_pos, k_pos]``. With top-k,
+    ``indices[site]`` holds the indices on the last axis. ``positions[site]`` gives the absolute
+    position of each kept position, per prompt.
+    """
+
+    model: str
+    token_ids: list[list[int]]
+    tokens: list[list[str]]
+    activations: dict[str, np.ndarray] = field(default_factory=dict)
+    indices: dict[str, np.ndarray] = field(default_factory=dict)
+    positions: dict[str, np.ndarray] = field(default_factory=dict)
+    dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    top_logits: list[list[TopLogits]] = field(default_factory=list)

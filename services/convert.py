@@ -1,0 +1,242 @@
+"""Pure converters between protobuf messages and domain specs/results. The one place they live.
+
+Requests become frozen domain specs (``HasField`` becomes ``None``); domain results become
+messages. Tensors are raw little-endian C-order bytes; large ones are handed to a
+:class:`TensorSink`, which streams them as ~1 MiB :class:`TensorChunk` messages after the header
+instead of inlining them, so no message approaches gRPC's 4 MiB default limit.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from tdb.v1 import common_pb2 as cpb
+from tdb.v1 import inference_pb2 as ipb
+from tdb.v1 import model_pb2 as mpb
+from tdb_core import specs
+from tdb_core.errors import InvalidArgumentError
+from tdb_core.runner import ModelRunner
+
+CHUNK_BYTES = 1 << 20
+
+_TORCH_TO_PB = {
+    torch.float32: cpb.DTYPE_FLOAT32, torch.float16: cpb.DTYPE_FLOAT16,
+    torch.bfloat16: cpb.DTYPE_BFLOAT16, torch.float64: cpb.DTYPE_FLOAT64,
+    torch.int64: cpb.DTYPE_INT64, torch.int32: cpb.DTYPE_INT32, torch.bool: cpb.DTYPE_BOOL,
+}
+_PB_TO_TORCH = {v: k for k, v in _TORCH_TO_PB.items()}
+assert sys.byteorder == "little", "tensor bytes are little-endian; big-endian hosts are unsupported"
+
+
+def dtype_from_pb(d: int) -> torch.dtype | None:
+    """DTYPE_UNSPECIFIED -> None; float dtypes map to torch dtypes."""
+    if d == cpb.DTYPE_UNSPECIFIED:
+        return None
+    if d not in _PB_TO_TORCH:
+        raise InvalidArgumentError(f"unknown dtype enum value {d}")
+    return _PB_TO_TORCH[d]
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The tensor's elements as little-endian C-order bytes (bfloat16 as its raw 16 bits)."""
+    t = t.detach().contiguous().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return memoryview(t.numpy()).cast("B")
+
+
+class TensorSink:
+    """Decides, per tensor, whether its bytes ride in the header or follow as chunks."""
+
+    def __init__(self, inline_budget: int = CHUNK_BYTES, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.inline_left = inline_budget
+        self.chunk_bytes = chunk_bytes
+        self._pending: list[tuple[int, memoryview]] = []
+
+    def put(self, msg: cpb.Tensor, t: torch.Tensor) -> cpb.Tensor:
+        if t.dtype not in _TORCH_TO_PB:
+            raise TypeError(f"cannot send dtype {t.dtype}")
+        msg.dtype = _TORCH_TO_PB[t.dtype]
+        msg.shape[:] = list(t.shape)
+        data = tensor_bytes(t)
+        if data.nbytes <= self.inline_left:
+            msg.data = data.tobytes()
+            self.inline_left -= data.nbytes
+        else:
+            msg.stream_id = len(self._pending) + 1
+            self._pending.append((msg.stream_id, data))
+        return msg
+
+    def chunks(self) -> Iterator[cpb.TensorChunk]:
+        for stream_id, data in self._pending:
+            for start in range(0, data.nbytes, self.chunk_bytes):
+                yield cpb.TensorChunk(stream_id=stream_id,
+                                      data=data[start:start + self.chunk_bytes].tobytes())
+
+    @property
+    def streamed_bytes(self) -> int:
+        return sum(d.nbytes for _, d in self._pending)
+
+
+def tensor_from_pb(msg: cpb.Tensor, what: str = "tensor") -> torch.Tensor:
+    """A request tensor (inline data only), validated: dtype known, byte count matches the shape."""
+    dtype = dtype_from_pb(msg.dtype)
+    if dtype is None:
+        raise InvalidArgumentError(f"{what} has no dtype")
+    if msg.HasField("stream_id"):
+        raise InvalidArgumentError(f"{what}: request tensors must carry their data inline")
+    shape = tuple(int(s) for s in msg.shape)
+    if any(s < 0 for s in shape):
+        raise InvalidArgumentError(f"{what} has a negative dimension in shape {list(shape)}")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if len(msg.data) != math.prod(shape) * itemsize:
+        raise InvalidArgumentError(
+            f"{what} has {len(msg.data)} bytes of data but shape {list(shape)} of {dtype} needs "
+            f"{math.prod(shape) * itemsize}")
+    if dtype == torch.bfloat16:
+        arr = np.frombuffer(msg.data, dtype=np.int16).reshape(shape)
+        return torch.from_numpy(arr.copy()).view(torch.bfloat16)
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    arr = np.frombuffer(msg.data, dtype=np_dtype).reshape(shape)
+    return torch.from_numpy(arr.copy())
+
+
+# --------------------------------------------------------------------------------------------------
+# Requests -> specs
+
+
+def prompt_from_pb(p: cpb.Prompt) -> specs.Prompt:
+    which = p.WhichOneof("input")
+    if which == "text":
+        return specs.Prompt(text=p.text)
+    if which == "token_ids":
+        return specs.Prompt(token_ids=tuple(p.token_ids.ids))
+    raise InvalidArgumentError("a prompt has neither text nor token ids")
+
+
+def _top_k_from_pb(t: cpb.TopK) -> specs.TopK:
+    mode = {cpb.TOP_K_MODE_UNSPECIFIED: specs.TopKMode.LARGEST,
+            cpb.TOP_K_MODE_LARGEST: specs.TopKMode.LARGEST,
+            cpb.TOP_K_MODE_SMALLEST: specs.TopKMode.SMALLEST,
+            cpb.TOP_K_MODE_ABS: specs.TopKMode.ABS}.get(t.mode)
+    if mode is None:
+        raise InvalidArgumentError(f"unknown top-k mode {t.mode}")
+    return specs.TopK(k=t.k, mode=mode)
+
+
+def capture_from_pb(c: cpb.Capture) -> specs.Capture:
+    return specs.Capture(
+        site=c.site,
+        positions=tuple(c.positions) or None,
+        units=tuple(c.units) or None,
+        top_k=_top_k_from_pb(c.top_k) if c.HasField("top_k") else None,
+        dtype=dtype_from_pb(c.dtype),
+    )
+
+
+def _op_from_pb(iv: cpb.Intervention) -> specs.Op:
+    which = iv.WhichOneof("op")
+    if which == "zero":
+        return specs.Zero()
+    if which == "set_value":
+        return specs.SetValue(iv.set_value.value)
+    if which == "set_tensor":
+        return specs.SetTensor(tensor_from_pb(iv.set_tensor, "set_tensor operand"))
+    if which == "scale":
+        return specs.Scale(iv.scale.factor)
+    if which == "add":
+        return specs.AddVector(tensor_from_pb(iv.add.vector, "add vector"),
+                               iv.add.coeff if iv.add.coeff != 0 else 1.0)
+    if which == "mean_over_positions":
+        return specs.MeanOverPositions()
+    if which == "mean_over_reference":
+        return specs.MeanOverReference()
+    if which == "patch":
+        return specs.PatchFrom(iv.patch.source)
+    raise InvalidArgumentError(f"intervention on '{iv.site}' has no operation; set one of zero, "
+                               "set_value, set_tensor, scale, add, mean_over_positions, "
+                               "mean_over_reference, patch")
+
+
+def intervention_from_pb(iv: cpb.Intervention) -> specs.Intervention:
+    pass_ = {cpb.PASS_UNSPECIFIED: specs.Pass.FORWARD, cpb.PASS_FORWARD: specs.Pass.FORWARD,
+             cpb.PASS_BACKWARD: specs.Pass.BACKWARD}.get(getattr(iv, "pass"))  # `pass` is a Python keyword
+    if pass_ is None:
+        raise InvalidArgumentError("unknown pass value")
+    return specs.Intervention(site=iv.site, op=_op_from_pb(iv), positions=tuple(iv.positions) or None,
+                              units=tuple(iv.units) or None, pass_=pass_)
+
+
+def forward_spec_from_pb(r: ipb.ForwardRequest) -> specs.ForwardSpec:
+    return specs.ForwardSpec(
+        prompts=tuple(prompt_from_pb(p) for p in r.prompts),
+        captures=tuple(capture_from_pb(c) for c in r.captures),
+        interventions=tuple(intervention_from_pb(i) for i in r.interventions),
+        sources=tuple(prompt_from_pb(p) for p in r.sources),
+        references=tuple(prompt_from_pb(p) for p in r.references),
+        logit_positions=tuple(r.logit_positions) or (-1,),
+        top_k=r.top_k if r.HasField("top_k") else 10,
+        prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Results -> messages
+
+
+def prompt_tokens_to_pb(p: specs.PromptTokens) -> cpb.PromptTokens:
+    return cpb.PromptTokens(token_ids=list(p.token_ids), tokens=list(p.tokens))
+
+
+def top_logits_to_pb(t: specs.TopLogits) -> cpb.TopLogits:
+    return cpb.TopLogits(position=t.position, token_ids=list(t.token_ids), tokens=list(t.tokens),
+                         logits=list(t.logits), probs=list(t.probs))
+
+
+def capture_to_pb(c: specs.CaptureResult, sink: TensorSink) -> cpb.CaptureResult:
+    msg = cpb.CaptureResult(site=c.site, dims=["batch", *c.dims], units=list(c.units or ()))
+    sink.put(msg.values, c.values)
+    if c.indices is not None:
+        sink.put(msg.indices, c.indices)
+    sink.put(msg.positions, c.positions)
+    return msg
+
+
+def forward_header_to_pb(model: str, r: specs.ForwardResult, sink: TensorSink) -> ipb.ForwardHeader:
+    return ipb.ForwardHeader(
+        model=model,
+        prompts=[prompt_tokens_to_pb(p) for p in r.prompts],
+        captures=[capture_to_pb(c, sink) for c in r.captures],
+        top_logits=[cpb.PromptTopLogits(positions=[top_logits_to_pb(t) for t in per])
+                    for per in r.top_logits],
+    )
+
+
+def model_info_to_pb(runner: ModelRunner) -> mpb.GetModelInfoResponse:
+    loaded, schema, dims = runner.loaded, runner.schema, runner.schema.dims
+    model = loaded.adapter.model
+    arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+    sites = []
+    for s in schema.sites:
+        sizes = [-1 if d in ("pos", "q_pos", "k_pos") else dims.size(d, 0) for d in s.dims]
+        info = mpb.SiteInfo(name=s.name, kind=s.kind.key, dims=list(s.dims), sizes=sizes,
+                            unit_dim=s.kind.unit_dim or "", meaning=s.kind.meaning)
+        if s.layer is not None:
+            info.layer = s.layer
+        sites.append(info)
+    msg = mpb.GetModelInfoResponse(
+        name=loaded.name, architecture=arch, source=loaded.source, n_layers=dims.n_layers,
+        n_heads=dims.n_heads, n_kv_heads=dims.n_kv_heads, d_model=dims.d_model,
+        d_head=dims.d_head, d_mlp=dims.d_mlp, d_vocab=dims.d_vocab, n_ctx=dims.n_ctx,
+        device=str(loaded.device), dtype=str(loaded.dtype).removeprefix("torch."), sites=sites)
+    tok = loaded.tokenizer
+    if tok.bos_token_id is not None:
+        msg.bos_token_id = tok.bos_token_id
+    if tok.eos_token_id is not None:
+        msg.eos_token_id = tok.eos_token_id
+    return msg

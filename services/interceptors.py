@@ -1,0 +1,155 @@
+"""The one interceptor: request ids, one log line per RPC, and errors mapped to status codes.
+
+Error classes map to codes by class (``tdb_core.errors`` documents the tree). Device out-of-memory
+becomes RESOURCE_EXHAUSTED and the server keeps serving. Anything else is a bug: INTERNAL, logged
+with its traceback and the request id, which the message repeats so users can report it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import torch
+
+from services.logs import get_logger
+from tdb_core import errors
+
+STATUS_BY_ERROR: tuple[tuple[type[errors.TdbError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (errors.OutOfRangeError, grpc.StatusCode.OUT_OF_RANGE),
+    (errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (errors.FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.CancelledError, grpc.StatusCode.CANCELLED),
+    (errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+)
+
+_RPC_FIELDS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "tdb_rpc_fields", default=None)
+
+
+def note(**fields: Any) -> None:
+    """Add fields (model, tokens, ...) to the current RPC's log line."""
+    current = _RPC_FIELDS.get()
+    if current is not None:
+        current.update(fields)
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The status for an expected error, or None if ``exc`` is a bug."""
+    for cls, code in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return code, exc.message
+    if isinstance(exc, torch.OutOfMemoryError):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "the device ran out of memory serving this request; send fewer or shorter prompts "
+                "or capture less")
+    return None
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    """Wraps every handler: request id, auth hook, error mapping, one log line."""
+
+    def __init__(self, authorize: Callable[[str, grpc.ServicerContext], None] | None = None,
+                 on_done: Callable[[str, str, float], None] | None = None) -> None:
+        self._log = get_logger("tdb.rpc")
+        self._authorize = authorize
+        self._on_done = on_done
+
+    def intercept_service(self, continuation: Callable[..., Any],
+                          details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                return self._call(method, context, lambda: inner(request, context))
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                return self._call_stream(method, context, lambda: inner_stream(request, context))
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
+
+    # -- helpers
+    def _begin(self, method: str, context: grpc.ServicerContext) -> tuple[dict[str, Any], Any]:
+        md = dict(context.invocation_metadata() or ())
+        rid = md.get("x-request-id") or uuid.uuid4().hex[:16]
+        fields: dict[str, Any] = {"request_id": rid, "method": method}
+        token = _RPC_FIELDS.set(fields)
+        context.set_trailing_metadata((("x-request-id", rid),))
+        if self._authorize is not None:
+            self._authorize(method, context)
+        return fields, token
+
+    def _fail(self, exc: BaseException, fields: dict[str, Any]) -> tuple[grpc.StatusCode, str]:
+        mapped = status_for(exc)
+        if mapped is not None:
+            return mapped
+        self._log.exception("internal error", **fields)
+        return (grpc.StatusCode.INTERNAL,
+                f"internal error ({type(exc).__name__}); request id {fields['request_id']}")
+
+    def _end(self, fields: dict[str, Any], start: float, code: grpc.StatusCode) -> None:
+        ms = (time.perf_counter() - start) * 1e3
+        log = self._log.info if code in (grpc.StatusCode.OK,) else self._log.warning
+        log("rpc", **fields, status=code.name, duration_ms=round(ms, 2))
+        if self._on_done is not None:
+            self._on_done(fields["method"], code.name, ms / 1e3)
+
+    def _call(self, method: str, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        fields: dict[str, Any] = {"request_id": "-", "method": method}
+        token = None
+        failure: tuple[grpc.StatusCode, str] | None = None
+        try:
+            fields, token = self._begin(method, context)
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - mapped by class below; bugs become INTERNAL
+            failure = self._fail(exc, fields)
+        finally:
+            self._end(fields, start, failure[0] if failure else grpc.StatusCode.OK)
+            if token is not None:
+                _RPC_FIELDS.reset(token)
+        context.abort(*failure)
+
+    def _call_stream(self, method: str, context: grpc.ServicerContext,
+                     fn: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+        start = time.perf_counter()
+        fields: dict[str, Any] = {"request_id": "-", "method": method}
+        failure: tuple[grpc.StatusCode, str] | None = None
+        try:
+            fields, token = self._begin(method, context)
+            try:
+                yield from fn()
+            finally:
+                _RPC_FIELDS.reset(token)
+        except GeneratorExit:
+            failure = (grpc.StatusCode.CANCELLED, "cancelled")
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped by class below; bugs become INTERNAL
+            failure = self._fail(exc, fields)
+        finally:
+            self._end(fields, start, failure[0] if failure else grpc.StatusCode.OK)
+        if failure is not None:
+            context.abort(*failure)

@@ -1,0 +1,115 @@
+"""Server bootstrap. ``build_server`` makes a started server; ``serve`` owns signals and shutdown."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from types import FrameType
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import adapters
+from services.interceptors import ServiceInterceptor
+from services.logs import configure_logging, get_logger
+from services.registry import ModelRegistry
+from services.servicers.inference import InferenceServicer
+from services.servicers.model import ModelServicer
+from services.settings import ModelSource, Settings
+from tdb.v1 import inference_pb2, inference_pb2_grpc, model_pb2, model_pb2_grpc
+from tdb_core.runner import ModelRunner
+
+SERVICE_NAMES = (
+    model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_model_sources() -> tuple[ModelSource, ...]:
+    """The embedded toy model, shipped in the package."""
+    from tdb_core.toy import TOY_MODEL_DIR, TOY_MODEL_NAME
+
+    return (ModelSource(TOY_MODEL_NAME, str(TOY_MODEL_DIR)),)
+
+
+def load_models(settings: Settings) -> ModelRegistry:
+    """Load every configured model (the embedded toy model when none is configured)."""
+    log = get_logger("tdb.server")
+    runners = []
+    for m in settings.models or default_model_sources():
+        log.info("loading model", model=m.name, source=m.source, device=settings.device,
+                 dtype=settings.dtype)
+        loaded = adapters.load_model(m.name, m.source, settings.device, _DTYPES[settings.dtype])
+        runners.append(ModelRunner(loaded, settings.limits))
+    return ModelRegistry(runners, settings.default_model)
+
+
+@dataclass
+class Service:
+    """A started server and the handles needed to stop it well."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    models: ModelRegistry
+
+    def set_serving(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight requests finish (up to ``grace`` s), stop."""
+        self.set_serving(False)
+        self.server.stop(grace).wait()
+
+
+def build_server(settings: Settings, models: ModelRegistry | None = None) -> Service:
+    """Build and start a server on ``settings.host:settings.port`` (port 0 picks a free one)."""
+    models = models or load_models(settings)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="tdb-rpc"),
+        interceptors=[ServiceInterceptor()],
+    )
+    model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(models), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {settings.host}:{settings.port}")
+    server.start()
+    service = Service(server, port, health_servicer, models)
+    service.set_serving(True)
+    return service
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then stop gracefully: NOT_SERVING, drain, exit 0."""
+    configure_logging(settings.log_format, settings.log_level)
+    log = get_logger("tdb.server")
+    service = build_server(settings)
+    log.info("serving", address=f"{settings.host}:{service.port}",
+             models=[r.name for r in service.models.all()], default=service.models.default)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("shutting down", signal=signal.Signals(signum).name, grace_s=settings.grace_seconds)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    service.stop(settings.grace_seconds)
+    log.info("stopped")
+    return 0

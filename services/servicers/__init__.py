@@ -1,0 +1,1 @@
+"""Thin gRPC servicers: parse, call tdb_core, convert. No tensor math here."""

@@ -1,0 +1,160 @@
+"""The adapter protocol: what the engine needs from an architecture, and the registry of adapters.
+
+An adapter wraps one loaded Hugging Face model. It declares the model's schema (which sites exist
+and their sizes), installs torch hooks that call the active :class:`~tdb_core.hooks.HookContext`
+at each wanted site, and exposes the weights that attribution needs, in schema layout. Adapters
+register by ``config.architectures[0]``; an unknown architecture is refused with the list of the
+supported ones.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from tdb_core.errors import InvalidArgumentError
+from tdb_core.hooks import HookContext
+from tdb_core.schema import ModelDims, ModelSchema
+
+
+@dataclass(frozen=True)
+class Norm:
+    """A normalization layer's math, for the sites that are derived from it.
+
+    ``scale(x)`` is the per-position divisor ``[..., 1]``; ``apply(x, scale)`` recomputes the
+    layer's output from its input with a given scale (used when the scale is edited or held
+    constant for gradients). Both compute in float32 and return the input dtype.
+    """
+
+    kind: str  # "layernorm" | "rmsnorm" | "rmsnorm_offset" (Gemma: weight applied as 1 + w)
+    eps: float
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        if self.kind == "layernorm":
+            var = (xf - xf.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True)
+        else:
+            var = xf.pow(2).mean(-1, keepdim=True)
+        return torch.sqrt(var + self.eps).to(x.dtype)  # [..., 1]
+
+    def apply(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        if self.kind == "layernorm":
+            xf = xf - xf.mean(-1, keepdim=True)
+        y = xf / scale.float()
+        if self.weight is not None:
+            w = self.weight.float()
+            y = y * (1.0 + w if self.kind == "rmsnorm_offset" else w)
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype)
+
+    def gain(self) -> torch.Tensor | None:
+        """The effective elementwise gain (``1 + w`` for offset RMSNorm)."""
+        if self.weight is None:
+            return None
+        return 1.0 + self.weight if self.kind == "rmsnorm_offset" else self.weight
+
+
+class Adapter(abc.ABC):
+    """One loaded model seen through the node schema."""
+
+    architectures: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    # -- schema
+    @property
+    @abc.abstractmethod
+    def dims(self) -> ModelDims: ...
+
+    @property
+    @abc.abstractmethod
+    def schema(self) -> ModelSchema: ...
+
+    @property
+    def parallel_blocks(self) -> bool:
+        """True when attention and MLP read the same residual (GPT-NeoX/GPT-J style)."""
+        return False
+
+    # -- hooks
+    @abc.abstractmethod
+    def install(self, ctx: HookContext) -> list[Any]:
+        """Register torch hooks for the sites ``ctx`` wants; return handles with ``remove()``."""
+
+    # -- weights, in schema layout
+    @abc.abstractmethod
+    def W_E(self) -> torch.Tensor:
+        """Token embedding ``[vocab, d_model]``."""
+
+    @abc.abstractmethod
+    def W_U(self) -> torch.Tensor:
+        """Unembedding ``[d_model, vocab]``."""
+
+    def b_U(self) -> torch.Tensor | None:
+        """Unembedding bias ``[vocab]``, if any."""
+        return None
+
+    @abc.abstractmethod
+    def W_O(self, layer: int) -> torch.Tensor:
+        """Per-head output projection ``[head, d_head, d_model]``."""
+
+    @abc.abstractmethod
+    def b_O(self, layer: int) -> torch.Tensor | None:
+        """Attention output bias ``[d_model]``, if any."""
+
+    @abc.abstractmethod
+    def W_out(self, layer: int) -> torch.Tensor:
+        """MLP output projection ``[d_mlp, d_model]``."""
+
+    @abc.abstractmethod
+    def b_out(self, layer: int) -> torch.Tensor | None:
+        """MLP output bias ``[d_model]``, if any."""
+
+    @abc.abstractmethod
+    def final_norm(self) -> Norm:
+        """The final normalization before the unembedding."""
+
+    def post_attn_norm(self, layer: int) -> Norm | None:
+        """A norm applied to the attention output before it joins the residual (Gemma 2)."""
+        return None
+
+    def post_mlp_norm(self, layer: int) -> Norm | None:
+        """A norm applied to the MLP output before it joins the residual (Gemma 2)."""
+        return None
+
+    def logit_softcap(self) -> float | None:
+        """Final logit soft-capping (Gemma 2), if any."""
+        return None
+
+
+AdapterFactory = Callable[[torch.nn.Module], Adapter]
+_REGISTRY: dict[str, type[Adapter]] = {}
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: register an adapter under each of its ``architectures``."""
+    for arch in cls.architectures:
+        _REGISTRY[arch] = cls
+    return cls
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def adapter_for(architecture: str | None) -> type[Adapter]:
+    """The adapter class for ``config.architectures[0]``; refuses unknown ones loudly."""
+    cls = _REGISTRY.get(architecture or "")
+    if cls is None:
+        raise InvalidArgumentError(
+            f"architecture '{architecture}' is not supported; supported architectures: "
+            f"{', '.join(supported_architectures())}")
+    return cls

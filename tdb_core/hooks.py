@@ -1,0 +1,440 @@
+"""The hook engine: what happens at a hook site during one forward pass.
+
+An adapter calls into the active :class:`HookContext` at every site the context wants, with the
+site's tensor in schema layout ``[batch, *site dims]``. The context
+
+1. applies forward edits (interventions, SAE splices) out of place and returns the new tensor,
+2. wraps it so backward edits replace the gradient flowing through it,
+3. records reduced, detached captures, and keeps graph references for gradients.
+
+A site nobody asked about is never touched, so hooks cannot change results: with captures only,
+logits are bit-identical to a run without them.
+
+The engine also owns the attention function that transformers calls (registered as ``"tdb"`` in
+its attention interface). It computes attention eagerly so that queries, keys, values, scores,
+pattern and z are real tensors of the graph, for every architecture, whatever attention
+implementation the model was loaded with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tdb_core import specs
+from tdb_core.errors import InvalidArgumentError
+from tdb_core.schema import SiteInfo
+
+# --------------------------------------------------------------------------------------------------
+# Resolved (device-side) forms of captures and edits. Built by tdb_core.plan from user specs.
+
+
+@dataclass
+class BlockIndex:
+    """Which block of a site tensor a capture or edit addresses.
+
+    rows: batch rows ``[R]``; pos: per-row absolute positions ``[R, P]`` (None: every position);
+    units: indices on the unit axis ``[U]`` (None: every unit). ``pos_axis``/``unit_axis`` are
+    axes of the batched site tensor.
+    """
+
+    rows: torch.Tensor
+    pos: torch.Tensor | None
+    units: torch.Tensor | None
+    pos_axis: int
+    unit_axis: int | None
+
+
+@dataclass
+class ResolvedCapture:
+    site: SiteInfo
+    index: BlockIndex
+    valid: torch.Tensor | None  # [B, P] bool: positions inside each prompt (None: all valid)
+    top_k: specs.TopK | None
+    dtype: torch.dtype | None
+    out_device: torch.device
+    n_rows: int  # captures read the first n_rows rows (the prompts; not sources or references)
+    units_list: tuple[int, ...] | None = None
+    key_valid: torch.Tensor | None = None  # [B, T] real key positions (scores/pattern only)
+    values: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+
+
+@dataclass
+class ResolvedEdit:
+    """One intervention on one site, for a set of rows.
+
+    ``source_rows`` ([R]) give each edited row its patch source; ``reference_rows`` the rows a
+    reference mean averages over; ``tensor`` the resolved operand of SetTensor/AddVector.
+    """
+
+    site: SiteInfo
+    index: BlockIndex
+    op: specs.Op
+    pass_: specs.Pass
+    tensor: torch.Tensor | None = None
+    source_rows: torch.Tensor | None = None
+    reference_rows: torch.Tensor | None = None
+
+
+Splice = Callable[["HookContext", torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class HookPlan:
+    """Everything a forward pass must do at hook sites, keyed by concrete site name."""
+
+    captures: dict[str, list[ResolvedCapture]] = field(default_factory=dict)
+    edits: dict[str, list[ResolvedEdit]] = field(default_factory=dict)
+    splices: dict[str, Splice] = field(default_factory=dict)
+    grad_sites: set[str] = field(default_factory=set)
+    freeze_norms: set[str] = field(default_factory=set)  # "ln_final", "blocks.L.ln1", ...
+    observers: dict[str, Callable[[torch.Tensor], None]] = field(default_factory=dict)
+
+    def sites(self) -> set[str]:
+        return (set(self.captures) | set(self.edits) | set(self.splices) | self.grad_sites
+                | set(self.observers))
+
+
+# --------------------------------------------------------------------------------------------------
+# Applying edits
+
+
+def _to_block_layout(x: torch.Tensor, index: BlockIndex) -> torch.Tensor:
+    """View ``x`` as ``[B, pos, unit, rest...]`` (``[B, pos, rest...]`` without a unit axis)."""
+    if index.unit_axis is None:
+        return x.movedim(index.pos_axis, 1)
+    return x.movedim((index.pos_axis, index.unit_axis), (1, 2))
+
+
+def _from_block_layout(xb: torch.Tensor, index: BlockIndex) -> torch.Tensor:
+    if index.unit_axis is None:
+        return xb.movedim(1, index.pos_axis)
+    return xb.movedim((1, 2), (index.pos_axis, index.unit_axis))
+
+
+def _block_indices(xb: torch.Tensor, index: BlockIndex) -> tuple[torch.Tensor, ...]:
+    """Advanced-index tuple selecting the block ``[R, P, U]`` of a block-layout tensor."""
+    rows = index.rows
+    n_rows = rows.shape[0]
+    pos = index.pos
+    if pos is None:
+        pos = torch.arange(xb.shape[1], device=xb.device).expand(n_rows, -1)
+    if index.unit_axis is None:
+        return rows[:, None], pos
+    units = index.units
+    if units is None:
+        units = torch.arange(xb.shape[2], device=xb.device)
+    return rows[:, None, None], pos[:, :, None], units[None, None, :]
+
+
+def _masked_mean_over_positions(xb: torch.Tensor, rows: torch.Tensor,
+                                lengths: torch.Tensor) -> torch.Tensor:
+    """Mean of ``xb[rows]`` over each row's real positions: ``[R, *rest]`` per row."""
+    sel = xb[rows]  # [R, T, ...]
+    n_pos = sel.shape[1]
+    valid = torch.arange(n_pos, device=xb.device)[None, :] < lengths[rows][:, None]  # [R, T]
+    w = valid.to(sel.dtype).reshape(*valid.shape, *([1] * (sel.dim() - 2)))
+    return (sel * w).sum(1) / w.sum(1)  # [R, ...]
+
+
+def _select_units(v: torch.Tensor, index: BlockIndex, unit_dim_of_v: int) -> torch.Tensor:
+    if index.unit_axis is None or index.units is None:
+        return v
+    return v.index_select(unit_dim_of_v, index.units)
+
+
+def _edit_value(edit: ResolvedEdit, xb: torch.Tensor, block: torch.Tensor,
+                idx: tuple[torch.Tensor, ...], lengths: torch.Tensor) -> torch.Tensor:
+    """New values for a forward edit's block ``[R, P, (U,) rest...]``."""
+    op = edit.op
+    if isinstance(op, specs.Zero):
+        return torch.zeros_like(block)
+    if isinstance(op, specs.SetValue):
+        return torch.full_like(block, op.value)
+    if isinstance(op, specs.SetTensor):
+        assert edit.tensor is not None
+        return edit.tensor.to(block.dtype).expand_as(block)
+    if isinstance(op, specs.Scale):
+        return block * op.factor
+    if isinstance(op, specs.AddVector):
+        assert edit.tensor is not None
+        return block + op.coeff * edit.tensor.to(block.dtype)
+    if isinstance(op, specs.MeanOverPositions):
+        mean = _masked_mean_over_positions(xb, edit.index.rows, lengths)  # [R, (U_all,) rest]
+        mean = _select_units(mean, edit.index, 1)
+        return mean[:, None].expand_as(block)
+    if isinstance(op, specs.MeanOverReference):
+        assert edit.reference_rows is not None
+        per_row = _masked_mean_over_positions(xb, edit.reference_rows, lengths)
+        w = lengths[edit.reference_rows].to(xb.dtype)
+        w = w.reshape(-1, *([1] * (per_row.dim() - 1)))
+        mean = (per_row * w).sum(0) / w.sum()  # token-weighted mean, [(U_all,) rest]
+        mean = _select_units(mean, edit.index, 0)
+        return mean[None, None].expand_as(block)
+    if isinstance(op, specs.PatchFrom):
+        assert edit.source_rows is not None
+        src_idx = (edit.source_rows.reshape(idx[0].shape),) + idx[1:]
+        return xb[src_idx]
+    raise InvalidArgumentError(f"unsupported intervention operation {type(op).__name__}")
+
+
+def apply_forward_edit(x: torch.Tensor, edit: ResolvedEdit, lengths: torch.Tensor) -> torch.Tensor:
+    """Return ``x`` with the edit's block replaced, out of place (autograd flows through)."""
+    xb = _to_block_layout(x, edit.index)
+    idx = _block_indices(xb, edit.index)
+    block = xb[idx]
+    new = _edit_value(edit, xb, block, idx, lengths)
+    return _from_block_layout(xb.index_put(idx, new), edit.index)
+
+
+class _BackwardEdit(torch.autograd.Function):
+    """Identity in the forward pass; applies edits to the gradient in the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, edits: list[ResolvedEdit],
+                lengths: torch.Tensor) -> torch.Tensor:
+        ctx.edits = edits
+        ctx.lengths = lengths
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        for edit in ctx.edits:
+            grad = apply_forward_edit(grad, edit, ctx.lengths)
+        return grad, None, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Captures
+
+
+def _reduce_capture(cap: ResolvedCapture, x: torch.Tensor,
+                    masked: torch.Tensor | None) -> None:
+    """Select the capture's block of ``x`` (detached), fill padding, top-k, cast, and store."""
+    x = x.detach()[: cap.n_rows]
+    index = cap.index
+    fill = 0.0
+    if masked is not None:  # attention scores: show masked entries as -inf
+        x = x.masked_fill(masked[: cap.n_rows], float("-inf"))
+        fill = float("-inf")
+    xb = _to_block_layout(x, index)
+    copied = False
+    if index.pos is not None:
+        rows = torch.arange(xb.shape[0], device=xb.device)[:, None]
+        xb = xb[rows, index.pos]  # [B, P, ...]
+        copied = True
+    if index.unit_axis is not None and index.units is not None:
+        xb = xb.index_select(2, index.units)
+        copied = True
+    if cap.valid is not None:
+        shape = (*cap.valid.shape, *([1] * (xb.dim() - 2)))
+        xb = xb.masked_fill(~cap.valid.reshape(shape), fill)
+        copied = True
+    out = _from_block_layout(xb, index)
+    if cap.key_valid is not None:  # key positions past a prompt's end are padding too
+        out = out.masked_fill(~cap.key_valid[:, None, None, :], fill)
+        copied = True
+    indices = None
+    if cap.top_k is not None:
+        k = min(cap.top_k.k, out.shape[-1])
+        if cap.top_k.mode is specs.TopKMode.ABS:
+            _, indices = out.abs().topk(k, dim=-1)
+            out = out.gather(-1, indices)
+        else:
+            out, indices = out.topk(k, dim=-1, largest=cap.top_k.mode is specs.TopKMode.LARGEST)
+        copied = True
+    if cap.dtype is not None and out.dtype != cap.dtype:
+        out = out.to(cap.dtype)
+        copied = True
+    if out.device != cap.out_device:
+        out = out.to(cap.out_device)
+        copied = True
+    if not copied:
+        out = out.clone()
+    cap.values = out.contiguous()
+    cap.indices = None if indices is None else indices.to(cap.out_device)
+
+
+# --------------------------------------------------------------------------------------------------
+# The context
+
+
+class HookContext:
+    """The state of one forward pass at hook sites. Adapters call ``point``/``edit``/``observe``."""
+
+    def __init__(self, plan: HookPlan, lengths: torch.Tensor) -> None:
+        self.plan = plan
+        self.lengths = lengths  # [B] real length of each row
+        self._active = plan.sites()
+        self.graph: dict[str, torch.Tensor] = {}
+        self.stash: dict[Any, torch.Tensor] = {}  # adapter scratch space (e.g. resid_pre per layer)
+
+    # -- what the adapter asks
+    def wants(self, site: str) -> bool:
+        return site in self._active
+
+    def wants_any(self, sites: tuple[str, ...] | list[str]) -> bool:
+        return any(s in self._active for s in sites)
+
+    def has_edit(self, site: str) -> bool:
+        return site in self.plan.edits or site in self.plan.splices
+
+    def needs_graph(self, site: str) -> bool:
+        """Whether the site's value must be a real tensor of the graph (edited or differentiated)."""
+        return self.has_edit(site) or site in self.plan.grad_sites
+
+    def freezes(self, norm: str) -> bool:
+        return norm in self.plan.freeze_norms
+
+    # -- what the adapter calls
+    def edit(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        """Apply forward edits, backward edits and splices at ``site``; returns the new tensor."""
+        edits = self.plan.edits.get(site)
+        if edits:
+            fwd = [e for e in edits if e.pass_ is specs.Pass.FORWARD]
+            bwd = [e for e in edits if e.pass_ is specs.Pass.BACKWARD]
+            for e in fwd:
+                x = apply_forward_edit(x, e, self.lengths)
+            if bwd and torch.is_grad_enabled():
+                x = _BackwardEdit.apply(x, bwd, self.lengths)
+        splice = self.plan.splices.get(site)
+        if splice is not None:
+            x = splice(self, x)
+        return x
+
+    def observe(self, site: str, x: torch.Tensor, masked: torch.Tensor | None = None) -> None:
+        """Record captures of ``site`` and keep its graph tensor if gradients are wanted."""
+        for cap in self.plan.captures.get(site, ()):
+            _reduce_capture(cap, x, masked)
+        if site in self.plan.grad_sites:
+            self.graph[site] = x
+        observer = self.plan.observers.get(site)
+        if observer is not None:
+            observer(x)
+
+    def point(self, site: str, x: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+        """Edit then observe: the usual thing to do at a site."""
+        if site not in self._active:
+            return x
+        x = self.edit(site, x)
+        self.observe(site, x, masked)
+        return x
+
+
+_ACTIVE: contextvars.ContextVar[HookContext | None] = contextvars.ContextVar("tdb_hook_context",
+                                                                            default=None)
+
+
+def active_context() -> HookContext | None:
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def activate(ctx: HookContext) -> Iterator[HookContext]:
+    """Make ``ctx`` the context the attention function sees, for the duration of a forward."""
+    token = _ACTIVE.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _ACTIVE.reset(token)
+
+
+# --------------------------------------------------------------------------------------------------
+# The attention function registered with transformers
+
+
+ATTENTION_NAME = "tdb"
+_LAYER_OF_MODULE: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def register_attention_layers(modules: list[torch.nn.Module]) -> None:
+    """Tell the attention function which layer each attention module is (adapters call this)."""
+    for layer, module in enumerate(modules):
+        _LAYER_OF_MODULE[module] = layer
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, H_kv, T, d] -> [B, H_kv * n_rep, T, d], each kv head repeated for its query heads."""
+    if n_rep == 1:
+        return x
+    b, h_kv, t, d = x.shape
+    return x[:, :, None].expand(b, h_kv, n_rep, t, d).reshape(b, h_kv * n_rep, t, d)
+
+
+_SUPPORTED_KWARGS = {"position_ids", "use_cache", "cache_position", "sliding_window", "is_causal",
+                     "output_attentions", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
+                     "max_length_k", "head_mask"}
+
+
+def tdb_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                  value: torch.Tensor, attention_mask: torch.Tensor | None,
+                  scaling: float | None = None, dropout: float = 0.0,
+                  softcap: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention with hook points for q, k, v, scores, pattern and z.
+
+    query ``[B, H, T, d_head]``, key/value ``[B, H_kv, T, d_head]`` (after rotary), additive
+    float mask ``[B, 1, T, T]``. Returns z ``[B, T, H, d_head]`` and the pattern, as HF's eager
+    attention does, and computes exactly what it computes.
+    """
+    unknown = set(kwargs) - _SUPPORTED_KWARGS
+    if unknown or kwargs.get("head_mask") is not None:
+        raise InvalidArgumentError(
+            f"attention arguments {sorted(unknown) or ['head_mask']} are not supported by the tdb "
+            "attention function")
+    ctx = _ACTIVE.get()
+    n_rep = query.shape[1] // key.shape[1]
+    key = _repeat_kv(key, n_rep)  # [B, H, T, d_head]
+    value = _repeat_kv(value, n_rep)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    names: dict[str, str] = {}
+    if ctx is not None:
+        layer = _LAYER_OF_MODULE[module]
+        prefix = f"blocks.{layer}.attn."
+        names = {k: prefix + k for k in ("hook_q", "hook_k", "hook_v", "hook_attn_scores",
+                                          "hook_pattern", "hook_z")}
+        if not ctx.wants_any(list(names.values())):
+            ctx = None
+    if ctx is not None:
+        query = ctx.point(names["hook_q"], query.transpose(1, 2)).transpose(1, 2)
+        key = ctx.point(names["hook_k"], key.transpose(1, 2)).transpose(1, 2)
+        value = ctx.point(names["hook_v"], value.transpose(1, 2)).transpose(1, 2)
+
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [B, H, T_q, T_k]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    blocked = None
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, : key.shape[-2]]
+        scores = scores + mask
+        if ctx is not None and ctx.wants(names["hook_attn_scores"]):
+            blocked = mask <= torch.finfo(mask.dtype).min
+    if ctx is not None:
+        scores = ctx.point(names["hook_attn_scores"], scores, masked=blocked)
+
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)  # [B, H, T_q, T_k]
+    if dropout and module.training:
+        pattern = torch.nn.functional.dropout(pattern, p=dropout, training=True)
+    if ctx is not None:
+        pattern = ctx.point(names["hook_pattern"], pattern)
+
+    z = torch.matmul(pattern, value).transpose(1, 2)  # [B, T, H, d_head]
+    if ctx is not None:
+        z = ctx.point(names["hook_z"], z)
+    return z.contiguous(), pattern
+
+
+def register_attention_function() -> None:
+    """Register ``tdb_attention`` (with HF's eager float mask) with transformers, once."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTENTION_NAME, tdb_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)

@@ -1,0 +1,249 @@
+"""Resolve user specs against a model's schema and a batch: validation happens here, before work.
+
+Every check a request can fail — unknown site, unit or position out of range, operand of the wrong
+shape, patch source of another length, result too large — is made here, so a bad request costs no
+forward pass and gets an error that says what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tdb_core import specs
+from tdb_core.errors import InvalidArgumentError, OutOfRangeError, ResourceExhaustedError
+from tdb_core.hooks import BlockIndex, HookPlan, ResolvedCapture, ResolvedEdit
+from tdb_core.schema import ModelSchema, SiteInfo
+
+ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token rows of one forward pass: the prompts first, then patch sources, then references."""
+
+    rows: tuple[tuple[int, ...], ...]
+    n_prompts: int
+    n_sources: int
+    n_references: int
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(r) for r in self.rows]
+
+    @property
+    def max_len(self) -> int:
+        return max(self.lengths)
+
+    def source_row(self, i: int) -> int:
+        return self.n_prompts + i
+
+    def reference_rows(self) -> list[int]:
+        start = self.n_prompts + self.n_sources
+        return list(range(start, start + self.n_references))
+
+
+def resolve_positions(positions: Sequence[int], lengths: Sequence[int],
+                      what: str = "position") -> list[list[int]]:
+    """Absolute positions per row; negative ones count from each row's end."""
+    out: list[list[int]] = []
+    for row, n in enumerate(lengths):
+        resolved = []
+        for p in positions:
+            q = p + n if p < 0 else p
+            if not 0 <= q < n:
+                raise OutOfRangeError(
+                    f"{what} {p} is out of range for prompt {row}, which has {n} tokens "
+                    f"(allowed: {-n}..{n - 1})")
+            resolved.append(q)
+        out.append(resolved)
+    return out
+
+
+def _axes(site: SiteInfo) -> tuple[int, int | None]:
+    dims = site.kind.dims
+    pos_axis = 1 + dims.index(site.kind.pos_dim)
+    unit_axis = None if site.kind.unit_dim is None else 1 + dims.index(site.kind.unit_dim)
+    return pos_axis, unit_axis
+
+
+def _check_units(schema: ModelSchema, site: SiteInfo, units: Sequence[int] | None) -> None:
+    if units is None:
+        return
+    count = schema.unit_count(site)
+    if count is None:
+        raise InvalidArgumentError(
+            f"site '{site.name}' has no unit axis; leave units empty (its dims are {site.dims})")
+    if len(units) == 0:
+        raise InvalidArgumentError(f"empty unit list for site '{site.name}'; omit it to select all")
+    for u in units:
+        if not 0 <= u < count:
+            raise OutOfRangeError(
+                f"unit {u} is out of range for site '{site.name}', whose {site.kind.unit_dim} "
+                f"axis has {count} entries (allowed: 0..{count - 1})")
+
+
+def _block_shape(schema: ModelSchema, site: SiteInfo, n_pos: int, n_units: int | None,
+                 max_len: int) -> tuple[int, ...]:
+    """Per-row shape of an edit's block: ``[P, (U,) rest...]``, rest in the site's dim order."""
+    k = site.kind
+    rest = [schema.dims.size(d, max_len) for d in k.dims if d not in (k.pos_dim, k.unit_dim)]
+    if k.unit_dim is None:
+        return (n_pos, *rest)
+    units = n_units if n_units is not None else schema.dims.size(k.unit_dim, max_len)
+    return (n_pos, units, *rest)
+
+
+class Planner:
+    """Builds a :class:`HookPlan` for one batch on one model."""
+
+    def __init__(self, schema: ModelSchema, batch: Batch, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.schema = schema
+        self.batch = batch
+        self.device = device
+        self.dtype = dtype
+        self.plan = HookPlan()
+        self.lengths = torch.tensor(batch.lengths, device=device)
+
+    # -- captures
+    def add_capture(self, cap: specs.Capture) -> list[ResolvedCapture]:
+        """Resolve a capture (a name or a glob) for the prompt rows."""
+        if cap.dtype is not None and cap.dtype not in ALLOWED_DTYPES:
+            raise InvalidArgumentError(f"capture dtype {cap.dtype} is not allowed; use float32, "
+                                       "float16 or bfloat16")
+        if cap.top_k is not None and cap.top_k.k < 1:
+            raise InvalidArgumentError(f"top_k must be at least 1, got {cap.top_k.k}")
+        n = self.batch.n_prompts
+        lengths = self.batch.lengths[:n]
+        out = []
+        for site in self.schema.resolve(cap.site):
+            _check_units(self.schema, site, cap.units)
+            pos_axis, unit_axis = _axes(site)
+            pos = valid = key_valid = None
+            if cap.positions is not None:
+                if len(cap.positions) == 0:
+                    raise InvalidArgumentError("empty position list; omit it to keep every position")
+                pos = torch.tensor(resolve_positions(cap.positions, lengths), device=self.device)
+            elif len(set(lengths)) > 1 or len(lengths) < len(self.batch.rows):
+                t = torch.arange(self.batch.max_len, device=self.device)
+                valid = t[None, :] < self.lengths[:n, None]  # [n, T]
+            if site.kind.pos_dim == "q_pos" and (len(set(self.batch.lengths)) > 1):
+                key_valid = torch.arange(self.batch.max_len, device=self.device)[None, :] \
+                    < self.lengths[:n, None]
+            units = None if cap.units is None else torch.tensor(cap.units, device=self.device)
+            resolved = ResolvedCapture(
+                site=site,
+                index=BlockIndex(rows=torch.arange(n, device=self.device), pos=pos, units=units,
+                                 pos_axis=pos_axis, unit_axis=unit_axis),
+                valid=valid, top_k=cap.top_k, dtype=cap.dtype,
+                out_device=torch.device("cpu"), key_valid=key_valid, n_rows=n,
+                units_list=None if cap.units is None else tuple(cap.units),
+            )
+            self.plan.captures.setdefault(site.name, []).append(resolved)
+            out.append(resolved)
+        return out
+
+    def capture_bytes(self) -> int:
+        """Bytes the captured values (and top-k indices) will take on the wire."""
+        total = 0
+        for caps in self.plan.captures.values():
+            for c in caps:
+                total += self._capture_bytes(c)
+        return total
+
+    def _capture_bytes(self, c: ResolvedCapture) -> int:
+        n = self.batch.n_prompts
+        T = self.batch.max_len
+        shape = []
+        for d in c.site.kind.dims:
+            size = self.schema.dims.size(d, T)
+            if d == c.site.kind.pos_dim and c.index.pos is not None:
+                size = c.index.pos.shape[1]
+            if d == c.site.kind.unit_dim and c.index.units is not None:
+                size = c.index.units.shape[0]
+            shape.append(size)
+        itemsize = torch.empty((), dtype=c.dtype or self.dtype).element_size()
+        if c.top_k is not None:
+            shape[-1] = min(shape[-1], c.top_k.k)
+            return n * math.prod(shape) * (itemsize + 8)
+        return n * math.prod(shape) * itemsize
+
+    # -- interventions
+    def add_intervention(self, iv: specs.Intervention, rows: Sequence[int]) -> None:
+        """Resolve an intervention applying to the given prompt rows."""
+        for site in self.schema.resolve(iv.site):
+            self._add_edit(site, iv, list(rows))
+
+    def _add_edit(self, site: SiteInfo, iv: specs.Intervention, rows: list[int]) -> None:
+        op = iv.op
+        if iv.pass_ is specs.Pass.BACKWARD and isinstance(
+                op, (specs.MeanOverPositions, specs.MeanOverReference, specs.PatchFrom)):
+            raise InvalidArgumentError(
+                f"{type(op).__name__} cannot act on the backward pass; backward interventions "
+                "are zero, set, scale and add")
+        _check_units(self.schema, site, iv.units)
+        pos_axis, unit_axis = _axes(site)
+        lengths = [self.batch.lengths[r] for r in rows]
+        pos = None
+        if iv.positions is not None:
+            if len(iv.positions) == 0:
+                raise InvalidArgumentError("empty position list; omit it to select every position")
+            pos = torch.tensor(resolve_positions(iv.positions, lengths), device=self.device)
+        n_pos = pos.shape[1] if pos is not None else self.batch.max_len
+        n_units = None if iv.units is None else len(iv.units)
+        block = _block_shape(self.schema, site, n_pos, n_units, self.batch.max_len)
+        tensor = None
+        if isinstance(op, (specs.SetTensor, specs.AddVector)):
+            tensor = op.tensor if isinstance(op, specs.SetTensor) else op.vector
+            try:
+                torch.broadcast_shapes(tuple(tensor.shape), block)
+            except RuntimeError:
+                raise InvalidArgumentError(
+                    f"operand of shape {list(tensor.shape)} does not broadcast to the selected "
+                    f"block of '{site.name}', shaped {list(block)} "
+                    f"([positions, {', '.join(d for d in site.kind.dims if d != site.kind.pos_dim)}]"
+                    " with the unit axis cut to the selected units)") from None
+            if iv.positions is None and len(tensor.shape) == len(block) and tensor.shape[0] != 1 \
+                    and len(set(self.batch.lengths)) > 1:
+                raise InvalidArgumentError(
+                    "an operand with a position axis needs prompts of equal length or explicit "
+                    "positions")
+            tensor = tensor.to(device=self.device, dtype=self.dtype)
+        source_rows = reference_rows = None
+        if isinstance(op, specs.PatchFrom):
+            if not 0 <= op.source < self.batch.n_sources:
+                raise OutOfRangeError(
+                    f"patch source {op.source} does not exist; the request has "
+                    f"{self.batch.n_sources} source prompt(s)")
+            src = self.batch.source_row(op.source)
+            for r in rows:
+                if self.batch.lengths[src] != self.batch.lengths[r]:
+                    raise InvalidArgumentError(
+                        f"patch source {op.source} has {self.batch.lengths[src]} tokens but the "
+                        f"prompt it patches has {self.batch.lengths[r]}; patching needs equal lengths")
+            source_rows = torch.full((len(rows),), src, device=self.device)
+        if isinstance(op, specs.MeanOverReference):
+            if self.batch.n_references == 0:
+                raise InvalidArgumentError("mean over reference prompts needs reference prompts")
+            reference_rows = torch.tensor(self.batch.reference_rows(), device=self.device)
+        units = None if iv.units is None else torch.tensor(iv.units, device=self.device)
+        edit = ResolvedEdit(
+            site=site,
+            index=BlockIndex(rows=torch.tensor(rows, device=self.device), pos=pos, units=units,
+                             pos_axis=pos_axis, unit_axis=unit_axis),
+            op=op, pass_=iv.pass_, tensor=tensor, source_rows=source_rows,
+            reference_rows=reference_rows,
+        )
+        self.plan.edits.setdefault(site.name, []).append(edit)
+
+
+def check_response_bytes(n_bytes: int, limit: int) -> None:
+    if n_bytes > limit:
+        raise ResourceExhaustedError(
+            f"the response would be {n_bytes / 2**20:.1f} MiB, over the server's limit of "
+            f"{limit / 2**20:.1f} MiB; select positions or units, use top_k or float16, or "
+            "capture fewer sites")

@@ -1,0 +1,48 @@
+"""The `tdb` CLI end to end: serve, forward, models, info, errors, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import json
+
+from tests.e2e.conftest import run_cli, start_server
+
+
+def test_forward_prints_summary_and_json(tiny_server):
+    """`tdb forward` prints tokens, next-token top-k and per-site summaries; --json is parseable."""
+    r = run_cli("forward", "When Mary and John went", "--capture", "blocks.*.mlp.hook_post",
+                "--server", tiny_server.address)
+    assert r.returncode == 0, r.stderr
+    assert "prompt 0:" in r.stdout and "next after position" in r.stdout
+    assert "blocks.1.mlp.hook_post [batch, pos, d_mlp]" in r.stdout
+    r = run_cli("forward", "When Mary", "--capture", "blocks.0.attn.hook_pattern", "--positions",
+                "-1", "--json", "--server", tiny_server.address)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    act = data["activations"]["blocks.0.attn.hook_pattern"]
+    assert act["dims"] == ["batch", "head", "q_pos", "k_pos"] and act["shape"][:3] == [1, 4, 1]
+    assert abs(sum(act["values"][0][0][0]) - 1.0) < 1e-5
+
+
+def test_models_and_info(tiny_server):
+    """`tdb models` lists the model; `tdb info` prints the schema."""
+    r = run_cli("models", "--server", tiny_server.address)
+    assert r.returncode == 0 and "tiny" in r.stdout and "GPT2LMHeadModel" in r.stdout
+    r = run_cli("info", "--server", tiny_server.address)
+    assert r.returncode == 0 and "blocks.{L}.attn.hook_pattern" in r.stdout
+
+
+def test_errors_exit_nonzero_with_message(tiny_server):
+    """A bad request prints the status and the server's message, exit code 1."""
+    r = run_cli("forward", "hi", "--capture", "blocks.9.mlp.hook_post", "--server", tiny_server.address)
+    assert r.returncode == 1
+    assert "OUT_OF_RANGE" in r.stderr and "layers 0..1" in r.stderr
+
+
+def test_sigterm_stops_gracefully(tiny_gpt2_dir):
+    """SIGTERM: the server logs shutdown, stops, and exits 0."""
+    server = start_server("--model", f"tiny={tiny_gpt2_dir}")
+    r = run_cli("forward", "hi", "--server", server.address)
+    assert r.returncode == 0
+    assert server.stop() == 0
+    events = [e["event"] for e in server.events()]
+    assert "shutting down" in events and events[-1] == "stopped"
