@@ -3,6 +3,8 @@
     tdb serve [--model NAME=PATH_OR_HUB_ID] [--device auto] [--dtype float32] [--port 50051]
     tdb models | tdb info [--model M]
     tdb forward "PROMPT" --capture SITE... [--positions -1] [--top-k 10] [--json]
+    tdb ablate "PROMPT" --target " Mary" --distractor " John" --zero 'blocks.1.attn.hook_z[head=3]'
+    tdb patch CLEAN CORRUPTED --site hook_resid_pre --target " Mary" --distractor " John" [--png F]
 
 Client commands talk to ``--server`` (env TDB_SERVER, default localhost:50051) and exit with
 status 1 and the server's message on errors.
@@ -128,6 +130,114 @@ def cmd_forward(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- ablate / patch -------------------------------------------------------------------------------
+
+
+def _interventions_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """(label, intervention) pairs from --zero/--set/--scale/--mean/--patch flags, in order."""
+    from tdb_client import interventions as iv
+
+    out: list[tuple[str, Any]] = []
+    for sel in args.zero:
+        out.append((f"zero {sel}", iv.zero(sel)))
+    for item in args.set:
+        sel, _, value = item.rpartition("=")
+        out.append((f"set {sel}={value}", iv.set_value(sel, float(value))))
+    for item in args.scale:
+        sel, _, value = item.rpartition("=")
+        out.append((f"scale {sel}x{value}", iv.scale(sel, float(value))))
+    for sel in args.mean:
+        op = iv.mean_over_reference(sel) if args.reference else iv.mean_over_positions(sel)
+        out.append((f"mean {sel}", op))
+    for sel in args.patch:
+        out.append((f"patch {sel}", iv.patch(sel, 0)))
+    return out
+
+
+def _fmt(x: float | None, spec: str = "+.3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    edits = _interventions_from_args(args)
+    if not edits:
+        raise SystemExit("give at least one intervention: --zero/--set/--scale/--mean/--patch")
+    sets = ({label: [e] for label, e in edits} if args.each
+            else {" + ".join(label for label, _ in edits): [e for _, e in edits]})
+    with _client(args) as c:
+        res = c.ablate(args.prompt, sets, target=args.target or None,
+                       distractor=args.distractor or None, position=args.position,
+                       top_k=args.top_k, model=args.model,
+                       sources=[args.source] if args.source else (),
+                       references=args.reference or ())
+    if args.json:
+        print(json.dumps({"model": res.model, "tokens": res.tokens, "position": res.position,
+                          "rows": [dict(r.__dict__, top=r.top.__dict__) for r in res.rows]}))
+        return 0
+    print(f"prompt: {'|'.join(res.tokens)}")
+    print(f"next token after position {res.position} ({res.tokens[res.position]!r})\n")
+    width = max(12, *(len(r.name) for r in res.rows))
+    head = f"{'':{width}s}  {'logit diff':>10s}  {'change':>8s}  {'KL':>7s}  top next tokens"
+    print(head)
+    for r in res.rows:
+        print(f"{r.name:{width}s}  {_fmt(r.logit_diff):>10s}  {_fmt(r.logit_diff_change):>8s}  "
+              f"{r.kl_from_baseline:7.4f}  {_fmt_top(r.top, 4)}")
+    return 0
+
+
+def _heatmap_text(res: Any) -> str:
+    labels = [f"{j}:{lab}" if res.by == "position" else lab
+              for j, lab in zip(res.columns, res.column_labels)]
+    w = max(7, *(len(repr(x)) for x in labels))
+    lines = [f"{'layer':>5s} " + " ".join(f"{x!r:>{w}s}"[-w:] for x in labels)]
+    for i, layer in enumerate(res.layers):
+        lines.append(f"{layer:5d} " + " ".join(f"{v:>{w}.3f}" for v in res.recovered[i]))
+    return "\n".join(lines)
+
+
+def _save_heatmap_png(res: Any, path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--png needs matplotlib: pip install 'tdb-service[plot]'") from None
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(res.columns) + 2), 0.45 * len(res.layers) + 1.8))
+    lim = float(np.nanmax(np.abs(res.recovered))) if np.isfinite(res.recovered).any() else 1.0
+    im = ax.imshow(res.recovered, cmap="RdBu", vmin=-max(lim, 1e-6), vmax=max(lim, 1e-6), aspect="auto")
+    ax.set_xticks(range(len(res.columns)), labels=[repr(x) if res.by == "position" else x
+                                                   for x in res.column_labels], rotation=60, ha="right")
+    ax.set_yticks(range(len(res.layers)), labels=[str(x) for x in res.layers])
+    ax.set_ylabel("layer")
+    ax.set_title(f"{res.site}: logit difference recovered\n(clean {res.clean_logit_diff:+.2f}, "
+                 f"corrupted {res.corrupted_logit_diff:+.2f})", fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        res = c.patch_sweep(args.clean, args.corrupted, site=args.site, target=args.target,
+                            distractor=args.distractor, by=args.by,
+                            positions=_ints(args.positions) if args.positions else None,
+                            layers=_ints(args.layers) if args.layers else None, model=args.model)
+    if args.png:
+        _save_heatmap_png(res, args.png)
+    if args.json:
+        print(json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                          for k, v in res.__dict__.items()}))
+        return 0
+    print(f"{res.site} patched clean -> corrupted, by {res.by}; logit diff clean "
+          f"{res.clean_logit_diff:+.3f}, corrupted {res.corrupted_logit_diff:+.3f}")
+    print("fraction of the logit difference recovered:")
+    print(_heatmap_text(res))
+    if args.png:
+        print(f"heatmap written to {args.png}")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
 
@@ -159,6 +269,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zero-ablate, e.g. 'blocks.1.attn.hook_z[head=3]'")
     _add_client_args(p)
     p.set_defaults(func=cmd_forward)
+
+    p = sub.add_parser("ablate", help="compare a baseline with interventions",
+                       description="Interventions use selectors such as "
+                                   "'blocks.1.attn.hook_z[head=3]' or "
+                                   "'blocks.0.mlp.hook_post[42,pos=-1]'.")
+    p.add_argument("prompt")
+    p.add_argument("--target", action="append", default=[], help="target token, e.g. ' Mary'")
+    p.add_argument("--distractor", action="append", default=[], help="distractor token")
+    p.add_argument("--position", type=int, default=-1, help="position compared (default -1)")
+    p.add_argument("--zero", action="append", default=[], metavar="SELECTOR")
+    p.add_argument("--set", action="append", default=[], metavar="SELECTOR=VALUE")
+    p.add_argument("--scale", action="append", default=[], metavar="SELECTOR=FACTOR")
+    p.add_argument("--mean", action="append", default=[], metavar="SELECTOR",
+                   help="mean-ablate (over the prompt's positions, or --reference prompts)")
+    p.add_argument("--reference", action="append", default=[], metavar="PROMPT")
+    p.add_argument("--patch", action="append", default=[], metavar="SELECTOR",
+                   help="patch from --source")
+    p.add_argument("--source", default=None, metavar="PROMPT", help="source prompt for --patch")
+    p.add_argument("--each", action="store_true", help="one row per intervention instead of one "
+                                                       "row with all of them")
+    p.add_argument("--top-k", type=int, default=5)
+    _add_client_args(p)
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("patch", help="activation patching sweep (clean -> corrupted)")
+    p.add_argument("clean")
+    p.add_argument("corrupted")
+    p.add_argument("--site", default="hook_resid_pre",
+                   help="per-layer site kind, e.g. hook_resid_pre, hook_attn_out, attn.hook_z")
+    p.add_argument("--target", required=True, action="append")
+    p.add_argument("--distractor", required=True, action="append")
+    p.add_argument("--by", choices=("position", "head"), default="position")
+    p.add_argument("--positions", default=None, help="head sweeps: positions patched")
+    p.add_argument("--layers", default=None, help="layers to sweep, e.g. '0,1'")
+    p.add_argument("--png", default=None, metavar="FILE", help="also write a heatmap image")
+    _add_client_args(p)
+    p.set_defaults(func=cmd_patch)
 
     for register in _plugin_registrars():
         register(sub)

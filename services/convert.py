@@ -18,7 +18,7 @@ import torch
 from tdb.v1 import common_pb2 as cpb
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import model_pb2 as mpb
-from tdb_core import specs
+from tdb_core import ablate, specs
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.runner import ModelRunner
 
@@ -239,4 +239,82 @@ def model_info_to_pb(runner: ModelRunner) -> mpb.GetModelInfoResponse:
         msg.bos_token_id = tok.bos_token_id
     if tok.eos_token_id is not None:
         msg.eos_token_id = tok.eos_token_id
+    return msg
+
+
+# --------------------------------------------------------------------------------------------------
+# Ablate and patching
+
+
+def tokens_from_pb(runner: ModelRunner, t: cpb.Tokens, what: str) -> tuple[int, ...]:
+    """Token ids from strings (each must be exactly one token) and ids."""
+    ids = [runner.single_token(s, f"{what} token") for s in t.strings]
+    return tuple(ids + list(t.ids))
+
+
+def ablate_spec_from_pb(runner: ModelRunner, r: ipb.AblateRequest) -> ablate.AblateSpec:
+    if not r.HasField("prompt"):
+        raise InvalidArgumentError("Ablate needs a prompt")
+    return ablate.AblateSpec(
+        prompt=prompt_from_pb(r.prompt),
+        sets=tuple(ablate.InterventionSet(s.name or f"set{i}",
+                                          tuple(intervention_from_pb(iv) for iv in s.interventions))
+                   for i, s in enumerate(r.sets)),
+        position=r.position if r.HasField("position") else -1,
+        target_ids=tokens_from_pb(runner, r.target, "target"),
+        distractor_ids=tokens_from_pb(runner, r.distractor, "distractor"),
+        top_k=r.top_k if r.HasField("top_k") else 10,
+        captures=tuple(capture_from_pb(c) for c in r.captures),
+        sources=tuple(prompt_from_pb(p) for p in r.sources),
+        references=tuple(prompt_from_pb(p) for p in r.references),
+        prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None,
+    )
+
+
+def ablate_header_to_pb(model: str, spec: ablate.AblateSpec, r: ablate.AblateResult,
+                        sink: TensorSink) -> ipb.AblateHeader:
+    rows = []
+    for row in r.rows:
+        msg = ipb.AblateRow(name=row.name, top=top_logits_to_pb(row.top),
+                            kl_from_baseline=row.kl_from_baseline)
+        if row.logit_diff is not None:
+            msg.logit_diff = row.logit_diff
+            msg.logit_diff_change = row.logit_diff_change or 0.0
+        if row.target_prob is not None:
+            msg.target_prob = row.target_prob
+        rows.append(msg)
+    return ipb.AblateHeader(model=model, prompt=prompt_tokens_to_pb(r.prompt), position=r.position,
+                            rows=rows, captures=[capture_to_pb(c, sink) for c in r.captures],
+                            target_ids=list(spec.target_ids), distractor_ids=list(spec.distractor_ids))
+
+
+_SWEEP_BY = {ipb.SWEEP_BY_UNSPECIFIED: ablate.SweepBy.POSITION,
+             ipb.SWEEP_BY_POSITION: ablate.SweepBy.POSITION, ipb.SWEEP_BY_HEAD: ablate.SweepBy.HEAD}
+
+
+def patch_sweep_spec_from_pb(runner: ModelRunner, r: ipb.PatchSweepRequest) -> ablate.PatchSweepSpec:
+    if not (r.HasField("clean") and r.HasField("corrupted")):
+        raise InvalidArgumentError("PatchSweep needs a clean and a corrupted prompt")
+    if r.by not in _SWEEP_BY:
+        raise InvalidArgumentError(f"unknown sweep layout {r.by}")
+    return ablate.PatchSweepSpec(
+        clean=prompt_from_pb(r.clean), corrupted=prompt_from_pb(r.corrupted), site=r.site,
+        target_ids=tokens_from_pb(runner, r.target, "target"),
+        distractor_ids=tokens_from_pb(runner, r.distractor, "distractor"),
+        by=_SWEEP_BY[r.by], positions=tuple(r.positions) or None, layers=tuple(r.layers) or None,
+        position=r.position if r.HasField("position") else -1,
+        prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None,
+    )
+
+
+def patch_sweep_to_pb(model: str, r: ablate.PatchSweepResult) -> ipb.PatchSweepResponse:
+    sink = TensorSink(inline_budget=1 << 62)  # a grid is small: always inline
+    msg = ipb.PatchSweepResponse(
+        model=model, site=r.site,
+        by=ipb.SWEEP_BY_HEAD if r.by is ablate.SweepBy.HEAD else ipb.SWEEP_BY_POSITION,
+        layers=list(r.layers), columns=list(r.columns), column_labels=list(r.column_labels),
+        clean_logit_diff=r.clean_logit_diff, corrupted_logit_diff=r.corrupted_logit_diff,
+        clean=prompt_tokens_to_pb(r.clean), corrupted=prompt_tokens_to_pb(r.corrupted))
+    sink.put(msg.recovered, r.recovered.float())
+    sink.put(msg.logit_diffs, r.logit_diffs.float())
     return msg

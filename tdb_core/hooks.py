@@ -294,8 +294,14 @@ class HookContext:
         return norm in self.plan.freeze_norms
 
     # -- what the adapter calls
+    def _root(self, site: str, x: torch.Tensor) -> None:
+        """Make a gradient site that no parameter feeds (the embeddings) a leaf of the graph."""
+        if site in self.plan.grad_sites and not x.requires_grad and torch.is_grad_enabled():
+            x.requires_grad_()
+
     def edit(self, site: str, x: torch.Tensor) -> torch.Tensor:
         """Apply forward edits, backward edits and splices at ``site``; returns the new tensor."""
+        self._root(site, x)
         edits = self.plan.edits.get(site)
         if edits:
             fwd = [e for e in edits if e.pass_ is specs.Pass.FORWARD]
@@ -314,6 +320,7 @@ class HookContext:
         for cap in self.plan.captures.get(site, ()):
             _reduce_capture(cap, x, masked)
         if site in self.plan.grad_sites:
+            self._root(site, x)
             self.graph[site] = x
         observer = self.plan.observers.get(site)
         if observer is not None:

@@ -19,7 +19,7 @@ import torch
 from tdb_core import specs
 from tdb_core.adapter import Adapter
 from tdb_core.errors import InvalidArgumentError, OutOfRangeError, ResourceExhaustedError
-from tdb_core.hooks import HookContext, HookPlan, activate
+from tdb_core.hooks import HookContext, HookPlan, ResolvedCapture, activate
 from tdb_core.plan import Batch, Planner, check_response_bytes, resolve_positions
 from tdb_core.schema import ModelSchema
 
@@ -219,7 +219,7 @@ class ModelRunner:
         return specs.ForwardResult(
             prompts=tuple(specs.PromptTokens(r, self.token_strings(r))
                           for r in batch.rows[: batch.n_prompts]),
-            captures=tuple(self._capture_result(c) for c in captures),
+            captures=tuple(capture_result(c) for c in captures),
             top_logits=self.top_logits(at, logit_pos, top_k),
             logits_at=at.cpu(),
         )
@@ -242,16 +242,17 @@ class ModelRunner:
                   for j in range(len(positions[b])))
             for b in range(len(positions)))
 
-    @staticmethod
-    def _capture_result(c: Any) -> specs.CaptureResult:
-        index = c.index
-        if index.pos is not None:
-            positions = index.pos.cpu()
-        else:
-            T = c.values.shape[1 + c.site.kind.dims.index(c.site.kind.pos_dim)]
-            positions = torch.arange(T).expand(c.n_rows, T).contiguous()
-        dims = list(c.site.kind.dims)
-        if c.top_k is not None:
-            dims[-1] = "top_k"
-        return specs.CaptureResult(site=c.site.name, dims=tuple(dims), values=c.values,
-                                   indices=c.indices, positions=positions, units=c.units_list)
+
+def capture_result(c: ResolvedCapture) -> specs.CaptureResult:
+    """The domain result of a capture that a forward pass filled in."""
+    index = c.index
+    if index.pos is not None:
+        positions = index.pos.cpu()
+    else:
+        T = c.values.shape[1 + c.site.kind.dims.index(c.site.kind.pos_dim)]
+        positions = torch.arange(T).expand(c.n_rows, T).contiguous()
+    dims = list(c.site.kind.dims)
+    if c.top_k is not None:
+        dims[-1] = "top_k"
+    return specs.CaptureResult(site=c.site.name, dims=tuple(dims), values=c.values,
+                               indices=c.indices, positions=positions, units=c.units_list)

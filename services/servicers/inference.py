@@ -1,4 +1,4 @@
-"""InferenceService: Forward (and, as they land, Ablate and patching)."""
+"""InferenceService: Forward, Ablate and activation-patching sweeps."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import grpc
 from services import convert
 from services.interceptors import note
 from services.registry import ModelRegistry
+from tdb_core import ablate
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import inference_pb2_grpc as ipb_grpc
 
@@ -29,3 +30,25 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         yield ipb.ForwardResponse(header=header)
         for chunk in sink.chunks():
             yield ipb.ForwardResponse(chunk=chunk)
+
+    def Ablate(self, request: ipb.AblateRequest,
+               context: grpc.ServicerContext) -> Iterator[ipb.AblateResponse]:
+        runner = self.models.get(request.model)
+        spec = convert.ablate_spec_from_pb(runner, request)
+        note(model=runner.name, sets=len(spec.sets))
+        result = ablate.ablate(runner, spec)
+        note(tokens=len(result.prompt.token_ids) * len(result.rows))
+        sink = convert.TensorSink()
+        header = convert.ablate_header_to_pb(runner.name, spec, result, sink)
+        yield ipb.AblateResponse(header=header)
+        for chunk in sink.chunks():
+            yield ipb.AblateResponse(chunk=chunk)
+
+    def PatchSweep(self, request: ipb.PatchSweepRequest,
+                   context: grpc.ServicerContext) -> ipb.PatchSweepResponse:
+        runner = self.models.get(request.model)
+        spec = convert.patch_sweep_spec_from_pb(runner, request)
+        note(model=runner.name, site=spec.site)
+        result = ablate.patch_sweep(runner, spec)
+        note(cells=int(result.recovered.numel()))
+        return convert.patch_sweep_to_pb(runner.name, result)

@@ -46,3 +46,23 @@ def test_sigterm_stops_gracefully(tiny_gpt2_dir):
     assert server.stop() == 0
     events = [e["event"] for e in server.events()]
     assert "shutting down" in events and events[-1] == "stopped"
+
+
+def test_ablate_and_patch_commands(tiny_server, tmp_path):
+    """`tdb ablate` prints a baseline-vs-ablated table; `tdb patch --png` prints the grid and
+    writes a PNG image."""
+    clean = "When Mary and John went to the store, John gave a drink to"
+    corrupt = "When Mary and John went to the store, Mary gave a drink to"
+    r = run_cli("ablate", clean, "--target", " Mary", "--distractor", " John", "--zero",
+                "blocks.1.attn.hook_z[head=3]", "--zero", "blocks.0.mlp.hook_post[5,pos=-1]",
+                "--each", "--server", tiny_server.address)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("baseline") for line in lines)
+    assert any("zero blocks.1.attn.hook_z[head=3]" in line for line in lines)
+    png = tmp_path / "patch.png"
+    r = run_cli("patch", clean, corrupt, "--site", "hook_resid_pre", "--target", " Mary",
+                "--distractor", " John", "--png", str(png), "--server", tiny_server.address)
+    assert r.returncode == 0, r.stderr
+    assert "fraction of the logit difference recovered" in r.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,9 +10,10 @@ from tdb_client import interventions
 from tdb_client.client import TdbClient
 from tdb_client.errors import TdbClientError
 from tdb_client.interventions import Selector, parse_selector
-from tdb_client.types import Capture, ForwardResult, ModelInfo, ModelSummary, SiteInfo, TopLogits
+from tdb_client.types import (AblateResult, AblateRow, Capture, ForwardResult, ModelInfo,
+                              ModelSummary, PatchSweepResult, SiteInfo, TopLogits)
 
 __all__ = [
     "TdbClient", "TdbClientError", "Capture", "ForwardResult", "ModelInfo", "ModelSummary",
-    "SiteInfo", "TopLogits", "Selector", "parse_selector", "interventions",
+    "SiteInfo", "TopLogits", "AblateResult", "AblateRow", "PatchSweepResult", "Selector", "parse_selector", "interventions",
 ]

@@ -14,8 +14,9 @@ from tdb.v1 import inference_pb2_grpc as ipb_grpc
 from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import model_pb2_grpc as mpb_grpc
 from tdb_client.errors import TdbClientError
-from tdb_client.tensors import StreamAssembler, assemble
-from tdb_client.types import Capture, ForwardResult, ModelInfo, ModelSummary, SiteInfo, TopLogits
+from tdb_client.tensors import StreamAssembler, assemble, to_numpy
+from tdb_client.types import (AblateResult, AblateRow, Capture, ForwardResult, ModelInfo,
+                              ModelSummary, PatchSweepResult, SiteInfo, TopLogits)
 
 PromptLike = str | Sequence[int]
 R = TypeVar("R")
@@ -51,6 +52,18 @@ def capture_pb(c: str | Capture, positions: Sequence[int] | None = None) -> cpb.
         msg.top_k.k = c.top_k
         msg.top_k.mode = _MODES[c.top_k_mode]
     return msg
+
+
+def tokens_pb(tokens: str | int | Sequence[str | int] | None) -> cpb.Tokens:
+    """Tokens from strings (each must be one token) and/or ids."""
+    if tokens is None:
+        return cpb.Tokens()
+    items = [tokens] if isinstance(tokens, (str, int)) else list(tokens)
+    return cpb.Tokens(strings=[t for t in items if isinstance(t, str)],
+                      ids=[int(t) for t in items if not isinstance(t, str)])
+
+
+TokensLike = str | int | Sequence[str | int] | None
 
 
 def top_logits_from_pb(t: cpb.TopLogits) -> TopLogits:
@@ -175,3 +188,60 @@ class TdbClient:
                 out.indices[c.site] = stream.array(c.indices)
         out.top_logits = [[top_logits_from_pb(t) for t in p.positions] for p in h.top_logits]
         return out
+
+    def ablate(self, prompt: PromptLike,
+               sets: dict[str, Iterable[cpb.Intervention]] | Iterable[Iterable[cpb.Intervention]],
+               target: TokensLike = None, distractor: TokensLike = None, position: int = -1,
+               top_k: int = 10, capture: Iterable[str | Capture] = (),
+               positions: Sequence[int] | None = None, sources: Sequence[PromptLike] = (),
+               references: Sequence[PromptLike] = (), model: str | None = None,
+               prepend_bos: bool | None = None, timeout: float | None = None) -> AblateResult:
+        """Compare a baseline with each intervention set (one padded batch on the server).
+
+        ``sets``: a dict name -> interventions (or a list, named set0, set1, ...);
+        ``target``/``distractor``: strings that are one token each (e.g. " Mary") or ids.
+        """
+        named = sets.items() if isinstance(sets, dict) else ((f"set{i}", s) for i, s in enumerate(sets))
+        req = ipb.AblateRequest(
+            model=model or "", prompt=prompt_pb(prompt),
+            sets=[cpb.InterventionSet(name=n, interventions=list(ivs)) for n, ivs in named],
+            position=position, target=tokens_pb(target), distractor=tokens_pb(distractor),
+            top_k=top_k, captures=[capture_pb(c, positions) for c in capture],
+            sources=[prompt_pb(p) for p in sources], references=[prompt_pb(p) for p in references])
+        if prepend_bos is not None:
+            req.prepend_bos = prepend_bos
+        stream = self._stream(self._inference.Ablate, req, timeout)
+        h: ipb.AblateHeader = stream.header  # type: ignore[assignment]
+        rows = [AblateRow(r.name, top_logits_from_pb(r.top),
+                          r.logit_diff if r.HasField("logit_diff") else None,
+                          r.logit_diff_change if r.HasField("logit_diff_change") else None,
+                          r.kl_from_baseline,
+                          r.target_prob if r.HasField("target_prob") else None) for r in h.rows]
+        out = AblateResult(model=h.model, tokens=list(h.prompt.tokens),
+                           token_ids=list(h.prompt.token_ids), position=h.position, rows=rows)
+        for c in h.captures:
+            out.activations[c.site] = stream.array(c.values)
+            out.dims[c.site] = tuple(c.dims)
+        return out
+
+    def patch_sweep(self, clean: PromptLike, corrupted: PromptLike, site: str,
+                    target: TokensLike, distractor: TokensLike, by: str = "position",
+                    positions: Sequence[int] | None = None, layers: Sequence[int] | None = None,
+                    position: int = -1, model: str | None = None,
+                    timeout: float | None = None) -> PatchSweepResult:
+        """Activation patching of ``site`` (e.g. "hook_resid_pre", "attn.hook_z") from ``clean``
+        into ``corrupted``; ``by`` is "position" (grid layer x position) or "head"."""
+        if by not in ("position", "head"):
+            raise ValueError("by must be 'position' or 'head'")
+        req = ipb.PatchSweepRequest(
+            model=model or "", clean=prompt_pb(clean), corrupted=prompt_pb(corrupted), site=site,
+            target=tokens_pb(target), distractor=tokens_pb(distractor),
+            by=ipb.SWEEP_BY_HEAD if by == "head" else ipb.SWEEP_BY_POSITION,
+            positions=list(positions or ()), layers=list(layers or ()), position=position)
+        r = self._unary(self._inference.PatchSweep, req, timeout)
+        return PatchSweepResult(
+            model=r.model, site=r.site, by=by, layers=list(r.layers), columns=list(r.columns),
+            column_labels=list(r.column_labels), recovered=to_numpy(r.recovered),
+            logit_diffs=to_numpy(r.logit_diffs), clean_logit_diff=r.clean_logit_diff,
+            corrupted_logit_diff=r.corrupted_logit_diff, clean_tokens=list(r.clean.tokens),
+            corrupted_tokens=list(r.corrupted.tokens))

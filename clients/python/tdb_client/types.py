@@ -94,3 +94,52 @@ class ForwardResult:
     positions: dict[str, np.ndarray] = field(default_factory=dict)
     dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
     top_logits: list[list[TopLogits]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AblateRow:
+    name: str
+    top: TopLogits
+    logit_diff: float | None
+    logit_diff_change: float | None
+    kl_from_baseline: float
+    target_prob: float | None
+
+
+@dataclass
+class AblateResult:
+    """Rows: the baseline first, then one per intervention set. ``activations[site]`` has the
+    row as its batch axis."""
+
+    model: str
+    tokens: list[str]
+    token_ids: list[int]
+    position: int
+    rows: list[AblateRow]
+    activations: dict[str, np.ndarray] = field(default_factory=dict)
+    dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def row(self, name: str) -> AblateRow:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+@dataclass
+class PatchSweepResult:
+    """``recovered[i, j]``: normalized logit difference recovered by patching layer
+    ``layers[i]`` at column ``columns[j]`` (a position or a head)."""
+
+    model: str
+    site: str
+    by: str
+    layers: list[int]
+    columns: list[int]
+    column_labels: list[str]
+    recovered: np.ndarray
+    logit_diffs: np.ndarray
+    clean_logit_diff: float
+    corrupted_logit_diff: float
+    clean_tokens: list[str]
+    corrupted_tokens: list[str]

@@ -210,3 +210,19 @@ class Intervention(_message.Message):
     mean_over_reference: MeanOverReferenceOp
     patch: PatchFromOp
     def __init__(self, site: _Optional[str] = ..., positions: _Optional[_Iterable[int]] = ..., units: _Optional[_Iterable[int]] = ..., zero: _Optional[_Union[ZeroOp, _Mapping]] = ..., set_value: _Optional[_Union[SetValueOp, _Mapping]] = ..., set_tensor: _Optional[_Union[Tensor, _Mapping]] = ..., scale: _Optional[_Union[ScaleOp, _Mapping]] = ..., add: _Optional[_Union[AddOp, _Mapping]] = ..., mean_over_positions: _Optional[_Union[MeanOverPositionsOp, _Mapping]] = ..., mean_over_reference: _Optional[_Union[MeanOverReferenceOp, _Mapping]] = ..., patch: _Optional[_Union[PatchFromOp, _Mapping]] = ..., **kwargs) -> None: ...
+
+class Tokens(_message.Message):
+    __slots__ = ("strings", "ids")
+    STRINGS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    strings: _containers.RepeatedScalarFieldContainer[str]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, strings: _Optional[_Iterable[str]] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class InterventionSet(_message.Message):
+    __slots__ = ("name", "interventions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    interventions: _containers.RepeatedCompositeFieldContainer[Intervention]
+    def __init__(self, name: _Optional[str] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ...) -> None: ...

@@ -1,11 +1,21 @@
 from tdb.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SweepBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SWEEP_BY_UNSPECIFIED: _ClassVar[SweepBy]
+    SWEEP_BY_POSITION: _ClassVar[SweepBy]
+    SWEEP_BY_HEAD: _ClassVar[SweepBy]
+SWEEP_BY_UNSPECIFIED: SweepBy
+SWEEP_BY_POSITION: SweepBy
+SWEEP_BY_HEAD: SweepBy
 
 class ForwardRequest(_message.Message):
     __slots__ = ("model", "prompts", "captures", "interventions", "sources", "references", "logit_positions", "top_k", "prepend_bos")
@@ -48,3 +58,125 @@ class ForwardResponse(_message.Message):
     header: ForwardHeader
     chunk: _common_pb2.TensorChunk
     def __init__(self, header: _Optional[_Union[ForwardHeader, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+
+class AblateRequest(_message.Message):
+    __slots__ = ("model", "prompt", "sets", "position", "target", "distractor", "top_k", "captures", "sources", "references", "prepend_bos")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SETS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DISTRACTOR_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    CAPTURES_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    PREPEND_BOS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    prompt: _common_pb2.Prompt
+    sets: _containers.RepeatedCompositeFieldContainer[_common_pb2.InterventionSet]
+    position: int
+    target: _common_pb2.Tokens
+    distractor: _common_pb2.Tokens
+    top_k: int
+    captures: _containers.RepeatedCompositeFieldContainer[_common_pb2.Capture]
+    sources: _containers.RepeatedCompositeFieldContainer[_common_pb2.Prompt]
+    references: _containers.RepeatedCompositeFieldContainer[_common_pb2.Prompt]
+    prepend_bos: bool
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., sets: _Optional[_Iterable[_Union[_common_pb2.InterventionSet, _Mapping]]] = ..., position: _Optional[int] = ..., target: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., distractor: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., top_k: _Optional[int] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.Capture, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., prepend_bos: _Optional[bool] = ...) -> None: ...
+
+class AblateRow(_message.Message):
+    __slots__ = ("name", "top", "logit_diff", "logit_diff_change", "kl_from_baseline", "target_prob")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_DIFF_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_DIFF_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    KL_FROM_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PROB_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    top: _common_pb2.TopLogits
+    logit_diff: float
+    logit_diff_change: float
+    kl_from_baseline: float
+    target_prob: float
+    def __init__(self, name: _Optional[str] = ..., top: _Optional[_Union[_common_pb2.TopLogits, _Mapping]] = ..., logit_diff: _Optional[float] = ..., logit_diff_change: _Optional[float] = ..., kl_from_baseline: _Optional[float] = ..., target_prob: _Optional[float] = ...) -> None: ...
+
+class AblateHeader(_message.Message):
+    __slots__ = ("model", "prompt", "position", "rows", "captures", "target_ids", "distractor_ids")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_IDS_FIELD_NUMBER: _ClassVar[int]
+    DISTRACTOR_IDS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    prompt: _common_pb2.PromptTokens
+    position: int
+    rows: _containers.RepeatedCompositeFieldContainer[AblateRow]
+    captures: _containers.RepeatedCompositeFieldContainer[_common_pb2.CaptureResult]
+    target_ids: _containers.RepeatedScalarFieldContainer[int]
+    distractor_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ..., position: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[AblateRow, _Mapping]]] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.CaptureResult, _Mapping]]] = ..., target_ids: _Optional[_Iterable[int]] = ..., distractor_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AblateResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: AblateHeader
+    chunk: _common_pb2.TensorChunk
+    def __init__(self, header: _Optional[_Union[AblateHeader, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+
+class PatchSweepRequest(_message.Message):
+    __slots__ = ("model", "clean", "corrupted", "site", "target", "distractor", "by", "positions", "layers", "position", "prepend_bos")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_FIELD_NUMBER: _ClassVar[int]
+    CORRUPTED_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DISTRACTOR_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    PREPEND_BOS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    clean: _common_pb2.Prompt
+    corrupted: _common_pb2.Prompt
+    site: str
+    target: _common_pb2.Tokens
+    distractor: _common_pb2.Tokens
+    by: SweepBy
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    position: int
+    prepend_bos: bool
+    def __init__(self, model: _Optional[str] = ..., clean: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., corrupted: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., site: _Optional[str] = ..., target: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., distractor: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., by: _Optional[_Union[SweepBy, str]] = ..., positions: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[int]] = ..., position: _Optional[int] = ..., prepend_bos: _Optional[bool] = ...) -> None: ...
+
+class PatchSweepResponse(_message.Message):
+    __slots__ = ("model", "site", "by", "layers", "columns", "column_labels", "recovered", "logit_diffs", "clean_logit_diff", "corrupted_logit_diff", "clean", "corrupted")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    COLUMN_LABELS_FIELD_NUMBER: _ClassVar[int]
+    RECOVERED_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_DIFFS_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_LOGIT_DIFF_FIELD_NUMBER: _ClassVar[int]
+    CORRUPTED_LOGIT_DIFF_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_FIELD_NUMBER: _ClassVar[int]
+    CORRUPTED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    site: str
+    by: SweepBy
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    columns: _containers.RepeatedScalarFieldContainer[int]
+    column_labels: _containers.RepeatedScalarFieldContainer[str]
+    recovered: _common_pb2.Tensor
+    logit_diffs: _common_pb2.Tensor
+    clean_logit_diff: float
+    corrupted_logit_diff: float
+    clean: _common_pb2.PromptTokens
+    corrupted: _common_pb2.PromptTokens
+    def __init__(self, model: _Optional[str] = ..., site: _Optional[str] = ..., by: _Optional[_Union[SweepBy, str]] = ..., layers: _Optional[_Iterable[int]] = ..., columns: _Optional[_Iterable[int]] = ..., column_labels: _Optional[_Iterable[str]] = ..., recovered: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., logit_diffs: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., clean_logit_diff: _Optional[float] = ..., corrupted_logit_diff: _Optional[float] = ..., clean: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ..., corrupted: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ...) -> None: ...

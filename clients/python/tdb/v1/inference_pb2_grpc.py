@@ -39,6 +39,16 @@ class InferenceServiceStub:
                 request_serializer=tdb_dot_v1_dot_inference__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=tdb_dot_v1_dot_inference__pb2.ForwardResponse.FromString,
                 _registered_method=True)
+        self.Ablate = channel.unary_stream(
+                '/tdb.v1.InferenceService/Ablate',
+                request_serializer=tdb_dot_v1_dot_inference__pb2.AblateRequest.SerializeToString,
+                response_deserializer=tdb_dot_v1_dot_inference__pb2.AblateResponse.FromString,
+                _registered_method=True)
+        self.PatchSweep = channel.unary_unary(
+                '/tdb.v1.InferenceService/PatchSweep',
+                request_serializer=tdb_dot_v1_dot_inference__pb2.PatchSweepRequest.SerializeToString,
+                response_deserializer=tdb_dot_v1_dot_inference__pb2.PatchSweepResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -52,6 +62,22 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ablate(self, request, context):
+        """Run a baseline and N intervention sets on one prompt as one padded batch, and compare each
+        set's next-token distribution with the baseline's. Header first, then streamed tensors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PatchSweep(self, request, context):
+        """Activation patching: patch one site from a clean prompt into a corrupted one, cell by cell
+        (every layer x position, or every layer x head), and return the logit difference recovered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +85,16 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Forward,
                     request_deserializer=tdb_dot_v1_dot_inference__pb2.ForwardRequest.FromString,
                     response_serializer=tdb_dot_v1_dot_inference__pb2.ForwardResponse.SerializeToString,
+            ),
+            'Ablate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Ablate,
+                    request_deserializer=tdb_dot_v1_dot_inference__pb2.AblateRequest.FromString,
+                    response_serializer=tdb_dot_v1_dot_inference__pb2.AblateResponse.SerializeToString,
+            ),
+            'PatchSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.PatchSweep,
+                    request_deserializer=tdb_dot_v1_dot_inference__pb2.PatchSweepRequest.FromString,
+                    response_serializer=tdb_dot_v1_dot_inference__pb2.PatchSweepResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +124,60 @@ class InferenceService:
             '/tdb.v1.InferenceService/Forward',
             tdb_dot_v1_dot_inference__pb2.ForwardRequest.SerializeToString,
             tdb_dot_v1_dot_inference__pb2.ForwardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ablate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tdb.v1.InferenceService/Ablate',
+            tdb_dot_v1_dot_inference__pb2.AblateRequest.SerializeToString,
+            tdb_dot_v1_dot_inference__pb2.AblateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PatchSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tdb.v1.InferenceService/PatchSweep',
+            tdb_dot_v1_dot_inference__pb2.PatchSweepRequest.SerializeToString,
+            tdb_dot_v1_dot_inference__pb2.PatchSweepResponse.FromString,
             options,
             channel_credentials,
             insecure,
