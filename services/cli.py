@@ -5,6 +5,7 @@
     tdb forward "PROMPT" --capture SITE... [--positions -1] [--top-k 10] [--json]
     tdb ablate "PROMPT" --target " Mary" --distractor " John" --zero 'blocks.1.attn.hook_z[head=3]'
     tdb patch CLEAN CORRUPTED --site hook_resid_pre --target " Mary" --distractor " John" [--png F]
+    tdb attribute "PROMPT" --target " Mary" --distractor " John" [--trace-neuron L,N] [--zero SEL]
 
 Client commands talk to ``--server`` (env TDB_SERVER, default localhost:50051) and exit with
 status 1 and the server's message on errors.
@@ -238,6 +239,72 @@ def cmd_patch(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- attribute ------------------------------------------------------------------------------------
+
+_COLUMN_ABBR = (("activation", "act"), ("write_magnitude", "write"), ("direct_effect", "direct"),
+                ("total_effect", "total"))
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from tdb_client import interventions as iv
+    from tdb_client import losses
+
+    if args.trace_neuron:
+        L, N, *P = _ints(args.trace_neuron)
+        loss = losses.neuron(L, N, P[0] if P else -1)
+    elif args.trace_head:
+        parts = args.trace_head.replace(",", " ").split()
+        L, H, Q = (int(x) for x in parts[:3])
+        K = int(parts[3]) if len(parts) > 3 and parts[3].lstrip("-").isdigit() else None
+        loss = losses.head(L, H, Q, K, parts[-1] if parts[-1] in ("q", "k", "qk", "v") else "qk")
+    elif args.target and args.distractor:
+        loss = losses.logit_diff(args.target, args.distractor, args.position)
+    elif args.target:
+        loss = losses.log_prob(args.target, args.position)
+    else:
+        raise SystemExit("give --target (and --distractor), --trace-neuron or --trace-head")
+    with _client(args) as c:
+        res = c.attribute(args.prompt, loss=loss, top_k=args.top_k, second_prompt=args.second,
+                          interventions=[iv.zero(s) for s in args.zero], families=args.families,
+                          ig_steps=args.ig, model=args.model)
+    if args.json:
+        print(json.dumps({k: v for k, v in res.__dict__.items() if k != "rows"} | {
+            "rows": [{"node": r.node.__dict__, "values": [v.__dict__ for v in r.values],
+                      "upvoted": [t.__dict__ for t in r.upvoted],
+                      "downvoted": [t.__dict__ for t in r.downvoted],
+                      "input_tokens": [t.__dict__ for t in r.input_tokens]} for r in res.rows]}))
+        return 0
+    toks = res.tokens[0]
+    print(f"prompt: {'|'.join(toks)}")
+    what = "loss" if not args.trace_neuron and not args.trace_head else "traced value"
+    print(f"{what} at position {res.loss_position} ({toks[res.loss_position]!r}): "
+          + " | ".join(f"{x:+.4f}" for x in res.loss_values))
+    print(f"{res.nodes_ranked} nodes ranked; direct effects + biases ({res.bias_direct_effect[0]:+.4f}) "
+          f"+ constant ({res.constant[0]:+.4f}) = loss\n")
+    key = dict(_COLUMN_ABBR)[args.sort]
+    rows = sorted(res.rows, key=lambda r: -getattr(r.values[0], args.sort))
+    two = len(res.loss_values) == 2
+    cols = "".join(f"{abbr:>{17 if two else 9}s}" for _, abbr in _COLUMN_ABBR)
+    print(f"{'node':28s}{'token':>10s}{cols}   pushes up")
+    for r in rows:
+        tok = toks[r.node.position]
+        if r.node.key_position is not None:
+            tok = f"{toks[r.node.key_position]!r}->{tok!r}"
+        else:
+            tok = repr(tok)
+        vals = ""
+        for col, _ in _COLUMN_ABBR:
+            if two:
+                vals += f"{getattr(r.values[0], col):>8.3f}|{getattr(r.values[1], col):<8.3f}"
+            else:
+                vals += f"{getattr(r.values[0], col):>9.4f}"
+        up = " ".join(repr(t.token) for t in r.upvoted[:3])
+        print(f"{r.node.name:28s}{tok[-10:]:>10s}{vals}   {up}")
+    print(f"\nsorted by {key}; token attribution (embedding act x grad): "
+          + " ".join(f"{t!r}:{v:+.3f}" for t, v in zip(toks, res.token_attribution[0])))
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
 
@@ -306,6 +373,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", default=None, metavar="FILE", help="also write a heatmap image")
     _add_client_args(p)
     p.set_defaults(func=cmd_patch)
+
+    p = sub.add_parser("attribute", help="TDB's node table: which nodes matter for an output")
+    p.add_argument("prompt")
+    p.add_argument("--target", action="append", default=[], help="target token(s), e.g. ' Mary'")
+    p.add_argument("--distractor", action="append", default=[], help="distractor token(s)")
+    p.add_argument("--position", type=int, default=-1, help="position of the loss (default -1)")
+    p.add_argument("--trace-neuron", default=None, metavar="L,N[,POS]",
+                   help="trace upstream from MLP neuron N of layer L")
+    p.add_argument("--trace-head", default=None, metavar="L,H,Q[,K],{q,k,qk,v}",
+                   help="trace upstream from head H of layer L at query Q (key K)")
+    p.add_argument("--second", default=None, metavar="PROMPT", help="compare with a second prompt")
+    p.add_argument("--zero", action="append", default=[], metavar="SELECTOR",
+                   help="compare with an ablated copy (zero these)")
+    p.add_argument("--families", nargs="*", default=[],
+                   help="embedding mlp_neuron attn_head attn_head_pair sae_latent")
+    p.add_argument("--ig", type=int, default=0, metavar="STEPS", help="integrated gradients")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--sort", default="direct_effect", choices=[c for c, _ in _COLUMN_ABBR])
+    _add_client_args(p)
+    p.set_defaults(func=cmd_attribute)
 
     for register in _plugin_registrars():
         register(sub)

@@ -15,10 +15,13 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from google.protobuf.message import Message
+
+from tdb.v1 import attribution_pb2 as apb
 from tdb.v1 import common_pb2 as cpb
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import model_pb2 as mpb
-from tdb_core import ablate, specs
+from tdb_core import ablate, attribution, specs
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.runner import ModelRunner
 
@@ -318,3 +321,90 @@ def patch_sweep_to_pb(model: str, r: ablate.PatchSweepResult) -> ipb.PatchSweepR
     sink.put(msg.recovered, r.recovered.float())
     sink.put(msg.logit_diffs, r.logit_diffs.float())
     return msg
+
+
+# --------------------------------------------------------------------------------------------------
+# Attribution
+
+_THROUGH = {apb.THROUGH_UNSPECIFIED: attribution.Through.QK, apb.THROUGH_Q: attribution.Through.Q,
+            apb.THROUGH_K: attribution.Through.K, apb.THROUGH_QK: attribution.Through.QK,
+            apb.THROUGH_V: attribution.Through.V}
+MAX_TOP_K = 1000
+
+
+def _opt(msg: Message, field: str, default: int) -> int:
+    return getattr(msg, field) if msg.HasField(field) else default
+
+
+def loss_from_pb(runner: ModelRunner, r: apb.AttributeRequest) -> attribution.Loss:
+    which = r.WhichOneof("loss")
+    if which == "logit_diff":
+        m = r.logit_diff
+        return attribution.LogitDiffLoss(tokens_from_pb(runner, m.target, "target"),
+                                         tokens_from_pb(runner, m.distractor, "distractor"),
+                                         _opt(m, "position", -1))
+    if which == "log_prob":
+        m = r.log_prob
+        return attribution.LogProbLoss(tokens_from_pb(runner, m.target, "target"), _opt(m, "position", -1))
+    if which == "neuron":
+        m = r.neuron
+        return attribution.NeuronTrace(m.layer, m.neuron, _opt(m, "position", -1))
+    if which == "head":
+        m = r.head
+        if m.through not in _THROUGH:
+            raise InvalidArgumentError(f"unknown trace side {m.through}")
+        return attribution.HeadTrace(m.layer, m.head, _opt(m, "query_position", -1),
+                                     m.key_position if m.HasField("key_position") else None,
+                                     _THROUGH[m.through])
+    if which == "latent":
+        m = r.latent
+        return attribution.LatentTrace(m.sae, m.latent, _opt(m, "position", -1))
+    if which == "direction":
+        m = r.direction
+        return attribution.DirectionLoss(m.site, tensor_from_pb(m.vector, "direction vector").float(),
+                                         _opt(m, "position", -1))
+    raise InvalidArgumentError("Attribute needs a loss: logit_diff, log_prob, neuron, head, latent "
+                               "or direction")
+
+
+def attribute_spec_from_pb(runner: ModelRunner, r: apb.AttributeRequest) -> attribution.AttributeSpec:
+    if not r.HasField("prompt"):
+        raise InvalidArgumentError("Attribute needs a prompt")
+    top_k = _opt(r, "top_k", 10)
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidArgumentError(f"top_k must be in 1..{MAX_TOP_K}, got {top_k}")
+    return attribution.AttributeSpec(
+        prompt=prompt_from_pb(r.prompt), loss=loss_from_pb(runner, r),
+        second=prompt_from_pb(r.second_prompt) if r.HasField("second_prompt") else None,
+        interventions=tuple(intervention_from_pb(i) for i in r.interventions),
+        top_k=top_k, families=tuple(r.families), ig_steps=r.ig_steps,
+        freeze_norm_scale=r.freeze_norm_scale if r.HasField("freeze_norm_scale") else True,
+        node_tokens=_opt(r, "node_tokens", 5),
+        prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None)
+
+
+def _token_scores_pb(ts: tuple[attribution.TokenScore, ...]) -> list[apb.TokenScore]:
+    return [apb.TokenScore(token_id=t.token_id, token=t.token, score=t.score) for t in ts]
+
+
+def node_to_pb(n: attribution.Node) -> apb.Node:
+    msg = apb.Node(family=n.family, position=n.position, index=n.index, sae=n.sae or "", name=n.name)
+    if n.layer is not None:
+        msg.layer = n.layer
+    if n.key_position is not None:
+        msg.key_position = n.key_position
+    return msg
+
+
+def attribute_to_pb(model: str, r: attribution.AttributeResult) -> apb.AttributeResponse:
+    rows = [apb.NodeRow(node=node_to_pb(row.node),
+                        values=[apb.NodeValues(**v) for v in row.values],
+                        upvoted=_token_scores_pb(row.upvoted), downvoted=_token_scores_pb(row.downvoted),
+                        input_tokens=_token_scores_pb(row.input_tokens))
+            for row in r.rows]
+    return apb.AttributeResponse(
+        model=model, prompts=[prompt_tokens_to_pb(p) for p in r.prompts],
+        loss_values=list(r.loss_values), rows=rows,
+        token_attribution=[apb.PositionValues(values=list(t)) for t in r.token_attribution],
+        bias_direct_effect=list(r.bias_direct_effect), constant=list(r.constant),
+        loss_position=r.loss_position, nodes_ranked=int(r.stats.get("nodes_ranked", 0)))

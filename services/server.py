@@ -17,15 +17,18 @@ import adapters
 from services.interceptors import ServiceInterceptor
 from services.logs import configure_logging, get_logger
 from services.registry import ModelRegistry
+from services.servicers.attribution import AttributionServicer
 from services.servicers.inference import InferenceServicer
 from services.servicers.model import ModelServicer
 from services.settings import ModelSource, Settings
-from tdb.v1 import inference_pb2, inference_pb2_grpc, model_pb2, model_pb2_grpc
+from tdb.v1 import (attribution_pb2, attribution_pb2_grpc, inference_pb2, inference_pb2_grpc,
+                    model_pb2, model_pb2_grpc)
 from tdb_core.runner import ModelRunner
 
 SERVICE_NAMES = (
     model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    attribution_pb2.DESCRIPTOR.services_by_name["AttributionService"].full_name,
 )
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,6 +83,7 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
     )
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(models), server)
+    attribution_pb2_grpc.add_AttributionServiceServicer_to_server(AttributionServicer(models), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

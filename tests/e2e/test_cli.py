@@ -66,3 +66,12 @@ def test_ablate_and_patch_commands(tiny_server, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "fraction of the logit difference recovered" in r.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attribute_command(tiny_server):
+    """`tdb attribute` prints the node table sorted by direct effect."""
+    r = run_cli("attribute", "When Mary and John went to the store, John gave a drink to",
+                "--target", " Mary", "--distractor", " John", "--top-k", "3",
+                "--server", tiny_server.address)
+    assert r.returncode == 0, r.stderr
+    assert "nodes ranked" in r.stdout and "direct" in r.stdout and "mlp_L" in r.stdout

@@ -6,14 +6,16 @@
         out.activations["blocks.0.mlp.hook_post"].shape   # (1, n_tokens, d_mlp)
 """
 
-from tdb_client import interventions
+from tdb_client import interventions, losses
 from tdb_client.client import TdbClient
 from tdb_client.errors import TdbClientError
 from tdb_client.interventions import Selector, parse_selector
-from tdb_client.types import (AblateResult, AblateRow, Capture, ForwardResult, ModelInfo,
-                              ModelSummary, PatchSweepResult, SiteInfo, TopLogits)
+from tdb_client.types import (AblateResult, AblateRow, AttributeResult, Capture, ForwardResult,
+                              ModelInfo, ModelSummary, Node, NodeRow, NodeValues, PatchSweepResult,
+                              SiteInfo, TokenScore, TopLogits)
 
 __all__ = [
     "TdbClient", "TdbClientError", "Capture", "ForwardResult", "ModelInfo", "ModelSummary",
-    "SiteInfo", "TopLogits", "AblateResult", "AblateRow", "PatchSweepResult", "Selector", "parse_selector", "interventions",
+    "SiteInfo", "TopLogits", "AblateResult", "AblateRow", "PatchSweepResult",
+    "AttributeResult", "Node", "NodeRow", "NodeValues", "TokenScore", "losses", "Selector", "parse_selector", "interventions",
 ]

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from tdb.v1 import attribution_pb2 as apb
+from tdb.v1 import attribution_pb2_grpc as apb_grpc
 from tdb.v1 import common_pb2 as cpb
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import inference_pb2_grpc as ipb_grpc
@@ -15,8 +17,10 @@ from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import model_pb2_grpc as mpb_grpc
 from tdb_client.errors import TdbClientError
 from tdb_client.tensors import StreamAssembler, assemble, to_numpy
-from tdb_client.types import (AblateResult, AblateRow, Capture, ForwardResult, ModelInfo,
-                              ModelSummary, PatchSweepResult, SiteInfo, TopLogits)
+from tdb_client import losses
+from tdb_client.types import (AblateResult, AblateRow, AttributeResult, Capture, ForwardResult,
+                              ModelInfo, ModelSummary, Node, NodeRow, NodeValues, PatchSweepResult,
+                              SiteInfo, TokenScore, TopLogits)
 
 PromptLike = str | Sequence[int]
 R = TypeVar("R")
@@ -92,6 +96,7 @@ class TdbClient:
         self._channel = grpc.insecure_channel(target, options=list(options))
         self._models = mpb_grpc.ModelServiceStub(self._channel)
         self._inference = ipb_grpc.InferenceServiceStub(self._channel)
+        self._attribution = apb_grpc.AttributionServiceStub(self._channel)
 
     # -- plumbing
     def close(self) -> None:
@@ -245,3 +250,43 @@ class TdbClient:
             logit_diffs=to_numpy(r.logit_diffs), clean_logit_diff=r.clean_logit_diff,
             corrupted_logit_diff=r.corrupted_logit_diff, clean_tokens=list(r.clean.tokens),
             corrupted_tokens=list(r.corrupted.tokens))
+
+    # -- AttributionService
+    def attribute(self, prompt: PromptLike, loss: tuple[str, Message] | None = None,
+                  target: TokensLike = None, distractor: TokensLike = None, top_k: int = 10,
+                  second_prompt: PromptLike | None = None,
+                  interventions: Iterable[cpb.Intervention] = (), families: Sequence[str] = (),
+                  ig_steps: int = 0, freeze_norm_scale: bool = True, node_tokens: int = 5,
+                  model: str | None = None, timeout: float | None = None) -> AttributeResult:
+        """TDB's node table. ``loss`` comes from :mod:`tdb_client.losses`; or give ``target`` and
+        ``distractor`` for a logit difference at the last position."""
+        if loss is None:
+            if target is None or distractor is None:
+                raise ValueError("give a loss, or target and distractor tokens")
+            loss = losses.logit_diff(target, distractor)
+        field, msg = loss
+        req = apb.AttributeRequest(model=model or "", prompt=prompt_pb(prompt),
+                                   interventions=list(interventions), top_k=top_k,
+                                   families=list(families), ig_steps=ig_steps,
+                                   freeze_norm_scale=freeze_norm_scale, node_tokens=node_tokens)
+        getattr(req, field).CopyFrom(msg)
+        if second_prompt is not None:
+            req.second_prompt.CopyFrom(prompt_pb(second_prompt))
+        r = self._unary(self._attribution.Attribute, req, timeout)
+
+        def scores(ts: Iterable[apb.TokenScore]) -> list[TokenScore]:
+            return [TokenScore(t.token_id, t.token, t.score) for t in ts]
+        rows = [NodeRow(
+            node=Node(row.node.family, row.node.layer if row.node.HasField("layer") else None,
+                      row.node.position, row.node.index,
+                      row.node.key_position if row.node.HasField("key_position") else None,
+                      row.node.sae or None, row.node.name),
+            values=[NodeValues(v.activation, v.write_magnitude, v.direct_effect, v.total_effect)
+                    for v in row.values],
+            upvoted=scores(row.upvoted), downvoted=scores(row.downvoted),
+            input_tokens=scores(row.input_tokens)) for row in r.rows]
+        return AttributeResult(
+            model=r.model, tokens=[list(p.tokens) for p in r.prompts], loss_values=list(r.loss_values),
+            rows=rows, token_attribution=[list(t.values) for t in r.token_attribution],
+            bias_direct_effect=list(r.bias_direct_effect), constant=list(r.constant),
+            loss_position=r.loss_position, nodes_ranked=r.nodes_ranked)

@@ -143,3 +143,51 @@ class PatchSweepResult:
     corrupted_logit_diff: float
     clean_tokens: list[str]
     corrupted_tokens: list[str]
+
+
+@dataclass(frozen=True)
+class Node:
+    family: str
+    layer: int | None
+    position: int
+    index: int
+    key_position: int | None
+    sae: str | None
+    name: str
+
+
+@dataclass(frozen=True)
+class NodeValues:
+    activation: float
+    write_magnitude: float
+    direct_effect: float
+    total_effect: float
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    token_id: int
+    token: str
+    score: float
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    node: Node
+    values: list[NodeValues]  # one per prompt row
+    upvoted: list[TokenScore]
+    downvoted: list[TokenScore]
+    input_tokens: list[TokenScore]
+
+
+@dataclass
+class AttributeResult:
+    model: str
+    tokens: list[list[str]]
+    loss_values: list[float]
+    rows: list[NodeRow]
+    token_attribution: list[list[float]]
+    bias_direct_effect: list[float]
+    constant: list[float]
+    loss_position: int
+    nodes_ranked: int

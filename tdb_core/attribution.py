@@ -1,0 +1,713 @@
+"""Attribution: TDB's node table, direct effects, and tracing upstream from an internal node.
+
+One forward pass and one ``torch.autograd.grad`` give, for every node of every family, TDB's four
+columns:
+
+    activation        the node's value (neuron: post-activation; head pair: attention weight;
+                      head at a query position: ||z||; latent: its value; embedding: 1)
+    write_magnitude   size of what the node writes to the residual stream (neuron:
+                      activation x ||W_out[n]||, signed; heads: ||write||; embedding: ||resid_pre_0||)
+    direct_effect     the node's write vector . the loss gradient at the residual stream just before
+                      the loss's node (the final residual stream for a logit loss), with that
+                      norm's scale held constant, as TDB does
+    total_effect      activation x gradient (first-order estimate of removing the node), or
+                      integrated gradients from a zero baseline when ``ig_steps`` > 0
+
+Node families: ``embedding`` (a position's token + position embedding, i.e. resid_pre of block 0),
+``mlp_neuron`` (layer, position, neuron), ``attn_head`` (layer, query position, head: the head's
+whole write at that position), ``attn_head_pair`` (layer, query, key, head: the part of that write
+that comes from one key position), and ``sae_latent`` when SAEs are spliced in.
+
+Writes of all nodes plus the biases add up to the residual stream, so with the norm scale held
+constant the direct effects plus ``bias_direct_effect`` and ``constant`` add up to the loss.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from tdb_core import specs
+from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
+from tdb_core.plan import Batch, Planner, resolve_positions
+from tdb_core.runner import ModelRunner, RunOutput
+
+# --------------------------------------------------------------------------------------------------
+# Specs (data only)
+
+
+@dataclass(frozen=True)
+class LogitDiffLoss:
+    """Mean logit of the targets minus mean logit of the distractors at a position."""
+
+    target_ids: tuple[int, ...]
+    distractor_ids: tuple[int, ...]
+    position: int = -1
+
+
+@dataclass(frozen=True)
+class LogProbLoss:
+    """Log of the total probability of the target tokens at a position."""
+
+    target_ids: tuple[int, ...]
+    position: int = -1
+
+
+@dataclass(frozen=True)
+class NeuronTrace:
+    """Trace upstream from an MLP neuron's pre-activation (``mlp.hook_pre``) at a position."""
+
+    layer: int
+    neuron: int
+    position: int = -1
+
+
+class Through(enum.Enum):
+    Q = "q"  # the query side of one attention score
+    K = "k"  # the key side of one attention score
+    QK = "qk"  # both sides of one attention score
+    V = "v"  # the value path of the head's write at the query position
+
+
+@dataclass(frozen=True)
+class HeadTrace:
+    """Trace upstream from an attention head.
+
+    Q/K/QK: the pre-softmax score ``attn_scores[head, q, k]`` through the query, the key or both.
+    V: the head's write at the query position along its own (fixed) direction, through the values
+    only (the pattern is held constant); ``key_position`` restricts it to one key.
+    """
+
+    layer: int
+    head: int
+    query_position: int = -1
+    key_position: int | None = None
+    through: Through = Through.QK
+
+
+@dataclass(frozen=True)
+class LatentTrace:
+    """Trace upstream from an SAE latent's pre-activation at a position."""
+
+    sae: str
+    latent: int
+    position: int = -1
+
+
+@dataclass(frozen=True)
+class DirectionLoss:
+    """The residual stream at a site and position, projected on a direction ``[d_model]``."""
+
+    site: str
+    vector: torch.Tensor
+    position: int = -1
+
+
+Loss = LogitDiffLoss | LogProbLoss | NeuronTrace | HeadTrace | LatentTrace | DirectionLoss
+
+FAMILIES = ("embedding", "mlp_neuron", "attn_head", "attn_head_pair", "sae_latent")
+COLUMNS = ("activation", "write_magnitude", "direct_effect", "total_effect")
+TOP_ONLY = frozenset({"activation", "write_magnitude"})  # no bottom-k, as TDB
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """One prompt (or two, or one plus an intervened copy) and a loss.
+
+    ``second``: a second prompt of the same length; ``interventions``: edits applied to a second
+    copy of the prompt (baseline vs ablated). At most one of them. Node sets are aligned across the
+    two rows. ``families``: which node families to rank (default all the model has).
+    """
+
+    prompt: specs.Prompt
+    loss: Loss
+    second: specs.Prompt | None = None
+    interventions: tuple[specs.Intervention, ...] = ()
+    top_k: int = 10
+    families: tuple[str, ...] = ()
+    ig_steps: int = 0
+    freeze_norm_scale: bool = True
+    node_tokens: int = 5
+    prepend_bos: bool | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node: ``family``, layer, position (query position for heads), index (neuron, head or
+    latent), key position for head pairs, SAE id for latents."""
+
+    family: str
+    layer: int | None
+    position: int
+    index: int = 0
+    key_position: int | None = None
+    sae: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.family == "embedding":
+            return f"embed@{self.position}"
+        if self.family == "mlp_neuron":
+            return f"mlp_L{self.layer}_N{self.index}@{self.position}"
+        if self.family == "attn_head":
+            return f"attn_L{self.layer}_H{self.index}@{self.position}"
+        if self.family == "attn_head_pair":
+            return f"attn_L{self.layer}_H{self.index}@{self.position}<-{self.key_position}"
+        return f"sae_{self.sae}_L{self.index}@{self.position}"
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    token_id: int
+    token: str
+    score: float
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """A node with every column's value, per prompt row (one or two)."""
+
+    node: Node
+    values: tuple[dict[str, float], ...]  # per row: column -> value
+    upvoted: tuple[TokenScore, ...] = ()
+    downvoted: tuple[TokenScore, ...] = ()
+    input_tokens: tuple[TokenScore, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttributeResult:
+    prompts: tuple[specs.PromptTokens, ...]
+    loss_values: tuple[float, ...]  # per row
+    rows: tuple[NodeRow, ...]  # the union of every column's top/bottom-k, deterministic order
+    token_attribution: tuple[tuple[float, ...], ...]  # per row, per position: embedding act x grad
+    bias_direct_effect: tuple[float, ...]  # per row: biases' writes . gradient
+    constant: tuple[float, ...]  # per row: loss terms no node writes (norm bias, unembed bias)
+    loss_position: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Internals
+
+
+@dataclass
+class _Family:
+    """One family at one layer: column tensors ``[rows, *shape]`` and how to name an index."""
+
+    name: str
+    layer: int | None
+    columns: dict[str, torch.Tensor]
+    decode: Callable[[tuple[int, ...]], Node]
+    write: Callable[[int, tuple[int, ...]], torch.Tensor] | None = None  # row, index -> [d_model]
+
+
+@dataclass
+class _Point:
+    """Where the loss's direct effects are measured: a residual site, the norm held constant
+    there, and which (layer, stage) writes come before it."""
+
+    site: str
+    norm: str | None
+    layer: int  # writes of layers < layer count; plus attention of `layer` if attn_included
+    attn_included: bool
+    position: int | None = None  # for traces: the traced node's position
+
+
+def _resolve_loss_tokens(runner: ModelRunner, ids: tuple[int, ...], what: str) -> None:
+    vocab = runner.schema.dims.d_vocab
+    if not ids:
+        raise InvalidArgumentError(f"the loss needs at least one {what} token")
+    for t in ids:
+        if not 0 <= t < vocab:
+            raise OutOfRangeError(f"{what} token id {t} is outside the vocabulary (0..{vocab - 1})")
+
+
+class _Attribution:
+    """State of one attribution request."""
+
+    def __init__(self, runner: ModelRunner, spec: AttributeSpec) -> None:
+        self.runner = runner
+        self.spec = spec
+        self.adapter = runner.adapter
+        self.dims = runner.schema.dims
+        if spec.second is not None and spec.interventions:
+            raise InvalidArgumentError("give a second prompt or interventions, not both")
+        if spec.top_k < 1:
+            raise InvalidArgumentError(f"top_k must be at least 1, got {spec.top_k}")
+        if spec.ig_steps < 0 or spec.ig_steps > 256:
+            raise InvalidArgumentError(f"ig_steps must be in 0..256, got {spec.ig_steps}")
+        prompts = (spec.prompt,) if spec.second is None and not spec.interventions else (
+            spec.prompt, spec.second or spec.prompt)
+        self.batch = runner.make_batch(prompts, prepend_bos=spec.prepend_bos)
+        if len(set(self.batch.lengths)) != 1:
+            raise InvalidArgumentError(
+                f"the two prompts have {self.batch.lengths[0]} and {self.batch.lengths[1]} tokens; "
+                "aligned node tables need prompts of equal length")
+        self.n_rows = self.batch.n_prompts
+        self.T = self.batch.max_len
+        available = {"embedding", "mlp_neuron", "attn_head", "attn_head_pair"}
+        fams = set(spec.families) if spec.families else available
+        unknown = fams - set(FAMILIES)
+        if unknown:
+            raise InvalidArgumentError(f"unknown node families {sorted(unknown)}; use {FAMILIES}")
+        if "sae_latent" in fams and not spec.families:
+            fams.discard("sae_latent")
+        missing = fams - available
+        if missing:
+            raise NotFoundError(f"node families {sorted(missing)} are not available on this model")
+        self.families = fams
+        self.point = self._point()
+
+    # -- the loss and where direct effects are measured
+    def _point(self) -> _Point:
+        loss, n_layers = self.spec.loss, self.dims.n_layers
+        last = f"blocks.{n_layers - 1}.hook_resid_post"
+        if isinstance(loss, LogitDiffLoss):
+            _resolve_loss_tokens(self.runner, loss.target_ids, "target")
+            _resolve_loss_tokens(self.runner, loss.distractor_ids, "distractor")
+            return _Point(last, "ln_final", n_layers, False)
+        if isinstance(loss, LogProbLoss):
+            _resolve_loss_tokens(self.runner, loss.target_ids, "target")
+            return _Point(last, "ln_final", n_layers, False)
+        if isinstance(loss, NeuronTrace):
+            self._check_layer(loss.layer)
+            if not 0 <= loss.neuron < self.dims.d_mlp:
+                raise OutOfRangeError(f"neuron {loss.neuron} is out of range (0..{self.dims.d_mlp - 1})")
+            (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
+            if self.adapter.parallel_blocks:
+                return _Point(f"blocks.{loss.layer}.hook_resid_pre", f"blocks.{loss.layer}.ln2",
+                              loss.layer, False, pos)
+            return _Point(f"blocks.{loss.layer}.hook_resid_mid", f"blocks.{loss.layer}.ln2",
+                          loss.layer, True, pos)
+        if isinstance(loss, HeadTrace):
+            self._check_layer(loss.layer)
+            if not 0 <= loss.head < self.dims.n_heads:
+                raise OutOfRangeError(f"head {loss.head} is out of range (0..{self.dims.n_heads - 1})")
+            (q,) = resolve_positions([loss.query_position], self.batch.lengths[:1], "query position")[0]
+            if loss.key_position is not None:
+                (k,) = resolve_positions([loss.key_position], self.batch.lengths[:1], "key position")[0]
+                if k > q:
+                    raise InvalidArgumentError(f"key position {k} is after query position {q}; a "
+                                               "causal head cannot attend to it")
+            elif loss.through is not Through.V:
+                raise InvalidArgumentError("tracing through Q, K or QK needs a key position")
+            return _Point(f"blocks.{loss.layer}.hook_resid_pre", f"blocks.{loss.layer}.ln1",
+                          loss.layer, False, q)
+        if isinstance(loss, DirectionLoss):
+            site = self.runner.schema.get(loss.site)
+            if site.kind.key not in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
+                raise InvalidArgumentError(f"a direction loss reads a residual-stream site "
+                                           f"(hook_resid_pre/mid/post), not '{loss.site}'")
+            if tuple(loss.vector.shape) != (self.dims.d_model,):
+                raise InvalidArgumentError(f"direction must have shape [{self.dims.d_model}], got "
+                                           f"{list(loss.vector.shape)}")
+            (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
+            layer = site.layer or 0
+            key = site.kind.key
+            if key == "hook_resid_pre":
+                return _Point(loss.site, None, layer, False, pos)
+            if key == "hook_resid_mid":
+                return _Point(loss.site, None, layer, True, pos)
+            return _Point(loss.site, None, layer + 1, False, pos)
+        if isinstance(loss, LatentTrace):
+            raise NotFoundError(f"SAE '{loss.sae}' is not attached to this model")
+        raise InvalidArgumentError(f"unsupported loss {type(loss).__name__}")
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.dims.n_layers:
+            raise OutOfRangeError(f"layer {layer} is out of range (0..{self.dims.n_layers - 1})")
+
+    def loss_position(self) -> int:
+        loss = self.spec.loss
+        if isinstance(loss, (LogitDiffLoss, LogProbLoss)):
+            (pos,) = resolve_positions([loss.position], self.batch.lengths[:1], "loss position")[0]
+            return pos
+        assert self.point.position is not None
+        return self.point.position
+
+    def mlp_layers(self) -> list[int]:
+        p = self.point
+        return [L for L in range(self.dims.n_layers) if L < p.layer]
+
+    def attn_layers(self) -> list[int]:
+        p = self.point
+        return [L for L in range(self.dims.n_layers) if L < p.layer or (L == p.layer and p.attn_included)]
+
+    # -- the pass
+    def plan(self, planner: Planner) -> None:
+        """Gradient sites of every node family, plus the loss's own needs."""
+        plan = planner.plan
+        plan.grad_sites.update({"blocks.0.hook_resid_pre", self.point.site})
+        for L in self.mlp_layers():
+            plan.grad_sites.add(f"blocks.{L}.mlp.hook_post")
+        for L in self.attn_layers():
+            plan.grad_sites.update({f"blocks.{L}.attn.hook_z", f"blocks.{L}.attn.hook_pattern",
+                                    f"blocks.{L}.attn.hook_v"})
+        self.plan_loss(planner, range(self.n_rows))
+        if self.spec.interventions:
+            for iv in self.spec.interventions:
+                planner.add_intervention(iv, [1])
+
+    def plan_loss(self, planner: Planner, rows: range) -> None:
+        """What the loss needs: its graph tensors, the frozen norm, cut paths for Q/K traces."""
+        plan = planner.plan
+        if self.spec.freeze_norm_scale and self.point.norm is not None:
+            plan.freeze_norms.add(self.point.norm)
+        loss = self.spec.loss
+        if isinstance(loss, NeuronTrace):
+            plan.grad_sites.add(f"blocks.{loss.layer}.mlp.hook_pre")
+        if isinstance(loss, HeadTrace):
+            prefix = f"blocks.{loss.layer}.attn."
+            plan.grad_sites.update({prefix + "hook_attn_scores", prefix + "hook_pattern",
+                                    prefix + "hook_v", prefix + "hook_z"})
+            cut = {Through.Q: ("hook_k",), Through.K: ("hook_q",), Through.QK: ()}.get(loss.through, ())
+            for name in cut:
+                planner.add_intervention(specs.Intervention(prefix + name, specs.Zero(),
+                                                            pass_=specs.Pass.BACKWARD), rows)
+        if isinstance(loss, DirectionLoss):
+            plan.grad_sites.add(loss.site)
+
+    def loss_values(self, out: RunOutput, rows: int | None = None) -> torch.Tensor:
+        """The loss of each of the first ``rows`` rows (default: the prompts), differentiable."""
+        loss, g = self.spec.loss, out.ctx.graph
+        rows = self.n_rows if rows is None else rows
+        if isinstance(loss, LogitDiffLoss):
+            lg = out.logits[:rows, self.loss_position()].float()
+            return lg[:, list(loss.target_ids)].mean(-1) - lg[:, list(loss.distractor_ids)].mean(-1)
+        if isinstance(loss, LogProbLoss):
+            lp = out.logits[:rows, self.loss_position()].float().log_softmax(-1)
+            return lp[:, list(loss.target_ids)].logsumexp(-1)
+        if isinstance(loss, NeuronTrace):
+            return g[f"blocks.{loss.layer}.mlp.hook_pre"][:rows, self.point.position, loss.neuron].float()
+        if isinstance(loss, HeadTrace):
+            prefix = f"blocks.{loss.layer}.attn."
+            q, h = self.point.position, loss.head
+            if loss.through is not Through.V:
+                (k,) = resolve_positions([loss.key_position], self.batch.lengths[:1])[0]
+                return g[prefix + "hook_attn_scores"][:rows, h, q, k].float()
+            pattern = g[prefix + "hook_pattern"][:rows, h, q].detach()  # [rows, T_k]
+            v = g[prefix + "hook_v"][:rows, :, h]  # [rows, T_k, d_head]
+            if loss.key_position is not None:
+                (k,) = resolve_positions([loss.key_position], self.batch.lengths[:1])[0]
+                keep = torch.zeros_like(pattern)
+                keep[:, k] = 1
+                pattern = pattern * keep
+            w_o = self.adapter.W_O(loss.layer)[h]  # [d_head, d_model]
+            z_v = torch.einsum("rk,rkd->rd", pattern, v)  # [rows, d_head]
+            write = z_v @ w_o  # [rows, d_model]
+            u = (g[prefix + "hook_z"][:rows, q, h].detach() @ w_o)
+            u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            return (write * u).sum(-1).float()
+        assert isinstance(loss, DirectionLoss)
+        vec = loss.vector.to(out.logits.device, g[loss.site].dtype)
+        return (g[loss.site][:rows, self.point.position] @ vec).float()
+
+    # -- the table
+    def families_from(self, out: RunOutput, grads: dict[str, torch.Tensor]) -> list[_Family]:
+        g, rows, T = out.ctx.graph, self.n_rows, self.T
+        d = grads[self.point.site][:rows].detach().float()  # [rows, T, d_model]
+        if self.point.position is not None:  # a trace: only the traced position's residual counts
+            mask = torch.zeros(T, device=d.device)
+            mask[self.point.position] = 1
+            d = d * mask[None, :, None]
+        fams: list[_Family] = []
+        if "embedding" in self.families:
+            x = g["blocks.0.hook_resid_pre"][:rows].detach().float()  # [rows, T, d_model]
+            gx = grads["blocks.0.hook_resid_pre"][:rows].float()
+            cols = {"activation": torch.ones(rows, T, device=x.device),
+                    "write_magnitude": x.norm(dim=-1),
+                    "direct_effect": (x * d).sum(-1),
+                    "total_effect": (x * gx).sum(-1)}
+            fams.append(_Family("embedding", None, cols,
+                                lambda idx: Node("embedding", None, idx[0]),
+                                lambda r, idx, x=x: x[r, idx[0]]))
+        for L in self.attn_layers():
+            fams.extend(self._attn_families(L, g, grads, d))
+        if "mlp_neuron" in self.families:
+            for L in self.mlp_layers():
+                fams.append(self._mlp_family(L, g, grads, d))
+        return fams
+
+    def _post_norm_gain(self, norm, raw: torch.Tensor) -> torch.Tensor:
+        """Per-position factor turning a raw write into its residual write (post-norm, scale
+        held constant): ``gain / scale`` ``[rows, T, d_model]``; 1 without a post norm."""
+        if norm is None:
+            return torch.ones((), device=raw.device)
+        gain = norm.gain()
+        return (gain.float() if gain is not None else 1.0) / norm.scale(raw).float()
+
+    def _mlp_family(self, L: int, g: dict, grads: dict, d: torch.Tensor) -> _Family:
+        rows = self.n_rows
+        post = g[f"blocks.{L}.mlp.hook_post"][:rows].detach().float()  # [rows, T, d_mlp]
+        gpost = grads[f"blocks.{L}.mlp.hook_post"][:rows].float()
+        w_out = self.adapter.W_out(L).float()  # [d_mlp, d_model]
+        norm = self.adapter.post_mlp_norm(L)
+        factor = torch.ones((), device=post.device)
+        if norm is not None:
+            b = self.adapter.b_out(L)
+            raw = post @ w_out + (b.float() if b is not None else 0.0)
+            factor = self._post_norm_gain(norm, raw)  # [rows, T, d_model]
+        d_eff = d * factor  # gradient seen by the raw write
+        w_norm = w_out.norm(dim=-1)  # [d_mlp]
+        if norm is not None:
+            write_mag = post.abs() * ((w_out[None, None] * factor[:, :, None]).norm(dim=-1)) * post.sign()
+        else:
+            write_mag = post * w_norm
+        cols = {"activation": post, "write_magnitude": write_mag,
+                "direct_effect": post * (d_eff @ w_out.T), "total_effect": post * gpost}
+
+        def write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
+            p, n = idx
+            f = factor if factor.dim() == 0 else factor[r, p]
+            return post[r, p, n] * w_out[n] * f
+        return _Family("mlp_neuron", L, cols, lambda idx: Node("mlp_neuron", L, idx[0], idx[1]), write)
+
+    def _attn_families(self, L: int, g: dict, grads: dict, d: torch.Tensor) -> list[_Family]:
+        rows = self.n_rows
+        prefix = f"blocks.{L}.attn."
+        z = g[prefix + "hook_z"][:rows].detach().float()  # [rows, T, H, d_head]
+        gz = grads[prefix + "hook_z"][:rows].float()
+        w_o = self.adapter.W_O(L).float()  # [H, d_head, d_model]
+        norm = self.adapter.post_attn_norm(L)
+        factor = torch.ones((), device=z.device)
+        if norm is not None:
+            b = self.adapter.b_O(L)
+            raw = torch.einsum("rthd,hdm->rtm", z, w_o) + (b.float() if b is not None else 0.0)
+            factor = self._post_norm_gain(norm, raw)  # [rows, T, d_model]
+        d_eff = d * factor  # [rows, T, d_model]
+        ow = torch.einsum("hdm,rtm->rthd", w_o, d_eff)  # [rows, T, H, d_head]: W_O[h] d_eff[t]
+        fams = []
+        if "attn_head" in self.families:
+            result = torch.einsum("rthd,hdm->rthm", z, w_o)  # [rows, T, H, d_model]
+            result_w = result * (factor[:, :, None] if factor.dim() else factor)
+            cols = {"activation": z.norm(dim=-1),
+                    "write_magnitude": result_w.norm(dim=-1),
+                    "direct_effect": (z * ow).sum(-1),
+                    "total_effect": (z * gz).sum(-1)}
+            fams.append(_Family("attn_head", L, cols,
+                                lambda idx: Node("attn_head", L, idx[0], idx[1]),
+                                lambda r, idx: result_w[r, idx[0], idx[1]]))
+        if "attn_head_pair" in self.families:
+            p = g[prefix + "hook_pattern"][:rows].detach().float()  # [rows, H, T_q, T_k]
+            gp = grads[prefix + "hook_pattern"][:rows].float()
+            v = g[prefix + "hook_v"][:rows].detach().float()  # [rows, T_k, H, d_head]
+            vo = torch.einsum("rkhd,hdm->rhkm", v, w_o)  # [rows, H, T_k, d_model]
+            if factor.dim():
+                vo_mag = torch.einsum("rhkm,rqm->rhqk", vo.pow(2), factor.pow(2)).sqrt()
+            else:
+                vo_mag = vo.norm(dim=-1)[:, :, None, :].expand_as(p)
+            cols = {"activation": p,
+                    "write_magnitude": p.abs() * vo_mag,
+                    "direct_effect": p * torch.einsum("rkhd,rqhd->rhqk", v, ow),
+                    "total_effect": p * gp}
+
+            def write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
+                h, q, k = idx
+                f = factor if factor.dim() == 0 else factor[r, q]
+                return p[r, h, q, k] * vo[r, h, k] * f
+            fams.append(_Family("attn_head_pair", L, cols,
+                                lambda idx: Node("attn_head_pair", L, idx[1], idx[0], key_position=idx[2]),
+                                write))
+        return fams
+
+
+def _topk_union(fams: list[_Family], k: int, n_rows: int) -> list[tuple[int, tuple[int, ...]]]:
+    """Top-k (and bottom-k) of every column across all families and rows; union, in a fixed order:
+    columns in COLUMNS order, top before bottom, within each by value then family order."""
+    sizes = [f.columns["activation"][0].numel() for f in fams]
+    offsets = [0]
+    for s in sizes:
+        offsets.append(offsets[-1] + s)
+    chosen: list[tuple[int, tuple[int, ...]]] = []
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for col in COLUMNS:
+        flat = torch.cat([f.columns[col].reshape(n_rows, -1) for f in fams], dim=1)  # [rows, N]
+        flat = torch.nan_to_num(flat, nan=0.0)
+        kk = min(k, flat.shape[1])
+        picks = []
+        for largest in (True, False) if col not in TOP_ONLY else (True,):
+            vals, idx = flat.topk(kk, dim=1, largest=largest, sorted=True)  # [rows, kk]
+            for r in range(n_rows):
+                for j in range(kk):
+                    picks.append((-float(vals[r, j]) if largest else float(vals[r, j]), int(idx[r, j])))
+            picks_sorted = sorted(set(picks), key=lambda t: (t[0], t[1]))
+            for _, flat_i in picks_sorted:
+                fam_i = next(i for i in range(len(fams)) if offsets[i] <= flat_i < offsets[i + 1])
+                shape = fams[fam_i].columns[col].shape[1:]
+                local = flat_i - offsets[fam_i]
+                idx_t = tuple(int(x) for x in torch.unravel_index(torch.tensor(local), shape))
+                key = (fam_i, idx_t)
+                if key not in seen:
+                    seen.add(key)
+                    chosen.append(key)
+            picks = []
+    return chosen
+
+
+def _token_scores(runner: ModelRunner, scores: torch.Tensor, k: int,
+                  largest: bool) -> tuple[TokenScore, ...]:
+    if k <= 0:
+        return ()
+    vals, idx = scores.topk(min(k, scores.numel()), largest=largest)
+    strs = runner.token_strings(idx.tolist())
+    return tuple(TokenScore(int(i), s, float(v)) for i, s, v in zip(idx.tolist(), strs, vals.tolist()))
+
+
+def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
+    """Replace each family's total_effect by integrated gradients from a zero baseline at the
+    family's site (midpoint rule, ``ig_steps`` points), batched across steps."""
+    runner, steps, rows = att.runner, att.spec.ig_steps, att.n_rows
+    alphas = [(i + 0.5) / steps for i in range(steps)]
+    by_site: dict[str, list[_Family]] = {}
+    for f in fams:
+        site = {"embedding": "blocks.0.hook_resid_pre",
+                "mlp_neuron": f"blocks.{f.layer}.mlp.hook_post",
+                "attn_head": f"blocks.{f.layer}.attn.hook_z",
+                "attn_head_pair": f"blocks.{f.layer}.attn.hook_pattern"}[f.name]
+        by_site.setdefault(site, []).append(f)
+    per_pass = max(1, runner.limits.max_prompts // rows)
+    prompts = att.batch.rows[:rows]
+    for site, site_fams in by_site.items():
+        grad_sum: torch.Tensor | None = None
+        value: torch.Tensor | None = None
+        for start in range(0, steps, per_pass):
+            chunk = alphas[start:start + per_pass]
+            batch = Batch(tuple(r for _ in chunk for r in prompts), len(chunk) * rows, 0, 0)
+            planner = runner.planner(batch)
+            for j, a in enumerate(chunk):
+                planner.add_intervention(specs.Intervention(site, specs.Scale(a)),
+                                         range(j * rows, (j + 1) * rows))
+            if att.spec.interventions:
+                for j in range(len(chunk)):
+                    for iv in att.spec.interventions:
+                        planner.add_intervention(iv, [j * rows + 1])
+            planner.plan.grad_sites.add(site)
+            att.plan_loss(planner, range(batch.n_prompts))
+            out = runner.run(batch, planner.plan, grad=True)
+            losses = att.loss_values(out, batch.n_prompts)
+            x = out.ctx.graph[site]
+            (gx,) = torch.autograd.grad(losses.sum(), [x])
+            gsum = gx.detach().float().reshape(len(chunk), rows, *gx.shape[1:]).sum(0)
+            grad_sum = gsum if grad_sum is None else grad_sum + gsum
+            if value is None:
+                value = (x.detach().float()[:rows] / chunk[0])
+        assert grad_sum is not None and value is not None
+        ig = value * grad_sum / steps  # [rows, *site]
+        for f in site_fams:
+            if f.name == "embedding":
+                f.columns["total_effect"] = ig.sum(-1)
+            elif f.name == "mlp_neuron":
+                f.columns["total_effect"] = ig
+            elif f.name == "attn_head":
+                f.columns["total_effect"] = ig.sum(-1)
+            else:
+                f.columns["total_effect"] = ig
+
+
+@dataclass
+class Columns:
+    """Every node's columns before ranking (what the table is built from)."""
+
+    att: _Attribution
+    out: RunOutput
+    losses: torch.Tensor  # [rows]
+    grads: dict[str, torch.Tensor]
+    families: list[_Family]
+
+    def family(self, name: str, layer: int | None = None) -> _Family:
+        for f in self.families:
+            if f.name == name and f.layer == layer:
+                return f
+        raise KeyError((name, layer))
+
+
+def compute_columns(runner: ModelRunner, spec: AttributeSpec) -> Columns:
+    """One forward and one ``autograd.grad`` for every family's four columns (plus IG passes)."""
+    att = _Attribution(runner, spec)
+    planner = runner.planner(att.batch)
+    att.plan(planner)
+    out = runner.run(att.batch, planner.plan, grad=True)
+    losses = att.loss_values(out)
+    names = sorted(planner.plan.grad_sites - {"hook_embed"})
+    tensors = [out.ctx.graph[n] for n in names]
+    grads_list = torch.autograd.grad(losses.sum(), tensors, allow_unused=True)
+    grads = {n: (gr if gr is not None else torch.zeros_like(t))
+             for n, t, gr in zip(names, tensors, grads_list)}
+    with torch.no_grad():
+        fams = att.families_from(out, grads)
+    if spec.ig_steps:
+        _integrated_gradients(att, fams)
+    return Columns(att, out, losses.detach(), grads, fams)
+
+
+def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
+    """Build TDB's node table for ``spec`` (see the module docstring)."""
+    cols = compute_columns(runner, spec)
+    att, out, losses, grads, fams = cols.att, cols.out, cols.losses, cols.grads, cols.families
+    with torch.no_grad():
+        chosen = _topk_union(fams, spec.top_k, att.n_rows)
+        rows_out = []
+        w_u, b_u = runner.adapter.W_U().float(), runner.adapter.b_U()
+        ln_f = runner.adapter.final_norm()
+        gain = ln_f.gain()
+        readout = w_u * (gain.float()[:, None] if gain is not None else 1.0)  # [d_model, vocab]
+        for fam_i, idx in chosen:
+            f = fams[fam_i]
+            node = f.decode(idx)
+            values = tuple({c: float(f.columns[c][r][idx]) for c in COLUMNS} for r in range(att.n_rows))
+            up = down = inp = ()
+            if spec.node_tokens and f.write is not None:
+                logit_vec = f.write(0, idx).float() @ readout  # [vocab]
+                logit_vec = logit_vec - logit_vec.mean()
+                up = _token_scores(runner, logit_vec, spec.node_tokens, True)
+                down = _token_scores(runner, logit_vec, spec.node_tokens, False)
+            if spec.node_tokens and f.name == "mlp_neuron":
+                inp = _neuron_input_tokens(runner, f.layer or 0, idx[1], spec.node_tokens)
+            rows_out.append(NodeRow(node, values, up, down, inp))
+        # the parts of the loss no node writes
+        d = grads[att.point.site][: att.n_rows].float()
+        if att.point.position is not None:
+            mask = torch.zeros(att.T, device=d.device)
+            mask[att.point.position] = 1
+            d = d * mask[None, :, None]
+        bias = torch.zeros(att.n_rows, device=d.device)
+        for L in att.attn_layers():
+            b = runner.adapter.b_O(L)
+            if b is not None and runner.adapter.post_attn_norm(L) is None:
+                bias += (d * b.float()).sum((-1, -2))
+        for L in att.mlp_layers():
+            b = runner.adapter.b_out(L)
+            if b is not None and runner.adapter.post_mlp_norm(L) is None:
+                bias += (d * b.float()).sum((-1, -2))
+        # the residual at the point is the sum of every write plus the biases
+        x_point = out.ctx.graph[att.point.site][: att.n_rows].detach().float()
+        constant = losses.detach() - (x_point * d).sum((-1, -2))
+        emb = [f for f in fams if f.name == "embedding"]
+        tok_attr = emb[0].columns["total_effect"] if emb else torch.zeros(att.n_rows, att.T)
+    prompts = tuple(specs.PromptTokens(r, runner.token_strings(r)) for r in att.batch.rows)
+    n_nodes = sum(f.columns["activation"][0].numel() for f in fams)
+    return AttributeResult(
+        prompts=prompts, loss_values=tuple(float(x) for x in losses.detach()),
+        rows=tuple(rows_out),
+        token_attribution=tuple(tuple(float(x) for x in tok_attr[r]) for r in range(att.n_rows)),
+        bias_direct_effect=tuple(float(x) for x in bias), constant=tuple(float(x) for x in constant),
+        loss_position=att.loss_position(), stats={"nodes_ranked": float(n_nodes)})
+
+
+def _neuron_input_tokens(runner: ModelRunner, layer: int, neuron: int,
+                         k: int) -> tuple[TokenScore, ...]:
+    """Tokens whose embedding, read through the MLP's input (norm gain, W_in column), most
+    activates the neuron's pre-activation (TDB's "input tokens that upvote", weights only)."""
+    w_in = runner.adapter.W_in(layer)  # [d_model, d_mlp]
+    col = w_in[:, neuron].float()
+    gain = runner.adapter.mlp_in_norm(layer).gain()
+    if gain is not None:
+        col = col * gain.float()
+    emb = runner.adapter.W_E().float()  # [vocab, d_model]
+    emb = emb - emb.mean(-1, keepdim=True) if runner.adapter.mlp_in_norm(layer).kind == "layernorm" else emb
+    scores = emb @ col / emb.norm(dim=-1).clamp_min(1e-12) * math.sqrt(emb.shape[-1])
+    return _token_scores(runner, scores, k, True)
