@@ -6,6 +6,7 @@
     tdb ablate "PROMPT" --target " Mary" --distractor " John" --zero 'blocks.1.attn.hook_z[head=3]'
     tdb patch CLEAN CORRUPTED --site hook_resid_pre --target " Mary" --distractor " John" [--png F]
     tdb attribute "PROMPT" --target " Mary" --distractor " John" [--trace-neuron L,N] [--zero SEL]
+    tdb sae list | tdb sae encode "PROMPT" --sae ID | tdb sae train --site S --dataset F --out D
 
 Client commands talk to ``--server`` (env TDB_SERVER, default localhost:50051) and exit with
 status 1 and the server's message on errors.
@@ -305,6 +306,91 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- sae ------------------------------------------------------------------------------------------
+
+
+def cmd_sae_list(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        saes = c.list_saes(args.model)
+    if args.json:
+        print(json.dumps([s.__dict__ for s in saes], indent=2))
+        return 0
+    if not saes:
+        print("no SAEs attached")
+    for s in saes:
+        k = f" k={s.k}" if s.k is not None else ""
+        print(f"{s.id:16s} {s.model:14s} {s.site:28s} {s.kind}{k} d_in={s.d_in} d_sae={s.d_sae} "
+              f"norm={s.input_norm}  {s.source}")
+    return 0
+
+
+def cmd_sae_encode(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        res = c.encode(args.sae, args.prompts, top_k=args.top_k, model=args.model)
+    if args.json:
+        print(json.dumps({"tokens": res.tokens, "top_values": res.top_values.tolist(),
+                          "top_indices": res.top_indices.tolist(), "l0": res.l0.tolist(),
+                          "mse": res.mse.tolist(), "explained_variance": res.explained_variance}))
+        return 0
+    print(f"SAE {res.sae}: mean L0 {res.mean_l0:.2f}, explained variance {res.explained_variance:.4f}")
+    for b, toks in enumerate(res.tokens):
+        for p, tok in enumerate(toks):
+            lat = " ".join(f"{int(i)}:{v:.2f}" for v, i in zip(res.top_values[b, p], res.top_indices[b, p]) if v > 0)
+            print(f"  {p:3d} {tok!r:14s} L0={int(res.l0[b, p]):3d}  {lat}")
+    return 0
+
+
+def cmd_sae_train(args: argparse.Namespace) -> int:
+    import adapters
+    from tdb_core.runner import Limits, ModelRunner
+    from tdb_core.sae import SaeKind, TrainConfig, train_sae
+    from tdb_core.sae.from_model import StreamConfig, activation_stream, ce_evaluator, token_windows
+
+    source = args.model
+    if source is None:
+        from tdb_core.toy import TOY_MODEL_DIR
+        source = str(TOY_MODEL_DIR)
+    loaded = adapters.load_model("train", source, args.device)
+    runner = ModelRunner(loaded, Limits(max_tokens_per_prompt=loaded.adapter.dims.n_ctx,
+                                        max_prompts=4096, max_response_bytes=2**40))
+    site = runner.schema.get(args.site)
+    windows = token_windows(runner, args.dataset, args.ctx_len)
+    n_eval = min(args.eval_windows, max(1, len(windows) // 10))
+    eval_w, train_w = windows[:n_eval], windows[n_eval:]
+    print(f"{len(train_w)} training windows, {n_eval} evaluation windows of <= {args.ctx_len} "
+          f"tokens; site {site.name}", file=sys.stderr)
+    d_in = 1
+    for d in site.dims:
+        if d != site.kind.pos_dim:
+            d_in *= runner.schema.dim_size(site, d, 1)
+    stream = activation_stream(runner, site.name, train_w, StreamConfig(
+        ctx_len=args.ctx_len, batch_size=args.batch_size, seed=args.seed))
+    config = TrainConfig(kind=SaeKind(args.kind), d_sae=args.d_sae or 8 * d_in, steps=args.steps,
+                         batch_size=args.batch_size, lr=args.lr, k=args.k, l1_coeff=args.l1,
+                         checkpoint_every=args.checkpoint_every, out_dir=args.out, seed=args.seed,
+                         site=site.name, model_name=os.path.basename(source.rstrip("/")),
+                         init_rows=min(16384, args.batch_size * 16),
+                         eval_rows=min(4096, args.batch_size * 4))
+    result = train_sae(config, stream, ce_eval=ce_evaluator(runner, site.name, eval_w),
+                       progress=not args.quiet)
+    rows = []
+    for m in result.checkpoints:
+        ce = m.ce
+        rows.append({"step": m.step, "l0": round(m.l0, 3), "dead_fraction": round(m.dead_fraction, 4),
+                     "explained_variance": round(m.explained_variance, 4),
+                     "ce_clean": round(ce.clean_ce, 4) if ce else None,
+                     "ce_spliced": round(ce.spliced_ce, 4) if ce else None,
+                     "ce_zero_ablated": round(ce.zero_ablated_ce, 4) if ce else None,
+                     "ce_loss_recovered": round(ce.recovered, 4) if ce and ce.recovered is not None else None,
+                     "path": str(m.path) if m.path else None})
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print("  ".join(f"{k}={v}" for k, v in r.items()))
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
 
@@ -393,6 +479,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sort", default="direct_effect", choices=[c for c, _ in _COLUMN_ABBR])
     _add_client_args(p)
     p.set_defaults(func=cmd_attribute)
+
+    sae = sub.add_parser("sae", help="sparse autoencoders: list, encode, train")
+    sae_sub = sae.add_subparsers(dest="sae_command", required=True)
+    p = sae_sub.add_parser("list", help="SAEs attached on the server")
+    _add_client_args(p)
+    p.set_defaults(func=cmd_sae_list)
+    p = sae_sub.add_parser("encode", help="per-token latents of an attached SAE")
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--sae", required=True)
+    p.add_argument("--top-k", type=int, default=8)
+    _add_client_args(p)
+    p.set_defaults(func=cmd_sae_encode)
+    p = sae_sub.add_parser("train", help="train an SAE on a model's activations (local, no server)")
+    p.add_argument("--model", default=None, help="HF directory or hub id (default: the toy model)")
+    p.add_argument("--site", required=True, help="e.g. blocks.1.hook_resid_pre")
+    p.add_argument("--dataset", required=True, help="JSONL of {\"text\": ...} or plain text")
+    p.add_argument("--out", required=True, help="output directory (SAELens format checkpoints)")
+    p.add_argument("--kind", choices=("topk", "relu"), default="topk")
+    p.add_argument("--d-sae", type=int, default=0, help="latents (default 8 x d_in)")
+    p.add_argument("--k", type=int, default=32, help="TopK k")
+    p.add_argument("--l1", type=float, default=0.1, help="ReLU L1 coefficient")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--ctx-len", type=int, default=64)
+    p.add_argument("--eval-windows", type=int, default=64)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sae_train)
 
     for register in _plugin_registrars():
         register(sub)

@@ -21,9 +21,12 @@ from tdb.v1 import attribution_pb2 as apb
 from tdb.v1 import common_pb2 as cpb
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import model_pb2 as mpb
+from tdb.v1 import sae_pb2 as spb
 from tdb_core import ablate, attribution, specs
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.runner import ModelRunner
+from tdb_core.sae import encode as sae_encode
+from tdb_core.sae.attach import AttachedSae
 
 CHUNK_BYTES = 1 << 20
 
@@ -226,7 +229,7 @@ def model_info_to_pb(runner: ModelRunner) -> mpb.GetModelInfoResponse:
     arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
     sites = []
     for s in schema.sites:
-        sizes = [-1 if d in ("pos", "q_pos", "k_pos") else dims.size(d, 0) for d in s.dims]
+        sizes = [-1 if d in ("pos", "q_pos", "k_pos") else schema.dim_size(s, d, 0) for d in s.dims]
         info = mpb.SiteInfo(name=s.name, kind=s.kind.key, dims=list(s.dims), sizes=sizes,
                             unit_dim=s.kind.unit_dim or "", meaning=s.kind.meaning)
         if s.layer is not None:
@@ -237,6 +240,7 @@ def model_info_to_pb(runner: ModelRunner) -> mpb.GetModelInfoResponse:
         n_heads=dims.n_heads, n_kv_heads=dims.n_kv_heads, d_model=dims.d_model,
         d_head=dims.d_head, d_mlp=dims.d_mlp, d_vocab=dims.d_vocab, n_ctx=dims.n_ctx,
         device=str(loaded.device), dtype=str(loaded.dtype).removeprefix("torch."), sites=sites)
+    msg.saes.extend(sae_info_to_pb(runner.name, a) for a in runner.saes.values())
     tok = loaded.tokenizer
     if tok.bos_token_id is not None:
         msg.bos_token_id = tok.bos_token_id
@@ -408,3 +412,44 @@ def attribute_to_pb(model: str, r: attribution.AttributeResult) -> apb.Attribute
         token_attribution=[apb.PositionValues(values=list(t)) for t in r.token_attribution],
         bias_direct_effect=list(r.bias_direct_effect), constant=list(r.constant),
         loss_position=r.loss_position, nodes_ranked=int(r.stats.get("nodes_ranked", 0)))
+
+
+# --------------------------------------------------------------------------------------------------
+# SAEs
+
+
+def sae_info_to_pb(model: str, att: AttachedSae) -> cpb.SaeInfo:
+    sae = att.sae
+    msg = cpb.SaeInfo(id=att.id, model=model, site=att.site.name, kind=sae.kind.value,
+                      d_in=sae.d_in, d_sae=sae.d_sae, input_norm=sae.input_norm.value,
+                      source=att.source, sites=list(att.site_names))
+    k = getattr(sae, "k", None)
+    if isinstance(k, int):
+        msg.k = k
+    return msg
+
+
+def encode_spec_from_pb(r: spb.EncodeRequest) -> sae_encode.EncodeSpec:
+    which = r.WhichOneof("input")
+    if which is None:
+        raise InvalidArgumentError("Encode needs prompts or activations")
+    return sae_encode.EncodeSpec(
+        sae=r.sae,
+        prompts=tuple(prompt_from_pb(p) for p in r.prompts.prompts) if which == "prompts" else (),
+        activations=(tensor_from_pb(r.activations.values, "activations").float()
+                     if which == "activations" else None),
+        top_k=r.top_k if r.HasField("top_k") else 16, dense=r.dense,
+        prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None)
+
+
+def encode_header_to_pb(model: str, sae_id: str, r: sae_encode.EncodeResult,
+                        sink: TensorSink) -> spb.EncodeHeader:
+    msg = spb.EncodeHeader(model=model, sae=sae_id, prompts=[prompt_tokens_to_pb(p) for p in r.prompts],
+                           explained_variance=r.explained_variance, mean_l0=r.mean_l0)
+    sink.put(msg.top_values, r.top_values.float())
+    sink.put(msg.top_indices, r.top_indices.long())
+    if r.dense is not None:
+        sink.put(msg.dense, r.dense.float())
+    sink.put(msg.l0, r.l0.long())
+    sink.put(msg.mse, r.mse.float())
+    return msg

@@ -20,15 +20,18 @@ from services.registry import ModelRegistry
 from services.servicers.attribution import AttributionServicer
 from services.servicers.inference import InferenceServicer
 from services.servicers.model import ModelServicer
-from services.settings import ModelSource, Settings
+from services.servicers.sae import SaeServicer
+from services.settings import ModelSource, SaeSource, Settings
+from tdb_core.sae import load_sae
 from tdb.v1 import (attribution_pb2, attribution_pb2_grpc, inference_pb2, inference_pb2_grpc,
-                    model_pb2, model_pb2_grpc)
+                    model_pb2, model_pb2_grpc, sae_pb2, sae_pb2_grpc)
 from tdb_core.runner import ModelRunner
 
 SERVICE_NAMES = (
     model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     attribution_pb2.DESCRIPTOR.services_by_name["AttributionService"].full_name,
+    sae_pb2.DESCRIPTOR.services_by_name["SaeService"].full_name,
 )
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -41,6 +44,15 @@ def default_model_sources() -> tuple[ModelSource, ...]:
     return (ModelSource(TOY_MODEL_NAME, str(TOY_MODEL_DIR)),)
 
 
+def default_sae_sources() -> tuple[SaeSource, ...]:
+    """The SAE shipped with the embedded toy model, when present."""
+    from tdb_core.toy import TOY_SAE_DIR, TOY_SAE_ID
+
+    if not TOY_SAE_DIR.exists():
+        return ()
+    return (SaeSource(None, TOY_SAE_ID, str(TOY_SAE_DIR), None),)
+
+
 def load_models(settings: Settings) -> ModelRegistry:
     """Load every configured model (the embedded toy model when none is configured)."""
     log = get_logger("tdb.server")
@@ -50,7 +62,14 @@ def load_models(settings: Settings) -> ModelRegistry:
                  dtype=settings.dtype)
         loaded = adapters.load_model(m.name, m.source, settings.device, _DTYPES[settings.dtype])
         runners.append(ModelRunner(loaded, settings.limits))
-    return ModelRegistry(runners, settings.default_model)
+    registry = ModelRegistry(runners, settings.default_model)
+    saes = settings.saes if (settings.saes or settings.models) else default_sae_sources()
+    for s in saes:
+        runner = registry.get(s.model or "")
+        log.info("attaching SAE", model=runner.name, sae=s.id, source=s.source, site=s.site)
+        sae = load_sae(s.source, site=s.site, device=str(runner.device))
+        runner.attach_sae(s.id, sae, s.source, s.site)
+    return registry
 
 
 @dataclass
@@ -84,6 +103,7 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(models), server)
     attribution_pb2_grpc.add_AttributionServiceServicer_to_server(AttributionServicer(models), server)
+    sae_pb2_grpc.add_SaeServiceServicer_to_server(SaeServicer(models, settings.sae_root), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -19,11 +19,23 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
+class SaeSource:
+    """An SAE to attach at start-up: ``[MODEL:]ID=PATH[@SITE]``."""
+
+    model: str | None
+    id: str
+    source: str
+    site: str | None
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 50051
     models: tuple[ModelSource, ...] = ()  # empty: serve the embedded toy model
     default_model: str | None = None  # None: the first model
+    saes: tuple[SaeSource, ...] = ()  # with no models configured: the toy model's SAE
+    sae_root: str | None = None  # LoadSae may read paths under this directory
     device: str = "auto"
     dtype: str = "float32"
     limits: Limits = field(default_factory=Limits)
@@ -48,6 +60,16 @@ def parse_model_flag(value: str) -> ModelSource:
     return ModelSource(name, source)
 
 
+def parse_sae_flag(value: str) -> SaeSource:
+    """``[MODEL:]ID=PATH[@SITE]``, e.g. ``res1=/saes/l1@blocks.1.hook_resid_pre``."""
+    head, sep, rest = value.partition("=")
+    if not sep or not head or not rest:
+        raise InvalidArgumentError(f"--sae {value!r}: expected [MODEL:]ID=PATH[@SITE]")
+    model, _, sae_id = head.rpartition(":")
+    path, _, site = rest.partition("@")
+    return SaeSource(model or None, sae_id, path, site or None)
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"TDB_{name}", default)
 
@@ -58,6 +80,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH_OR_HUB_ID",
                    help="load a HF causal LM (repeatable); default: the embedded toy model "
                         "(env TDB_MODELS, comma-separated)")
+    p.add_argument("--sae", action="append", default=[], metavar="[MODEL:]ID=PATH[@SITE]",
+                   help="attach an SAE (OpenAI .pt or SAELens dir) to a model (repeatable)")
+    p.add_argument("--sae-root", default=_env("SAE_ROOT", "") or None, metavar="DIR",
+                   help="allow LoadSae to attach SAEs from under DIR (env TDB_SAE_ROOT)")
     p.add_argument("--default-model", default=_env("DEFAULT_MODEL", "") or None,
                    help="model used when a request names none (default: the first)")
     p.add_argument("--host", default=_env("HOST", d.host), help="bind address (env TDB_HOST)")
@@ -94,6 +120,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise InvalidArgumentError(f"model names must be unique, got {names}")
     return Settings(
         host=args.host, port=args.port, models=models, default_model=args.default_model,
+        saes=tuple(parse_sae_flag(v) for v in args.sae), sae_root=args.sae_root,
         device=args.device, dtype=args.dtype,
         limits=Limits(max_tokens_per_prompt=args.max_tokens, max_prompts=args.max_prompts,
                       max_response_bytes=int(args.max_response_mb * 2**20)),

@@ -35,6 +35,7 @@ from tdb_core import specs
 from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
 from tdb_core.plan import Batch, Planner, resolve_positions
 from tdb_core.runner import ModelRunner, RunOutput
+from tdb_core.sae.attach import AttachedSae
 
 # --------------------------------------------------------------------------------------------------
 # Specs (data only)
@@ -157,7 +158,7 @@ class Node:
             return f"attn_L{self.layer}_H{self.index}@{self.position}"
         if self.family == "attn_head_pair":
             return f"attn_L{self.layer}_H{self.index}@{self.position}<-{self.key_position}"
-        return f"sae_{self.sae}_L{self.index}@{self.position}"
+        return f"sae_{self.sae}_F{self.index}@{self.position}"
 
 
 @dataclass(frozen=True)
@@ -208,13 +209,22 @@ class _Family:
 @dataclass
 class _Point:
     """Where the loss's direct effects are measured: a residual site, the norm held constant
-    there, and which (layer, stage) writes come before it."""
+    there, and the stage of the forward pass it sits at.
+
+    Stages order every write: embeddings -1, attention of layer L 3L+1, MLP of layer L 3L+2
+    (SAE latents at their site's stage). A family counts when its stage is below the point's.
+    """
 
     site: str
     norm: str | None
-    layer: int  # writes of layers < layer count; plus attention of `layer` if attn_included
-    attn_included: bool
+    stage: float
     position: int | None = None  # for traces: the traced node's position
+
+
+def _residual_point(site: str, layer: int, key: str, position: int | None) -> _Point:
+    stage = {"hook_resid_pre": 3 * layer + 0.5, "hook_resid_mid": 3 * layer + 1.9,
+             "hook_resid_post": 3 * layer + 2.9}[key]
+    return _Point(site, None, stage, position)
 
 
 def _resolve_loss_tokens(runner: ModelRunner, ids: tuple[int, ...], what: str) -> None:
@@ -250,12 +260,12 @@ class _Attribution:
         self.n_rows = self.batch.n_prompts
         self.T = self.batch.max_len
         available = {"embedding", "mlp_neuron", "attn_head", "attn_head_pair"}
-        fams = set(spec.families) if spec.families else available
+        if runner.saes:
+            available.add("sae_latent")
+        fams = set(spec.families) if spec.families else set(available)
         unknown = fams - set(FAMILIES)
         if unknown:
             raise InvalidArgumentError(f"unknown node families {sorted(unknown)}; use {FAMILIES}")
-        if "sae_latent" in fams and not spec.families:
-            fams.discard("sae_latent")
         missing = fams - available
         if missing:
             raise NotFoundError(f"node families {sorted(missing)} are not available on this model")
@@ -269,20 +279,16 @@ class _Attribution:
         if isinstance(loss, LogitDiffLoss):
             _resolve_loss_tokens(self.runner, loss.target_ids, "target")
             _resolve_loss_tokens(self.runner, loss.distractor_ids, "distractor")
-            return _Point(last, "ln_final", n_layers, False)
+            return _Point(last, "ln_final", math.inf)
         if isinstance(loss, LogProbLoss):
             _resolve_loss_tokens(self.runner, loss.target_ids, "target")
-            return _Point(last, "ln_final", n_layers, False)
+            return _Point(last, "ln_final", math.inf)
         if isinstance(loss, NeuronTrace):
             self._check_layer(loss.layer)
             if not 0 <= loss.neuron < self.dims.d_mlp:
                 raise OutOfRangeError(f"neuron {loss.neuron} is out of range (0..{self.dims.d_mlp - 1})")
             (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
-            if self.adapter.parallel_blocks:
-                return _Point(f"blocks.{loss.layer}.hook_resid_pre", f"blocks.{loss.layer}.ln2",
-                              loss.layer, False, pos)
-            return _Point(f"blocks.{loss.layer}.hook_resid_mid", f"blocks.{loss.layer}.ln2",
-                          loss.layer, True, pos)
+            return self._mlp_side_point(loss.layer, pos)
         if isinstance(loss, HeadTrace):
             self._check_layer(loss.layer)
             if not 0 <= loss.head < self.dims.n_heads:
@@ -296,7 +302,7 @@ class _Attribution:
             elif loss.through is not Through.V:
                 raise InvalidArgumentError("tracing through Q, K or QK needs a key position")
             return _Point(f"blocks.{loss.layer}.hook_resid_pre", f"blocks.{loss.layer}.ln1",
-                          loss.layer, False, q)
+                          3 * loss.layer + 0.5, q)
         if isinstance(loss, DirectionLoss):
             site = self.runner.schema.get(loss.site)
             if site.kind.key not in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
@@ -306,16 +312,31 @@ class _Attribution:
                 raise InvalidArgumentError(f"direction must have shape [{self.dims.d_model}], got "
                                            f"{list(loss.vector.shape)}")
             (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
-            layer = site.layer or 0
-            key = site.kind.key
-            if key == "hook_resid_pre":
-                return _Point(loss.site, None, layer, False, pos)
-            if key == "hook_resid_mid":
-                return _Point(loss.site, None, layer, True, pos)
-            return _Point(loss.site, None, layer + 1, False, pos)
+            return _residual_point(loss.site, site.layer or 0, site.kind.key, pos)
         if isinstance(loss, LatentTrace):
-            raise NotFoundError(f"SAE '{loss.sae}' is not attached to this model")
+            att = self.runner.get_sae(loss.sae)
+            if not 0 <= loss.latent < att.sae.d_sae:
+                raise OutOfRangeError(f"latent {loss.latent} is out of range for SAE '{loss.sae}' "
+                                      f"(0..{att.sae.d_sae - 1})")
+            (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
+            key, layer = att.site.kind.key, att.site.layer
+            if key in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
+                p = _residual_point(att.input, layer or 0, key, pos)
+                return p
+            if layer is None:
+                return _Point(att.input, None, -0.5, pos)
+            if key.startswith(("attn.", "ln1.")) or key == "hook_attn_out":
+                return _Point(f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.ln1",
+                              3 * layer + 0.5, pos)
+            return self._mlp_side_point(layer, pos)
         raise InvalidArgumentError(f"unsupported loss {type(loss).__name__}")
+
+    def _mlp_side_point(self, layer: int, pos: int) -> _Point:
+        """The residual stream an MLP of ``layer`` reads, with its norm."""
+        if self.adapter.parallel_blocks:
+            return _Point(f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.ln2",
+                          3 * layer + 0.5, pos)
+        return _Point(f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.ln2", 3 * layer + 1.9, pos)
 
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.dims.n_layers:
@@ -330,12 +351,17 @@ class _Attribution:
         return self.point.position
 
     def mlp_layers(self) -> list[int]:
-        p = self.point
-        return [L for L in range(self.dims.n_layers) if L < p.layer]
+        return [L for L in range(self.dims.n_layers) if 3 * L + 2 < self.point.stage]
 
     def attn_layers(self) -> list[int]:
-        p = self.point
-        return [L for L in range(self.dims.n_layers) if L < p.layer or (L == p.layer and p.attn_included)]
+        return [L for L in range(self.dims.n_layers) if 3 * L + 1 < self.point.stage]
+
+    def saes(self) -> list[AttachedSae]:
+        if "sae_latent" not in self.families:
+            return []
+        traced = self.spec.loss.sae if isinstance(self.spec.loss, LatentTrace) else None
+        return [a for a in self.runner.saes.values()
+                if a.write_stage() < self.point.stage and a.id != traced]
 
     # -- the pass
     def plan(self, planner: Planner) -> None:
@@ -347,6 +373,8 @@ class _Attribution:
         for L in self.attn_layers():
             plan.grad_sites.update({f"blocks.{L}.attn.hook_z", f"blocks.{L}.attn.hook_pattern",
                                     f"blocks.{L}.attn.hook_v"})
+        for att in self.saes():
+            plan.grad_sites.update({att.acts, att.input})
         self.plan_loss(planner, range(self.n_rows))
         if self.spec.interventions:
             for iv in self.spec.interventions:
@@ -370,6 +398,9 @@ class _Attribution:
                                                             pass_=specs.Pass.BACKWARD), rows)
         if isinstance(loss, DirectionLoss):
             plan.grad_sites.add(loss.site)
+        if isinstance(loss, LatentTrace):
+            att = self.runner.get_sae(loss.sae)
+            plan.grad_sites.update({att.acts_pre, att.input})
 
     def loss_values(self, out: RunOutput, rows: int | None = None) -> torch.Tensor:
         """The loss of each of the first ``rows`` rows (default: the prompts), differentiable."""
@@ -402,6 +433,9 @@ class _Attribution:
             u = (g[prefix + "hook_z"][:rows, q, h].detach() @ w_o)
             u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             return (write * u).sum(-1).float()
+        if isinstance(loss, LatentTrace):
+            att = self.runner.get_sae(loss.sae)
+            return g[att.acts_pre][:rows, self.point.position, loss.latent].float()
         assert isinstance(loss, DirectionLoss)
         vec = loss.vector.to(out.logits.device, g[loss.site].dtype)
         return (g[loss.site][:rows, self.point.position] @ vec).float()
@@ -430,7 +464,30 @@ class _Attribution:
         if "mlp_neuron" in self.families:
             for L in self.mlp_layers():
                 fams.append(self._mlp_family(L, g, grads, d))
+        for att in self.saes():
+            fams.append(self._sae_family(att, g, grads, d))
         return fams
+
+    def _sae_family(self, att: AttachedSae, g: dict, grads: dict, d: torch.Tensor) -> _Family:
+        rows = self.n_rows
+        z = g[att.acts][:rows].detach().float()  # [rows, T, d_sae]
+        gz = grads[att.acts][:rows].float()
+        stats = att.sae.input_stats(g[att.input][:rows].detach())
+        scale = stats.scale.float() if stats is not None else torch.ones((), device=z.device)  # [rows, T, 1]
+        dirs = att.residual_directions(self.adapter)  # [d_sae, d_model] or None
+        D = att.sae.decoder_directions().float()
+        norms = (dirs if dirs is not None else D).norm(dim=-1)  # [d_sae]
+        de = torch.zeros_like(z) if dirs is None else z * scale * (d @ dirs.T)
+        cols = {"activation": z, "write_magnitude": z * scale * norms, "direct_effect": de,
+                "total_effect": z * gz}
+
+        def write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
+            p, i = idx
+            s = scale if scale.dim() == 0 else scale[r, p, 0]
+            return z[r, p, i] * s * (dirs[i] if dirs is not None else torch.zeros(self.dims.d_model))
+        return _Family("sae_latent", None, cols,
+                       lambda idx: Node("sae_latent", att.site.layer, idx[0], idx[1], sae=att.id),
+                       write if dirs is not None else None)
 
     def _post_norm_gain(self, norm, raw: torch.Tensor) -> torch.Tensor:
         """Per-position factor turning a raw write into its residual write (post-norm, scale
@@ -564,10 +621,13 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
     alphas = [(i + 0.5) / steps for i in range(steps)]
     by_site: dict[str, list[_Family]] = {}
     for f in fams:
-        site = {"embedding": "blocks.0.hook_resid_pre",
-                "mlp_neuron": f"blocks.{f.layer}.mlp.hook_post",
-                "attn_head": f"blocks.{f.layer}.attn.hook_z",
-                "attn_head_pair": f"blocks.{f.layer}.attn.hook_pattern"}[f.name]
+        if f.name == "sae_latent":
+            site = runner.get_sae(f.decode((0, 0)).sae or "").acts
+        else:
+            site = {"embedding": "blocks.0.hook_resid_pre",
+                    "mlp_neuron": f"blocks.{f.layer}.mlp.hook_post",
+                    "attn_head": f"blocks.{f.layer}.attn.hook_z",
+                    "attn_head_pair": f"blocks.{f.layer}.attn.hook_pattern"}[f.name]
         by_site.setdefault(site, []).append(f)
     per_pass = max(1, runner.limits.max_prompts // rows)
     prompts = att.batch.rows[:rows]
@@ -600,7 +660,7 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
         for f in site_fams:
             if f.name == "embedding":
                 f.columns["total_effect"] = ig.sum(-1)
-            elif f.name == "mlp_neuron":
+            elif f.name in ("mlp_neuron", "sae_latent"):
                 f.columns["total_effect"] = ig
             elif f.name == "attn_head":
                 f.columns["total_effect"] = ig.sum(-1)

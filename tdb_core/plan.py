@@ -90,10 +90,10 @@ def _block_shape(schema: ModelSchema, site: SiteInfo, n_pos: int, n_units: int |
                  max_len: int) -> tuple[int, ...]:
     """Per-row shape of an edit's block: ``[P, (U,) rest...]``, rest in the site's dim order."""
     k = site.kind
-    rest = [schema.dims.size(d, max_len) for d in k.dims if d not in (k.pos_dim, k.unit_dim)]
+    rest = [schema.dim_size(site, d, max_len) for d in k.dims if d not in (k.pos_dim, k.unit_dim)]
     if k.unit_dim is None:
         return (n_pos, *rest)
-    units = n_units if n_units is not None else schema.dims.size(k.unit_dim, max_len)
+    units = n_units if n_units is not None else schema.dim_size(site, k.unit_dim, max_len)
     return (n_pos, units, *rest)
 
 
@@ -160,7 +160,7 @@ class Planner:
         T = self.batch.max_len
         shape = []
         for d in c.site.kind.dims:
-            size = self.schema.dims.size(d, T)
+            size = self.schema.dim_size(c.site, d, T)
             if d == c.site.kind.pos_dim and c.index.pos is not None:
                 size = c.index.pos.shape[1]
             if d == c.site.kind.unit_dim and c.index.units is not None:

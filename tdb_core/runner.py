@@ -18,8 +18,11 @@ import torch
 
 from tdb_core import specs
 from tdb_core.adapter import Adapter
-from tdb_core.errors import InvalidArgumentError, OutOfRangeError, ResourceExhaustedError
-from tdb_core.hooks import HookContext, HookPlan, ResolvedCapture, activate
+from tdb_core.errors import (InvalidArgumentError, NotFoundError, OutOfRangeError,
+                             ResourceExhaustedError)
+from tdb_core.hooks import HookContext, HookPlan, ResolvedCapture, Splice, activate
+from tdb_core.sae.attach import AttachedSae, attach
+from tdb_core.sae.model import SparseAutoencoder
 from tdb_core.plan import Batch, Planner, check_response_bytes, resolve_positions
 from tdb_core.schema import ModelSchema
 
@@ -64,6 +67,29 @@ class ModelRunner:
         tok = loaded.tokenizer
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         self._token_str_cache: dict[int, str] = {}
+        self.saes: dict[str, AttachedSae] = {}
+        self._schema = loaded.adapter.schema
+
+    # -- SAEs
+    def attach_sae(self, sae_id: str, sae: SparseAutoencoder, source: str,
+                   site: str | None = None) -> AttachedSae:
+        """Attach an SAE (validated against the schema); its latents become sites and nodes."""
+        if sae_id in self.saes:
+            raise InvalidArgumentError(f"an SAE with id '{sae_id}' is already attached to "
+                                       f"model '{self.name}'")
+        attached = attach(self.loaded.adapter.schema, sae_id, sae.to(self.device), source, site)
+        with self._lock:
+            self.saes[sae_id] = attached
+            self._schema = self._schema.with_kinds(attached.kinds)
+        return attached
+
+    def get_sae(self, sae_id: str) -> AttachedSae:
+        sae = self.saes.get(sae_id)
+        if sae is None:
+            attached = ", ".join(self.saes) or "none"
+            raise NotFoundError(f"SAE '{sae_id}' is not attached to model '{self.name}' "
+                                f"(attached: {attached})")
+        return sae
 
     # -- properties
     @property
@@ -76,7 +102,8 @@ class ModelRunner:
 
     @property
     def schema(self) -> ModelSchema:
-        return self.loaded.adapter.schema
+        """The adapter's schema plus the sites of attached SAEs."""
+        return self._schema
 
     @property
     def device(self) -> torch.device:
@@ -191,6 +218,10 @@ class ModelRunner:
         ids, mask = ids.to(self.device), mask.to(self.device)
         if grad:
             plan.grad_sites.add("hook_embed")
+        wanted = plan.sites()
+        for att in self.saes.values():
+            if wanted.intersection(att.site_names):
+                plan.splices[att.site.name] = _chain(plan.splices.get(att.site.name), att.splice())
         ctx = HookContext(plan, torch.tensor(lengths, device=self.device))
         start = time.perf_counter()
         with self._lock, self._hooks(ctx), torch.set_grad_enabled(grad):
@@ -256,3 +287,10 @@ def capture_result(c: ResolvedCapture) -> specs.CaptureResult:
         dims[-1] = "top_k"
     return specs.CaptureResult(site=c.site.name, dims=tuple(dims), values=c.values,
                                indices=c.indices, positions=positions, units=c.units_list)
+
+
+def _chain(first: Splice | None, second: Splice) -> Splice:
+    """Two splices at one site, applied in attach order."""
+    if first is None:
+        return second
+    return lambda ctx, x: second(ctx, first(ctx, x))

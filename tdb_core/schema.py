@@ -40,6 +40,14 @@ class SiteKind:
     meaning: str
     unit_dim: str | None
     pos_dim: str | None = "pos"
+    sizes: tuple[tuple[str, int], ...] = ()  # sizes of dims the model does not define (SAEs)
+    anchor: str | None = None  # list this (unlayered) site right after this site name
+
+    def size_of(self, dim: str) -> int | None:
+        for name, size in self.sizes:
+            if name == dim:
+                return size
+        return None
 
 
 def _k(key: str, layered: bool, dims: tuple[str, ...], meaning: str, unit_dim: str | None,
@@ -197,7 +205,7 @@ class ModelSchema:
         sites: list[SiteInfo] = []
         unlayered_after = {"ln_final.hook_scale", "ln_final.hook_normalized", "logits"}
         for kind in self.kinds:
-            if not kind.layered and kind.key not in unlayered_after:
+            if not kind.layered and kind.key not in unlayered_after and kind.anchor is None:
                 sites.append(SiteInfo(kind.key, kind, None))
         for layer in range(self.dims.n_layers):
             for kind in self.kinds:
@@ -206,6 +214,12 @@ class ModelSchema:
         for kind in self.kinds:
             if kind.key in unlayered_after:
                 sites.append(SiteInfo(kind.key, kind, None))
+        for kind in self.kinds:  # anchored sites (SAE latents) follow the site they read
+            if kind.anchor is not None:
+                at = next((i for i, s in enumerate(sites) if s.name == kind.anchor), len(sites) - 1)
+                while at + 1 < len(sites) and sites[at + 1].kind.anchor == kind.anchor:
+                    at += 1
+                sites.insert(at + 1, SiteInfo(kind.key, kind, None))
         object.__setattr__(self, "sites", tuple(sites))
         object.__setattr__(self, "_by_name", {s.name: s for s in sites})
 
@@ -218,7 +232,7 @@ class ModelSchema:
         if site is not None:
             return site
         ref = parse_site(name)  # raises NotFoundError for names that are not sites at all
-        if ref.kind not in self.kinds:
+        if not self.has_kind(ref.kind.key):  # by key: adapters may restate a kind's meaning
             raise NotFoundError(
                 f"site '{name}' does not exist in this model's architecture "
                 f"('{ref.kind.key}' is not part of its schema; GetModelInfo lists the sites)")
@@ -238,12 +252,21 @@ class ModelSchema:
                 f"site pattern '{pattern}' matches no site of this model; GetModelInfo lists the sites")
         return found
 
+    def dim_size(self, site: SiteInfo, dim: str, n_pos: int) -> int:
+        """Size of one of a site's dims for ``n_pos`` tokens."""
+        fixed = site.kind.size_of(dim)
+        return fixed if fixed is not None else self.dims.size(dim, n_pos)
+
     def shape(self, site: SiteInfo, n_pos: int) -> tuple[int, ...]:
         """Per-prompt shape of a site for ``n_pos`` tokens (no batch axis)."""
-        return tuple(self.dims.size(d, n_pos) for d in site.kind.dims)
+        return tuple(self.dim_size(site, d, n_pos) for d in site.kind.dims)
+
+    def with_kinds(self, extra: tuple[SiteKind, ...]) -> ModelSchema:
+        """This schema plus extra (e.g. SAE) site kinds."""
+        return ModelSchema(self.dims, self.kinds + extra)
 
     def unit_count(self, site: SiteInfo) -> int | None:
         """How many units the site's unit axis has (None if it has no unit axis)."""
         if site.kind.unit_dim is None:
             return None
-        return self.dims.size(site.kind.unit_dim, 0)
+        return self.dim_size(site, site.kind.unit_dim, 0)

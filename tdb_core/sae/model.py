@@ -389,6 +389,20 @@ class SparseAutoencoder(nn.Module, ABC):
         x_c = self._sae_in(self._as_rows(x))  # [..., d_in]
         return self._activate(x_c, self._pre(x_c))  # [..., d_sae]
 
+    def encode_with_stats(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, InputStats | None]:
+        """``(pre-activations, latents, input stats)`` in one pass, for splicing.
+
+        ``decode(latents, stats)`` reconstructs the input; the stats are None without input
+        normalization.
+        """
+        rows = self._as_rows(x)  # [..., d_in]
+        stats = self._stats(rows)
+        x_c = self._center(self._normalize(rows, stats))  # [..., d_in]
+        pre = self._pre(x_c)  # [..., d_sae]
+        return pre, self._activate(x_c, pre), stats
+
     def decoder_directions(self) -> torch.Tensor:
         """``D [d_sae, d_in]``: row i is latent i's write direction, exactly what decode uses.
 

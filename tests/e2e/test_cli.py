@@ -75,3 +75,28 @@ def test_attribute_command(tiny_server):
                 "--server", tiny_server.address)
     assert r.returncode == 0, r.stderr
     assert "nodes ranked" in r.stdout and "direct" in r.stdout and "mlp_L" in r.stdout
+
+
+def test_sae_train_command(tiny_gpt2_dir, tmp_path):
+    """`tdb sae train` trains on a model's activations from a JSONL dataset, reports per-checkpoint
+    metrics (L0, dead fraction, explained variance, CE loss recovered) and writes SAELens files
+    that load back and attach to the model's site."""
+    import json as _json
+
+    from tdb_core.sae import load_sae
+    from tests.tiny import CORPUS
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(_json.dumps({"text": t}) + "\n" for t in CORPUS))
+    r = run_cli("sae", "train", "--model", str(tiny_gpt2_dir), "--site", "blocks.1.hook_resid_pre",
+                "--dataset", str(data), "--out", str(tmp_path / "sae"), "--steps", "20",
+                "--batch-size", "64", "--d-sae", "96", "--k", "8", "--checkpoint-every", "10",
+                "--quiet", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = _json.loads(r.stdout.strip().splitlines()[-1])
+    assert [row["step"] for row in rows] == [10, 20]
+    last = rows[-1]
+    assert last["l0"] == 8.0 and 0 <= last["dead_fraction"] <= 1
+    assert last["ce_clean"] > 0 and last["ce_loss_recovered"] is not None
+    sae = load_sae(last["path"])
+    assert sae.site == "blocks.1.hook_resid_pre" and sae.d_sae == 96

@@ -11,11 +11,11 @@ from tdb_client.client import TdbClient
 from tdb_client.errors import TdbClientError
 from tdb_client.interventions import Selector, parse_selector
 from tdb_client.types import (AblateResult, AblateRow, AttributeResult, Capture, ForwardResult,
-                              ModelInfo, ModelSummary, Node, NodeRow, NodeValues, PatchSweepResult,
-                              SiteInfo, TokenScore, TopLogits)
+                              EncodeResult, ModelInfo, ModelSummary, Node, NodeRow, NodeValues,
+                              PatchSweepResult, SaeInfo, SiteInfo, TokenScore, TopLogits)
 
 __all__ = [
     "TdbClient", "TdbClientError", "Capture", "ForwardResult", "ModelInfo", "ModelSummary",
     "SiteInfo", "TopLogits", "AblateResult", "AblateRow", "PatchSweepResult",
-    "AttributeResult", "Node", "NodeRow", "NodeValues", "TokenScore", "losses", "Selector", "parse_selector", "interventions",
+    "AttributeResult", "EncodeResult", "SaeInfo", "Node", "NodeRow", "NodeValues", "TokenScore", "losses", "Selector", "parse_selector", "interventions",
 ]

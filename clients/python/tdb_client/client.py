@@ -15,12 +15,14 @@ from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import inference_pb2_grpc as ipb_grpc
 from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import model_pb2_grpc as mpb_grpc
+from tdb.v1 import sae_pb2 as spb
+from tdb.v1 import sae_pb2_grpc as spb_grpc
 from tdb_client.errors import TdbClientError
-from tdb_client.tensors import StreamAssembler, assemble, to_numpy
+from tdb_client.tensors import StreamAssembler, assemble, from_numpy, to_numpy
 from tdb_client import losses
 from tdb_client.types import (AblateResult, AblateRow, AttributeResult, Capture, ForwardResult,
-                              ModelInfo, ModelSummary, Node, NodeRow, NodeValues, PatchSweepResult,
-                              SiteInfo, TokenScore, TopLogits)
+                              EncodeResult, ModelInfo, ModelSummary, Node, NodeRow, NodeValues,
+                              PatchSweepResult, SaeInfo, SiteInfo, TokenScore, TopLogits)
 
 PromptLike = str | Sequence[int]
 R = TypeVar("R")
@@ -70,6 +72,11 @@ def tokens_pb(tokens: str | int | Sequence[str | int] | None) -> cpb.Tokens:
 TokensLike = str | int | Sequence[str | int] | None
 
 
+def sae_info_from_pb(m: cpb.SaeInfo) -> SaeInfo:
+    return SaeInfo(m.id, m.model, m.site, m.kind, m.d_in, m.d_sae, m.input_norm,
+                   m.k if m.HasField("k") else None, m.source, tuple(m.sites))
+
+
 def top_logits_from_pb(t: cpb.TopLogits) -> TopLogits:
     return TopLogits(t.position, tuple(t.token_ids), tuple(t.tokens), tuple(t.logits), tuple(t.probs))
 
@@ -97,6 +104,7 @@ class TdbClient:
         self._models = mpb_grpc.ModelServiceStub(self._channel)
         self._inference = ipb_grpc.InferenceServiceStub(self._channel)
         self._attribution = apb_grpc.AttributionServiceStub(self._channel)
+        self._saes = spb_grpc.SaeServiceStub(self._channel)
 
     # -- plumbing
     def close(self) -> None:
@@ -137,7 +145,7 @@ class TdbClient:
             name=r.name, architecture=r.architecture, source=r.source, n_layers=r.n_layers,
             n_heads=r.n_heads, n_kv_heads=r.n_kv_heads, d_model=r.d_model, d_head=r.d_head,
             d_mlp=r.d_mlp, d_vocab=r.d_vocab, n_ctx=r.n_ctx, device=r.device, dtype=r.dtype,
-            sites=sites,
+            sites=sites, saes=tuple(sae_info_from_pb(x) for x in r.saes),
             bos_token_id=r.bos_token_id if r.HasField("bos_token_id") else None,
             eos_token_id=r.eos_token_id if r.HasField("eos_token_id") else None)
 
@@ -290,3 +298,45 @@ class TdbClient:
             rows=rows, token_attribution=[list(t.values) for t in r.token_attribution],
             bias_direct_effect=list(r.bias_direct_effect), constant=list(r.constant),
             loss_position=r.loss_position, nodes_ranked=r.nodes_ranked)
+
+    # -- SaeService
+    def list_saes(self, model: str | None = None, timeout: float | None = None) -> list[SaeInfo]:
+        r = self._unary(self._saes.ListSaes, spb.ListSaesRequest(model=model or ""), timeout)
+        return [sae_info_from_pb(m) for m in r.saes]
+
+    def encode(self, sae: str, prompts: PromptLike | Sequence[PromptLike] | None = None,
+               activations: Any = None, top_k: int = 16, dense: bool = False,
+               model: str | None = None, timeout: float | None = None) -> EncodeResult:
+        """Latents of an attached SAE for prompts (run through the model) or raw activations
+        (``[n, d_in]`` array)."""
+        req = spb.EncodeRequest(model=model or "", sae=sae, top_k=top_k, dense=dense)
+        if (prompts is None) == (activations is None):
+            raise ValueError("give prompts or activations")
+        if prompts is not None:
+            req.prompts.prompts.extend(prompts_pb(prompts))
+        else:
+            import numpy as np
+            req.activations.values.CopyFrom(from_numpy(np.asarray(activations, dtype=np.float32)))
+        stream = self._stream(self._saes.Encode, req, timeout)
+        h: spb.EncodeHeader = stream.header  # type: ignore[assignment]
+        return EncodeResult(
+            model=h.model, sae=h.sae, tokens=[list(p.tokens) for p in h.prompts],
+            top_values=stream.array(h.top_values), top_indices=stream.array(h.top_indices),
+            dense=stream.array(h.dense) if h.HasField("dense") else None,
+            l0=stream.array(h.l0), mse=stream.array(h.mse),
+            explained_variance=h.explained_variance, mean_l0=h.mean_l0)
+
+    def decode(self, sae: str, latents: Any, model: str | None = None,
+               timeout: float | None = None) -> Any:
+        """``b_dec + latents @ W_dec`` for latents ``[..., d_sae]``."""
+        import numpy as np
+        r = self._unary(self._saes.Decode, spb.DecodeRequest(
+            model=model or "", sae=sae, latents=from_numpy(np.asarray(latents, dtype=np.float32))), timeout)
+        return to_numpy(r.vectors)
+
+    def load_sae(self, sae_id: str, path: str, site: str | None = None, model: str | None = None,
+                 timeout: float | None = None) -> SaeInfo:
+        """Attach an SAE from ``path`` under the server's --sae-root."""
+        r = self._unary(self._saes.LoadSae, spb.LoadSaeRequest(model=model or "", id=sae_id,
+                                                                path=path, site=site or ""), timeout)
+        return sae_info_from_pb(r.sae)

@@ -34,6 +34,7 @@ class ModelInfo:
     device: str
     dtype: str
     sites: tuple[SiteInfo, ...]
+    saes: tuple["SaeInfo", ...] = ()
     bos_token_id: int | None = None
     eos_token_id: int | None = None
 
@@ -191,3 +192,34 @@ class AttributeResult:
     constant: list[float]
     loss_position: int
     nodes_ranked: int
+
+
+@dataclass(frozen=True)
+class SaeInfo:
+    id: str
+    model: str
+    site: str
+    kind: str
+    d_in: int
+    d_sae: int
+    input_norm: str
+    k: int | None
+    source: str
+    sites: tuple[str, ...]
+
+
+@dataclass
+class EncodeResult:
+    """Per-token top-k latents ``[batch, pos, k]`` (values and indices), optional dense latents,
+    L0 and mean squared reconstruction error per token."""
+
+    model: str
+    sae: str
+    tokens: list[list[str]]
+    top_values: np.ndarray
+    top_indices: np.ndarray
+    dense: np.ndarray | None
+    l0: np.ndarray
+    mse: np.ndarray
+    explained_variance: float
+    mean_l0: float

@@ -226,3 +226,27 @@ class InterventionSet(_message.Message):
     name: str
     interventions: _containers.RepeatedCompositeFieldContainer[Intervention]
     def __init__(self, name: _Optional[str] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ...) -> None: ...
+
+class SaeInfo(_message.Message):
+    __slots__ = ("id", "model", "site", "kind", "d_in", "d_sae", "input_norm", "k", "source", "sites")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    D_IN_FIELD_NUMBER: _ClassVar[int]
+    D_SAE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_NORM_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    site: str
+    kind: str
+    d_in: int
+    d_sae: int
+    input_norm: str
+    k: int
+    source: str
+    sites: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., site: _Optional[str] = ..., kind: _Optional[str] = ..., d_in: _Optional[int] = ..., d_sae: _Optional[int] = ..., input_norm: _Optional[str] = ..., k: _Optional[int] = ..., source: _Optional[str] = ..., sites: _Optional[_Iterable[str]] = ...) -> None: ...

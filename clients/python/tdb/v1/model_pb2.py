@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tdb.v1 import common_pb2 as tdb_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tdb/v1/model.proto\x12\x06tdb.v1\x1a\x13tdb/v1/common.proto\"\x13\n\x11ListModelsRequest\"V\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tdb.v1.ModelSummary\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x84\x01\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\x05layer\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04\x64ims\x18\x04 \x03(\t\x12\r\n\x05sizes\x18\x05 \x03(\x03\x12\x10\n\x08unit_dim\x18\x06 \x01(\t\x12\x0f\n\x07meaning\x18\x07 \x01(\tB\x08\n\x06_layer\"\xe9\x02\n\x14GetModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08n_layers\x18\x04 \x01(\x05\x12\x0f\n\x07n_heads\x18\x05 \x01(\x05\x12\x12\n\nn_kv_heads\x18\x06 \x01(\x05\x12\x0f\n\x07\x64_model\x18\x07 \x01(\x05\x12\x0e\n\x06\x64_head\x18\x08 \x01(\x05\x12\r\n\x05\x64_mlp\x18\t \x01(\x05\x12\x0f\n\x07\x64_vocab\x18\n \x01(\x05\x12\r\n\x05n_ctx\x18\x0b \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\r\n\x05\x64type\x18\r \x01(\t\x12\x1f\n\x05sites\x18\x0e \x03(\x0b\x32\x10.tdb.v1.SiteInfo\x12\x19\n\x0c\x62os_token_id\x18\x0f \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0c\x65os_token_id\x18\x10 \x01(\x05H\x01\x88\x01\x01\x42\x0f\n\r_bos_token_idB\x0f\n\r_eos_token_id\"Y\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x18\n\x0bprepend_bos\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_prepend_bos\"9\n\x10TokenizeResponse\x12%\n\x07prompts\x18\x01 \x03(\x0b\x32\x14.tdb.v1.PromptTokens\"5\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\"2\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t2\xa2\x02\n\x0cModelService\x12\x43\n\nListModels\x12\x19.tdb.v1.ListModelsRequest\x1a\x1a.tdb.v1.ListModelsResponse\x12I\n\x0cGetModelInfo\x12\x1b.tdb.v1.GetModelInfoRequest\x1a\x1c.tdb.v1.GetModelInfoResponse\x12=\n\x08Tokenize\x12\x17.tdb.v1.TokenizeRequest\x1a\x18.tdb.v1.TokenizeResponse\x12\x43\n\nDetokenize\x12\x19.tdb.v1.DetokenizeRequest\x1a\x1a.tdb.v1.DetokenizeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tdb/v1/model.proto\x12\x06tdb.v1\x1a\x13tdb/v1/common.proto\"\x13\n\x11ListModelsRequest\"V\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tdb.v1.ModelSummary\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x84\x01\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\x05layer\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04\x64ims\x18\x04 \x03(\t\x12\r\n\x05sizes\x18\x05 \x03(\x03\x12\x10\n\x08unit_dim\x18\x06 \x01(\t\x12\x0f\n\x07meaning\x18\x07 \x01(\tB\x08\n\x06_layer\"\x88\x03\n\x14GetModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08n_layers\x18\x04 \x01(\x05\x12\x0f\n\x07n_heads\x18\x05 \x01(\x05\x12\x12\n\nn_kv_heads\x18\x06 \x01(\x05\x12\x0f\n\x07\x64_model\x18\x07 \x01(\x05\x12\x0e\n\x06\x64_head\x18\x08 \x01(\x05\x12\r\n\x05\x64_mlp\x18\t \x01(\x05\x12\x0f\n\x07\x64_vocab\x18\n \x01(\x05\x12\r\n\x05n_ctx\x18\x0b \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\r\n\x05\x64type\x18\r \x01(\t\x12\x1f\n\x05sites\x18\x0e \x03(\x0b\x32\x10.tdb.v1.SiteInfo\x12\x19\n\x0c\x62os_token_id\x18\x0f \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0c\x65os_token_id\x18\x10 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x04saes\x18\x11 \x03(\x0b\x32\x0f.tdb.v1.SaeInfoB\x0f\n\r_bos_token_idB\x0f\n\r_eos_token_id\"Y\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x18\n\x0bprepend_bos\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_prepend_bos\"9\n\x10TokenizeResponse\x12%\n\x07prompts\x18\x01 \x03(\x0b\x32\x14.tdb.v1.PromptTokens\"5\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\"2\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t2\xa2\x02\n\x0cModelService\x12\x43\n\nListModels\x12\x19.tdb.v1.ListModelsRequest\x1a\x1a.tdb.v1.ListModelsResponse\x12I\n\x0cGetModelInfo\x12\x1b.tdb.v1.GetModelInfoRequest\x1a\x1c.tdb.v1.GetModelInfoResponse\x12=\n\x08Tokenize\x12\x17.tdb.v1.TokenizeRequest\x1a\x18.tdb.v1.TokenizeResponse\x12\x43\n\nDetokenize\x12\x19.tdb.v1.DetokenizeRequest\x1a\x1a.tdb.v1.DetokenizeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,15 +43,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SITEINFO']._serialized_start=259
   _globals['_SITEINFO']._serialized_end=391
   _globals['_GETMODELINFORESPONSE']._serialized_start=394
-  _globals['_GETMODELINFORESPONSE']._serialized_end=755
-  _globals['_TOKENIZEREQUEST']._serialized_start=757
-  _globals['_TOKENIZEREQUEST']._serialized_end=846
-  _globals['_TOKENIZERESPONSE']._serialized_start=848
-  _globals['_TOKENIZERESPONSE']._serialized_end=905
-  _globals['_DETOKENIZEREQUEST']._serialized_start=907
-  _globals['_DETOKENIZEREQUEST']._serialized_end=960
-  _globals['_DETOKENIZERESPONSE']._serialized_start=962
-  _globals['_DETOKENIZERESPONSE']._serialized_end=1012
-  _globals['_MODELSERVICE']._serialized_start=1015
-  _globals['_MODELSERVICE']._serialized_end=1305
+  _globals['_GETMODELINFORESPONSE']._serialized_end=786
+  _globals['_TOKENIZEREQUEST']._serialized_start=788
+  _globals['_TOKENIZEREQUEST']._serialized_end=877
+  _globals['_TOKENIZERESPONSE']._serialized_start=879
+  _globals['_TOKENIZERESPONSE']._serialized_end=936
+  _globals['_DETOKENIZEREQUEST']._serialized_start=938
+  _globals['_DETOKENIZEREQUEST']._serialized_end=991
+  _globals['_DETOKENIZERESPONSE']._serialized_start=993
+  _globals['_DETOKENIZERESPONSE']._serialized_end=1043
+  _globals['_MODELSERVICE']._serialized_start=1046
+  _globals['_MODELSERVICE']._serialized_end=1336
 # @@protoc_insertion_point(module_scope)

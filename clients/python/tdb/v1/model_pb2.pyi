@@ -54,7 +54,7 @@ class SiteInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., layer: _Optional[int] = ..., dims: _Optional[_Iterable[str]] = ..., sizes: _Optional[_Iterable[int]] = ..., unit_dim: _Optional[str] = ..., meaning: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("name", "architecture", "source", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx", "device", "dtype", "sites", "bos_token_id", "eos_token_id")
+    __slots__ = ("name", "architecture", "source", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx", "device", "dtype", "sites", "bos_token_id", "eos_token_id", "saes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class GetModelInfoResponse(_message.Message):
     SITES_FIELD_NUMBER: _ClassVar[int]
     BOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    SAES_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     source: str
@@ -87,7 +88,8 @@ class GetModelInfoResponse(_message.Message):
     sites: _containers.RepeatedCompositeFieldContainer[SiteInfo]
     bos_token_id: int
     eos_token_id: int
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., n_layers: _Optional[int] = ..., n_heads: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., d_model: _Optional[int] = ..., d_head: _Optional[int] = ..., d_mlp: _Optional[int] = ..., d_vocab: _Optional[int] = ..., n_ctx: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ..., bos_token_id: _Optional[int] = ..., eos_token_id: _Optional[int] = ...) -> None: ...
+    saes: _containers.RepeatedCompositeFieldContainer[_common_pb2.SaeInfo]
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., n_layers: _Optional[int] = ..., n_heads: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., d_model: _Optional[int] = ..., d_head: _Optional[int] = ..., d_mlp: _Optional[int] = ..., d_vocab: _Optional[int] = ..., n_ctx: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ..., bos_token_id: _Optional[int] = ..., eos_token_id: _Optional[int] = ..., saes: _Optional[_Iterable[_Union[_common_pb2.SaeInfo, _Mapping]]] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("model", "texts", "prepend_bos")

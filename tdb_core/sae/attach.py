@@ -1,0 +1,177 @@
+"""Attaching SAEs to a model: latents become sites and nodes, spliced in exactly.
+
+An SAE attached as ``ID`` at site ``S`` adds four sites to the model's schema, listed right after
+``S`` (SAELens names):
+
+    sae.ID.hook_sae_input       [pos, d_in]    the SAE's input (the site's value, heads flattened)
+    sae.ID.hook_sae_acts_pre    [pos, latent]  pre-activations (what a latent trace reads)
+    sae.ID.hook_sae_acts_post   [pos, latent]  latents (capture, intervene, attribute)
+    sae.ID.hook_sae_recons      [pos, d_in]    reconstruction from the (possibly edited) latents
+    sae.ID.hook_sae_error       [pos, d_in]    input minus the reconstruction of the clean latents
+
+Splicing: when a request edits or differentiates the latents (or edits the error), the site's
+value is replaced by ``decode(latents') + error`` with ``error = x - decode(latents)`` kept in the
+graph, so with no edit the output equals the input (within one rounding) and gradients upstream
+of the SAE are the model's own. A request that only reads latents does not splice at all, so its
+results are bit-identical to the unspliced model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from tdb_core.adapter import Adapter
+from tdb_core.errors import InvalidArgumentError
+from tdb_core.hooks import HookContext, Splice
+from tdb_core.sae.model import SparseAutoencoder
+from tdb_core.schema import ModelSchema, SiteInfo, SiteKind
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons",
+             "hook_sae_error")
+
+
+@dataclass
+class AttachedSae:
+    """An SAE reading one site of one model."""
+
+    id: str
+    sae: SparseAutoencoder
+    site: SiteInfo
+    source: str
+
+    def name(self, hook: str) -> str:
+        return f"sae.{self.id}.{hook}"
+
+    @property
+    def input(self) -> str:
+        return self.name("hook_sae_input")
+
+    @property
+    def acts_pre(self) -> str:
+        return self.name("hook_sae_acts_pre")
+
+    @property
+    def acts(self) -> str:
+        return self.name("hook_sae_acts_post")
+
+    @property
+    def recons(self) -> str:
+        return self.name("hook_sae_recons")
+
+    @property
+    def error(self) -> str:
+        return self.name("hook_sae_error")
+
+    @cached_property
+    def kinds(self) -> tuple[SiteKind, ...]:
+        sizes = (("latent", self.sae.d_sae), ("d_in", self.sae.d_in))
+        s = self.site.name
+        return (
+            SiteKind(self.input, False, ("pos", "d_in"),
+                     f"input of SAE '{self.id}' ({s})", "d_in", sizes=sizes, anchor=s),
+            SiteKind(self.acts_pre, False, ("pos", "latent"),
+                     f"pre-activations of SAE '{self.id}' on {s}", "latent", sizes=sizes, anchor=s),
+            SiteKind(self.acts, False, ("pos", "latent"),
+                     f"latents of SAE '{self.id}' on {s}", "latent", sizes=sizes, anchor=s),
+            SiteKind(self.recons, False, ("pos", "d_in"),
+                     f"reconstruction of {s} by SAE '{self.id}'", "d_in", sizes=sizes, anchor=s),
+            SiteKind(self.error, False, ("pos", "d_in"),
+                     f"{s} minus its reconstruction by SAE '{self.id}'", "d_in", sizes=sizes, anchor=s),
+        )
+
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        return tuple(k.key for k in self.kinds)
+
+    # -- where latents write, for attribution
+    def residual_directions(self, adapter: Adapter) -> torch.Tensor | None:
+        """Each latent's decoder direction mapped into the residual stream ``[d_sae, d_model]``,
+        or None when the SAE's site does not write the residual stream linearly."""
+        D = self.sae.decoder_directions().float()  # [d_sae, d_in]
+        key, layer = self.site.kind.key, self.site.layer
+        if key in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
+            return D
+        if key == "hook_attn_out" or key == "hook_mlp_out":
+            return D
+        if key == "mlp.hook_post" and layer is not None and adapter.post_mlp_norm(layer) is None:
+            return D @ adapter.W_out(layer).float()
+        if key == "attn.hook_z" and layer is not None and adapter.post_attn_norm(layer) is None:
+            w_o = adapter.W_O(layer).float()  # [H, d_head, d_model]
+            return torch.einsum("shd,hdm->sm", D.view(D.shape[0], *w_o.shape[:2]), w_o)
+        return None
+
+    def write_stage(self) -> float:
+        """Where in the forward pass the latents' writes land (see attribution's stages)."""
+        key, L = self.site.kind.key, self.site.layer or 0
+        if key == "hook_resid_pre":
+            return 3 * L
+        if key.startswith(("attn.", "ln1.")) or key in ("hook_attn_out", "hook_resid_mid"):
+            return 3 * L + 1.5 if key == "hook_resid_mid" else 3 * L + 1
+        if key == "hook_resid_post":
+            return 3 * L + 2.5
+        return 3 * L + 2  # MLP side
+
+    def splice(self) -> Splice:
+        """The function the hook engine calls at the SAE's input site."""
+        return _make_splice(self)
+
+
+def _site_width(schema: ModelSchema, site: SiteInfo) -> tuple[int, ...]:
+    return tuple(schema.dim_size(site, d, 1) for d in site.kind.dims if d != site.kind.pos_dim)
+
+
+def attach(schema: ModelSchema, sae_id: str, sae: SparseAutoencoder, source: str,
+           site: str | None = None) -> AttachedSae:
+    """Validate an SAE against a model's schema; the site comes from ``site`` or the SAE's config."""
+    if not _ID.match(sae_id):
+        raise InvalidArgumentError(
+            f"SAE id {sae_id!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'")
+    name = site or sae.site
+    if not name:
+        raise InvalidArgumentError(
+            f"SAE '{sae_id}' ({source}) does not name the site it reads; give one as ID=PATH@SITE")
+    info = schema.get(name)
+    if info.layer is None and info.kind.key not in ("hook_embed", "ln_final.hook_normalized"):
+        raise InvalidArgumentError(f"SAE '{sae_id}': site '{name}' cannot carry an SAE")
+    if info.kind.unit_dim is None or info.kind.pos_dim != "pos":
+        raise InvalidArgumentError(
+            f"SAE '{sae_id}': site '{name}' is not a per-token activation an SAE can read")
+    width = _site_width(schema, info)
+    if math.prod(width) != sae.d_in or (len(width) > 1 and not sae.config.flatten_heads):
+        raise InvalidArgumentError(
+            f"SAE '{sae_id}' ({source}) reads d_in={sae.d_in} but site '{name}' has per-token "
+            f"shape {list(width)} ({math.prod(width)} values); attach it to a site of width "
+            f"{sae.d_in}")
+    return AttachedSae(sae_id, sae, info, source)
+
+
+def _make_splice(att: AttachedSae) -> Splice:
+    sae = att.sae
+
+    def splice(ctx: HookContext, x: torch.Tensor) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        rows = x.reshape(*shape[:2], -1)  # [B, T, d_in]
+        ctx.observe(att.input, rows)
+        pre, z, stats = sae.encode_with_stats(rows)  # [B, T, d_sae]
+        ctx.observe(att.acts_pre, pre)
+        splice_needed = (ctx.needs_graph(att.acts) or ctx.needs_graph(att.acts_pre)
+                         or ctx.has_edit(att.error) or ctx.has_edit(att.recons))
+        if not splice_needed:
+            ctx.observe(att.acts, z)
+            if ctx.wants(att.recons) or ctx.wants(att.error):
+                recon = sae.decode(z, stats)
+                ctx.observe(att.recons, recon)
+                ctx.observe(att.error, rows.to(recon.dtype) - recon)
+            return x  # reading latents never changes the model
+        z_new = ctx.point(att.acts, z)
+        error = ctx.point(att.error, rows.to(sae.dtype) - sae.decode(z, stats))  # in the graph
+        recon = ctx.point(att.recons, sae.decode(z_new, stats))
+        return (recon + error).to(dtype).reshape(shape)
+
+    return splice

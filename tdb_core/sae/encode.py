@@ -1,0 +1,125 @@
+"""Encode and decode with an attached SAE: prompts (run through the model) or raw activations in,
+per-token top-k (or dense) latents, L0 and reconstruction error out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tdb_core import specs
+from tdb_core.errors import InvalidArgumentError, ResourceExhaustedError
+from tdb_core.plan import check_response_bytes
+from tdb_core.runner import ModelRunner
+from tdb_core.sae.model import InputNorm, InputStats
+
+
+@dataclass(frozen=True)
+class EncodeSpec:
+    """Give prompts or activations ``[n, d_in]`` (or ``[batch, pos, d_in]``), not both."""
+
+    sae: str
+    prompts: tuple[specs.Prompt, ...] = ()
+    activations: torch.Tensor | None = None
+    top_k: int = 16
+    dense: bool = False
+    prepend_bos: bool | None = None
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    prompts: tuple[specs.PromptTokens, ...]  # empty for activation input
+    top_values: torch.Tensor  # [batch, pos, k] (0-filled past a prompt's end)
+    top_indices: torch.Tensor  # [batch, pos, k] int64
+    dense: torch.Tensor | None  # [batch, pos, d_sae]
+    l0: torch.Tensor  # [batch, pos] active latents per token
+    mse: torch.Tensor  # [batch, pos] mean squared reconstruction error per token
+    explained_variance: float  # 1 - sum ||x - x_hat||^2 / sum ||x - mean||^2 over real tokens
+    mean_l0: float
+
+
+def _stats_of(x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor,
+              k: int) -> tuple[torch.Tensor, ...]:
+    """top values/indices, l0, per-token mse of rows ``[..., d]``."""
+    k = min(k, z.shape[-1])
+    top_v, top_i = z.topk(k, dim=-1) if k > 0 else (z[..., :0], z[..., :0].long())
+    l0 = (z != 0).sum(-1)
+    mse = (x.float() - x_hat.float()).pow(2).mean(-1)
+    return top_v, top_i, l0, mse
+
+
+def _explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    x, x_hat = x.float(), x_hat.float()
+    resid = (x - x_hat).pow(2).sum()
+    total = (x - x.mean(0, keepdim=True)).pow(2).sum()
+    return float(1 - resid / total) if total > 0 else float("nan")
+
+
+def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
+    att = runner.get_sae(spec.sae)
+    sae = att.sae
+    if spec.top_k < 0:
+        raise InvalidArgumentError(f"top_k must be >= 0, got {spec.top_k}")
+    if bool(spec.prompts) == (spec.activations is not None):
+        raise InvalidArgumentError("Encode takes prompts or activations (exactly one of them)")
+    if spec.activations is not None:
+        x = spec.activations
+        if x.dim() == 2:
+            x = x[None]
+        if x.dim() != 3 or x.shape[-1] != sae.d_in:
+            raise InvalidArgumentError(f"activations must be [n, {sae.d_in}] or [batch, pos, "
+                                       f"{sae.d_in}] for SAE '{spec.sae}', got {list(spec.activations.shape)}")
+        n_bytes = x.shape[0] * x.shape[1] * (sae.d_sae if spec.dense else 3 * min(spec.top_k, sae.d_sae)) * 8
+        check_response_bytes(n_bytes, runner.limits.max_response_bytes)
+        with torch.no_grad():
+            x = x.to(runner.device, sae.dtype)
+            _, z, stats = sae.encode_with_stats(x)
+            x_hat = sae.decode(z, stats)
+        top_v, top_i, l0, mse = _stats_of(x, x_hat, z, spec.top_k)
+        return EncodeResult((), top_v.cpu(), top_i.cpu(), z.cpu() if spec.dense else None, l0.cpu(),
+                            mse.cpu(), _explained_variance(x.reshape(-1, sae.d_in), x_hat.reshape(-1, sae.d_in)),
+                            float(l0.float().mean()))
+
+    batch = runner.make_batch(spec.prompts, prepend_bos=spec.prepend_bos)
+    planner = runner.planner(batch)
+    n = batch.n_prompts
+    seen: dict[str, torch.Tensor] = {}
+    planner.plan.observers[att.input] = lambda t: seen.__setitem__("x", t.detach()[:n])
+    planner.plan.observers[att.acts] = lambda t: seen.__setitem__("z", t.detach()[:n])
+    T = batch.max_len
+    n_bytes = n * T * (sae.d_sae * 4 if spec.dense else min(spec.top_k, sae.d_sae) * 12 + 16)
+    check_response_bytes(n_bytes, runner.limits.max_response_bytes)
+    with torch.no_grad():
+        runner.run(batch, planner.plan)
+        x, z = seen["x"], seen["z"]
+        stats = sae.input_stats(x)
+        x_hat = sae.decode(z, stats)
+    valid = torch.arange(T, device=z.device)[None, :] < torch.tensor(batch.lengths[:n], device=z.device)[:, None]
+    top_v, top_i, l0, mse = _stats_of(x, x_hat, z, spec.top_k)
+    keep = valid[..., None]
+    top_v, top_i = top_v * keep, top_i * keep
+    l0, mse = l0 * valid, mse * valid
+    dense = (z * keep).cpu() if spec.dense else None
+    return EncodeResult(
+        prompts=tuple(specs.PromptTokens(r, runner.token_strings(r)) for r in batch.rows[:n]),
+        top_values=top_v.float().cpu(), top_indices=top_i.cpu(), dense=dense, l0=l0.cpu(),
+        mse=mse.cpu(), explained_variance=_explained_variance(x[valid], x_hat[valid]),
+        mean_l0=float(l0[valid].float().mean()))
+
+
+def decode(runner: ModelRunner, sae_id: str, latents: torch.Tensor) -> torch.Tensor:
+    """``b_dec + latents @ W_dec`` ``[..., d_in]`` (for input-normalizing SAEs, in the SAE's
+    normalized input space: shift 0, scale 1)."""
+    sae = runner.get_sae(sae_id).sae
+    if latents.dim() < 1 or latents.shape[-1] != sae.d_sae:
+        raise InvalidArgumentError(f"latents must be [..., {sae.d_sae}] for SAE '{sae_id}', got "
+                                   f"{list(latents.shape)}")
+    if latents.numel() * sae.d_in // max(sae.d_sae, 1) * 4 > runner.limits.max_response_bytes:
+        raise ResourceExhaustedError("the decoded vectors would exceed the response limit")
+    with torch.no_grad():
+        z = latents.to(runner.device, sae.dtype)
+        stats = None
+        if sae.config.input_norm is not InputNorm.NONE:
+            ones = torch.ones(*z.shape[:-1], 1, device=z.device, dtype=z.dtype)
+            stats = InputStats(shift=torch.zeros_like(ones), scale=ones)
+        return sae.decode(z, stats).cpu()
