@@ -17,7 +17,7 @@ import grpc
 import torch
 
 from services.logs import get_logger
-from tdb_core import errors
+from tdb_core import cancel, errors
 
 STATUS_BY_ERROR: tuple[tuple[type[errors.TdbError], grpc.StatusCode], ...] = (
     (errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -40,6 +40,18 @@ def note(**fields: Any) -> None:
     current = _RPC_FIELDS.get()
     if current is not None:
         current.update(fields)
+
+
+def _stopper(context: grpc.ServicerContext) -> Callable[[], None]:
+    """The cancellation check for a request: its deadline passed or its client went away."""
+    def check() -> None:
+        if context.is_active():
+            return
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise errors.DeadlineExceededError("the deadline passed before the work finished")
+        raise errors.CancelledError("the client cancelled the request")
+    return check
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
@@ -124,7 +136,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         failure: tuple[grpc.StatusCode, str] | None = None
         try:
             fields, token = self._begin(method, context)
-            return fn()
+            with cancel.scope(_stopper(context)):
+                return fn()
         except Exception as exc:  # noqa: BLE001 - mapped by class below; bugs become INTERNAL
             failure = self._fail(exc, fields)
         finally:
@@ -141,7 +154,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         try:
             fields, token = self._begin(method, context)
             try:
-                yield from fn()
+                with cancel.scope(_stopper(context)):
+                    yield from fn()
             finally:
                 _RPC_FIELDS.reset(token)
         except GeneratorExit:

@@ -269,8 +269,10 @@ def _reduce_capture(cap: ResolvedCapture, x: torch.Tensor,
 class HookContext:
     """The state of one forward pass at hook sites. Adapters call ``point``/``edit``/``observe``."""
 
-    def __init__(self, plan: HookPlan, lengths: torch.Tensor) -> None:
+    def __init__(self, plan: HookPlan, lengths: torch.Tensor,
+                 check: Callable[[], None] | None = None) -> None:
         self.plan = plan
+        self.check = check  # the request's cancellation check, called at every layer
         self.lengths = lengths  # [B] real length of each row
         self._active = plan.sites()
         self.graph: dict[str, torch.Tensor] = {}
@@ -396,6 +398,8 @@ def tdb_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tenso
             f"attention arguments {sorted(unknown) or ['head_mask']} are not supported by the tdb "
             "attention function")
     ctx = _ACTIVE.get()
+    if ctx is not None and ctx.check is not None:
+        ctx.check()  # a cancelled or expired request stops here, layer by layer
     n_rep = query.shape[1] // key.shape[1]
     key = _repeat_kv(key, n_rep)  # [B, H, T, d_head]
     value = _repeat_kv(value, n_rep)

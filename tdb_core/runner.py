@@ -1,25 +1,27 @@
-"""The model runner: one per loaded model. Owns its device, dtype, tokenizer and a lock.
+"""The model runner: one per loaded model. Owns its device, dtype, tokenizer, a lock and a queue.
 
 Requests are stateless (each carries its prompts and specs), so replicas are interchangeable. The
-runner validates and plans a request completely before it takes the lock, then runs exactly one
-padded forward pass per request with hooks installed, and removes them in ``finally``.
+runner validates and plans a request completely, then admits it (estimated working memory within
+the budget, room in the bounded queue), then runs padded forward passes with hooks installed one at
+a time, removing them in ``finally``. Concurrent plain reads are merged into one batch.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from tdb_core import specs
+from tdb_core import cancel, specs
 from tdb_core.adapter import Adapter
 from tdb_core.errors import (InvalidArgumentError, NotFoundError, OutOfRangeError,
-                             ResourceExhaustedError)
+                             ResourceExhaustedError, UnavailableError)
 from tdb_core.hooks import HookContext, HookPlan, ResolvedCapture, Splice, activate
 from tdb_core.sae.attach import AttachedSae, attach
 from tdb_core.sae.model import SparseAutoencoder
@@ -29,11 +31,14 @@ from tdb_core.schema import ModelSchema
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits, enforced before any work starts."""
+    """Per-request limits and per-model admission, enforced before any work starts."""
 
     max_tokens_per_prompt: int = 1024
-    max_prompts: int = 64
+    max_prompts: int = 64  # rows of one request (prompts + sources + references)
     max_response_bytes: int = 256 * 2**20
+    max_working_bytes: int = 8 * 2**30  # estimated working memory of one pass
+    max_queue: int = 64  # requests running or waiting per model; more get UNAVAILABLE
+    max_batch_tokens: int = 8192  # micro-batching: padded tokens of one merged pass
 
 
 @dataclass
@@ -46,6 +51,28 @@ class LoadedModel:
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype
+
+
+@dataclass
+class _Prepared:
+    """A validated, planned Forward: its batch, planner, captures per spec, logit positions."""
+
+    batch: Batch
+    planner: Planner
+    groups: list[list[ResolvedCapture]]
+    logit_pos: list[list[int]]
+    top_k: int
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A Forward waiting to be merged into a batch."""
+
+    spec: specs.ForwardSpec
+    prep: _Prepared
+    done: threading.Event = field(default_factory=threading.Event)
+    result: specs.ForwardResult | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -69,6 +96,10 @@ class ModelRunner:
         self._token_str_cache: dict[int, str] = {}
         self.saes: dict[str, AttachedSae] = {}
         self._schema = loaded.adapter.schema
+        self._state = threading.Lock()  # guards _admitted and _pending
+        self._admitted = 0
+        self._pending: list[_Pending] = []
+        self.stats = {"passes": 0, "merged_passes": 0, "merged_requests": 0}
 
     # -- SAEs
     def attach_sae(self, sae_id: str, sae: SparseAutoencoder, source: str,
@@ -190,7 +221,58 @@ class ModelRunner:
     def planner(self, batch: Batch) -> Planner:
         return Planner(self.schema, batch, self.device, self.dtype)
 
-    # -- running
+    # -- admission and execution
+    @property
+    def queue_depth(self) -> int:
+        """Requests admitted to this model: running or waiting."""
+        return self._admitted
+
+    def working_bytes(self, batch: Batch, plan: HookPlan, grad: bool) -> int:
+        """Estimated peak working memory of one pass: activations (all layers when a graph is
+        kept for gradients), logits and captures."""
+        d = self.schema.dims
+        B, T = len(batch.rows), batch.max_len
+        item = torch.empty((), dtype=self.dtype).element_size()
+        per_token_layer = (12 * d.d_model + 3 * d.d_mlp + 3 * d.n_heads * T) * item
+        layers = d.n_layers * 2 if grad else 2
+        total = B * T * per_token_layer * layers
+        total += B * T * d.d_vocab * 4 * (2 if grad else 1)
+        for caps in plan.captures.values():
+            for c in caps:
+                total += c.n_rows * math.prod(self.schema.shape(c.site, T)) * 4
+        return total
+
+    def _admit(self, batch: Batch, plan: HookPlan, grad: bool) -> None:
+        need = self.working_bytes(batch, plan, grad)
+        if need > self.limits.max_working_bytes:
+            raise ResourceExhaustedError(
+                f"this request needs an estimated {need / 2**20:.0f} MiB of working memory "
+                f"({len(batch.rows)} prompts x {batch.max_len} tokens, "
+                f"{sum(len(c) for c in plan.captures.values())} captures"
+                f"{', gradients' if grad else ''}), over the server's budget of "
+                f"{self.limits.max_working_bytes / 2**20:.0f} MiB; send fewer or shorter prompts "
+                "or capture less")
+        with self._state:
+            if self._admitted >= self.limits.max_queue:
+                raise UnavailableError(
+                    f"model '{self.name}' is busy ({self._admitted} requests running or queued, "
+                    f"the limit is {self.limits.max_queue}); retry later")
+            self._admitted += 1
+
+    def _leave(self) -> None:
+        with self._state:
+            self._admitted -= 1
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The execution lock, waited for while honouring the request's cancellation."""
+        while not self._lock.acquire(timeout=0.02):
+            cancel.check()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     @contextmanager
     def _hooks(self, ctx: HookContext) -> Iterator[None]:
         handles = self.adapter.install(ctx)
@@ -207,7 +289,17 @@ class ModelRunner:
         Right padding keeps every real position identical to running the prompt alone (causal
         attention never looks right). With ``grad``, the pass builds a graph from the embeddings so
         ``torch.autograd.grad`` can differentiate with respect to the plan's ``grad_sites``.
+        Admission (memory estimate, queue bound) happens before any work; while waiting for the
+        model and at every layer, the request's cancellation is checked.
         """
+        self._admit(batch, plan, grad)
+        try:
+            with self._exclusive():
+                return self._run_locked(batch, plan, grad)
+        finally:
+            self._leave()
+
+    def _run_locked(self, batch: Batch, plan: HookPlan, grad: bool) -> RunOutput:
         lengths = batch.lengths
         T = batch.max_len
         ids = torch.full((len(lengths), T), self._pad_id, dtype=torch.long)
@@ -222,20 +314,32 @@ class ModelRunner:
         for att in self.saes.values():
             if wanted.intersection(att.site_names):
                 plan.splices[att.site.name] = _chain(plan.splices.get(att.site.name), att.splice())
-        ctx = HookContext(plan, torch.tensor(lengths, device=self.device))
+        ctx = HookContext(plan, torch.tensor(lengths, device=self.device), check=cancel.current())
+        self.stats["passes"] += 1
         start = time.perf_counter()
-        with self._lock, self._hooks(ctx), torch.set_grad_enabled(grad):
+        with self._hooks(ctx), torch.set_grad_enabled(grad):
             out = self.adapter.model(input_ids=ids, attention_mask=mask, use_cache=False)
         return RunOutput(out.logits, ctx, time.perf_counter() - start)
 
     # -- Forward
     def forward(self, spec: specs.ForwardSpec) -> specs.ForwardResult:
-        """Run prompts with captures (and interventions); see :class:`~tdb_core.specs.ForwardSpec`."""
+        """Run prompts with captures (and interventions); see :class:`~tdb_core.specs.ForwardSpec`.
+
+        Concurrent plain reads (no interventions) of this model that arrive while it is busy are
+        merged into one padded batch (micro-batching); each gets exactly its own result.
+        """
+        prep = self._prepare(spec)
+        if not self._batchable(spec):
+            return self._finish(prep, self.run(prep.batch, prep.planner.plan))
+        return self._forward_batched(_Pending(spec, prep))
+
+    def _prepare(self, spec: specs.ForwardSpec) -> _Prepared:
+        """Validate and plan a Forward completely (every error is raised here, before work)."""
         if spec.top_k < 0:
             raise InvalidArgumentError(f"top_k must be >= 0, got {spec.top_k}")
         batch = self.make_batch(spec.prompts, spec.sources, spec.references, spec.prepend_bos)
         planner = self.planner(batch)
-        captures = [c for cap in spec.captures for c in planner.add_capture(cap)]
+        groups = [planner.add_capture(cap) for cap in spec.captures]
         for iv in spec.interventions:
             planner.add_intervention(iv, range(batch.n_prompts))
         prompt_lengths = batch.lengths[: batch.n_prompts]
@@ -243,17 +347,146 @@ class ModelRunner:
         top_k = min(spec.top_k, self.schema.dims.d_vocab)
         check_response_bytes(planner.capture_bytes() + 16 * top_k * len(logit_pos[0]) * batch.n_prompts,
                              self.limits.max_response_bytes)
+        return _Prepared(batch, planner, groups, logit_pos, top_k)
 
-        out = self.run(batch, planner.plan)
+    def _finish(self, prep: _Prepared, out: RunOutput) -> specs.ForwardResult:
+        batch = prep.batch
         rows = torch.arange(batch.n_prompts, device=out.logits.device)[:, None]
-        at = out.logits[rows, torch.tensor(logit_pos, device=out.logits.device)].float()  # [B, P, V]
+        at = out.logits[rows, torch.tensor(prep.logit_pos, device=out.logits.device)].float()  # [B, P, V]
         return specs.ForwardResult(
             prompts=tuple(specs.PromptTokens(r, self.token_strings(r))
                           for r in batch.rows[: batch.n_prompts]),
-            captures=tuple(capture_result(c) for c in captures),
-            top_logits=self.top_logits(at, logit_pos, top_k),
+            captures=tuple(capture_result(c) for g in prep.groups for c in g),
+            top_logits=self.top_logits(at, prep.logit_pos, prep.top_k),
             logits_at=at.cpu(),
         )
+
+    # -- micro-batching
+    @staticmethod
+    def _batchable(spec: specs.ForwardSpec) -> bool:
+        if spec.interventions or spec.sources or spec.references:
+            return False
+        # top-k over key positions would see the merged batch's padding
+        return not any(c.top_k is not None and c.site.endswith(("hook_pattern", "hook_attn_scores"))
+                       for c in spec.captures)
+
+    @staticmethod
+    def _key(spec: specs.ForwardSpec) -> tuple:
+        return (spec.logit_positions, spec.top_k, spec.prepend_bos)
+
+    def _forward_batched(self, item: _Pending) -> specs.ForwardResult:
+        self._admit(item.prep.batch, item.prep.planner.plan, False)
+        try:
+            with self._state:
+                self._pending.append(item)
+            while not item.done.is_set():
+                if self._lock.acquire(timeout=0.02):
+                    try:
+                        if not item.done.is_set():
+                            self._execute(self._take_group())
+                    finally:
+                        self._lock.release()
+                    continue
+                try:
+                    cancel.check()
+                except BaseException:
+                    with self._state:
+                        if item in self._pending:  # not started: withdraw and give up
+                            self._pending.remove(item)
+                            raise
+        finally:
+            self._leave()
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def _take_group(self) -> list[_Pending]:
+        """The oldest pending request and every compatible one after it, within the caps."""
+        with self._state:
+            if not self._pending:
+                return []
+            first = self._pending[0]
+            key = self._key(first.spec)
+            group, rows, tokens = [], 0, 0
+            for it in list(self._pending):
+                b = it.prep.batch
+                n, t = b.n_prompts, b.n_prompts * b.max_len
+                if self._key(it.spec) != key:
+                    continue
+                if group and (rows + n > self.limits.max_prompts
+                              or tokens + t > self.limits.max_batch_tokens):
+                    break
+                group.append(it)
+                rows, tokens = rows + n, tokens + t
+            for it in group:
+                self._pending.remove(it)
+            return group
+
+    def _execute(self, group: list[_Pending]) -> None:
+        """Run a group as one padded batch (lock held) and hand each request its share."""
+        if not group:
+            return
+        try:
+            if len(group) == 1:
+                it = group[0]
+                it.result = self._finish(it.prep, self._run_locked(it.prep.batch, it.prep.planner.plan, False))
+                return
+            rows = tuple(r for it in group for r in it.prep.batch.rows)
+            merged = Batch(rows, len(rows), 0, 0)
+            planner = self.planner(merged)
+            unique: dict[specs.Capture, list[ResolvedCapture]] = {}
+            for it in group:
+                for cap in it.spec.captures:
+                    if cap not in unique:
+                        unique[cap] = planner.add_capture(cap)
+            with cancel.scope(None):  # one request's cancellation must not stop the others
+                out = self._run_locked(merged, planner.plan, False)
+            self.stats["merged_passes"] += 1
+            self.stats["merged_requests"] += len(group)
+            start = 0
+            for it in group:
+                n = it.prep.batch.n_prompts
+                it.result = self._slice_result(it, out, unique, start, n)
+                start += n
+        except BaseException as e:  # every member learns the outcome
+            for it in group:
+                if it.result is None:
+                    it.error = e
+        finally:
+            for it in group:
+                it.done.set()
+
+    def _slice_result(self, it: _Pending, out: RunOutput,
+                      unique: dict[specs.Capture, list[ResolvedCapture]], start: int,
+                      n: int) -> specs.ForwardResult:
+        prep = it.prep
+        T = prep.batch.max_len
+        rows = torch.arange(start, start + n, device=out.logits.device)[:, None]
+        at = out.logits[rows, torch.tensor(prep.logit_pos, device=out.logits.device)].float()
+        captures = []
+        for cap in it.spec.captures:
+            for c in unique[cap]:
+                r = capture_result(c)
+                values = r.values[start:start + n]
+                indices = None if r.indices is None else r.indices[start:start + n]
+                positions = r.positions[start:start + n]
+                if cap.positions is None:
+                    positions = positions[:, :T]
+                for axis, dim in enumerate(r.dims, start=1):
+                    if dim in ("pos", "q_pos", "k_pos"):
+                        values = values.narrow(axis, 0, min(T, values.shape[axis]))
+                        if indices is not None:
+                            indices = indices.narrow(axis, 0, min(T, indices.shape[axis]))
+                captures.append(specs.CaptureResult(r.site, r.dims, values.contiguous(),
+                                                    None if indices is None else indices.contiguous(),
+                                                    positions.contiguous(), r.units))
+        return specs.ForwardResult(
+            prompts=tuple(specs.PromptTokens(r, self.token_strings(r))
+                          for r in prep.batch.rows[: prep.batch.n_prompts]),
+            captures=tuple(captures),
+            top_logits=self.top_logits(at, prep.logit_pos, prep.top_k),
+            logits_at=at.cpu())
 
     def top_logits(self, at: torch.Tensor, positions: list[list[int]],
                    k: int) -> tuple[tuple[specs.TopLogits, ...], ...]:

@@ -159,3 +159,22 @@ def test_health_and_reflection(service):
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"tdb.v1.ModelService", "tdb.v1.InferenceService", "grpc.health.v1.Health"} <= names
+
+
+def test_deadline_stops_work_and_frees_the_slot(client, service):
+    """A call whose deadline passes while the model is busy gets DEADLINE_EXCEEDED; the server
+    frees its slot and serves the next call."""
+    runner = service.models.get()
+    runner._lock.acquire()
+    try:
+        with pytest.raises(TdbClientError) as e:
+            client.forward(PROMPT, timeout=0.3)
+        assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        runner._lock.release()
+    import time as _time
+    deadline = _time.monotonic() + 5
+    while runner.queue_depth and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    assert runner.queue_depth == 0
+    assert client.forward(PROMPT, top_k=1).top_logits

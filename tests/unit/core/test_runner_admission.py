@@ -1,0 +1,114 @@
+"""The runner's admission control, bounded queue, cancellation and micro-batching."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from tdb_core import cancel, errors, specs
+from tdb_core.runner import Limits, ModelRunner
+
+PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The quick brown fox",
+           "I ate an apple and a banana", "A cat sat on the mat while the dog slept"]
+
+
+def _spec(text: str, *caps: specs.Capture) -> specs.ForwardSpec:
+    return specs.ForwardSpec(prompts=(specs.Prompt(text=text),), captures=caps, top_k=3)
+
+
+def test_memory_budget_is_checked_before_work(tiny_loaded):
+    """A request whose estimated working memory exceeds the budget is RESOURCE_EXHAUSTED with the
+    estimate, and no forward pass runs."""
+    runner = ModelRunner(tiny_loaded, Limits(max_working_bytes=64 * 2**10))
+    with pytest.raises(errors.ResourceExhaustedError, match="MiB of working memory"):
+        runner.forward(_spec(PROMPTS[0], specs.Capture("*")))
+    assert runner.stats["passes"] == 0 and runner.queue_depth == 0
+
+
+def test_full_queue_is_unavailable_and_slots_are_freed(tiny_loaded):
+    """With the model busy and the queue full, a new request is UNAVAILABLE (retryable); the
+    queue drains and a later request succeeds."""
+    runner = ModelRunner(tiny_loaded, Limits(max_queue=1))
+    runner._lock.acquire()  # the model is busy
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(runner.forward, _spec(PROMPTS[0]))
+            deadline = time.monotonic() + 5
+            while runner.queue_depth < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with pytest.raises(errors.UnavailableError, match="busy"):
+                runner.forward(_spec(PROMPTS[1]))
+            runner._lock.release()
+            assert first.result(timeout=30).top_logits
+            runner._lock.acquire()
+    finally:
+        runner._lock.release()
+    assert runner.queue_depth == 0
+    assert runner.forward(_spec(PROMPTS[1])).top_logits
+
+
+def test_cancelled_request_stops_waiting_and_frees_its_slot(tiny_loaded):
+    """A request whose check says 'cancelled' stops while waiting for the model; its slot is
+    released; during a pass the check runs at every layer."""
+    runner = ModelRunner(tiny_loaded)
+    stop = threading.Event()
+
+    def check() -> None:
+        if stop.is_set():
+            raise errors.DeadlineExceededError("deadline passed")
+
+    runner._lock.acquire()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            def call():
+                with cancel.scope(check):
+                    return runner.forward(specs.ForwardSpec(
+                        prompts=(specs.Prompt(text=PROMPTS[0]),),
+                        interventions=(specs.Intervention("blocks.0.hook_resid_pre", specs.Scale(1.0)),)))
+            fut = pool.submit(call)
+            time.sleep(0.1)
+            stop.set()
+            with pytest.raises(errors.DeadlineExceededError):
+                fut.result(timeout=10)
+    finally:
+        runner._lock.release()
+    assert runner.queue_depth == 0 and runner.stats["passes"] == 0
+    calls = []
+    with cancel.scope(lambda: calls.append(1)):
+        runner.forward(_spec(PROMPTS[0]))
+    assert len(calls) >= runner.schema.dims.n_layers
+
+
+def test_concurrent_reads_are_merged_and_each_gets_its_own_result(tiny_loaded):
+    """Reads arriving while the model is busy run as one padded batch; each result equals the
+    request run alone (same tokens, top-k, captures trimmed to its own length)."""
+    runner = ModelRunner(tiny_loaded)
+    caps = (specs.Capture("blocks.*.attn.hook_pattern"), specs.Capture("blocks.1.mlp.hook_post", positions=(-1,)),
+            specs.Capture("logits", top_k=specs.TopK(4)))
+    alone = [runner.forward(_spec(p, *caps)) for p in PROMPTS]
+    runner._lock.acquire()
+    try:
+        with ThreadPoolExecutor(len(PROMPTS)) as pool:
+            futs = [pool.submit(runner.forward, _spec(p, *caps)) for p in PROMPTS]
+            deadline = time.monotonic() + 5
+            while len(runner._pending) < len(PROMPTS) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            runner._lock.release()
+            merged = [f.result(timeout=60) for f in futs]
+            runner._lock.acquire()
+    finally:
+        runner._lock.release()
+    assert runner.stats["merged_passes"] >= 1 and runner.stats["merged_requests"] >= 2
+    for a, m in zip(alone, merged):
+        assert a.prompts == m.prompts
+        assert [t.token_ids for t in a.top_logits[0]] == [t.token_ids for t in m.top_logits[0]]
+        for ca, cm in zip(a.captures, m.captures, strict=True):
+            assert ca.site == cm.site and ca.values.shape == cm.values.shape
+            torch.testing.assert_close(cm.values, ca.values, atol=1e-5, rtol=1e-5)
+            assert torch.equal(ca.positions, cm.positions)
+            if ca.indices is not None:
+                assert torch.equal(ca.indices, cm.indices)
