@@ -14,17 +14,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import adapters
+from services.auth import BearerTokenAuthorizer, read_tokens, server_credentials
 from services.interceptors import ServiceInterceptor
+from services.metrics import Metrics
 from services.logs import configure_logging, get_logger
 from services.registry import ModelRegistry
 from services.servicers.attribution import AttributionServicer
 from services.servicers.inference import InferenceServicer
 from services.servicers.model import ModelServicer
 from services.servicers.sae import SaeServicer
+from services.servicers.server import ServerFeatures, ServerServicer
 from services.settings import ModelSource, SaeSource, Settings
 from tdb_core.sae import load_sae
 from tdb.v1 import (attribution_pb2, attribution_pb2_grpc, inference_pb2, inference_pb2_grpc,
-                    model_pb2, model_pb2_grpc, sae_pb2, sae_pb2_grpc)
+                    model_pb2, model_pb2_grpc, sae_pb2, sae_pb2_grpc, server_pb2, server_pb2_grpc)
 from tdb_core.runner import ModelRunner
 
 SERVICE_NAMES = (
@@ -32,6 +35,7 @@ SERVICE_NAMES = (
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     attribution_pb2.DESCRIPTOR.services_by_name["AttributionService"].full_name,
     sae_pb2.DESCRIPTOR.services_by_name["SaeService"].full_name,
+    server_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name,
 )
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,6 +84,7 @@ class Service:
     port: int
     health: health.HealthServicer
     models: ModelRegistry
+    metrics: Metrics | None = None  # with metrics.port set when /metrics is served
 
     def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -91,29 +96,49 @@ class Service:
         """Report NOT_SERVING, let in-flight requests finish (up to ``grace`` s), stop."""
         self.set_serving(False)
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def build_server(settings: Settings, models: ModelRegistry | None = None) -> Service:
     """Build and start a server on ``settings.host:settings.port`` (port 0 picks a free one)."""
     models = models or load_models(settings)
+    metrics = Metrics() if settings.metrics_port is not None else None
+    authorize = (BearerTokenAuthorizer(read_tokens(settings.auth_token_file))
+                 if settings.auth_token_file else None)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="tdb-rpc"),
-        interceptors=[ServiceInterceptor()],
+        interceptors=[ServiceInterceptor(authorize=authorize,
+                                         on_done=metrics.on_done if metrics else None)],
+        options=[("grpc.max_receive_message_length", settings.max_request_bytes)],
     )
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(models), server)
     attribution_pb2_grpc.add_AttributionServiceServicer_to_server(AttributionServicer(models), server)
     sae_pb2_grpc.add_SaeServiceServicer_to_server(SaeServicer(models, settings.sae_root), server)
+    features = ServerFeatures(auth=authorize is not None, tls=settings.tls_cert is not None,
+                              mutual_tls=settings.tls_client_ca is not None,
+                              metrics=metrics is not None, load_sae=settings.sae_root is not None)
+    server_pb2_grpc.add_ServerServiceServicer_to_server(ServerServicer(
+        models, features, (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        {"max_request_bytes": settings.max_request_bytes}), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    port = (server.add_secure_port(address, server_credentials(
+                settings.tls_cert, settings.tls_key, settings.tls_client_ca))
+            if settings.tls_cert and settings.tls_key else server.add_insecure_port(address))
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
+    if metrics is not None and settings.metrics_port is not None:
+        for runner in models.all():
+            metrics.track_queue_depth(runner.name, lambda r=runner: r.queue_depth)
+        metrics.serve(settings.host, settings.metrics_port)
     server.start()
-    service = Service(server, port, health_servicer, models)
+    service = Service(server, port, health_servicer, models, metrics)
     service.set_serving(True)
     return service
 
@@ -124,7 +149,10 @@ def serve(settings: Settings) -> int:
     log = get_logger("tdb.server")
     service = build_server(settings)
     log.info("serving", address=f"{settings.host}:{service.port}",
-             models=[r.name for r in service.models.all()], default=service.models.default)
+             models=[r.name for r in service.models.all()], default=service.models.default,
+             tls=settings.tls_cert is not None, auth=settings.auth_token_file is not None,
+             metrics_address=(f"{settings.host}:{service.metrics.port}" if service.metrics
+                              else None))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

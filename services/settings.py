@@ -40,9 +40,15 @@ class Settings:
     dtype: str = "float32"
     limits: Limits = field(default_factory=Limits)
     max_workers: int = 16
+    max_request_bytes: int = 64 * 2**20  # largest request message (activations, operands)
     log_format: str = "auto"  # auto (JSON unless a TTY) | json | console
     log_level: str = "info"
     grace_seconds: float = 10.0
+    auth_token_file: str | None = None  # bearer tokens, one per line; None: no auth
+    tls_cert: str | None = None  # PEM certificate (chain); with tls_key the server speaks TLS
+    tls_key: str | None = None  # PEM private key of tls_cert
+    tls_client_ca: str | None = None  # PEM CA: clients must present a certificate it signed
+    metrics_port: int | None = None  # Prometheus /metrics on this port (0 picks one); None: off
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -102,8 +108,29 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-response-mb", type=float,
                    default=float(_env("MAX_RESPONSE_MB", str(d.limits.max_response_bytes / 2**20))),
                    help="max response size in MiB (env TDB_MAX_RESPONSE_MB)")
+    p.add_argument("--max-request-mb", type=float,
+                   default=float(_env("MAX_REQUEST_MB", str(d.max_request_bytes / 2**20))),
+                   help="largest request message in MiB (env TDB_MAX_REQUEST_MB)")
     p.add_argument("--workers", type=int, default=int(_env("WORKERS", str(d.max_workers))),
                    help="RPC worker threads (env TDB_WORKERS)")
+    p.add_argument("--grace-seconds", type=float,
+                   default=float(_env("GRACE_SECONDS", str(d.grace_seconds))),
+                   help="on SIGTERM, how long in-flight requests may run before they are cancelled "
+                        "(env TDB_GRACE_SECONDS)")
+    p.add_argument("--auth-token-file", default=_env("AUTH_TOKEN_FILE", "") or None, metavar="FILE",
+                   help="require 'authorization: Bearer <token>' on every RPC but health; FILE "
+                        "holds the accepted tokens, one per line (env TDB_AUTH_TOKEN_FILE)")
+    p.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None, metavar="PEM",
+                   help="serve TLS with this certificate (chain); needs --tls-key (env TDB_TLS_CERT)")
+    p.add_argument("--tls-key", default=_env("TLS_KEY", "") or None, metavar="PEM",
+                   help="private key of --tls-cert (env TDB_TLS_KEY)")
+    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", "") or None, metavar="PEM",
+                   help="mutual TLS: clients must present a certificate signed by this CA "
+                        "(env TDB_TLS_CLIENT_CA)")
+    p.add_argument("--metrics-port", type=int,
+                   default=int(_env("METRICS_PORT", "-1")),
+                   help="serve Prometheus metrics over HTTP at :PORT/metrics, 0 picks a free port, "
+                        "-1 (default) turns them off (env TDB_METRICS_PORT)")
     p.add_argument("--log-format", default=_env("LOG_FORMAT", d.log_format),
                    choices=("auto", "json", "console"), help="env TDB_LOG_FORMAT")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level),
@@ -115,6 +142,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if not model_flags and os.environ.get("TDB_MODELS"):
         model_flags = [m for m in os.environ["TDB_MODELS"].split(",") if m]
     models = tuple(parse_model_flag(m) for m in model_flags)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InvalidArgumentError("--tls-cert and --tls-key go together: give both or neither")
+    if args.tls_client_ca and not args.tls_cert:
+        raise InvalidArgumentError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise InvalidArgumentError(f"model names must be unique, got {names}")
@@ -124,5 +155,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         device=args.device, dtype=args.dtype,
         limits=Limits(max_tokens_per_prompt=args.max_tokens, max_prompts=args.max_prompts,
                       max_response_bytes=int(args.max_response_mb * 2**20)),
-        max_workers=args.workers, log_format=args.log_format, log_level=args.log_level,
+        max_workers=args.workers, max_request_bytes=int(args.max_request_mb * 2**20), log_format=args.log_format, log_level=args.log_level,
+        grace_seconds=args.grace_seconds, auth_token_file=args.auth_token_file,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
     )

@@ -38,14 +38,27 @@ class EncodeResult:
     mean_l0: float
 
 
-def _stats_of(x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor,
-              k: int) -> tuple[torch.Tensor, ...]:
+def _reconstruct(sae, z: torch.Tensor, stats, top_v: torch.Tensor, top_i: torch.Tensor,
+                 l0: torch.Tensor) -> torch.Tensor:
+    """decode(z): from the top-k alone when they hold every active latent (exact, and cheap for
+    sparse codes), else densely."""
+    if top_i.shape[-1] > 0 and int(l0.max()) <= top_i.shape[-1] and not sae.config.flatten_heads:
+        D = sae.decoder_directions()  # [d_sae, d_in]
+        x_hat = torch.einsum("...k,...kd->...d", top_v.to(D.dtype), D[top_i]) + sae.b_dec.detach()
+        if stats is not None:
+            x_hat = x_hat * stats.scale + stats.shift
+        return x_hat
+    return sae.decode(z, stats)
+
+
+def _stats_of(sae, x: torch.Tensor, z: torch.Tensor, stats, k: int) -> tuple[torch.Tensor, ...]:
     """top values/indices, l0, per-token mse of rows ``[..., d]``."""
     k = min(k, z.shape[-1])
     top_v, top_i = z.topk(k, dim=-1) if k > 0 else (z[..., :0], z[..., :0].long())
     l0 = (z != 0).sum(-1)
+    x_hat = _reconstruct(sae, z, stats, top_v, top_i, l0)
     mse = (x.float() - x_hat.float()).pow(2).mean(-1)
-    return top_v, top_i, l0, mse
+    return top_v, top_i, l0, mse, x_hat
 
 
 def _explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -74,8 +87,7 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
         with torch.no_grad():
             x = x.to(runner.device, sae.dtype)
             _, z, stats = sae.encode_with_stats(x)
-            x_hat = sae.decode(z, stats)
-        top_v, top_i, l0, mse = _stats_of(x, x_hat, z, spec.top_k)
+            top_v, top_i, l0, mse, x_hat = _stats_of(sae, x, z, stats, spec.top_k)
         return EncodeResult((), top_v.cpu(), top_i.cpu(), z.cpu() if spec.dense else None, l0.cpu(),
                             mse.cpu(), _explained_variance(x.reshape(-1, sae.d_in), x_hat.reshape(-1, sae.d_in)),
                             float(l0.float().mean()))
@@ -93,9 +105,8 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
         runner.run(batch, planner.plan)
         x, z = seen["x"], seen["z"]
         stats = sae.input_stats(x)
-        x_hat = sae.decode(z, stats)
+        top_v, top_i, l0, mse, x_hat = _stats_of(sae, x, z, stats, spec.top_k)
     valid = torch.arange(T, device=z.device)[None, :] < torch.tensor(batch.lengths[:n], device=z.device)[:, None]
-    top_v, top_i, l0, mse = _stats_of(x, x_hat, z, spec.top_k)
     keep = valid[..., None]
     top_v, top_i = top_v * keep, top_i * keep
     l0, mse = l0 * valid, mse * valid
