@@ -4,6 +4,13 @@ Importing this package registers every adapter. ``load_model`` reads ``config.ar
 picks the adapter (refusing unknown architectures with the list of supported ones), loads the
 model and tokenizer with ``from_pretrained`` from a local directory or a hub id, switches the model
 to the ``tdb`` attention function and freezes its parameters.
+
+Supported families (one file each): ``gpt2`` (GPT2LMHeadModel), ``neox`` (GPTNeoXForCausalLM),
+``llama`` (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM), ``gemma2``
+(Gemma2ForCausalLM), ``phi`` (PhiForCausalLM). Adding one: write ``adapters/NAME.py`` with a
+:class:`~adapters.base.DecoderAdapter` subclass (its ``architectures``, ``norm_kind``, a
+:class:`~adapters.base.Layout` of HF module paths, and only the quirks the generic wiring lacks),
+import it below, and add a case and a hand-written reference to ``tests/unit/adapters``.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from typing import Any
 
 import torch
 
-from adapters import gpt2  # noqa: F401  (registers)
+from adapters import gemma2, gpt2, llama, neox, phi  # noqa: F401  (registers)
 from tdb_core.adapter import adapter_for, supported_architectures
 from tdb_core.errors import InvalidArgumentError, NotFoundError
 from tdb_core.hooks import ATTENTION_NAME, register_attention_function

@@ -1,30 +1,41 @@
 """Hook wiring shared by decoder-only transformers: a map from canonical parts to HF modules.
 
 A concrete adapter names its modules in a :class:`Layout` and states its quirks (weight layouts,
-norm kind, gated or parallel MLP); :class:`DecoderAdapter` turns that into torch hooks that call
-the active :class:`~tdb_core.hooks.HookContext`. Where each site is read:
+norm kind, gated or parallel MLP, post-norms, soft-capped logits); :class:`DecoderAdapter` turns
+that into torch hooks that call the active :class:`~tdb_core.hooks.HookContext`. Where each site
+is read:
 
-    hook_embed / hook_pos_embed   output of the embedding modules
+    hook_embed / hook_pos_embed   output of the embedding modules (a scaled embedding module's
+                                  output is what the residual receives, scale included)
     hook_resid_pre                input of the block
     ln1.* / ln2.*                 output of the pre-norms (hook_scale derived from their input)
     attn.hook_q .. hook_z         inside the "tdb" attention function
     attn.hook_result              derived from the output projection's input, z @ W_O per head
-    hook_attn_out                 output of the module whose result joins the residual
+    hook_attn_out                 output of the attention module, or of the post-attention norm
+                                  where the layout has one (Gemma 2): what joins the residual
     hook_resid_mid                input of ln2; edits are applied by adjusting hook_attn_out so
-                                  that resid_pre + attn_out equals the edited value
+                                  that resid_pre + attn_out equals the edited value. Absent in
+                                  parallel blocks (attention and MLP both read hook_resid_pre)
     mlp.hook_pre / hook_pre_linear   outputs of the gate (or in) / up projections
     mlp.hook_post                 input of the down (out) projection
-    hook_mlp_out                  output of the module whose result joins the residual
+    hook_mlp_out                  output of the MLP module, or of the post-MLP norm where the
+                                  layout has one: what joins the residual
     hook_resid_post               output of the block
-    ln_final.*, logits            final norm output, unembedding output
+    ln_final.*, logits            final norm output; unembedding output, or the model's output
+                                  logits where the model soft-caps them after the unembedding
+
+Architecture-specific meanings are defined once here (:data:`GATED_MLP_MEANINGS`,
+:data:`PARALLEL_MEANINGS`, :data:`POST_NORM_MEANINGS`, ...) and reach clients through the model's
+schema (``GetModelInfo`` reports each site's meaning), so a site that means something different
+in an architecture says so where it is read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -35,7 +46,13 @@ from tdb_core.schema import SITE_KIND_BY_KEY, ModelDims, ModelSchema
 
 @dataclass(frozen=True)
 class Layout:
-    """HF module paths of the canonical parts. Block-relative paths start at a block."""
+    """HF module paths of the canonical parts. Block-relative paths start at a block.
+
+    ``ln2`` is None when the MLP reads the attention pre-norm's output (one shared norm, as in
+    Phi and GPT-J): the ``ln2.*`` sites are then absent. ``post_attn_norm``/``post_mlp_norm`` name
+    norms applied to a branch's output before it joins the residual (Gemma 2); the branch's
+    ``hook_*_out`` is then the norm's output.
+    """
 
     embed: str
     blocks: str
@@ -50,8 +67,8 @@ class Layout:
     pos_embed: str | None = None
     ln2: str | None = None
     mlp_up: str | None = None  # gated MLPs: the up projection (mlp_in is then the gate)
-    attn_out: str | None = None  # module whose output joins the residual (default: attn)
-    mlp_out_module: str | None = None  # module whose output joins the residual (default: mlp)
+    post_attn_norm: str | None = None
+    post_mlp_norm: str | None = None
 
 
 def _get(root: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -74,12 +91,51 @@ _BASE_KINDS = (
     "hook_mlp_out", "hook_resid_post", "ln_final.hook_scale", "ln_final.hook_normalized", "logits",
 )
 
+# -- meanings that differ from the generic text of tdb_core.schema, defined once per quirk -------
+
+GATED_MLP_MEANINGS: dict[str, str] = {
+    "mlp.hook_pre": "gate projection output (gate_proj(x)), before the activation",
+    "mlp.hook_pre_linear": "up projection output (up_proj(x)), the linear factor of the gated MLP",
+    "mlp.hook_post": "act(hook_pre) * hook_pre_linear: the input of the down projection",
+}
+
+PARALLEL_MEANINGS: dict[str, str] = {
+    "hook_attn_out": "attention branch output added to the residual; in this parallel block "
+                     "attention and MLP both read hook_resid_pre (there is no hook_resid_mid)",
+    "hook_mlp_out": "MLP branch output added to the residual; the MLP reads hook_resid_pre "
+                    "(through its pre-norm), not resid_pre + attn_out",
+    "hook_resid_post": "residual leaving the parallel block: resid_pre + attn_out + mlp_out",
+}
+
+SHARED_NORM_MEANINGS: dict[str, str] = {
+    "ln1.hook_normalized": "output of the block's one pre-norm, read by both attention and MLP",
+}
+
+POST_NORM_MEANINGS: dict[str, str] = {
+    "attn.hook_result": "per-head output-projection term z[head] @ W_O[head], without the output "
+                        "bias, before the post-attention norm: sum over heads + b_O is the "
+                        "projection output, and hook_attn_out is that output normalized",
+    "hook_attn_out": "output of the post-attention norm applied to the attention projection "
+                     "(what is added to the residual)",
+    "hook_mlp_out": "output of the post-MLP norm applied to the MLP down projection (what is "
+                    "added to the residual)",
+}
+
+SOFTCAP_LOGITS_MEANING = ("next-token logits after final soft-capping: cap * tanh(u / cap), u the "
+                          "unembedding output ln_final.hook_normalized @ W_U")
+
 
 class DecoderAdapter(Adapter):
-    """Generic wiring for decoder-only models described by a :class:`Layout`."""
+    """Generic wiring for decoder-only models described by a :class:`Layout`.
+
+    Weights default to ``nn.Linear`` layout (``weight`` is ``[out, in]``); adapters of models
+    with other layouts (GPT-2's ``Conv1D``) override the accessors. ``meanings`` holds an
+    architecture's own site meanings, on top of those its quirks imply.
+    """
 
     layout: Layout
     norm_kind: str = "layernorm"
+    meanings: ClassVar[dict[str, str]] = {}
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
@@ -111,7 +167,10 @@ class DecoderAdapter(Adapter):
         keys = [k for k in _BASE_KINDS if self._has_kind(k)]
         if self.layout.pos_embed is not None:
             keys.insert(1, "hook_pos_embed")
-        return ModelSchema(self.dims, tuple(SITE_KIND_BY_KEY[k] for k in keys))
+        meanings = self.site_meanings()
+        kinds = tuple(replace(SITE_KIND_BY_KEY[k], meaning=meanings[k]) if k in meanings
+                      else SITE_KIND_BY_KEY[k] for k in keys)
+        return ModelSchema(self.dims, kinds)
 
     def _has_kind(self, key: str) -> bool:
         if key == "mlp.hook_pre_linear":
@@ -121,6 +180,54 @@ class DecoderAdapter(Adapter):
         if key.startswith("ln2."):
             return self.layout.ln2 is not None
         return True
+
+    def site_meanings(self) -> dict[str, str]:
+        """Site meanings that differ from the generic ones, from the quirks, then ``meanings``."""
+        out: dict[str, str] = {}
+        if self.layout.mlp_up is not None:
+            out.update(GATED_MLP_MEANINGS)
+        if self.parallel_blocks:
+            out.update(PARALLEL_MEANINGS)
+        if self.layout.ln2 is None:
+            out.update(SHARED_NORM_MEANINGS)
+        if self.layout.post_attn_norm is not None or self.layout.post_mlp_norm is not None:
+            out.update(POST_NORM_MEANINGS)
+        if self.logit_softcap() is not None:
+            out["logits"] = SOFTCAP_LOGITS_MEANING
+        out.update(self.meanings)
+        return out
+
+    # -- weights, in schema layout (nn.Linear: weight [out, in]) -----------------------------------
+    def _block_module(self, layer: int, path: str) -> torch.nn.Module:
+        return _get(self._blocks[layer], path)
+
+    def W_E(self) -> torch.Tensor:
+        return _get(self.model, self.layout.embed).weight  # [vocab, d_model]
+
+    def W_U(self) -> torch.Tensor:
+        return _get(self.model, self.layout.unembed).weight.T  # [d_model, vocab]
+
+    def b_U(self) -> torch.Tensor | None:
+        return getattr(_get(self.model, self.layout.unembed), "bias", None)
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        d = self.dims
+        w = self._block_module(layer, self.layout.o_proj).weight  # [d_model, H * d_head]
+        return w.T.reshape(d.n_heads, d.d_head, d.d_model)
+
+    def b_O(self, layer: int) -> torch.Tensor | None:
+        return getattr(self._block_module(layer, self.layout.o_proj), "bias", None)
+
+    def W_in(self, layer: int) -> torch.Tensor:
+        """The projection that produces ``mlp.hook_pre`` ``[d_model, d_mlp]`` (the gate, in gated
+        MLPs; TransformerLens calls that one ``W_gate`` and the up projection ``W_in``)."""
+        return self._block_module(layer, self.layout.mlp_in).weight.T
+
+    def W_out(self, layer: int) -> torch.Tensor:
+        return self._block_module(layer, self.layout.mlp_out).weight.T  # [d_mlp, d_model]
+
+    def b_out(self, layer: int) -> torch.Tensor | None:
+        return getattr(self._block_module(layer, self.layout.mlp_out), "bias", None)
 
     # -- norms -------------------------------------------------------------------------------------
     def norm_of(self, module: torch.nn.Module) -> Norm:
@@ -132,6 +239,18 @@ class DecoderAdapter(Adapter):
 
     def final_norm(self) -> Norm:
         return self.norm_of(_get(self.model, self.layout.ln_final))
+
+    def mlp_in_norm(self, layer: int) -> Norm:
+        """The norm whose output the MLP reads: ``ln2``, or ``ln1`` where one norm feeds both."""
+        return self.norm_of(self._block_module(layer, self.layout.ln2 or self.layout.ln1))
+
+    def post_attn_norm(self, layer: int) -> Norm | None:
+        path = self.layout.post_attn_norm
+        return None if path is None else self.norm_of(self._block_module(layer, path))
+
+    def post_mlp_norm(self, layer: int) -> Norm | None:
+        path = self.layout.post_mlp_norm
+        return None if path is None else self.norm_of(self._block_module(layer, path))
 
     # -- hooks -------------------------------------------------------------------------------------
     def install(self, ctx: HookContext) -> list[Any]:
@@ -157,7 +276,14 @@ class DecoderAdapter(Adapter):
 
         self._install_norm(ctx, _get(m, lay.ln_final), "ln_final", fwd)
         if ctx.wants("logits"):
-            fwd(_get(m, lay.unembed), lambda mod, args, out: ctx.point("logits", out))
+            if self.logit_softcap() is None:
+                fwd(_get(m, lay.unembed), lambda mod, args, out: ctx.point("logits", out))
+            else:
+                # The model soft-caps after the unembedding: the logits are its output's.
+                def logits_hook(mod: Any, args: Any, out: Any) -> Any:
+                    out.logits = ctx.point("logits", out.logits)  # [B, T, vocab]
+                    return out
+                fwd(m, logits_hook)
         return handles
 
     def _install_block(self, ctx: HookContext, layer: int, block: torch.nn.Module,
@@ -214,12 +340,12 @@ class DecoderAdapter(Adapter):
                     mid = ctx.edit(resid_mid, a + r)  # what the block will compute, edited
                     a = mid - r
                 return _replace_first(out, a)
-            fwd(_get(block, lay.attn_out or lay.attn), attn_out_hook)
+            fwd(_get(block, lay.post_attn_norm or lay.attn), attn_out_hook)
 
         self._install_mlp(ctx, layer, block, fwd, pre)
 
         if ctx.wants(mlp_out):
-            fwd(_get(block, lay.mlp_out_module or lay.mlp),
+            fwd(_get(block, lay.post_mlp_norm or lay.mlp),
                 lambda mod, args, out: _replace_first(out, ctx.point(mlp_out, _first(out))))
         if ctx.wants(resid_post):
             fwd(block, lambda mod, args, out: _replace_first(out, ctx.point(resid_post, _first(out))))

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from adapters.base import DecoderAdapter, Layout
-from tdb_core.adapter import Norm, register_adapter
+from tdb_core.adapter import register_adapter
 from tdb_core.schema import ModelDims
 
 
@@ -69,6 +69,3 @@ class GPT2Adapter(DecoderAdapter):
 
     def W_in(self, layer: int) -> torch.Tensor:
         return self.model.transformer.h[layer].mlp.c_fc.weight  # Conv1D: [d_model, d_mlp]
-
-    def mlp_in_norm(self, layer: int) -> Norm:
-        return self.norm_of(self.model.transformer.h[layer].ln_2)

@@ -119,6 +119,15 @@ class Adapter(abc.ABC):
         """MLP output bias ``[d_model]``, if any."""
 
     @abc.abstractmethod
+    def W_in(self, layer: int) -> torch.Tensor:
+        """MLP input projection producing ``mlp.hook_pre`` ``[d_model, d_mlp]`` (the gate for
+        gated MLPs)."""
+
+    @abc.abstractmethod
+    def mlp_in_norm(self, layer: int) -> Norm:
+        """The norm whose output the MLP reads (ln2, or ln1 when one norm feeds both branches)."""
+
+    @abc.abstractmethod
     def final_norm(self) -> Norm:
         """The final normalization before the unembedding."""
 

@@ -332,11 +332,13 @@ class _Attribution:
         raise InvalidArgumentError(f"unsupported loss {type(loss).__name__}")
 
     def _mlp_side_point(self, layer: int, pos: int) -> _Point:
-        """The residual stream an MLP of ``layer`` reads, with its norm."""
+        """The residual stream an MLP of ``layer`` reads, with the norm it reads it through (ln2,
+        or ln1 when one norm feeds both branches, as in Phi)."""
+        norm = f"blocks.{layer}.ln2" if self.runner.schema.has_kind("ln2.hook_normalized") \
+            else f"blocks.{layer}.ln1"
         if self.adapter.parallel_blocks:
-            return _Point(f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.ln2",
-                          3 * layer + 0.5, pos)
-        return _Point(f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.ln2", 3 * layer + 1.9, pos)
+            return _Point(f"blocks.{layer}.hook_resid_pre", norm, 3 * layer + 0.5, pos)
+        return _Point(f"blocks.{layer}.hook_resid_mid", norm, 3 * layer + 1.9, pos)
 
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.dims.n_layers:

@@ -221,11 +221,12 @@ def _reduce_capture(cap: ResolvedCapture, x: torch.Tensor,
     x = x.detach()[: cap.n_rows]
     index = cap.index
     fill = 0.0
+    copied = False
     if masked is not None:  # attention scores: show masked entries as -inf
         x = x.masked_fill(masked[: cap.n_rows], float("-inf"))
         fill = float("-inf")
+        copied = True
     xb = _to_block_layout(x, index)
-    copied = False
     if index.pos is not None:
         rows = torch.arange(xb.shape[0], device=xb.device)[:, None]
         xb = xb[rows, index.pos]  # [B, P, ...]

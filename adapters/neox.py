@@ -1,0 +1,48 @@
+"""GPT-NeoX (``GPTNeoXForCausalLM``: Pythia, GPT-NeoX-20B): rotary embeddings, LayerNorm blocks.
+
+Quirks, beside the code that needs them:
+
+- **Parallel residual** (``use_parallel_residual``, true for Pythia): attention and MLP both read
+  the block input, ``resid_post = resid_pre + attn_out + mlp_out``. The schema then has no
+  ``hook_resid_mid``; ``hook_attn_out``/``hook_mlp_out`` are each branch's write, and ``ln2`` (HF's
+  ``post_attention_layernorm``, despite its name the MLP's pre-norm) reads ``hook_resid_pre``.
+  With ``use_parallel_residual=False`` the block is sequential and every GPT-2 site exists.
+- **Partial rotary** (``rotary_pct``, 0.25 for Pythia): only the first ``rotary_pct * d_head``
+  dimensions of each query/key head are rotated; ``hook_q``/``hook_k`` are read after rotation,
+  so the remaining dimensions are the plain projections. No ``hook_pos_embed``.
+- The fused ``query_key_value`` projection is laid out per head (``[head, (q, k, v), d_head]``);
+  it is read inside the attention function, so the adapter never splits it. The unembedding
+  (``lm_head``, HF's former ``embed_out``) is untied and has no bias.
+"""
+
+from __future__ import annotations
+
+from adapters.base import DecoderAdapter, Layout
+from tdb_core.adapter import register_adapter
+
+
+@register_adapter
+class GPTNeoXAdapter(DecoderAdapter):
+    architectures = ("GPTNeoXForCausalLM",)
+    norm_kind = "layernorm"
+    layout = Layout(
+        embed="gpt_neox.embed_in",
+        blocks="gpt_neox.layers",
+        ln1="input_layernorm",
+        attn="attention",
+        o_proj="attention.dense",
+        ln2="post_attention_layernorm",
+        mlp="mlp",
+        mlp_in="mlp.dense_h_to_4h",
+        mlp_out="mlp.dense_4h_to_h",
+        ln_final="gpt_neox.final_layer_norm",
+        unembed="lm_head",
+    )
+    meanings = {
+        "ln2.hook_normalized": "output of the MLP pre-norm (HF post_attention_layernorm), the MLP "
+                               "input; in a parallel block it normalizes hook_resid_pre",
+    }
+
+    @property
+    def parallel_blocks(self) -> bool:
+        return bool(self.model.config.use_parallel_residual)

@@ -1,0 +1,344 @@
+"""Hand-written reference forward passes, one per architecture family, from the state dict alone.
+
+Each function computes every hook site of one prompt in float64 from ``model.state_dict()`` and
+``model.config``, written from the architecture's published math. They share small math helpers
+(norms, rotary, masked attention) but nothing with the adapters, the hook engine or the HF module
+code: a wrong module path, a missed bias, a norm applied in the wrong place or a head laid out
+wrongly shows up as a difference. Shapes are the schema's, without the batch axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+Acts = dict[str, torch.Tensor]
+Tensor = torch.Tensor
+
+
+# --------------------------------------------------------------------------------------------------
+# Math helpers
+
+
+def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(scale [T, 1], output [T, D]) of LayerNorm: centre, divide by sqrt(var + eps), gain, bias."""
+    mean = x.mean(-1, keepdim=True)
+    scale = torch.sqrt(((x - mean) ** 2).mean(-1, keepdim=True) + eps)
+    return scale, (x - mean) / scale * w + b
+
+
+def rms_norm(x: Tensor, gain: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(scale [T, 1], output [T, D]) of RMSNorm with an elementwise gain."""
+    scale = torch.sqrt((x**2).mean(-1, keepdim=True) + eps)
+    return scale, x / scale * gain
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def gelu_erf(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def silu(x: Tensor) -> Tensor:
+    return x / (1.0 + torch.exp(-x))
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": gelu_erf, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "silu": silu,
+}
+
+
+def rotary(x: Tensor, rotary_dim: int, theta: float) -> Tensor:
+    """Rotate the first ``rotary_dim`` dims of ``x [T, H, d]``: pairs (i, i + rotary_dim / 2)."""
+    T = x.shape[0]
+    half = rotary_dim // 2
+    inv_freq = theta ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq[None, :]  # [T, half]
+    cos, sin = angle.cos()[:, None, :], angle.sin()[:, None, :]  # [T, 1, half]
+    a, b, rest = x[..., :half], x[..., half:rotary_dim], x[..., rotary_dim:]
+    return torch.cat([a * cos - b * sin, b * cos + a * sin, rest], dim=-1)
+
+
+def allowed_keys(T: int, window: int | None) -> Tensor:
+    """[q, k] bool: causal, and within the last ``window`` positions when there is a window."""
+    q = torch.arange(T)[:, None]
+    k = torch.arange(T)[None, :]
+    ok = k <= q
+    if window is not None:
+        ok &= k > q - window
+    return ok
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, allowed: Tensor,
+              softcap: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Scores [H, q, k] (scaled, soft-capped, -inf where masked), pattern [H, q, k], z [q, H, d].
+
+    ``k``/``v`` may have fewer heads than ``q`` (grouped-query): query head h reads kv head
+    ``h // (H / H_kv)``.
+    """
+    n_rep = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(n_rep, dim=1)
+    v = v.repeat_interleave(n_rep, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    pattern = scores.softmax(-1)
+    z = torch.einsum("hqk,khd->qhd", pattern, v)
+    return scores, pattern, z
+
+
+def _state(model: Any) -> dict[str, Tensor]:
+    return {k: v.double() for k, v in model.state_dict().items()}
+
+
+def _linear(sd: dict[str, Tensor], name: str, x: Tensor) -> Tensor:
+    """``x @ W.T + b`` for an nn.Linear named ``name`` (bias optional)."""
+    y = x @ sd[name + ".weight"].T
+    bias = sd.get(name + ".bias")
+    return y if bias is None else y + bias
+
+
+def _attn_sites(acts: Acts, L: int, q: Tensor, k: Tensor, v: Tensor, scores: Tensor,
+                pattern: Tensor, z: Tensor, w_o: Tensor) -> Tensor:
+    """Record the attention sites of layer L; return the per-head results [T, H, D]."""
+    n_rep = q.shape[1] // k.shape[1]
+    result = torch.einsum("qhd,hdm->qhm", z, w_o)
+    for name, val in [("attn.hook_q", q), ("attn.hook_k", k.repeat_interleave(n_rep, dim=1)),
+                      ("attn.hook_v", v.repeat_interleave(n_rep, dim=1)),
+                      ("attn.hook_attn_scores", scores), ("attn.hook_pattern", pattern),
+                      ("attn.hook_z", z), ("attn.hook_result", result)]:
+        acts[f"blocks.{L}.{name}"] = val
+    return result
+
+
+def _final(acts: Acts, scale: Tensor, normed: Tensor, logits: Tensor) -> Acts:
+    acts["ln_final.hook_scale"], acts["ln_final.hook_normalized"] = scale, normed
+    acts["logits"] = logits
+    return acts
+
+
+# --------------------------------------------------------------------------------------------------
+# GPT-2: learned positions, Conv1D weights stored [in, out], fused c_attn
+
+
+def reference_gpt2(model: Any, ids: list[int]) -> Acts:
+    sd, cfg = _state(model), model.config
+    H, D, T = cfg.n_head, cfg.n_embd, len(ids)
+    dh, eps = D // H, cfg.layer_norm_epsilon
+    acts: Acts = {"hook_embed": sd["transformer.wte.weight"][ids],
+                  "hook_pos_embed": sd["transformer.wpe.weight"][:T]}
+    x = acts["hook_embed"] + acts["hook_pos_embed"]
+    for L in range(cfg.n_layer):
+        p, b = f"transformer.h.{L}.", f"blocks.{L}."
+        acts[b + "hook_resid_pre"] = x
+        s1, n1 = layer_norm(x, sd[p + "ln_1.weight"], sd[p + "ln_1.bias"], eps)
+        acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
+        qkv = n1 @ sd[p + "attn.c_attn.weight"] + sd[p + "attn.c_attn.bias"]  # [T, 3D]
+        q, k, v = (t.reshape(T, H, dh) for t in qkv.split(D, dim=-1))
+        scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
+        result = _attn_sites(acts, L, q, k, v, scores, pattern, z,
+                             sd[p + "attn.c_proj.weight"].reshape(H, dh, D))
+        attn_out = result.sum(1) + sd[p + "attn.c_proj.bias"]
+        acts[b + "hook_attn_out"] = attn_out
+        x = acts[b + "hook_resid_mid"] = x + attn_out
+        s2, n2 = layer_norm(x, sd[p + "ln_2.weight"], sd[p + "ln_2.bias"], eps)
+        acts[b + "ln2.hook_scale"], acts[b + "ln2.hook_normalized"] = s2, n2
+        pre = n2 @ sd[p + "mlp.c_fc.weight"] + sd[p + "mlp.c_fc.bias"]
+        post = gelu_tanh(pre)
+        mlp_out = post @ sd[p + "mlp.c_proj.weight"] + sd[p + "mlp.c_proj.bias"]
+        acts[b + "mlp.hook_pre"], acts[b + "mlp.hook_post"] = pre, post
+        acts[b + "hook_mlp_out"] = mlp_out
+        x = acts[b + "hook_resid_post"] = x + mlp_out
+    sf, nf = layer_norm(x, sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"], eps)
+    return _final(acts, sf, nf, nf @ sd["lm_head.weight"].T)
+
+
+# --------------------------------------------------------------------------------------------------
+# GPT-NeoX: fused QKV laid out per head, partial rotary, parallel or sequential residual
+
+
+def reference_neox(model: Any, ids: list[int]) -> Acts:
+    sd, cfg = _state(model), model.config
+    H, D, T = cfg.num_attention_heads, cfg.hidden_size, len(ids)
+    dh, eps = D // H, cfg.layer_norm_eps
+    rot = int(dh * cfg.rope_parameters["partial_rotary_factor"])
+    theta = cfg.rope_parameters["rope_theta"]
+    act = ACTIVATIONS[cfg.hidden_act]
+    acts: Acts = {"hook_embed": sd["gpt_neox.embed_in.weight"][ids]}
+    x = acts["hook_embed"]
+    for L in range(cfg.num_hidden_layers):
+        p, b = f"gpt_neox.layers.{L}.", f"blocks.{L}."
+        acts[b + "hook_resid_pre"] = x
+        s1, n1 = layer_norm(x, sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps)
+        acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
+        qkv = _linear(sd, p + "attention.query_key_value", n1).reshape(T, H, 3 * dh)
+        q, k, v = qkv[..., :dh], qkv[..., dh:2 * dh], qkv[..., 2 * dh:]
+        q, k = rotary(q, rot, theta), rotary(k, rot, theta)
+        scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
+        result = _attn_sites(acts, L, q, k, v, scores, pattern, z,
+                             sd[p + "attention.dense.weight"].T.reshape(H, dh, D))
+        attn_out = result.sum(1) + sd[p + "attention.dense.bias"]
+        acts[b + "hook_attn_out"] = attn_out
+        if cfg.use_parallel_residual:
+            mlp_in = x
+        else:
+            mlp_in = acts[b + "hook_resid_mid"] = x + attn_out
+        s2, n2 = layer_norm(mlp_in, sd[p + "post_attention_layernorm.weight"],
+                            sd[p + "post_attention_layernorm.bias"], eps)
+        acts[b + "ln2.hook_scale"], acts[b + "ln2.hook_normalized"] = s2, n2
+        pre = _linear(sd, p + "mlp.dense_h_to_4h", n2)
+        post = act(pre)
+        mlp_out = _linear(sd, p + "mlp.dense_4h_to_h", post)
+        acts[b + "mlp.hook_pre"], acts[b + "mlp.hook_post"] = pre, post
+        acts[b + "hook_mlp_out"] = mlp_out
+        if cfg.use_parallel_residual:
+            x = x + attn_out + mlp_out  # both branches read the block input
+        else:
+            x = mlp_in + mlp_out
+        acts[b + "hook_resid_post"] = x
+    sf, nf = layer_norm(x, sd["gpt_neox.final_layer_norm.weight"],
+                        sd["gpt_neox.final_layer_norm.bias"], eps)
+    return _final(acts, sf, nf, nf @ sd["lm_head.weight"].T)
+
+
+# --------------------------------------------------------------------------------------------------
+# Llama / Mistral / Qwen2: RMSNorm, rotary, grouped-query attention, SwiGLU, sliding windows
+
+
+def _window(cfg: Any, L: int) -> int | None:
+    """The sliding window of layer L (None: full causal attention)."""
+    layer_types = getattr(cfg, "layer_types", None)
+    if layer_types is not None:
+        return cfg.sliding_window if layer_types[L] == "sliding_attention" else None
+    return getattr(cfg, "sliding_window", None)  # Mistral: every layer
+
+
+def reference_llama(model: Any, ids: list[int]) -> Acts:
+    sd, cfg = _state(model), model.config
+    H, Hkv, D, T = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size, len(ids)
+    dh = getattr(cfg, "head_dim", None) or D // H
+    eps, theta = cfg.rms_norm_eps, cfg.rope_parameters["rope_theta"]
+    act = ACTIVATIONS[cfg.hidden_act]
+    acts: Acts = {"hook_embed": sd["model.embed_tokens.weight"][ids]}
+    x = acts["hook_embed"]
+    for L in range(cfg.num_hidden_layers):
+        p, b = f"model.layers.{L}.", f"blocks.{L}."
+        acts[b + "hook_resid_pre"] = x
+        s1, n1 = rms_norm(x, sd[p + "input_layernorm.weight"], eps)
+        acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
+        q = rotary(_linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh), dh, theta)
+        k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
+        v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
+        scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, _window(cfg, L)))
+        result = _attn_sites(acts, L, q, k, v, scores, pattern, z,
+                             sd[p + "self_attn.o_proj.weight"].T.reshape(H, dh, D))
+        attn_out = result.sum(1)
+        if p + "self_attn.o_proj.bias" in sd:
+            attn_out = attn_out + sd[p + "self_attn.o_proj.bias"]
+        acts[b + "hook_attn_out"] = attn_out
+        x = acts[b + "hook_resid_mid"] = x + attn_out
+        s2, n2 = rms_norm(x, sd[p + "post_attention_layernorm.weight"], eps)
+        acts[b + "ln2.hook_scale"], acts[b + "ln2.hook_normalized"] = s2, n2
+        gate, up = _linear(sd, p + "mlp.gate_proj", n2), _linear(sd, p + "mlp.up_proj", n2)
+        post = act(gate) * up
+        mlp_out = _linear(sd, p + "mlp.down_proj", post)
+        acts[b + "mlp.hook_pre"], acts[b + "mlp.hook_pre_linear"] = gate, up
+        acts[b + "mlp.hook_post"], acts[b + "hook_mlp_out"] = post, mlp_out
+        x = acts[b + "hook_resid_post"] = x + mlp_out
+    sf, nf = rms_norm(x, sd["model.norm.weight"], eps)
+    return _final(acts, sf, nf, nf @ sd["lm_head.weight"].T)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gemma 2: scaled embedding, (1 + w) RMSNorms around both branches, soft-capping, alternating
+# sliding windows, query_pre_attn_scalar
+
+
+def reference_gemma2(model: Any, ids: list[int]) -> Acts:
+    sd, cfg = _state(model), model.config
+    H, Hkv, D, T = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size, len(ids)
+    dh, eps, theta = cfg.head_dim, cfg.rms_norm_eps, cfg.rope_parameters["rope_theta"]
+    act = ACTIVATIONS[cfg.hidden_activation]
+
+    def norm(name: str, x: Tensor) -> tuple[Tensor, Tensor]:
+        return rms_norm(x, 1.0 + sd[name + ".weight"], eps)
+
+    acts: Acts = {"hook_embed": sd["model.embed_tokens.weight"][ids] * math.sqrt(D)}
+    x = acts["hook_embed"]
+    for L in range(cfg.num_hidden_layers):
+        p, b = f"model.layers.{L}.", f"blocks.{L}."
+        acts[b + "hook_resid_pre"] = x
+        s1, n1 = norm(p + "input_layernorm", x)
+        acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
+        q = rotary(_linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh), dh, theta)
+        k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
+        v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
+        window = cfg.sliding_window if cfg.layer_types[L] == "sliding_attention" else None
+        scores, pattern, z = attention(q, k, v, cfg.query_pre_attn_scalar**-0.5,
+                                       allowed_keys(T, window), cfg.attn_logit_softcapping)
+        result = _attn_sites(acts, L, q, k, v, scores, pattern, z,
+                             sd[p + "self_attn.o_proj.weight"].T.reshape(H, dh, D))
+        _, attn_out = norm(p + "post_attention_layernorm", result.sum(1))
+        acts[b + "hook_attn_out"] = attn_out
+        x = acts[b + "hook_resid_mid"] = x + attn_out
+        s2, n2 = norm(p + "pre_feedforward_layernorm", x)
+        acts[b + "ln2.hook_scale"], acts[b + "ln2.hook_normalized"] = s2, n2
+        gate, up = _linear(sd, p + "mlp.gate_proj", n2), _linear(sd, p + "mlp.up_proj", n2)
+        post = act(gate) * up
+        _, mlp_out = norm(p + "post_feedforward_layernorm", _linear(sd, p + "mlp.down_proj", post))
+        acts[b + "mlp.hook_pre"], acts[b + "mlp.hook_pre_linear"] = gate, up
+        acts[b + "mlp.hook_post"], acts[b + "hook_mlp_out"] = post, mlp_out
+        x = acts[b + "hook_resid_post"] = x + mlp_out
+    sf, nf = norm("model.norm", x)
+    logits = nf @ sd["lm_head.weight"].T
+    cap = cfg.final_logit_softcapping
+    if cap is not None:
+        logits = cap * torch.tanh(logits / cap)
+    return _final(acts, sf, nf, logits)
+
+
+# --------------------------------------------------------------------------------------------------
+# Phi: one LayerNorm feeding parallel attention and MLP, partial rotary, biased unembedding
+
+
+def reference_phi(model: Any, ids: list[int]) -> Acts:
+    sd, cfg = _state(model), model.config
+    H, Hkv, D, T = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size, len(ids)
+    dh, eps = D // H, cfg.layer_norm_eps
+    rot = int(dh * cfg.rope_parameters["partial_rotary_factor"])
+    theta = cfg.rope_parameters["rope_theta"]
+    act = ACTIVATIONS[cfg.hidden_act]
+    acts: Acts = {"hook_embed": sd["model.embed_tokens.weight"][ids]}
+    x = acts["hook_embed"]
+    for L in range(cfg.num_hidden_layers):
+        p, b = f"model.layers.{L}.", f"blocks.{L}."
+        acts[b + "hook_resid_pre"] = x
+        s1, n1 = layer_norm(x, sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps)
+        acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
+        q = _linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh)
+        k = _linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh)
+        v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
+        if cfg.qk_layernorm:
+            q = layer_norm(q, sd[p + "self_attn.q_layernorm.weight"],
+                           sd[p + "self_attn.q_layernorm.bias"], eps)[1]
+            k = layer_norm(k, sd[p + "self_attn.k_layernorm.weight"],
+                           sd[p + "self_attn.k_layernorm.bias"], eps)[1]
+        q, k = rotary(q, rot, theta), rotary(k, rot, theta)
+        scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
+        result = _attn_sites(acts, L, q, k, v, scores, pattern, z,
+                             sd[p + "self_attn.dense.weight"].T.reshape(H, dh, D))
+        attn_out = result.sum(1) + sd[p + "self_attn.dense.bias"]
+        pre = _linear(sd, p + "mlp.fc1", n1)  # the MLP reads the same normalized input
+        post = act(pre)
+        mlp_out = _linear(sd, p + "mlp.fc2", post)
+        acts[b + "hook_attn_out"], acts[b + "mlp.hook_pre"] = attn_out, pre
+        acts[b + "mlp.hook_post"], acts[b + "hook_mlp_out"] = post, mlp_out
+        x = acts[b + "hook_resid_post"] = x + attn_out + mlp_out
+    sf, nf = layer_norm(x, sd["model.final_layernorm.weight"], sd["model.final_layernorm.bias"], eps)
+    return _final(acts, sf, nf, _linear(sd, "lm_head", nf))

@@ -1,0 +1,365 @@
+"""Adapter conformance: every architecture computes, exposes and edits its sites correctly.
+
+Each test runs on every architecture of ``archs.ARCHS`` (GPT-2, GPT-NeoX parallel and sequential,
+Llama, Mistral, Qwen2, Gemma 2, Phi) through the ``arch_runner`` fixture. Sites are compared with
+a hand-written float64 reference from the state dict (``references.py``) within 1e-5; logits with
+the hook engine with those of HF's own eager model, bit for bit; interventions with the same edit
+made by hand with a plain torch hook on the HF module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+
+from tdb_core import specs
+from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
+from tdb_core.schema import SITE_KINDS, site_name
+from tests.unit.adapters.archs import GQA_ARCH_NAMES, MAX_DIFF, SDPA_ARCH_NAMES, ArchCase
+
+PROMPTS = ["When Mary and John went to the store, John gave a drink to",
+           "The quick brown fox"]
+_LAYER_RE = re.compile(r"^blocks\.\d+\.")
+
+
+def _forward(runner: Any, *texts: str, captures: tuple[specs.Capture, ...] = (),
+             interventions: tuple[specs.Intervention, ...] = (),
+             sources: tuple[specs.Prompt, ...] = ()) -> specs.ForwardResult:
+    prompts = tuple(specs.Prompt(text=t) for t in texts)
+    return runner.forward(specs.ForwardSpec(prompts=prompts, captures=captures,
+                                            interventions=interventions, sources=sources))
+
+
+def _by_site(res: specs.ForwardResult, row: int = 0) -> dict[str, torch.Tensor]:
+    return {c.site: c.values[row] for c in res.captures}
+
+
+def _assert_site_close(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
+    """Equal within 1e-5 where finite, -inf in the same places; returns the max abs difference."""
+    got, want = got.double(), want.double()
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    finite = torch.isfinite(want)
+    assert torch.equal(finite, torch.isfinite(got)), f"{name}: -inf entries differ"
+    torch.testing.assert_close(got[finite], want[finite], atol=1e-5, rtol=1e-5, msg=name)
+    return float((got[finite] - want[finite]).abs().max()) if finite.any() else 0.0
+
+
+def _close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@contextmanager
+def _hand_hook(module: torch.nn.Module, fn: Callable[..., Any], pre: bool = False) -> Iterator[None]:
+    h = module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn)
+    try:
+        yield
+    finally:
+        h.remove()
+
+
+def _hf_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+    """The HF model run directly, without the engine (tdb attention computes HF's eager math)."""
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sites and schema
+
+
+def test_every_site_matches_reference(arch: str, arch_case: ArchCase, arch_runner: Any) -> None:
+    """Each site of every layer equals the hand-written float64 reference within 1e-5 (fp32)."""
+    res = _forward(arch_runner, PROMPTS[0], captures=(specs.Capture("*"),))
+    ids = list(res.prompts[0].token_ids)
+    ref = arch_case.reference(arch_runner.adapter.model, ids)
+    got = _by_site(res)
+    assert set(got) == set(ref), sorted(set(got) ^ set(ref))
+    diffs = MAX_DIFF.setdefault(arch, {})
+    for name, want in ref.items():
+        kind = _LAYER_RE.sub("", name)
+        diffs[kind] = max(diffs.get(kind, 0.0), _assert_site_close(name, got[name], want))
+
+
+def test_schema_has_exactly_the_sites_of_the_architecture(arch_case: ArchCase,
+                                                          arch_runner: Any) -> None:
+    """The schema lists every site the architecture has; a lacking one is NOT_FOUND when named,
+    a layer past the last OUT_OF_RANGE."""
+    schema = arch_runner.schema
+    assert {k.key for k in schema.kinds} == {k.key for k in SITE_KINDS} - arch_case.absent
+    cfg = arch_runner.adapter.model.config
+    kv = getattr(cfg, "num_key_value_heads", None) or schema.dims.n_heads
+    assert schema.dims.n_kv_heads == kv
+    for key in ("hook_attn_out", "mlp.hook_post"):  # kinds some adapters restate the meaning of
+        with pytest.raises(OutOfRangeError):
+            _forward(arch_runner, PROMPTS[1],
+                     captures=(specs.Capture(site_name(key, schema.dims.n_layers)),))
+    for key in sorted(arch_case.absent):
+        name = site_name(key, 0)
+        with pytest.raises(NotFoundError, match="does not exist in this model"):
+            _forward(arch_runner, PROMPTS[1], captures=(specs.Capture(name),))
+        with pytest.raises(NotFoundError):
+            _forward(arch_runner, PROMPTS[1],
+                     interventions=(specs.Intervention(name, specs.Zero()),))
+
+
+def test_get_model_info_reports_the_real_schema(arch_case: ArchCase, arch_runner: Any) -> None:
+    """GetModelInfo lists this model's sites with their (architecture-specific) meanings."""
+    from services.convert import model_info_to_pb
+
+    info = model_info_to_pb(arch_runner)
+    schema = arch_runner.schema
+    assert info.architecture == arch_case.architecture
+    assert [s.name for s in info.sites] == [s.name for s in schema.sites]
+    assert [s.meaning for s in info.sites] == [s.kind.meaning for s in schema.sites]
+    assert not {s.kind for s in info.sites} & arch_case.absent
+    assert info.n_kv_heads == schema.dims.n_kv_heads
+    meaning = {s.kind: s.meaning for s in info.sites}
+    if "hook_resid_mid" in arch_case.absent:
+        assert "parallel" in meaning["hook_attn_out"]
+    if "mlp.hook_pre_linear" not in arch_case.absent:
+        assert "act(hook_pre) * hook_pre_linear" in meaning["mlp.hook_post"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Logits
+
+
+def test_capture_leaves_logits_bit_identical(arch_runner: Any) -> None:
+    """Logits with every site captured are bit-identical to logits with no capture at all."""
+    plain = _forward(arch_runner, *PROMPTS, captures=(specs.Capture("logits"),))
+    hooked = _forward(arch_runner, *PROMPTS, captures=(specs.Capture("*"), specs.Capture("logits")))
+    assert torch.equal(plain.captures[0].values, hooked.captures[-1].values)
+    assert torch.equal(plain.logits_at, hooked.logits_at)
+
+
+def test_logits_equal_hf_eager_model(arch_runner: Any, arch_dir: Any) -> None:
+    """The served model computes bit for bit what HF's own eager implementation computes."""
+    from transformers import AutoModelForCausalLM
+
+    res = _forward(arch_runner, PROMPTS[0], captures=(specs.Capture("logits"),))
+    hf = AutoModelForCausalLM.from_pretrained(arch_dir, attn_implementation="eager").eval()
+    assert torch.equal(res.captures[0].values[0], _hf_logits(hf, list(res.prompts[0].token_ids)))
+
+
+@pytest.mark.parametrize("arch", SDPA_ARCH_NAMES, indirect=True)
+def test_logits_match_hf_sdpa_model(arch_runner: Any, arch_dir: Any) -> None:
+    """HF's sdpa attention gives the same logits within 1e-5 (fused kernels reorder the sums)."""
+    from transformers import AutoModelForCausalLM
+
+    res = _forward(arch_runner, PROMPTS[0], captures=(specs.Capture("logits"),))
+    hf = AutoModelForCausalLM.from_pretrained(arch_dir, attn_implementation="sdpa").eval()
+    assert hf.config._attn_implementation == "sdpa"
+    _close("logits", res.captures[0].values[0], _hf_logits(hf, list(res.prompts[0].token_ids)))
+
+
+def test_batch_of_different_lengths_matches_single_prompts(arch_runner: Any) -> None:
+    """Right-padded batching gives each prompt the values it gets alone (1e-5), padding filled."""
+    both = _forward(arch_runner, *PROMPTS, captures=(specs.Capture("*"),))
+    lengths = [len(p.token_ids) for p in both.prompts]
+    assert lengths[0] != lengths[1]
+    for i, text in enumerate(PROMPTS):
+        alone = _forward(arch_runner, text, captures=(specs.Capture("*"),))
+        n = lengths[i]
+        for cb, ca in zip(both.captures, alone.captures, strict=True):
+            got, want = cb.values[i], ca.values[0]
+            square = "attn_scores" in cb.site or "pattern" in cb.site
+            _assert_site_close(cb.site, got[:, :n, :n] if square else got[:n], want)
+            pad = got[:, n:, :] if square else got[n:]
+            fill = float("-inf") if "attn_scores" in cb.site else 0.0
+            assert bool((pad == fill).all()), f"{cb.site}: padding not filled with {fill}"
+        assert both.top_logits[i][0].token_ids == alone.top_logits[0][0].token_ids
+
+
+@pytest.mark.parametrize("arch", GQA_ARCH_NAMES, indirect=True)
+def test_grouped_query_keys_and_values_are_repeated_per_query_head(arch_runner: Any) -> None:
+    """hook_k/hook_v of query heads that share a kv head are identical; other groups differ."""
+    cfg = arch_runner.adapter.model.config
+    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    assert n_kv < n_heads
+    group = n_heads // n_kv
+    res = _forward(arch_runner, PROMPTS[0], captures=(specs.Capture("blocks.*.attn.hook_k"),
+                                                      specs.Capture("blocks.*.attn.hook_v")))
+    for c in res.captures:
+        x = c.values[0]  # [pos, head, d_head]
+        assert x.shape[1] == n_heads
+        for h in range(n_heads):
+            assert torch.equal(x[:, h], x[:, (h // group) * group]), f"{c.site} head {h}"
+            if n_kv > 1:
+                other = ((h // group + 1) % n_kv) * group
+                assert not torch.equal(x[:, h], x[:, other]), f"{c.site} heads {h}, {other}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights in schema layout
+
+
+def test_weight_accessors_reproduce_the_sites(arch_case: ArchCase, arch_runner: Any) -> None:
+    """W_E, W_O/b_O, W_in, W_out/b_out, the norms, W_U/b_U and the soft-cap recompute the sites."""
+    a = arch_runner.adapter
+    d = a.dims
+    res = _forward(arch_runner, PROMPTS[0], captures=(specs.Capture("*"),))
+    s = _by_site(res)
+    ids = list(res.prompts[0].token_ids)
+    assert a.W_E().shape == (d.d_vocab, d.d_model) and a.W_U().shape == (d.d_model, d.d_vocab)
+    _close("hook_embed", a.W_E()[ids], s["hook_embed"])
+    assert a.parallel_blocks == ("hook_resid_mid" in arch_case.absent)
+
+    def through(norm: Any, x: torch.Tensor) -> torch.Tensor:
+        return x if norm is None else norm.apply(x, norm.scale(x))
+
+    for L in range(d.n_layers):
+        p = f"blocks.{L}."
+        w_o, b_o = a.W_O(L), a.b_O(L)
+        assert w_o.shape == (d.n_heads, d.d_head, d.d_model)
+        attn = torch.einsum("thd,hdm->tm", s[p + "attn.hook_z"], w_o)
+        attn = attn if b_o is None else attn + b_o
+        _close(p + "hook_attn_out", through(a.post_attn_norm(L), attn), s[p + "hook_attn_out"])
+        w_out, b_out = a.W_out(L), a.b_out(L)
+        assert w_out.shape == (d.d_mlp, d.d_model)
+        mlp = s[p + "mlp.hook_post"] @ w_out
+        mlp = mlp if b_out is None else mlp + b_out
+        _close(p + "hook_mlp_out", through(a.post_mlp_norm(L), mlp), s[p + "hook_mlp_out"])
+        x = s[p + "hook_resid_pre"]
+        norm, read = a.mlp_in_norm(L), x if a.parallel_blocks else s[p + "hook_resid_mid"]
+        normed = norm.apply(read, norm.scale(read))
+        _close("mlp input", normed, s[p + ("ln1" if "ln2.hook_normalized" in arch_case.absent
+                                           else "ln2") + ".hook_normalized"])
+        bias = s[p + "mlp.hook_pre"] - normed @ a.W_in(L)  # [pos, d_mlp]: the bias at every pos
+        _close(p + "mlp.hook_pre", bias, bias[:1].expand_as(bias))
+        if a.parallel_blocks:
+            _close(p + "hook_resid_post", x + s[p + "hook_attn_out"] + s[p + "hook_mlp_out"],
+                   s[p + "hook_resid_post"])
+        else:
+            _close(p + "hook_resid_mid", x + s[p + "hook_attn_out"], s[p + "hook_resid_mid"])
+            _close(p + "hook_resid_post", s[p + "hook_resid_mid"] + s[p + "hook_mlp_out"],
+                   s[p + "hook_resid_post"])
+    fn = a.final_norm()
+    last = s[f"blocks.{d.n_layers - 1}.hook_resid_post"]
+    _close("ln_final.hook_scale", fn.scale(last), s["ln_final.hook_scale"])
+    _close("ln_final.hook_normalized", fn.apply(last, fn.scale(last)), s["ln_final.hook_normalized"])
+    u = s["ln_final.hook_normalized"] @ a.W_U()
+    u = u if a.b_U() is None else u + a.b_U()
+    cap = a.logit_softcap()
+    _close("logits", u if cap is None else cap * torch.tanh(u / cap), s["logits"])
+
+
+def test_gradients_equal_plain_autograd_through_the_hf_model(arch_case: ArchCase,
+                                                            arch_runner: Any) -> None:
+    """d logit / d blocks.1.hook_resid_pre through the engine is bit-identical to plain autograd."""
+    batch = arch_runner.make_batch([specs.Prompt(text=PROMPTS[0])])
+    planner = arch_runner.planner(batch)
+    site = "blocks.1.hook_resid_pre"
+    planner.plan.grad_sites.add(site)
+    out = arch_runner.run(batch, planner.plan, grad=True)
+    top = int(out.logits[0, -1].argmax())
+    (got,) = torch.autograd.grad(out.logits[0, -1, top], out.ctx.graph[site])
+
+    model = arch_runner.adapter.model
+    leaf: dict[str, torch.Tensor] = {}
+
+    def make_leaf(mod: Any, args: tuple) -> tuple:
+        leaf["x"] = args[0].detach().requires_grad_()
+        return (leaf["x"], *args[1:])
+    with torch.enable_grad(), _hand_hook(model.get_submodule(arch_case.block.format(L=1)),
+                                         make_leaf, pre=True):
+        logits = model(input_ids=torch.tensor([batch.rows[0]])).logits
+        (want,) = torch.autograd.grad(logits[0, -1, top], leaf["x"])
+    assert got.abs().sum() > 0
+    assert torch.equal(got, want)
+
+
+# --------------------------------------------------------------------------------------------------
+# Interventions
+
+
+def test_zeroing_a_head_via_hook_z_equals_the_hand_edit(arch_case: ArchCase,
+                                                        arch_runner: Any) -> None:
+    """Zeroing head 1's z at layer 1 equals zeroing its slice of the output projection's input."""
+    d = arch_runner.adapter.dims
+    model = arch_runner.adapter.model
+    res = _forward(arch_runner, PROMPTS[0], captures=(specs.Capture("logits"),),
+                   interventions=(specs.Intervention("blocks.1.attn.hook_z", specs.Zero(),
+                                                     units=(1,)),))
+    ids = list(res.prompts[0].token_ids)
+
+    def zero_head(mod: Any, args: tuple) -> tuple:
+        z = args[0].clone()  # [B, T, H * d_head]
+        z[..., d.d_head:2 * d.d_head] = 0
+        return (z,)
+    with _hand_hook(model.get_submodule(arch_case.o_proj.format(L=1)), zero_head, pre=True):
+        want = _hf_logits(model, ids)
+    assert torch.equal(res.captures[0].values[0], want)
+    assert not torch.equal(want, _hf_logits(model, ids))
+
+
+def test_patching_resid_pre_reproduces_the_source_logits(arch_runner: Any) -> None:
+    """Patching all of blocks.0.hook_resid_pre from a source gives the source's logits exactly."""
+    a = arch_runner.encode(specs.Prompt(text=PROMPTS[0]))[:8]
+    b = arch_runner.encode(specs.Prompt(text=PROMPTS[1] + " jumps over the lazy dog"))[:8]
+    assert a != b and len(a) == len(b) == 8
+    target, source = specs.Prompt(token_ids=a), specs.Prompt(token_ids=b)
+    cap = (specs.Capture("logits"),)
+    patched = arch_runner.forward(specs.ForwardSpec(
+        prompts=(target,), sources=(source,), captures=cap,
+        interventions=(specs.Intervention("blocks.0.hook_resid_pre", specs.PatchFrom(0)),)))
+    src = arch_runner.forward(specs.ForwardSpec(prompts=(source,), sources=(source,), captures=cap))
+    plain = arch_runner.forward(specs.ForwardSpec(prompts=(target,), captures=cap))
+    assert torch.equal(patched.captures[0].values, src.captures[0].values)
+    assert not torch.equal(patched.captures[0].values, plain.captures[0].values)
+
+
+def test_steering_resid_post_adds_the_vector(arch_case: ArchCase, arch_runner: Any) -> None:
+    """AddVector on blocks.0.hook_resid_post adds coeff * v everywhere and equals the hand edit."""
+    d = arch_runner.adapter.dims
+    model = arch_runner.adapter.model
+    v = torch.randn(d.d_model, generator=torch.Generator().manual_seed(1))
+    caps = (specs.Capture("blocks.0.hook_resid_post"), specs.Capture("blocks.1.hook_resid_pre"),
+            specs.Capture("logits"))
+    plain = _by_site(_forward(arch_runner, PROMPTS[0], captures=caps))
+    res = _forward(arch_runner, PROMPTS[0], captures=caps, interventions=(
+        specs.Intervention("blocks.0.hook_resid_post", specs.AddVector(v, coeff=2.0)),))
+    steered = _by_site(res)
+    assert torch.equal(steered["blocks.0.hook_resid_post"], plain["blocks.0.hook_resid_post"] + 2.0 * v)
+    assert torch.equal(steered["blocks.1.hook_resid_pre"], steered["blocks.0.hook_resid_post"])
+
+    def add(mod: Any, args: tuple, out: Any) -> Any:
+        h = out[0] if isinstance(out, tuple) else out
+        h = h + 2.0 * v
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+    with _hand_hook(model.get_submodule(arch_case.block.format(L=0)), add):
+        want = _hf_logits(model, list(res.prompts[0].token_ids))
+    assert torch.equal(steered["logits"], want)
+    assert not torch.equal(steered["logits"], plain["logits"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Unsupported architectures
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_unsupported_architecture_is_refused_naming_the_supported_ones(family: str,
+                                                                       tmp_path: Any) -> None:
+    """A model whose architecture has no adapter is refused before loading, listing the adapters."""
+    import adapters
+    from transformers import BertConfig, T5Config
+
+    if family == "bert":
+        cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, architectures=["BertForMaskedLM"])
+    else:
+        cfg = T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                       architectures=["T5ForConditionalGeneration"])
+    cfg.save_pretrained(tmp_path)
+    with pytest.raises(InvalidArgumentError) as err:
+        adapters.load_model("x", str(tmp_path))
+    message = str(err.value)
+    assert cfg.architectures[0] in message and "not supported" in message
+    for name in ("GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
+                 "Qwen2ForCausalLM", "Gemma2ForCausalLM", "PhiForCausalLM"):
+        assert name in message
+    assert adapters.supported_architectures() == sorted(adapters.supported_architectures())
