@@ -23,43 +23,44 @@ _sym_db = _symbol_database.Default()
 
 
 from tdb.v1 import common_pb2 as tdb_dot_v1_dot_common__pb2
+from tdb.v1 import explain_pb2 as tdb_dot_v1_dot_explain__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tdb/v1/attribution.proto\x12\x06tdb.v1\x1a\x13tdb/v1/common.proto\"w\n\rLogitDiffLoss\x12\x1e\n\x06target\x18\x01 \x01(\x0b\x32\x0e.tdb.v1.Tokens\x12\"\n\ndistractor\x18\x02 \x01(\x0b\x32\x0e.tdb.v1.Tokens\x12\x15\n\x08position\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_position\"Q\n\x0bLogProbLoss\x12\x1e\n\x06target\x18\x01 \x01(\x0b\x32\x0e.tdb.v1.Tokens\x12\x15\n\x08position\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_position\"P\n\x0bNeuronTrace\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x0e\n\x06neuron\x18\x02 \x01(\x05\x12\x15\n\x08position\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_position\"\xa6\x01\n\tHeadTrace\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x0c\n\x04head\x18\x02 \x01(\x05\x12\x1b\n\x0equery_position\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0ckey_position\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12 \n\x07through\x18\x05 \x01(\x0e\x32\x0f.tdb.v1.ThroughB\x11\n\x0f_query_positionB\x0f\n\r_key_position\"N\n\x0bLatentTrace\x12\x0b\n\x03sae\x18\x01 \x01(\t\x12\x0e\n\x06latent\x18\x02 \x01(\x05\x12\x15\n\x08position\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_position\"a\n\rDirectionLoss\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x1e\n\x06vector\x18\x02 \x01(\x0b\x32\x0e.tdb.v1.Tensor\x12\x15\n\x08position\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_position\"\xf3\x04\n\x10\x41ttributeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1e\n\x06prompt\x18\x02 \x01(\x0b\x32\x0e.tdb.v1.Prompt\x12+\n\nlogit_diff\x18\x03 \x01(\x0b\x32\x15.tdb.v1.LogitDiffLossH\x00\x12\'\n\x08log_prob\x18\x04 \x01(\x0b\x32\x13.tdb.v1.LogProbLossH\x00\x12%\n\x06neuron\x18\x05 \x01(\x0b\x32\x13.tdb.v1.NeuronTraceH\x00\x12!\n\x04head\x18\x06 \x01(\x0b\x32\x11.tdb.v1.HeadTraceH\x00\x12%\n\x06latent\x18\x07 \x01(\x0b\x32\x13.tdb.v1.LatentTraceH\x00\x12*\n\tdirection\x18\x08 \x01(\x0b\x32\x15.tdb.v1.DirectionLossH\x00\x12*\n\rsecond_prompt\x18\t \x01(\x0b\x32\x0e.tdb.v1.PromptH\x01\x88\x01\x01\x12+\n\rinterventions\x18\n \x03(\x0b\x32\x14.tdb.v1.Intervention\x12\x12\n\x05top_k\x18\x0b \x01(\rH\x02\x88\x01\x01\x12\x10\n\x08\x66\x61milies\x18\x0c \x03(\t\x12\x10\n\x08ig_steps\x18\r \x01(\r\x12\x1e\n\x11\x66reeze_norm_scale\x18\x0e \x01(\x08H\x03\x88\x01\x01\x12\x18\n\x0bnode_tokens\x18\x0f \x01(\rH\x04\x88\x01\x01\x12\x18\n\x0bprepend_bos\x18\x10 \x01(\x08H\x05\x88\x01\x01\x42\x06\n\x04lossB\x10\n\x0e_second_promptB\x08\n\x06_top_kB\x14\n\x12_freeze_norm_scaleB\x0e\n\x0c_node_tokensB\x0e\n\x0c_prepend_bos\"\x9c\x01\n\x04Node\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x12\n\x05layer\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08position\x18\x03 \x01(\x05\x12\r\n\x05index\x18\x04 \x01(\x05\x12\x19\n\x0ckey_position\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x0b\n\x03sae\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x07 \x01(\tB\x08\n\x06_layerB\x0f\n\r_key_position\"f\n\nNodeValues\x12\x12\n\nactivation\x18\x01 \x01(\x02\x12\x17\n\x0fwrite_magnitude\x18\x02 \x01(\x02\x12\x15\n\rdirect_effect\x18\x03 \x01(\x02\x12\x14\n\x0ctotal_effect\x18\x04 \x01(\x02\"<\n\nTokenScore\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\xbf\x01\n\x07NodeRow\x12\x1a\n\x04node\x18\x01 \x01(\x0b\x32\x0c.tdb.v1.Node\x12\"\n\x06values\x18\x02 \x03(\x0b\x32\x12.tdb.v1.NodeValues\x12#\n\x07upvoted\x18\x03 \x03(\x0b\x32\x12.tdb.v1.TokenScore\x12%\n\tdownvoted\x18\x04 \x03(\x0b\x32\x12.tdb.v1.TokenScore\x12(\n\x0cinput_tokens\x18\x05 \x03(\x0b\x32\x12.tdb.v1.TokenScore\" \n\x0ePositionValues\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x8b\x02\n\x11\x41ttributeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x07prompts\x18\x02 \x03(\x0b\x32\x14.tdb.v1.PromptTokens\x12\x13\n\x0bloss_values\x18\x03 \x03(\x02\x12\x1d\n\x04rows\x18\x04 \x03(\x0b\x32\x0f.tdb.v1.NodeRow\x12\x31\n\x11token_attribution\x18\x05 \x03(\x0b\x32\x16.tdb.v1.PositionValues\x12\x1a\n\x12\x62ias_direct_effect\x18\x06 \x03(\x02\x12\x10\n\x08\x63onstant\x18\x07 \x03(\x02\x12\x15\n\rloss_position\x18\x08 \x01(\x05\x12\x14\n\x0cnodes_ranked\x18\t \x01(\x03*_\n\x07Through\x12\x17\n\x13THROUGH_UNSPECIFIED\x10\x00\x12\r\n\tTHROUGH_Q\x10\x01\x12\r\n\tTHROUGH_K\x10\x02\x12\x0e\n\nTHROUGH_QK\x10\x03\x12\r\n\tTHROUGH_V\x10\x04\x32V\n\x12\x41ttributionService\x12@\n\tAttribute\x12\x18.tdb.v1.AttributeRequest\x1a\x19.tdb.v1.AttributeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tdb/v1/attribution.proto\x12\x06tdb.v1\x1a\x13tdb/v1/common.proto\x1a\x14tdb/v1/explain.proto\"w\n\rLogitDiffLoss\x12\x1e\n\x06target\x18\x01 \x01(\x0b\x32\x0e.tdb.v1.Tokens\x12\"\n\ndistractor\x18\x02 \x01(\x0b\x32\x0e.tdb.v1.Tokens\x12\x15\n\x08position\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_position\"Q\n\x0bLogProbLoss\x12\x1e\n\x06target\x18\x01 \x01(\x0b\x32\x0e.tdb.v1.Tokens\x12\x15\n\x08position\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_position\"P\n\x0bNeuronTrace\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x0e\n\x06neuron\x18\x02 \x01(\x05\x12\x15\n\x08position\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_position\"\xa6\x01\n\tHeadTrace\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x0c\n\x04head\x18\x02 \x01(\x05\x12\x1b\n\x0equery_position\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0ckey_position\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12 \n\x07through\x18\x05 \x01(\x0e\x32\x0f.tdb.v1.ThroughB\x11\n\x0f_query_positionB\x0f\n\r_key_position\"N\n\x0bLatentTrace\x12\x0b\n\x03sae\x18\x01 \x01(\t\x12\x0e\n\x06latent\x18\x02 \x01(\x05\x12\x15\n\x08position\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_position\"a\n\rDirectionLoss\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x1e\n\x06vector\x18\x02 \x01(\x0b\x32\x0e.tdb.v1.Tensor\x12\x15\n\x08position\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_position\"\xf3\x04\n\x10\x41ttributeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1e\n\x06prompt\x18\x02 \x01(\x0b\x32\x0e.tdb.v1.Prompt\x12+\n\nlogit_diff\x18\x03 \x01(\x0b\x32\x15.tdb.v1.LogitDiffLossH\x00\x12\'\n\x08log_prob\x18\x04 \x01(\x0b\x32\x13.tdb.v1.LogProbLossH\x00\x12%\n\x06neuron\x18\x05 \x01(\x0b\x32\x13.tdb.v1.NeuronTraceH\x00\x12!\n\x04head\x18\x06 \x01(\x0b\x32\x11.tdb.v1.HeadTraceH\x00\x12%\n\x06latent\x18\x07 \x01(\x0b\x32\x13.tdb.v1.LatentTraceH\x00\x12*\n\tdirection\x18\x08 \x01(\x0b\x32\x15.tdb.v1.DirectionLossH\x00\x12*\n\rsecond_prompt\x18\t \x01(\x0b\x32\x0e.tdb.v1.PromptH\x01\x88\x01\x01\x12+\n\rinterventions\x18\n \x03(\x0b\x32\x14.tdb.v1.Intervention\x12\x12\n\x05top_k\x18\x0b \x01(\rH\x02\x88\x01\x01\x12\x10\n\x08\x66\x61milies\x18\x0c \x03(\t\x12\x10\n\x08ig_steps\x18\r \x01(\r\x12\x1e\n\x11\x66reeze_norm_scale\x18\x0e \x01(\x08H\x03\x88\x01\x01\x12\x18\n\x0bnode_tokens\x18\x0f \x01(\rH\x04\x88\x01\x01\x12\x18\n\x0bprepend_bos\x18\x10 \x01(\x08H\x05\x88\x01\x01\x42\x06\n\x04lossB\x10\n\x0e_second_promptB\x08\n\x06_top_kB\x14\n\x12_freeze_norm_scaleB\x0e\n\x0c_node_tokensB\x0e\n\x0c_prepend_bos\"\x9c\x01\n\x04Node\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x12\n\x05layer\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08position\x18\x03 \x01(\x05\x12\r\n\x05index\x18\x04 \x01(\x05\x12\x19\n\x0ckey_position\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x0b\n\x03sae\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x07 \x01(\tB\x08\n\x06_layerB\x0f\n\r_key_position\"f\n\nNodeValues\x12\x12\n\nactivation\x18\x01 \x01(\x02\x12\x17\n\x0fwrite_magnitude\x18\x02 \x01(\x02\x12\x15\n\rdirect_effect\x18\x03 \x01(\x02\x12\x14\n\x0ctotal_effect\x18\x04 \x01(\x02\"<\n\nTokenScore\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\xfe\x01\n\x07NodeRow\x12\x1a\n\x04node\x18\x01 \x01(\x0b\x32\x0c.tdb.v1.Node\x12\"\n\x06values\x18\x02 \x03(\x0b\x32\x12.tdb.v1.NodeValues\x12#\n\x07upvoted\x18\x03 \x03(\x0b\x32\x12.tdb.v1.TokenScore\x12%\n\tdownvoted\x18\x04 \x03(\x0b\x32\x12.tdb.v1.TokenScore\x12(\n\x0cinput_tokens\x18\x05 \x03(\x0b\x32\x12.tdb.v1.TokenScore\x12-\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x13.tdb.v1.ExplanationH\x00\x88\x01\x01\x42\x0e\n\x0c_explanation\" \n\x0ePositionValues\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x8b\x02\n\x11\x41ttributeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x07prompts\x18\x02 \x03(\x0b\x32\x14.tdb.v1.PromptTokens\x12\x13\n\x0bloss_values\x18\x03 \x03(\x02\x12\x1d\n\x04rows\x18\x04 \x03(\x0b\x32\x0f.tdb.v1.NodeRow\x12\x31\n\x11token_attribution\x18\x05 \x03(\x0b\x32\x16.tdb.v1.PositionValues\x12\x1a\n\x12\x62ias_direct_effect\x18\x06 \x03(\x02\x12\x10\n\x08\x63onstant\x18\x07 \x03(\x02\x12\x15\n\rloss_position\x18\x08 \x01(\x05\x12\x14\n\x0cnodes_ranked\x18\t \x01(\x03*_\n\x07Through\x12\x17\n\x13THROUGH_UNSPECIFIED\x10\x00\x12\r\n\tTHROUGH_Q\x10\x01\x12\r\n\tTHROUGH_K\x10\x02\x12\x0e\n\nTHROUGH_QK\x10\x03\x12\r\n\tTHROUGH_V\x10\x04\x32V\n\x12\x41ttributionService\x12@\n\tAttribute\x12\x18.tdb.v1.AttributeRequest\x1a\x19.tdb.v1.AttributeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tdb.v1.attribution_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_THROUGH']._serialized_start=2144
-  _globals['_THROUGH']._serialized_end=2239
-  _globals['_LOGITDIFFLOSS']._serialized_start=57
-  _globals['_LOGITDIFFLOSS']._serialized_end=176
-  _globals['_LOGPROBLOSS']._serialized_start=178
-  _globals['_LOGPROBLOSS']._serialized_end=259
-  _globals['_NEURONTRACE']._serialized_start=261
-  _globals['_NEURONTRACE']._serialized_end=341
-  _globals['_HEADTRACE']._serialized_start=344
-  _globals['_HEADTRACE']._serialized_end=510
-  _globals['_LATENTTRACE']._serialized_start=512
-  _globals['_LATENTTRACE']._serialized_end=590
-  _globals['_DIRECTIONLOSS']._serialized_start=592
-  _globals['_DIRECTIONLOSS']._serialized_end=689
-  _globals['_ATTRIBUTEREQUEST']._serialized_start=692
-  _globals['_ATTRIBUTEREQUEST']._serialized_end=1319
-  _globals['_NODE']._serialized_start=1322
-  _globals['_NODE']._serialized_end=1478
-  _globals['_NODEVALUES']._serialized_start=1480
-  _globals['_NODEVALUES']._serialized_end=1582
-  _globals['_TOKENSCORE']._serialized_start=1584
-  _globals['_TOKENSCORE']._serialized_end=1644
-  _globals['_NODEROW']._serialized_start=1647
-  _globals['_NODEROW']._serialized_end=1838
-  _globals['_POSITIONVALUES']._serialized_start=1840
-  _globals['_POSITIONVALUES']._serialized_end=1872
-  _globals['_ATTRIBUTERESPONSE']._serialized_start=1875
-  _globals['_ATTRIBUTERESPONSE']._serialized_end=2142
-  _globals['_ATTRIBUTIONSERVICE']._serialized_start=2241
-  _globals['_ATTRIBUTIONSERVICE']._serialized_end=2327
+  _globals['_THROUGH']._serialized_start=2229
+  _globals['_THROUGH']._serialized_end=2324
+  _globals['_LOGITDIFFLOSS']._serialized_start=79
+  _globals['_LOGITDIFFLOSS']._serialized_end=198
+  _globals['_LOGPROBLOSS']._serialized_start=200
+  _globals['_LOGPROBLOSS']._serialized_end=281
+  _globals['_NEURONTRACE']._serialized_start=283
+  _globals['_NEURONTRACE']._serialized_end=363
+  _globals['_HEADTRACE']._serialized_start=366
+  _globals['_HEADTRACE']._serialized_end=532
+  _globals['_LATENTTRACE']._serialized_start=534
+  _globals['_LATENTTRACE']._serialized_end=612
+  _globals['_DIRECTIONLOSS']._serialized_start=614
+  _globals['_DIRECTIONLOSS']._serialized_end=711
+  _globals['_ATTRIBUTEREQUEST']._serialized_start=714
+  _globals['_ATTRIBUTEREQUEST']._serialized_end=1341
+  _globals['_NODE']._serialized_start=1344
+  _globals['_NODE']._serialized_end=1500
+  _globals['_NODEVALUES']._serialized_start=1502
+  _globals['_NODEVALUES']._serialized_end=1604
+  _globals['_TOKENSCORE']._serialized_start=1606
+  _globals['_TOKENSCORE']._serialized_end=1666
+  _globals['_NODEROW']._serialized_start=1669
+  _globals['_NODEROW']._serialized_end=1923
+  _globals['_POSITIONVALUES']._serialized_start=1925
+  _globals['_POSITIONVALUES']._serialized_end=1957
+  _globals['_ATTRIBUTERESPONSE']._serialized_start=1960
+  _globals['_ATTRIBUTERESPONSE']._serialized_end=2227
+  _globals['_ATTRIBUTIONSERVICE']._serialized_start=2326
+  _globals['_ATTRIBUTIONSERVICE']._serialized_end=2412
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from tdb.v1 import common_pb2 as _common_pb2
+from tdb.v1 import explain_pb2 as _explain_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -160,18 +161,20 @@ class TokenScore(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., token: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class NodeRow(_message.Message):
-    __slots__ = ("node", "values", "upvoted", "downvoted", "input_tokens")
+    __slots__ = ("node", "values", "upvoted", "downvoted", "input_tokens", "explanation")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     UPVOTED_FIELD_NUMBER: _ClassVar[int]
     DOWNVOTED_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     node: Node
     values: _containers.RepeatedCompositeFieldContainer[NodeValues]
     upvoted: _containers.RepeatedCompositeFieldContainer[TokenScore]
     downvoted: _containers.RepeatedCompositeFieldContainer[TokenScore]
     input_tokens: _containers.RepeatedCompositeFieldContainer[TokenScore]
-    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., values: _Optional[_Iterable[_Union[NodeValues, _Mapping]]] = ..., upvoted: _Optional[_Iterable[_Union[TokenScore, _Mapping]]] = ..., downvoted: _Optional[_Iterable[_Union[TokenScore, _Mapping]]] = ..., input_tokens: _Optional[_Iterable[_Union[TokenScore, _Mapping]]] = ...) -> None: ...
+    explanation: _explain_pb2.Explanation
+    def __init__(self, node: _Optional[_Union[Node, _Mapping]] = ..., values: _Optional[_Iterable[_Union[NodeValues, _Mapping]]] = ..., upvoted: _Optional[_Iterable[_Union[TokenScore, _Mapping]]] = ..., downvoted: _Optional[_Iterable[_Union[TokenScore, _Mapping]]] = ..., input_tokens: _Optional[_Iterable[_Union[TokenScore, _Mapping]]] = ..., explanation: _Optional[_Union[_explain_pb2.Explanation, _Mapping]] = ...) -> None: ...
 
 class PositionValues(_message.Message):
     __slots__ = ("values",)
