@@ -62,6 +62,7 @@ class ResolvedCapture:
     n_rows: int  # captures read the first n_rows rows (the prompts; not sources or references)
     units_list: tuple[int, ...] | None = None
     key_valid: torch.Tensor | None = None  # [B, T] real key positions (scores/pattern only)
+    version: int | None = None  # version counter of a zero-copy view when it was taken
     values: torch.Tensor | None = None
     indices: torch.Tensor | None = None
 
@@ -96,6 +97,18 @@ class HookPlan:
     grad_sites: set[str] = field(default_factory=set)
     freeze_norms: set[str] = field(default_factory=set)  # "ln_final", "blocks.L.ln1", ...
     observers: dict[str, Callable[[torch.Tensor], None]] = field(default_factory=dict)
+    clone_captures: bool = False  # copy every capture (set after a model wrote to a view in place)
+
+    def captures_intact(self) -> bool:
+        """False if a zero-copy capture was modified in place after it was taken."""
+        return all(c.version is None or c.values is None or c.values._version == c.version
+                   for caps in self.captures.values() for c in caps)
+
+    def reset_captures(self) -> None:
+        for caps in self.captures.values():
+            for c in caps:
+                c.values = c.indices = None
+                c.version = None
 
     def sites(self) -> set[str]:
         return (set(self.captures) | set(self.edits) | set(self.splices) | self.grad_sites
@@ -215,9 +228,13 @@ class _BackwardEdit(torch.autograd.Function):
 # Captures
 
 
-def _reduce_capture(cap: ResolvedCapture, x: torch.Tensor,
-                    masked: torch.Tensor | None) -> None:
-    """Select the capture's block of ``x`` (detached), fill padding, top-k, cast, and store."""
+def _reduce_capture(cap: ResolvedCapture, x: torch.Tensor, masked: torch.Tensor | None,
+                    clone: bool) -> None:
+    """Select the capture's block of ``x`` (detached), fill padding, top-k, cast, and store.
+
+    A capture that needs no reduction keeps a view of the activation instead of a copy (unless
+    ``clone``); :meth:`HookPlan.captures_intact` tells whether the model later wrote to it in place.
+    """
     x = x.detach()[: cap.n_rows]
     index = cap.index
     fill = 0.0
@@ -258,8 +275,11 @@ def _reduce_capture(cap: ResolvedCapture, x: torch.Tensor,
         out = out.to(cap.out_device)
         copied = True
     if not copied:
-        out = out.clone()
-    cap.values = out.contiguous()
+        if clone:
+            out = out.clone()
+        else:  # zero-copy: keep a view, and check after the pass that nothing wrote to it
+            cap.version = out._version
+    cap.values = out
     cap.indices = None if indices is None else indices.to(cap.out_device)
 
 
@@ -321,7 +341,7 @@ class HookContext:
     def observe(self, site: str, x: torch.Tensor, masked: torch.Tensor | None = None) -> None:
         """Record captures of ``site`` and keep its graph tensor if gradients are wanted."""
         for cap in self.plan.captures.get(site, ()):
-            _reduce_capture(cap, x, masked)
+            _reduce_capture(cap, x, masked, self.plan.clone_captures)
         if site in self.plan.grad_sites:
             self._root(site, x)
             self.graph[site] = x

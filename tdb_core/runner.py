@@ -314,12 +314,17 @@ class ModelRunner:
         for att in self.saes.values():
             if wanted.intersection(att.site_names):
                 plan.splices[att.site.name] = _chain(plan.splices.get(att.site.name), att.splice())
-        ctx = HookContext(plan, torch.tensor(lengths, device=self.device), check=cancel.current())
-        self.stats["passes"] += 1
         start = time.perf_counter()
-        with self._hooks(ctx), torch.set_grad_enabled(grad):
-            out = self.adapter.model(input_ids=ids, attention_mask=mask, use_cache=False)
-        return RunOutput(out.logits, ctx, time.perf_counter() - start)
+        while True:
+            ctx = HookContext(plan, torch.tensor(lengths, device=self.device), check=cancel.current())
+            self.stats["passes"] += 1
+            with self._hooks(ctx), torch.set_grad_enabled(grad):
+                out = self.adapter.model(input_ids=ids, attention_mask=mask, use_cache=False)
+            if plan.captures_intact():
+                return RunOutput(out.logits, ctx, time.perf_counter() - start)
+            # the model wrote in place to an activation captured without a copy: run again, copying
+            plan.clone_captures = True
+            plan.reset_captures()
 
     # -- Forward
     def forward(self, spec: specs.ForwardSpec) -> specs.ForwardResult:

@@ -112,3 +112,24 @@ def test_concurrent_reads_are_merged_and_each_gets_its_own_result(tiny_loaded):
             assert torch.equal(ca.positions, cm.positions)
             if ca.indices is not None:
                 assert torch.equal(ca.indices, cm.indices)
+
+
+def test_zero_copy_captures_survive_in_place_writes(tiny_loaded):
+    """Captures keep views, not copies; if the model then writes to one in place, the runner
+    notices (version counter) and runs again copying, so results stay right."""
+    runner = ModelRunner(tiny_loaded)
+    spec = _spec(PROMPTS[0], specs.Capture("blocks.0.hook_resid_post"))
+    clean = runner.forward(spec).captures[0].values.clone()
+    passes = runner.stats["passes"]
+    block1 = tiny_loaded.adapter.model.transformer.h[1]
+
+    def scribble(mod, args):
+        args[0].mul_(0.5)  # an in-place write to the tensor captured as blocks.0.hook_resid_post
+        return (args[0].mul_(2.0), *args[1:])
+    h = block1.register_forward_pre_hook(scribble)
+    try:
+        res = runner.forward(spec)
+    finally:
+        h.remove()
+    assert runner.stats["passes"] == passes + 2
+    torch.testing.assert_close(res.captures[0].values, clean)
