@@ -1,15 +1,17 @@
 """The ``tdb`` command: run the server, and talk to one from a terminal.
 
     tdb serve [--model NAME=PATH_OR_HUB_ID] [--device auto] [--dtype float32] [--port 50051]
-    tdb models | tdb info [--model M]
+    tdb server-info | tdb models | tdb info [--model M]
     tdb forward "PROMPT" --capture SITE... [--positions -1] [--top-k 10] [--json]
     tdb ablate "PROMPT" --target " Mary" --distractor " John" --zero 'blocks.1.attn.hook_z[head=3]'
     tdb patch CLEAN CORRUPTED --site hook_resid_pre --target " Mary" --distractor " John" [--png F]
     tdb attribute "PROMPT" --target " Mary" --distractor " John" [--trace-neuron L,N] [--zero SEL]
     tdb sae list | tdb sae encode "PROMPT" --sae ID | tdb sae train --site S --dataset F --out D
+    tdb explain --node 'blocks.1.mlp.hook_post[42]' [--dataset F] [--explainer baseline|hf:P|openai:M]
 
-Client commands talk to ``--server`` (env TDB_SERVER, default localhost:50051) and exit with
-status 1 and the server's message on errors.
+Client commands talk to ``--server`` (env TDB_SERVER, default localhost:50051; several replicas
+as h1:p,h2:p or dns:///name:port), with ``--token``/``--tls-ca``/``--tls-cert`` for secured
+servers, and exit with status 1 and the server's message on errors.
 """
 
 from __future__ import annotations
@@ -31,14 +33,39 @@ def _ints(text: str) -> list[int]:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from tdb_client import TdbClient
+    from tdb_client import TdbClient, TlsConfig
 
-    return TdbClient(args.server, timeout=args.timeout)
+    token = args.token
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = next((line.strip() for line in f if line.strip()
+                          and not line.lstrip().startswith("#")), None)
+    tls: Any = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        tls = TlsConfig(root_ca=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key,
+                        server_name=args.tls_server_name)
+    return TdbClient(args.server, timeout=args.timeout, token=token, tls=tls)
 
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=DEFAULT_SERVER, help="host:port (env TDB_SERVER)")
+    env = os.environ.get
+    p.add_argument("--server", default=DEFAULT_SERVER,
+                   help="host:port, several as h1:p,h2:p, or a target such as dns:///svc:50051 "
+                        "(env TDB_SERVER)")
     p.add_argument("--timeout", type=float, default=120.0, help="per-call timeout, seconds")
+    p.add_argument("--token", default=env("TDB_TOKEN"), help="bearer token (env TDB_TOKEN)")
+    p.add_argument("--token-file", default=env("TDB_TOKEN_FILE"),
+                   help="read the bearer token from the first line of FILE (env TDB_TOKEN_FILE)")
+    p.add_argument("--tls", action="store_true", default=bool(env("TDB_TLS")),
+                   help="use TLS with the system's CAs (env TDB_TLS=1)")
+    p.add_argument("--tls-ca", default=env("TDB_TLS_CA"),
+                   help="use TLS, trusting this CA (PEM) (env TDB_TLS_CA)")
+    p.add_argument("--tls-cert", default=env("TDB_TLS_CERT"),
+                   help="client certificate (PEM) for mutual TLS (env TDB_TLS_CERT)")
+    p.add_argument("--tls-key", default=env("TDB_TLS_KEY"),
+                   help="client private key (PEM) for mutual TLS (env TDB_TLS_KEY)")
+    p.add_argument("--tls-server-name", default=None,
+                   help="name to check the server's certificate against, if not the host")
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
 
@@ -51,6 +78,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.settings import settings_from_args
 
     return serve(settings_from_args(args))
+
+
+# -- server-info ----------------------------------------------------------------------------------
+
+
+def cmd_server_info(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        info = c.server_info()
+    if args.json:
+        d = dict(info.__dict__)
+        d["models"] = [dict(m.__dict__, saes=[s.__dict__ for s in m.saes]) for m in info.models]
+        d["services"] = {k: [m.__dict__ for m in v] for k, v in info.services.items()}
+        print(json.dumps(d, indent=2))
+        return 0
+    libs = " ".join(f"{k} {v}" for k, v in sorted(info.library_versions.items()))
+    print(f"tdb-service {info.version} ({libs})")
+    on = [k for k, v in info.features.items() if v]
+    print(f"features: {', '.join(on) or 'none'}")
+    print("server limits: " + " ".join(f"{k}={v}" for k, v in info.server_limits.items()))
+    for m in info.models:
+        print(f"{'*' if m.is_default else ' '} {m.name}: {m.architecture} on {m.device} ({m.dtype}), "
+              f"{m.n_layers} layers, n_ctx {m.n_ctx}")
+        print("    limits: " + " ".join(f"{k}={v}" for k, v in m.limits.items()))
+        for s in m.saes:
+            print(f"    sae {s.id}: {s.kind} at {s.site}, d_sae={s.d_sae}")
+    for name, methods in info.services.items():
+        print(f"{name}: {', '.join(m.name for m in methods)}")
+    return 0
 
 
 # -- models / info --------------------------------------------------------------------------------
@@ -391,6 +446,103 @@ def cmd_sae_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- explain ------------------------------------------------------------------------------------
+
+
+def _expand_nodes(items: Sequence[str]) -> list[str]:
+    """Node keys, with ``SITE[a:b]`` expanded to one key per unit (batch mode)."""
+    import re
+
+    out = []
+    for item in items:
+        m = re.match(r"^(.*)\[(\d+):(\d+)\]$", item.strip())
+        if m:
+            out.extend(f"{m.group(1)}[{u}]" for u in range(int(m.group(2)), int(m.group(3))))
+        else:
+            out.append(item.strip())
+    return out
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Mine, explain, simulate and score nodes locally (no server), storing in the catalog."""
+    from tqdm import tqdm
+
+    import adapters
+    from services.server import build_explain_setup, default_model_sources
+    from services.settings import Settings
+    from tdb_core.errors import FailedPreconditionError
+    from tdb_core.explain import engine
+    from tdb_core.runner import Limits, ModelRunner
+
+    source = args.model or default_model_sources()[0].source
+    name = args.model_name or (default_model_sources()[0].name if not args.model
+                               else os.path.basename(source.rstrip("/")))
+    loaded = adapters.load_model(name, source, args.device)
+    runner = ModelRunner(loaded, Limits(max_tokens_per_prompt=loaded.adapter.dims.n_ctx,
+                                        max_prompts=4096, max_response_bytes=2**40))
+    if not args.model:
+        from services.server import default_sae_sources
+        from tdb_core.sae import load_sae
+        for s in default_sae_sources():
+            runner.attach_sae(s.id, load_sae(s.source), s.source)
+    setup = build_explain_setup(Settings(
+        explanations_db=args.db, explainers=(args.explainer,), openai_base_url=args.openai_base_url,
+        openai_api_key_env=args.openai_api_key_env, device=args.device))
+    dataset: Any = setup.datasets["toy"]() if args.dataset == "toy" else args.dataset
+    method = setup.method(args.explainer.partition(":")[0])
+    targets = [engine.parse_target(runner, n) for n in _expand_nodes(args.node)]
+    options = engine.MiningOptions(window_len=args.window_len, max_windows=args.max_windows)
+    bar = tqdm(total=0, desc="mining", unit="window", disable=args.quiet, file=sys.stderr)
+
+    def mined(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+    records = engine.mine(runner, targets, dataset, options, mined)
+    bar.close()
+    results, skipped = [], []
+    for t, rec in tqdm(list(zip(targets, records)), desc="explaining", unit="node",
+                       disable=args.quiet or len(targets) < 2, file=sys.stderr):
+        try:
+            explainer, fields, _ = engine.explain_target(t, rec, method)
+        except FailedPreconditionError as e:  # a dead node in a batch: report it, go on
+            if len(targets) == 1:
+                raise
+            skipped.append({"node_key": t.key, "reason": str(e)})
+            continue
+        entry = dict(model=runner.name, node_key=t.key, method=method.name, explainer=explainer,
+                     sae_id=t.sae_id, **fields)
+        if not args.no_save:
+            setup.catalog.put(**entry)
+        results.append(entry)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for sk in skipped:
+        print(f"{sk['node_key']:36s} {'skipped':>9s}  {sk['reason']}")
+    for e in results:
+        score = "unscored" if e["score"] is None else f"{e['score']:+.3f}"
+        print(f"{e['node_key']:36s} {score:>9s}  {e['explanation']}")
+        if e["score"] is None and e.get("score_reason"):
+            print(f"{'':36s} {'':>9s}  ({e['score_reason']})")
+    if not args.no_save:
+        print(f"saved {len(results)} explanation(s) to {setup.catalog.store.path}", file=sys.stderr)
+    return 0
+
+
+def cmd_explanations(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        found = c.list_explanations(model=args.model, node=args.node, node_prefix=args.node_prefix,
+                                    min_score=args.min_score, limit=args.limit)
+    if args.json:
+        print(json.dumps([e.__dict__ for e in found]))
+        return 0
+    for e in found:
+        score = "unscored" if e.score is None else f"{e.score:+.3f}"
+        print(f"{e.node:36s} {score:>9s}  [{e.method}] {e.explanation}")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
 
@@ -403,6 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gRPC server (default: the embedded toy model)")
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("server-info", help="the server's version, models, limits, features, RPCs")
+    _add_client_args(p)
+    p.set_defaults(func=cmd_server_info)
 
     p = sub.add_parser("models", help="list the server's models")
     _add_client_args(p)
@@ -511,6 +667,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sae_train)
+
+    p = sub.add_parser("explain", help="explain nodes: mine records, explain, simulate, score "
+                                        "(local; stores in the explanation catalog)")
+    p.add_argument("--node", action="append", required=True,
+                   help="node key, e.g. 'blocks.1.mlp.hook_post[42]'; repeat it, or use a range "
+                        "'blocks.1.mlp.hook_post[0:64]' for batch mode")
+    p.add_argument("--model", default=None, help="HF directory or hub id (default: the toy model)")
+    p.add_argument("--model-name", default=None, help="name to store explanations under")
+    p.add_argument("--dataset", default="toy", help="JSONL/plain-text file, or 'toy'")
+    p.add_argument("--explainer", default="baseline", help="baseline | hf:PATH_OR_HUB_ID | openai:MODEL")
+    p.add_argument("--openai-base-url", default=os.environ.get("OPENAI_BASE_URL"))
+    p.add_argument("--openai-api-key-env", default="OPENAI_API_KEY")
+    p.add_argument("--db", default=None, help="explanation catalog (SQLite)")
+    p.add_argument("--window-len", type=int, default=64)
+    p.add_argument("--max-windows", type=int, default=2000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-save", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("explanations", help="list stored and shipped explanations on the server")
+    p.add_argument("--node", default=None)
+    p.add_argument("--node-prefix", default=None)
+    p.add_argument("--min-score", type=float, default=None)
+    p.add_argument("--limit", type=int, default=50)
+    _add_client_args(p)
+    p.set_defaults(func=cmd_explanations)
 
     for register in _plugin_registrars():
         register(sub)

@@ -8,22 +8,30 @@ instead of inlining them, so no message approaches gRPC's 4 MiB default limit.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
 
+from google.protobuf import descriptor_pool
 from google.protobuf.message import Message
 
 from tdb.v1 import attribution_pb2 as apb
 from tdb.v1 import common_pb2 as cpb
+from tdb.v1 import explain_pb2 as epb
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import sae_pb2 as spb
+from tdb.v1 import server_pb2 as svpb
 from tdb_core import ablate, attribution, specs
 from tdb_core.errors import InvalidArgumentError
+from tdb_core.explain import engine as explain_engine
+from tdb_core.explain.records import NodeRecords, neuron_record_to_json
+from tdb_core.explain.store import StoredExplanation
 from tdb_core.runner import ModelRunner
 from tdb_core.sae import encode as sae_encode
 from tdb_core.sae.attach import AttachedSae
@@ -53,6 +61,8 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     t = t.detach().contiguous().cpu()
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
+    if t.numel() == 0:  # memoryview cannot cast a view with a zero in its shape
+        return memoryview(b"")
     return memoryview(t.numpy()).cast("B")
 
 
@@ -452,4 +462,77 @@ def encode_header_to_pb(model: str, sae_id: str, r: sae_encode.EncodeResult,
         sink.put(msg.dense, r.dense.float())
     sink.put(msg.l0, r.l0.long())
     sink.put(msg.mse, r.mse.float())
+    return msg
+
+
+# --------------------------------------------------------------------------------------------------
+# Server capabilities
+
+
+def limits_to_pb(values: Mapping[str, object]) -> list[svpb.Limit]:
+    """Named limits (e.g. the fields of a ``Limits``) as messages; None leaves the value unset."""
+    out = []
+    for name, value in values.items():
+        msg = svpb.Limit(name=name)
+        if isinstance(value, bool):
+            msg.bool_value = value
+        elif isinstance(value, int):
+            msg.int_value = value
+        elif isinstance(value, float):
+            msg.float_value = value
+        elif value is not None:
+            msg.text_value = str(value)
+        out.append(msg)
+    return out
+
+
+def model_capabilities_to_pb(runner: ModelRunner, is_default: bool) -> svpb.ModelCapabilities:
+    info = model_info_to_pb(runner)
+    limits = {f.name: getattr(runner.limits, f.name) for f in dataclasses.fields(runner.limits)}
+    return svpb.ModelCapabilities(
+        name=info.name, architecture=info.architecture, source=info.source, device=info.device,
+        dtype=info.dtype, is_default=is_default, n_layers=info.n_layers, n_ctx=info.n_ctx,
+        d_model=info.d_model, d_vocab=info.d_vocab, saes=list(info.saes),
+        limits=limits_to_pb(limits))
+
+
+def service_info_to_pb(full_name: str) -> svpb.ServiceInfo:
+    """A service's RPCs, read from its descriptor in the default pool."""
+    svc = descriptor_pool.Default().FindServiceByName(full_name)
+    return svpb.ServiceInfo(name=svc.full_name, methods=[svpb.MethodInfo(
+        name=m.name, path=f"/{svc.full_name}/{m.name}", input_type=m.input_type.full_name,
+        output_type=m.output_type.full_name, client_streaming=m.client_streaming,
+        server_streaming=m.server_streaming) for m in svc.methods])
+
+
+# --------------------------------------------------------------------------------------------------
+# Explanations
+
+
+def mining_from_pb(m: epb.MiningOptions) -> explain_engine.MiningOptions:
+    d = explain_engine.MiningOptions()
+    return explain_engine.MiningOptions(
+        window_len=_opt(m, "window_len", d.window_len), top_k=_opt(m, "top_k", d.top_k),
+        n_random=_opt(m, "n_random", d.n_random), max_windows=_opt(m, "max_windows", d.max_windows or 0) or None,
+        batch_size=max(1, _opt(m, "batch_size", d.batch_size)), seed=_opt(m, "seed", d.seed))
+
+
+def records_to_pb(r: NodeRecords) -> epb.NodeRecords:
+    def rec(a: Any) -> epb.ActivationRecord:
+        return epb.ActivationRecord(tokens=list(a.tokens), activations=list(a.activations))
+    return epb.NodeRecords(
+        node=r.node_key, kind=r.kind.value, density=r.density, max_activation=r.max_activation,
+        top=[rec(a) for a in r.record.most_positive_activation_records],
+        random=[rec(a) for a in r.record.random_sample], n_positions=r.n_positions,
+        neuron_record_json=json.dumps(neuron_record_to_json(r.record)))
+
+
+def explanation_to_pb(e: StoredExplanation) -> epb.Explanation:
+    msg = epb.Explanation(model=e.model, sae=e.sae_id, node=e.node_key, method=e.method,
+                          explainer=e.explainer, explanation=e.explanation,
+                          score_reason=e.score_reason or "", scores_json=json.dumps(dict(e.scores)),
+                          records_used_json=json.dumps(dict(e.records_used)),
+                          created_at=e.created_at, updated_at=e.updated_at)
+    if e.score is not None:
+        msg.score = e.score
     return msg

@@ -59,6 +59,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     for cls, code in STATUS_BY_ERROR:
         if isinstance(exc, cls):
             return code, exc.message
+    if isinstance(exc, NotImplementedError):  # a generated servicer base method (e.g. Health.List)
+        return grpc.StatusCode.UNIMPLEMENTED, "this server does not implement this method"
     if isinstance(exc, torch.OutOfMemoryError):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -68,11 +70,42 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     return None
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse; the handler refuses it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's malformed input
+            return _Undecodable(f"{type(exc).__name__}: {exc}")
+
+    return decode
+
+
+def _valid(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgumentError(
+            f"the request is not a valid protobuf message of this method's type ({request.reason}); "
+            "send the serialized request message (strings must be UTF-8)")
+    return request
+
+
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Wraps every handler: request id, auth hook, error mapping, one log line."""
 
     def __init__(self, authorize: Callable[[str, grpc.ServicerContext], None] | None = None,
-                 on_done: Callable[[str, str, float], None] | None = None) -> None:
+                 on_done: Callable[[str, str, float, dict[str, Any]], None] | None = None) -> None:
+        """``authorize(method, context)`` raises UnauthenticatedError to refuse a call;
+        ``on_done(method, code_name, seconds, fields)`` sees every finished call with the fields
+        of its log line (model, tokens, ...), e.g. to feed metrics."""
         self._log = get_logger("tdb.rpc")
         self._authorize = authorize
         self._on_done = on_done
@@ -83,23 +116,46 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
+        # Undecodable request bytes (a broken client, invalid UTF-8 in a string) would make gRPC
+        # itself answer INTERNAL; decode leniently and refuse them as INVALID_ARGUMENT instead.
+        decode = _lenient(handler.request_deserializer)
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                return self._call(method, context, lambda: inner(request, context))
+                return self._call(method, context, lambda: inner(_valid(request), context))
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                unary, request_deserializer=decode, response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                return self._call_stream(method, context, lambda: inner_stream(request, context))
+                return self._call_stream(method, context,
+                                         lambda: inner_stream(_valid(request), context))
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
+                stream, request_deserializer=decode, response_serializer=handler.response_serializer)
+        # Request-streaming handlers (server reflection) get the same auth, logging and mapping.
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                return self._call(method, context,
+                                  lambda: inner_su(map(_valid, requests), context))
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, request_deserializer=decode,
+                response_serializer=handler.response_serializer)
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+
+            def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+                return self._call_stream(method, context,
+                                         lambda: inner_ss(map(_valid, requests), context))
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, request_deserializer=decode,
                 response_serializer=handler.response_serializer)
         return handler
 
@@ -127,7 +183,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         log = self._log.info if code in (grpc.StatusCode.OK,) else self._log.warning
         log("rpc", **fields, status=code.name, duration_ms=round(ms, 2))
         if self._on_done is not None:
-            self._on_done(fields["method"], code.name, ms / 1e3)
+            self._on_done(fields["method"], code.name, ms / 1e3, fields)
 
     def _call(self, method: str, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
 import threading
 from concurrent import futures
@@ -21,13 +23,16 @@ from services.logs import configure_logging, get_logger
 from services.registry import ModelRegistry
 from services.servicers.attribution import AttributionServicer
 from services.servicers.inference import InferenceServicer
+from services.servicers.explain import ExplainServicer, ExplainSetup
 from services.servicers.model import ModelServicer
 from services.servicers.sae import SaeServicer
 from services.servicers.server import ServerFeatures, ServerServicer
 from services.settings import ModelSource, SaeSource, Settings
 from tdb_core.sae import load_sae
-from tdb.v1 import (attribution_pb2, attribution_pb2_grpc, inference_pb2, inference_pb2_grpc,
-                    model_pb2, model_pb2_grpc, sae_pb2, sae_pb2_grpc, server_pb2, server_pb2_grpc)
+from tdb.v1 import (attribution_pb2, attribution_pb2_grpc, explain_pb2, explain_pb2_grpc,
+                    inference_pb2, inference_pb2_grpc, model_pb2, model_pb2_grpc, sae_pb2,
+                    sae_pb2_grpc, server_pb2, server_pb2_grpc)
+from tdb_core.errors import InvalidArgumentError
 from tdb_core.runner import ModelRunner
 
 SERVICE_NAMES = (
@@ -35,6 +40,7 @@ SERVICE_NAMES = (
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     attribution_pb2.DESCRIPTOR.services_by_name["AttributionService"].full_name,
     sae_pb2.DESCRIPTOR.services_by_name["SaeService"].full_name,
+    explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name,
     server_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name,
 )
 
@@ -76,6 +82,53 @@ def load_models(settings: Settings) -> ModelRegistry:
     return registry
 
 
+def default_explanations_db() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "tdb", "explanations.sqlite")
+
+
+def build_explain_setup(settings: Settings) -> ExplainSetup:
+    """The explanation catalog (SQLite + shipped), the configured methods, the datasets."""
+    from tdb_core import toy
+    from tdb_core.explain import engine
+    from tdb_core.explain.store import ExplanationStore
+
+    path = settings.explanations_db or default_explanations_db()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    shipped = engine.Catalog.load_shipped(toy.TOY_EXPLANATIONS) if toy.TOY_EXPLANATIONS.exists() else []
+    catalog = engine.Catalog(ExplanationStore(path), shipped)
+    methods: dict[str, engine.Method] = {}
+    for spec in settings.explainers:
+        kind, _, arg = spec.partition(":")
+        if kind == "baseline":
+            methods["baseline"] = engine.baseline_method()
+        elif kind == "hf" and arg:
+            from tdb_core.explain.backends import HFLocalBackend
+            device = "cuda" if settings.device == "auto" and torch.cuda.is_available() else (
+                "cpu" if settings.device == "auto" else settings.device)
+            methods["hf"] = engine.llm_method("hf", HFLocalBackend(arg, device=device))
+        elif kind == "openai" and arg:
+            from tdb_core.explain.backends import OpenAICompatibleBackend
+            if not settings.openai_base_url:
+                raise InvalidArgumentError("--explainer openai:MODEL needs --openai-base-url")
+            methods["openai"] = engine.llm_method("openai", OpenAICompatibleBackend(
+                settings.openai_base_url, arg, api_key=os.environ.get(settings.openai_api_key_env)))
+        else:
+            raise InvalidArgumentError(f"--explainer {spec!r}: use baseline, hf:PATH_OR_HUB_ID or "
+                                       "openai:MODEL")
+    datasets = {"toy": _toy_corpus}
+    datasets.update({name: (lambda p=path: p) for name, path in settings.datasets})
+    return ExplainSetup(catalog, methods, next(iter(methods)), datasets)
+
+
+@functools.cache
+def _toy_corpus() -> list[str]:
+    """The held-out toy corpus (deterministic), the default dataset to mine."""
+    from tdb_core.toy import corpus
+
+    return list(corpus.iter_texts(corpus.generate(2000, seed=1, split="heldout")))
+
+
 @dataclass
 class Service:
     """A started server and the handles needed to stop it well."""
@@ -114,11 +167,15 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
     )
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(models), server)
-    attribution_pb2_grpc.add_AttributionServiceServicer_to_server(AttributionServicer(models), server)
+    explain_setup = build_explain_setup(settings)
+    attribution_pb2_grpc.add_AttributionServiceServicer_to_server(
+        AttributionServicer(models, explain_setup.catalog), server)
+    explain_pb2_grpc.add_ExplainServiceServicer_to_server(ExplainServicer(models, explain_setup), server)
     sae_pb2_grpc.add_SaeServiceServicer_to_server(SaeServicer(models, settings.sae_root), server)
     features = ServerFeatures(auth=authorize is not None, tls=settings.tls_cert is not None,
                               mutual_tls=settings.tls_client_ca is not None,
-                              metrics=metrics is not None, load_sae=settings.sae_root is not None)
+                              metrics=metrics is not None, load_sae=settings.sae_root is not None,
+                              explanation_store=explain_setup.catalog.store is not None)
     server_pb2_grpc.add_ServerServiceServicer_to_server(ServerServicer(
         models, features, (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
         {"max_request_bytes": settings.max_request_bytes}), server)

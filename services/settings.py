@@ -36,6 +36,11 @@ class Settings:
     default_model: str | None = None  # None: the first model
     saes: tuple[SaeSource, ...] = ()  # with no models configured: the toy model's SAE
     sae_root: str | None = None  # LoadSae may read paths under this directory
+    explanations_db: str | None = None  # SQLite catalog; None: the default under the data dir
+    explainers: tuple[str, ...] = ("baseline",)  # baseline, hf:PATH_OR_HUB_ID, openai:MODEL
+    openai_base_url: str | None = None  # OpenAI-compatible endpoint (vLLM, llama.cpp, OpenAI)
+    openai_api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the API key
+    datasets: tuple[tuple[str, str], ...] = ()  # (name, path) of JSONL/text files to mine
     device: str = "auto"
     dtype: str = "float32"
     limits: Limits = field(default_factory=Limits)
@@ -76,6 +81,13 @@ def parse_sae_flag(value: str) -> SaeSource:
     return SaeSource(model or None, sae_id, path, site or None)
 
 
+def _name_value(value: str, flag: str) -> tuple[str, str]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise InvalidArgumentError(f"{flag} {value!r}: expected NAME=PATH")
+    return name, path
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"TDB_{name}", default)
 
@@ -90,6 +102,20 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="attach an SAE (OpenAI .pt or SAELens dir) to a model (repeatable)")
     p.add_argument("--sae-root", default=_env("SAE_ROOT", "") or None, metavar="DIR",
                    help="allow LoadSae to attach SAEs from under DIR (env TDB_SAE_ROOT)")
+    p.add_argument("--explanations-db", default=_env("EXPLANATIONS_DB", "") or None, metavar="FILE",
+                   help="SQLite catalog of explanations (default: "
+                        "$XDG_DATA_HOME/tdb/explanations.sqlite; env TDB_EXPLANATIONS_DB)")
+    p.add_argument("--explainer", action="append", default=[], metavar="METHOD",
+                   help="explanation method the server offers: baseline (always), "
+                        "hf:PATH_OR_HUB_ID (a local HF causal LM), openai:MODEL (an "
+                        "OpenAI-compatible endpoint); the first is the default")
+    p.add_argument("--openai-base-url", default=_env("OPENAI_BASE_URL", "") or None, metavar="URL",
+                   help="base URL of the OpenAI-compatible endpoint (vLLM, llama.cpp server, OpenAI)")
+    p.add_argument("--openai-api-key-env", default=_env("OPENAI_API_KEY_ENV", "OPENAI_API_KEY"),
+                   metavar="VAR", help="environment variable holding the endpoint's API key")
+    p.add_argument("--dataset", action="append", default=[], metavar="NAME=PATH",
+                   help="a text dataset (JSONL of {\"text\": ...} or plain text) to mine "
+                        "records from (repeatable); 'toy' (the toy corpus) is always there")
     p.add_argument("--default-model", default=_env("DEFAULT_MODEL", "") or None,
                    help="model used when a request names none (default: the first)")
     p.add_argument("--host", default=_env("HOST", d.host), help="bind address (env TDB_HOST)")
@@ -152,6 +178,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         host=args.host, port=args.port, models=models, default_model=args.default_model,
         saes=tuple(parse_sae_flag(v) for v in args.sae), sae_root=args.sae_root,
+        explanations_db=args.explanations_db,
+        explainers=tuple(dict.fromkeys([*args.explainer, "baseline"])),
+        openai_base_url=args.openai_base_url, openai_api_key_env=args.openai_api_key_env,
+        datasets=tuple(_name_value(v, "--dataset") for v in args.dataset),
         device=args.device, dtype=args.dtype,
         limits=Limits(max_tokens_per_prompt=args.max_tokens, max_prompts=args.max_prompts,
                       max_response_bytes=int(args.max_response_mb * 2**20)),

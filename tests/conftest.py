@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# servers and CLIs under test keep their explanation catalogs out of the user's home
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="tdb-test-data-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tests.tiny import save_tiny_gpt2  # noqa: E402

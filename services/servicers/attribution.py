@@ -10,11 +10,24 @@ from services.registry import ModelRegistry
 from tdb.v1 import attribution_pb2 as apb
 from tdb.v1 import attribution_pb2_grpc as apb_grpc
 from tdb_core import attribution
+from tdb_core.explain.engine import Catalog
+
+
+def node_key(node: attribution.Node) -> str | None:
+    """The explanation catalog's key of a table node."""
+    if node.family == "mlp_neuron":
+        return f"blocks.{node.layer}.mlp.hook_post[{node.index}]"
+    if node.family in ("attn_head", "attn_head_pair"):
+        return f"blocks.{node.layer}.attn.hook_pattern[{node.index}]"
+    if node.family == "sae_latent":
+        return f"sae.{node.sae}.hook_sae_acts_post[{node.index}]"
+    return None
 
 
 class AttributionServicer(apb_grpc.AttributionServiceServicer):
-    def __init__(self, models: ModelRegistry) -> None:
+    def __init__(self, models: ModelRegistry, catalog: Catalog | None = None) -> None:
         self.models = models
+        self.catalog = catalog
 
     def Attribute(self, request: apb.AttributeRequest,
                   context: grpc.ServicerContext) -> apb.AttributeResponse:
@@ -23,4 +36,11 @@ class AttributionServicer(apb_grpc.AttributionServiceServicer):
         note(model=runner.name, loss=type(spec.loss).__name__)
         result = attribution.attribute(runner, spec)
         note(tokens=sum(len(p.token_ids) for p in result.prompts), nodes=len(result.rows))
-        return convert.attribute_to_pb(runner.name, result)
+        msg = convert.attribute_to_pb(runner.name, result)
+        if self.catalog is not None:
+            keys = {i: node_key(r.node) for i, r in enumerate(result.rows)}
+            best = self.catalog.best(runner.name, [k for k in keys.values() if k])
+            for i, k in keys.items():
+                if k in best:
+                    msg.rows[i].explanation.CopyFrom(convert.explanation_to_pb(best[k]))
+        return msg

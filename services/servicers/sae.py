@@ -61,6 +61,9 @@ class SaeServicer(spb_grpc.SaeServiceServicer):
         runner = self.models.get(request.model)
         if not request.id or not request.path:
             raise InvalidArgumentError("LoadSae needs an id and a path")
+        if "\x00" in request.path:
+            raise InvalidArgumentError("LoadSae: the path contains a NUL character; give a "
+                                       "relative path under the server's --sae-root")
         path = (self.sae_root / request.path).resolve()
         if self.sae_root != path and self.sae_root not in path.parents:
             raise InvalidArgumentError(f"path {request.path!r} is outside the server's --sae-root")

@@ -100,3 +100,21 @@ def test_sae_train_command(tiny_gpt2_dir, tmp_path):
     assert last["ce_clean"] > 0 and last["ce_loss_recovered"] is not None
     sae = load_sae(last["path"])
     assert sae.site == "blocks.1.hook_resid_pre" and sae.d_sae == 96
+
+
+def test_explain_command(tiny_gpt2_dir, tmp_path):
+    """`tdb explain` mines, explains and scores nodes locally (batch mode via a range) and stores
+    them in the catalog file."""
+    from tests.tiny import CORPUS
+
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(sorted(set(CORPUS))) + "\n")
+    db = tmp_path / "catalog.sqlite"
+    r = run_cli("explain", "--model", str(tiny_gpt2_dir), "--node", "blocks.0.mlp.hook_post[0:3]",
+                "--dataset", str(data), "--db", str(db), "--window-len", "16", "--quiet", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    keys = [row["node_key"] for row in rows]
+    assert keys and set(keys) <= {f"blocks.0.mlp.hook_post[{i}]" for i in range(3)}
+    from tdb_core.explain.store import ExplanationStore
+    assert ExplanationStore(db).count() == len(keys)

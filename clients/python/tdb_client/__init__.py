@@ -7,15 +7,21 @@
 """
 
 from tdb_client import interventions, losses
+from tdb_client.channel import TlsConfig
 from tdb_client.client import TdbClient
 from tdb_client.errors import TdbClientError
 from tdb_client.interventions import Selector, parse_selector
-from tdb_client.types import (AblateResult, AblateRow, AttributeResult, Capture, ForwardResult,
-                              EncodeResult, ModelInfo, ModelSummary, Node, NodeRow, NodeValues,
-                              PatchSweepResult, SaeInfo, SiteInfo, TokenScore, TopLogits)
+from tdb_client.types import (AblateResult, AblateRow, ActivationRecord, AttributeResult, Capture,
+                              EncodeResult, ExplainProgress, Explanation, ForwardResult, MethodInfo,
+                              ModelCapabilities, ModelInfo, ModelSummary, Node, NodeRecords, NodeRow,
+                              NodeValues, PatchSweepResult, SaeInfo, ServerInfo, SiteInfo,
+                              TokenScore, TopLogits)
 
 __all__ = [
-    "TdbClient", "TdbClientError", "Capture", "ForwardResult", "ModelInfo", "ModelSummary",
-    "SiteInfo", "TopLogits", "AblateResult", "AblateRow", "PatchSweepResult",
-    "AttributeResult", "EncodeResult", "SaeInfo", "Node", "NodeRow", "NodeValues", "TokenScore", "losses", "Selector", "parse_selector", "interventions",
+    "TdbClient", "TdbClientError", "TlsConfig", "interventions", "losses", "Selector",
+    "parse_selector", "Capture", "ForwardResult", "ModelInfo", "ModelSummary", "SiteInfo",
+    "TopLogits", "AblateResult", "AblateRow", "PatchSweepResult", "AttributeResult", "Node",
+    "NodeRow", "NodeValues", "TokenScore", "SaeInfo", "EncodeResult", "Explanation",
+    "ExplainProgress", "NodeRecords", "ActivationRecord", "ServerInfo", "ModelCapabilities",
+    "MethodInfo",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -11,18 +12,25 @@ from google.protobuf.message import Message
 from tdb.v1 import attribution_pb2 as apb
 from tdb.v1 import attribution_pb2_grpc as apb_grpc
 from tdb.v1 import common_pb2 as cpb
+from tdb.v1 import explain_pb2 as epb
+from tdb.v1 import explain_pb2_grpc as epb_grpc
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import inference_pb2_grpc as ipb_grpc
 from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import model_pb2_grpc as mpb_grpc
 from tdb.v1 import sae_pb2 as spb
 from tdb.v1 import sae_pb2_grpc as spb_grpc
+from tdb.v1 import server_pb2 as svpb
+from tdb.v1 import server_pb2_grpc as svpb_grpc
+from tdb_client.channel import MAX_ATTEMPTS, TlsConfig, make_channel
 from tdb_client.errors import TdbClientError
 from tdb_client.tensors import StreamAssembler, assemble, from_numpy, to_numpy
 from tdb_client import losses
-from tdb_client.types import (AblateResult, AblateRow, AttributeResult, Capture, ForwardResult,
-                              EncodeResult, ModelInfo, ModelSummary, Node, NodeRow, NodeValues,
-                              PatchSweepResult, SaeInfo, SiteInfo, TokenScore, TopLogits)
+from tdb_client.types import (AblateResult, AblateRow, ActivationRecord, AttributeResult, Capture,
+                              EncodeResult, ExplainProgress, Explanation, ForwardResult,
+                              LimitValue, MethodInfo, ModelCapabilities, ModelInfo, ModelSummary,
+                              Node, NodeRecords, NodeRow, NodeValues, PatchSweepResult, SaeInfo,
+                              ServerInfo, SiteInfo, TokenScore, TopLogits)
 
 PromptLike = str | Sequence[int]
 R = TypeVar("R")
@@ -72,6 +80,32 @@ def tokens_pb(tokens: str | int | Sequence[str | int] | None) -> cpb.Tokens:
 TokensLike = str | int | Sequence[str | int] | None
 
 
+def explanation_from_pb(e: epb.Explanation) -> Explanation:
+    import json
+    return Explanation(e.model, e.sae, e.node, e.method, e.explainer, e.explanation,
+                       e.score if e.HasField("score") else None, e.score_reason,
+                       json.loads(e.scores_json or "{}"), json.loads(e.records_used_json or "{}"),
+                       e.created_at, e.updated_at)
+
+
+def _dataset_pb(dataset: str | Sequence[str] | None) -> epb.Dataset:
+    if dataset is None:
+        return epb.Dataset()
+    if isinstance(dataset, str):
+        return epb.Dataset(name=dataset)
+    return epb.Dataset(texts=epb.TextList(texts=list(dataset)))
+
+
+def _mining_pb(window_len: int | None, top_k: int | None, n_random: int | None,
+               max_windows: int | None) -> epb.MiningOptions:
+    m = epb.MiningOptions()
+    for name, value in (("window_len", window_len), ("top_k", top_k), ("n_random", n_random),
+                        ("max_windows", max_windows)):
+        if value is not None:
+            setattr(m, name, value)
+    return m
+
+
 def sae_info_from_pb(m: cpb.SaeInfo) -> SaeInfo:
     return SaeInfo(m.id, m.model, m.site, m.kind, m.d_in, m.d_sae, m.input_norm,
                    m.k if m.HasField("k") else None, m.source, tuple(m.sites))
@@ -81,8 +115,16 @@ def top_logits_from_pb(t: cpb.TopLogits) -> TopLogits:
     return TopLogits(t.position, tuple(t.token_ids), tuple(t.tokens), tuple(t.logits), tuple(t.probs))
 
 
+def _limits(limits: Iterable[svpb.Limit]) -> dict[str, LimitValue]:
+    out: dict[str, LimitValue] = {}
+    for lim in limits:
+        which = lim.WhichOneof("value")
+        out[lim.name] = getattr(lim, which) if which else None
+    return out
+
+
 class TdbClient:
-    """A client for one TDB server.
+    """A client for a TDB server, or for several replicas of one.
 
     >>> with TdbClient("localhost:50051", timeout=30) as c:
     ...     out = c.forward("When Mary and John went to the store, John gave a drink to",
@@ -92,19 +134,30 @@ class TdbClient:
 
     Every method takes ``timeout`` (seconds; default the client's) and raises
     :class:`TdbClientError` carrying the status code on failure.
+
+    ``target``: ``"host:port"``, a gRPC target URI such as ``"dns:///tdb.ns.svc:50051"``, or
+    several replicas (``["h1:50051", "h2:50051"]`` or ``"h1:50051,h2:50051"``); calls are
+    balanced round-robin and retried on UNAVAILABLE (see :mod:`tdb_client.channel`).
+    ``token``: sent as ``authorization: Bearer <token>``. ``tls``: True (system roots) or a
+    :class:`TlsConfig` (own CA, client certificate for mutual TLS).
     """
 
-    def __init__(self, target: str = "localhost:50051", timeout: float | None = 60.0,
-                 metadata: Sequence[tuple[str, str]] = (),
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(self, target: str | Sequence[str] = "localhost:50051",
+                 timeout: float | None = 60.0, metadata: Sequence[tuple[str, str]] = (),
+                 options: Sequence[tuple[str, Any]] = (), token: str | None = None,
+                 tls: bool | TlsConfig | None = None, max_attempts: int = MAX_ATTEMPTS) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = tuple(metadata)
-        self._channel = grpc.insecure_channel(target, options=list(options))
+        auth = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = (*tuple(metadata), *auth)
+        self._channel = make_channel(target, tls, options, max_attempts)
+        self._max_attempts = max_attempts
         self._models = mpb_grpc.ModelServiceStub(self._channel)
         self._inference = ipb_grpc.InferenceServiceStub(self._channel)
         self._attribution = apb_grpc.AttributionServiceStub(self._channel)
         self._saes = spb_grpc.SaeServiceStub(self._channel)
+        self._explain = epb_grpc.ExplainServiceStub(self._channel)
+        self._server = svpb_grpc.ServerServiceStub(self._channel)
 
     # -- plumbing
     def close(self) -> None:
@@ -125,11 +178,46 @@ class TdbClient:
 
     def _stream(self, fn: Callable[..., Iterable[Message]], request: Message,
                 timeout: float | None) -> StreamAssembler:
-        try:
-            return assemble(fn(request, timeout=self.timeout if timeout is None else timeout,
-                               metadata=self._metadata))
-        except grpc.RpcError as e:
-            raise TdbClientError.from_rpc_error(e) from None
+        budget = self.timeout if timeout is None else timeout
+        deadline = None if budget is None else time.monotonic() + budget
+        attempt = 0
+        while True:
+            attempt += 1
+            received = 0
+
+            def counted(responses: Iterable[Message]) -> Iterable[Message]:
+                nonlocal received
+                for r in responses:
+                    received += 1
+                    yield r
+
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return assemble(counted(fn(request, timeout=left, metadata=self._metadata)))
+            except grpc.RpcError as e:
+                # gRPC retries UNAVAILABLE by itself only until the first response arrives; a
+                # replica lost mid-stream is retried here from the start (streaming RPCs only
+                # read, and the partial result was never handed out).
+                if (e.code() == grpc.StatusCode.UNAVAILABLE and received
+                        and attempt < self._max_attempts):
+                    continue
+                raise TdbClientError.from_rpc_error(e) from None
+
+    # -- ServerService
+    def server_info(self, timeout: float | None = None) -> ServerInfo:
+        """The server's version, models (with SAEs and limits), features and RPCs."""
+        r = self._unary(self._server.ServerInfo, svpb.ServerInfoRequest(), timeout)
+        models = tuple(ModelCapabilities(
+            m.name, m.architecture, m.source, m.device, m.dtype, m.is_default, m.n_layers,
+            m.n_ctx, m.d_model, m.d_vocab, tuple(sae_info_from_pb(x) for x in m.saes),
+            _limits(m.limits)) for m in r.models)
+        features = {f.name: bool(getattr(r.features, f.name)) for f in r.features.DESCRIPTOR.fields}
+        services = {s.name: tuple(MethodInfo(m.name, m.path, m.input_type, m.output_type,
+                                             m.client_streaming, m.server_streaming)
+                                  for m in s.methods) for s in r.services}
+        return ServerInfo(version=r.version, library_versions=dict(r.library_versions),
+                          models=models, default_model=r.default_model, features=features,
+                          services=services, server_limits=_limits(r.server_limits))
 
     # -- ModelService
     def list_models(self, timeout: float | None = None) -> list[ModelSummary]:
@@ -292,7 +380,9 @@ class TdbClient:
             values=[NodeValues(v.activation, v.write_magnitude, v.direct_effect, v.total_effect)
                     for v in row.values],
             upvoted=scores(row.upvoted), downvoted=scores(row.downvoted),
-            input_tokens=scores(row.input_tokens)) for row in r.rows]
+            input_tokens=scores(row.input_tokens),
+            explanation=explanation_from_pb(row.explanation) if row.HasField("explanation") else None)
+            for row in r.rows]
         return AttributeResult(
             model=r.model, tokens=[list(p.tokens) for p in r.prompts], loss_values=list(r.loss_values),
             rows=rows, token_attribution=[list(t.values) for t in r.token_attribution],
@@ -340,3 +430,72 @@ class TdbClient:
         r = self._unary(self._saes.LoadSae, spb.LoadSaeRequest(model=model or "", id=sae_id,
                                                                 path=path, site=site or ""), timeout)
         return sae_info_from_pb(r.sae)
+
+    # -- ExplainService
+    def activation_records(self, nodes: str | Sequence[str], dataset: str | Sequence[str] | None = None,
+                           window_len: int | None = None, top_k: int | None = None,
+                           n_random: int | None = None, max_windows: int | None = None,
+                           model: str | None = None, timeout: float | None = None) -> list[NodeRecords]:
+        """Top-activating and random windows of nodes (``blocks.1.mlp.hook_post[42]``, ...) over a
+        server dataset (by name) or texts."""
+        req = epb.GetActivationRecordsRequest(
+            model=model or "", nodes=[nodes] if isinstance(nodes, str) else list(nodes),
+            dataset=_dataset_pb(dataset), mining=_mining_pb(window_len, top_k, n_random, max_windows))
+        r = self._unary(self._explain.GetActivationRecords, req, timeout)
+
+        def recs(items: Iterable[epb.ActivationRecord]) -> list[ActivationRecord]:
+            return [ActivationRecord(list(a.tokens), list(a.activations)) for a in items]
+        return [NodeRecords(x.node, x.kind, x.density, x.max_activation, recs(x.top), recs(x.random),
+                            x.n_positions, x.neuron_record_json) for x in r.records]
+
+    def explain(self, nodes: str | Sequence[str], dataset: str | Sequence[str] | None = None,
+                method: str | None = None, save: bool = True,
+                on_progress: Callable[[ExplainProgress], None] | None = None,
+                n_examples_per_split: int | None = None, window_len: int | None = None,
+                top_k: int | None = None, n_random: int | None = None,
+                max_windows: int | None = None, model: str | None = None,
+                timeout: float | None = None) -> list[Explanation]:
+        """Mine, explain, simulate and score nodes; progress events go to ``on_progress``."""
+        req = epb.ExplainNodeRequest(
+            model=model or "", nodes=[nodes] if isinstance(nodes, str) else list(nodes),
+            dataset=_dataset_pb(dataset), method=method or "", save=save,
+            mining=_mining_pb(window_len, top_k, n_random, max_windows))
+        if n_examples_per_split is not None:
+            req.n_examples_per_split = n_examples_per_split
+        out: list[Explanation] = []
+        try:
+            for msg in self._explain.ExplainNode(req, timeout=self.timeout if timeout is None else timeout,
+                                                 metadata=self._metadata):
+                if msg.WhichOneof("event") == "progress":
+                    p = msg.progress
+                    if on_progress is not None:
+                        on_progress(ExplainProgress(p.node, p.phase, p.done, p.total, p.message))
+                else:
+                    out.append(explanation_from_pb(msg.result))
+        except grpc.RpcError as e:
+            raise TdbClientError.from_rpc_error(e) from None
+        return out
+
+    def score_explanation(self, node: str, explanation: str, dataset: str | Sequence[str] | None = None,
+                          method: str | None = None, save: bool = False,
+                          window_len: int | None = None, top_k: int | None = None,
+                          n_random: int | None = None, max_windows: int | None = None,
+                          model: str | None = None, timeout: float | None = None) -> Explanation:
+        """Score a given explanation of a node on its records (mined with the same options)."""
+        req = epb.ScoreExplanationRequest(model=model or "", node=node, explanation=explanation,
+                                          dataset=_dataset_pb(dataset), method=method or "", save=save,
+                                          mining=_mining_pb(window_len, top_k, n_random, max_windows))
+        return explanation_from_pb(self._unary(self._explain.ScoreExplanation, req, timeout).result)
+
+    def list_explanations(self, model: str | None = None, node: str | None = None,
+                          node_prefix: str | None = None, sae: str | None = None,
+                          method: str | None = None, min_score: float | None = None,
+                          limit: int = 100, offset: int = 0,
+                          timeout: float | None = None) -> list[Explanation]:
+        """Stored and shipped explanations matching the filters."""
+        req = epb.ListExplanationsRequest(model=model or "", node=node or "", node_prefix=node_prefix or "",
+                                          sae=sae or "", method=method or "", limit=limit, offset=offset)
+        if min_score is not None:
+            req.min_score = min_score
+        r = self._unary(self._explain.ListExplanations, req, timeout)
+        return [explanation_from_pb(e) for e in r.explanations]

@@ -179,6 +179,7 @@ class NodeRow:
     upvoted: list[TokenScore]
     downvoted: list[TokenScore]
     input_tokens: list[TokenScore]
+    explanation: "Explanation | None" = None
 
 
 @dataclass
@@ -223,3 +224,101 @@ class EncodeResult:
     mse: np.ndarray
     explained_variance: float
     mean_l0: float
+
+
+LimitValue = int | float | bool | str | None  # None: the limit is off
+
+
+@dataclass(frozen=True)
+class ModelCapabilities:
+    """One model of a server: where it runs, its SAEs, and its per-request limits."""
+
+    name: str
+    architecture: str
+    source: str
+    device: str
+    dtype: str
+    is_default: bool
+    n_layers: int
+    n_ctx: int
+    d_model: int
+    d_vocab: int
+    saes: tuple[SaeInfo, ...]
+    limits: dict[str, LimitValue]  # e.g. {"max_tokens_per_prompt": 1024, "max_prompts": 64, ...}
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str  # e.g. "Forward"
+    path: str  # e.g. "/tdb.v1.InferenceService/Forward"
+    input_type: str
+    output_type: str
+    client_streaming: bool
+    server_streaming: bool
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a server is and can do (``TdbClient.server_info()``)."""
+
+    version: str
+    library_versions: dict[str, str]
+    models: tuple[ModelCapabilities, ...]
+    default_model: str
+    features: dict[str, bool]  # auth, tls, mutual_tls, metrics, explanation_store, load_sae
+    services: dict[str, tuple[MethodInfo, ...]]  # full service name -> its RPCs
+    server_limits: dict[str, LimitValue]  # e.g. {"max_request_bytes": 67108864}
+
+    def model(self, name: str | None = None) -> ModelCapabilities:
+        """The named model (the default one for None)."""
+        want = name or self.default_model
+        for m in self.models:
+            if m.name == want:
+                return m
+        raise KeyError(want)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A stored explanation; ``score`` is the pooled correlation (neurons, latents) or ROC AUC
+    (heads), None with ``score_reason`` when it could not be scored."""
+
+    model: str
+    sae: str
+    node: str
+    method: str
+    explainer: str
+    explanation: str
+    score: float | None
+    score_reason: str
+    scores: dict
+    records_used: dict
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ActivationRecord:
+    tokens: list[str]
+    activations: list[float]
+
+
+@dataclass(frozen=True)
+class NodeRecords:
+    node: str
+    kind: str
+    density: float
+    max_activation: float
+    top: list[ActivationRecord]
+    random: list[ActivationRecord]
+    n_positions: int
+    neuron_record_json: str
+
+
+@dataclass(frozen=True)
+class ExplainProgress:
+    node: str
+    phase: str
+    done: int
+    total: int
+    message: str

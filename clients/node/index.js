@@ -1,0 +1,276 @@
+'use strict';
+/**
+ * Node.js client for the TDB interpretability service.
+ *
+ * The .proto files are loaded at runtime from the repository's protos/ directory (or
+ * `options.protoRoot`), so this client follows the contract without generated code.
+ *
+ *   const { TdbClient } = require('tdb-client');
+ *   const c = new TdbClient('localhost:50051');
+ *   const out = await c.forward(['When Mary and John went to the store'],
+ *                               { capture: ['blocks.0.attn.hook_pattern'] });
+ *   out.activations['blocks.0.attn.hook_pattern'].data;   // Float32Array
+ *   out.activations['blocks.0.attn.hook_pattern'].shape;  // [1, 4, 9, 9]
+ *   c.close();
+ *
+ * Several replicas: `new TdbClient(['h1:50051', 'h2:50051'])` or a target such as
+ * 'dns:///tdb.default.svc.cluster.local:50051'; calls are balanced round-robin and retried on
+ * UNAVAILABLE (every RPC except LoadSae), like the Python client.
+ */
+
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const DEFAULT_PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
+const PROTO_FILES = ['model', 'inference', 'attribution', 'sae', 'server']
+  .map((n) => `tdb/v1/${n}.proto`);
+const NOT_RETRIED = new Set(['tdb.v1.SaeService/LoadSae']);
+const MAX_ATTEMPTS = 5;
+
+/** An RPC failure: `code` is the gRPC status code number, `codeName` its name. */
+class TdbClientError extends Error {
+  constructor(err) {
+    const codeName = Object.keys(grpc.status).find((k) => grpc.status[k] === err.code) || 'UNKNOWN';
+    super(`${codeName}: ${err.details || err.message}`);
+    this.name = 'TdbClientError';
+    this.code = err.code;
+    this.codeName = codeName;
+    this.details = err.details || err.message;
+    const rid = err.metadata && err.metadata.get('x-request-id');
+    this.requestId = rid && rid.length ? String(rid[0]) : undefined;
+  }
+}
+
+const BYTES_PER_ELEMENT = {
+  DTYPE_FLOAT32: 4, DTYPE_FLOAT16: 2, DTYPE_BFLOAT16: 2, DTYPE_FLOAT64: 8,
+  DTYPE_INT64: 8, DTYPE_INT32: 4, DTYPE_BOOL: 1,
+};
+
+function halfToFloat(h) {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * 2 ** -14 * (frac / 1024);
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * 2 ** (exp - 15) * (1 + frac / 1024);
+}
+
+/**
+ * Decode a Tensor's bytes (little-endian, C order) into a typed array.
+ * float16 and bfloat16 widen to Float32Array (exactly); int64 becomes BigInt64Array.
+ */
+function decodeTensor(dtype, shape, bytes) {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const width = BYTES_PER_ELEMENT[dtype];
+  if (width === undefined) throw new Error(`unknown dtype ${dtype}`);
+  if (bytes.length !== n * width) {
+    throw new Error(`tensor of shape [${shape}] and ${dtype} needs ${n * width} bytes, got ${bytes.length}`);
+  }
+  // Copy into a fresh, aligned buffer: a Buffer's offset need not be a multiple of the width.
+  const buf = new ArrayBuffer(bytes.length);
+  new Uint8Array(buf).set(bytes);
+  const view = new DataView(buf);
+  switch (dtype) {
+    case 'DTYPE_FLOAT32': return new Float32Array(buf);
+    case 'DTYPE_FLOAT64': return new Float64Array(buf);
+    case 'DTYPE_INT32': return new Int32Array(buf);
+    case 'DTYPE_INT64': return new BigInt64Array(buf);
+    case 'DTYPE_BOOL': return new Uint8Array(buf);
+    case 'DTYPE_FLOAT16': {
+      const out = new Float32Array(n);
+      for (let i = 0; i < n; i += 1) out[i] = halfToFloat(view.getUint16(2 * i, true));
+      return out;
+    }
+    case 'DTYPE_BFLOAT16': {
+      const bits = new Uint32Array(n);
+      for (let i = 0; i < n; i += 1) bits[i] = view.getUint16(2 * i, true) << 16;
+      return new Float32Array(bits.buffer);
+    }
+    default: throw new Error(`unknown dtype ${dtype}`);
+  }
+}
+
+/** Encode a Float32Array (or number[]) as a float32 Tensor message. */
+function float32Tensor(values, shape) {
+  const arr = values instanceof Float32Array ? values : Float32Array.from(values);
+  return { dtype: 'DTYPE_FLOAT32', shape: shape || [arr.length],
+           data: Buffer.from(arr.buffer, arr.byteOffset, arr.byteLength) };
+}
+
+function promptMessage(p) {
+  return typeof p === 'string' ? { text: p } : { tokenIds: { ids: Array.from(p) } };
+}
+
+function serviceConfig(pkg) {
+  const names = [];
+  for (const svc of ['ModelService', 'InferenceService', 'AttributionService', 'SaeService',
+    'ServerService']) {
+    for (const method of Object.keys(pkg[svc].service)) {
+      const rpc = pkg[svc].service[method];
+      if (rpc.originalName !== method) continue; // each RPC appears twice (camelCase alias)
+      const full = `tdb.v1.${svc}/${method}`;
+      if (!NOT_RETRIED.has(full)) names.push({ service: `tdb.v1.${svc}`, method });
+    }
+  }
+  return JSON.stringify({
+    loadBalancingConfig: [{ round_robin: {} }],
+    methodConfig: [{
+      name: names,
+      retryPolicy: {
+        maxAttempts: MAX_ATTEMPTS, initialBackoff: '0.05s', maxBackoff: '2s',
+        backoffMultiplier: 2, retryableStatusCodes: ['UNAVAILABLE'],
+      },
+    }],
+  });
+}
+
+function channelTarget(target) {
+  const list = Array.isArray(target) ? target
+    : (typeof target === 'string' && target.includes(',') && !target.includes('://')
+      && !/^ipv[46]:/.test(target)) ? target.split(',') : null;
+  if (!list) return target;
+  // grpc-js resolves each name of an ipv4:/ipv6: list verbatim, so only IP literals go there.
+  const v6 = list.every((a) => a.trim().startsWith('['));
+  return `${v6 ? 'ipv6' : 'ipv4'}:${list.map((a) => a.trim()).join(',')}`;
+}
+
+class TdbClient {
+  /**
+   * @param {string|string[]} target 'host:port', a gRPC target URI, or several 'ip:port' replicas.
+   * @param {object} [options]
+   * @param {number} [options.timeout=60] per-call deadline, seconds.
+   * @param {string} [options.token] bearer token (sent as `authorization: Bearer <token>`).
+   * @param {boolean|object} [options.tls] true for TLS with system roots, or
+   *   {rootCa, clientCert, clientKey} (PEM Buffers) for a private CA and mutual TLS.
+   * @param {string} [options.protoRoot] directory holding tdb/v1/*.proto.
+   */
+  constructor(target = 'localhost:50051', options = {}) {
+    this.timeout = options.timeout ?? 60;
+    this.metadata = new grpc.Metadata();
+    if (options.token) this.metadata.set('authorization', `Bearer ${options.token}`);
+    const def = protoLoader.loadSync(PROTO_FILES, {
+      includeDirs: [options.protoRoot || DEFAULT_PROTO_ROOT],
+      keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true,
+    });
+    const pkg = grpc.loadPackageDefinition(def).tdb.v1;
+    let creds = grpc.credentials.createInsecure();
+    if (options.tls) {
+      const t = options.tls === true ? {} : options.tls;
+      creds = grpc.credentials.createSsl(t.rootCa || null, t.clientKey || null, t.clientCert || null);
+    }
+    const channelOptions = {
+      'grpc.service_config': serviceConfig(pkg),
+      'grpc.enable_retries': 1,
+      ...(options.channelOptions || {}),
+    };
+    const address = channelTarget(target);
+    this.models = new pkg.ModelService(address, creds, channelOptions);
+    const channel = this.models.getChannel();
+    const shared = { ...channelOptions, channelOverride: channel };
+    this.inference = new pkg.InferenceService(address, creds, shared);
+    this.attribution = new pkg.AttributionService(address, creds, shared);
+    this.saes = new pkg.SaeService(address, creds, shared);
+    this.server = new pkg.ServerService(address, creds, shared);
+  }
+
+  close() {
+    this.models.close();
+  }
+
+  _deadline(timeout) {
+    return new Date(Date.now() + 1000 * (timeout ?? this.timeout));
+  }
+
+  _unary(stub, method, request, timeout) {
+    return new Promise((resolve, reject) => {
+      stub[method](request, this.metadata, { deadline: this._deadline(timeout) }, (err, res) => {
+        if (err) reject(new TdbClientError(err)); else resolve(res);
+      });
+    });
+  }
+
+  /** Read a header-then-chunks stream; returns {header, tensor(msg) -> typed array}. */
+  _stream(stub, method, request, timeout) {
+    return new Promise((resolve, reject) => {
+      const call = stub[method](request, this.metadata, { deadline: this._deadline(timeout) });
+      let header = null;
+      const parts = new Map();
+      call.on('data', (msg) => {
+        if (msg.part === 'header') header = msg.header;
+        else if (msg.part === 'chunk') {
+          const list = parts.get(msg.chunk.streamId) || [];
+          list.push(msg.chunk.data);
+          parts.set(msg.chunk.streamId, list);
+        }
+      });
+      call.on('error', (err) => reject(new TdbClientError(err)));
+      call.on('end', () => {
+        if (!header) { reject(new Error('the stream ended without a header')); return; }
+        const tensor = (t) => {
+          const bytes = t.streamId !== undefined && t.streamId !== null && t.data.length === 0
+            && parts.has(t.streamId) ? Buffer.concat(parts.get(t.streamId)) : t.data;
+          return { data: decodeTensor(t.dtype, t.shape, bytes), shape: t.shape.slice() };
+        };
+        resolve({ header, tensor });
+      });
+    });
+  }
+
+  // -- ServerService / ModelService
+  /** Version, models with limits and SAEs, enabled features, services and RPCs. */
+  serverInfo(timeout) {
+    return this._unary(this.server, 'ServerInfo', {}, timeout);
+  }
+
+  /** [{name, architecture, source, isDefault}] */
+  async listModels(timeout) {
+    return (await this._unary(this.models, 'ListModels', {}, timeout)).models;
+  }
+
+  /** A model's sizes and node schema (every hook site with dims and sizes). */
+  modelInfo(model = '', timeout) {
+    return this._unary(this.models, 'GetModelInfo', { model }, timeout);
+  }
+
+  /** Token ids of each text: number[][]. */
+  async tokenize(texts, { model = '', prependBos } = {}, timeout) {
+    const req = { model, texts: Array.isArray(texts) ? texts : [texts] };
+    if (prependBos !== undefined) req.prependBos = prependBos;
+    const res = await this._unary(this.models, 'Tokenize', req, timeout);
+    return res.prompts.map((p) => p.tokenIds);
+  }
+
+  // -- InferenceService
+  /**
+   * Run prompts (strings or token-id arrays) and read activations.
+   * @returns {Promise<{model, tokens, tokenIds, topLogits, activations, positions, dims}>}
+   *   activations[site] = {data: Float32Array, shape: number[]}.
+   */
+  async forward(prompts, { model = '', capture = [], positions = [], topK = 10,
+    interventions = [], prependBos } = {}, timeout) {
+    const list = typeof prompts === 'string' || (prompts.length && typeof prompts[0] === 'number')
+      ? [prompts] : prompts;
+    const req = {
+      model, prompts: list.map(promptMessage), topK, interventions,
+      captures: capture.map((c) => (typeof c === 'string' ? { site: c, positions } : c)),
+    };
+    if (prependBos !== undefined) req.prependBos = prependBos;
+    const { header, tensor } = await this._stream(this.inference, 'Forward', req, timeout);
+    const out = {
+      model: header.model,
+      tokens: header.prompts.map((p) => p.tokens),
+      tokenIds: header.prompts.map((p) => p.tokenIds),
+      topLogits: header.topLogits.map((p) => p.positions),
+      activations: {}, positions: {}, dims: {},
+    };
+    for (const c of header.captures) {
+      out.activations[c.site] = tensor(c.values);
+      out.positions[c.site] = tensor(c.positions);
+      out.dims[c.site] = c.dims;
+    }
+    return out;
+  }
+}
+
+module.exports = { TdbClient, TdbClientError, decodeTensor, float32Tensor, halfToFloat };

@@ -1,0 +1,129 @@
+'use strict';
+// The Node.js client against a real server.
+//
+// With TDB_SERVER set (host:port), the tests use that server, with TDB_TOKEN and TDB_TLS_CA
+// (a PEM path) when it is secured; TDB_EXPECTED names a JSON file with the Python client's
+// activations for the same request, to compare against. Without TDB_SERVER a server is started:
+// `python -m services.cli serve --port 0` from the repository root (TDB_PYTHON, default
+// .venv/bin/python; TDB_SERVE_ARGS adds flags, e.g. "--model tiny=/path").
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+const { spawn } = require('node:child_process');
+const readline = require('node:readline');
+
+const { TdbClient, TdbClientError, decodeTensor, float32Tensor } = require('..');
+
+const ROOT = path.resolve(__dirname, '..', '..', '..');
+let server = null;
+
+function startServer() {
+  const python = process.env.TDB_PYTHON || path.join(ROOT, '.venv', 'bin', 'python');
+  const extra = (process.env.TDB_SERVE_ARGS || '').split(' ').filter(Boolean);
+  const proc = spawn(python, ['-m', 'services.cli', 'serve', '--port', '0', ...extra], {
+    cwd: ROOT, env: { ...process.env, TDB_LOG_FORMAT: 'json' }, stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  return new Promise((resolve, reject) => {
+    const lines = readline.createInterface({ input: proc.stderr });
+    const timer = setTimeout(() => reject(new Error('server did not start')), 120000);
+    lines.on('line', (line) => {
+      try {
+        const event = JSON.parse(line);
+        if (event.event === 'serving') { clearTimeout(timer); resolve({ proc, address: event.address }); }
+      } catch { /* not a JSON line */ }
+    });
+    proc.on('exit', (code) => reject(new Error(`server exited with ${code}`)));
+  });
+}
+
+async function client() {
+  let address = process.env.TDB_SERVER;
+  if (!address) {
+    server = server || await startServer();
+    address = server.address;
+  }
+  const options = { timeout: 60 };
+  if (process.env.TDB_TOKEN) options.token = process.env.TDB_TOKEN;
+  if (process.env.TDB_TLS_CA) options.tls = { rootCa: fs.readFileSync(process.env.TDB_TLS_CA) };
+  return new TdbClient(address, options);
+}
+
+test.after(() => { if (server) server.proc.kill('SIGTERM'); });
+
+test('decodeTensor reads little-endian float32, float16, bfloat16 and int64', () => {
+  const f32 = float32Tensor([1.5, -2, 0.25], [3]);
+  assert.deepEqual(Array.from(decodeTensor(f32.dtype, f32.shape, f32.data)), [1.5, -2, 0.25]);
+  // 1.0, -2.0, 0.5 in IEEE half precision: 0x3C00, 0xC000, 0x3800.
+  const half = Buffer.from([0x00, 0x3c, 0x00, 0xc0, 0x00, 0x38]);
+  assert.deepEqual(Array.from(decodeTensor('DTYPE_FLOAT16', [3], half)), [1, -2, 0.5]);
+  // bfloat16 is the upper half of a float32: 1.0 = 0x3F80, -3.0 = 0xC040.
+  const bf = Buffer.from([0x80, 0x3f, 0x40, 0xc0]);
+  assert.deepEqual(Array.from(decodeTensor('DTYPE_BFLOAT16', [2], bf)), [1, -3]);
+  const i64 = Buffer.alloc(16);
+  i64.writeBigInt64LE(-5n, 0); i64.writeBigInt64LE(7n, 8);
+  assert.deepEqual(Array.from(decodeTensor('DTYPE_INT64', [2], i64)), [-5n, 7n]);
+  assert.throws(() => decodeTensor('DTYPE_FLOAT32', [2], Buffer.alloc(4)), /needs 8 bytes/);
+});
+
+test('ListModels, GetModelInfo and ServerInfo describe the server', async () => {
+  const c = await client();
+  try {
+    const models = await c.listModels();
+    assert.ok(models.length >= 1);
+    assert.equal(models.filter((m) => m.isDefault).length, 1);
+    const info = await c.modelInfo(models[0].name);
+    assert.ok(info.nLayers >= 1 && info.dModel >= 1);
+    assert.ok(info.sites.some((s) => s.name === 'blocks.0.mlp.hook_post'));
+    const server = await c.serverInfo();
+    assert.ok(server.services.some((s) => s.name === 'tdb.v1.InferenceService'));
+    assert.equal(server.models[0].name, models[0].name);
+  } finally { c.close(); }
+});
+
+test('Forward reassembles captured activations into typed arrays', async () => {
+  const c = await client();
+  try {
+    const prompt = 'When Mary and John went to the store, John gave a drink to';
+    const site = 'blocks.0.mlp.hook_post';
+    const out = await c.forward(prompt, { capture: [site, 'blocks.0.attn.hook_pattern'], topK: 5 });
+    const info = await c.modelInfo(out.model);
+    const n = out.tokenIds[0].length;
+    const act = out.activations[site];
+    assert.ok(act.data instanceof Float32Array);
+    assert.deepEqual(act.shape, [1, n, info.dMlp]);
+    assert.deepEqual(out.dims[site], ['batch', 'pos', 'd_mlp']);
+    assert.ok(act.data.every(Number.isFinite));
+    // Attention patterns are probabilities: each row sums to 1.
+    const pat = out.activations['blocks.0.attn.hook_pattern'];
+    const rows = pat.data.length / n;
+    for (let r = 0; r < rows; r += 1) {
+      const sum = pat.data.subarray(r * n, (r + 1) * n).reduce((a, b) => a + b, 0);
+      assert.ok(Math.abs(sum - 1) < 1e-5, `row ${r} sums to ${sum}`);
+    }
+    const top = out.topLogits[0][0];
+    assert.equal(top.tokenIds.length, 5);
+    for (let i = 1; i < 5; i += 1) assert.ok(top.logits[i - 1] >= top.logits[i]);
+    if (process.env.TDB_EXPECTED) { // the Python client's numbers for the same request
+      const expected = JSON.parse(fs.readFileSync(process.env.TDB_EXPECTED, 'utf8'));
+      assert.deepEqual(out.tokenIds[0], expected.token_ids);
+      assert.deepEqual(act.shape, expected.shape);
+      expected.values.forEach((v, i) => assert.ok(Math.abs(act.data[i] - v) <= 1e-6 * (1 + Math.abs(v)),
+        `element ${i}: ${act.data[i]} != ${v}`));
+      assert.deepEqual(top.tokenIds, expected.top_ids);
+    }
+  } finally { c.close(); }
+});
+
+test('errors carry the status code', async () => {
+  const c = await client();
+  try {
+    await assert.rejects(c.forward('hi', { model: 'no-such-model' }), (err) => {
+      assert.ok(err instanceof TdbClientError);
+      assert.equal(err.codeName, 'NOT_FOUND');
+      assert.match(err.details, /no-such-model/);
+      return true;
+    });
+  } finally { c.close(); }
+});
