@@ -134,6 +134,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-response-mb", type=float,
                    default=float(_env("MAX_RESPONSE_MB", str(d.limits.max_response_bytes / 2**20))),
                    help="max response size in MiB (env TDB_MAX_RESPONSE_MB)")
+    p.add_argument("--memory-budget-mb", type=float,
+                   default=float(_env("MEMORY_BUDGET_MB", str(d.limits.max_working_bytes / 2**20))),
+                   help="estimated working memory one pass may use (env TDB_MEMORY_BUDGET_MB)")
+    p.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", str(d.limits.max_queue))),
+                   help="requests running or waiting per model; more get UNAVAILABLE (env TDB_MAX_QUEUE)")
+    p.add_argument("--max-batch-tokens", type=int,
+                   default=int(_env("MAX_BATCH_TOKENS", str(d.limits.max_batch_tokens))),
+                   help="padded tokens of one micro-batched pass (env TDB_MAX_BATCH_TOKENS)")
+    p.add_argument("--max-pass-rows", type=int,
+                   default=int(_env("MAX_PASS_ROWS", str(d.limits.max_pass_rows))),
+                   help="prompt rows over all passes of one request: patch sweeps, IG steps "
+                        "(env TDB_MAX_PASS_ROWS)")
     p.add_argument("--max-request-mb", type=float,
                    default=float(_env("MAX_REQUEST_MB", str(d.max_request_bytes / 2**20))),
                    help="largest request message in MiB (env TDB_MAX_REQUEST_MB)")
@@ -184,8 +196,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         datasets=tuple(_name_value(v, "--dataset") for v in args.dataset),
         device=args.device, dtype=args.dtype,
         limits=Limits(max_tokens_per_prompt=args.max_tokens, max_prompts=args.max_prompts,
-                      max_response_bytes=int(args.max_response_mb * 2**20)),
-        max_workers=args.workers, max_request_bytes=int(args.max_request_mb * 2**20), log_format=args.log_format, log_level=args.log_level,
+                      max_response_bytes=int(args.max_response_mb * 2**20),
+                      max_working_bytes=int(args.memory_budget_mb * 2**20),
+                      max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
+                      max_pass_rows=args.max_pass_rows),
+        max_workers=args.workers, max_request_bytes=int(args.max_request_mb * 2**20),
+        log_format=args.log_format, log_level=args.log_level,
         grace_seconds=args.grace_seconds, auth_token_file=args.auth_token_file,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         metrics_port=args.metrics_port if args.metrics_port >= 0 else None,

@@ -202,10 +202,10 @@ def patch_sweep(runner: ModelRunner, spec: PatchSweepSpec, max_rows_per_pass: in
         if spec.positions is not None:
             resolve_positions(spec.positions, [n])  # validates
     cells = [(L, c) for L in layers for c in columns]
-    limit = runner.limits.max_prompts * 64
+    limit = runner.limits.max_pass_rows
     if len(cells) > limit:
-        raise ResourceExhaustedError(f"the sweep has {len(cells)} cells, over the server's limit "
-                                     f"of {limit}; restrict layers")
+        raise ResourceExhaustedError(f"the sweep has {len(cells)} cells (one patched prompt each), "
+                                     f"over the server's limit of {limit}; restrict layers")
     clean_p, corrupt_p = specs.Prompt(token_ids=clean_ids), specs.Prompt(token_ids=corrupt_ids)
 
     pair = runner.make_batch((clean_p, corrupt_p))

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import torch
 
 from tdb_core import specs
-from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
+from tdb_core.errors import (InvalidArgumentError, NotFoundError, OutOfRangeError,
+                             ResourceExhaustedError)
 from tdb_core.plan import Batch, Planner, resolve_positions
 from tdb_core.runner import ModelRunner, RunOutput
 from tdb_core.sae.attach import AttachedSae
@@ -351,6 +352,23 @@ class _Attribution:
             return pos
         assert self.point.position is not None
         return self.point.position
+
+    def check_ig_cost(self) -> None:
+        """Refuse, before any work, integrated gradients whose passes exceed the row budget."""
+        steps = self.spec.ig_steps
+        if not steps:
+            return
+        sites = int("embedding" in self.families) + len(self.saes())
+        sites += len(self.mlp_layers()) if "mlp_neuron" in self.families else 0
+        per_attn_layer = int("attn_head" in self.families) + int("attn_head_pair" in self.families)
+        sites += per_attn_layer * len(self.attn_layers())
+        rows = sites * steps * self.n_rows
+        limit = self.runner.limits.max_pass_rows
+        if rows > limit:
+            raise ResourceExhaustedError(
+                f"integrated gradients with {steps} steps over {sites} sites needs {rows} prompt "
+                f"rows of forward and backward passes, over the server's limit of {limit}; use "
+                "fewer steps or fewer node families")
 
     def mlp_layers(self) -> list[int]:
         return [L for L in range(self.dims.n_layers) if 3 * L + 2 < self.point.stage]
@@ -690,6 +708,7 @@ class Columns:
 def compute_columns(runner: ModelRunner, spec: AttributeSpec) -> Columns:
     """One forward and one ``autograd.grad`` for every family's four columns (plus IG passes)."""
     att = _Attribution(runner, spec)
+    att.check_ig_cost()
     planner = runner.planner(att.batch)
     att.plan(planner)
     out = runner.run(att.batch, planner.plan, grad=True)

@@ -39,6 +39,7 @@ class Limits:
     max_working_bytes: int = 8 * 2**30  # estimated working memory of one pass
     max_queue: int = 64  # requests running or waiting per model; more get UNAVAILABLE
     max_batch_tokens: int = 8192  # micro-batching: padded tokens of one merged pass
+    max_pass_rows: int = 4096  # prompt rows over all passes of one request (sweeps, IG steps)
 
 
 @dataclass

@@ -220,6 +220,17 @@ def test_bad_specs_are_refused(tiny_runner, loss, cls, text):
         attribute(tiny_runner, AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=loss))
 
 
+def test_integrated_gradients_cost_is_limited_before_work(tiny_loaded, tokens):
+    """IG whose passes exceed the row budget is RESOURCE_EXHAUSTED before any pass runs."""
+    from tdb_core.runner import Limits, ModelRunner
+
+    runner = ModelRunner(tiny_loaded, Limits(max_pass_rows=100))
+    with pytest.raises(errors.ResourceExhaustedError, match="integrated gradients"):
+        attribute(runner, AttributeSpec(prompt=specs.Prompt(text=PROMPT),
+                                        loss=LogitDiffLoss(tokens[:1], tokens[1:]), ig_steps=64))
+    assert runner.stats["passes"] == 0
+
+
 def test_unequal_prompts_and_unknown_families_are_refused(tiny_runner, tokens):
     loss = LogitDiffLoss(tokens[:1], tokens[1:])
     with pytest.raises(errors.InvalidArgumentError, match="equal length"):
