@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="stop the loop early after this many minutes (the result then depends on speed)",
     )
-    train.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default 0)")
+    train.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=run_train)
 
@@ -149,7 +149,13 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tdb_core.toy.evaluate import evaluate, failed_thresholds, format_metrics
+    from tdb_core.toy.evaluate import (
+        SHOWCASE,
+        evaluate,
+        failed_thresholds,
+        format_metrics,
+        top_predictions,
+    )
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -157,6 +163,10 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(model, tokenizer, n=args.n, seed=args.seed, split=args.split)
     print(f"model: {model_dir}")
     print(format_metrics(metrics))
+    print("prompts to try (top 3 next tokens):")
+    for task, prompt in SHOWCASE:
+        top = ", ".join(f"{tok!r} {p:.2f}" for tok, p in top_predictions(model, tokenizer, prompt, 3))
+        print(f"  [{task}] {prompt!r} -> {top}")
     failures = failed_thresholds(metrics)
     print("all bars met" if not failures else "below the bars: " + "; ".join(failures))
     return 0

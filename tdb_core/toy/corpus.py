@@ -6,9 +6,10 @@ Four kinds of document, each a short English text:
   drink to Mary." Two names are introduced, one of them (the subject, S) is repeated, and the text
   ends with the other (the indirect object, IO). The first clause names them in either order
   (ABBA or BABA), so position alone does not give the answer.
-* **Induction**: "Random words: river cloud seven ... river cloud seven ..." A sequence of distinct
-  words drawn from :data:`INDUCTION_WORDS` is repeated once; the repeat is predictable only by
-  looking back at the first copy.
+* **Induction**: "Random words: river cloud seven mirror river cloud seven mirror" A sequence of 4
+  to 8 distinct words drawn from :data:`INDUCTION_WORDS` is repeated once; the repeat is
+  predictable only by looking back at the first copy. (Longer sequences are possible, but a
+  4-layer model trained for 15 CPU-minutes copies them less reliably; see the README.)
 * **a/an agreement**: "Emma put the egg in the box. When I opened the box, I found an egg." The
   noun is named earlier (often with "the", so the article cannot simply be copied), and the article
   before its second mention must agree with it.
@@ -164,8 +165,8 @@ A_AN_TEMPLATES: tuple[str, ...] = (
 )
 
 INDUCTION_PREFIX = "Random words:"
-INDUCTION_MIN_WORDS = 5
-INDUCTION_MAX_WORDS = 14
+INDUCTION_MIN_WORDS = 4
+INDUCTION_MAX_WORDS = 8
 
 FILLER_TEMPLATES: tuple[str, ...] = (
     "{N} likes to {verb} at the {place}.",
@@ -257,10 +258,10 @@ Example = IOIExample | InductionExample | AAnExample | FillerExample
 class Mix:
     """Relative weights of the tasks in a generated corpus (normalised when sampling)."""
 
-    ioi: float = 0.4
-    induction: float = 0.25
-    a_an: float = 0.2
-    filler: float = 0.15
+    ioi: float = 0.45
+    induction: float = 0.35
+    a_an: float = 0.12
+    filler: float = 0.08
 
 
 DEFAULT_MIX = Mix()
@@ -363,20 +364,16 @@ def sample_ioi(rng: random.Random, split: Split) -> IOIExample:
 
 
 def sample_induction(rng: random.Random, split: Split) -> InductionExample:
-    """A sequence of random words, repeated once.
+    """A sequence of distinct random words, repeated once.
 
-    Training draws words independently (a word may recur within the first copy); held-out draws
-    distinct words, so every word of the repeat is determined by its predecessor. Independent
-    draws matter for learning: with distinct words, a word seen earlier is never next in the first
-    copy, which rewards "do not repeat a word" as much as the repeat rewards copying, and the
-    induction circuit then takes many times longer to appear.
+    Words are distinct within a sequence in both splits, so a word seen before occurs again only
+    in the repeat and "a token recurs" is a reliable signal to copy. (Drawing with replacement
+    makes accidental recurrences in the first copy common with a vocabulary of this size, and a
+    model trained on that learns to trust the copy only late in the repeat.)
     """
     _check_split(split)
     n_words = rng.randint(INDUCTION_MIN_WORDS, INDUCTION_MAX_WORDS)
-    if split == "heldout":
-        words = tuple(rng.sample(INDUCTION_WORDS, n_words))
-    else:
-        words = tuple(rng.choices(INDUCTION_WORDS, k=n_words))
+    words = tuple(rng.sample(INDUCTION_WORDS, n_words))
     body = " ".join(words)
     return InductionExample(text=f"{INDUCTION_PREFIX} {body} {body}", words=words)
 

@@ -234,6 +234,16 @@ def evaluate(
     )
 
 
+# Prompts to try (the README lists them with the shipped model's answers): one per mechanism.
+SHOWCASE: tuple[tuple[str, str], ...] = (
+    ("IOI", "When Mary and John went to the store, John gave a drink to"),
+    ("IOI", "After Alice and Bob arrived at the park, Bob handed the book to"),
+    ("induction", "Random words: river cloud seven mirror castle honey river cloud seven"),
+    ("a/an", "Emma put the egg in the box. When I opened the box, I found"),
+    ("a/an", "Tom put the kite in the box. When I opened the box, I found"),
+)
+
+
 @torch.no_grad()
 def top_predictions(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, k: int = 5

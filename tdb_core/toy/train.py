@@ -30,7 +30,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.toy import corpus
-from tdb_core.toy.evaluate import ToyMetrics, evaluate, format_metrics
+from tdb_core.toy.evaluate import ToyMetrics, evaluate
 from tdb_core.toy.config import TrainConfig
 from tdb_core.toy.tokenizer import train_tokenizer
 
@@ -79,6 +79,8 @@ def _validate(config: TrainConfig) -> None:
         raise InvalidArgumentError(
             f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {config.lr} and {config.min_lr_ratio}"
         )
+    if not 0 <= config.offset_fraction <= 1:
+        raise InvalidArgumentError(f"offset_fraction must be in [0, 1], got {config.offset_fraction}")
     if not 0 <= config.long_context_fraction <= 1:
         raise InvalidArgumentError(
             f"long_context_fraction must be in [0, 1], got {config.long_context_fraction}"
@@ -184,26 +186,47 @@ class Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor  # 1 on document tokens, 0 on padding
     labels: torch.Tensor  # input_ids, with -100 on padding (no loss there)
+    position_ids: torch.Tensor  # arange(pos) plus each row's offset, capped at n_positions - 1
 
 
-def _pad(rows: list[tuple[list[int], int]], width: int, pad_id: int) -> Batch:
-    """Right-pad (ids, n_real) rows to ``width`` and mask the padding out of attention and loss."""
+def _pad(
+    rows: list[tuple[list[int], int, int]], width: int, pad_id: int, n_positions: int
+) -> Batch:
+    """Right-pad (ids, n_real, offset) rows to ``width``; mask padding out of attention and loss."""
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [batch, pos]
     mask = torch.zeros((len(rows), width), dtype=torch.long)  # [batch, pos]
-    for row, (tokens, n_real) in enumerate(rows):
+    offsets = torch.tensor([offset for _, _, offset in rows], dtype=torch.long)  # [batch]
+    for row, (tokens, n_real, _) in enumerate(rows):
         ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         mask[row, :n_real] = 1
     labels = ids.masked_fill(mask == 0, -100)  # [batch, pos]
-    return Batch(input_ids=ids, attention_mask=mask, labels=labels)
+    positions = torch.arange(width)[None, :] + offsets[:, None]  # [batch, pos]
+    return Batch(
+        input_ids=ids,
+        attention_mask=mask,
+        labels=labels,
+        position_ids=positions.clamp(max=n_positions - 1),  # only padding is ever capped
+    )
 
 
 def document_batches(
-    documents: Iterator[list[int]], config: TrainConfig, pad_id: int
+    documents: Iterator[list[int]], config: TrainConfig, pad_id: int, rng: random.Random
 ) -> Iterator[Batch]:
-    """Endless batches of ``batch_size`` single documents, padded to the longest one."""
+    """Endless batches of ``batch_size`` single documents, padded to the longest one.
+
+    A share ``offset_fraction`` of the rows is placed at a random offset in the context (through
+    the position ids, so no extra compute): position 0 stays the common case, as it is for a
+    prompt, while every position is trained and circuits cannot rely on absolute positions.
+    """
     while True:
-        docs = [next(documents)[: config.n_positions] for _ in range(config.batch_size)]
-        yield _pad([(doc, len(doc)) for doc in docs], max(len(doc) for doc in docs), pad_id)
+        rows = []
+        for _ in range(config.batch_size):
+            doc = next(documents)[: config.n_positions]
+            room = config.n_positions - len(doc)
+            shift = rng.random() < config.offset_fraction
+            offset = rng.randint(1, room) if shift and room > 0 else 0
+            rows.append((doc, len(doc), offset))
+        yield _pad(rows, max(n for _, n, _ in rows), pad_id, config.n_positions)
 
 
 def window_batches(
@@ -212,8 +235,8 @@ def window_batches(
     """Endless batches of ``long_batch_size`` packed windows of ``n_positions`` tokens."""
     windows = pack_windows(documents, config.n_positions, pad_id)
     while True:
-        rows = [next(windows) for _ in range(config.long_batch_size)]
-        yield _pad(rows, config.n_positions, pad_id)
+        rows = [(*next(windows), 0) for _ in range(config.long_batch_size)]
+        yield _pad(rows, config.n_positions, pad_id, config.n_positions)
 
 
 def batches(tokenizer: PreTrainedTokenizerFast, config: TrainConfig) -> Iterator[Batch]:
@@ -227,7 +250,7 @@ def batches(tokenizer: PreTrainedTokenizerFast, config: TrainConfig) -> Iterator
     pad_id = int(tokenizer.pad_token_id)
     documents = _documents(tokenizer, config)
     short_steps = config.steps - round(config.steps * config.long_context_fraction)
-    short = document_batches(documents, config, pad_id)
+    short = document_batches(documents, config, pad_id, random.Random(f"offsets:{config.seed}"))
     for _ in range(short_steps):
         yield next(short)
     yield from window_batches(documents, config, pad_id)
@@ -288,6 +311,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Tr
                 input_ids=batch.input_ids.to(device),
                 attention_mask=batch.attention_mask.to(device),
                 labels=batch.labels.to(device),
+                position_ids=batch.position_ids.to(device),
             ).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -338,5 +362,4 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Tr
         "torch": torch.__version__,
     }
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    log(format_metrics(metrics))
     return result
