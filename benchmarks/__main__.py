@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("hooks", "grpc", "transfer", "ablate", "attribute", "sae", "batching")
+BENCHMARKS = ("hooks", "grpc", "transfer", "ablate", "attribute", "sae", "batching", "explain")
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,6 @@
 """The full node table vs a plain forward: GPT-2-small-shaped random model, 1 x 64 tokens.
 
-    python -m benchmarks attribute [--seq 64] [--repeats 5]
+    python -m benchmarks attribute [--seq 64] [--repeats 5] [--families embedding,mlp_neuron,...]
 
 Target: <= 2.5x (forward + autograd.grad alone is ~2x here).
 """
@@ -23,6 +23,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks attribute")
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--families", default="", help="comma-separated node families (default all)")
     args = p.parse_args(argv)
     import adapters
 
@@ -32,7 +33,8 @@ def main(argv: list[str]) -> int:
                          Limits(**BIG_LIMITS))
     ids = torch.randint(1, config.vocab_size, (1, args.seq), generator=torch.Generator().manual_seed(0))
     spec = AttributeSpec(prompt=specs.Prompt(token_ids=tuple(ids[0].tolist())),
-                         loss=LogitDiffLoss((11,), (12,)), top_k=10)
+                         loss=LogitDiffLoss((11,), (12,)), top_k=10,
+                         families=tuple(f for f in args.families.split(",") if f))
     probe = plain.transformer.wte.weight
 
     def run_plain() -> None:
@@ -51,7 +53,7 @@ def main(argv: list[str]) -> int:
     t = interleaved_medians({"plain": run_plain, "fwd_grad": run_fwd_grad, "table": run_table},
                             args.repeats, warmup=1)
     res = attribute(runner, spec)
-    emit({"benchmark": "attribute", "seq": args.seq, "plain_ms": round(t["plain"] * 1e3, 1),
+    emit({"benchmark": "attribute", "seq": args.seq, "families": args.families or "all", "plain_ms": round(t["plain"] * 1e3, 1),
           "forward_plus_grad_ms": round(t["fwd_grad"] * 1e3, 1),
           "node_table_ms": round(t["table"] * 1e3, 1),
           "ratio_table_vs_forward": round(t["table"] / t["plain"], 3),

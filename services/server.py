@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 import signal
 import threading
 from concurrent import futures
@@ -87,15 +88,30 @@ def default_explanations_db() -> str:
     return os.path.join(base, "tdb", "explanations.sqlite")
 
 
-def build_explain_setup(settings: Settings) -> ExplainSetup:
-    """The explanation catalog (SQLite + shipped), the configured methods, the datasets."""
+def _serves_shipped_toy(models: ModelRegistry | None) -> bool:
+    """Whether the embedded toy model is served under its own name (its explanations apply)."""
+    from tdb_core import toy
+
+    if models is None:
+        return False
+    shipped_dir = toy.TOY_MODEL_DIR.resolve()
+    return any(r.loaded.name == toy.TOY_MODEL_NAME and os.path.isdir(r.loaded.source)
+               and Path(r.loaded.source).resolve() == shipped_dir for r in models.all())
+
+
+def build_explain_setup(settings: Settings, models: ModelRegistry | None = None) -> ExplainSetup:
+    """The explanation catalog (SQLite + shipped), the configured methods, the datasets.
+
+    The shipped explanations of the embedded toy model join the catalog only when that model is
+    served (by its name, from its shipped directory); they would describe nothing otherwise."""
     from tdb_core import toy
     from tdb_core.explain import engine
     from tdb_core.explain.store import ExplanationStore
 
     path = settings.explanations_db or default_explanations_db()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    shipped = engine.Catalog.load_shipped(toy.TOY_EXPLANATIONS) if toy.TOY_EXPLANATIONS.exists() else []
+    shipped = (engine.Catalog.load_shipped(toy.TOY_EXPLANATIONS)
+               if toy.TOY_EXPLANATIONS.exists() and _serves_shipped_toy(models) else [])
     catalog = engine.Catalog(ExplanationStore(path), shipped)
     methods: dict[str, engine.Method] = {}
     for spec in settings.explainers:
@@ -167,7 +183,7 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
     )
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(models), server)
-    explain_setup = build_explain_setup(settings)
+    explain_setup = build_explain_setup(settings, models)
     attribution_pb2_grpc.add_AttributionServiceServicer_to_server(
         AttributionServicer(models, explain_setup.catalog), server)
     explain_pb2_grpc.add_ExplainServiceServicer_to_server(ExplainServicer(models, explain_setup), server)

@@ -625,13 +625,17 @@ def _topk_union(fams: list[_Family], k: int, n_rows: int) -> list[tuple[int, tup
     return chosen
 
 
-def _token_scores(runner: ModelRunner, scores: torch.Tensor, k: int,
-                  largest: bool) -> tuple[TokenScore, ...]:
+def _token_scores_rows(runner: ModelRunner, scores: torch.Tensor, k: int,
+                       largest: bool) -> list[tuple[TokenScore, ...]]:
+    """:func:`_token_scores` for each row of ``scores`` [n, vocab], with one top-k."""
     if k <= 0:
-        return ()
-    vals, idx = scores.topk(min(k, scores.numel()), largest=largest)
-    strs = runner.token_strings(idx.tolist())
-    return tuple(TokenScore(int(i), s, float(v)) for i, s, v in zip(idx.tolist(), strs, vals.tolist()))
+        return [() for _ in range(scores.shape[0])]
+    vals, idx = scores.topk(min(k, scores.shape[-1]), dim=-1, largest=largest)
+    out = []
+    for v_row, i_row in zip(vals.tolist(), idx.tolist(), strict=True):
+        strs = runner.token_strings(i_row)
+        out.append(tuple(TokenScore(int(i), s, float(v)) for i, s, v in zip(i_row, strs, v_row)))
+    return out
 
 
 def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
@@ -731,24 +735,33 @@ def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
     att, out, losses, grads, fams = cols.att, cols.out, cols.losses, cols.grads, cols.families
     with torch.no_grad():
         chosen = _topk_union(fams, spec.top_k, att.n_rows)
+        w_u = runner.adapter.W_U().float()
+        gain = runner.adapter.final_norm().gain()
+        nodes = [(fams[fam_i], idx) for fam_i, idx in chosen]
+        # Every chosen node's write read through the unembedding in one product (one pass over
+        # W_U), and every chosen neuron's input tokens in another.
+        writes = [(i, f.write(0, idx)) for i, (f, idx) in enumerate(nodes)
+                  if spec.node_tokens and f.write is not None]
+        logit_vecs: dict[int, tuple[tuple[TokenScore, ...], tuple[TokenScore, ...]]] = {}
+        if writes:
+            stacked = torch.stack([w.float() for _, w in writes])  # [n, d_model]
+            if gain is not None:
+                stacked = stacked * gain.float()
+            vecs = stacked @ w_u  # [n, vocab]
+            vecs = vecs - vecs.mean(-1, keepdim=True)
+            ups = _token_scores_rows(runner, vecs, spec.node_tokens, True)
+            downs = _token_scores_rows(runner, vecs, spec.node_tokens, False)
+            logit_vecs = {i: (ups[j], downs[j]) for j, (i, _) in enumerate(writes)}
+        neurons = [(i, f.layer or 0, idx[1]) for i, (f, idx) in enumerate(nodes)
+                   if spec.node_tokens and f.name == "mlp_neuron"]
+        inputs = _neuron_input_tokens(runner, [(layer, n) for _, layer, n in neurons],
+                                      spec.node_tokens)
+        input_of = {i: inputs[j] for j, (i, _, _) in enumerate(neurons)}
         rows_out = []
-        w_u, b_u = runner.adapter.W_U().float(), runner.adapter.b_U()
-        ln_f = runner.adapter.final_norm()
-        gain = ln_f.gain()
-        readout = w_u * (gain.float()[:, None] if gain is not None else 1.0)  # [d_model, vocab]
-        for fam_i, idx in chosen:
-            f = fams[fam_i]
-            node = f.decode(idx)
+        for i, (f, idx) in enumerate(nodes):
             values = tuple({c: float(f.columns[c][r][idx]) for c in COLUMNS} for r in range(att.n_rows))
-            up = down = inp = ()
-            if spec.node_tokens and f.write is not None:
-                logit_vec = f.write(0, idx).float() @ readout  # [vocab]
-                logit_vec = logit_vec - logit_vec.mean()
-                up = _token_scores(runner, logit_vec, spec.node_tokens, True)
-                down = _token_scores(runner, logit_vec, spec.node_tokens, False)
-            if spec.node_tokens and f.name == "mlp_neuron":
-                inp = _neuron_input_tokens(runner, f.layer or 0, idx[1], spec.node_tokens)
-            rows_out.append(NodeRow(node, values, up, down, inp))
+            up, down = logit_vecs.get(i, ((), ()))
+            rows_out.append(NodeRow(f.decode(idx), values, up, down, input_of.get(i, ())))
         # the parts of the loss no node writes
         d = grads[att.point.site][: att.n_rows].float()
         if att.point.position is not None:
@@ -779,16 +792,34 @@ def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
         loss_position=att.loss_position(), stats={"nodes_ranked": float(n_nodes)})
 
 
-def _neuron_input_tokens(runner: ModelRunner, layer: int, neuron: int,
-                         k: int) -> tuple[TokenScore, ...]:
-    """Tokens whose embedding, read through the MLP's input (norm gain, W_in column), most
-    activates the neuron's pre-activation (TDB's "input tokens that upvote", weights only)."""
-    w_in = runner.adapter.W_in(layer)  # [d_model, d_mlp]
-    col = w_in[:, neuron].float()
-    gain = runner.adapter.mlp_in_norm(layer).gain()
-    if gain is not None:
-        col = col * gain.float()
+def _neuron_input_tokens(runner: ModelRunner, neurons: list[tuple[int, int]],
+                         k: int) -> list[tuple[TokenScore, ...]]:
+    """For each (layer, neuron): the tokens whose embedding, read through the MLP's input (norm
+    gain, W_in column), most activates the neuron's pre-activation (TDB's "input tokens that
+    upvote", weights only). One product over the embedding for all neurons."""
+    if not neurons:
+        return []
     emb = runner.adapter.W_E().float()  # [vocab, d_model]
-    emb = emb - emb.mean(-1, keepdim=True) if runner.adapter.mlp_in_norm(layer).kind == "layernorm" else emb
-    scores = emb @ col / emb.norm(dim=-1).clamp_min(1e-12) * math.sqrt(emb.shape[-1])
-    return _token_scores(runner, scores, k, True)
+    d = emb.shape[-1]
+    mean = emb.mean(-1, keepdim=True)  # [vocab, 1]
+    sq = emb.pow(2).sum(-1)  # [vocab]
+    scale = math.sqrt(d) / sq.sqrt().clamp_min(1e-12)  # [vocab]: each token's embedding, unit RMS
+    scale_c = math.sqrt(d) / (sq - d * mean[:, 0].pow(2)).clamp_min(0).sqrt().clamp_min(1e-12)
+    centered = None
+    cols, centering = [], []
+    for layer, neuron in neurons:
+        col = runner.adapter.W_in(layer)[:, neuron].float()  # [d_model]
+        norm = runner.adapter.mlp_in_norm(layer)
+        gain = norm.gain()
+        cols.append(col * gain.float() if gain is not None else col)
+        centering.append(norm.kind == "layernorm")
+    w = torch.stack(cols, dim=1)  # [d_model, n]
+    raw = emb @ w  # [vocab, n]
+    if any(centering):
+        # LayerNorm removes the embedding's mean: (e - mean(e)) . w = e . w - mean(e) * sum(w)
+        centered = raw - mean * w.sum(0, keepdim=True)
+    scores = raw * scale[:, None]  # [vocab, n]
+    if centered is not None:
+        use = torch.tensor(centering, device=raw.device)
+        scores = torch.where(use[None, :], centered * scale_c[:, None], scores)
+    return _token_scores_rows(runner, scores.T, k, True)

@@ -240,3 +240,32 @@ def test_unequal_prompts_and_unknown_families_are_refused(tiny_runner, tokens):
         attribute(tiny_runner, AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=loss, families=("x",)))
     with pytest.raises(errors.NotFoundError, match="not available"):
         attribute(tiny_runner, AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=loss, families=("sae_latent",)))
+
+
+def test_neuron_rows_read_their_tokens_from_the_hf_weights(tiny_runner, tokens):
+    """A neuron row's pushed-up/down output tokens are its W_out row times ln_f's gain times
+    W_U (mean-subtracted); its input tokens are the LayerNorm-centred, unit-RMS embeddings read
+    through ln_2's gain and its W_in column: both recomputed from the HF modules."""
+    spec = AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss(tokens[:1], tokens[1:]),
+                         top_k=3, families=("mlp_neuron",), node_tokens=4)
+    table = attribute(tiny_runner, spec)
+    hf = tiny_runner.adapter.model
+    emb = hf.transformer.wte.weight.detach().double()  # [vocab, d_model]
+    centred = emb - emb.mean(-1, keepdim=True)
+    unit = centred / centred.norm(dim=-1, keepdim=True) * emb.shape[-1] ** 0.5
+    checked = 0
+    for row in table.rows:
+        block = hf.transformer.h[row.node.layer]
+        n = row.node.index
+        write = block.mlp.c_proj.weight.detach().double()[n]  # Conv1D: [d_mlp, d_model]
+        logits = (write * hf.transformer.ln_f.weight.double()) @ hf.lm_head.weight.detach().double().T
+        logits = logits - logits.mean()
+        assert [t.token_id for t in row.upvoted] == logits.topk(4).indices.tolist()
+        assert [t.token_id for t in row.downvoted] == logits.topk(4, largest=False).indices.tolist()
+        col = block.mlp.c_fc.weight.detach().double()[:, n] * block.ln_2.weight.double()
+        scores = unit @ col
+        assert [t.token_id for t in row.input_tokens] == scores.topk(4).indices.tolist()
+        assert torch.allclose(torch.tensor([t.score for t in row.input_tokens], dtype=torch.double),
+                              scores.topk(4).values, rtol=1e-4, atol=1e-5)
+        checked += 1
+    assert checked >= 3

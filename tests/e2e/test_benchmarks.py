@@ -1,0 +1,29 @@
+"""Benchmarks run end to end at toy sizes and print one JSON object last (figures not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_explain_benchmark_mines_the_same_records_in_one_pass() -> None:
+    """Many nodes in one pass give exactly the records of one node per pass."""
+    res = _run("explain", "--nodes", "3", "--docs", "24")
+    assert res["benchmark"] == "explain" and res["nodes"] == 3 and res["same_records"] is True
+    assert res["one_pass_s"] > 0 and res["one_node_per_pass_s"] > 0
+
+
+def test_unknown_benchmark_is_a_usage_error() -> None:
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "nope"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "usage: python -m benchmarks" in out.stderr
