@@ -169,7 +169,10 @@ def _make_splice(att: AttachedSae) -> Splice:
                 ctx.observe(att.recons, recon)
                 ctx.observe(att.error, rows.to(recon.dtype) - recon)
             return x  # reading latents never changes the model
-        z_new = ctx.point(att.acts, z)
+        # The latents as their own graph node: the error term below uses ``z`` itself, so the
+        # gradient at the node is the decoder path's alone (total effect = z * W_dec . grad),
+        # while the site's input still gets its exact gradient (error + decode path = identity).
+        z_new = ctx.point(att.acts, z.clone())
         error = ctx.point(att.error, rows.to(sae.dtype) - sae.decode(z, stats))  # in the graph
         recon = ctx.point(att.recons, sae.decode(z_new, stats))
         return (recon + error).to(dtype).reshape(shape)

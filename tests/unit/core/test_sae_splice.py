@@ -123,3 +123,41 @@ def test_attach_refuses_mismatches(tiny_loaded):
         runner.attach_sae("a", _sae(64), "x.pt", site="blocks.0.hook_resid_post")
     with pytest.raises(errors.NotFoundError, match="not attached"):
         runner.get_sae("zzz")
+
+
+def test_latent_total_effect_is_activation_times_its_own_gradient(sae_runner, tiny_runner):
+    """A latent's total effect is z_i times d loss / d z_i with the latents as their own node (the
+    error term held at its value), recomputed by hand on the HF model; and nodes upstream of the
+    SAE keep exactly the gradient they have without it."""
+    t, d = sae_runner.single_token(" Mary"), sae_runner.single_token(" John")
+    spec = AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)),
+                         freeze_norm_scale=False)  # the plain gradient, as autograd gives it
+    cols = compute_columns(sae_runner, spec)
+    res1 = next(f for f in cols.families if f.name == "sae_latent" and f.decode((0, 0)).sae == "res1")
+    ids = torch.tensor([attribute(sae_runner, spec).prompts[0].token_ids])
+    sae = sae_runner.get_sae("res1").sae
+    hf = sae_runner.adapter.model
+    z_var = {}
+
+    def splice(module, args):
+        x = args[0]
+        z = sae.encode(x).detach().requires_grad_(True)
+        z_var["z"] = z
+        recon = sae.decode(z)
+        return (x + recon - recon.detach(),)
+
+    handle = hf.transformer.h[1].register_forward_pre_hook(splice)
+    try:
+        logits = hf(input_ids=ids).logits[0, -1]
+        (logits[t] - logits[d]).backward()
+    finally:
+        handle.remove()
+    z = z_var["z"]
+    want = (z * z.grad)[0].detach()
+    got = res1.columns["total_effect"][0]
+    assert float(want.abs().max()) > 1e-3
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    plain = compute_columns(tiny_runner, spec)
+    emb = next(f for f in cols.families if f.name == "embedding").columns["total_effect"]
+    emb_plain = next(f for f in plain.families if f.name == "embedding").columns["total_effect"]
+    torch.testing.assert_close(emb, emb_plain, atol=1e-5, rtol=1e-4)
