@@ -1,8 +1,10 @@
-"""Helpers to run a server in-process for benchmarks."""
+"""Helpers to run a server for benchmarks: in this process, or in a child process (as a real
+client and server are), forked after the model is built."""
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 from collections.abc import Iterator
 
 from services.registry import ModelRegistry
@@ -25,3 +27,29 @@ def serving(*runners: ModelRunner) -> Iterator[Service]:
         yield svc
     finally:
         svc.stop(0)
+
+
+def _serve_child(runner: ModelRunner, port_out, stop) -> None:
+    with serving(runner) as svc:
+        port_out.send(svc.port)
+        stop.wait()
+
+
+@contextlib.contextmanager
+def serving_in_child(runner: ModelRunner) -> Iterator[int]:
+    """Serve ``runner`` from a forked child process; yields the port. Call before this process
+    creates any gRPC channel (gRPC does not survive a fork)."""
+    ctx = multiprocessing.get_context("fork")
+    port_in, port_out = ctx.Pipe(duplex=False)
+    stop = ctx.Event()
+    child = ctx.Process(target=_serve_child, args=(runner, port_out, stop), daemon=True)
+    child.start()
+    try:
+        if not port_in.poll(120):
+            raise RuntimeError("benchmark server did not start")
+        yield int(port_in.recv())
+    finally:
+        stop.set()
+        child.join(30)
+        if child.is_alive():
+            child.kill()

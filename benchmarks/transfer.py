@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import ByteTokenizer, emit, gpt2_config, random_model
-from benchmarks.service import BIG_LIMITS, serving
+from benchmarks.service import BIG_LIMITS, serving, serving_in_child
 from tdb_core.runner import Limits, ModelRunner
 
 
@@ -27,6 +27,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks transfer")
     p.add_argument("--mib", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--in-process", action="store_true",
+                   help="serve from this process (client and server then share one GIL)")
     args = p.parse_args(argv)
 
     import adapters
@@ -45,7 +47,9 @@ def main(argv: list[str]) -> int:
     req = ipb.ForwardRequest(prompts=[prompt_pb(r) for r in ids], captures=[capture_pb("logits")], top_k=0)
     rates, arr = [], None
     import grpc
-    with serving(runner) as svc, grpc.insecure_channel(f"127.0.0.1:{svc.port}") as ch:
+    server = serving(runner) if args.in_process else serving_in_child(runner)
+    with server as svc, grpc.insecure_channel(
+            f"127.0.0.1:{svc if isinstance(svc, int) else svc.port}") as ch:
         stub = ipb_grpc.InferenceServiceStub(ch)
         for _ in range(args.repeats + 1):
             stream = stub.Forward(req)
@@ -63,7 +67,8 @@ def main(argv: list[str]) -> int:
     back = np.asarray(json.loads(json.dumps(sample.tolist())), dtype=np.float32)
     json_rate = sample.nbytes / (time.perf_counter() - start) / 1e6
     assert back.shape == sample.shape
-    emit({"benchmark": "transfer", "mib": round(arr.nbytes / 2**20, 1),
+    emit({"benchmark": "transfer", "server": "in-process" if args.in_process else "child process",
+          "mib": round(arr.nbytes / 2**20, 1),
           "grpc_stream_mb_s": round(statistics.median(rates), 1),
           "json_mb_s": round(json_rate, 2),
           "speedup_vs_json": round(statistics.median(rates) / json_rate, 1),

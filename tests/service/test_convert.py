@@ -50,6 +50,32 @@ def test_large_tensors_stream_in_chunks_and_reassemble():
     np.testing.assert_array_equal(asm.array(header.positions), small.numpy())
 
 
+def test_a_stream_that_overruns_or_ends_short_is_an_error_not_a_wrong_array():
+    """The assembler sizes each stream from the header; too many bytes or too few raise."""
+    sink = convert.TensorSink(inline_budget=0, chunk_bytes=1000)
+    header = cpb.CaptureResult(site="x")
+    sink.put(header.values, torch.randn(10, 100))  # 4,000 bytes, 4 chunks
+    chunks = list(sink.chunks())
+    short = StreamAssembler(header)
+    for c in chunks[:-1]:
+        short.add(c)
+    with pytest.raises(ValueError, match="ended after 3000 of 4000 bytes"):
+        short.array(header.values)
+    over = StreamAssembler(header)
+    for c in chunks:
+        over.add(c)
+    with pytest.raises(ValueError, match="sent 5000 bytes for a tensor of 4000"):
+        over.add(chunks[0])
+    bf16 = cpb.CaptureResult(site="y")
+    sink2 = convert.TensorSink(inline_budget=0, chunk_bytes=64)
+    value = torch.randn(3, 50).to(torch.bfloat16)
+    sink2.put(bf16.values, value)
+    asm = StreamAssembler(bf16)
+    for c in sink2.chunks():
+        asm.add(c)
+    np.testing.assert_array_equal(asm.array(bf16.values), value.float().numpy())
+
+
 def test_bad_tensors_are_invalid_arguments():
     """Byte counts that do not match the shape, unknown dtypes and streamed request tensors fail."""
     for msg in (cpb.Tensor(dtype=cpb.DTYPE_FLOAT32, shape=[3], data=b"\0" * 8),

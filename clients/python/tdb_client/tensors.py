@@ -48,24 +48,53 @@ def _tensors(msg: Message) -> Iterator[cpb.Tensor]:
                 yield from _tensors(v)
 
 
+def _nbytes(msg: cpb.Tensor) -> int | None:
+    """The byte count a tensor's shape and dtype imply (None for an unknown dtype)."""
+    itemsize = 2 if msg.dtype == cpb.DTYPE_BFLOAT16 else (
+        _NP_DTYPES[msg.dtype].itemsize if msg.dtype in _NP_DTYPES else None)
+    return None if itemsize is None else int(np.prod(tuple(msg.shape), dtype=np.int64)) * itemsize
+
+
 class StreamAssembler:
-    """Collects TensorChunk data for a header's streamed tensors."""
+    """Collects TensorChunk data for a header's streamed tensors.
+
+    Each streamed tensor's buffer is allocated once at its final size (known from the header's
+    shape and dtype) and chunks are written into it in place; a stream that overruns its size, or
+    ends short of it, is an error rather than a wrong array."""
 
     def __init__(self, header: Message) -> None:
         self.header = header
         self._data: dict[int, bytearray] = {}
+        self._filled: dict[int, int] = {}
         for t in _tensors(header):
             if t.HasField("stream_id"):
-                self._data[t.stream_id] = bytearray()
+                size = _nbytes(t)
+                self._data[t.stream_id] = bytearray(size or 0)
+                self._filled[t.stream_id] = 0 if size is not None else -1  # -1: grow as it comes
 
     def add(self, chunk: cpb.TensorChunk) -> None:
-        if chunk.stream_id not in self._data:
-            raise ValueError(f"chunk for unknown stream id {chunk.stream_id}")
-        self._data[chunk.stream_id] += chunk.data
+        sid = chunk.stream_id
+        if sid not in self._data:
+            raise ValueError(f"chunk for unknown stream id {sid}")
+        start = self._filled[sid]
+        if start < 0:
+            self._data[sid] += chunk.data
+            return
+        data = chunk.data
+        end = start + len(data)
+        buf = self._data[sid]
+        if end > len(buf):
+            raise ValueError(f"stream {sid} sent {end} bytes for a tensor of {len(buf)}")
+        memoryview(buf)[start:end] = data
+        self._filled[sid] = end
 
     def array(self, msg: cpb.Tensor) -> np.ndarray:
         if msg.HasField("stream_id"):
-            return to_numpy(msg, self._data[msg.stream_id])
+            sid = msg.stream_id
+            filled = self._filled.get(sid, -1)
+            if filled >= 0 and filled != len(self._data[sid]):
+                raise ValueError(f"stream {sid} ended after {filled} of {len(self._data[sid])} bytes")
+            return to_numpy(msg, self._data[sid])
         return to_numpy(msg)
 
 
