@@ -4,6 +4,7 @@ client and server are), forked after the model is built."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 from collections.abc import Iterator
 
@@ -35,10 +36,15 @@ def _serve_child(runner: ModelRunner, port_out, stop) -> None:
         stop.wait()
 
 
+@dataclasses.dataclass(frozen=True)
+class ChildServer:
+    port: int
+
+
 @contextlib.contextmanager
-def serving_in_child(runner: ModelRunner) -> Iterator[int]:
-    """Serve ``runner`` from a forked child process; yields the port. Call before this process
-    creates any gRPC channel (gRPC does not survive a fork)."""
+def serving_in_child(runner: ModelRunner) -> Iterator[ChildServer]:
+    """Serve ``runner`` from a forked child process (``.port`` as :func:`serving`'s). Call before
+    this process creates any gRPC channel (gRPC does not survive a fork)."""
     ctx = multiprocessing.get_context("fork")
     port_in, port_out = ctx.Pipe(duplex=False)
     stop = ctx.Event()
@@ -47,7 +53,7 @@ def serving_in_child(runner: ModelRunner) -> Iterator[int]:
     try:
         if not port_in.poll(120):
             raise RuntimeError("benchmark server did not start")
-        yield int(port_in.recv())
+        yield ChildServer(int(port_in.recv()))
     finally:
         stop.set()
         child.join(30)

@@ -48,8 +48,7 @@ def main(argv: list[str]) -> int:
     rates, arr = [], None
     import grpc
     server = serving(runner) if args.in_process else serving_in_child(runner)
-    with server as svc, grpc.insecure_channel(
-            f"127.0.0.1:{svc if isinstance(svc, int) else svc.port}") as ch:
+    with server as svc, grpc.insecure_channel(f"127.0.0.1:{svc.port}") as ch:
         stub = ipb_grpc.InferenceServiceStub(ch)
         for _ in range(args.repeats + 1):
             stream = stub.Forward(req)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 import grpc
@@ -220,20 +220,26 @@ def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then stop gracefully: NOT_SERVING, drain, exit 0."""
     configure_logging(settings.log_format, settings.log_level)
     log = get_logger("tdb.server")
+    stop = threading.Event()
+    serving = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not serving.is_set():  # still loading models: nothing to drain, stop now
+            raise SystemExit(128 + signum)
+        log.info("shutting down", signal=signal.Signals(signum).name, grace_s=settings.grace_seconds)
+        stop.set()
+
+    # Installed before the server accepts anything: a SIGTERM that arrives while the first
+    # requests run must drain them, not kill the process with the default action.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     service = build_server(settings)
+    serving.set()
     log.info("serving", address=f"{settings.host}:{service.port}",
              models=[r.name for r in service.models.all()], default=service.models.default,
              tls=settings.tls_cert is not None, auth=settings.auth_token_file is not None,
              metrics_address=(f"{settings.host}:{service.metrics.port}" if service.metrics
                               else None))
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("shutting down", signal=signal.Signals(signum).name, grace_s=settings.grace_seconds)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     stop.wait()
     service.stop(settings.grace_seconds)
     log.info("stopped")

@@ -625,9 +625,9 @@ def _topk_union(fams: list[_Family], k: int, n_rows: int) -> list[tuple[int, tup
     return chosen
 
 
-def _token_scores_rows(runner: ModelRunner, scores: torch.Tensor, k: int,
-                       largest: bool) -> list[tuple[TokenScore, ...]]:
-    """:func:`_token_scores` for each row of ``scores`` [n, vocab], with one top-k."""
+def _token_scores(runner: ModelRunner, scores: torch.Tensor, k: int,
+                  largest: bool) -> list[tuple[TokenScore, ...]]:
+    """The ``k`` largest (or smallest) tokens of each row of ``scores`` [n, vocab], one top-k."""
     if k <= 0:
         return [() for _ in range(scores.shape[0])]
     vals, idx = scores.topk(min(k, scores.shape[-1]), dim=-1, largest=largest)
@@ -742,16 +742,16 @@ def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
         # W_U), and every chosen neuron's input tokens in another.
         writes = [(i, f.write(0, idx)) for i, (f, idx) in enumerate(nodes)
                   if spec.node_tokens and f.write is not None]
-        logit_vecs: dict[int, tuple[tuple[TokenScore, ...], tuple[TokenScore, ...]]] = {}
+        pushed: dict[int, tuple[tuple[TokenScore, ...], tuple[TokenScore, ...]]] = {}
         if writes:
             stacked = torch.stack([w.float() for _, w in writes])  # [n, d_model]
             if gain is not None:
                 stacked = stacked * gain.float()
             vecs = stacked @ w_u  # [n, vocab]
             vecs = vecs - vecs.mean(-1, keepdim=True)
-            ups = _token_scores_rows(runner, vecs, spec.node_tokens, True)
-            downs = _token_scores_rows(runner, vecs, spec.node_tokens, False)
-            logit_vecs = {i: (ups[j], downs[j]) for j, (i, _) in enumerate(writes)}
+            ups = _token_scores(runner, vecs, spec.node_tokens, True)
+            downs = _token_scores(runner, vecs, spec.node_tokens, False)
+            pushed = {i: (ups[j], downs[j]) for j, (i, _) in enumerate(writes)}
         neurons = [(i, f.layer or 0, idx[1]) for i, (f, idx) in enumerate(nodes)
                    if spec.node_tokens and f.name == "mlp_neuron"]
         inputs = _neuron_input_tokens(runner, [(layer, n) for _, layer, n in neurons],
@@ -760,7 +760,7 @@ def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
         rows_out = []
         for i, (f, idx) in enumerate(nodes):
             values = tuple({c: float(f.columns[c][r][idx]) for c in COLUMNS} for r in range(att.n_rows))
-            up, down = logit_vecs.get(i, ((), ()))
+            up, down = pushed.get(i, ((), ()))
             rows_out.append(NodeRow(f.decode(idx), values, up, down, input_of.get(i, ())))
         # the parts of the loss no node writes
         d = grads[att.point.site][: att.n_rows].float()
@@ -799,27 +799,20 @@ def _neuron_input_tokens(runner: ModelRunner, neurons: list[tuple[int, int]],
     upvote", weights only). One product over the embedding for all neurons."""
     if not neurons:
         return []
-    emb = runner.adapter.W_E().float()  # [vocab, d_model]
-    d = emb.shape[-1]
-    mean = emb.mean(-1, keepdim=True)  # [vocab, 1]
-    sq = emb.pow(2).sum(-1)  # [vocab]
-    scale = math.sqrt(d) / sq.sqrt().clamp_min(1e-12)  # [vocab]: each token's embedding, unit RMS
-    scale_c = math.sqrt(d) / (sq - d * mean[:, 0].pow(2)).clamp_min(0).sqrt().clamp_min(1e-12)
-    centered = None
-    cols, centering = [], []
+    cols, kinds = [], []
     for layer, neuron in neurons:
         col = runner.adapter.W_in(layer)[:, neuron].float()  # [d_model]
         norm = runner.adapter.mlp_in_norm(layer)
         gain = norm.gain()
         cols.append(col * gain.float() if gain is not None else col)
-        centering.append(norm.kind == "layernorm")
+        kinds.append(norm.kind)
     w = torch.stack(cols, dim=1)  # [d_model, n]
-    raw = emb @ w  # [vocab, n]
-    if any(centering):
-        # LayerNorm removes the embedding's mean: (e - mean(e)) . w = e . w - mean(e) * sum(w)
-        centered = raw - mean * w.sum(0, keepdim=True)
-    scores = raw * scale[:, None]  # [vocab, n]
-    if centered is not None:
-        use = torch.tensor(centering, device=raw.device)
-        scores = torch.where(use[None, :], centered * scale_c[:, None], scores)
-    return _token_scores_rows(runner, scores.T, k, True)
+    emb = runner.adapter.W_E().float()  # [vocab, d_model]
+    scores = torch.empty(emb.shape[0], len(neurons), device=emb.device)  # [vocab, n]
+    for kind in set(kinds):  # one kind per model in practice
+        # what the norm makes of each token's embedding: mean removed for LayerNorm, unit RMS
+        e = emb - emb.mean(-1, keepdim=True) if kind == "layernorm" else emb
+        e = e * (math.sqrt(e.shape[-1]) / e.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        sel = [j for j, k_ in enumerate(kinds) if k_ == kind]
+        scores[:, sel] = e @ w[:, sel]
+    return _token_scores(runner, scores.T, k, True)

@@ -216,7 +216,7 @@ def document_batches(
 
     A share ``offset_fraction`` of the rows is placed at a random offset in the context (through
     the position ids, so no extra compute): position 0 stays the common case, as it is for a
-    prompt, while every position is trained and circuits cannot rely on absolute positions.
+    prompt, while later positions of the context get some training too.
     """
     while True:
         rows = []
