@@ -238,7 +238,7 @@ def evaluate(
 SHOWCASE: tuple[tuple[str, str], ...] = (
     ("IOI", "When Mary and John went to the store, John gave a drink to"),
     ("IOI", "After Alice and Bob arrived at the park, Bob handed the book to"),
-    ("induction", "Random words: river cloud seven mirror castle honey river cloud seven"),
+    ("induction", "Random words: river cloud seven mirror castle river cloud seven mirror"),
     ("a/an", "Emma put the egg in the box. When I opened the box, I found"),
     ("a/an", "Tom put the kite in the box. When I opened the box, I found"),
 )

@@ -283,7 +283,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Tr
     torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
 
-    tokenizer_texts = corpus.iter_texts(corpus.generate(config.tokenizer_docs, config.seed))
+    tokenizer_docs = corpus.generate(config.tokenizer_docs, config.seed, mix=config.mix)
+    tokenizer_texts = corpus.iter_texts(tokenizer_docs)
     tokenizer = train_tokenizer(tokenizer_texts, config.vocab_size, config.n_positions)
     device = torch.device(config.device)
     model = build_model(config, tokenizer).to(device)
