@@ -26,7 +26,7 @@ from tdb_core.errors import InvalidArgumentError, NotFoundError
 from tdb_core.hooks import ATTENTION_NAME, register_attention_function
 from tdb_core.runner import LoadedModel
 
-__all__ = ["load_model", "wrap_model", "supported_architectures", "resolve_device"]
+__all__ = ["load_model", "resolve_device", "supported_architectures", "wrap_model"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -36,14 +36,21 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise InvalidArgumentError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+        raise InvalidArgumentError(
+            f"unknown device '{device}'; use auto, cpu, cuda or cuda:N"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidArgumentError(f"device '{device}' requested but CUDA is not available")
     return dev
 
 
-def wrap_model(name: str, model: torch.nn.Module, tokenizer: Any, source: str = "<memory>",
-               device: torch.device | None = None) -> LoadedModel:
+def wrap_model(
+    name: str,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    source: str = "<memory>",
+    device: torch.device | None = None,
+) -> LoadedModel:
     """Wrap an already-built HF model (e.g. a random-init one in tests) with its adapter."""
     arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
     cls = adapter_for(arch)
@@ -54,21 +61,32 @@ def wrap_model(name: str, model: torch.nn.Module, tokenizer: Any, source: str = 
     if device is not None:
         model.to(device)
     param = next(model.parameters())
-    return LoadedModel(name=name, source=source, adapter=cls(model), tokenizer=tokenizer,
-                       device=param.device, dtype=param.dtype)
+    return LoadedModel(
+        name=name,
+        source=source,
+        adapter=cls(model),
+        tokenizer=tokenizer,
+        device=param.device,
+        dtype=param.dtype,
+    )
 
 
-def load_model(name: str, source: str, device: str = "cpu",
-               dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_model(
+    name: str, source: str, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> LoadedModel:
     """Load ``source`` (a local directory or a hub id) as model ``name``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
-        where = "local directory" if os.path.isdir(source) else "local directory or reachable hub id"
-        raise NotFoundError(f"cannot load model '{name}' from '{source}': not a {where} with a "
-                            f"config.json ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+        where = (
+            "local directory" if os.path.isdir(source) else "local directory or reachable hub id"
+        )
+        raise NotFoundError(
+            f"cannot load model '{name}' from '{source}': not a {where} with a "
+            f"config.json ({e.__class__.__name__}: {str(e).splitlines()[0]})"
+        ) from None
     arch = (config.architectures or [None])[0]
     adapter_for(arch)  # refuse unsupported architectures before loading any weights
     dev = resolve_device(device)

@@ -84,11 +84,29 @@ def _replace_first(out: Any, x: torch.Tensor) -> Any:
 
 
 _BASE_KINDS = (
-    "hook_embed", "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q",
-    "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
-    "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale",
-    "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post",
-    "hook_mlp_out", "hook_resid_post", "ln_final.hook_scale", "ln_final.hook_normalized", "logits",
+    "hook_embed",
+    "hook_resid_pre",
+    "ln1.hook_scale",
+    "ln1.hook_normalized",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_attn_scores",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "attn.hook_result",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "ln2.hook_scale",
+    "ln2.hook_normalized",
+    "mlp.hook_pre",
+    "mlp.hook_pre_linear",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+    "ln_final.hook_scale",
+    "ln_final.hook_normalized",
+    "logits",
 )
 
 # -- meanings that differ from the generic text of tdb_core.schema, defined once per quirk -------
@@ -101,9 +119,9 @@ GATED_MLP_MEANINGS: dict[str, str] = {
 
 PARALLEL_MEANINGS: dict[str, str] = {
     "hook_attn_out": "attention branch output added to the residual; in this parallel block "
-                     "attention and MLP both read hook_resid_pre (there is no hook_resid_mid)",
+    "attention and MLP both read hook_resid_pre (there is no hook_resid_mid)",
     "hook_mlp_out": "MLP branch output added to the residual; the MLP reads hook_resid_pre "
-                    "(through its pre-norm), not resid_pre + attn_out",
+    "(through its pre-norm), not resid_pre + attn_out",
     "hook_resid_post": "residual leaving the parallel block: resid_pre + attn_out + mlp_out",
 }
 
@@ -113,16 +131,18 @@ SHARED_NORM_MEANINGS: dict[str, str] = {
 
 POST_NORM_MEANINGS: dict[str, str] = {
     "attn.hook_result": "per-head output-projection term z[head] @ W_O[head], without the output "
-                        "bias, before the post-attention norm: sum over heads + b_O is the "
-                        "projection output, and hook_attn_out is that output normalized",
+    "bias, before the post-attention norm: sum over heads + b_O is the "
+    "projection output, and hook_attn_out is that output normalized",
     "hook_attn_out": "output of the post-attention norm applied to the attention projection "
-                     "(what is added to the residual)",
+    "(what is added to the residual)",
     "hook_mlp_out": "output of the post-MLP norm applied to the MLP down projection (what is "
-                    "added to the residual)",
+    "added to the residual)",
 }
 
-SOFTCAP_LOGITS_MEANING = ("next-token logits after final soft-capping: cap * tanh(u / cap), u the "
-                          "unembedding output ln_final.hook_normalized @ W_U")
+SOFTCAP_LOGITS_MEANING = (
+    "next-token logits after final soft-capping: cap * tanh(u / cap), u the "
+    "unembedding output ln_final.hook_normalized @ W_U"
+)
 
 
 class DecoderAdapter(Adapter):
@@ -168,8 +188,12 @@ class DecoderAdapter(Adapter):
         if self.layout.pos_embed is not None:
             keys.insert(1, "hook_pos_embed")
         meanings = self.site_meanings()
-        kinds = tuple(replace(SITE_KIND_BY_KEY[k], meaning=meanings[k]) if k in meanings
-                      else SITE_KIND_BY_KEY[k] for k in keys)
+        kinds = tuple(
+            replace(SITE_KIND_BY_KEY[k], meaning=meanings[k])
+            if k in meanings
+            else SITE_KIND_BY_KEY[k]
+            for k in keys
+        )
         return ModelSchema(self.dims, kinds)
 
     def _has_kind(self, key: str) -> bool:
@@ -233,9 +257,13 @@ class DecoderAdapter(Adapter):
     def norm_of(self, module: torch.nn.Module) -> Norm:
         eps = getattr(module, "eps", None)
         if eps is None:
-            eps = getattr(module, "variance_epsilon")
-        return Norm(self.norm_kind, float(eps), getattr(module, "weight", None),
-                    getattr(module, "bias", None))
+            eps = module.variance_epsilon
+        return Norm(
+            self.norm_kind,
+            float(eps),
+            getattr(module, "weight", None),
+            getattr(module, "bias", None),
+        )
 
     def final_norm(self) -> Norm:
         return self.norm_of(_get(self.model, self.layout.ln_final))
@@ -266,9 +294,11 @@ class DecoderAdapter(Adapter):
         if ctx.wants("hook_embed"):
             fwd(_get(m, lay.embed), lambda mod, args, out: ctx.point("hook_embed", out))
         if lay.pos_embed is not None and ctx.wants("hook_pos_embed"):
+
             def pos_hook(mod: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
                 batch = ctx.lengths.shape[0]
                 return ctx.point("hook_pos_embed", out.expand(batch, *out.shape[1:]))
+
             fwd(_get(m, lay.pos_embed), pos_hook)
 
         for layer, block in enumerate(self._blocks):
@@ -283,18 +313,30 @@ class DecoderAdapter(Adapter):
                 def logits_hook(mod: Any, args: Any, out: Any) -> Any:
                     out.logits = ctx.point("logits", out.logits)  # [B, T, vocab]
                     return out
+
                 fwd(m, logits_hook)
         return handles
 
-    def _install_block(self, ctx: HookContext, layer: int, block: torch.nn.Module,
-                       fwd: Callable[..., None], pre: Callable[..., None]) -> None:
+    def _install_block(
+        self,
+        ctx: HookContext,
+        layer: int,
+        block: torch.nn.Module,
+        fwd: Callable[..., None],
+        pre: Callable[..., None],
+    ) -> None:
         lay = self.layout
         p = f"blocks.{layer}."
-        resid_pre, resid_mid, resid_post = p + "hook_resid_pre", p + "hook_resid_mid", p + "hook_resid_post"
+        resid_pre, resid_mid, resid_post = (
+            p + "hook_resid_pre",
+            p + "hook_resid_mid",
+            p + "hook_resid_post",
+        )
         attn_out, mlp_out = p + "hook_attn_out", p + "hook_mlp_out"
         mid_edit = ctx.has_edit(resid_mid)
 
         if ctx.wants(resid_pre) or mid_edit:
+
             def block_pre(mod: Any, args: tuple, kwargs: dict) -> Any:
                 if args:
                     x = ctx.point(resid_pre, args[0])
@@ -303,15 +345,18 @@ class DecoderAdapter(Adapter):
                 x = ctx.point(resid_pre, kwargs["hidden_states"])
                 ctx.stash[("resid_pre", layer)] = x
                 return args, {**kwargs, "hidden_states": x}
+
             pre(block, block_pre)
 
         self._install_norm(ctx, _get(block, lay.ln1), p + "ln1", fwd)
         if lay.ln2 is not None:
             self._install_norm(ctx, _get(block, lay.ln2), p + "ln2", fwd)
             if ctx.wants(resid_mid):
+
                 def ln2_pre(mod: Any, args: tuple, kwargs: dict) -> None:
                     x = args[0] if args else kwargs["hidden_states"]
                     ctx.observe(resid_mid, x)
+
                 pre(_get(block, lay.ln2), ln2_pre)
 
         result = p + "attn.hook_result"
@@ -330,9 +375,11 @@ class DecoderAdapter(Adapter):
                 b_o = self.b_O(layer)
                 new = res.sum(2)  # [B, T, d_model]
                 return new if b_o is None else new + b_o
+
             fwd(o_proj, o_proj_hook)
 
         if ctx.wants(attn_out) or mid_edit:
+
             def attn_out_hook(mod: Any, args: tuple, out: Any) -> Any:
                 a = ctx.point(attn_out, _first(out))
                 if mid_edit:
@@ -340,31 +387,49 @@ class DecoderAdapter(Adapter):
                     mid = ctx.edit(resid_mid, a + r)  # what the block will compute, edited
                     a = mid - r
                 return _replace_first(out, a)
+
             fwd(_get(block, lay.post_attn_norm or lay.attn), attn_out_hook)
 
         self._install_mlp(ctx, layer, block, fwd, pre)
 
         if ctx.wants(mlp_out):
-            fwd(_get(block, lay.post_mlp_norm or lay.mlp),
-                lambda mod, args, out: _replace_first(out, ctx.point(mlp_out, _first(out))))
+            fwd(
+                _get(block, lay.post_mlp_norm or lay.mlp),
+                lambda mod, args, out: _replace_first(out, ctx.point(mlp_out, _first(out))),
+            )
         if ctx.wants(resid_post):
-            fwd(block, lambda mod, args, out: _replace_first(out, ctx.point(resid_post, _first(out))))
+            fwd(
+                block,
+                lambda mod, args, out: _replace_first(out, ctx.point(resid_post, _first(out))),
+            )
 
-    def _install_mlp(self, ctx: HookContext, layer: int, block: torch.nn.Module,
-                     fwd: Callable[..., None], pre: Callable[..., None]) -> None:
+    def _install_mlp(
+        self,
+        ctx: HookContext,
+        layer: int,
+        block: torch.nn.Module,
+        fwd: Callable[..., None],
+        pre: Callable[..., None],
+    ) -> None:
         lay = self.layout
         p = f"blocks.{layer}.mlp."
         if ctx.wants(p + "hook_pre"):
             fwd(_get(block, lay.mlp_in), lambda mod, args, out: ctx.point(p + "hook_pre", out))
         if lay.mlp_up is not None and ctx.wants(p + "hook_pre_linear"):
-            fwd(_get(block, lay.mlp_up), lambda mod, args, out: ctx.point(p + "hook_pre_linear", out))
+            fwd(
+                _get(block, lay.mlp_up),
+                lambda mod, args, out: ctx.point(p + "hook_pre_linear", out),
+            )
         if ctx.wants(p + "hook_post"):
+
             def post_hook(mod: Any, args: tuple, kwargs: dict) -> Any:
                 return (ctx.point(p + "hook_post", args[0]), *args[1:]), kwargs
+
             pre(_get(block, lay.mlp_out), post_hook)
 
-    def _install_norm(self, ctx: HookContext, module: torch.nn.Module, name: str,
-                      fwd: Callable[..., None]) -> None:
+    def _install_norm(
+        self, ctx: HookContext, module: torch.nn.Module, name: str, fwd: Callable[..., None]
+    ) -> None:
         """Hooks of a norm: ``{name}.hook_scale`` (derived) and ``{name}.hook_normalized``."""
         scale_site, norm_site = name + ".hook_scale", name + ".hook_normalized"
         freeze = ctx.freezes(name)
@@ -385,5 +450,5 @@ class DecoderAdapter(Adapter):
                     linear = norm.apply(x, norm.scale(x).detach())
                     out = out.detach() + (linear - linear.detach())
             return ctx.point(norm_site, out)
-        fwd(module, norm_hook)
 
+        fwd(module, norm_hook)

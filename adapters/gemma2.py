@@ -25,6 +25,8 @@ Quirks, beside the code that needs them:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from adapters.base import DecoderAdapter, Layout
@@ -51,14 +53,14 @@ class Gemma2Adapter(DecoderAdapter):
         ln_final="model.norm",
         unembed="lm_head",
     )
-    meanings = {
+    meanings: ClassVar[dict[str, str]] = {
         "hook_embed": "token embedding times sqrt(d_model) (Gemma's embedding scale; W_E includes "
-                      "it): what the residual stream receives",
+        "it): what the residual stream receives",
         "attn.hook_q": "queries, after rotary embedding, before the query_pre_attn_scalar**-0.5 "
-                       "scaling",
+        "scaling",
         "attn.hook_attn_scores": "attention scores: q.k * query_pre_attn_scalar**-0.5, soft-capped "
-                                 "as cap * tanh(s / cap), masked (causal, and the sliding window on "
-                                 "sliding layers), pre-softmax; masked entries are -inf",
+        "as cap * tanh(s / cap), masked (causal, and the sliding window on "
+        "sliding layers), pre-softmax; masked entries are -inf",
         "ln2.hook_normalized": "output of pre_feedforward_layernorm (gain 1 + w), the MLP input",
     }
 

@@ -17,6 +17,8 @@ Quirks, beside the code that needs them:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from adapters.base import DecoderAdapter, Layout
 from tdb_core.adapter import register_adapter
 
@@ -38,9 +40,9 @@ class GPTNeoXAdapter(DecoderAdapter):
         ln_final="gpt_neox.final_layer_norm",
         unembed="lm_head",
     )
-    meanings = {
+    meanings: ClassVar[dict[str, str]] = {
         "ln2.hook_normalized": "output of the MLP pre-norm (HF post_attention_layernorm), the MLP "
-                               "input; in a parallel block it normalizes hook_resid_pre",
+        "input; in a parallel block it normalizes hook_resid_pre",
     }
 
     @property

@@ -26,9 +26,14 @@ def main(argv: list[str]) -> int:
 
     runner = _runner(args.model)
     d = runner.schema.dims
-    sets = {f"L{i % d.n_layers}H{(i // d.n_layers) % d.n_heads}":
-            [iv.zero(f"blocks.{i % d.n_layers}.attn.hook_z[head={(i // d.n_layers) % d.n_heads},pos=-1]")]
-            for i in range(args.sets)}
+    sets = {
+        f"L{i % d.n_layers}H{(i // d.n_layers) % d.n_heads}": [
+            iv.zero(
+                f"blocks.{i % d.n_layers}.attn.hook_z[head={(i // d.n_layers) % d.n_heads},pos=-1]"
+            )
+        ]
+        for i in range(args.sets)
+    }
     prompt = PROMPTS[0]
     with serving(runner) as svc, TdbClient(f"127.0.0.1:{svc.port}") as c:
         c.ablate(prompt, dict(list(sets.items())[:2]))
@@ -42,7 +47,14 @@ def main(argv: list[str]) -> int:
                 c.forward(prompt, interventions=ivs)
             separate.append(time.perf_counter() - start)
     b, s = min(batched), min(separate)
-    emit({"benchmark": "ablate", "model": args.model, "sets": len(sets),
-          "batched_ablate_ms": round(b * 1e3, 1), "separate_forwards_ms": round(s * 1e3, 1),
-          "speedup": round(s / b, 3)})
+    emit(
+        {
+            "benchmark": "ablate",
+            "model": args.model,
+            "sets": len(sets),
+            "batched_ablate_ms": round(b * 1e3, 1),
+            "separate_forwards_ms": round(s * 1e3, 1),
+            "speedup": round(s / b, 3),
+        }
+    )
     return 0

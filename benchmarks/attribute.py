@@ -29,12 +29,19 @@ def main(argv: list[str]) -> int:
 
     config = gpt2_config("small")
     plain = random_model(config)
-    runner = ModelRunner(adapters.wrap_model("gpt2-small", copy.deepcopy(plain), ByteTokenizer()),
-                         Limits(**BIG_LIMITS))
-    ids = torch.randint(1, config.vocab_size, (1, args.seq), generator=torch.Generator().manual_seed(0))
-    spec = AttributeSpec(prompt=specs.Prompt(token_ids=tuple(ids[0].tolist())),
-                         loss=LogitDiffLoss((11,), (12,)), top_k=10,
-                         families=tuple(f for f in args.families.split(",") if f))
+    runner = ModelRunner(
+        adapters.wrap_model("gpt2-small", copy.deepcopy(plain), ByteTokenizer()),
+        Limits(**BIG_LIMITS),
+    )
+    ids = torch.randint(
+        1, config.vocab_size, (1, args.seq), generator=torch.Generator().manual_seed(0)
+    )
+    spec = AttributeSpec(
+        prompt=specs.Prompt(token_ids=tuple(ids[0].tolist())),
+        loss=LogitDiffLoss((11,), (12,)),
+        top_k=10,
+        families=tuple(f for f in args.families.split(",") if f),
+    )
     probe = plain.transformer.wte.weight
 
     def run_plain() -> None:
@@ -50,14 +57,23 @@ def main(argv: list[str]) -> int:
         attribute(runner, spec)
 
     del probe
-    t = interleaved_medians({"plain": run_plain, "fwd_grad": run_fwd_grad, "table": run_table},
-                            args.repeats, warmup=1)
+    t = interleaved_medians(
+        {"plain": run_plain, "fwd_grad": run_fwd_grad, "table": run_table}, args.repeats, warmup=1
+    )
     res = attribute(runner, spec)
-    emit({"benchmark": "attribute", "seq": args.seq, "families": args.families or "all", "plain_ms": round(t["plain"] * 1e3, 1),
-          "forward_plus_grad_ms": round(t["fwd_grad"] * 1e3, 1),
-          "node_table_ms": round(t["table"] * 1e3, 1),
-          "ratio_table_vs_forward": round(t["table"] / t["plain"], 3),
-          "ratio_forward_grad_vs_forward": round(t["fwd_grad"] / t["plain"], 3),
-          "nodes_ranked": int(res.stats["nodes_ranked"]), "rows": len(res.rows),
-          "target_ratio": 2.5})
+    emit(
+        {
+            "benchmark": "attribute",
+            "seq": args.seq,
+            "families": args.families or "all",
+            "plain_ms": round(t["plain"] * 1e3, 1),
+            "forward_plus_grad_ms": round(t["fwd_grad"] * 1e3, 1),
+            "node_table_ms": round(t["table"] * 1e3, 1),
+            "ratio_table_vs_forward": round(t["table"] / t["plain"], 3),
+            "ratio_forward_grad_vs_forward": round(t["fwd_grad"] / t["plain"], 3),
+            "nodes_ranked": int(res.stats["nodes_ranked"]),
+            "rows": len(res.rows),
+            "target_ratio": 2.5,
+        }
+    )
     return 0

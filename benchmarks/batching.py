@@ -16,10 +16,12 @@ from benchmarks.common import ByteTokenizer, emit, gpt2_config, random_model
 from benchmarks.service import BIG_LIMITS, serving
 from tdb_core.runner import Limits, ModelRunner
 
-PROMPTS = ["When Mary and John went to the store, John gave a drink to",
-           "The quick brown fox jumps over the lazy dog while the cat sleeps",
-           "I ate an apple and then a banana at the station near the river",
-           "After the meeting, Sarah and Tom walked to the park and Tom said hi to"]
+PROMPTS = [
+    "When Mary and John went to the store, John gave a drink to",
+    "The quick brown fox jumps over the lazy dog while the cat sleeps",
+    "I ate an apple and then a banana at the station near the river",
+    "After the meeting, Sarah and Tom walked to the park and Tom said hi to",
+]
 
 
 def _runner(name: str) -> ModelRunner:
@@ -27,10 +29,13 @@ def _runner(name: str) -> ModelRunner:
 
     if name == "toy":
         from tdb_core.toy import TOY_MODEL_DIR
+
         return ModelRunner(adapters.load_model("toy", str(TOY_MODEL_DIR)), Limits(**BIG_LIMITS))
     config = gpt2_config("small")
-    return ModelRunner(adapters.wrap_model("gpt2-small", random_model(config), ByteTokenizer()),
-                       Limits(**BIG_LIMITS))
+    return ModelRunner(
+        adapters.wrap_model("gpt2-small", random_model(config), ByteTokenizer()),
+        Limits(**BIG_LIMITS),
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -58,6 +63,7 @@ def main(argv: list[str]) -> int:
 
             def work(i: int) -> None:
                 clients[i % args.clients].forward(PROMPTS[i % 4], capture=cap)
+
             with ThreadPoolExecutor(args.clients) as pool:
                 start = time.perf_counter()
                 list(pool.map(work, range(args.requests)))
@@ -65,10 +71,18 @@ def main(argv: list[str]) -> int:
         finally:
             for c in clients:
                 c.close()
-    emit({"benchmark": "batching", "model": args.model, "clients": args.clients,
-          "requests": args.requests, "serial_rps": round(args.requests / serial, 1),
-          "concurrent_rps": round(args.requests / concurrent, 1),
-          "speedup": round(serial / concurrent, 3), "target_speedup": 1.5,
-          "passes": runner.stats["passes"] - before["passes"],
-          "merged_requests": runner.stats["merged_requests"] - before["merged_requests"]})
+    emit(
+        {
+            "benchmark": "batching",
+            "model": args.model,
+            "clients": args.clients,
+            "requests": args.requests,
+            "serial_rps": round(args.requests / serial, 1),
+            "concurrent_rps": round(args.requests / concurrent, 1),
+            "speedup": round(serial / concurrent, 3),
+            "target_speedup": 1.5,
+            "passes": runner.stats["passes"] - before["passes"],
+            "merged_requests": runner.stats["merged_requests"] - before["merged_requests"],
+        }
+    )
     return 0

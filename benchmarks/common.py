@@ -22,8 +22,9 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> floa
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int,
-                        warmup: int = 2) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
+) -> dict[str, float]:
     """Median time of each function, runs interleaved so drift affects all alike."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -51,14 +52,21 @@ class ByteTokenizer:
         return bytes(i % 256 for i in ids).decode(errors="replace")
 
 
-def gpt2_config(size: str = "small", vocab: int = 50257, n_layer: int | None = None,
-                n_embd: int | None = None):
+def gpt2_config(
+    size: str = "small", vocab: int = 50257, n_layer: int | None = None, n_embd: int | None = None
+):
     from transformers import GPT2Config
 
     shapes = {"small": (12, 768, 12), "tiny": (2, 64, 4)}
     layers, embd, heads = shapes[size]
-    return GPT2Config(n_layer=n_layer or layers, n_embd=n_embd or embd, n_head=heads,
-                      vocab_size=vocab, n_positions=1024, architectures=["GPT2LMHeadModel"])
+    return GPT2Config(
+        n_layer=n_layer or layers,
+        n_embd=n_embd or embd,
+        n_head=heads,
+        vocab_size=vocab,
+        n_positions=1024,
+        architectures=["GPT2LMHeadModel"],
+    )
 
 
 def random_model(config: Any, seed: int = 0) -> torch.nn.Module:

@@ -25,12 +25,14 @@ def _same(a, b) -> bool:
     ra, rb = a.record, b.record
     for m in moments:
         x, y = getattr(ra, m), getattr(rb, m)
-        if (x is None) != (y is None) or (x is not None and not math.isclose(x, y, rel_tol=1e-9,
-                                                                               abs_tol=1e-12)):
+        if (x is None) != (y is None) or (
+            x is not None and not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+        ):
             return False
     strip = dict.fromkeys(moments)
     return dataclasses.replace(a, record=dataclasses.replace(ra, **strip)) == dataclasses.replace(
-        b, record=dataclasses.replace(rb, **strip))
+        b, record=dataclasses.replace(rb, **strip)
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -42,7 +44,9 @@ def main(argv: list[str]) -> int:
 
     runner = _runner(args.model)
     d = runner.schema.dims
-    keys = [f"blocks.{i % d.n_layers}.mlp.hook_post[{(i * 37) % d.d_mlp}]" for i in range(args.nodes)]
+    keys = [
+        f"blocks.{i % d.n_layers}.mlp.hook_post[{(i * 37) % d.d_mlp}]" for i in range(args.nodes)
+    ]
     targets = [parse_target(runner, k) for k in keys]
     texts = list(corpus.iter_texts(corpus.generate(args.docs, seed=3, split="train")))
     options = MiningOptions(window_len=min(64, d.n_ctx), max_windows=None)
@@ -54,9 +58,18 @@ def main(argv: list[str]) -> int:
     alone = [mine(runner, [t], texts, options)[0] for t in targets]
     separate = time.perf_counter() - start
     same = all(_same(a, b) for a, b in zip(together, alone, strict=True))
-    emit({"benchmark": "explain", "model": args.model, "nodes": len(keys), "docs": len(texts),
-          "one_pass_s": round(one_pass, 3), "one_node_per_pass_s": round(separate, 3),
-          "nodes_per_s_one_pass": round(len(keys) / one_pass, 1),
-          "nodes_per_s_separate": round(len(keys) / separate, 2),
-          "speedup": round(separate / one_pass, 2), "same_records": same})
+    emit(
+        {
+            "benchmark": "explain",
+            "model": args.model,
+            "nodes": len(keys),
+            "docs": len(texts),
+            "one_pass_s": round(one_pass, 3),
+            "one_node_per_pass_s": round(separate, 3),
+            "nodes_per_s_one_pass": round(len(keys) / one_pass, 1),
+            "nodes_per_s_separate": round(len(keys) / separate, 2),
+            "speedup": round(separate / one_pass, 2),
+            "same_records": same,
+        }
+    )
     return 0 if same else 1

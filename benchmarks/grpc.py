@@ -27,19 +27,29 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args(argv)
 
-    import adapters
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    import adapters
     from tdb_client import TdbClient
 
     config = gpt2_config("small")
-    runner = ModelRunner(adapters.wrap_model("gpt2-small", random_model(config), ByteTokenizer()),
-                         Limits(**BIG_LIMITS))
-    ids = torch.randint(1, config.vocab_size, (args.seq,), generator=torch.Generator().manual_seed(0)).tolist()
+    runner = ModelRunner(
+        adapters.wrap_model("gpt2-small", random_model(config), ByteTokenizer()),
+        Limits(**BIG_LIMITS),
+    )
+    ids = torch.randint(
+        1, config.vocab_size, (args.seq,), generator=torch.Generator().manual_seed(0)
+    ).tolist()
     sites = ["blocks.*.hook_resid_post"]
     with serving(runner) as svc, TdbClient(f"127.0.0.1:{svc.port}") as client:
+
         def in_process() -> None:
-            runner.forward(specs.ForwardSpec(prompts=(specs.Prompt(token_ids=tuple(ids)),),
-                                             captures=tuple(specs.Capture(s) for s in sites)))
+            runner.forward(
+                specs.ForwardSpec(
+                    prompts=(specs.Prompt(token_ids=tuple(ids)),),
+                    captures=tuple(specs.Capture(s) for s in sites),
+                )
+            )
 
         def over_grpc() -> None:
             client.forward([ids], capture=sites)
@@ -56,9 +66,17 @@ def main(argv: list[str]) -> int:
                 stub.Check(req)
                 lat.append(time.perf_counter() - s)
     lat.sort()
-    emit({"benchmark": "grpc", "seq": args.seq, "captured_mb": round(12 * args.seq * 768 * 4 / 1e6, 2),
-          "in_process_ms": round(t["in_process"] * 1e3, 2), "grpc_ms": round(t["grpc"] * 1e3, 2),
-          "ratio": round(t["grpc"] / t["in_process"], 4), "target_ratio": 1.05,
-          "empty_call_p50_ms": round(statistics.median(lat) * 1e3, 3),
-          "empty_call_p99_ms": round(lat[int(0.99 * len(lat))] * 1e3, 3)})
+    emit(
+        {
+            "benchmark": "grpc",
+            "seq": args.seq,
+            "captured_mb": round(12 * args.seq * 768 * 4 / 1e6, 2),
+            "in_process_ms": round(t["in_process"] * 1e3, 2),
+            "grpc_ms": round(t["grpc"] * 1e3, 2),
+            "ratio": round(t["grpc"] / t["in_process"], 4),
+            "target_ratio": 1.05,
+            "empty_call_p50_ms": round(statistics.median(lat) * 1e3, 3),
+            "empty_call_p99_ms": round(lat[int(0.99 * len(lat))] * 1e3, 3),
+        }
+    )
     return 0

@@ -35,13 +35,15 @@ def main(argv: list[str]) -> int:
     config = ARCH_CONFIGS[args.arch]()
     plain = random_model(config)
     hooked = adapters.wrap_model(args.arch, copy.deepcopy(plain), ByteTokenizer())
-    runner = ModelRunner(hooked, Limits(max_tokens_per_prompt=4096, max_prompts=1024,
-                                        max_response_bytes=2**40))
+    runner = ModelRunner(
+        hooked, Limits(max_tokens_per_prompt=4096, max_prompts=1024, max_response_bytes=2**40)
+    )
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, config.vocab_size, (args.batch, args.seq), generator=g)
     prompts = tuple(specs.Prompt(token_ids=tuple(r.tolist())) for r in ids)
-    no_result = tuple(specs.Capture(s.name) for s in runner.schema.sites
-                      if s.kind.key != "attn.hook_result")
+    no_result = tuple(
+        specs.Capture(s.name) for s in runner.schema.sites if s.kind.key != "attn.hook_result"
+    )
 
     def run_plain() -> None:
         with torch.no_grad():
@@ -56,17 +58,25 @@ def main(argv: list[str]) -> int:
     def run_none() -> None:
         runner.forward(specs.ForwardSpec(prompts=prompts, top_k=0))
 
-    t = interleaved_medians({"plain": run_plain, "all": run_all, "no_result": run_no_result,
-                             "none": run_none}, args.repeats)
-    emit({
-        "benchmark": "hooks", "arch": args.arch, "batch": args.batch, "seq": args.seq,
-        "n_sites": len(runner.schema.sites), "plain_ms": round(t["plain"] * 1e3, 2),
-        "runner_no_capture_ms": round(t["none"] * 1e3, 2),
-        "capture_all_ms": round(t["all"] * 1e3, 2),
-        "capture_all_but_result_ms": round(t["no_result"] * 1e3, 2),
-        "ratio_all_sites": round(t["all"] / t["plain"], 4),
-        "ratio_all_but_result": round(t["no_result"] / t["plain"], 4),
-        "ratio_no_capture": round(t["none"] / t["plain"], 4),
-        "target_ratio": 1.03,
-    })
+    t = interleaved_medians(
+        {"plain": run_plain, "all": run_all, "no_result": run_no_result, "none": run_none},
+        args.repeats,
+    )
+    emit(
+        {
+            "benchmark": "hooks",
+            "arch": args.arch,
+            "batch": args.batch,
+            "seq": args.seq,
+            "n_sites": len(runner.schema.sites),
+            "plain_ms": round(t["plain"] * 1e3, 2),
+            "runner_no_capture_ms": round(t["none"] * 1e3, 2),
+            "capture_all_ms": round(t["all"] * 1e3, 2),
+            "capture_all_but_result_ms": round(t["no_result"] * 1e3, 2),
+            "ratio_all_sites": round(t["all"] / t["plain"], 4),
+            "ratio_all_but_result": round(t["no_result"] / t["plain"], 4),
+            "ratio_no_capture": round(t["none"] / t["plain"], 4),
+            "target_ratio": 1.03,
+        }
+    )
     return 0

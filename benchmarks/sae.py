@@ -32,14 +32,25 @@ def main(argv: list[str]) -> int:
     from tdb_client import TdbClient
 
     g = torch.Generator().manual_seed(0)
-    sae = build_sae(SaeConfig(d_in=args.d_in, d_sae=args.d_sae, architecture=TopKArch(k=args.top_k),
-                              site="blocks.0.hook_resid_pre"), {
-        "W_enc": torch.randn(args.d_in, args.d_sae, generator=g) / args.d_in ** 0.5,
-        "b_enc": torch.zeros(args.d_sae), "W_dec": torch.randn(args.d_sae, args.d_in, generator=g) * 0.01,
-        "b_dec": torch.zeros(args.d_in)})
+    sae = build_sae(
+        SaeConfig(
+            d_in=args.d_in,
+            d_sae=args.d_sae,
+            architecture=TopKArch(k=args.top_k),
+            site="blocks.0.hook_resid_pre",
+        ),
+        {
+            "W_enc": torch.randn(args.d_in, args.d_sae, generator=g) / args.d_in**0.5,
+            "b_enc": torch.zeros(args.d_sae),
+            "W_dec": torch.randn(args.d_sae, args.d_in, generator=g) * 0.01,
+            "b_dec": torch.zeros(args.d_in),
+        },
+    )
     config = gpt2_config("tiny", n_embd=args.d_in, n_layer=1)
     config.n_head = 12 if args.d_in % 12 == 0 else 1
-    runner = ModelRunner(adapters.wrap_model("m", random_model(config), ByteTokenizer()), Limits(**BIG_LIMITS))
+    runner = ModelRunner(
+        adapters.wrap_model("m", random_model(config), ByteTokenizer()), Limits(**BIG_LIMITS)
+    )
     runner.attach_sae("bench", sae, "memory")
     x = torch.randn(args.tokens, args.d_in, generator=g)
     x_np = x.numpy()
@@ -50,12 +61,23 @@ def main(argv: list[str]) -> int:
             torch.relu(((x - sae.b_dec) @ W + b).topk(args.top_k, dim=-1).values)
 
     with serving(runner) as svc, TdbClient(f"127.0.0.1:{svc.port}") as c:
+
         def rpc() -> None:
             c.encode("bench", activations=x_np, top_k=args.top_k)
+
         t = interleaved_medians({"raw": raw, "rpc": rpc}, args.repeats)
         out = c.encode("bench", activations=x_np, top_k=args.top_k)
     assert np.isfinite(out.top_values).all()
-    emit({"benchmark": "sae", "d_in": args.d_in, "d_sae": args.d_sae, "tokens": args.tokens,
-          "raw_tokens_per_s": round(args.tokens / t["raw"]), "encode_rpc_tokens_per_s": round(args.tokens / t["rpc"]),
-          "ratio": round(t["raw"] / t["rpc"], 3), "target_ratio": 0.7})
+    emit(
+        {
+            "benchmark": "sae",
+            "d_in": args.d_in,
+            "d_sae": args.d_sae,
+            "tokens": args.tokens,
+            "raw_tokens_per_s": round(args.tokens / t["raw"]),
+            "encode_rpc_tokens_per_s": round(args.tokens / t["rpc"]),
+            "ratio": round(t["raw"] / t["rpc"], 3),
+            "target_ratio": 0.7,
+        }
+    )
     return 0

@@ -27,8 +27,11 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks transfer")
     p.add_argument("--mib", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--in-process", action="store_true",
-                   help="serve from this process (client and server then share one GIL)")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="serve from this process (client and server then share one GIL)",
+    )
     args = p.parse_args(argv)
 
     import adapters
@@ -40,13 +43,20 @@ def main(argv: list[str]) -> int:
     vocab = 65536
     n_tokens = args.mib * 2**20 // (vocab * 4)
     config = gpt2_config("tiny", vocab=vocab)
-    runner = ModelRunner(adapters.wrap_model("wide-vocab", random_model(config), ByteTokenizer()),
-                         Limits(**BIG_LIMITS))
+    runner = ModelRunner(
+        adapters.wrap_model("wide-vocab", random_model(config), ByteTokenizer()),
+        Limits(**BIG_LIMITS),
+    )
     seq = 256 if n_tokens >= 256 else n_tokens
-    ids = torch.randint(1, vocab, (n_tokens // seq, seq), generator=torch.Generator().manual_seed(0)).tolist()
-    req = ipb.ForwardRequest(prompts=[prompt_pb(r) for r in ids], captures=[capture_pb("logits")], top_k=0)
+    ids = torch.randint(
+        1, vocab, (n_tokens // seq, seq), generator=torch.Generator().manual_seed(0)
+    ).tolist()
+    req = ipb.ForwardRequest(
+        prompts=[prompt_pb(r) for r in ids], captures=[capture_pb("logits")], top_k=0
+    )
     rates, arr = [], None
     import grpc
+
     server = serving(runner) if args.in_process else serving_in_child(runner)
     with server as svc, grpc.insecure_channel(f"127.0.0.1:{svc.port}") as ch:
         stub = ipb_grpc.InferenceServiceStub(ch)
@@ -66,10 +76,15 @@ def main(argv: list[str]) -> int:
     back = np.asarray(json.loads(json.dumps(sample.tolist())), dtype=np.float32)
     json_rate = sample.nbytes / (time.perf_counter() - start) / 1e6
     assert back.shape == sample.shape
-    emit({"benchmark": "transfer", "server": "in-process" if args.in_process else "child process",
-          "mib": round(arr.nbytes / 2**20, 1),
-          "grpc_stream_mb_s": round(statistics.median(rates), 1),
-          "json_mb_s": round(json_rate, 2),
-          "speedup_vs_json": round(statistics.median(rates) / json_rate, 1),
-          "target_mb_s": 1000})
+    emit(
+        {
+            "benchmark": "transfer",
+            "server": "in-process" if args.in_process else "child process",
+            "mib": round(arr.nbytes / 2**20, 1),
+            "grpc_stream_mb_s": round(statistics.median(rates), 1),
+            "json_mb_s": round(json_rate, 2),
+            "speedup_vs_json": round(statistics.median(rates) / json_rate, 1),
+            "target_mb_s": 1000,
+        }
+    )
     return 0

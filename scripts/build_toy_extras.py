@@ -28,16 +28,28 @@ from tdb_core.explain.store import StoredExplanation  # noqa: E402
 from tdb_core.runner import Limits, ModelRunner  # noqa: E402
 from tdb_core.sae import SaeKind, TrainConfig, load_sae, train_sae  # noqa: E402
 from tdb_core.sae.from_model import StreamConfig, activation_stream, ce_evaluator, token_windows  # noqa: E402
-from tdb_core.toy import TOY_EXPLANATIONS, TOY_MODEL_DIR, TOY_MODEL_NAME, TOY_SAE_DIR, TOY_SAE_ID  # noqa: E402
-from tdb_core.toy import corpus  # noqa: E402
+from tdb_core.toy import (  # noqa: E402
+    TOY_EXPLANATIONS,
+    TOY_MODEL_DIR,
+    TOY_MODEL_NAME,
+    TOY_SAE_DIR,
+    TOY_SAE_ID,
+    corpus,
+)
 
 SAE_SITE = "blocks.2.hook_resid_pre"
 
 
 def runner_for(model_dir: Path) -> ModelRunner:
     loaded = adapters.load_model(TOY_MODEL_NAME, str(model_dir))
-    return ModelRunner(loaded, Limits(max_tokens_per_prompt=loaded.adapter.dims.n_ctx,
-                                      max_prompts=4096, max_response_bytes=2**40))
+    return ModelRunner(
+        loaded,
+        Limits(
+            max_tokens_per_prompt=loaded.adapter.dims.n_ctx,
+            max_prompts=4096,
+            max_response_bytes=2**40,
+        ),
+    )
 
 
 def build_sae(runner: ModelRunner, steps: int, site: str, out: Path) -> dict:
@@ -46,10 +58,24 @@ def build_sae(runner: ModelRunner, steps: int, site: str, out: Path) -> dict:
     eval_w, train_w = windows[:64], windows[64:]
     d_in = runner.schema.dims.d_model
     ckpt = Path(tempfile.mkdtemp(prefix="toy-sae-"))
-    config = TrainConfig(kind=SaeKind.TOPK, d_sae=8 * d_in, k=16, steps=steps, batch_size=1024,
-                         lr=4e-4, checkpoint_every=steps, out_dir=str(ckpt), seed=0,
-                         site=site, model_name=TOY_MODEL_NAME, init_rows=16384, eval_rows=4096)
-    stream = activation_stream(runner, site, train_w, StreamConfig(ctx_len=64, batch_size=1024, seed=0))
+    config = TrainConfig(
+        kind=SaeKind.TOPK,
+        d_sae=8 * d_in,
+        k=16,
+        steps=steps,
+        batch_size=1024,
+        lr=4e-4,
+        checkpoint_every=steps,
+        out_dir=str(ckpt),
+        seed=0,
+        site=site,
+        model_name=TOY_MODEL_NAME,
+        init_rows=16384,
+        eval_rows=4096,
+    )
+    stream = activation_stream(
+        runner, site, train_w, StreamConfig(ctx_len=64, batch_size=1024, seed=0)
+    )
     result = train_sae(config, stream, ce_eval=ce_evaluator(runner, site, eval_w))
     last = result.checkpoints[-1]
     if out.exists():
@@ -57,12 +83,20 @@ def build_sae(runner: ModelRunner, steps: int, site: str, out: Path) -> dict:
     shutil.copytree(last.path, out)
     shutil.rmtree(ckpt, ignore_errors=True)
     ce = last.ce
-    metrics = {"site": site, "kind": "topk", "k": 16, "d_sae": config.d_sae, "steps": steps,
-               "l0": last.l0, "dead_fraction": last.dead_fraction,
-               "explained_variance": last.explained_variance,
-               "ce_clean": ce.clean_ce if ce else None, "ce_spliced": ce.spliced_ce if ce else None,
-               "ce_zero_ablated": ce.zero_ablated_ce if ce else None,
-               "ce_loss_recovered": ce.recovered if ce else None}
+    metrics = {
+        "site": site,
+        "kind": "topk",
+        "k": 16,
+        "d_sae": config.d_sae,
+        "steps": steps,
+        "l0": last.l0,
+        "dead_fraction": last.dead_fraction,
+        "explained_variance": last.explained_variance,
+        "ce_clean": ce.clean_ce if ce else None,
+        "ce_spliced": ce.spliced_ce if ce else None,
+        "ce_zero_ablated": ce.zero_ablated_ce if ce else None,
+        "ce_loss_recovered": ce.recovered if ce else None,
+    }
     (out / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -71,10 +105,15 @@ def build_explanations(runner: ModelRunner, out: Path) -> int:
     texts = list(corpus.iter_texts(corpus.generate(3000, seed=11, split="heldout")))
     d = runner.schema.dims
     keys = [f"blocks.{L}.mlp.hook_post[{n}]" for L in range(d.n_layers) for n in range(d.d_mlp)]
-    keys += [f"sae.{TOY_SAE_ID}.hook_sae_acts_post[{i}]" for i in range(runner.get_sae(TOY_SAE_ID).sae.d_sae)]
+    keys += [
+        f"sae.{TOY_SAE_ID}.hook_sae_acts_post[{i}]"
+        for i in range(runner.get_sae(TOY_SAE_ID).sae.d_sae)
+    ]
     targets = [engine.parse_target(runner, k) for k in keys]
     method = engine.baseline_method()
-    records = engine.mine(runner, targets, texts, engine.MiningOptions(window_len=64, max_windows=4000))
+    records = engine.mine(
+        runner, targets, texts, engine.MiningOptions(window_len=64, max_windows=4000)
+    )
     now = time.time()
     rows = []
     for t, rec in zip(targets, records):
@@ -83,9 +122,18 @@ def build_explanations(runner: ModelRunner, out: Path) -> int:
         except Exception as e:  # noqa: BLE001 - dead nodes are skipped and counted
             print(f"skip {t.key}: {e}", file=sys.stderr)
             continue
-        rows.append(StoredExplanation(model=TOY_MODEL_NAME, sae_id=t.sae_id, node_key=t.key,
-                                      method="baseline", explainer=explainer, created_at=now,
-                                      updated_at=now, **fields))
+        rows.append(
+            StoredExplanation(
+                model=TOY_MODEL_NAME,
+                sae_id=t.sae_id,
+                node_key=t.key,
+                method="baseline",
+                explainer=explainer,
+                created_at=now,
+                updated_at=now,
+                **fields,
+            )
+        )
     with out.open("w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(asdict(r), sort_keys=True) + "\n")

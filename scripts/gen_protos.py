@@ -28,8 +28,15 @@ def generate(out_root: Path) -> list[Path]:
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     files = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / PACKAGE).glob("*.proto"))
-    args = ["protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out_root}",
-            f"--grpc_python_out={out_root}", f"--pyi_out={out_root}", *files]
+    args = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{include}",
+        f"--python_out={out_root}",
+        f"--grpc_python_out={out_root}",
+        f"--pyi_out={out_root}",
+        *files,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     return sorted(p for p in (out_root / PACKAGE).iterdir() if "_pb2" in p.name)
@@ -44,7 +51,9 @@ def main() -> int:
         (tmp_root / PACKAGE).mkdir(parents=True)
         fresh = generate(tmp_root)
         target = OUT / PACKAGE
-        committed = sorted(p for p in target.iterdir() if "_pb2" in p.name) if target.exists() else []
+        committed = (
+            sorted(p for p in target.iterdir() if "_pb2" in p.name) if target.exists() else []
+        )
         if args.check:
             names = {p.name for p in fresh} == {p.name for p in committed}
             same = names and all(filecmp.cmp(p, target / p.name, shallow=False) for p in fresh)

@@ -33,17 +33,28 @@ def main() -> None:
     parser.add_argument("--target", default="localhost:50051")
     parser.add_argument("--n", type=int, default=40, help="held-out IOI prompts")
     parser.add_argument("--top", type=int, default=8, help="rows to print per table")
-    parser.add_argument("--neuron-chunk", type=int, default=63, help="neuron ablations per call (the server allows 64 rows with the baseline)")
+    parser.add_argument(
+        "--neuron-chunk",
+        type=int,
+        default=63,
+        help="neuron ablations per call (the server allows 64 rows with the baseline)",
+    )
     args = parser.parse_args()
 
-    examples = [e for e in corpus.generate_task("ioi", args.n, seed=123, split="heldout")
-                if isinstance(e, corpus.IOIExample)]
+    examples = [
+        e
+        for e in corpus.generate_task("ioi", args.n, seed=123, split="heldout")
+        if isinstance(e, corpus.IOIExample)
+    ]
     with TdbClient(args.target, timeout=600) as client:
         info = client.model_info()
         n_layers, n_heads, d_mlp = info.n_layers, info.n_heads, info.d_mlp
-        head_sets = {f"L{l}H{h}": [iv.zero(f"blocks.{l}.attn.hook_z[head={h}]")]
-                     for l in range(n_layers) for h in range(n_heads)}
-        neuron_names = [f"L{l}N{n}" for l in range(n_layers) for n in range(d_mlp)]
+        head_sets = {
+            f"L{layer}H{h}": [iv.zero(f"blocks.{layer}.attn.hook_z[head={h}]")]
+            for layer in range(n_layers)
+            for h in range(n_heads)
+        }
+        neuron_names = [f"L{layer}N{n}" for layer in range(n_layers) for n in range(d_mlp)]
         ablation: dict[str, float] = defaultdict(float)
         attribution: dict[str, float] = defaultdict(float)
         baseline = 0.0
@@ -54,13 +65,14 @@ def main() -> None:
             for row in result.rows[1:]:
                 ablation[row.name] += row.logit_diff_change / len(examples)
             for start in range(0, len(neuron_names), args.neuron_chunk):
-                chunk = neuron_names[start:start + args.neuron_chunk]
+                chunk = neuron_names[start : start + args.neuron_chunk]
                 sets = {name: [iv.zero(_neuron_selector(name))] for name in chunk}
                 result = client.ablate(ex.prompt, sets, target=io, distractor=s, top_k=1)
                 for row in result.rows[1:]:
                     ablation[row.name] += row.logit_diff_change / len(examples)
-            table = client.attribute(ex.prompt, target=io, distractor=s, top_k=1000,
-                                     families=["attn_head"])
+            table = client.attribute(
+                ex.prompt, target=io, distractor=s, top_k=1000, families=["attn_head"]
+            )
             for row in table.rows:
                 key = f"L{row.node.layer}H{row.node.index}"
                 attribution[key] += row.values[0].total_effect / len(examples)
@@ -78,12 +90,19 @@ def main() -> None:
     print("\nheads by estimated total effect (activation x gradient, summed over positions)")
     for k in by_attr[: args.top]:
         print(f"  {k:>6} {attribution[k]:+8.3f}   (ablation {ablation[k]:+.3f})")
-    print(json.dumps({
-        "n_prompts": len(examples), "baseline_logit_diff": round(baseline, 4),
-        "heads_by_ablation": [[k, round(ablation[k], 4)] for k in heads[: args.top]],
-        "neurons_by_ablation": [[k, round(ablation[k], 4)] for k in neurons[: args.top]],
-        "heads_by_total_effect": [[k, round(attribution[k], 4)] for k in by_attr[: args.top]],
-    }))
+    print(
+        json.dumps(
+            {
+                "n_prompts": len(examples),
+                "baseline_logit_diff": round(baseline, 4),
+                "heads_by_ablation": [[k, round(ablation[k], 4)] for k in heads[: args.top]],
+                "neurons_by_ablation": [[k, round(ablation[k], 4)] for k in neurons[: args.top]],
+                "heads_by_total_effect": [
+                    [k, round(attribution[k], 4)] for k in by_attr[: args.top]
+                ],
+            }
+        )
+    )
 
 
 def _neuron_selector(name: str) -> str:

@@ -31,16 +31,24 @@ def read_tokens(path: str | Path) -> tuple[bytes, ...]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise InvalidArgumentError(f"cannot read the auth token file {str(path)!r}: {e.strerror}") from None
-    tokens = tuple(line.strip().encode() for line in text.splitlines()
-                   if line.strip() and not line.strip().startswith("#"))
+        raise InvalidArgumentError(
+            f"cannot read the auth token file {str(path)!r}: {e.strerror}"
+        ) from None
+    tokens = tuple(
+        line.strip().encode()
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    )
     if not tokens:
-        raise InvalidArgumentError(f"the auth token file {str(path)!r} holds no token; put one "
-                                   "token per line")
+        raise InvalidArgumentError(
+            f"the auth token file {str(path)!r} holds no token; put one token per line"
+        )
     for t in tokens:
         if any(c <= 0x20 or c >= 0x7F for c in t):
-            raise InvalidArgumentError(f"a token in {str(path)!r} has whitespace or non-ASCII "
-                                       "characters; tokens must be printable ASCII")
+            raise InvalidArgumentError(
+                f"a token in {str(path)!r} has whitespace or non-ASCII "
+                "characters; tokens must be printable ASCII"
+            )
     return tokens
 
 
@@ -62,8 +70,9 @@ class BearerTokenAuthorizer:
                 header = value if isinstance(value, str) else value.decode("latin-1")
                 break
         if not header:
-            raise UnauthenticatedError("this server requires a token: send metadata "
-                                       "'authorization: Bearer <token>'")
+            raise UnauthenticatedError(
+                "this server requires a token: send metadata 'authorization: Bearer <token>'"
+            )
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise UnauthenticatedError("the authorization metadata must be 'Bearer <token>'")
@@ -87,4 +96,6 @@ def server_credentials(cert: str, key: str, client_ca: str | None = None) -> grp
     root = _read_pem(client_ca, "TLS client CA") if client_ca else None
     return grpc.ssl_server_credentials(
         [(_read_pem(key, "TLS key"), _read_pem(cert, "TLS certificate"))],
-        root_certificates=root, require_client_auth=root is not None)
+        root_certificates=root,
+        require_client_auth=root is not None,
+    )

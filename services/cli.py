@@ -38,34 +38,62 @@ def _client(args: argparse.Namespace) -> Any:
     token = args.token
     if args.token_file:
         with open(args.token_file, encoding="utf-8") as f:
-            token = next((line.strip() for line in f if line.strip()
-                          and not line.lstrip().startswith("#")), None)
+            token = next(
+                (line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")),
+                None,
+            )
     tls: Any = None
     if args.tls or args.tls_ca or args.tls_cert:
-        tls = TlsConfig(root_ca=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key,
-                        server_name=args.tls_server_name)
+        tls = TlsConfig(
+            root_ca=args.tls_ca,
+            client_cert=args.tls_cert,
+            client_key=args.tls_key,
+            server_name=args.tls_server_name,
+        )
     return TdbClient(args.server, timeout=args.timeout, token=token, tls=tls)
 
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    p.add_argument("--server", default=DEFAULT_SERVER,
-                   help="host:port, several as h1:p,h2:p, or a target such as dns:///svc:50051 "
-                        "(env TDB_SERVER)")
+    p.add_argument(
+        "--server",
+        default=DEFAULT_SERVER,
+        help="host:port, several as h1:p,h2:p, or a target such as dns:///svc:50051 "
+        "(env TDB_SERVER)",
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="per-call timeout, seconds")
     p.add_argument("--token", default=env("TDB_TOKEN"), help="bearer token (env TDB_TOKEN)")
-    p.add_argument("--token-file", default=env("TDB_TOKEN_FILE"),
-                   help="read the bearer token from the first line of FILE (env TDB_TOKEN_FILE)")
-    p.add_argument("--tls", action="store_true", default=bool(env("TDB_TLS")),
-                   help="use TLS with the system's CAs (env TDB_TLS=1)")
-    p.add_argument("--tls-ca", default=env("TDB_TLS_CA"),
-                   help="use TLS, trusting this CA (PEM) (env TDB_TLS_CA)")
-    p.add_argument("--tls-cert", default=env("TDB_TLS_CERT"),
-                   help="client certificate (PEM) for mutual TLS (env TDB_TLS_CERT)")
-    p.add_argument("--tls-key", default=env("TDB_TLS_KEY"),
-                   help="client private key (PEM) for mutual TLS (env TDB_TLS_KEY)")
-    p.add_argument("--tls-server-name", default=None,
-                   help="name to check the server's certificate against, if not the host")
+    p.add_argument(
+        "--token-file",
+        default=env("TDB_TOKEN_FILE"),
+        help="read the bearer token from the first line of FILE (env TDB_TOKEN_FILE)",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        default=bool(env("TDB_TLS")),
+        help="use TLS with the system's CAs (env TDB_TLS=1)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        default=env("TDB_TLS_CA"),
+        help="use TLS, trusting this CA (PEM) (env TDB_TLS_CA)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=env("TDB_TLS_CERT"),
+        help="client certificate (PEM) for mutual TLS (env TDB_TLS_CERT)",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=env("TDB_TLS_KEY"),
+        help="client private key (PEM) for mutual TLS (env TDB_TLS_KEY)",
+    )
+    p.add_argument(
+        "--tls-server-name",
+        default=None,
+        help="name to check the server's certificate against, if not the host",
+    )
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
 
@@ -98,8 +126,10 @@ def cmd_server_info(args: argparse.Namespace) -> int:
     print(f"features: {', '.join(on) or 'none'}")
     print("server limits: " + " ".join(f"{k}={v}" for k, v in info.server_limits.items()))
     for m in info.models:
-        print(f"{'*' if m.is_default else ' '} {m.name}: {m.architecture} on {m.device} ({m.dtype}), "
-              f"{m.n_layers} layers, n_ctx {m.n_ctx}")
+        print(
+            f"{'*' if m.is_default else ' '} {m.name}: {m.architecture} on {m.device} ({m.dtype}), "
+            f"{m.n_layers} layers, n_ctx {m.n_ctx}"
+        )
         print("    limits: " + " ".join(f"{k}={v}" for k, v in m.limits.items()))
         for s in m.saes:
             print(f"    sae {s.id}: {s.kind} at {s.site}, d_sae={s.d_sae}")
@@ -131,9 +161,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(d, indent=2))
         return 0
     print(f"{info.name}: {info.architecture} from {info.source} on {info.device} ({info.dtype})")
-    print(f"  n_layers={info.n_layers} n_heads={info.n_heads} n_kv_heads={info.n_kv_heads} "
-          f"d_model={info.d_model} d_head={info.d_head} d_mlp={info.d_mlp} "
-          f"d_vocab={info.d_vocab} n_ctx={info.n_ctx}")
+    print(
+        f"  n_layers={info.n_layers} n_heads={info.n_heads} n_kv_heads={info.n_kv_heads} "
+        f"d_model={info.d_model} d_head={info.d_head} d_mlp={info.d_mlp} "
+        f"d_vocab={info.d_vocab} n_ctx={info.n_ctx}"
+    )
     seen = set()
     for s in info.sites:
         if s.kind in seen:
@@ -153,8 +185,10 @@ def _summary(arr: np.ndarray) -> str:
     finite = a[np.isfinite(a)]
     if finite.size == 0:
         return "no finite values"
-    return (f"mean {finite.mean():+.4f}  std {finite.std():.4f}  "
-            f"min {finite.min():+.4f}  max {finite.max():+.4f}")
+    return (
+        f"mean {finite.mean():+.4f}  std {finite.std():.4f}  "
+        f"min {finite.min():+.4f}  max {finite.max():+.4f}"
+    )
 
 
 def _fmt_top(t: Any, n: int = 5) -> str:
@@ -166,17 +200,30 @@ def cmd_forward(args: argparse.Namespace) -> int:
 
     edits = [iv.zero(s) for s in args.zero]
     with _client(args) as c:
-        out = c.forward(args.prompts, model=args.model, capture=args.capture,
-                        positions=_ints(args.positions) if args.positions else None,
-                        top_k=args.top_k, interventions=edits)
+        out = c.forward(
+            args.prompts,
+            model=args.model,
+            capture=args.capture,
+            positions=_ints(args.positions) if args.positions else None,
+            top_k=args.top_k,
+            interventions=edits,
+        )
     if args.json:
-        print(json.dumps({
-            "model": out.model, "tokens": out.tokens, "token_ids": out.token_ids,
-            "top_logits": [[t.__dict__ for t in per] for per in out.top_logits],
-            "activations": {k: {"dims": list(out.dims[k]), "shape": list(v.shape),
-                                "values": v.tolist()} for k, v in out.activations.items()},
-            "indices": {k: v.tolist() for k, v in out.indices.items()},
-        }))
+        print(
+            json.dumps(
+                {
+                    "model": out.model,
+                    "tokens": out.tokens,
+                    "token_ids": out.token_ids,
+                    "top_logits": [[t.__dict__ for t in per] for per in out.top_logits],
+                    "activations": {
+                        k: {"dims": list(out.dims[k]), "shape": list(v.shape), "values": v.tolist()}
+                        for k, v in out.activations.items()
+                    },
+                    "indices": {k: v.tolist() for k, v in out.indices.items()},
+                }
+            )
+        )
         return 0
     for b, toks in enumerate(out.tokens):
         print(f"prompt {b}: {len(toks)} tokens: {'|'.join(toks)}")
@@ -219,17 +266,34 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     edits = _interventions_from_args(args)
     if not edits:
         raise SystemExit("give at least one intervention: --zero/--set/--scale/--mean/--patch")
-    sets = ({label: [e] for label, e in edits} if args.each
-            else {" + ".join(label for label, _ in edits): [e for _, e in edits]})
+    sets = (
+        {label: [e] for label, e in edits}
+        if args.each
+        else {" + ".join(label for label, _ in edits): [e for _, e in edits]}
+    )
     with _client(args) as c:
-        res = c.ablate(args.prompt, sets, target=args.target or None,
-                       distractor=args.distractor or None, position=args.position,
-                       top_k=args.top_k, model=args.model,
-                       sources=[args.source] if args.source else (),
-                       references=args.reference or ())
+        res = c.ablate(
+            args.prompt,
+            sets,
+            target=args.target or None,
+            distractor=args.distractor or None,
+            position=args.position,
+            top_k=args.top_k,
+            model=args.model,
+            sources=[args.source] if args.source else (),
+            references=args.reference or (),
+        )
     if args.json:
-        print(json.dumps({"model": res.model, "tokens": res.tokens, "position": res.position,
-                          "rows": [dict(r.__dict__, top=r.top.__dict__) for r in res.rows]}))
+        print(
+            json.dumps(
+                {
+                    "model": res.model,
+                    "tokens": res.tokens,
+                    "position": res.position,
+                    "rows": [dict(r.__dict__, top=r.top.__dict__) for r in res.rows],
+                }
+            )
+        )
         return 0
     print(f"prompt: {'|'.join(res.tokens)}")
     print(f"next token after position {res.position} ({res.tokens[res.position]!r})\n")
@@ -237,14 +301,18 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     head = f"{'':{width}s}  {'logit diff':>10s}  {'change':>8s}  {'KL':>7s}  top next tokens"
     print(head)
     for r in res.rows:
-        print(f"{r.name:{width}s}  {_fmt(r.logit_diff):>10s}  {_fmt(r.logit_diff_change):>8s}  "
-              f"{r.kl_from_baseline:7.4f}  {_fmt_top(r.top, 4)}")
+        print(
+            f"{r.name:{width}s}  {_fmt(r.logit_diff):>10s}  {_fmt(r.logit_diff_change):>8s}  "
+            f"{r.kl_from_baseline:7.4f}  {_fmt_top(r.top, 4)}"
+        )
     return 0
 
 
 def _heatmap_text(res: Any) -> str:
-    labels = [f"{j}:{lab}" if res.by == "position" else lab
-              for j, lab in zip(res.columns, res.column_labels)]
+    labels = [
+        f"{j}:{lab}" if res.by == "position" else lab
+        for j, lab in zip(res.columns, res.column_labels)
+    ]
     w = max(7, *(len(repr(x)) for x in labels))
     lines = [f"{'layer':>5s} " + " ".join(f"{x!r:>{w}s}"[-w:] for x in labels)]
     for i, layer in enumerate(res.layers):
@@ -255,19 +323,31 @@ def _heatmap_text(res: Any) -> str:
 def _save_heatmap_png(res: Any, path: str) -> None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("--png needs matplotlib: pip install 'tdb-service[plot]'") from None
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(res.columns) + 2), 0.45 * len(res.layers) + 1.8))
+    fig, ax = plt.subplots(
+        figsize=(max(4.0, 0.55 * len(res.columns) + 2), 0.45 * len(res.layers) + 1.8)
+    )
     lim = float(np.nanmax(np.abs(res.recovered))) if np.isfinite(res.recovered).any() else 1.0
-    im = ax.imshow(res.recovered, cmap="RdBu", vmin=-max(lim, 1e-6), vmax=max(lim, 1e-6), aspect="auto")
-    ax.set_xticks(range(len(res.columns)), labels=[repr(x) if res.by == "position" else x
-                                                   for x in res.column_labels], rotation=60, ha="right")
+    im = ax.imshow(
+        res.recovered, cmap="RdBu", vmin=-max(lim, 1e-6), vmax=max(lim, 1e-6), aspect="auto"
+    )
+    ax.set_xticks(
+        range(len(res.columns)),
+        labels=[repr(x) if res.by == "position" else x for x in res.column_labels],
+        rotation=60,
+        ha="right",
+    )
     ax.set_yticks(range(len(res.layers)), labels=[str(x) for x in res.layers])
     ax.set_ylabel("layer")
-    ax.set_title(f"{res.site}: logit difference recovered\n(clean {res.clean_logit_diff:+.2f}, "
-                 f"corrupted {res.corrupted_logit_diff:+.2f})", fontsize=9)
+    ax.set_title(
+        f"{res.site}: logit difference recovered\n(clean {res.clean_logit_diff:+.2f}, "
+        f"corrupted {res.corrupted_logit_diff:+.2f})",
+        fontsize=9,
+    )
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -276,18 +356,33 @@ def _save_heatmap_png(res: Any, path: str) -> None:
 
 def cmd_patch(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        res = c.patch_sweep(args.clean, args.corrupted, site=args.site, target=args.target,
-                            distractor=args.distractor, by=args.by,
-                            positions=_ints(args.positions) if args.positions else None,
-                            layers=_ints(args.layers) if args.layers else None, model=args.model)
+        res = c.patch_sweep(
+            args.clean,
+            args.corrupted,
+            site=args.site,
+            target=args.target,
+            distractor=args.distractor,
+            by=args.by,
+            positions=_ints(args.positions) if args.positions else None,
+            layers=_ints(args.layers) if args.layers else None,
+            model=args.model,
+        )
     if args.png:
         _save_heatmap_png(res, args.png)
     if args.json:
-        print(json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                          for k, v in res.__dict__.items()}))
+        print(
+            json.dumps(
+                {
+                    k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                    for k, v in res.__dict__.items()
+                }
+            )
+        )
         return 0
-    print(f"{res.site} patched clean -> corrupted, by {res.by}; logit diff clean "
-          f"{res.clean_logit_diff:+.3f}, corrupted {res.corrupted_logit_diff:+.3f}")
+    print(
+        f"{res.site} patched clean -> corrupted, by {res.by}; logit diff clean "
+        f"{res.clean_logit_diff:+.3f}, corrupted {res.corrupted_logit_diff:+.3f}"
+    )
     print("fraction of the logit difference recovered:")
     print(_heatmap_text(res))
     if args.png:
@@ -297,8 +392,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 # -- attribute ------------------------------------------------------------------------------------
 
-_COLUMN_ABBR = (("activation", "act"), ("write_magnitude", "write"), ("direct_effect", "direct"),
-                ("total_effect", "total"))
+_COLUMN_ABBR = (
+    ("activation", "act"),
+    ("write_magnitude", "write"),
+    ("direct_effect", "direct"),
+    ("total_effect", "total"),
+)
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
@@ -320,23 +419,46 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     else:
         raise SystemExit("give --target (and --distractor), --trace-neuron or --trace-head")
     with _client(args) as c:
-        res = c.attribute(args.prompt, loss=loss, top_k=args.top_k, second_prompt=args.second,
-                          interventions=[iv.zero(s) for s in args.zero], families=args.families,
-                          ig_steps=args.ig, model=args.model)
+        res = c.attribute(
+            args.prompt,
+            loss=loss,
+            top_k=args.top_k,
+            second_prompt=args.second,
+            interventions=[iv.zero(s) for s in args.zero],
+            families=args.families,
+            ig_steps=args.ig,
+            model=args.model,
+        )
     if args.json:
-        print(json.dumps({k: v for k, v in res.__dict__.items() if k != "rows"} | {
-            "rows": [{"node": r.node.__dict__, "values": [v.__dict__ for v in r.values],
-                      "upvoted": [t.__dict__ for t in r.upvoted],
-                      "downvoted": [t.__dict__ for t in r.downvoted],
-                      "input_tokens": [t.__dict__ for t in r.input_tokens]} for r in res.rows]}))
+        print(
+            json.dumps(
+                {k: v for k, v in res.__dict__.items() if k != "rows"}
+                | {
+                    "rows": [
+                        {
+                            "node": r.node.__dict__,
+                            "values": [v.__dict__ for v in r.values],
+                            "upvoted": [t.__dict__ for t in r.upvoted],
+                            "downvoted": [t.__dict__ for t in r.downvoted],
+                            "input_tokens": [t.__dict__ for t in r.input_tokens],
+                        }
+                        for r in res.rows
+                    ]
+                }
+            )
+        )
         return 0
     toks = res.tokens[0]
     print(f"prompt: {'|'.join(toks)}")
     what = "loss" if not args.trace_neuron and not args.trace_head else "traced value"
-    print(f"{what} at position {res.loss_position} ({toks[res.loss_position]!r}): "
-          + " | ".join(f"{x:+.4f}" for x in res.loss_values))
-    print(f"{res.nodes_ranked} nodes ranked; direct effects + biases ({res.bias_direct_effect[0]:+.4f}) "
-          f"+ constant ({res.constant[0]:+.4f}) = loss\n")
+    print(
+        f"{what} at position {res.loss_position} ({toks[res.loss_position]!r}): "
+        + " | ".join(f"{x:+.4f}" for x in res.loss_values)
+    )
+    print(
+        f"{res.nodes_ranked} nodes ranked; direct effects + biases ({res.bias_direct_effect[0]:+.4f}) "
+        f"+ constant ({res.constant[0]:+.4f}) = loss\n"
+    )
     key = dict(_COLUMN_ABBR)[args.sort]
     rows = sorted(res.rows, key=lambda r: -getattr(r.values[0], args.sort))
     two = len(res.loss_values) == 2
@@ -356,8 +478,10 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                 vals += f"{getattr(r.values[0], col):>9.4f}"
         up = " ".join(repr(t.token) for t in r.upvoted[:3])
         print(f"{r.node.name:28s}{tok[-10:]:>10s}{vals}   {up}")
-    print(f"\nsorted by {key}; token attribution (embedding act x grad): "
-          + " ".join(f"{t!r}:{v:+.3f}" for t, v in zip(toks, res.token_attribution[0])))
+    print(
+        f"\nsorted by {key}; token attribution (embedding act x grad): "
+        + " ".join(f"{t!r}:{v:+.3f}" for t, v in zip(toks, res.token_attribution[0]))
+    )
     return 0
 
 
@@ -374,8 +498,10 @@ def cmd_sae_list(args: argparse.Namespace) -> int:
         print("no SAEs attached")
     for s in saes:
         k = f" k={s.k}" if s.k is not None else ""
-        print(f"{s.id:16s} {s.model:14s} {s.site:28s} {s.kind}{k} d_in={s.d_in} d_sae={s.d_sae} "
-              f"norm={s.input_norm}  {s.source}")
+        print(
+            f"{s.id:16s} {s.model:14s} {s.site:28s} {s.kind}{k} d_in={s.d_in} d_sae={s.d_sae} "
+            f"norm={s.input_norm}  {s.source}"
+        )
     return 0
 
 
@@ -383,14 +509,29 @@ def cmd_sae_encode(args: argparse.Namespace) -> int:
     with _client(args) as c:
         res = c.encode(args.sae, args.prompts, top_k=args.top_k, model=args.model)
     if args.json:
-        print(json.dumps({"tokens": res.tokens, "top_values": res.top_values.tolist(),
-                          "top_indices": res.top_indices.tolist(), "l0": res.l0.tolist(),
-                          "mse": res.mse.tolist(), "explained_variance": res.explained_variance}))
+        print(
+            json.dumps(
+                {
+                    "tokens": res.tokens,
+                    "top_values": res.top_values.tolist(),
+                    "top_indices": res.top_indices.tolist(),
+                    "l0": res.l0.tolist(),
+                    "mse": res.mse.tolist(),
+                    "explained_variance": res.explained_variance,
+                }
+            )
+        )
         return 0
-    print(f"SAE {res.sae}: mean L0 {res.mean_l0:.2f}, explained variance {res.explained_variance:.4f}")
+    print(
+        f"SAE {res.sae}: mean L0 {res.mean_l0:.2f}, explained variance {res.explained_variance:.4f}"
+    )
     for b, toks in enumerate(res.tokens):
         for p, tok in enumerate(toks):
-            lat = " ".join(f"{int(i)}:{v:.2f}" for v, i in zip(res.top_values[b, p], res.top_indices[b, p]) if v > 0)
+            lat = " ".join(
+                f"{int(i)}:{v:.2f}"
+                for v, i in zip(res.top_values[b, p], res.top_indices[b, p])
+                if v > 0
+            )
             print(f"  {p:3d} {tok!r:14s} L0={int(res.l0[b, p]):3d}  {lat}")
     return 0
 
@@ -404,40 +545,73 @@ def cmd_sae_train(args: argparse.Namespace) -> int:
     source = args.model
     if source is None:
         from tdb_core.toy import TOY_MODEL_DIR
+
         source = str(TOY_MODEL_DIR)
     loaded = adapters.load_model("train", source, args.device)
-    runner = ModelRunner(loaded, Limits(max_tokens_per_prompt=loaded.adapter.dims.n_ctx,
-                                        max_prompts=4096, max_response_bytes=2**40))
+    runner = ModelRunner(
+        loaded,
+        Limits(
+            max_tokens_per_prompt=loaded.adapter.dims.n_ctx,
+            max_prompts=4096,
+            max_response_bytes=2**40,
+        ),
+    )
     site = runner.schema.get(args.site)
     windows = token_windows(runner, args.dataset, args.ctx_len)
     n_eval = min(args.eval_windows, max(1, len(windows) // 10))
     eval_w, train_w = windows[:n_eval], windows[n_eval:]
-    print(f"{len(train_w)} training windows, {n_eval} evaluation windows of <= {args.ctx_len} "
-          f"tokens; site {site.name}", file=sys.stderr)
+    print(
+        f"{len(train_w)} training windows, {n_eval} evaluation windows of <= {args.ctx_len} "
+        f"tokens; site {site.name}",
+        file=sys.stderr,
+    )
     d_in = 1
     for d in site.dims:
         if d != site.kind.pos_dim:
             d_in *= runner.schema.dim_size(site, d, 1)
-    stream = activation_stream(runner, site.name, train_w, StreamConfig(
-        ctx_len=args.ctx_len, batch_size=args.batch_size, seed=args.seed))
-    config = TrainConfig(kind=SaeKind(args.kind), d_sae=args.d_sae or 8 * d_in, steps=args.steps,
-                         batch_size=args.batch_size, lr=args.lr, k=args.k, l1_coeff=args.l1,
-                         checkpoint_every=args.checkpoint_every, out_dir=args.out, seed=args.seed,
-                         site=site.name, model_name=os.path.basename(source.rstrip("/")),
-                         init_rows=min(16384, args.batch_size * 16),
-                         eval_rows=min(4096, args.batch_size * 4))
-    result = train_sae(config, stream, ce_eval=ce_evaluator(runner, site.name, eval_w),
-                       progress=not args.quiet)
+    stream = activation_stream(
+        runner,
+        site.name,
+        train_w,
+        StreamConfig(ctx_len=args.ctx_len, batch_size=args.batch_size, seed=args.seed),
+    )
+    config = TrainConfig(
+        kind=SaeKind(args.kind),
+        d_sae=args.d_sae or 8 * d_in,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        k=args.k,
+        l1_coeff=args.l1,
+        checkpoint_every=args.checkpoint_every,
+        out_dir=args.out,
+        seed=args.seed,
+        site=site.name,
+        model_name=os.path.basename(source.rstrip("/")),
+        init_rows=min(16384, args.batch_size * 16),
+        eval_rows=min(4096, args.batch_size * 4),
+    )
+    result = train_sae(
+        config, stream, ce_eval=ce_evaluator(runner, site.name, eval_w), progress=not args.quiet
+    )
     rows = []
     for m in result.checkpoints:
         ce = m.ce
-        rows.append({"step": m.step, "l0": round(m.l0, 3), "dead_fraction": round(m.dead_fraction, 4),
-                     "explained_variance": round(m.explained_variance, 4),
-                     "ce_clean": round(ce.clean_ce, 4) if ce else None,
-                     "ce_spliced": round(ce.spliced_ce, 4) if ce else None,
-                     "ce_zero_ablated": round(ce.zero_ablated_ce, 4) if ce else None,
-                     "ce_loss_recovered": round(ce.recovered, 4) if ce and ce.recovered is not None else None,
-                     "path": str(m.path) if m.path else None})
+        rows.append(
+            {
+                "step": m.step,
+                "l0": round(m.l0, 3),
+                "dead_fraction": round(m.dead_fraction, 4),
+                "explained_variance": round(m.explained_variance, 4),
+                "ce_clean": round(ce.clean_ce, 4) if ce else None,
+                "ce_spliced": round(ce.spliced_ce, 4) if ce else None,
+                "ce_zero_ablated": round(ce.zero_ablated_ce, 4) if ce else None,
+                "ce_loss_recovered": round(ce.recovered, 4)
+                if ce and ce.recovered is not None
+                else None,
+                "path": str(m.path) if m.path else None,
+            }
+        )
     if args.json:
         print(json.dumps(rows))
     else:
@@ -475,19 +649,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from tdb_core.runner import Limits, ModelRunner
 
     source = args.model or default_model_sources()[0].source
-    name = args.model_name or (default_model_sources()[0].name if not args.model
-                               else os.path.basename(source.rstrip("/")))
+    name = args.model_name or (
+        default_model_sources()[0].name if not args.model else os.path.basename(source.rstrip("/"))
+    )
     loaded = adapters.load_model(name, source, args.device)
-    runner = ModelRunner(loaded, Limits(max_tokens_per_prompt=loaded.adapter.dims.n_ctx,
-                                        max_prompts=4096, max_response_bytes=2**40))
+    runner = ModelRunner(
+        loaded,
+        Limits(
+            max_tokens_per_prompt=loaded.adapter.dims.n_ctx,
+            max_prompts=4096,
+            max_response_bytes=2**40,
+        ),
+    )
     if not args.model:
         from services.server import default_sae_sources
         from tdb_core.sae import load_sae
+
         for s in default_sae_sources():
             runner.attach_sae(s.id, load_sae(s.source), s.source)
-    setup = build_explain_setup(Settings(
-        explanations_db=args.db, explainers=(args.explainer,), openai_base_url=args.openai_base_url,
-        openai_api_key_env=args.openai_api_key_env, device=args.device))
+    setup = build_explain_setup(
+        Settings(
+            explanations_db=args.db,
+            explainers=(args.explainer,),
+            openai_base_url=args.openai_base_url,
+            openai_api_key_env=args.openai_api_key_env,
+            device=args.device,
+        )
+    )
     dataset: Any = setup.datasets["toy"]() if args.dataset == "toy" else args.dataset
     method = setup.method(args.explainer.partition(":")[0])
     targets = [engine.parse_target(runner, n) for n in _expand_nodes(args.node)]
@@ -498,11 +686,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         bar.total = total
         bar.n = done
         bar.refresh()
+
     records = engine.mine(runner, targets, dataset, options, mined)
     bar.close()
     results, skipped = [], []
-    for t, rec in tqdm(list(zip(targets, records)), desc="explaining", unit="node",
-                       disable=args.quiet or len(targets) < 2, file=sys.stderr):
+    for t, rec in tqdm(
+        list(zip(targets, records)),
+        desc="explaining",
+        unit="node",
+        disable=args.quiet or len(targets) < 2,
+        file=sys.stderr,
+    ):
         try:
             explainer, fields, _ = engine.explain_target(t, rec, method)
         except FailedPreconditionError as e:  # a dead node in a batch: report it, go on
@@ -510,8 +704,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 raise
             skipped.append({"node_key": t.key, "reason": str(e)})
             continue
-        entry = dict(model=runner.name, node_key=t.key, method=method.name, explainer=explainer,
-                     sae_id=t.sae_id, **fields)
+        entry = dict(
+            model=runner.name,
+            node_key=t.key,
+            method=method.name,
+            explainer=explainer,
+            sae_id=t.sae_id,
+            **fields,
+        )
         if not args.no_save:
             setup.catalog.put(**entry)
         results.append(entry)
@@ -532,8 +732,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_explanations(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        found = c.list_explanations(model=args.model, node=args.node, node_prefix=args.node_prefix,
-                                    min_score=args.min_score, limit=args.limit)
+        found = c.list_explanations(
+            model=args.model,
+            node=args.node,
+            node_prefix=args.node_prefix,
+            min_score=args.min_score,
+            limit=args.limit,
+        )
     if args.json:
         print(json.dumps([e.__dict__ for e in found]))
         return 0
@@ -570,19 +775,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("forward", help="run prompts and read activations")
     p.add_argument("prompts", nargs="+", help="prompt text(s)")
-    p.add_argument("--capture", nargs="*", default=[], metavar="SITE",
-                   help="sites or globs, e.g. blocks.*.mlp.hook_post")
+    p.add_argument(
+        "--capture",
+        nargs="*",
+        default=[],
+        metavar="SITE",
+        help="sites or globs, e.g. blocks.*.mlp.hook_post",
+    )
     p.add_argument("--positions", default=None, help="positions to keep, e.g. '-1' or '0,3'")
     p.add_argument("--top-k", type=int, default=10, help="next-token top-k")
-    p.add_argument("--zero", action="append", default=[], metavar="SELECTOR",
-                   help="zero-ablate, e.g. 'blocks.1.attn.hook_z[head=3]'")
+    p.add_argument(
+        "--zero",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="zero-ablate, e.g. 'blocks.1.attn.hook_z[head=3]'",
+    )
     _add_client_args(p)
     p.set_defaults(func=cmd_forward)
 
-    p = sub.add_parser("ablate", help="compare a baseline with interventions",
-                       description="Interventions use selectors such as "
-                                   "'blocks.1.attn.hook_z[head=3]' or "
-                                   "'blocks.0.mlp.hook_post[42,pos=-1]'.")
+    p = sub.add_parser(
+        "ablate",
+        help="compare a baseline with interventions",
+        description="Interventions use selectors such as "
+        "'blocks.1.attn.hook_z[head=3]' or "
+        "'blocks.0.mlp.hook_post[42,pos=-1]'.",
+    )
     p.add_argument("prompt")
     p.add_argument("--target", action="append", default=[], help="target token, e.g. ' Mary'")
     p.add_argument("--distractor", action="append", default=[], help="distractor token")
@@ -590,14 +808,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero", action="append", default=[], metavar="SELECTOR")
     p.add_argument("--set", action="append", default=[], metavar="SELECTOR=VALUE")
     p.add_argument("--scale", action="append", default=[], metavar="SELECTOR=FACTOR")
-    p.add_argument("--mean", action="append", default=[], metavar="SELECTOR",
-                   help="mean-ablate (over the prompt's positions, or --reference prompts)")
+    p.add_argument(
+        "--mean",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="mean-ablate (over the prompt's positions, or --reference prompts)",
+    )
     p.add_argument("--reference", action="append", default=[], metavar="PROMPT")
-    p.add_argument("--patch", action="append", default=[], metavar="SELECTOR",
-                   help="patch from --source")
+    p.add_argument(
+        "--patch", action="append", default=[], metavar="SELECTOR", help="patch from --source"
+    )
     p.add_argument("--source", default=None, metavar="PROMPT", help="source prompt for --patch")
-    p.add_argument("--each", action="store_true", help="one row per intervention instead of one "
-                                                       "row with all of them")
+    p.add_argument(
+        "--each",
+        action="store_true",
+        help="one row per intervention instead of one row with all of them",
+    )
     p.add_argument("--top-k", type=int, default=5)
     _add_client_args(p)
     p.set_defaults(func=cmd_ablate)
@@ -605,8 +832,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("patch", help="activation patching sweep (clean -> corrupted)")
     p.add_argument("clean")
     p.add_argument("corrupted")
-    p.add_argument("--site", default="hook_resid_pre",
-                   help="per-layer site kind, e.g. hook_resid_pre, hook_attn_out, attn.hook_z")
+    p.add_argument(
+        "--site",
+        default="hook_resid_pre",
+        help="per-layer site kind, e.g. hook_resid_pre, hook_attn_out, attn.hook_z",
+    )
     p.add_argument("--target", required=True, action="append")
     p.add_argument("--distractor", required=True, action="append")
     p.add_argument("--by", choices=("position", "head"), default="position")
@@ -621,15 +851,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", action="append", default=[], help="target token(s), e.g. ' Mary'")
     p.add_argument("--distractor", action="append", default=[], help="distractor token(s)")
     p.add_argument("--position", type=int, default=-1, help="position of the loss (default -1)")
-    p.add_argument("--trace-neuron", default=None, metavar="L,N[,POS]",
-                   help="trace upstream from MLP neuron N of layer L")
-    p.add_argument("--trace-head", default=None, metavar="L,H,Q[,K],{q,k,qk,v}",
-                   help="trace upstream from head H of layer L at query Q (key K)")
+    p.add_argument(
+        "--trace-neuron",
+        default=None,
+        metavar="L,N[,POS]",
+        help="trace upstream from MLP neuron N of layer L",
+    )
+    p.add_argument(
+        "--trace-head",
+        default=None,
+        metavar="L,H,Q[,K],{q,k,qk,v}",
+        help="trace upstream from head H of layer L at query Q (key K)",
+    )
     p.add_argument("--second", default=None, metavar="PROMPT", help="compare with a second prompt")
-    p.add_argument("--zero", action="append", default=[], metavar="SELECTOR",
-                   help="compare with an ablated copy (zero these)")
-    p.add_argument("--families", nargs="*", default=[],
-                   help="embedding mlp_neuron attn_head attn_head_pair sae_latent")
+    p.add_argument(
+        "--zero",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="compare with an ablated copy (zero these)",
+    )
+    p.add_argument(
+        "--families",
+        nargs="*",
+        default=[],
+        help="embedding mlp_neuron attn_head attn_head_pair sae_latent",
+    )
     p.add_argument("--ig", type=int, default=0, metavar="STEPS", help="integrated gradients")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--sort", default="direct_effect", choices=[c for c, _ in _COLUMN_ABBR])
@@ -650,7 +897,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sae_sub.add_parser("train", help="train an SAE on a model's activations (local, no server)")
     p.add_argument("--model", default=None, help="HF directory or hub id (default: the toy model)")
     p.add_argument("--site", required=True, help="e.g. blocks.1.hook_resid_pre")
-    p.add_argument("--dataset", required=True, help="JSONL of {\"text\": ...} or plain text")
+    p.add_argument("--dataset", required=True, help='JSONL of {"text": ...} or plain text')
     p.add_argument("--out", required=True, help="output directory (SAELens format checkpoints)")
     p.add_argument("--kind", choices=("topk", "relu"), default="topk")
     p.add_argument("--d-sae", type=int, default=0, help="latents (default 8 x d_in)")
@@ -668,15 +915,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sae_train)
 
-    p = sub.add_parser("explain", help="explain nodes: mine records, explain, simulate, score "
-                                        "(local; stores in the explanation catalog)")
-    p.add_argument("--node", action="append", required=True,
-                   help="node key, e.g. 'blocks.1.mlp.hook_post[42]'; repeat it, or use a range "
-                        "'blocks.1.mlp.hook_post[0:64]' for batch mode")
+    p = sub.add_parser(
+        "explain",
+        help="explain nodes: mine records, explain, simulate, score "
+        "(local; stores in the explanation catalog)",
+    )
+    p.add_argument(
+        "--node",
+        action="append",
+        required=True,
+        help="node key, e.g. 'blocks.1.mlp.hook_post[42]'; repeat it, or use a range "
+        "'blocks.1.mlp.hook_post[0:64]' for batch mode",
+    )
     p.add_argument("--model", default=None, help="HF directory or hub id (default: the toy model)")
     p.add_argument("--model-name", default=None, help="name to store explanations under")
     p.add_argument("--dataset", default="toy", help="JSONL/plain-text file, or 'toy'")
-    p.add_argument("--explainer", default="baseline", help="baseline | hf:PATH_OR_HUB_ID | openai:MODEL")
+    p.add_argument(
+        "--explainer", default="baseline", help="baseline | hf:PATH_OR_HUB_ID | openai:MODEL"
+    )
     p.add_argument("--openai-base-url", default=os.environ.get("OPENAI_BASE_URL"))
     p.add_argument("--openai-api-key-env", default="OPENAI_API_KEY")
     p.add_argument("--db", default=None, help="explanation catalog (SQLite)")

@@ -13,10 +13,10 @@ import json
 import math
 import sys
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
-
 from google.protobuf import descriptor_pool
 from google.protobuf.message import Message
 
@@ -39,9 +39,13 @@ from tdb_core.sae.attach import AttachedSae
 CHUNK_BYTES = 1 << 20
 
 _TORCH_TO_PB = {
-    torch.float32: cpb.DTYPE_FLOAT32, torch.float16: cpb.DTYPE_FLOAT16,
-    torch.bfloat16: cpb.DTYPE_BFLOAT16, torch.float64: cpb.DTYPE_FLOAT64,
-    torch.int64: cpb.DTYPE_INT64, torch.int32: cpb.DTYPE_INT32, torch.bool: cpb.DTYPE_BOOL,
+    torch.float32: cpb.DTYPE_FLOAT32,
+    torch.float16: cpb.DTYPE_FLOAT16,
+    torch.bfloat16: cpb.DTYPE_BFLOAT16,
+    torch.float64: cpb.DTYPE_FLOAT64,
+    torch.int64: cpb.DTYPE_INT64,
+    torch.int32: cpb.DTYPE_INT32,
+    torch.bool: cpb.DTYPE_BOOL,
 }
 _PB_TO_TORCH = {v: k for k, v in _TORCH_TO_PB.items()}
 assert sys.byteorder == "little", "tensor bytes are little-endian; big-endian hosts are unsupported"
@@ -91,8 +95,9 @@ class TensorSink:
     def chunks(self) -> Iterator[cpb.TensorChunk]:
         for stream_id, data in self._pending:
             for start in range(0, data.nbytes, self.chunk_bytes):
-                yield cpb.TensorChunk(stream_id=stream_id,
-                                      data=data[start:start + self.chunk_bytes].tobytes())
+                yield cpb.TensorChunk(
+                    stream_id=stream_id, data=data[start : start + self.chunk_bytes].tobytes()
+                )
 
     @property
     def streamed_bytes(self) -> int:
@@ -113,7 +118,8 @@ def tensor_from_pb(msg: cpb.Tensor, what: str = "tensor") -> torch.Tensor:
     if len(msg.data) != math.prod(shape) * itemsize:
         raise InvalidArgumentError(
             f"{what} has {len(msg.data)} bytes of data but shape {list(shape)} of {dtype} needs "
-            f"{math.prod(shape) * itemsize}")
+            f"{math.prod(shape) * itemsize}"
+        )
     if dtype == torch.bfloat16:
         arr = np.frombuffer(msg.data, dtype=np.int16).reshape(shape)
         return torch.from_numpy(arr.copy()).view(torch.bfloat16)
@@ -136,10 +142,12 @@ def prompt_from_pb(p: cpb.Prompt) -> specs.Prompt:
 
 
 def _top_k_from_pb(t: cpb.TopK) -> specs.TopK:
-    mode = {cpb.TOP_K_MODE_UNSPECIFIED: specs.TopKMode.LARGEST,
-            cpb.TOP_K_MODE_LARGEST: specs.TopKMode.LARGEST,
-            cpb.TOP_K_MODE_SMALLEST: specs.TopKMode.SMALLEST,
-            cpb.TOP_K_MODE_ABS: specs.TopKMode.ABS}.get(t.mode)
+    mode = {
+        cpb.TOP_K_MODE_UNSPECIFIED: specs.TopKMode.LARGEST,
+        cpb.TOP_K_MODE_LARGEST: specs.TopKMode.LARGEST,
+        cpb.TOP_K_MODE_SMALLEST: specs.TopKMode.SMALLEST,
+        cpb.TOP_K_MODE_ABS: specs.TopKMode.ABS,
+    }.get(t.mode)
     if mode is None:
         raise InvalidArgumentError(f"unknown top-k mode {t.mode}")
     return specs.TopK(k=t.k, mode=mode)
@@ -166,26 +174,37 @@ def _op_from_pb(iv: cpb.Intervention) -> specs.Op:
     if which == "scale":
         return specs.Scale(iv.scale.factor)
     if which == "add":
-        return specs.AddVector(tensor_from_pb(iv.add.vector, "add vector"),
-                               iv.add.coeff if iv.add.coeff != 0 else 1.0)
+        return specs.AddVector(
+            tensor_from_pb(iv.add.vector, "add vector"), iv.add.coeff if iv.add.coeff != 0 else 1.0
+        )
     if which == "mean_over_positions":
         return specs.MeanOverPositions()
     if which == "mean_over_reference":
         return specs.MeanOverReference()
     if which == "patch":
         return specs.PatchFrom(iv.patch.source)
-    raise InvalidArgumentError(f"intervention on '{iv.site}' has no operation; set one of zero, "
-                               "set_value, set_tensor, scale, add, mean_over_positions, "
-                               "mean_over_reference, patch")
+    raise InvalidArgumentError(
+        f"intervention on '{iv.site}' has no operation; set one of zero, "
+        "set_value, set_tensor, scale, add, mean_over_positions, "
+        "mean_over_reference, patch"
+    )
 
 
 def intervention_from_pb(iv: cpb.Intervention) -> specs.Intervention:
-    pass_ = {cpb.PASS_UNSPECIFIED: specs.Pass.FORWARD, cpb.PASS_FORWARD: specs.Pass.FORWARD,
-             cpb.PASS_BACKWARD: specs.Pass.BACKWARD}.get(getattr(iv, "pass"))  # `pass` is a Python keyword
+    pass_ = {
+        cpb.PASS_UNSPECIFIED: specs.Pass.FORWARD,
+        cpb.PASS_FORWARD: specs.Pass.FORWARD,
+        cpb.PASS_BACKWARD: specs.Pass.BACKWARD,
+    }.get(getattr(iv, "pass"))  # `pass` is a Python keyword
     if pass_ is None:
         raise InvalidArgumentError("unknown pass value")
-    return specs.Intervention(site=iv.site, op=_op_from_pb(iv), positions=tuple(iv.positions) or None,
-                              units=tuple(iv.units) or None, pass_=pass_)
+    return specs.Intervention(
+        site=iv.site,
+        op=_op_from_pb(iv),
+        positions=tuple(iv.positions) or None,
+        units=tuple(iv.units) or None,
+        pass_=pass_,
+    )
 
 
 def forward_spec_from_pb(r: ipb.ForwardRequest) -> specs.ForwardSpec:
@@ -210,8 +229,13 @@ def prompt_tokens_to_pb(p: specs.PromptTokens) -> cpb.PromptTokens:
 
 
 def top_logits_to_pb(t: specs.TopLogits) -> cpb.TopLogits:
-    return cpb.TopLogits(position=t.position, token_ids=list(t.token_ids), tokens=list(t.tokens),
-                         logits=list(t.logits), probs=list(t.probs))
+    return cpb.TopLogits(
+        position=t.position,
+        token_ids=list(t.token_ids),
+        tokens=list(t.tokens),
+        logits=list(t.logits),
+        probs=list(t.probs),
+    )
 
 
 def capture_to_pb(c: specs.CaptureResult, sink: TensorSink) -> cpb.CaptureResult:
@@ -228,8 +252,10 @@ def forward_header_to_pb(model: str, r: specs.ForwardResult, sink: TensorSink) -
         model=model,
         prompts=[prompt_tokens_to_pb(p) for p in r.prompts],
         captures=[capture_to_pb(c, sink) for c in r.captures],
-        top_logits=[cpb.PromptTopLogits(positions=[top_logits_to_pb(t) for t in per])
-                    for per in r.top_logits],
+        top_logits=[
+            cpb.PromptTopLogits(positions=[top_logits_to_pb(t) for t in per])
+            for per in r.top_logits
+        ],
     )
 
 
@@ -240,16 +266,33 @@ def model_info_to_pb(runner: ModelRunner) -> mpb.GetModelInfoResponse:
     sites = []
     for s in schema.sites:
         sizes = [-1 if d in ("pos", "q_pos", "k_pos") else schema.dim_size(s, d, 0) for d in s.dims]
-        info = mpb.SiteInfo(name=s.name, kind=s.kind.key, dims=list(s.dims), sizes=sizes,
-                            unit_dim=s.kind.unit_dim or "", meaning=s.kind.meaning)
+        info = mpb.SiteInfo(
+            name=s.name,
+            kind=s.kind.key,
+            dims=list(s.dims),
+            sizes=sizes,
+            unit_dim=s.kind.unit_dim or "",
+            meaning=s.kind.meaning,
+        )
         if s.layer is not None:
             info.layer = s.layer
         sites.append(info)
     msg = mpb.GetModelInfoResponse(
-        name=loaded.name, architecture=arch, source=loaded.source, n_layers=dims.n_layers,
-        n_heads=dims.n_heads, n_kv_heads=dims.n_kv_heads, d_model=dims.d_model,
-        d_head=dims.d_head, d_mlp=dims.d_mlp, d_vocab=dims.d_vocab, n_ctx=dims.n_ctx,
-        device=str(loaded.device), dtype=str(loaded.dtype).removeprefix("torch."), sites=sites)
+        name=loaded.name,
+        architecture=arch,
+        source=loaded.source,
+        n_layers=dims.n_layers,
+        n_heads=dims.n_heads,
+        n_kv_heads=dims.n_kv_heads,
+        d_model=dims.d_model,
+        d_head=dims.d_head,
+        d_mlp=dims.d_mlp,
+        d_vocab=dims.d_vocab,
+        n_ctx=dims.n_ctx,
+        device=str(loaded.device),
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        sites=sites,
+    )
     msg.saes.extend(sae_info_to_pb(runner.name, a) for a in runner.saes.values())
     tok = loaded.tokenizer
     if tok.bos_token_id is not None:
@@ -274,9 +317,12 @@ def ablate_spec_from_pb(runner: ModelRunner, r: ipb.AblateRequest) -> ablate.Abl
         raise InvalidArgumentError("Ablate needs a prompt")
     return ablate.AblateSpec(
         prompt=prompt_from_pb(r.prompt),
-        sets=tuple(ablate.InterventionSet(s.name or f"set{i}",
-                                          tuple(intervention_from_pb(iv) for iv in s.interventions))
-                   for i, s in enumerate(r.sets)),
+        sets=tuple(
+            ablate.InterventionSet(
+                s.name or f"set{i}", tuple(intervention_from_pb(iv) for iv in s.interventions)
+            )
+            for i, s in enumerate(r.sets)
+        ),
         position=r.position if r.HasField("position") else -1,
         target_ids=tokens_from_pb(runner, r.target, "target"),
         distractor_ids=tokens_from_pb(runner, r.distractor, "distractor"),
@@ -288,37 +334,54 @@ def ablate_spec_from_pb(runner: ModelRunner, r: ipb.AblateRequest) -> ablate.Abl
     )
 
 
-def ablate_header_to_pb(model: str, spec: ablate.AblateSpec, r: ablate.AblateResult,
-                        sink: TensorSink) -> ipb.AblateHeader:
+def ablate_header_to_pb(
+    model: str, spec: ablate.AblateSpec, r: ablate.AblateResult, sink: TensorSink
+) -> ipb.AblateHeader:
     rows = []
     for row in r.rows:
-        msg = ipb.AblateRow(name=row.name, top=top_logits_to_pb(row.top),
-                            kl_from_baseline=row.kl_from_baseline)
+        msg = ipb.AblateRow(
+            name=row.name, top=top_logits_to_pb(row.top), kl_from_baseline=row.kl_from_baseline
+        )
         if row.logit_diff is not None:
             msg.logit_diff = row.logit_diff
             msg.logit_diff_change = row.logit_diff_change or 0.0
         if row.target_prob is not None:
             msg.target_prob = row.target_prob
         rows.append(msg)
-    return ipb.AblateHeader(model=model, prompt=prompt_tokens_to_pb(r.prompt), position=r.position,
-                            rows=rows, captures=[capture_to_pb(c, sink) for c in r.captures],
-                            target_ids=list(spec.target_ids), distractor_ids=list(spec.distractor_ids))
+    return ipb.AblateHeader(
+        model=model,
+        prompt=prompt_tokens_to_pb(r.prompt),
+        position=r.position,
+        rows=rows,
+        captures=[capture_to_pb(c, sink) for c in r.captures],
+        target_ids=list(spec.target_ids),
+        distractor_ids=list(spec.distractor_ids),
+    )
 
 
-_SWEEP_BY = {ipb.SWEEP_BY_UNSPECIFIED: ablate.SweepBy.POSITION,
-             ipb.SWEEP_BY_POSITION: ablate.SweepBy.POSITION, ipb.SWEEP_BY_HEAD: ablate.SweepBy.HEAD}
+_SWEEP_BY = {
+    ipb.SWEEP_BY_UNSPECIFIED: ablate.SweepBy.POSITION,
+    ipb.SWEEP_BY_POSITION: ablate.SweepBy.POSITION,
+    ipb.SWEEP_BY_HEAD: ablate.SweepBy.HEAD,
+}
 
 
-def patch_sweep_spec_from_pb(runner: ModelRunner, r: ipb.PatchSweepRequest) -> ablate.PatchSweepSpec:
+def patch_sweep_spec_from_pb(
+    runner: ModelRunner, r: ipb.PatchSweepRequest
+) -> ablate.PatchSweepSpec:
     if not (r.HasField("clean") and r.HasField("corrupted")):
         raise InvalidArgumentError("PatchSweep needs a clean and a corrupted prompt")
     if r.by not in _SWEEP_BY:
         raise InvalidArgumentError(f"unknown sweep layout {r.by}")
     return ablate.PatchSweepSpec(
-        clean=prompt_from_pb(r.clean), corrupted=prompt_from_pb(r.corrupted), site=r.site,
+        clean=prompt_from_pb(r.clean),
+        corrupted=prompt_from_pb(r.corrupted),
+        site=r.site,
         target_ids=tokens_from_pb(runner, r.target, "target"),
         distractor_ids=tokens_from_pb(runner, r.distractor, "distractor"),
-        by=_SWEEP_BY[r.by], positions=tuple(r.positions) or None, layers=tuple(r.layers) or None,
+        by=_SWEEP_BY[r.by],
+        positions=tuple(r.positions) or None,
+        layers=tuple(r.layers) or None,
         position=r.position if r.HasField("position") else -1,
         prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None,
     )
@@ -327,11 +390,17 @@ def patch_sweep_spec_from_pb(runner: ModelRunner, r: ipb.PatchSweepRequest) -> a
 def patch_sweep_to_pb(model: str, r: ablate.PatchSweepResult) -> ipb.PatchSweepResponse:
     sink = TensorSink(inline_budget=1 << 62)  # a grid is small: always inline
     msg = ipb.PatchSweepResponse(
-        model=model, site=r.site,
+        model=model,
+        site=r.site,
         by=ipb.SWEEP_BY_HEAD if r.by is ablate.SweepBy.HEAD else ipb.SWEEP_BY_POSITION,
-        layers=list(r.layers), columns=list(r.columns), column_labels=list(r.column_labels),
-        clean_logit_diff=r.clean_logit_diff, corrupted_logit_diff=r.corrupted_logit_diff,
-        clean=prompt_tokens_to_pb(r.clean), corrupted=prompt_tokens_to_pb(r.corrupted))
+        layers=list(r.layers),
+        columns=list(r.columns),
+        column_labels=list(r.column_labels),
+        clean_logit_diff=r.clean_logit_diff,
+        corrupted_logit_diff=r.corrupted_logit_diff,
+        clean=prompt_tokens_to_pb(r.clean),
+        corrupted=prompt_tokens_to_pb(r.corrupted),
+    )
     sink.put(msg.recovered, r.recovered.float())
     sink.put(msg.logit_diffs, r.logit_diffs.float())
     return msg
@@ -340,9 +409,13 @@ def patch_sweep_to_pb(model: str, r: ablate.PatchSweepResult) -> ipb.PatchSweepR
 # --------------------------------------------------------------------------------------------------
 # Attribution
 
-_THROUGH = {apb.THROUGH_UNSPECIFIED: attribution.Through.QK, apb.THROUGH_Q: attribution.Through.Q,
-            apb.THROUGH_K: attribution.Through.K, apb.THROUGH_QK: attribution.Through.QK,
-            apb.THROUGH_V: attribution.Through.V}
+_THROUGH = {
+    apb.THROUGH_UNSPECIFIED: attribution.Through.QK,
+    apb.THROUGH_Q: attribution.Through.Q,
+    apb.THROUGH_K: attribution.Through.K,
+    apb.THROUGH_QK: attribution.Through.QK,
+    apb.THROUGH_V: attribution.Through.V,
+}
 MAX_TOP_K = 1000
 
 
@@ -354,12 +427,16 @@ def loss_from_pb(runner: ModelRunner, r: apb.AttributeRequest) -> attribution.Lo
     which = r.WhichOneof("loss")
     if which == "logit_diff":
         m = r.logit_diff
-        return attribution.LogitDiffLoss(tokens_from_pb(runner, m.target, "target"),
-                                         tokens_from_pb(runner, m.distractor, "distractor"),
-                                         _opt(m, "position", -1))
+        return attribution.LogitDiffLoss(
+            tokens_from_pb(runner, m.target, "target"),
+            tokens_from_pb(runner, m.distractor, "distractor"),
+            _opt(m, "position", -1),
+        )
     if which == "log_prob":
         m = r.log_prob
-        return attribution.LogProbLoss(tokens_from_pb(runner, m.target, "target"), _opt(m, "position", -1))
+        return attribution.LogProbLoss(
+            tokens_from_pb(runner, m.target, "target"), _opt(m, "position", -1)
+        )
     if which == "neuron":
         m = r.neuron
         return attribution.NeuronTrace(m.layer, m.neuron, _opt(m, "position", -1))
@@ -367,34 +444,46 @@ def loss_from_pb(runner: ModelRunner, r: apb.AttributeRequest) -> attribution.Lo
         m = r.head
         if m.through not in _THROUGH:
             raise InvalidArgumentError(f"unknown trace side {m.through}")
-        return attribution.HeadTrace(m.layer, m.head, _opt(m, "query_position", -1),
-                                     m.key_position if m.HasField("key_position") else None,
-                                     _THROUGH[m.through])
+        return attribution.HeadTrace(
+            m.layer,
+            m.head,
+            _opt(m, "query_position", -1),
+            m.key_position if m.HasField("key_position") else None,
+            _THROUGH[m.through],
+        )
     if which == "latent":
         m = r.latent
         return attribution.LatentTrace(m.sae, m.latent, _opt(m, "position", -1))
     if which == "direction":
         m = r.direction
-        return attribution.DirectionLoss(m.site, tensor_from_pb(m.vector, "direction vector").float(),
-                                         _opt(m, "position", -1))
-    raise InvalidArgumentError("Attribute needs a loss: logit_diff, log_prob, neuron, head, latent "
-                               "or direction")
+        return attribution.DirectionLoss(
+            m.site, tensor_from_pb(m.vector, "direction vector").float(), _opt(m, "position", -1)
+        )
+    raise InvalidArgumentError(
+        "Attribute needs a loss: logit_diff, log_prob, neuron, head, latent or direction"
+    )
 
 
-def attribute_spec_from_pb(runner: ModelRunner, r: apb.AttributeRequest) -> attribution.AttributeSpec:
+def attribute_spec_from_pb(
+    runner: ModelRunner, r: apb.AttributeRequest
+) -> attribution.AttributeSpec:
     if not r.HasField("prompt"):
         raise InvalidArgumentError("Attribute needs a prompt")
     top_k = _opt(r, "top_k", 10)
     if not 1 <= top_k <= MAX_TOP_K:
         raise InvalidArgumentError(f"top_k must be in 1..{MAX_TOP_K}, got {top_k}")
     return attribution.AttributeSpec(
-        prompt=prompt_from_pb(r.prompt), loss=loss_from_pb(runner, r),
+        prompt=prompt_from_pb(r.prompt),
+        loss=loss_from_pb(runner, r),
         second=prompt_from_pb(r.second_prompt) if r.HasField("second_prompt") else None,
         interventions=tuple(intervention_from_pb(i) for i in r.interventions),
-        top_k=top_k, families=tuple(r.families), ig_steps=r.ig_steps,
+        top_k=top_k,
+        families=tuple(r.families),
+        ig_steps=r.ig_steps,
         freeze_norm_scale=r.freeze_norm_scale if r.HasField("freeze_norm_scale") else True,
         node_tokens=_opt(r, "node_tokens", 5),
-        prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None)
+        prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None,
+    )
 
 
 def _token_scores_pb(ts: tuple[attribution.TokenScore, ...]) -> list[apb.TokenScore]:
@@ -402,7 +491,9 @@ def _token_scores_pb(ts: tuple[attribution.TokenScore, ...]) -> list[apb.TokenSc
 
 
 def node_to_pb(n: attribution.Node) -> apb.Node:
-    msg = apb.Node(family=n.family, position=n.position, index=n.index, sae=n.sae or "", name=n.name)
+    msg = apb.Node(
+        family=n.family, position=n.position, index=n.index, sae=n.sae or "", name=n.name
+    )
     if n.layer is not None:
         msg.layer = n.layer
     if n.key_position is not None:
@@ -411,17 +502,27 @@ def node_to_pb(n: attribution.Node) -> apb.Node:
 
 
 def attribute_to_pb(model: str, r: attribution.AttributeResult) -> apb.AttributeResponse:
-    rows = [apb.NodeRow(node=node_to_pb(row.node),
-                        values=[apb.NodeValues(**v) for v in row.values],
-                        upvoted=_token_scores_pb(row.upvoted), downvoted=_token_scores_pb(row.downvoted),
-                        input_tokens=_token_scores_pb(row.input_tokens))
-            for row in r.rows]
+    rows = [
+        apb.NodeRow(
+            node=node_to_pb(row.node),
+            values=[apb.NodeValues(**v) for v in row.values],
+            upvoted=_token_scores_pb(row.upvoted),
+            downvoted=_token_scores_pb(row.downvoted),
+            input_tokens=_token_scores_pb(row.input_tokens),
+        )
+        for row in r.rows
+    ]
     return apb.AttributeResponse(
-        model=model, prompts=[prompt_tokens_to_pb(p) for p in r.prompts],
-        loss_values=list(r.loss_values), rows=rows,
+        model=model,
+        prompts=[prompt_tokens_to_pb(p) for p in r.prompts],
+        loss_values=list(r.loss_values),
+        rows=rows,
         token_attribution=[apb.PositionValues(values=list(t)) for t in r.token_attribution],
-        bias_direct_effect=list(r.bias_direct_effect), constant=list(r.constant),
-        loss_position=r.loss_position, nodes_ranked=int(r.stats.get("nodes_ranked", 0)))
+        bias_direct_effect=list(r.bias_direct_effect),
+        constant=list(r.constant),
+        loss_position=r.loss_position,
+        nodes_ranked=int(r.stats.get("nodes_ranked", 0)),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -430,9 +531,17 @@ def attribute_to_pb(model: str, r: attribution.AttributeResult) -> apb.Attribute
 
 def sae_info_to_pb(model: str, att: AttachedSae) -> cpb.SaeInfo:
     sae = att.sae
-    msg = cpb.SaeInfo(id=att.id, model=model, site=att.site.name, kind=sae.kind.value,
-                      d_in=sae.d_in, d_sae=sae.d_sae, input_norm=sae.input_norm.value,
-                      source=att.source, sites=list(att.site_names))
+    msg = cpb.SaeInfo(
+        id=att.id,
+        model=model,
+        site=att.site.name,
+        kind=sae.kind.value,
+        d_in=sae.d_in,
+        d_sae=sae.d_sae,
+        input_norm=sae.input_norm.value,
+        source=att.source,
+        sites=list(att.site_names),
+    )
     k = getattr(sae, "k", None)
     if isinstance(k, int):
         msg.k = k
@@ -446,16 +555,27 @@ def encode_spec_from_pb(r: spb.EncodeRequest) -> sae_encode.EncodeSpec:
     return sae_encode.EncodeSpec(
         sae=r.sae,
         prompts=tuple(prompt_from_pb(p) for p in r.prompts.prompts) if which == "prompts" else (),
-        activations=(tensor_from_pb(r.activations.values, "activations").float()
-                     if which == "activations" else None),
-        top_k=r.top_k if r.HasField("top_k") else 16, dense=r.dense,
-        prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None)
+        activations=(
+            tensor_from_pb(r.activations.values, "activations").float()
+            if which == "activations"
+            else None
+        ),
+        top_k=r.top_k if r.HasField("top_k") else 16,
+        dense=r.dense,
+        prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None,
+    )
 
 
-def encode_header_to_pb(model: str, sae_id: str, r: sae_encode.EncodeResult,
-                        sink: TensorSink) -> spb.EncodeHeader:
-    msg = spb.EncodeHeader(model=model, sae=sae_id, prompts=[prompt_tokens_to_pb(p) for p in r.prompts],
-                           explained_variance=r.explained_variance, mean_l0=r.mean_l0)
+def encode_header_to_pb(
+    model: str, sae_id: str, r: sae_encode.EncodeResult, sink: TensorSink
+) -> spb.EncodeHeader:
+    msg = spb.EncodeHeader(
+        model=model,
+        sae=sae_id,
+        prompts=[prompt_tokens_to_pb(p) for p in r.prompts],
+        explained_variance=r.explained_variance,
+        mean_l0=r.mean_l0,
+    )
     sink.put(msg.top_values, r.top_values.float())
     sink.put(msg.top_indices, r.top_indices.long())
     if r.dense is not None:
@@ -490,19 +610,38 @@ def model_capabilities_to_pb(runner: ModelRunner, is_default: bool) -> svpb.Mode
     info = model_info_to_pb(runner)
     limits = {f.name: getattr(runner.limits, f.name) for f in dataclasses.fields(runner.limits)}
     return svpb.ModelCapabilities(
-        name=info.name, architecture=info.architecture, source=info.source, device=info.device,
-        dtype=info.dtype, is_default=is_default, n_layers=info.n_layers, n_ctx=info.n_ctx,
-        d_model=info.d_model, d_vocab=info.d_vocab, saes=list(info.saes),
-        limits=limits_to_pb(limits))
+        name=info.name,
+        architecture=info.architecture,
+        source=info.source,
+        device=info.device,
+        dtype=info.dtype,
+        is_default=is_default,
+        n_layers=info.n_layers,
+        n_ctx=info.n_ctx,
+        d_model=info.d_model,
+        d_vocab=info.d_vocab,
+        saes=list(info.saes),
+        limits=limits_to_pb(limits),
+    )
 
 
 def service_info_to_pb(full_name: str) -> svpb.ServiceInfo:
     """A service's RPCs, read from its descriptor in the default pool."""
     svc = descriptor_pool.Default().FindServiceByName(full_name)
-    return svpb.ServiceInfo(name=svc.full_name, methods=[svpb.MethodInfo(
-        name=m.name, path=f"/{svc.full_name}/{m.name}", input_type=m.input_type.full_name,
-        output_type=m.output_type.full_name, client_streaming=m.client_streaming,
-        server_streaming=m.server_streaming) for m in svc.methods])
+    return svpb.ServiceInfo(
+        name=svc.full_name,
+        methods=[
+            svpb.MethodInfo(
+                name=m.name,
+                path=f"/{svc.full_name}/{m.name}",
+                input_type=m.input_type.full_name,
+                output_type=m.output_type.full_name,
+                client_streaming=m.client_streaming,
+                server_streaming=m.server_streaming,
+            )
+            for m in svc.methods
+        ],
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -512,27 +651,45 @@ def service_info_to_pb(full_name: str) -> svpb.ServiceInfo:
 def mining_from_pb(m: epb.MiningOptions) -> explain_engine.MiningOptions:
     d = explain_engine.MiningOptions()
     return explain_engine.MiningOptions(
-        window_len=_opt(m, "window_len", d.window_len), top_k=_opt(m, "top_k", d.top_k),
-        n_random=_opt(m, "n_random", d.n_random), max_windows=_opt(m, "max_windows", d.max_windows or 0) or None,
-        batch_size=max(1, _opt(m, "batch_size", d.batch_size)), seed=_opt(m, "seed", d.seed))
+        window_len=_opt(m, "window_len", d.window_len),
+        top_k=_opt(m, "top_k", d.top_k),
+        n_random=_opt(m, "n_random", d.n_random),
+        max_windows=_opt(m, "max_windows", d.max_windows or 0) or None,
+        batch_size=max(1, _opt(m, "batch_size", d.batch_size)),
+        seed=_opt(m, "seed", d.seed),
+    )
 
 
 def records_to_pb(r: NodeRecords) -> epb.NodeRecords:
     def rec(a: Any) -> epb.ActivationRecord:
         return epb.ActivationRecord(tokens=list(a.tokens), activations=list(a.activations))
+
     return epb.NodeRecords(
-        node=r.node_key, kind=r.kind.value, density=r.density, max_activation=r.max_activation,
+        node=r.node_key,
+        kind=r.kind.value,
+        density=r.density,
+        max_activation=r.max_activation,
         top=[rec(a) for a in r.record.most_positive_activation_records],
-        random=[rec(a) for a in r.record.random_sample], n_positions=r.n_positions,
-        neuron_record_json=json.dumps(neuron_record_to_json(r.record)))
+        random=[rec(a) for a in r.record.random_sample],
+        n_positions=r.n_positions,
+        neuron_record_json=json.dumps(neuron_record_to_json(r.record)),
+    )
 
 
 def explanation_to_pb(e: StoredExplanation) -> epb.Explanation:
-    msg = epb.Explanation(model=e.model, sae=e.sae_id, node=e.node_key, method=e.method,
-                          explainer=e.explainer, explanation=e.explanation,
-                          score_reason=e.score_reason or "", scores_json=json.dumps(dict(e.scores)),
-                          records_used_json=json.dumps(dict(e.records_used)),
-                          created_at=e.created_at, updated_at=e.updated_at)
+    msg = epb.Explanation(
+        model=e.model,
+        sae=e.sae_id,
+        node=e.node_key,
+        method=e.method,
+        explainer=e.explainer,
+        explanation=e.explanation,
+        score_reason=e.score_reason or "",
+        scores_json=json.dumps(dict(e.scores)),
+        records_used_json=json.dumps(dict(e.records_used)),
+        created_at=e.created_at,
+        updated_at=e.updated_at,
+    )
     if e.score is not None:
         msg.score = e.score
     return msg

@@ -32,7 +32,8 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.TdbError], grpc.StatusCode], ...] = (
 )
 
 _RPC_FIELDS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "tdb_rpc_fields", default=None)
+    "tdb_rpc_fields", default=None
+)
 
 
 def note(**fields: Any) -> None:
@@ -44,6 +45,7 @@ def note(**fields: Any) -> None:
 
 def _stopper(context: grpc.ServicerContext) -> Callable[[], None]:
     """The cancellation check for a request: its deadline passed or its client went away."""
+
     def check() -> None:
         if context.is_active():
             return
@@ -51,6 +53,7 @@ def _stopper(context: grpc.ServicerContext) -> Callable[[], None]:
         if remaining is not None and remaining <= 0:
             raise errors.DeadlineExceededError("the deadline passed before the work finished")
         raise errors.CancelledError("the client cancelled the request")
+
     return check
 
 
@@ -64,9 +67,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     if isinstance(exc, torch.OutOfMemoryError):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        return (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "the device ran out of memory serving this request; send fewer or shorter prompts "
-                "or capture less")
+        return (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "the device ran out of memory serving this request; send fewer or shorter prompts "
+            "or capture less",
+        )
     return None
 
 
@@ -94,15 +99,19 @@ def _valid(request: Any) -> Any:
     if isinstance(request, _Undecodable):
         raise errors.InvalidArgumentError(
             f"the request is not a valid protobuf message of this method's type ({request.reason}); "
-            "send the serialized request message (strings must be UTF-8)")
+            "send the serialized request message (strings must be UTF-8)"
+        )
     return request
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Wraps every handler: request id, auth hook, error mapping, one log line."""
 
-    def __init__(self, authorize: Callable[[str, grpc.ServicerContext], None] | None = None,
-                 on_done: Callable[[str, str, float, dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        authorize: Callable[[str, grpc.ServicerContext], None] | None = None,
+        on_done: Callable[[str, str, float, dict[str, Any]], None] | None = None,
+    ) -> None:
         """``authorize(method, context)`` raises UnauthenticatedError to refuse a call;
         ``on_done(method, code_name, seconds, fields)`` sees every finished call with the fields
         of its log line (model, tokens, ...), e.g. to feed metrics."""
@@ -110,8 +119,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self._authorize = authorize
         self._on_done = on_done
 
-    def intercept_service(self, continuation: Callable[..., Any],
-                          details: grpc.HandlerCallDetails) -> Any:
+    def intercept_service(
+        self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails
+    ) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
@@ -126,37 +136,46 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 return self._call(method, context, lambda: inner(_valid(request), context))
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=decode, response_serializer=handler.response_serializer)
+                unary, request_deserializer=decode, response_serializer=handler.response_serializer
+            )
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                return self._call_stream(method, context,
-                                         lambda: inner_stream(_valid(request), context))
+                return self._call_stream(
+                    method, context, lambda: inner_stream(_valid(request), context)
+                )
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=decode, response_serializer=handler.response_serializer)
+                stream, request_deserializer=decode, response_serializer=handler.response_serializer
+            )
         # Request-streaming handlers (server reflection) get the same auth, logging and mapping.
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary
 
             def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-                return self._call(method, context,
-                                  lambda: inner_su(map(_valid, requests), context))
+                return self._call(method, context, lambda: inner_su(map(_valid, requests), context))
 
             return grpc.stream_unary_rpc_method_handler(
-                stream_unary, request_deserializer=decode,
-                response_serializer=handler.response_serializer)
+                stream_unary,
+                request_deserializer=decode,
+                response_serializer=handler.response_serializer,
+            )
         if handler.stream_stream is not None:
             inner_ss = handler.stream_stream
 
-            def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-                return self._call_stream(method, context,
-                                         lambda: inner_ss(map(_valid, requests), context))
+            def stream_stream(
+                requests: Iterator[Any], context: grpc.ServicerContext
+            ) -> Iterator[Any]:
+                return self._call_stream(
+                    method, context, lambda: inner_ss(map(_valid, requests), context)
+                )
 
             return grpc.stream_stream_rpc_method_handler(
-                stream_stream, request_deserializer=decode,
-                response_serializer=handler.response_serializer)
+                stream_stream,
+                request_deserializer=decode,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
     # -- helpers
@@ -175,8 +194,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         if mapped is not None:
             return mapped
         self._log.exception("internal error", **fields)
-        return (grpc.StatusCode.INTERNAL,
-                f"internal error ({type(exc).__name__}); request id {fields['request_id']}")
+        return (
+            grpc.StatusCode.INTERNAL,
+            f"internal error ({type(exc).__name__}); request id {fields['request_id']}",
+        )
 
     def _end(self, fields: dict[str, Any], start: float, code: grpc.StatusCode) -> None:
         ms = (time.perf_counter() - start) * 1e3
@@ -202,8 +223,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 _RPC_FIELDS.reset(token)
         context.abort(*failure)
 
-    def _call_stream(self, method: str, context: grpc.ServicerContext,
-                     fn: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    def _call_stream(
+        self, method: str, context: grpc.ServicerContext, fn: Callable[[], Iterator[Any]]
+    ) -> Iterator[Any]:
         start = time.perf_counter()
         fields: dict[str, Any] = {"request_id": "-", "method": method}
         failure: tuple[grpc.StatusCode, str] | None = None

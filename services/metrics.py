@@ -29,8 +29,25 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 #: Latency buckets, seconds: from a cached ListModels to a long attribution sweep.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                   30.0, 60.0, 120.0, 300.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
 
 
 def split_method(path: str) -> tuple[str, str]:
@@ -49,13 +66,19 @@ class CudaMemoryCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         import torch
 
-        allocated = GaugeMetricFamily("tdb_device_memory_allocated_bytes",
-                                      "Device memory held by live tensors", labels=["device"])
-        reserved = GaugeMetricFamily("tdb_device_memory_reserved_bytes",
-                                     "Device memory held by PyTorch's caching allocator",
-                                     labels=["device"])
-        total = GaugeMetricFamily("tdb_device_memory_total_bytes", "Device memory capacity",
-                                  labels=["device"])
+        allocated = GaugeMetricFamily(
+            "tdb_device_memory_allocated_bytes",
+            "Device memory held by live tensors",
+            labels=["device"],
+        )
+        reserved = GaugeMetricFamily(
+            "tdb_device_memory_reserved_bytes",
+            "Device memory held by PyTorch's caching allocator",
+            labels=["device"],
+        )
+        total = GaugeMetricFamily(
+            "tdb_device_memory_total_bytes", "Device memory capacity", labels=["device"]
+        )
         for i in range(torch.cuda.device_count()):
             name = f"cuda:{i}"
             allocated.add_metric([name], float(torch.cuda.memory_allocated(i)))
@@ -72,15 +95,31 @@ class Metrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         labels = ["service", "method", "code"]
-        self.requests = Counter("tdb_rpc_requests", "Finished RPCs by method and status code",
-                                labels, registry=self.registry)
-        self.latency = Histogram("tdb_rpc_duration_seconds",
-                                 "RPC latency by method and status code, seconds", labels,
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.tokens = Counter("tdb_tokens_processed", "Prompt tokens run through a model",
-                              ["model"], registry=self.registry)
-        self.queue = Gauge("tdb_queue_depth", "Requests admitted to a model: running or waiting",
-                           ["model"], registry=self.registry)
+        self.requests = Counter(
+            "tdb_rpc_requests",
+            "Finished RPCs by method and status code",
+            labels,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tdb_rpc_duration_seconds",
+            "RPC latency by method and status code, seconds",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "tdb_tokens_processed",
+            "Prompt tokens run through a model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.queue = Gauge(
+            "tdb_queue_depth",
+            "Requests admitted to a model: running or waiting",
+            ["model"],
+            registry=self.registry,
+        )
         if cuda is None:
             import torch
 
@@ -91,8 +130,9 @@ class Metrics:
         self.port: int | None = None
 
     # -- hooks
-    def on_done(self, method: str, code: str, seconds: float,
-                fields: Mapping[str, Any] | None = None) -> None:
+    def on_done(
+        self, method: str, code: str, seconds: float, fields: Mapping[str, Any] | None = None
+    ) -> None:
         """The interceptor's hook: one finished RPC with its log-line fields."""
         service, name = split_method(method)
         self.requests.labels(service, name, code).inc()

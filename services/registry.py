@@ -13,15 +13,17 @@ class ModelRegistry:
         self._runners = {r.name: r for r in runners}
         self.default = default or runners[0].name
         if self.default not in self._runners:
-            raise NotFoundError(f"default model '{self.default}' is not loaded; loaded: "
-                                f"{', '.join(self._runners)}")
+            raise NotFoundError(
+                f"default model '{self.default}' is not loaded; loaded: {', '.join(self._runners)}"
+            )
 
     def get(self, name: str = "") -> ModelRunner:
         """The named model; an empty name means the default one."""
         runner = self._runners.get(name or self.default)
         if runner is None:
-            raise NotFoundError(f"model '{name}' is not loaded; loaded models: "
-                                f"{', '.join(self._runners)}")
+            raise NotFoundError(
+                f"model '{name}' is not loaded; loaded models: {', '.join(self._runners)}"
+            )
         return runner
 
     def all(self) -> list[ModelRunner]:

@@ -19,22 +19,33 @@ from grpc_reflection.v1alpha import reflection
 import adapters
 from services.auth import BearerTokenAuthorizer, read_tokens, server_credentials
 from services.interceptors import ServiceInterceptor
-from services.metrics import Metrics
 from services.logs import configure_logging, get_logger
+from services.metrics import Metrics
 from services.registry import ModelRegistry
 from services.servicers.attribution import AttributionServicer
-from services.servicers.inference import InferenceServicer
 from services.servicers.explain import ExplainServicer, ExplainSetup
+from services.servicers.inference import InferenceServicer
 from services.servicers.model import ModelServicer
 from services.servicers.sae import SaeServicer
 from services.servicers.server import ServerFeatures, ServerServicer
 from services.settings import ModelSource, SaeSource, Settings
-from tdb_core.sae import load_sae
-from tdb.v1 import (attribution_pb2, attribution_pb2_grpc, explain_pb2, explain_pb2_grpc,
-                    inference_pb2, inference_pb2_grpc, model_pb2, model_pb2_grpc, sae_pb2,
-                    sae_pb2_grpc, server_pb2, server_pb2_grpc)
+from tdb.v1 import (
+    attribution_pb2,
+    attribution_pb2_grpc,
+    explain_pb2,
+    explain_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    model_pb2,
+    model_pb2_grpc,
+    sae_pb2,
+    sae_pb2_grpc,
+    server_pb2,
+    server_pb2_grpc,
+)
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.runner import ModelRunner
+from tdb_core.sae import load_sae
 
 SERVICE_NAMES = (
     model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
@@ -69,8 +80,13 @@ def load_models(settings: Settings) -> ModelRegistry:
     log = get_logger("tdb.server")
     runners = []
     for m in settings.models or default_model_sources():
-        log.info("loading model", model=m.name, source=m.source, device=settings.device,
-                 dtype=settings.dtype)
+        log.info(
+            "loading model",
+            model=m.name,
+            source=m.source,
+            device=settings.device,
+            dtype=settings.dtype,
+        )
         loaded = adapters.load_model(m.name, m.source, settings.device, _DTYPES[settings.dtype])
         runners.append(ModelRunner(loaded, settings.limits))
     registry = ModelRegistry(runners, settings.default_model)
@@ -84,7 +100,9 @@ def load_models(settings: Settings) -> ModelRegistry:
 
 
 def default_explanations_db() -> str:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return os.path.join(base, "tdb", "explanations.sqlite")
 
 
@@ -95,8 +113,12 @@ def _serves_shipped_toy(models: ModelRegistry | None) -> bool:
     if models is None:
         return False
     shipped_dir = toy.TOY_MODEL_DIR.resolve()
-    return any(r.loaded.name == toy.TOY_MODEL_NAME and os.path.isdir(r.loaded.source)
-               and Path(r.loaded.source).resolve() == shipped_dir for r in models.all())
+    return any(
+        r.loaded.name == toy.TOY_MODEL_NAME
+        and os.path.isdir(r.loaded.source)
+        and Path(r.loaded.source).resolve() == shipped_dir
+        for r in models.all()
+    )
 
 
 def build_explain_setup(settings: Settings, models: ModelRegistry | None = None) -> ExplainSetup:
@@ -110,8 +132,11 @@ def build_explain_setup(settings: Settings, models: ModelRegistry | None = None)
 
     path = settings.explanations_db or default_explanations_db()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    shipped = (engine.Catalog.load_shipped(toy.TOY_EXPLANATIONS)
-               if toy.TOY_EXPLANATIONS.exists() and _serves_shipped_toy(models) else [])
+    shipped = (
+        engine.Catalog.load_shipped(toy.TOY_EXPLANATIONS)
+        if toy.TOY_EXPLANATIONS.exists() and _serves_shipped_toy(models)
+        else []
+    )
     catalog = engine.Catalog(ExplanationStore(path), shipped)
     methods: dict[str, engine.Method] = {}
     for spec in settings.explainers:
@@ -120,18 +145,30 @@ def build_explain_setup(settings: Settings, models: ModelRegistry | None = None)
             methods["baseline"] = engine.baseline_method()
         elif kind == "hf" and arg:
             from tdb_core.explain.backends import HFLocalBackend
-            device = "cuda" if settings.device == "auto" and torch.cuda.is_available() else (
-                "cpu" if settings.device == "auto" else settings.device)
+
+            device = (
+                "cuda"
+                if settings.device == "auto" and torch.cuda.is_available()
+                else ("cpu" if settings.device == "auto" else settings.device)
+            )
             methods["hf"] = engine.llm_method("hf", HFLocalBackend(arg, device=device))
         elif kind == "openai" and arg:
             from tdb_core.explain.backends import OpenAICompatibleBackend
+
             if not settings.openai_base_url:
                 raise InvalidArgumentError("--explainer openai:MODEL needs --openai-base-url")
-            methods["openai"] = engine.llm_method("openai", OpenAICompatibleBackend(
-                settings.openai_base_url, arg, api_key=os.environ.get(settings.openai_api_key_env)))
+            methods["openai"] = engine.llm_method(
+                "openai",
+                OpenAICompatibleBackend(
+                    settings.openai_base_url,
+                    arg,
+                    api_key=os.environ.get(settings.openai_api_key_env),
+                ),
+            )
         else:
-            raise InvalidArgumentError(f"--explainer {spec!r}: use baseline, hf:PATH_OR_HUB_ID or "
-                                       "openai:MODEL")
+            raise InvalidArgumentError(
+                f"--explainer {spec!r}: use baseline, hf:PATH_OR_HUB_ID or openai:MODEL"
+            )
     datasets = {"toy": _toy_corpus}
     datasets.update({name: (lambda p=path: p) for name, path in settings.datasets})
     return ExplainSetup(catalog, methods, next(iter(methods)), datasets)
@@ -156,8 +193,11 @@ class Service:
     metrics: Metrics | None = None  # with metrics.port set when /metrics is served
 
     def set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, status)
 
@@ -173,37 +213,63 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
     """Build and start a server on ``settings.host:settings.port`` (port 0 picks a free one)."""
     models = models or load_models(settings)
     metrics = Metrics() if settings.metrics_port is not None else None
-    authorize = (BearerTokenAuthorizer(read_tokens(settings.auth_token_file))
-                 if settings.auth_token_file else None)
+    authorize = (
+        BearerTokenAuthorizer(read_tokens(settings.auth_token_file))
+        if settings.auth_token_file
+        else None
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="tdb-rpc"),
-        interceptors=[ServiceInterceptor(authorize=authorize,
-                                         on_done=metrics.on_done if metrics else None)],
+        interceptors=[
+            ServiceInterceptor(authorize=authorize, on_done=metrics.on_done if metrics else None)
+        ],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes)],
     )
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(models), server)
     explain_setup = build_explain_setup(settings, models)
     attribution_pb2_grpc.add_AttributionServiceServicer_to_server(
-        AttributionServicer(models, explain_setup.catalog), server)
-    explain_pb2_grpc.add_ExplainServiceServicer_to_server(ExplainServicer(models, explain_setup), server)
+        AttributionServicer(models, explain_setup.catalog), server
+    )
+    explain_pb2_grpc.add_ExplainServiceServicer_to_server(
+        ExplainServicer(models, explain_setup), server
+    )
     sae_pb2_grpc.add_SaeServiceServicer_to_server(SaeServicer(models, settings.sae_root), server)
-    features = ServerFeatures(auth=authorize is not None, tls=settings.tls_cert is not None,
-                              mutual_tls=settings.tls_client_ca is not None,
-                              metrics=metrics is not None, load_sae=settings.sae_root is not None,
-                              explanation_store=explain_setup.catalog.store is not None)
-    server_pb2_grpc.add_ServerServiceServicer_to_server(ServerServicer(
-        models, features, (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
-        {"max_request_bytes": settings.max_request_bytes}), server)
+    features = ServerFeatures(
+        auth=authorize is not None,
+        tls=settings.tls_cert is not None,
+        mutual_tls=settings.tls_client_ca is not None,
+        metrics=metrics is not None,
+        load_sae=settings.sae_root is not None,
+        explanation_store=explain_setup.catalog.store is not None,
+    )
+    server_pb2_grpc.add_ServerServiceServicer_to_server(
+        ServerServicer(
+            models,
+            features,
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            {"max_request_bytes": settings.max_request_bytes},
+        ),
+        server,
+    )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
     address = f"{settings.host}:{settings.port}"
-    port = (server.add_secure_port(address, server_credentials(
-                settings.tls_cert, settings.tls_key, settings.tls_client_ca))
-            if settings.tls_cert and settings.tls_key else server.add_insecure_port(address))
+    port = (
+        server.add_secure_port(
+            address, server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        )
+        if settings.tls_cert and settings.tls_key
+        else server.add_insecure_port(address)
+    )
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     if metrics is not None and settings.metrics_port is not None:
@@ -226,7 +292,9 @@ def serve(settings: Settings) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if not serving.is_set():  # still loading models: nothing to drain, stop now
             raise SystemExit(128 + signum)
-        log.info("shutting down", signal=signal.Signals(signum).name, grace_s=settings.grace_seconds)
+        log.info(
+            "shutting down", signal=signal.Signals(signum).name, grace_s=settings.grace_seconds
+        )
         stop.set()
 
     # Installed before the server accepts anything: a SIGTERM that arrives while the first
@@ -235,11 +303,15 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     service = build_server(settings)
     serving.set()
-    log.info("serving", address=f"{settings.host}:{service.port}",
-             models=[r.name for r in service.models.all()], default=service.models.default,
-             tls=settings.tls_cert is not None, auth=settings.auth_token_file is not None,
-             metrics_address=(f"{settings.host}:{service.metrics.port}" if service.metrics
-                              else None))
+    log.info(
+        "serving",
+        address=f"{settings.host}:{service.port}",
+        models=[r.name for r in service.models.all()],
+        default=service.models.default,
+        tls=settings.tls_cert is not None,
+        auth=settings.auth_token_file is not None,
+        metrics_address=(f"{settings.host}:{service.metrics.port}" if service.metrics else None),
+    )
     stop.wait()
     service.stop(settings.grace_seconds)
     log.info("stopped")

@@ -95,84 +95,193 @@ def _env(name: str, default: str) -> str:
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``tdb serve``; each defaults to its ``TDB_*`` environment variable."""
     d = Settings()
-    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH_OR_HUB_ID",
-                   help="load a HF causal LM (repeatable); default: the embedded toy model "
-                        "(env TDB_MODELS, comma-separated)")
-    p.add_argument("--sae", action="append", default=[], metavar="[MODEL:]ID=PATH[@SITE]",
-                   help="attach an SAE (OpenAI .pt or SAELens dir) to a model (repeatable)")
-    p.add_argument("--sae-root", default=_env("SAE_ROOT", "") or None, metavar="DIR",
-                   help="allow LoadSae to attach SAEs from under DIR (env TDB_SAE_ROOT)")
-    p.add_argument("--explanations-db", default=_env("EXPLANATIONS_DB", "") or None, metavar="FILE",
-                   help="SQLite catalog of explanations (default: "
-                        "$XDG_DATA_HOME/tdb/explanations.sqlite; env TDB_EXPLANATIONS_DB)")
-    p.add_argument("--explainer", action="append", default=[], metavar="METHOD",
-                   help="explanation method the server offers: baseline (always), "
-                        "hf:PATH_OR_HUB_ID (a local HF causal LM), openai:MODEL (an "
-                        "OpenAI-compatible endpoint); the first is the default")
-    p.add_argument("--openai-base-url", default=_env("OPENAI_BASE_URL", "") or None, metavar="URL",
-                   help="base URL of the OpenAI-compatible endpoint (vLLM, llama.cpp server, OpenAI)")
-    p.add_argument("--openai-api-key-env", default=_env("OPENAI_API_KEY_ENV", "OPENAI_API_KEY"),
-                   metavar="VAR", help="environment variable holding the endpoint's API key")
-    p.add_argument("--dataset", action="append", default=[], metavar="NAME=PATH",
-                   help="a text dataset (JSONL of {\"text\": ...} or plain text) to mine "
-                        "records from (repeatable); 'toy' (the toy corpus) is always there")
-    p.add_argument("--default-model", default=_env("DEFAULT_MODEL", "") or None,
-                   help="model used when a request names none (default: the first)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH_OR_HUB_ID",
+        help="load a HF causal LM (repeatable); default: the embedded toy model "
+        "(env TDB_MODELS, comma-separated)",
+    )
+    p.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        metavar="[MODEL:]ID=PATH[@SITE]",
+        help="attach an SAE (OpenAI .pt or SAELens dir) to a model (repeatable)",
+    )
+    p.add_argument(
+        "--sae-root",
+        default=_env("SAE_ROOT", "") or None,
+        metavar="DIR",
+        help="allow LoadSae to attach SAEs from under DIR (env TDB_SAE_ROOT)",
+    )
+    p.add_argument(
+        "--explanations-db",
+        default=_env("EXPLANATIONS_DB", "") or None,
+        metavar="FILE",
+        help="SQLite catalog of explanations (default: "
+        "$XDG_DATA_HOME/tdb/explanations.sqlite; env TDB_EXPLANATIONS_DB)",
+    )
+    p.add_argument(
+        "--explainer",
+        action="append",
+        default=[],
+        metavar="METHOD",
+        help="explanation method the server offers: baseline (always), "
+        "hf:PATH_OR_HUB_ID (a local HF causal LM), openai:MODEL (an "
+        "OpenAI-compatible endpoint); the first is the default",
+    )
+    p.add_argument(
+        "--openai-base-url",
+        default=_env("OPENAI_BASE_URL", "") or None,
+        metavar="URL",
+        help="base URL of the OpenAI-compatible endpoint (vLLM, llama.cpp server, OpenAI)",
+    )
+    p.add_argument(
+        "--openai-api-key-env",
+        default=_env("OPENAI_API_KEY_ENV", "OPENAI_API_KEY"),
+        metavar="VAR",
+        help="environment variable holding the endpoint's API key",
+    )
+    p.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help='a text dataset (JSONL of {"text": ...} or plain text) to mine '
+        "records from (repeatable); 'toy' (the toy corpus) is always there",
+    )
+    p.add_argument(
+        "--default-model",
+        default=_env("DEFAULT_MODEL", "") or None,
+        help="model used when a request names none (default: the first)",
+    )
     p.add_argument("--host", default=_env("HOST", d.host), help="bind address (env TDB_HOST)")
-    p.add_argument("--port", type=int, default=int(_env("PORT", str(d.port))),
-                   help="port, 0 picks a free one (env TDB_PORT)")
-    p.add_argument("--device", default=_env("DEVICE", d.device),
-                   help="auto, cpu, cuda or cuda:N (env TDB_DEVICE)")
-    p.add_argument("--dtype", default=_env("DTYPE", d.dtype), choices=DTYPES,
-                   help="weight dtype (env TDB_DTYPE)")
-    p.add_argument("--max-tokens", type=int,
-                   default=int(_env("MAX_TOKENS", str(d.limits.max_tokens_per_prompt))),
-                   help="max tokens per prompt (env TDB_MAX_TOKENS)")
-    p.add_argument("--max-prompts", type=int,
-                   default=int(_env("MAX_PROMPTS", str(d.limits.max_prompts))),
-                   help="max prompts per request (env TDB_MAX_PROMPTS)")
-    p.add_argument("--max-response-mb", type=float,
-                   default=float(_env("MAX_RESPONSE_MB", str(d.limits.max_response_bytes / 2**20))),
-                   help="max response size in MiB (env TDB_MAX_RESPONSE_MB)")
-    p.add_argument("--memory-budget-mb", type=float,
-                   default=float(_env("MEMORY_BUDGET_MB", str(d.limits.max_working_bytes / 2**20))),
-                   help="estimated working memory one pass may use (env TDB_MEMORY_BUDGET_MB)")
-    p.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", str(d.limits.max_queue))),
-                   help="requests running or waiting per model; more get UNAVAILABLE (env TDB_MAX_QUEUE)")
-    p.add_argument("--max-batch-tokens", type=int,
-                   default=int(_env("MAX_BATCH_TOKENS", str(d.limits.max_batch_tokens))),
-                   help="padded tokens of one micro-batched pass (env TDB_MAX_BATCH_TOKENS)")
-    p.add_argument("--max-pass-rows", type=int,
-                   default=int(_env("MAX_PASS_ROWS", str(d.limits.max_pass_rows))),
-                   help="prompt rows over all passes of one request: patch sweeps, IG steps "
-                        "(env TDB_MAX_PASS_ROWS)")
-    p.add_argument("--max-request-mb", type=float,
-                   default=float(_env("MAX_REQUEST_MB", str(d.max_request_bytes / 2**20))),
-                   help="largest request message in MiB (env TDB_MAX_REQUEST_MB)")
-    p.add_argument("--workers", type=int, default=int(_env("WORKERS", str(d.max_workers))),
-                   help="RPC worker threads (env TDB_WORKERS)")
-    p.add_argument("--grace-seconds", type=float,
-                   default=float(_env("GRACE_SECONDS", str(d.grace_seconds))),
-                   help="on SIGTERM, how long in-flight requests may run before they are cancelled "
-                        "(env TDB_GRACE_SECONDS)")
-    p.add_argument("--auth-token-file", default=_env("AUTH_TOKEN_FILE", "") or None, metavar="FILE",
-                   help="require 'authorization: Bearer <token>' on every RPC but health; FILE "
-                        "holds the accepted tokens, one per line (env TDB_AUTH_TOKEN_FILE)")
-    p.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None, metavar="PEM",
-                   help="serve TLS with this certificate (chain); needs --tls-key (env TDB_TLS_CERT)")
-    p.add_argument("--tls-key", default=_env("TLS_KEY", "") or None, metavar="PEM",
-                   help="private key of --tls-cert (env TDB_TLS_KEY)")
-    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", "") or None, metavar="PEM",
-                   help="mutual TLS: clients must present a certificate signed by this CA "
-                        "(env TDB_TLS_CLIENT_CA)")
-    p.add_argument("--metrics-port", type=int,
-                   default=int(_env("METRICS_PORT", "-1")),
-                   help="serve Prometheus metrics over HTTP at :PORT/metrics, 0 picks a free port, "
-                        "-1 (default) turns them off (env TDB_METRICS_PORT)")
-    p.add_argument("--log-format", default=_env("LOG_FORMAT", d.log_format),
-                   choices=("auto", "json", "console"), help="env TDB_LOG_FORMAT")
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level),
-                   choices=("debug", "info", "warning", "error"), help="env TDB_LOG_LEVEL")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("PORT", str(d.port))),
+        help="port, 0 picks a free one (env TDB_PORT)",
+    )
+    p.add_argument(
+        "--device",
+        default=_env("DEVICE", d.device),
+        help="auto, cpu, cuda or cuda:N (env TDB_DEVICE)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=_env("DTYPE", d.dtype),
+        choices=DTYPES,
+        help="weight dtype (env TDB_DTYPE)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=int(_env("MAX_TOKENS", str(d.limits.max_tokens_per_prompt))),
+        help="max tokens per prompt (env TDB_MAX_TOKENS)",
+    )
+    p.add_argument(
+        "--max-prompts",
+        type=int,
+        default=int(_env("MAX_PROMPTS", str(d.limits.max_prompts))),
+        help="max prompts per request (env TDB_MAX_PROMPTS)",
+    )
+    p.add_argument(
+        "--max-response-mb",
+        type=float,
+        default=float(_env("MAX_RESPONSE_MB", str(d.limits.max_response_bytes / 2**20))),
+        help="max response size in MiB (env TDB_MAX_RESPONSE_MB)",
+    )
+    p.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=float(_env("MEMORY_BUDGET_MB", str(d.limits.max_working_bytes / 2**20))),
+        help="estimated working memory one pass may use (env TDB_MEMORY_BUDGET_MB)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=int(_env("MAX_QUEUE", str(d.limits.max_queue))),
+        help="requests running or waiting per model; more get UNAVAILABLE (env TDB_MAX_QUEUE)",
+    )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=int(_env("MAX_BATCH_TOKENS", str(d.limits.max_batch_tokens))),
+        help="padded tokens of one micro-batched pass (env TDB_MAX_BATCH_TOKENS)",
+    )
+    p.add_argument(
+        "--max-pass-rows",
+        type=int,
+        default=int(_env("MAX_PASS_ROWS", str(d.limits.max_pass_rows))),
+        help="prompt rows over all passes of one request: patch sweeps, IG steps "
+        "(env TDB_MAX_PASS_ROWS)",
+    )
+    p.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=float(_env("MAX_REQUEST_MB", str(d.max_request_bytes / 2**20))),
+        help="largest request message in MiB (env TDB_MAX_REQUEST_MB)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("WORKERS", str(d.max_workers))),
+        help="RPC worker threads (env TDB_WORKERS)",
+    )
+    p.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=float(_env("GRACE_SECONDS", str(d.grace_seconds))),
+        help="on SIGTERM, how long in-flight requests may run before they are cancelled "
+        "(env TDB_GRACE_SECONDS)",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        default=_env("AUTH_TOKEN_FILE", "") or None,
+        metavar="FILE",
+        help="require 'authorization: Bearer <token>' on every RPC but health; FILE "
+        "holds the accepted tokens, one per line (env TDB_AUTH_TOKEN_FILE)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=_env("TLS_CERT", "") or None,
+        metavar="PEM",
+        help="serve TLS with this certificate (chain); needs --tls-key (env TDB_TLS_CERT)",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=_env("TLS_KEY", "") or None,
+        metavar="PEM",
+        help="private key of --tls-cert (env TDB_TLS_KEY)",
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        default=_env("TLS_CLIENT_CA", "") or None,
+        metavar="PEM",
+        help="mutual TLS: clients must present a certificate signed by this CA "
+        "(env TDB_TLS_CLIENT_CA)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", "-1")),
+        help="serve Prometheus metrics over HTTP at :PORT/metrics, 0 picks a free port, "
+        "-1 (default) turns them off (env TDB_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--log-format",
+        default=_env("LOG_FORMAT", d.log_format),
+        choices=("auto", "json", "console"),
+        help="env TDB_LOG_FORMAT",
+    )
+    p.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", d.log_level),
+        choices=("debug", "info", "warning", "error"),
+        help="env TDB_LOG_LEVEL",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -188,21 +297,36 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if len(set(names)) != len(names):
         raise InvalidArgumentError(f"model names must be unique, got {names}")
     return Settings(
-        host=args.host, port=args.port, models=models, default_model=args.default_model,
-        saes=tuple(parse_sae_flag(v) for v in args.sae), sae_root=args.sae_root,
+        host=args.host,
+        port=args.port,
+        models=models,
+        default_model=args.default_model,
+        saes=tuple(parse_sae_flag(v) for v in args.sae),
+        sae_root=args.sae_root,
         explanations_db=args.explanations_db,
         explainers=tuple(dict.fromkeys([*args.explainer, "baseline"])),
-        openai_base_url=args.openai_base_url, openai_api_key_env=args.openai_api_key_env,
+        openai_base_url=args.openai_base_url,
+        openai_api_key_env=args.openai_api_key_env,
         datasets=tuple(_name_value(v, "--dataset") for v in args.dataset),
-        device=args.device, dtype=args.dtype,
-        limits=Limits(max_tokens_per_prompt=args.max_tokens, max_prompts=args.max_prompts,
-                      max_response_bytes=int(args.max_response_mb * 2**20),
-                      max_working_bytes=int(args.memory_budget_mb * 2**20),
-                      max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,
-                      max_pass_rows=args.max_pass_rows),
-        max_workers=args.workers, max_request_bytes=int(args.max_request_mb * 2**20),
-        log_format=args.log_format, log_level=args.log_level,
-        grace_seconds=args.grace_seconds, auth_token_file=args.auth_token_file,
-        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        device=args.device,
+        dtype=args.dtype,
+        limits=Limits(
+            max_tokens_per_prompt=args.max_tokens,
+            max_prompts=args.max_prompts,
+            max_response_bytes=int(args.max_response_mb * 2**20),
+            max_working_bytes=int(args.memory_budget_mb * 2**20),
+            max_queue=args.max_queue,
+            max_batch_tokens=args.max_batch_tokens,
+            max_pass_rows=args.max_pass_rows,
+        ),
+        max_workers=args.workers,
+        max_request_bytes=int(args.max_request_mb * 2**20),
+        log_format=args.log_format,
+        log_level=args.log_level,
+        grace_seconds=args.grace_seconds,
+        auth_token_file=args.auth_token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
     )

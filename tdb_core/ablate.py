@@ -107,13 +107,16 @@ class PatchSweepResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def logit_diff(logits: torch.Tensor, target: tuple[int, ...], distractor: tuple[int, ...]) -> torch.Tensor:
+def logit_diff(
+    logits: torch.Tensor, target: tuple[int, ...], distractor: tuple[int, ...]
+) -> torch.Tensor:
     """Mean logit over targets minus mean over distractors, on the last axis of ``logits``."""
     return logits[..., list(target)].mean(-1) - logits[..., list(distractor)].mean(-1)
 
 
-def _check_tokens(runner: ModelRunner, target: tuple[int, ...], distractor: tuple[int, ...],
-                  required: bool) -> None:
+def _check_tokens(
+    runner: ModelRunner, target: tuple[int, ...], distractor: tuple[int, ...], required: bool
+) -> None:
     vocab = runner.schema.dims.d_vocab
     if required and (not target or not distractor):
         raise InvalidArgumentError("give at least one target and one distractor token")
@@ -154,38 +157,51 @@ def ablate(runner: ModelRunner, spec: AblateSpec) -> AblateResult:
         tp = logp[:, list(spec.target_ids)].exp().sum(-1)
     rows = []
     for i, name in enumerate(["baseline", *names]):
-        rows.append(AblateRow(
-            name=name,
-            top=tops[i][0] if k else specs.TopLogits(pos, (), (), (), ()),
-            logit_diff=None if ld is None else float(ld[i]),
-            logit_diff_change=None if ld is None else float(ld[i] - ld[0]),
-            kl_from_baseline=max(float(kl[i]), 0.0),
-            target_prob=None if tp is None else float(tp[i]),
-        ))
+        rows.append(
+            AblateRow(
+                name=name,
+                top=tops[i][0] if k else specs.TopLogits(pos, (), (), (), ()),
+                logit_diff=None if ld is None else float(ld[i]),
+                logit_diff_change=None if ld is None else float(ld[i] - ld[0]),
+                kl_from_baseline=max(float(kl[i]), 0.0),
+                target_prob=None if tp is None else float(tp[i]),
+            )
+        )
     row0 = batch.rows[0]
     return AblateResult(
-        prompt=specs.PromptTokens(row0, runner.token_strings(row0)), position=pos,
-        rows=tuple(rows), captures=tuple(capture_result(c) for c in captures))
+        prompt=specs.PromptTokens(row0, runner.token_strings(row0)),
+        position=pos,
+        rows=tuple(rows),
+        captures=tuple(capture_result(c) for c in captures),
+    )
 
 
-def patch_sweep(runner: ModelRunner, spec: PatchSweepSpec, max_rows_per_pass: int = 32,
-                progress: Callable[[int, int], None] | None = None) -> PatchSweepResult:
+def patch_sweep(
+    runner: ModelRunner,
+    spec: PatchSweepSpec,
+    max_rows_per_pass: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> PatchSweepResult:
     """Patch one site from the clean run into the corrupted run, one cell at a time."""
     _check_tokens(runner, spec.target_ids, spec.distractor_ids, required=True)
     kind = SITE_KIND_BY_KEY.get(spec.site)
     if kind is None or not kind.layered or not runner.schema.has_kind(spec.site):
         layered = [k.key for k in runner.schema.kinds if k.layered]
-        raise NotFoundError(f"'{spec.site}' is not a per-layer site of this model; use one of: "
-                            f"{', '.join(layered)}")
+        raise NotFoundError(
+            f"'{spec.site}' is not a per-layer site of this model; use one of: {', '.join(layered)}"
+        )
     if spec.by is SweepBy.HEAD and kind.unit_dim != "head":
-        raise InvalidArgumentError(f"a per-head sweep needs a site with a head axis (e.g. "
-                                   f"attn.hook_z); '{spec.site}' has none")
+        raise InvalidArgumentError(
+            f"a per-head sweep needs a site with a head axis (e.g. "
+            f"attn.hook_z); '{spec.site}' has none"
+        )
     clean_ids = runner.encode(spec.clean, spec.prepend_bos, "clean prompt")
     corrupt_ids = runner.encode(spec.corrupted, spec.prepend_bos, "corrupted prompt")
     if len(clean_ids) != len(corrupt_ids):
         raise InvalidArgumentError(
             f"clean prompt has {len(clean_ids)} tokens but corrupted prompt has {len(corrupt_ids)}; "
-            "activation patching needs prompts of equal length")
+            "activation patching needs prompts of equal length"
+        )
     n = len(clean_ids)
     dims = runner.schema.dims
     layers = tuple(spec.layers) if spec.layers is not None else tuple(range(dims.n_layers))
@@ -204,8 +220,10 @@ def patch_sweep(runner: ModelRunner, spec: PatchSweepSpec, max_rows_per_pass: in
     cells = [(L, c) for L in layers for c in columns]
     limit = runner.limits.max_pass_rows
     if len(cells) > limit:
-        raise ResourceExhaustedError(f"the sweep has {len(cells)} cells (one patched prompt each), "
-                                     f"over the server's limit of {limit}; restrict layers")
+        raise ResourceExhaustedError(
+            f"the sweep has {len(cells)} cells (one patched prompt each), "
+            f"over the server's limit of {limit}; restrict layers"
+        )
     clean_p, corrupt_p = specs.Prompt(token_ids=clean_ids), specs.Prompt(token_ids=corrupt_ids)
 
     pair = runner.make_batch((clean_p, corrupt_p))
@@ -217,7 +235,7 @@ def patch_sweep(runner: ModelRunner, spec: PatchSweepSpec, max_rows_per_pass: in
     done = 0
     per_pass = max(1, min(max_rows_per_pass, runner.limits.max_prompts - 1))  # + the clean source
     for start in range(0, len(cells), per_pass):
-        chunk = cells[start:start + per_pass]
+        chunk = cells[start : start + per_pass]
         batch = runner.make_batch((corrupt_p,) * len(chunk), sources=(clean_p,))
         planner = runner.planner(batch)
         for row, (L, c) in enumerate(chunk):
@@ -225,20 +243,32 @@ def patch_sweep(runner: ModelRunner, spec: PatchSweepSpec, max_rows_per_pass: in
             if spec.by is SweepBy.POSITION:
                 iv = specs.Intervention(site, specs.PatchFrom(0), positions=(c,))
             else:
-                iv = specs.Intervention(site, specs.PatchFrom(0), positions=spec.positions, units=(c,))
+                iv = specs.Intervention(
+                    site, specs.PatchFrom(0), positions=spec.positions, units=(c,)
+                )
             planner.add_intervention(iv, [row])
         out = runner.run(batch, planner.plan)
-        lds[start:start + len(chunk)] = logit_diff(
-            out.logits[: len(chunk), read_pos].float(), spec.target_ids, spec.distractor_ids).cpu()
+        lds[start : start + len(chunk)] = logit_diff(
+            out.logits[: len(chunk), read_pos].float(), spec.target_ids, spec.distractor_ids
+        ).cpu()
         done += len(chunk)
         if progress is not None:
             progress(done, len(cells))
     grid = lds.reshape(len(layers), len(columns))
     denom = ld_clean - ld_corrupt
-    recovered = (grid - ld_corrupt) / denom if abs(denom) > 1e-12 else torch.full_like(grid, float("nan"))
+    recovered = (
+        (grid - ld_corrupt) / denom if abs(denom) > 1e-12 else torch.full_like(grid, float("nan"))
+    )
     return PatchSweepResult(
-        site=spec.site, by=spec.by, layers=layers, columns=columns, column_labels=tuple(labels),
-        recovered=recovered, logit_diffs=grid, clean_logit_diff=ld_clean,
+        site=spec.site,
+        by=spec.by,
+        layers=layers,
+        columns=columns,
+        column_labels=tuple(labels),
+        recovered=recovered,
+        logit_diffs=grid,
+        clean_logit_diff=ld_clean,
         corrupted_logit_diff=ld_corrupt,
         clean=specs.PromptTokens(clean_ids, runner.token_strings(clean_ids)),
-        corrupted=specs.PromptTokens(corrupt_ids, runner.token_strings(corrupt_ids)))
+        corrupted=specs.PromptTokens(corrupt_ids, runner.token_strings(corrupt_ids)),
+    )

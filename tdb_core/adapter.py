@@ -165,5 +165,6 @@ def adapter_for(architecture: str | None) -> type[Adapter]:
     if cls is None:
         raise InvalidArgumentError(
             f"architecture '{architecture}' is not supported; supported architectures: "
-            f"{', '.join(supported_architectures())}")
+            f"{', '.join(supported_architectures())}"
+        )
     return cls

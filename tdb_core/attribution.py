@@ -32,8 +32,12 @@ from dataclasses import dataclass, field
 import torch
 
 from tdb_core import specs
-from tdb_core.errors import (InvalidArgumentError, NotFoundError, OutOfRangeError,
-                             ResourceExhaustedError)
+from tdb_core.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    ResourceExhaustedError,
+)
 from tdb_core.plan import Batch, Planner, resolve_positions
 from tdb_core.runner import ModelRunner, RunOutput
 from tdb_core.sae.attach import AttachedSae
@@ -223,8 +227,11 @@ class _Point:
 
 
 def _residual_point(site: str, layer: int, key: str, position: int | None) -> _Point:
-    stage = {"hook_resid_pre": 3 * layer + 0.5, "hook_resid_mid": 3 * layer + 1.9,
-             "hook_resid_post": 3 * layer + 2.9}[key]
+    stage = {
+        "hook_resid_pre": 3 * layer + 0.5,
+        "hook_resid_mid": 3 * layer + 1.9,
+        "hook_resid_post": 3 * layer + 2.9,
+    }[key]
     return _Point(site, None, stage, position)
 
 
@@ -251,13 +258,17 @@ class _Attribution:
             raise InvalidArgumentError(f"top_k must be at least 1, got {spec.top_k}")
         if spec.ig_steps < 0 or spec.ig_steps > 256:
             raise InvalidArgumentError(f"ig_steps must be in 0..256, got {spec.ig_steps}")
-        prompts = (spec.prompt,) if spec.second is None and not spec.interventions else (
-            spec.prompt, spec.second or spec.prompt)
+        prompts = (
+            (spec.prompt,)
+            if spec.second is None and not spec.interventions
+            else (spec.prompt, spec.second or spec.prompt)
+        )
         self.batch = runner.make_batch(prompts, prepend_bos=spec.prepend_bos)
         if len(set(self.batch.lengths)) != 1:
             raise InvalidArgumentError(
                 f"the two prompts have {self.batch.lengths[0]} and {self.batch.lengths[1]} tokens; "
-                "aligned node tables need prompts of equal length")
+                "aligned node tables need prompts of equal length"
+            )
         self.n_rows = self.batch.n_prompts
         self.T = self.batch.max_len
         available = {"embedding", "mlp_neuron", "attn_head", "attn_head_pair"}
@@ -287,38 +298,58 @@ class _Attribution:
         if isinstance(loss, NeuronTrace):
             self._check_layer(loss.layer)
             if not 0 <= loss.neuron < self.dims.d_mlp:
-                raise OutOfRangeError(f"neuron {loss.neuron} is out of range (0..{self.dims.d_mlp - 1})")
+                raise OutOfRangeError(
+                    f"neuron {loss.neuron} is out of range (0..{self.dims.d_mlp - 1})"
+                )
             (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
             return self._mlp_side_point(loss.layer, pos)
         if isinstance(loss, HeadTrace):
             self._check_layer(loss.layer)
             if not 0 <= loss.head < self.dims.n_heads:
-                raise OutOfRangeError(f"head {loss.head} is out of range (0..{self.dims.n_heads - 1})")
-            (q,) = resolve_positions([loss.query_position], self.batch.lengths[:1], "query position")[0]
+                raise OutOfRangeError(
+                    f"head {loss.head} is out of range (0..{self.dims.n_heads - 1})"
+                )
+            (q,) = resolve_positions(
+                [loss.query_position], self.batch.lengths[:1], "query position"
+            )[0]
             if loss.key_position is not None:
-                (k,) = resolve_positions([loss.key_position], self.batch.lengths[:1], "key position")[0]
+                (k,) = resolve_positions(
+                    [loss.key_position], self.batch.lengths[:1], "key position"
+                )[0]
                 if k > q:
-                    raise InvalidArgumentError(f"key position {k} is after query position {q}; a "
-                                               "causal head cannot attend to it")
+                    raise InvalidArgumentError(
+                        f"key position {k} is after query position {q}; a "
+                        "causal head cannot attend to it"
+                    )
             elif loss.through is not Through.V:
                 raise InvalidArgumentError("tracing through Q, K or QK needs a key position")
-            return _Point(f"blocks.{loss.layer}.hook_resid_pre", f"blocks.{loss.layer}.ln1",
-                          3 * loss.layer + 0.5, q)
+            return _Point(
+                f"blocks.{loss.layer}.hook_resid_pre",
+                f"blocks.{loss.layer}.ln1",
+                3 * loss.layer + 0.5,
+                q,
+            )
         if isinstance(loss, DirectionLoss):
             site = self.runner.schema.get(loss.site)
             if site.kind.key not in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
-                raise InvalidArgumentError(f"a direction loss reads a residual-stream site "
-                                           f"(hook_resid_pre/mid/post), not '{loss.site}'")
+                raise InvalidArgumentError(
+                    f"a direction loss reads a residual-stream site "
+                    f"(hook_resid_pre/mid/post), not '{loss.site}'"
+                )
             if tuple(loss.vector.shape) != (self.dims.d_model,):
-                raise InvalidArgumentError(f"direction must have shape [{self.dims.d_model}], got "
-                                           f"{list(loss.vector.shape)}")
+                raise InvalidArgumentError(
+                    f"direction must have shape [{self.dims.d_model}], got "
+                    f"{list(loss.vector.shape)}"
+                )
             (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
             return _residual_point(loss.site, site.layer or 0, site.kind.key, pos)
         if isinstance(loss, LatentTrace):
             att = self.runner.get_sae(loss.sae)
             if not 0 <= loss.latent < att.sae.d_sae:
-                raise OutOfRangeError(f"latent {loss.latent} is out of range for SAE '{loss.sae}' "
-                                      f"(0..{att.sae.d_sae - 1})")
+                raise OutOfRangeError(
+                    f"latent {loss.latent} is out of range for SAE '{loss.sae}' "
+                    f"(0..{att.sae.d_sae - 1})"
+                )
             (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
             key, layer = att.site.kind.key, att.site.layer
             if key in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
@@ -327,16 +358,20 @@ class _Attribution:
             if layer is None:
                 return _Point(att.input, None, -0.5, pos)
             if key.startswith(("attn.", "ln1.")) or key == "hook_attn_out":
-                return _Point(f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.ln1",
-                              3 * layer + 0.5, pos)
+                return _Point(
+                    f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.ln1", 3 * layer + 0.5, pos
+                )
             return self._mlp_side_point(layer, pos)
         raise InvalidArgumentError(f"unsupported loss {type(loss).__name__}")
 
     def _mlp_side_point(self, layer: int, pos: int) -> _Point:
         """The residual stream an MLP of ``layer`` reads, with the norm it reads it through (ln2,
         or ln1 when one norm feeds both branches, as in Phi)."""
-        norm = f"blocks.{layer}.ln2" if self.runner.schema.has_kind("ln2.hook_normalized") \
+        norm = (
+            f"blocks.{layer}.ln2"
+            if self.runner.schema.has_kind("ln2.hook_normalized")
             else f"blocks.{layer}.ln1"
+        )
         if self.adapter.parallel_blocks:
             return _Point(f"blocks.{layer}.hook_resid_pre", norm, 3 * layer + 0.5, pos)
         return _Point(f"blocks.{layer}.hook_resid_mid", norm, 3 * layer + 1.9, pos)
@@ -368,20 +403,24 @@ class _Attribution:
             raise ResourceExhaustedError(
                 f"integrated gradients with {steps} steps over {sites} sites needs {rows} prompt "
                 f"rows of forward and backward passes, over the server's limit of {limit}; use "
-                "fewer steps or fewer node families")
+                "fewer steps or fewer node families"
+            )
 
     def mlp_layers(self) -> list[int]:
-        return [L for L in range(self.dims.n_layers) if 3 * L + 2 < self.point.stage]
+        return [L for L in range(self.dims.n_layers) if self.point.stage > 3 * L + 2]
 
     def attn_layers(self) -> list[int]:
-        return [L for L in range(self.dims.n_layers) if 3 * L + 1 < self.point.stage]
+        return [L for L in range(self.dims.n_layers) if self.point.stage > 3 * L + 1]
 
     def saes(self) -> list[AttachedSae]:
         if "sae_latent" not in self.families:
             return []
         traced = self.spec.loss.sae if isinstance(self.spec.loss, LatentTrace) else None
-        return [a for a in self.runner.saes.values()
-                if a.write_stage() < self.point.stage and a.id != traced]
+        return [
+            a
+            for a in self.runner.saes.values()
+            if a.write_stage() < self.point.stage and a.id != traced
+        ]
 
     # -- the pass
     def plan(self, planner: Planner) -> None:
@@ -391,8 +430,13 @@ class _Attribution:
         for L in self.mlp_layers():
             plan.grad_sites.add(f"blocks.{L}.mlp.hook_post")
         for L in self.attn_layers():
-            plan.grad_sites.update({f"blocks.{L}.attn.hook_z", f"blocks.{L}.attn.hook_pattern",
-                                    f"blocks.{L}.attn.hook_v"})
+            plan.grad_sites.update(
+                {
+                    f"blocks.{L}.attn.hook_z",
+                    f"blocks.{L}.attn.hook_pattern",
+                    f"blocks.{L}.attn.hook_v",
+                }
+            )
         for att in self.saes():
             plan.grad_sites.update({att.acts, att.input})
         self.plan_loss(planner, range(self.n_rows))
@@ -410,12 +454,21 @@ class _Attribution:
             plan.grad_sites.add(f"blocks.{loss.layer}.mlp.hook_pre")
         if isinstance(loss, HeadTrace):
             prefix = f"blocks.{loss.layer}.attn."
-            plan.grad_sites.update({prefix + "hook_attn_scores", prefix + "hook_pattern",
-                                    prefix + "hook_v", prefix + "hook_z"})
-            cut = {Through.Q: ("hook_k",), Through.K: ("hook_q",), Through.QK: ()}.get(loss.through, ())
+            plan.grad_sites.update(
+                {
+                    prefix + "hook_attn_scores",
+                    prefix + "hook_pattern",
+                    prefix + "hook_v",
+                    prefix + "hook_z",
+                }
+            )
+            cut = {Through.Q: ("hook_k",), Through.K: ("hook_q",), Through.QK: ()}.get(
+                loss.through, ()
+            )
             for name in cut:
-                planner.add_intervention(specs.Intervention(prefix + name, specs.Zero(),
-                                                            pass_=specs.Pass.BACKWARD), rows)
+                planner.add_intervention(
+                    specs.Intervention(prefix + name, specs.Zero(), pass_=specs.Pass.BACKWARD), rows
+                )
         if isinstance(loss, DirectionLoss):
             plan.grad_sites.add(loss.site)
         if isinstance(loss, LatentTrace):
@@ -433,7 +486,9 @@ class _Attribution:
             lp = out.logits[:rows, self.loss_position()].float().log_softmax(-1)
             return lp[:, list(loss.target_ids)].logsumexp(-1)
         if isinstance(loss, NeuronTrace):
-            return g[f"blocks.{loss.layer}.mlp.hook_pre"][:rows, self.point.position, loss.neuron].float()
+            return g[f"blocks.{loss.layer}.mlp.hook_pre"][
+                :rows, self.point.position, loss.neuron
+            ].float()
         if isinstance(loss, HeadTrace):
             prefix = f"blocks.{loss.layer}.attn."
             q, h = self.point.position, loss.head
@@ -450,7 +505,7 @@ class _Attribution:
             w_o = self.adapter.W_O(loss.layer)[h]  # [d_head, d_model]
             z_v = torch.einsum("rk,rkd->rd", pattern, v)  # [rows, d_head]
             write = z_v @ w_o  # [rows, d_model]
-            u = (g[prefix + "hook_z"][:rows, q, h].detach() @ w_o)
+            u = g[prefix + "hook_z"][:rows, q, h].detach() @ w_o
             u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             return (write * u).sum(-1).float()
         if isinstance(loss, LatentTrace):
@@ -472,13 +527,21 @@ class _Attribution:
         if "embedding" in self.families:
             x = g["blocks.0.hook_resid_pre"][:rows].detach().float()  # [rows, T, d_model]
             gx = grads["blocks.0.hook_resid_pre"][:rows].float()
-            cols = {"activation": torch.ones(rows, T, device=x.device),
-                    "write_magnitude": x.norm(dim=-1),
-                    "direct_effect": (x * d).sum(-1),
-                    "total_effect": (x * gx).sum(-1)}
-            fams.append(_Family("embedding", None, cols,
-                                lambda idx: Node("embedding", None, idx[0]),
-                                lambda r, idx, x=x: x[r, idx[0]]))
+            cols = {
+                "activation": torch.ones(rows, T, device=x.device),
+                "write_magnitude": x.norm(dim=-1),
+                "direct_effect": (x * d).sum(-1),
+                "total_effect": (x * gx).sum(-1),
+            }
+            fams.append(
+                _Family(
+                    "embedding",
+                    None,
+                    cols,
+                    lambda idx: Node("embedding", None, idx[0]),
+                    lambda r, idx, x=x: x[r, idx[0]],
+                )
+            )
         for L in self.attn_layers():
             fams.extend(self._attn_families(L, g, grads, d))
         if "mlp_neuron" in self.families:
@@ -493,21 +556,34 @@ class _Attribution:
         z = g[att.acts][:rows].detach().float()  # [rows, T, d_sae]
         gz = grads[att.acts][:rows].float()
         stats = att.sae.input_stats(g[att.input][:rows].detach())
-        scale = stats.scale.float() if stats is not None else torch.ones((), device=z.device)  # [rows, T, 1]
+        scale = (
+            stats.scale.float() if stats is not None else torch.ones((), device=z.device)
+        )  # [rows, T, 1]
         dirs = att.residual_directions(self.adapter)  # [d_sae, d_model] or None
         D = att.sae.decoder_directions().float()
         norms = (dirs if dirs is not None else D).norm(dim=-1)  # [d_sae]
         de = torch.zeros_like(z) if dirs is None else z * scale * (d @ dirs.T)
-        cols = {"activation": z, "write_magnitude": z * scale * norms, "direct_effect": de,
-                "total_effect": z * gz}
+        cols = {
+            "activation": z,
+            "write_magnitude": z * scale * norms,
+            "direct_effect": de,
+            "total_effect": z * gz,
+        }
 
         def write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
             p, i = idx
             s = scale if scale.dim() == 0 else scale[r, p, 0]
-            return z[r, p, i] * s * (dirs[i] if dirs is not None else torch.zeros(self.dims.d_model))
-        return _Family("sae_latent", None, cols,
-                       lambda idx: Node("sae_latent", att.site.layer, idx[0], idx[1], sae=att.id),
-                       write if dirs is not None else None)
+            return (
+                z[r, p, i] * s * (dirs[i] if dirs is not None else torch.zeros(self.dims.d_model))
+            )
+
+        return _Family(
+            "sae_latent",
+            None,
+            cols,
+            lambda idx: Node("sae_latent", att.site.layer, idx[0], idx[1], sae=att.id),
+            write if dirs is not None else None,
+        )
 
     def _post_norm_gain(self, norm, raw: torch.Tensor) -> torch.Tensor:
         """Per-position factor turning a raw write into its residual write (post-norm, scale
@@ -531,17 +607,26 @@ class _Attribution:
         d_eff = d * factor  # gradient seen by the raw write
         w_norm = w_out.norm(dim=-1)  # [d_mlp]
         if norm is not None:
-            write_mag = post.abs() * ((w_out[None, None] * factor[:, :, None]).norm(dim=-1)) * post.sign()
+            write_mag = (
+                post.abs() * ((w_out[None, None] * factor[:, :, None]).norm(dim=-1)) * post.sign()
+            )
         else:
             write_mag = post * w_norm
-        cols = {"activation": post, "write_magnitude": write_mag,
-                "direct_effect": post * (d_eff @ w_out.T), "total_effect": post * gpost}
+        cols = {
+            "activation": post,
+            "write_magnitude": write_mag,
+            "direct_effect": post * (d_eff @ w_out.T),
+            "total_effect": post * gpost,
+        }
 
         def write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
             p, n = idx
             f = factor if factor.dim() == 0 else factor[r, p]
             return post[r, p, n] * w_out[n] * f
-        return _Family("mlp_neuron", L, cols, lambda idx: Node("mlp_neuron", L, idx[0], idx[1]), write)
+
+        return _Family(
+            "mlp_neuron", L, cols, lambda idx: Node("mlp_neuron", L, idx[0], idx[1]), write
+        )
 
     def _attn_families(self, L: int, g: dict, grads: dict, d: torch.Tensor) -> list[_Family]:
         rows = self.n_rows
@@ -561,13 +646,21 @@ class _Attribution:
         if "attn_head" in self.families:
             result = torch.einsum("rthd,hdm->rthm", z, w_o)  # [rows, T, H, d_model]
             result_w = result * (factor[:, :, None] if factor.dim() else factor)
-            cols = {"activation": z.norm(dim=-1),
-                    "write_magnitude": result_w.norm(dim=-1),
-                    "direct_effect": (z * ow).sum(-1),
-                    "total_effect": (z * gz).sum(-1)}
-            fams.append(_Family("attn_head", L, cols,
-                                lambda idx: Node("attn_head", L, idx[0], idx[1]),
-                                lambda r, idx: result_w[r, idx[0], idx[1]]))
+            cols = {
+                "activation": z.norm(dim=-1),
+                "write_magnitude": result_w.norm(dim=-1),
+                "direct_effect": (z * ow).sum(-1),
+                "total_effect": (z * gz).sum(-1),
+            }
+            fams.append(
+                _Family(
+                    "attn_head",
+                    L,
+                    cols,
+                    lambda idx: Node("attn_head", L, idx[0], idx[1]),
+                    lambda r, idx: result_w[r, idx[0], idx[1]],
+                )
+            )
         if "attn_head_pair" in self.families:
             p = g[prefix + "hook_pattern"][:rows].detach().float()  # [rows, H, T_q, T_k]
             gp = grads[prefix + "hook_pattern"][:rows].float()
@@ -577,18 +670,27 @@ class _Attribution:
                 vo_mag = torch.einsum("rhkm,rqm->rhqk", vo.pow(2), factor.pow(2)).sqrt()
             else:
                 vo_mag = vo.norm(dim=-1)[:, :, None, :].expand_as(p)
-            cols = {"activation": p,
-                    "write_magnitude": p.abs() * vo_mag,
-                    "direct_effect": p * torch.einsum("rkhd,rqhd->rhqk", v, ow),
-                    "total_effect": p * gp}
+            cols = {
+                "activation": p,
+                "write_magnitude": p.abs() * vo_mag,
+                "direct_effect": p * torch.einsum("rkhd,rqhd->rhqk", v, ow),
+                "total_effect": p * gp,
+            }
 
             def write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
                 h, q, k = idx
                 f = factor if factor.dim() == 0 else factor[r, q]
                 return p[r, h, q, k] * vo[r, h, k] * f
-            fams.append(_Family("attn_head_pair", L, cols,
-                                lambda idx: Node("attn_head_pair", L, idx[1], idx[0], key_position=idx[2]),
-                                write))
+
+            fams.append(
+                _Family(
+                    "attn_head_pair",
+                    L,
+                    cols,
+                    lambda idx: Node("attn_head_pair", L, idx[1], idx[0], key_position=idx[2]),
+                    write,
+                )
+            )
         return fams
 
 
@@ -610,7 +712,9 @@ def _topk_union(fams: list[_Family], k: int, n_rows: int) -> list[tuple[int, tup
             vals, idx = flat.topk(kk, dim=1, largest=largest, sorted=True)  # [rows, kk]
             for r in range(n_rows):
                 for j in range(kk):
-                    picks.append((-float(vals[r, j]) if largest else float(vals[r, j]), int(idx[r, j])))
+                    picks.append(
+                        (-float(vals[r, j]) if largest else float(vals[r, j]), int(idx[r, j]))
+                    )
             picks_sorted = sorted(set(picks), key=lambda t: (t[0], t[1]))
             for _, flat_i in picks_sorted:
                 fam_i = next(i for i in range(len(fams)) if offsets[i] <= flat_i < offsets[i + 1])
@@ -625,8 +729,9 @@ def _topk_union(fams: list[_Family], k: int, n_rows: int) -> list[tuple[int, tup
     return chosen
 
 
-def _token_scores(runner: ModelRunner, scores: torch.Tensor, k: int,
-                  largest: bool) -> list[tuple[TokenScore, ...]]:
+def _token_scores(
+    runner: ModelRunner, scores: torch.Tensor, k: int, largest: bool
+) -> list[tuple[TokenScore, ...]]:
     """The ``k`` largest (or smallest) tokens of each row of ``scores`` [n, vocab], one top-k."""
     if k <= 0:
         return [() for _ in range(scores.shape[0])]
@@ -648,10 +753,12 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
         if f.name == "sae_latent":
             site = runner.get_sae(f.decode((0, 0)).sae or "").acts
         else:
-            site = {"embedding": "blocks.0.hook_resid_pre",
-                    "mlp_neuron": f"blocks.{f.layer}.mlp.hook_post",
-                    "attn_head": f"blocks.{f.layer}.attn.hook_z",
-                    "attn_head_pair": f"blocks.{f.layer}.attn.hook_pattern"}[f.name]
+            site = {
+                "embedding": "blocks.0.hook_resid_pre",
+                "mlp_neuron": f"blocks.{f.layer}.mlp.hook_post",
+                "attn_head": f"blocks.{f.layer}.attn.hook_z",
+                "attn_head_pair": f"blocks.{f.layer}.attn.hook_pattern",
+            }[f.name]
         by_site.setdefault(site, []).append(f)
     per_pass = max(1, runner.limits.max_prompts // rows)
     prompts = att.batch.rows[:rows]
@@ -659,12 +766,13 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
         grad_sum: torch.Tensor | None = None
         value: torch.Tensor | None = None
         for start in range(0, steps, per_pass):
-            chunk = alphas[start:start + per_pass]
+            chunk = alphas[start : start + per_pass]
             batch = Batch(tuple(r for _ in chunk for r in prompts), len(chunk) * rows, 0, 0)
             planner = runner.planner(batch)
             for j, a in enumerate(chunk):
-                planner.add_intervention(specs.Intervention(site, specs.Scale(a)),
-                                         range(j * rows, (j + 1) * rows))
+                planner.add_intervention(
+                    specs.Intervention(site, specs.Scale(a)), range(j * rows, (j + 1) * rows)
+                )
             if att.spec.interventions:
                 for j in range(len(chunk)):
                     for iv in att.spec.interventions:
@@ -678,7 +786,7 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
             gsum = gx.detach().float().reshape(len(chunk), rows, *gx.shape[1:]).sum(0)
             grad_sum = gsum if grad_sum is None else grad_sum + gsum
             if value is None:
-                value = (x.detach().float()[:rows] / chunk[0])
+                value = x.detach().float()[:rows] / chunk[0]
         assert grad_sum is not None and value is not None
         ig = value * grad_sum / steps  # [rows, *site]
         for f in site_fams:
@@ -720,8 +828,10 @@ def compute_columns(runner: ModelRunner, spec: AttributeSpec) -> Columns:
     names = sorted(planner.plan.grad_sites - {"hook_embed"})
     tensors = [out.ctx.graph[n] for n in names]
     grads_list = torch.autograd.grad(losses.sum(), tensors, allow_unused=True)
-    grads = {n: (gr if gr is not None else torch.zeros_like(t))
-             for n, t, gr in zip(names, tensors, grads_list)}
+    grads = {
+        n: (gr if gr is not None else torch.zeros_like(t))
+        for n, t, gr in zip(names, tensors, grads_list)
+    }
     with torch.no_grad():
         fams = att.families_from(out, grads)
     if spec.ig_steps:
@@ -740,8 +850,11 @@ def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
         nodes = [(fams[fam_i], idx) for fam_i, idx in chosen]
         # Every chosen node's write read through the unembedding in one product (one pass over
         # W_U), and every chosen neuron's input tokens in another.
-        writes = [(i, f.write(0, idx)) for i, (f, idx) in enumerate(nodes)
-                  if spec.node_tokens and f.write is not None]
+        writes = [
+            (i, f.write(0, idx))
+            for i, (f, idx) in enumerate(nodes)
+            if spec.node_tokens and f.write is not None
+        ]
         pushed: dict[int, tuple[tuple[TokenScore, ...], tuple[TokenScore, ...]]] = {}
         if writes:
             stacked = torch.stack([w.float() for _, w in writes])  # [n, d_model]
@@ -752,14 +865,20 @@ def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
             ups = _token_scores(runner, vecs, spec.node_tokens, True)
             downs = _token_scores(runner, vecs, spec.node_tokens, False)
             pushed = {i: (ups[j], downs[j]) for j, (i, _) in enumerate(writes)}
-        neurons = [(i, f.layer or 0, idx[1]) for i, (f, idx) in enumerate(nodes)
-                   if spec.node_tokens and f.name == "mlp_neuron"]
-        inputs = _neuron_input_tokens(runner, [(layer, n) for _, layer, n in neurons],
-                                      spec.node_tokens)
+        neurons = [
+            (i, f.layer or 0, idx[1])
+            for i, (f, idx) in enumerate(nodes)
+            if spec.node_tokens and f.name == "mlp_neuron"
+        ]
+        inputs = _neuron_input_tokens(
+            runner, [(layer, n) for _, layer, n in neurons], spec.node_tokens
+        )
         input_of = {i: inputs[j] for j, (i, _, _) in enumerate(neurons)}
         rows_out = []
         for i, (f, idx) in enumerate(nodes):
-            values = tuple({c: float(f.columns[c][r][idx]) for c in COLUMNS} for r in range(att.n_rows))
+            values = tuple(
+                {c: float(f.columns[c][r][idx]) for c in COLUMNS} for r in range(att.n_rows)
+            )
             up, down = pushed.get(i, ((), ()))
             rows_out.append(NodeRow(f.decode(idx), values, up, down, input_of.get(i, ())))
         # the parts of the loss no node writes
@@ -785,15 +904,20 @@ def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
     prompts = tuple(specs.PromptTokens(r, runner.token_strings(r)) for r in att.batch.rows)
     n_nodes = sum(f.columns["activation"][0].numel() for f in fams)
     return AttributeResult(
-        prompts=prompts, loss_values=tuple(float(x) for x in losses.detach()),
+        prompts=prompts,
+        loss_values=tuple(float(x) for x in losses.detach()),
         rows=tuple(rows_out),
         token_attribution=tuple(tuple(float(x) for x in tok_attr[r]) for r in range(att.n_rows)),
-        bias_direct_effect=tuple(float(x) for x in bias), constant=tuple(float(x) for x in constant),
-        loss_position=att.loss_position(), stats={"nodes_ranked": float(n_nodes)})
+        bias_direct_effect=tuple(float(x) for x in bias),
+        constant=tuple(float(x) for x in constant),
+        loss_position=att.loss_position(),
+        stats={"nodes_ranked": float(n_nodes)},
+    )
 
 
-def _neuron_input_tokens(runner: ModelRunner, neurons: list[tuple[int, int]],
-                         k: int) -> list[tuple[TokenScore, ...]]:
+def _neuron_input_tokens(
+    runner: ModelRunner, neurons: list[tuple[int, int]], k: int
+) -> list[tuple[TokenScore, ...]]:
     """For each (layer, neuron): the tokens whose embedding, read through the MLP's input (norm
     gain, W_in column), most activates the neuron's pre-activation (TDB's "input tokens that
     upvote", weights only). One product over the embedding for all neurons."""

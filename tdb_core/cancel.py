@@ -9,7 +9,8 @@ import contextvars
 from collections.abc import Callable, Iterator
 
 _CHECK: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
-    "tdb_cancel_check", default=None)
+    "tdb_cancel_check", default=None
+)
 
 
 def check() -> None:

@@ -27,18 +27,23 @@ def _read_jsonl(path: Path) -> Iterator[str]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InvalidArgumentError(f"{path}:{line_no} is not valid JSON ({exc.msg})") from None
+                raise InvalidArgumentError(
+                    f"{path}:{line_no} is not valid JSON ({exc.msg})"
+                ) from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise InvalidArgumentError(
                     f'{path}:{line_no} has no string field "text"; each JSONL line must be an '
-                    'object like {"text": "..."}')
+                    'object like {"text": "..."}'
+                )
             yield obj["text"]
 
 
 def _read_plain(path: Path, split: PlainTextSplit) -> Iterator[str]:
     lines = path.read_text(encoding="utf-8").splitlines()
     if split is PlainTextSplit.AUTO:
-        split = PlainTextSplit.PARAGRAPH if any(not ln.strip() for ln in lines) else PlainTextSplit.LINE
+        split = (
+            PlainTextSplit.PARAGRAPH if any(not ln.strip() for ln in lines) else PlainTextSplit.LINE
+        )
     if split is PlainTextSplit.LINE:
         yield from (ln for ln in lines if ln.strip())
         return
@@ -51,8 +56,11 @@ def _read_plain(path: Path, split: PlainTextSplit) -> Iterator[str]:
             paragraph = []
 
 
-def iter_texts(dataset: str | os.PathLike[str] | Iterable[str], *,
-               plain_text_split: PlainTextSplit = PlainTextSplit.AUTO) -> Iterator[str]:
+def iter_texts(
+    dataset: str | os.PathLike[str] | Iterable[str],
+    *,
+    plain_text_split: PlainTextSplit = PlainTextSplit.AUTO,
+) -> Iterator[str]:
     """Documents of a dataset: a path (``.jsonl``/``.json`` lines, else plain text) or an
     iterable of str. A ``str`` is always a path; pass a list for in-memory texts."""
     if isinstance(dataset, str | os.PathLike):
@@ -65,9 +73,13 @@ def iter_texts(dataset: str | os.PathLike[str] | Iterable[str], *,
             else:
                 yield from _read_plain(path, PlainTextSplit(plain_text_split))
         except UnicodeDecodeError as exc:
-            raise InvalidArgumentError(f"dataset file {str(path)!r} is not UTF-8 text ({exc.reason})") from None
+            raise InvalidArgumentError(
+                f"dataset file {str(path)!r} is not UTF-8 text ({exc.reason})"
+            ) from None
         return
     for i, text in enumerate(dataset):
         if not isinstance(text, str):
-            raise InvalidArgumentError(f"dataset item {i} is a {type(text).__name__}; every item must be a str")
+            raise InvalidArgumentError(
+                f"dataset item {i} is a {type(text).__name__}; every item must be a str"
+            )
         yield text

@@ -101,8 +101,11 @@ class HookPlan:
 
     def captures_intact(self) -> bool:
         """False if a zero-copy capture was modified in place after it was taken."""
-        return all(c.version is None or c.values is None or c.values._version == c.version
-                   for caps in self.captures.values() for c in caps)
+        return all(
+            c.version is None or c.values is None or c.values._version == c.version
+            for caps in self.captures.values()
+            for c in caps
+        )
 
     def reset_captures(self) -> None:
         for caps in self.captures.values():
@@ -111,8 +114,13 @@ class HookPlan:
                 c.version = None
 
     def sites(self) -> set[str]:
-        return (set(self.captures) | set(self.edits) | set(self.splices) | self.grad_sites
-                | set(self.observers))
+        return (
+            set(self.captures)
+            | set(self.edits)
+            | set(self.splices)
+            | self.grad_sites
+            | set(self.observers)
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,8 +155,9 @@ def _block_indices(xb: torch.Tensor, index: BlockIndex) -> tuple[torch.Tensor, .
     return rows[:, None, None], pos[:, :, None], units[None, None, :]
 
 
-def _masked_mean_over_positions(xb: torch.Tensor, rows: torch.Tensor,
-                                lengths: torch.Tensor) -> torch.Tensor:
+def _masked_mean_over_positions(
+    xb: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
     """Mean of ``xb[rows]`` over each row's real positions: ``[R, *rest]`` per row."""
     sel = xb[rows]  # [R, T, ...]
     n_pos = sel.shape[1]
@@ -163,8 +172,13 @@ def _select_units(v: torch.Tensor, index: BlockIndex, unit_dim_of_v: int) -> tor
     return v.index_select(unit_dim_of_v, index.units)
 
 
-def _edit_value(edit: ResolvedEdit, xb: torch.Tensor, block: torch.Tensor,
-                idx: tuple[torch.Tensor, ...], lengths: torch.Tensor) -> torch.Tensor:
+def _edit_value(
+    edit: ResolvedEdit,
+    xb: torch.Tensor,
+    block: torch.Tensor,
+    idx: tuple[torch.Tensor, ...],
+    lengths: torch.Tensor,
+) -> torch.Tensor:
     """New values for a forward edit's block ``[R, P, (U,) rest...]``."""
     op = edit.op
     if isinstance(op, specs.Zero):
@@ -193,7 +207,7 @@ def _edit_value(edit: ResolvedEdit, xb: torch.Tensor, block: torch.Tensor,
         return mean[None, None].expand_as(block)
     if isinstance(op, specs.PatchFrom):
         assert edit.source_rows is not None
-        src_idx = (edit.source_rows.reshape(idx[0].shape),) + idx[1:]
+        src_idx = (edit.source_rows.reshape(idx[0].shape), *idx[1:])
         return xb[src_idx]
     raise InvalidArgumentError(f"unsupported intervention operation {type(op).__name__}")
 
@@ -211,8 +225,9 @@ class _BackwardEdit(torch.autograd.Function):
     """Identity in the forward pass; applies edits to the gradient in the backward pass."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, edits: list[ResolvedEdit],
-                lengths: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, edits: list[ResolvedEdit], lengths: torch.Tensor
+    ) -> torch.Tensor:
         ctx.edits = edits
         ctx.lengths = lengths
         return x.view_as(x)
@@ -228,8 +243,9 @@ class _BackwardEdit(torch.autograd.Function):
 # Captures
 
 
-def _reduce_capture(cap: ResolvedCapture, x: torch.Tensor, masked: torch.Tensor | None,
-                    clone: bool) -> None:
+def _reduce_capture(
+    cap: ResolvedCapture, x: torch.Tensor, masked: torch.Tensor | None, clone: bool
+) -> None:
     """Select the capture's block of ``x`` (detached), fill padding, top-k, cast, and store.
 
     A capture that needs no reduction keeps a view of the activation instead of a copy (unless
@@ -290,8 +306,9 @@ def _reduce_capture(cap: ResolvedCapture, x: torch.Tensor, masked: torch.Tensor 
 class HookContext:
     """The state of one forward pass at hook sites. Adapters call ``point``/``edit``/``observe``."""
 
-    def __init__(self, plan: HookPlan, lengths: torch.Tensor,
-                 check: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, plan: HookPlan, lengths: torch.Tensor, check: Callable[[], None] | None = None
+    ) -> None:
         self.plan = plan
         self.check = check  # the request's cancellation check, called at every layer
         self.lengths = lengths  # [B] real length of each row
@@ -358,8 +375,9 @@ class HookContext:
         return x
 
 
-_ACTIVE: contextvars.ContextVar[HookContext | None] = contextvars.ContextVar("tdb_hook_context",
-                                                                            default=None)
+_ACTIVE: contextvars.ContextVar[HookContext | None] = contextvars.ContextVar(
+    "tdb_hook_context", default=None
+)
 
 
 def active_context() -> HookContext | None:
@@ -398,15 +416,32 @@ def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h_kv, n_rep, t, d).reshape(b, h_kv * n_rep, t, d)
 
 
-_SUPPORTED_KWARGS = {"position_ids", "use_cache", "cache_position", "sliding_window", "is_causal",
-                     "output_attentions", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
-                     "max_length_k", "head_mask"}
+_SUPPORTED_KWARGS = {
+    "position_ids",
+    "use_cache",
+    "cache_position",
+    "sliding_window",
+    "is_causal",
+    "output_attentions",
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+    "head_mask",
+}
 
 
-def tdb_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-                  value: torch.Tensor, attention_mask: torch.Tensor | None,
-                  scaling: float | None = None, dropout: float = 0.0,
-                  softcap: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def tdb_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention with hook points for q, k, v, scores, pattern and z.
 
     query ``[B, H, T, d_head]``, key/value ``[B, H_kv, T, d_head]`` (after rotary), additive
@@ -417,7 +452,8 @@ def tdb_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tenso
     if unknown or kwargs.get("head_mask") is not None:
         raise InvalidArgumentError(
             f"attention arguments {sorted(unknown) or ['head_mask']} are not supported by the tdb "
-            "attention function")
+            "attention function"
+        )
     ctx = _ACTIVE.get()
     if ctx is not None and ctx.check is not None:
         ctx.check()  # a cancelled or expired request stops here, layer by layer
@@ -430,8 +466,10 @@ def tdb_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tenso
     if ctx is not None:
         layer = _LAYER_OF_MODULE[module]
         prefix = f"blocks.{layer}.attn."
-        names = {k: prefix + k for k in ("hook_q", "hook_k", "hook_v", "hook_attn_scores",
-                                          "hook_pattern", "hook_z")}
+        names = {
+            k: prefix + k
+            for k in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z")
+        }
         if not ctx.wants_any(list(names.values())):
             ctx = None
     if ctx is not None:

@@ -46,8 +46,9 @@ class Batch:
         return list(range(start, start + self.n_references))
 
 
-def resolve_positions(positions: Sequence[int], lengths: Sequence[int],
-                      what: str = "position") -> list[list[int]]:
+def resolve_positions(
+    positions: Sequence[int], lengths: Sequence[int], what: str = "position"
+) -> list[list[int]]:
     """Absolute positions per row; negative ones count from each row's end."""
     out: list[list[int]] = []
     for row, n in enumerate(lengths):
@@ -57,7 +58,8 @@ def resolve_positions(positions: Sequence[int], lengths: Sequence[int],
             if not 0 <= q < n:
                 raise OutOfRangeError(
                     f"{what} {p} is out of range for prompt {row}, which has {n} tokens "
-                    f"(allowed: {-n}..{n - 1})")
+                    f"(allowed: {-n}..{n - 1})"
+                )
             resolved.append(q)
         out.append(resolved)
     return out
@@ -76,18 +78,21 @@ def _check_units(schema: ModelSchema, site: SiteInfo, units: Sequence[int] | Non
     count = schema.unit_count(site)
     if count is None:
         raise InvalidArgumentError(
-            f"site '{site.name}' has no unit axis; leave units empty (its dims are {site.dims})")
+            f"site '{site.name}' has no unit axis; leave units empty (its dims are {site.dims})"
+        )
     if len(units) == 0:
         raise InvalidArgumentError(f"empty unit list for site '{site.name}'; omit it to select all")
     for u in units:
         if not 0 <= u < count:
             raise OutOfRangeError(
                 f"unit {u} is out of range for site '{site.name}', whose {site.kind.unit_dim} "
-                f"axis has {count} entries (allowed: 0..{count - 1})")
+                f"axis has {count} entries (allowed: 0..{count - 1})"
+            )
 
 
-def _block_shape(schema: ModelSchema, site: SiteInfo, n_pos: int, n_units: int | None,
-                 max_len: int) -> tuple[int, ...]:
+def _block_shape(
+    schema: ModelSchema, site: SiteInfo, n_pos: int, n_units: int | None, max_len: int
+) -> tuple[int, ...]:
     """Per-row shape of an edit's block: ``[P, (U,) rest...]``, rest in the site's dim order."""
     k = site.kind
     rest = [schema.dim_size(site, d, max_len) for d in k.dims if d not in (k.pos_dim, k.unit_dim)]
@@ -100,8 +105,9 @@ def _block_shape(schema: ModelSchema, site: SiteInfo, n_pos: int, n_units: int |
 class Planner:
     """Builds a :class:`HookPlan` for one batch on one model."""
 
-    def __init__(self, schema: ModelSchema, batch: Batch, device: torch.device,
-                 dtype: torch.dtype) -> None:
+    def __init__(
+        self, schema: ModelSchema, batch: Batch, device: torch.device, dtype: torch.dtype
+    ) -> None:
         self.schema = schema
         self.batch = batch
         self.device = device
@@ -113,8 +119,9 @@ class Planner:
     def add_capture(self, cap: specs.Capture) -> list[ResolvedCapture]:
         """Resolve a capture (a name or a glob) for the prompt rows."""
         if cap.dtype is not None and cap.dtype not in ALLOWED_DTYPES:
-            raise InvalidArgumentError(f"capture dtype {cap.dtype} is not allowed; use float32, "
-                                       "float16 or bfloat16")
+            raise InvalidArgumentError(
+                f"capture dtype {cap.dtype} is not allowed; use float32, float16 or bfloat16"
+            )
         if cap.top_k is not None and cap.top_k.k < 1:
             raise InvalidArgumentError(f"top_k must be at least 1, got {cap.top_k.k}")
         n = self.batch.n_prompts
@@ -126,21 +133,34 @@ class Planner:
             pos = valid = key_valid = None
             if cap.positions is not None:
                 if len(cap.positions) == 0:
-                    raise InvalidArgumentError("empty position list; omit it to keep every position")
+                    raise InvalidArgumentError(
+                        "empty position list; omit it to keep every position"
+                    )
                 pos = torch.tensor(resolve_positions(cap.positions, lengths), device=self.device)
             elif len(set(lengths)) > 1 or len(lengths) < len(self.batch.rows):
                 t = torch.arange(self.batch.max_len, device=self.device)
                 valid = t[None, :] < self.lengths[:n, None]  # [n, T]
             if site.kind.pos_dim == "q_pos" and (len(set(self.batch.lengths)) > 1):
-                key_valid = torch.arange(self.batch.max_len, device=self.device)[None, :] \
+                key_valid = (
+                    torch.arange(self.batch.max_len, device=self.device)[None, :]
                     < self.lengths[:n, None]
+                )
             units = None if cap.units is None else torch.tensor(cap.units, device=self.device)
             resolved = ResolvedCapture(
                 site=site,
-                index=BlockIndex(rows=torch.arange(n, device=self.device), pos=pos, units=units,
-                                 pos_axis=pos_axis, unit_axis=unit_axis),
-                valid=valid, top_k=cap.top_k, dtype=cap.dtype,
-                out_device=torch.device("cpu"), key_valid=key_valid, n_rows=n,
+                index=BlockIndex(
+                    rows=torch.arange(n, device=self.device),
+                    pos=pos,
+                    units=units,
+                    pos_axis=pos_axis,
+                    unit_axis=unit_axis,
+                ),
+                valid=valid,
+                top_k=cap.top_k,
+                dtype=cap.dtype,
+                out_device=torch.device("cpu"),
+                key_valid=key_valid,
+                n_rows=n,
                 units_list=None if cap.units is None else tuple(cap.units),
             )
             self.plan.captures.setdefault(site.name, []).append(resolved)
@@ -181,10 +201,12 @@ class Planner:
     def _add_edit(self, site: SiteInfo, iv: specs.Intervention, rows: list[int]) -> None:
         op = iv.op
         if iv.pass_ is specs.Pass.BACKWARD and isinstance(
-                op, (specs.MeanOverPositions, specs.MeanOverReference, specs.PatchFrom)):
+            op, (specs.MeanOverPositions, specs.MeanOverReference, specs.PatchFrom)
+        ):
             raise InvalidArgumentError(
                 f"{type(op).__name__} cannot act on the backward pass; backward interventions "
-                "are zero, set, scale and add")
+                "are zero, set, scale and add"
+            )
         _check_units(self.schema, site, iv.units)
         pos_axis, unit_axis = _axes(site)
         lengths = [self.batch.lengths[r] for r in rows]
@@ -206,25 +228,33 @@ class Planner:
                     f"operand of shape {list(tensor.shape)} does not broadcast to the selected "
                     f"block of '{site.name}', shaped {list(block)} "
                     f"([positions, {', '.join(d for d in site.kind.dims if d != site.kind.pos_dim)}]"
-                    " with the unit axis cut to the selected units)") from None
-            if iv.positions is None and len(tensor.shape) == len(block) and tensor.shape[0] != 1 \
-                    and len(set(self.batch.lengths)) > 1:
+                    " with the unit axis cut to the selected units)"
+                ) from None
+            if (
+                iv.positions is None
+                and len(tensor.shape) == len(block)
+                and tensor.shape[0] != 1
+                and len(set(self.batch.lengths)) > 1
+            ):
                 raise InvalidArgumentError(
                     "an operand with a position axis needs prompts of equal length or explicit "
-                    "positions")
+                    "positions"
+                )
             tensor = tensor.to(device=self.device, dtype=self.dtype)
         source_rows = reference_rows = None
         if isinstance(op, specs.PatchFrom):
             if not 0 <= op.source < self.batch.n_sources:
                 raise OutOfRangeError(
                     f"patch source {op.source} does not exist; the request has "
-                    f"{self.batch.n_sources} source prompt(s)")
+                    f"{self.batch.n_sources} source prompt(s)"
+                )
             src = self.batch.source_row(op.source)
             for r in rows:
                 if self.batch.lengths[src] != self.batch.lengths[r]:
                     raise InvalidArgumentError(
                         f"patch source {op.source} has {self.batch.lengths[src]} tokens but the "
-                        f"prompt it patches has {self.batch.lengths[r]}; patching needs equal lengths")
+                        f"prompt it patches has {self.batch.lengths[r]}; patching needs equal lengths"
+                    )
             source_rows = torch.full((len(rows),), src, device=self.device)
         if isinstance(op, specs.MeanOverReference):
             if self.batch.n_references == 0:
@@ -233,9 +263,17 @@ class Planner:
         units = None if iv.units is None else torch.tensor(iv.units, device=self.device)
         edit = ResolvedEdit(
             site=site,
-            index=BlockIndex(rows=torch.tensor(rows, device=self.device), pos=pos, units=units,
-                             pos_axis=pos_axis, unit_axis=unit_axis),
-            op=op, pass_=iv.pass_, tensor=tensor, source_rows=source_rows,
+            index=BlockIndex(
+                rows=torch.tensor(rows, device=self.device),
+                pos=pos,
+                units=units,
+                pos_axis=pos_axis,
+                unit_axis=unit_axis,
+            ),
+            op=op,
+            pass_=iv.pass_,
+            tensor=tensor,
+            source_rows=source_rows,
             reference_rows=reference_rows,
         )
         self.plan.edits.setdefault(site.name, []).append(edit)
@@ -246,4 +284,5 @@ def check_response_bytes(n_bytes: int, limit: int) -> None:
         raise ResourceExhaustedError(
             f"the response would be {n_bytes / 2**20:.1f} MiB, over the server's limit of "
             f"{limit / 2**20:.1f} MiB; select positions or units, use top_k or float16, or "
-            "capture fewer sites")
+            "capture fewer sites"
+        )

@@ -20,12 +20,17 @@ import torch
 
 from tdb_core import cancel, specs
 from tdb_core.adapter import Adapter
-from tdb_core.errors import (InvalidArgumentError, NotFoundError, OutOfRangeError,
-                             ResourceExhaustedError, UnavailableError)
+from tdb_core.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from tdb_core.hooks import HookContext, HookPlan, ResolvedCapture, Splice, activate
+from tdb_core.plan import Batch, Planner, check_response_bytes, resolve_positions
 from tdb_core.sae.attach import AttachedSae, attach
 from tdb_core.sae.model import SparseAutoencoder
-from tdb_core.plan import Batch, Planner, check_response_bytes, resolve_positions
 from tdb_core.schema import ModelSchema
 
 
@@ -103,12 +108,14 @@ class ModelRunner:
         self.stats = {"passes": 0, "merged_passes": 0, "merged_requests": 0}
 
     # -- SAEs
-    def attach_sae(self, sae_id: str, sae: SparseAutoencoder, source: str,
-                   site: str | None = None) -> AttachedSae:
+    def attach_sae(
+        self, sae_id: str, sae: SparseAutoencoder, source: str, site: str | None = None
+    ) -> AttachedSae:
         """Attach an SAE (validated against the schema); its latents become sites and nodes."""
         if sae_id in self.saes:
-            raise InvalidArgumentError(f"an SAE with id '{sae_id}' is already attached to "
-                                       f"model '{self.name}'")
+            raise InvalidArgumentError(
+                f"an SAE with id '{sae_id}' is already attached to model '{self.name}'"
+            )
         attached = attach(self.loaded.adapter.schema, sae_id, sae.to(self.device), source, site)
         with self._lock:
             self.saes[sae_id] = attached
@@ -119,8 +126,9 @@ class ModelRunner:
         sae = self.saes.get(sae_id)
         if sae is None:
             attached = ", ".join(self.saes) or "none"
-            raise NotFoundError(f"SAE '{sae_id}' is not attached to model '{self.name}' "
-                                f"(attached: {attached})")
+            raise NotFoundError(
+                f"SAE '{sae_id}' is not attached to model '{self.name}' (attached: {attached})"
+            )
         return sae
 
     # -- properties
@@ -146,8 +154,9 @@ class ModelRunner:
         return self.loaded.dtype
 
     # -- tokens
-    def encode(self, prompt: specs.Prompt, prepend_bos: bool | None = None,
-               what: str = "prompt") -> tuple[int, ...]:
+    def encode(
+        self, prompt: specs.Prompt, prepend_bos: bool | None = None, what: str = "prompt"
+    ) -> tuple[int, ...]:
         """Token ids of one prompt, validated against the vocabulary and the limits."""
         vocab = self.schema.dims.d_vocab
         if prompt.token_ids is not None and prompt.text is not None:
@@ -157,7 +166,8 @@ class ModelRunner:
             bad = [i for i in ids if not 0 <= i < vocab]
             if bad:
                 raise OutOfRangeError(
-                    f"{what} has token id {bad[0]} outside the vocabulary (allowed: 0..{vocab - 1})")
+                    f"{what} has token id {bad[0]} outside the vocabulary (allowed: 0..{vocab - 1})"
+                )
         else:
             text = prompt.text or ""
             if text == "":
@@ -175,11 +185,13 @@ class ModelRunner:
         n_ctx = self.schema.dims.n_ctx
         if len(ids) > n_ctx:
             raise InvalidArgumentError(
-                f"{what} has {len(ids)} tokens, longer than the model's context of {n_ctx}")
+                f"{what} has {len(ids)} tokens, longer than the model's context of {n_ctx}"
+            )
         if len(ids) > self.limits.max_tokens_per_prompt:
             raise ResourceExhaustedError(
                 f"{what} has {len(ids)} tokens, over the server's limit of "
-                f"{self.limits.max_tokens_per_prompt} tokens per prompt")
+                f"{self.limits.max_tokens_per_prompt} tokens per prompt"
+            )
         return ids
 
     def token_strings(self, ids: Sequence[int]) -> tuple[str, ...]:
@@ -201,22 +213,30 @@ class ModelRunner:
             pieces = self.token_strings(ids)
             raise InvalidArgumentError(
                 f"{what} {text!r} is {len(ids)} tokens {list(pieces)}, not one; use a string that "
-                "is a single token (often with a leading space) or give a token id")
+                "is a single token (often with a leading space) or give a token id"
+            )
         return int(ids[0])
 
-    def make_batch(self, prompts: Sequence[specs.Prompt], sources: Sequence[specs.Prompt] = (),
-                   references: Sequence[specs.Prompt] = (),
-                   prepend_bos: bool | None = None) -> Batch:
+    def make_batch(
+        self,
+        prompts: Sequence[specs.Prompt],
+        sources: Sequence[specs.Prompt] = (),
+        references: Sequence[specs.Prompt] = (),
+        prepend_bos: bool | None = None,
+    ) -> Batch:
         if len(prompts) == 0:
             raise InvalidArgumentError("no prompts; give at least one")
         n_rows = len(prompts) + len(sources) + len(references)
         if n_rows > self.limits.max_prompts:
             raise ResourceExhaustedError(
                 f"{n_rows} prompts (including sources and references) is over the server's limit "
-                f"of {self.limits.max_prompts} per request")
+                f"of {self.limits.max_prompts} per request"
+            )
         rows = [self.encode(p, prepend_bos, f"prompt {i}") for i, p in enumerate(prompts)]
         rows += [self.encode(p, prepend_bos, f"source prompt {i}") for i, p in enumerate(sources)]
-        rows += [self.encode(p, prepend_bos, f"reference prompt {i}") for i, p in enumerate(references)]
+        rows += [
+            self.encode(p, prepend_bos, f"reference prompt {i}") for i, p in enumerate(references)
+        ]
         return Batch(tuple(rows), len(prompts), len(sources), len(references))
 
     def planner(self, batch: Batch) -> Planner:
@@ -252,12 +272,14 @@ class ModelRunner:
                 f"{sum(len(c) for c in plan.captures.values())} captures"
                 f"{', gradients' if grad else ''}), over the server's budget of "
                 f"{self.limits.max_working_bytes / 2**20:.0f} MiB; send fewer or shorter prompts "
-                "or capture less")
+                "or capture less"
+            )
         with self._state:
             if self._admitted >= self.limits.max_queue:
                 raise UnavailableError(
                     f"model '{self.name}' is busy ({self._admitted} requests running or queued, "
-                    f"the limit is {self.limits.max_queue}); retry later")
+                    f"the limit is {self.limits.max_queue}); retry later"
+                )
             self._admitted += 1
 
     def _leave(self) -> None:
@@ -317,7 +339,9 @@ class ModelRunner:
                 plan.splices[att.site.name] = _chain(plan.splices.get(att.site.name), att.splice())
         start = time.perf_counter()
         while True:
-            ctx = HookContext(plan, torch.tensor(lengths, device=self.device), check=cancel.current())
+            ctx = HookContext(
+                plan, torch.tensor(lengths, device=self.device), check=cancel.current()
+            )
             self.stats["passes"] += 1
             with self._hooks(ctx), torch.set_grad_enabled(grad):
                 out = self.adapter.model(input_ids=ids, attention_mask=mask, use_cache=False)
@@ -351,17 +375,22 @@ class ModelRunner:
         prompt_lengths = batch.lengths[: batch.n_prompts]
         logit_pos = resolve_positions(spec.logit_positions, prompt_lengths, "logit position")
         top_k = min(spec.top_k, self.schema.dims.d_vocab)
-        check_response_bytes(planner.capture_bytes() + 16 * top_k * len(logit_pos[0]) * batch.n_prompts,
-                             self.limits.max_response_bytes)
+        check_response_bytes(
+            planner.capture_bytes() + 16 * top_k * len(logit_pos[0]) * batch.n_prompts,
+            self.limits.max_response_bytes,
+        )
         return _Prepared(batch, planner, groups, logit_pos, top_k)
 
     def _finish(self, prep: _Prepared, out: RunOutput) -> specs.ForwardResult:
         batch = prep.batch
         rows = torch.arange(batch.n_prompts, device=out.logits.device)[:, None]
-        at = out.logits[rows, torch.tensor(prep.logit_pos, device=out.logits.device)].float()  # [B, P, V]
+        at = out.logits[
+            rows, torch.tensor(prep.logit_pos, device=out.logits.device)
+        ].float()  # [B, P, V]
         return specs.ForwardResult(
-            prompts=tuple(specs.PromptTokens(r, self.token_strings(r))
-                          for r in batch.rows[: batch.n_prompts]),
+            prompts=tuple(
+                specs.PromptTokens(r, self.token_strings(r)) for r in batch.rows[: batch.n_prompts]
+            ),
             captures=tuple(capture_result(c) for g in prep.groups for c in g),
             top_logits=self.top_logits(at, prep.logit_pos, prep.top_k),
             logits_at=at.cpu(),
@@ -373,8 +402,10 @@ class ModelRunner:
         if spec.interventions or spec.sources or spec.references:
             return False
         # top-k over key positions would see the merged batch's padding
-        return not any(c.top_k is not None and c.site.endswith(("hook_pattern", "hook_attn_scores"))
-                       for c in spec.captures)
+        return not any(
+            c.top_k is not None and c.site.endswith(("hook_pattern", "hook_attn_scores"))
+            for c in spec.captures
+        )
 
     @staticmethod
     def _key(spec: specs.ForwardSpec) -> tuple:
@@ -420,8 +451,9 @@ class ModelRunner:
                 n, t = b.n_prompts, b.n_prompts * b.max_len
                 if self._key(it.spec) != key:
                     continue
-                if group and (rows + n > self.limits.max_prompts
-                              or tokens + t > self.limits.max_batch_tokens):
+                if group and (
+                    rows + n > self.limits.max_prompts or tokens + t > self.limits.max_batch_tokens
+                ):
                     break
                 group.append(it)
                 rows, tokens = rows + n, tokens + t
@@ -436,7 +468,9 @@ class ModelRunner:
         try:
             if len(group) == 1:
                 it = group[0]
-                it.result = self._finish(it.prep, self._run_locked(it.prep.batch, it.prep.planner.plan, False))
+                it.result = self._finish(
+                    it.prep, self._run_locked(it.prep.batch, it.prep.planner.plan, False)
+                )
                 return
             rows = tuple(r for it in group for r in it.prep.batch.rows)
             merged = Batch(rows, len(rows), 0, 0)
@@ -455,7 +489,7 @@ class ModelRunner:
                 n = it.prep.batch.n_prompts
                 it.result = self._slice_result(it, out, unique, start, n)
                 start += n
-        except BaseException as e:  # every member learns the outcome
+        except BaseException as e:  # noqa: BLE001 - every member learns the outcome
             for it in group:
                 if it.result is None:
                     it.error = e
@@ -463,9 +497,14 @@ class ModelRunner:
             for it in group:
                 it.done.set()
 
-    def _slice_result(self, it: _Pending, out: RunOutput,
-                      unique: dict[specs.Capture, list[ResolvedCapture]], start: int,
-                      n: int) -> specs.ForwardResult:
+    def _slice_result(
+        self,
+        it: _Pending,
+        out: RunOutput,
+        unique: dict[specs.Capture, list[ResolvedCapture]],
+        start: int,
+        n: int,
+    ) -> specs.ForwardResult:
         prep = it.prep
         T = prep.batch.max_len
         rows = torch.arange(start, start + n, device=out.logits.device)[:, None]
@@ -474,9 +513,9 @@ class ModelRunner:
         for cap in it.spec.captures:
             for c in unique[cap]:
                 r = capture_result(c)
-                values = r.values[start:start + n]
-                indices = None if r.indices is None else r.indices[start:start + n]
-                positions = r.positions[start:start + n]
+                values = r.values[start : start + n]
+                indices = None if r.indices is None else r.indices[start : start + n]
+                positions = r.positions[start : start + n]
                 if cap.positions is None:
                     positions = positions[:, :T]
                 for axis, dim in enumerate(r.dims, start=1):
@@ -484,18 +523,29 @@ class ModelRunner:
                         values = values.narrow(axis, 0, min(T, values.shape[axis]))
                         if indices is not None:
                             indices = indices.narrow(axis, 0, min(T, indices.shape[axis]))
-                captures.append(specs.CaptureResult(r.site, r.dims, values.contiguous(),
-                                                    None if indices is None else indices.contiguous(),
-                                                    positions.contiguous(), r.units))
+                captures.append(
+                    specs.CaptureResult(
+                        r.site,
+                        r.dims,
+                        values.contiguous(),
+                        None if indices is None else indices.contiguous(),
+                        positions.contiguous(),
+                        r.units,
+                    )
+                )
         return specs.ForwardResult(
-            prompts=tuple(specs.PromptTokens(r, self.token_strings(r))
-                          for r in prep.batch.rows[: prep.batch.n_prompts]),
+            prompts=tuple(
+                specs.PromptTokens(r, self.token_strings(r))
+                for r in prep.batch.rows[: prep.batch.n_prompts]
+            ),
             captures=tuple(captures),
             top_logits=self.top_logits(at, prep.logit_pos, prep.top_k),
-            logits_at=at.cpu())
+            logits_at=at.cpu(),
+        )
 
-    def top_logits(self, at: torch.Tensor, positions: list[list[int]],
-                   k: int) -> tuple[tuple[specs.TopLogits, ...], ...]:
+    def top_logits(
+        self, at: torch.Tensor, positions: list[list[int]], k: int
+    ) -> tuple[tuple[specs.TopLogits, ...], ...]:
         """Top-k next tokens per prompt and position from logits ``[B, P, vocab]``."""
         if k == 0:
             return tuple(() for _ in positions)
@@ -504,13 +554,18 @@ class ModelRunner:
         p = probs.gather(-1, idx)
         vals, idx, p = vals.cpu(), idx.cpu(), p.cpu()
         return tuple(
-            tuple(specs.TopLogits(position=positions[b][j],
-                                  token_ids=tuple(idx[b, j].tolist()),
-                                  tokens=self.token_strings(idx[b, j].tolist()),
-                                  logits=tuple(vals[b, j].tolist()),
-                                  probs=tuple(p[b, j].tolist()))
-                  for j in range(len(positions[b])))
-            for b in range(len(positions)))
+            tuple(
+                specs.TopLogits(
+                    position=positions[b][j],
+                    token_ids=tuple(idx[b, j].tolist()),
+                    tokens=self.token_strings(idx[b, j].tolist()),
+                    logits=tuple(vals[b, j].tolist()),
+                    probs=tuple(p[b, j].tolist()),
+                )
+                for j in range(len(positions[b]))
+            )
+            for b in range(len(positions))
+        )
 
 
 def capture_result(c: ResolvedCapture) -> specs.CaptureResult:
@@ -524,8 +579,14 @@ def capture_result(c: ResolvedCapture) -> specs.CaptureResult:
     dims = list(c.site.kind.dims)
     if c.top_k is not None:
         dims[-1] = "top_k"
-    return specs.CaptureResult(site=c.site.name, dims=tuple(dims), values=c.values,
-                               indices=c.indices, positions=positions, units=c.units_list)
+    return specs.CaptureResult(
+        site=c.site.name,
+        dims=tuple(dims),
+        values=c.values,
+        indices=c.indices,
+        positions=positions,
+        units=c.units_list,
+    )
 
 
 def _chain(first: Splice | None, second: Splice) -> Splice:

@@ -50,65 +50,173 @@ class SiteKind:
         return None
 
 
-def _k(key: str, layered: bool, dims: tuple[str, ...], meaning: str, unit_dim: str | None,
-       pos_dim: str | None = "pos") -> SiteKind:
+def _k(
+    key: str,
+    layered: bool,
+    dims: tuple[str, ...],
+    meaning: str,
+    unit_dim: str | None,
+    pos_dim: str | None = "pos",
+) -> SiteKind:
     return SiteKind(key, layered, dims, meaning, unit_dim, pos_dim)
 
 
 # Every site kind of the schema, in forward-pass order. Adapters say which ones a model has.
 SITE_KINDS: tuple[SiteKind, ...] = (
-    _k("hook_embed", False, ("pos", "d_model"),
-       "token embedding W_E[token] written to the residual stream", "d_model"),
-    _k("hook_pos_embed", False, ("pos", "d_model"),
-       "learned positional embedding W_pos[pos] (absent with rotary embeddings)", "d_model"),
-    _k("hook_resid_pre", True, ("pos", "d_model"),
-       "residual stream entering the block", "d_model"),
-    _k("ln1.hook_scale", True, ("pos", "one"),
-       "scale of the attention pre-norm: sqrt(var(x) + eps) for LayerNorm, sqrt(mean(x^2) + eps) "
-       "for RMSNorm", None),
-    _k("ln1.hook_normalized", True, ("pos", "d_model"),
-       "output of the attention pre-norm, gain and bias applied (the attention input)", "d_model"),
-    _k("attn.hook_q", True, ("pos", "head", "d_head"),
-       "queries, after bias and rotary embedding, before the 1/sqrt(d_head) scaling", "head"),
-    _k("attn.hook_k", True, ("pos", "head", "d_head"),
-       "keys, after bias and rotary embedding; grouped-query keys repeated per query head", "head"),
-    _k("attn.hook_v", True, ("pos", "head", "d_head"),
-       "values; grouped-query values repeated per query head", "head"),
-    _k("attn.hook_attn_scores", True, ("head", "q_pos", "k_pos"),
-       "attention scores: scaled (and soft-capped where the model does), masked, pre-softmax; "
-       "masked entries are -inf", "head", "q_pos"),
-    _k("attn.hook_pattern", True, ("head", "q_pos", "k_pos"),
-       "attention probabilities (softmax of the scores)", "head", "q_pos"),
-    _k("attn.hook_z", True, ("pos", "head", "d_head"),
-       "per-head attention output: pattern-weighted sum of values, before the output projection",
-       "head"),
-    _k("attn.hook_result", True, ("pos", "head", "d_model"),
-       "per-head write to the residual: z[head] @ W_O[head], without the output bias "
-       "(attention output = sum over heads + b_O)", "head"),
-    _k("hook_attn_out", True, ("pos", "d_model"),
-       "attention block output added to the residual stream (after any post-attention norm)",
-       "d_model"),
-    _k("hook_resid_mid", True, ("pos", "d_model"),
-       "residual stream between attention and MLP (absent in parallel-attention blocks)",
-       "d_model"),
-    _k("ln2.hook_scale", True, ("pos", "one"),
-       "scale of the MLP pre-norm (see ln1.hook_scale)", None),
-    _k("ln2.hook_normalized", True, ("pos", "d_model"),
-       "output of the MLP pre-norm, gain and bias applied (the MLP input)", "d_model"),
-    _k("mlp.hook_pre", True, ("pos", "d_mlp"),
-       "MLP pre-activation (for gated MLPs: the gate projection, before the activation)", "d_mlp"),
-    _k("mlp.hook_pre_linear", True, ("pos", "d_mlp"),
-       "gated MLPs only: the up (linear) projection that multiplies the activated gate", "d_mlp"),
-    _k("mlp.hook_post", True, ("pos", "d_mlp"),
-       "MLP neuron activations: the input of the down/output projection", "d_mlp"),
-    _k("hook_mlp_out", True, ("pos", "d_model"),
-       "MLP block output added to the residual stream (after any post-MLP norm)", "d_model"),
-    _k("hook_resid_post", True, ("pos", "d_model"),
-       "residual stream leaving the block", "d_model"),
-    _k("ln_final.hook_scale", False, ("pos", "one"),
-       "scale of the final norm (see ln1.hook_scale)", None),
-    _k("ln_final.hook_normalized", False, ("pos", "d_model"),
-       "output of the final norm, gain and bias applied (the unembedding input)", "d_model"),
+    _k(
+        "hook_embed",
+        False,
+        ("pos", "d_model"),
+        "token embedding W_E[token] written to the residual stream",
+        "d_model",
+    ),
+    _k(
+        "hook_pos_embed",
+        False,
+        ("pos", "d_model"),
+        "learned positional embedding W_pos[pos] (absent with rotary embeddings)",
+        "d_model",
+    ),
+    _k("hook_resid_pre", True, ("pos", "d_model"), "residual stream entering the block", "d_model"),
+    _k(
+        "ln1.hook_scale",
+        True,
+        ("pos", "one"),
+        "scale of the attention pre-norm: sqrt(var(x) + eps) for LayerNorm, sqrt(mean(x^2) + eps) "
+        "for RMSNorm",
+        None,
+    ),
+    _k(
+        "ln1.hook_normalized",
+        True,
+        ("pos", "d_model"),
+        "output of the attention pre-norm, gain and bias applied (the attention input)",
+        "d_model",
+    ),
+    _k(
+        "attn.hook_q",
+        True,
+        ("pos", "head", "d_head"),
+        "queries, after bias and rotary embedding, before the 1/sqrt(d_head) scaling",
+        "head",
+    ),
+    _k(
+        "attn.hook_k",
+        True,
+        ("pos", "head", "d_head"),
+        "keys, after bias and rotary embedding; grouped-query keys repeated per query head",
+        "head",
+    ),
+    _k(
+        "attn.hook_v",
+        True,
+        ("pos", "head", "d_head"),
+        "values; grouped-query values repeated per query head",
+        "head",
+    ),
+    _k(
+        "attn.hook_attn_scores",
+        True,
+        ("head", "q_pos", "k_pos"),
+        "attention scores: scaled (and soft-capped where the model does), masked, pre-softmax; "
+        "masked entries are -inf",
+        "head",
+        "q_pos",
+    ),
+    _k(
+        "attn.hook_pattern",
+        True,
+        ("head", "q_pos", "k_pos"),
+        "attention probabilities (softmax of the scores)",
+        "head",
+        "q_pos",
+    ),
+    _k(
+        "attn.hook_z",
+        True,
+        ("pos", "head", "d_head"),
+        "per-head attention output: pattern-weighted sum of values, before the output projection",
+        "head",
+    ),
+    _k(
+        "attn.hook_result",
+        True,
+        ("pos", "head", "d_model"),
+        "per-head write to the residual: z[head] @ W_O[head], without the output bias "
+        "(attention output = sum over heads + b_O)",
+        "head",
+    ),
+    _k(
+        "hook_attn_out",
+        True,
+        ("pos", "d_model"),
+        "attention block output added to the residual stream (after any post-attention norm)",
+        "d_model",
+    ),
+    _k(
+        "hook_resid_mid",
+        True,
+        ("pos", "d_model"),
+        "residual stream between attention and MLP (absent in parallel-attention blocks)",
+        "d_model",
+    ),
+    _k(
+        "ln2.hook_scale",
+        True,
+        ("pos", "one"),
+        "scale of the MLP pre-norm (see ln1.hook_scale)",
+        None,
+    ),
+    _k(
+        "ln2.hook_normalized",
+        True,
+        ("pos", "d_model"),
+        "output of the MLP pre-norm, gain and bias applied (the MLP input)",
+        "d_model",
+    ),
+    _k(
+        "mlp.hook_pre",
+        True,
+        ("pos", "d_mlp"),
+        "MLP pre-activation (for gated MLPs: the gate projection, before the activation)",
+        "d_mlp",
+    ),
+    _k(
+        "mlp.hook_pre_linear",
+        True,
+        ("pos", "d_mlp"),
+        "gated MLPs only: the up (linear) projection that multiplies the activated gate",
+        "d_mlp",
+    ),
+    _k(
+        "mlp.hook_post",
+        True,
+        ("pos", "d_mlp"),
+        "MLP neuron activations: the input of the down/output projection",
+        "d_mlp",
+    ),
+    _k(
+        "hook_mlp_out",
+        True,
+        ("pos", "d_model"),
+        "MLP block output added to the residual stream (after any post-MLP norm)",
+        "d_model",
+    ),
+    _k("hook_resid_post", True, ("pos", "d_model"), "residual stream leaving the block", "d_model"),
+    _k(
+        "ln_final.hook_scale",
+        False,
+        ("pos", "one"),
+        "scale of the final norm (see ln1.hook_scale)",
+        None,
+    ),
+    _k(
+        "ln_final.hook_normalized",
+        False,
+        ("pos", "d_model"),
+        "output of the final norm, gain and bias applied (the unembedding input)",
+        "d_model",
+    ),
     _k("logits", False, ("pos", "vocab"), "next-token logits", "vocab"),
 )
 
@@ -168,9 +276,15 @@ class ModelDims:
     def size(self, dim: str, n_pos: int) -> int:
         """Size of a named dimension for a sequence of ``n_pos`` tokens."""
         sizes = {
-            "pos": n_pos, "q_pos": n_pos, "k_pos": n_pos, "head": self.n_heads,
-            "d_head": self.d_head, "d_model": self.d_model, "d_mlp": self.d_mlp,
-            "vocab": self.d_vocab, "one": 1,
+            "pos": n_pos,
+            "q_pos": n_pos,
+            "k_pos": n_pos,
+            "head": self.n_heads,
+            "d_head": self.d_head,
+            "d_model": self.d_model,
+            "d_mlp": self.d_mlp,
+            "vocab": self.d_vocab,
+            "one": 1,
         }
         return sizes[dim]
 
@@ -235,21 +349,26 @@ class ModelSchema:
         if not self.has_kind(ref.kind.key):  # by key: adapters may restate a kind's meaning
             raise NotFoundError(
                 f"site '{name}' does not exist in this model's architecture "
-                f"('{ref.kind.key}' is not part of its schema; GetModelInfo lists the sites)")
+                f"('{ref.kind.key}' is not part of its schema; GetModelInfo lists the sites)"
+            )
         raise OutOfRangeError(
             f"layer {ref.layer} in site '{name}' is out of range: the model has layers "
-            f"0..{self.dims.n_layers - 1}")
+            f"0..{self.dims.n_layers - 1}"
+        )
 
     def resolve(self, pattern: str) -> list[SiteInfo]:
         """Concrete sites for a name or a glob (``blocks.*.mlp.hook_post``), in forward order."""
         if not pattern:
-            raise InvalidArgumentError("empty site name; give a site such as 'blocks.0.hook_resid_pre'")
+            raise InvalidArgumentError(
+                "empty site name; give a site such as 'blocks.0.hook_resid_pre'"
+            )
         if not any(c in pattern for c in "*?["):
             return [self.get(pattern)]
         found = [s for s in self.sites if fnmatch.fnmatchcase(s.name, pattern)]
         if not found:
             raise NotFoundError(
-                f"site pattern '{pattern}' matches no site of this model; GetModelInfo lists the sites")
+                f"site pattern '{pattern}' matches no site of this model; GetModelInfo lists the sites"
+            )
         return found
 
     def dim_size(self, site: SiteInfo, dim: str, n_pos: int) -> int:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-
 # --------------------------------------------------------------------------------------------------
 # Prompts and reductions
 
@@ -62,7 +61,7 @@ class Capture:
 
 
 class Pass(enum.Enum):
-    FORWARD = "forward"    # edit the activation
+    FORWARD = "forward"  # edit the activation
     BACKWARD = "backward"  # edit the gradient flowing back through the activation (as TDB can)
 
 
@@ -120,7 +119,16 @@ class PatchFrom:
     source: int
 
 
-Op = Zero | SetValue | SetTensor | Scale | AddVector | MeanOverPositions | MeanOverReference | PatchFrom
+Op = (
+    Zero
+    | SetValue
+    | SetTensor
+    | Scale
+    | AddVector
+    | MeanOverPositions
+    | MeanOverReference
+    | PatchFrom
+)
 
 
 @dataclass(frozen=True)

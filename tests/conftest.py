@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="tdb-test-data-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.tiny import save_tiny_gpt2  # noqa: E402
+from tests.tiny import save_tiny_gpt2
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -23,44 +23,125 @@ from hypothesis import strategies as st
 F = FieldDescriptor
 
 _INT_RANGES = {
-    F.TYPE_INT32: (-2**31, 2**31 - 1), F.TYPE_SINT32: (-2**31, 2**31 - 1),
-    F.TYPE_SFIXED32: (-2**31, 2**31 - 1), F.TYPE_UINT32: (0, 2**32 - 1),
-    F.TYPE_FIXED32: (0, 2**32 - 1), F.TYPE_INT64: (-2**63, 2**63 - 1),
-    F.TYPE_SINT64: (-2**63, 2**63 - 1), F.TYPE_SFIXED64: (-2**63, 2**63 - 1),
-    F.TYPE_UINT64: (0, 2**64 - 1), F.TYPE_FIXED64: (0, 2**64 - 1),
+    F.TYPE_INT32: (-(2**31), 2**31 - 1),
+    F.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    F.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    F.TYPE_UINT32: (0, 2**32 - 1),
+    F.TYPE_FIXED32: (0, 2**32 - 1),
+    F.TYPE_INT64: (-(2**63), 2**63 - 1),
+    F.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    F.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    F.TYPE_UINT64: (0, 2**64 - 1),
+    F.TYPE_FIXED64: (0, 2**64 - 1),
 }
-_EDGE_INTS = (0, 1, -1, 2, 3, 4, 5, 7, 8, 15, 16, 31, 32, 48, 63, 64, 65, 100, 255, 256, 1023,
-              1024, 4096, 65535, 65536, 10**6, 2**31 - 1, -2**31, 2**32 - 1, 2**62, 2**63 - 1,
-              -2**63, 2**64 - 1, -2, -64, -1000)
+_EDGE_INTS = (
+    0,
+    1,
+    -1,
+    2,
+    3,
+    4,
+    5,
+    7,
+    8,
+    15,
+    16,
+    31,
+    32,
+    48,
+    63,
+    64,
+    65,
+    100,
+    255,
+    256,
+    1023,
+    1024,
+    4096,
+    65535,
+    65536,
+    10**6,
+    2**31 - 1,
+    -(2**31),
+    2**32 - 1,
+    2**62,
+    2**63 - 1,
+    -(2**63),
+    2**64 - 1,
+    -2,
+    -64,
+    -1000,
+)
 
 
 def _ints(field: FieldDescriptor) -> st.SearchStrategy[int]:
     lo, hi = _INT_RANGES[field.type]
     edges = [v for v in _EDGE_INTS if lo <= v <= hi]
-    return st.one_of(st.sampled_from(edges), st.integers(-8, 80).filter(lambda v: lo <= v <= hi),
-                     st.integers(lo, hi))
+    return st.one_of(
+        st.sampled_from(edges),
+        st.integers(-8, 80).filter(lambda v: lo <= v <= hi),
+        st.integers(lo, hi),
+    )
 
 
 def _floats(field: FieldDescriptor) -> st.SearchStrategy[float]:
     width = 32 if field.type == F.TYPE_FLOAT else 64
-    return st.one_of(st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 1e30, -1e30, float("nan"),
-                                      float("inf"), float("-inf"), 3.4e38]),
-                     st.floats(width=width, allow_nan=True, allow_infinity=True))
+    return st.one_of(
+        st.sampled_from(
+            [
+                0.0,
+                -0.0,
+                1.0,
+                -1.0,
+                0.5,
+                1e30,
+                -1e30,
+                float("nan"),
+                float("inf"),
+                float("-inf"),
+                3.4e38,
+            ]
+        ),
+        st.floats(width=width, allow_nan=True, allow_infinity=True),
+    )
 
 
 class Vocabulary:
     """Strings worth trying: names the server knows (models, sites, SAEs) and nasty ones."""
 
     def __init__(self, words: Sequence[str]) -> None:
-        nasty = ["", " ", "*", "**", "blocks.*", "..", "../..", "/", "/etc/passwd", "\x00",
-                 "blocks.-1.hook_resid_pre", "blocks.99.mlp.hook_post", "blocks.0.mlp.hook_post[",
-                 "é" * 40, "🙂", "a" * 300, "NaN", "-1", "0", "blocks.0.attn.hook_z[head=9]"]
+        nasty = [
+            "",
+            " ",
+            "*",
+            "**",
+            "blocks.*",
+            "..",
+            "../..",
+            "/",
+            "/etc/passwd",
+            "\x00",
+            "blocks.-1.hook_resid_pre",
+            "blocks.99.mlp.hook_post",
+            "blocks.0.mlp.hook_post[",
+            "é" * 40,
+            "🙂",
+            "a" * 300,
+            "NaN",
+            "-1",
+            "0",
+            "blocks.0.attn.hook_z[head=9]",
+        ]
         self.words = tuple(dict.fromkeys([*words, *nasty]))
 
     def strategy(self) -> st.SearchStrategy[str]:
-        return st.one_of(st.sampled_from(self.words), st.text(max_size=24),
-                         st.lists(st.sampled_from(self.words), min_size=2, max_size=4).map(
-                             lambda parts: "".join(parts)))
+        return st.one_of(
+            st.sampled_from(self.words),
+            st.text(max_size=24),
+            st.lists(st.sampled_from(self.words), min_size=2, max_size=4).map(
+                lambda parts: "".join(parts)
+            ),
+        )
 
 
 def _long_list(field: FieldDescriptor, seed: int, first: Any) -> list[Any]:
@@ -71,8 +152,13 @@ def _long_list(field: FieldDescriptor, seed: int, first: Any) -> list[Any]:
     if t in _INT_RANGES:
         lo, hi = _INT_RANGES[t]
         pool = [v for v in _EDGE_INTS if lo <= v <= hi]
-        return [first, *(rng.choice(pool) if rng.random() < 0.5 else rng.randint(lo, hi)
-                          for _ in range(n - 1))]
+        return [
+            first,
+            *(
+                rng.choice(pool) if rng.random() < 0.5 else rng.randint(lo, hi)
+                for _ in range(n - 1)
+            ),
+        ]
     if t in (F.TYPE_FLOAT, F.TYPE_DOUBLE):
         return [first, *(rng.uniform(-1e6, 1e6) for _ in range(n - 1))]
     if t == F.TYPE_BOOL:
@@ -88,8 +174,11 @@ def _is_map(field: FieldDescriptor) -> bool:
 
 def _real_oneof(field: FieldDescriptor) -> Any:
     oneof = field.containing_oneof
-    if oneof is None or getattr(oneof, "is_synthetic", False) or \
-            (len(oneof.fields) == 1 and oneof.name.startswith("_")):
+    if (
+        oneof is None
+        or getattr(oneof, "is_synthetic", False)
+        or (len(oneof.fields) == 1 and oneof.name.startswith("_"))
+    ):
         return None  # proto3 `optional` fields sit in a synthetic one-field oneof
     return oneof
 
@@ -123,9 +212,11 @@ class MessageFuzzer:
         if t == F.TYPE_STRING:
             return self._text
         if t == F.TYPE_BYTES:
-            return st.one_of(st.binary(max_size=64), st.binary(min_size=256, max_size=4096),
-                             st.sampled_from([b"", b"\x00" * 4, b"\x00\x00\x80\x7f" * 16,
-                                              b"\xff" * 1024]))
+            return st.one_of(
+                st.binary(max_size=64),
+                st.binary(min_size=256, max_size=4096),
+                st.sampled_from([b"", b"\x00" * 4, b"\x00\x00\x80\x7f" * 16, b"\xff" * 1024]),
+            )
         if t == F.TYPE_ENUM:
             known = [v.number for v in field.enum_type.values]
             return st.sampled_from([*known, -1, 99, 2**31 - 1])
@@ -137,7 +228,8 @@ class MessageFuzzer:
         cached = self._messages.get(key)
         if cached is None:
             cached = self._messages[key] = st.composite(
-                lambda draw: self._draw_message(draw, desc, depth))()
+                lambda draw: self._draw_message(draw, desc, depth)
+            )()
         return cached
 
     def _draw_message(self, draw: st.DrawFn, desc: Descriptor, depth: int) -> Message:
@@ -184,8 +276,9 @@ class MessageFuzzer:
             return
         if field.is_repeated:
             if field.type != F.TYPE_BYTES and draw(st.integers(0, 7)) == 0:
-                target.extend(_long_list(field, draw(st.integers(0, 2**32 - 1)),
-                                         draw(self.scalar(field))))
+                target.extend(
+                    _long_list(field, draw(st.integers(0, 2**32 - 1)), draw(self.scalar(field)))
+                )
             else:
                 target.extend([draw(self.scalar(field)) for _ in range(draw(st.integers(0, 5)))])
             return
@@ -195,8 +288,10 @@ class MessageFuzzer:
         """``seed`` with one to three fields, anywhere in it, replaced by random values or cleared."""
         cached = self._mutations.get(id(seed))
         if cached is None:  # the seed is kept alive with its strategy, so its id stays unique
-            cached = self._mutations[id(seed)] = (seed, st.composite(
-                lambda draw: self._draw_mutation(draw, seed))())
+            cached = self._mutations[id(seed)] = (
+                seed,
+                st.composite(lambda draw: self._draw_mutation(draw, seed))(),
+            )
         return cached[1]
 
     def _draw_mutation(self, draw: st.DrawFn, seed: Message) -> Message:
@@ -222,7 +317,7 @@ def _field_slots(msg: Message, depth: int = 0) -> list[tuple[Message, FieldDescr
     for field, value in msg.ListFields():
         if field.type != F.TYPE_MESSAGE or _is_map(field):
             continue
-        for sub in (value if field.is_repeated else [value]):
+        for sub in value if field.is_repeated else [value]:
             out.extend(_field_slots(sub, depth + 1))
     return out
 
@@ -230,9 +325,15 @@ def _field_slots(msg: Message, depth: int = 0) -> list[tuple[Message, FieldDescr
 def unknown_fields() -> st.SearchStrategy[bytes]:
     """Well-formed wire bytes for field numbers no message of ours uses (they must be ignored)."""
     varint = st.integers(0, 2**63 - 1).map(_varint)
-    one = st.tuples(st.integers(1000, 5000), st.sampled_from([0, 2]), varint, st.binary(max_size=16))
-    return st.lists(one, max_size=3).map(lambda items: b"".join(
-        _varint((n << 3) | wt) + (v if wt == 0 else _varint(len(b)) + b) for n, wt, v, b in items))
+    one = st.tuples(
+        st.integers(1000, 5000), st.sampled_from([0, 2]), varint, st.binary(max_size=16)
+    )
+    return st.lists(one, max_size=3).map(
+        lambda items: b"".join(
+            _varint((n << 3) | wt) + (v if wt == 0 else _varint(len(b)) + b)
+            for n, wt, v, b in items
+        )
+    )
 
 
 def _varint(n: int) -> bytes:

@@ -29,8 +29,9 @@ class AttributionServicer(apb_grpc.AttributionServiceServicer):
         self.models = models
         self.catalog = catalog
 
-    def Attribute(self, request: apb.AttributeRequest,
-                  context: grpc.ServicerContext) -> apb.AttributeResponse:
+    def Attribute(
+        self, request: apb.AttributeRequest, context: grpc.ServicerContext
+    ) -> apb.AttributeResponse:
         runner = self.models.get(request.model)
         spec = convert.attribute_spec_from_pb(runner, request)
         note(model=runner.name, loss=type(spec.loss).__name__)

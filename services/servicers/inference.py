@@ -9,17 +9,18 @@ import grpc
 from services import convert
 from services.interceptors import note
 from services.registry import ModelRegistry
-from tdb_core import ablate
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import inference_pb2_grpc as ipb_grpc
+from tdb_core import ablate
 
 
 class InferenceServicer(ipb_grpc.InferenceServiceServicer):
     def __init__(self, models: ModelRegistry) -> None:
         self.models = models
 
-    def Forward(self, request: ipb.ForwardRequest,
-                context: grpc.ServicerContext) -> Iterator[ipb.ForwardResponse]:
+    def Forward(
+        self, request: ipb.ForwardRequest, context: grpc.ServicerContext
+    ) -> Iterator[ipb.ForwardResponse]:
         runner = self.models.get(request.model)
         spec = convert.forward_spec_from_pb(request)
         note(model=runner.name, prompts=len(spec.prompts))
@@ -31,8 +32,9 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         for chunk in sink.chunks():
             yield ipb.ForwardResponse(chunk=chunk)
 
-    def Ablate(self, request: ipb.AblateRequest,
-               context: grpc.ServicerContext) -> Iterator[ipb.AblateResponse]:
+    def Ablate(
+        self, request: ipb.AblateRequest, context: grpc.ServicerContext
+    ) -> Iterator[ipb.AblateResponse]:
         runner = self.models.get(request.model)
         spec = convert.ablate_spec_from_pb(runner, request)
         note(model=runner.name, sets=len(spec.sets))
@@ -44,8 +46,9 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         for chunk in sink.chunks():
             yield ipb.AblateResponse(chunk=chunk)
 
-    def PatchSweep(self, request: ipb.PatchSweepRequest,
-                   context: grpc.ServicerContext) -> ipb.PatchSweepResponse:
+    def PatchSweep(
+        self, request: ipb.PatchSweepRequest, context: grpc.ServicerContext
+    ) -> ipb.PatchSweepResponse:
         runner = self.models.get(request.model)
         spec = convert.patch_sweep_spec_from_pb(runner, request)
         note(model=runner.name, site=spec.site)

@@ -18,40 +18,54 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
     def __init__(self, models: ModelRegistry) -> None:
         self.models = models
 
-    def ListModels(self, request: mpb.ListModelsRequest,
-                   context: grpc.ServicerContext) -> mpb.ListModelsResponse:
+    def ListModels(
+        self, request: mpb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> mpb.ListModelsResponse:
         out = []
         for r in self.models.all():
             info = convert.model_info_to_pb(r)
-            out.append(mpb.ModelSummary(name=r.name, architecture=info.architecture,
-                                        source=r.loaded.source, is_default=r.name == self.models.default))
+            out.append(
+                mpb.ModelSummary(
+                    name=r.name,
+                    architecture=info.architecture,
+                    source=r.loaded.source,
+                    is_default=r.name == self.models.default,
+                )
+            )
         return mpb.ListModelsResponse(models=out)
 
-    def GetModelInfo(self, request: mpb.GetModelInfoRequest,
-                     context: grpc.ServicerContext) -> mpb.GetModelInfoResponse:
+    def GetModelInfo(
+        self, request: mpb.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> mpb.GetModelInfoResponse:
         runner = self.models.get(request.model)
         note(model=runner.name)
         return convert.model_info_to_pb(runner)
 
-    def Tokenize(self, request: mpb.TokenizeRequest,
-                 context: grpc.ServicerContext) -> mpb.TokenizeResponse:
+    def Tokenize(
+        self, request: mpb.TokenizeRequest, context: grpc.ServicerContext
+    ) -> mpb.TokenizeResponse:
         runner = self.models.get(request.model)
         bos = request.prepend_bos if request.HasField("prepend_bos") else None
         prompts = []
         for i, text in enumerate(request.texts):
             ids = runner.encode(specs.Prompt(text=text), bos, f"text {i}")
-            prompts.append(cpb.PromptTokens(token_ids=list(ids), tokens=list(runner.token_strings(ids))))
+            prompts.append(
+                cpb.PromptTokens(token_ids=list(ids), tokens=list(runner.token_strings(ids)))
+            )
         note(model=runner.name, tokens=sum(len(p.token_ids) for p in prompts))
         return mpb.TokenizeResponse(prompts=prompts)
 
-    def Detokenize(self, request: mpb.DetokenizeRequest,
-                   context: grpc.ServicerContext) -> mpb.DetokenizeResponse:
+    def Detokenize(
+        self, request: mpb.DetokenizeRequest, context: grpc.ServicerContext
+    ) -> mpb.DetokenizeResponse:
         runner = self.models.get(request.model)
         vocab = runner.schema.dims.d_vocab
         ids = list(request.token_ids)
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
-            raise OutOfRangeError(f"token id {bad[0]} is outside the vocabulary (allowed: 0..{vocab - 1})")
+            raise OutOfRangeError(
+                f"token id {bad[0]} is outside the vocabulary (allowed: 0..{vocab - 1})"
+            )
         note(model=runner.name, tokens=len(ids))
         text = runner.loaded.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
         return mpb.DetokenizeResponse(text=text, tokens=list(runner.token_strings(ids)))

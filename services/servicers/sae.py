@@ -23,14 +23,17 @@ class SaeServicer(spb_grpc.SaeServiceServicer):
         self.models = models
         self.sae_root = Path(sae_root).resolve() if sae_root else None
 
-    def ListSaes(self, request: spb.ListSaesRequest,
-                 context: grpc.ServicerContext) -> spb.ListSaesResponse:
+    def ListSaes(
+        self, request: spb.ListSaesRequest, context: grpc.ServicerContext
+    ) -> spb.ListSaesResponse:
         runners = [self.models.get(request.model)] if request.model else self.models.all()
-        return spb.ListSaesResponse(saes=[convert.sae_info_to_pb(r.name, a)
-                                          for r in runners for a in r.saes.values()])
+        return spb.ListSaesResponse(
+            saes=[convert.sae_info_to_pb(r.name, a) for r in runners for a in r.saes.values()]
+        )
 
-    def Encode(self, request: spb.EncodeRequest,
-               context: grpc.ServicerContext) -> Iterator[spb.EncodeResponse]:
+    def Encode(
+        self, request: spb.EncodeRequest, context: grpc.ServicerContext
+    ) -> Iterator[spb.EncodeResponse]:
         runner = self.models.get(request.model)
         spec = convert.encode_spec_from_pb(request)
         note(model=runner.name, sae=spec.sae)
@@ -42,8 +45,9 @@ class SaeServicer(spb_grpc.SaeServiceServicer):
         for chunk in sink.chunks():
             yield spb.EncodeResponse(chunk=chunk)
 
-    def Decode(self, request: spb.DecodeRequest,
-               context: grpc.ServicerContext) -> spb.DecodeResponse:
+    def Decode(
+        self, request: spb.DecodeRequest, context: grpc.ServicerContext
+    ) -> spb.DecodeResponse:
         runner = self.models.get(request.model)
         note(model=runner.name, sae=request.sae)
         latents = convert.tensor_from_pb(request.latents, "latents").float()
@@ -53,17 +57,22 @@ class SaeServicer(spb_grpc.SaeServiceServicer):
         sink.put(msg.vectors, vectors.float())
         return msg
 
-    def LoadSae(self, request: spb.LoadSaeRequest,
-                context: grpc.ServicerContext) -> spb.LoadSaeResponse:
+    def LoadSae(
+        self, request: spb.LoadSaeRequest, context: grpc.ServicerContext
+    ) -> spb.LoadSaeResponse:
         if self.sae_root is None:
-            raise FailedPreconditionError("loading SAEs at runtime is disabled; start the server "
-                                          "with --sae-root DIR to allow paths under DIR")
+            raise FailedPreconditionError(
+                "loading SAEs at runtime is disabled; start the server "
+                "with --sae-root DIR to allow paths under DIR"
+            )
         runner = self.models.get(request.model)
         if not request.id or not request.path:
             raise InvalidArgumentError("LoadSae needs an id and a path")
         if "\x00" in request.path:
-            raise InvalidArgumentError("LoadSae: the path contains a NUL character; give a "
-                                       "relative path under the server's --sae-root")
+            raise InvalidArgumentError(
+                "LoadSae: the path contains a NUL character; give a "
+                "relative path under the server's --sae-root"
+            )
         path = (self.sae_root / request.path).resolve()
         if self.sae_root != path and self.sae_root not in path.parents:
             raise InvalidArgumentError(f"path {request.path!r} is outside the server's --sae-root")

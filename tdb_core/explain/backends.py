@@ -43,7 +43,13 @@ from tdb_core.errors import (
     UnavailableError,
 )
 from tdb_core.explain.formatting import UNKNOWN_ACTIVATION_STRING
-from tdb_core.explain.prompts import ChatMessage, SlottedPrompt, render_text, slot_offsets, slotted_text
+from tdb_core.explain.prompts import (
+    ChatMessage,
+    SlottedPrompt,
+    render_text,
+    slot_offsets,
+    slotted_text,
+)
 
 
 class LogprobsUnavailableError(FailedPreconditionError):
@@ -171,12 +177,16 @@ class OpenAICompatibleBackend:
         except openai.APIStatusError as exc:
             text = _error_text(exc)
             if exc.status_code >= 500:
-                raise UnavailableError(f"{where} failed on {what} ({exc.status_code}: {text})") from None
+                raise UnavailableError(
+                    f"{where} failed on {what} ({exc.status_code}: {text})"
+                ) from None
             if logprob_step and any(word in text.lower() for word in ("logprob", "echo")):
                 raise LogprobsUnavailableError(
                     f"{where} refused the logprob request for {what} ({exc.status_code}: {text})"
                 ) from None
-            raise FailedPreconditionError(f"{where} rejected {what} ({exc.status_code}: {text})") from None
+            raise FailedPreconditionError(
+                f"{where} rejected {what} ({exc.status_code}: {text})"
+            ) from None
         except openai.APIResponseValidationError as exc:
             raise FailedPreconditionError(
                 f"{where} answered {what} with a response that is not OpenAI's format ({exc})"
@@ -314,7 +324,11 @@ class OpenAICompatibleBackend:
                     logprobs=self._top_logprobs,
                 )
             text_choice = completion.choices[0] if completion.choices else None
-            if text_choice is None or text_choice.logprobs is None or not text_choice.logprobs.top_logprobs:
+            if (
+                text_choice is None
+                or text_choice.logprobs is None
+                or not text_choice.logprobs.top_logprobs
+            ):
                 raise LogprobsUnavailableError(missing)
             alternatives = text_choice.logprobs.top_logprobs[0] or {}
         if not alternatives:
@@ -378,7 +392,9 @@ class HFLocalBackend:
             source = os.fspath(model_or_path)
             try:
                 model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-                tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(source)
+                tokenizer = (
+                    tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(source)
+                )
             except (OSError, ValueError) as exc:
                 raise NotFoundError(
                     f"cannot load a causal LM and tokenizer from {source!r} ({exc}); give a local "
@@ -388,9 +404,13 @@ class HFLocalBackend:
             default_name = f"hf:{source}"
         else:
             if tokenizer is None:
-                raise InvalidArgumentError("a loaded model was given without its tokenizer; pass tokenizer=")
+                raise InvalidArgumentError(
+                    "a loaded model was given without its tokenizer; pass tokenizer="
+                )
             model = model_or_path
-            default_name = f"hf:{getattr(model.config, '_name_or_path', '') or type(model).__name__}"
+            default_name = (
+                f"hf:{getattr(model.config, '_name_or_path', '') or type(model).__name__}"
+            )
         self._device = torch.device(device)
         torch.nn.Module.to(model, self._device)
         torch.nn.Module.eval(model)
@@ -399,7 +419,9 @@ class HFLocalBackend:
         has_template = bool(getattr(tokenizer, "chat_template", None))
         self._use_chat_template = has_template if use_chat_template is None else use_chat_template
         if self._use_chat_template and not has_template:
-            raise InvalidArgumentError("use_chat_template=True but the tokenizer has no chat template")
+            raise InvalidArgumentError(
+                "use_chat_template=True but the tokenizer has no chat template"
+            )
         self._name = name or default_name
         config = model.config
         self._context = getattr(config, "max_position_embeddings", None) or getattr(
@@ -419,7 +441,11 @@ class HFLocalBackend:
         if not self._use_chat_template:
             return render_text(messages)
         as_dicts = [{"role": m.role.value, "content": m.content} for m in messages]
-        return str(self._tokenizer.apply_chat_template(as_dicts, tokenize=False, add_generation_prompt=True))
+        return str(
+            self._tokenizer.apply_chat_template(
+                as_dicts, tokenize=False, add_generation_prompt=True
+            )
+        )
 
     def _check_length(self, n_tokens: int, what: str) -> None:
         if self._context is not None and n_tokens > self._context:
@@ -488,7 +514,10 @@ class HFLocalBackend:
                 pad_token_id=pad,
                 **sampling,
             )  # [n, T + new]
-        return [self._tokenizer.decode(row[len(ids) :].tolist(), skip_special_tokens=True) for row in output]
+        return [
+            self._tokenizer.decode(row[len(ids) :].tolist(), skip_special_tokens=True)
+            for row in output
+        ]
 
     def slot_logprobs(
         self, prompt: SlottedPrompt, candidates: Sequence[str]
@@ -506,9 +535,13 @@ class HFLocalBackend:
         self._check_length(len(ids), "the simulation prompt")
         logits = self._logits(ids)  # [T, vocab]
         readable = [p for p in slot_positions if p > 0]
-        index = torch.tensor([p - 1 for p in readable], dtype=torch.long, device=logits.device)  # [S]
+        index = torch.tensor(
+            [p - 1 for p in readable], dtype=torch.long, device=logits.device
+        )  # [S]
         logprobs = torch.log_softmax(logits[index], dim=-1)  # [S, vocab]
-        cand_index = torch.tensor(list(candidate_ids.values()), dtype=torch.long, device=logits.device)
+        cand_index = torch.tensor(
+            list(candidate_ids.values()), dtype=torch.long, device=logits.device
+        )
         values = logprobs[:, cand_index].cpu().tolist()  # [S][C]
         by_position = {p: dict(zip(candidate_ids, row)) for p, row in zip(readable, values)}
         return [by_position.get(p) for p in slot_positions]
@@ -523,4 +556,8 @@ class HFLocalBackend:
             raise InvalidArgumentError("the prompt encodes to no tokens")
         self._check_length(len(ids), "the judge prompt")
         logprobs = torch.log_softmax(self._logits(ids)[-1], dim=-1)  # [vocab]
-        return {c: float(logprobs[i]) for c, i in candidate_ids.items() if math.isfinite(float(logprobs[i]))}
+        return {
+            c: float(logprobs[i])
+            for c, i in candidate_ids.items()
+            if math.isfinite(float(logprobs[i]))
+        }

@@ -43,7 +43,9 @@ from tdb_core.explain.scoring import roc_auc
 
 NOTHING = "nothing in particular"
 _JSON_STRING = r'"(?:[^"\\]|\\.)*"'
-_TOKEN_RULE = re.compile(rf"the token ({_JSON_STRING})(?: after ({_JSON_STRING}))? \((\d+(?:\.\d+)?)\)")
+_TOKEN_RULE = re.compile(
+    rf"the token ({_JSON_STRING})(?: after ({_JSON_STRING}))? \((\d+(?:\.\d+)?)\)"
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ def _sse(values: Sequence[float]) -> float:
 
 
 def _partition_sse(
-    observations: Sequence[tuple[str | None, float]], by_previous: dict[str, list[float]], contexts: list[str]
+    observations: Sequence[tuple[str | None, float]],
+    by_previous: dict[str, list[float]],
+    contexts: list[str],
 ) -> float:
     """Squared error when each chosen context and the rest are predicted by their own mean."""
     rest = [v for p, v in observations if p not in contexts]
@@ -95,7 +99,9 @@ def fit_token_rules(
     by_token: dict[str, list[tuple[str | None, float]]] = defaultdict(list)
     for record in list(top_records) + list(contrast_records):
         for t, (token, a) in enumerate(zip(record.tokens, record.activations)):
-            value = min(float(MAX_NORMALIZED_ACTIVATION), MAX_NORMALIZED_ACTIVATION * relu(a) / peak)
+            value = min(
+                float(MAX_NORMALIZED_ACTIVATION), MAX_NORMALIZED_ACTIVATION * relu(a) / peak
+            )
             by_token[token].append((record.tokens[t - 1] if t > 0 else None, value))
 
     candidates: list[_Candidate] = []
@@ -128,8 +134,12 @@ def fit_token_rules(
             if values and sum(values) / len(values) >= min_value:
                 mean = round(sum(values) / len(values), 1)
                 candidates.append(_Candidate(TokenRule(token, previous, mean), sum(values)))
-    kept = sorted(candidates, key=lambda c: (-c.mass, c.rule.token, c.rule.previous or ""))[:max_rules]
-    return tuple(sorted((c.rule for c in kept), key=lambda r: (-r.value, r.token, r.previous or "")))
+    kept = sorted(candidates, key=lambda c: (-c.mass, c.rule.token, c.rule.previous or ""))[
+        :max_rules
+    ]
+    return tuple(
+        sorted((c.rule for c in kept), key=lambda r: (-r.value, r.token, r.previous or ""))
+    )
 
 
 def format_token_rules(rules: Sequence[TokenRule]) -> str:
@@ -138,7 +148,11 @@ def format_token_rules(rules: Sequence[TokenRule]) -> str:
         return NOTHING
 
     def item(rule: TokenRule) -> str:
-        context = "" if rule.previous is None else f" after {json.dumps(rule.previous, ensure_ascii=False)}"
+        context = (
+            ""
+            if rule.previous is None
+            else f" after {json.dumps(rule.previous, ensure_ascii=False)}"
+        )
         return f"the token {json.dumps(rule.token, ensure_ascii=False)}{context} ({rule.value:.1f})"
 
     return "; ".join(item(r) for r in rules)
@@ -169,14 +183,16 @@ def parse_token_rules(text: str) -> tuple[TokenRule, ...]:
             ) from None
         value = float(match.group(3))
         if value > MAX_NORMALIZED_ACTIVATION:
-            raise InvalidArgumentError(f"rule value {value} in the explanation is above the 0..10 scale")
+            raise InvalidArgumentError(
+                f"rule value {value} in the explanation is above the 0..10 scale"
+            )
         rules.append(TokenRule(token, previous, value))
         position = match.end()
         if position == len(body):
             return tuple(rules)
         if not body.startswith("; ", position):
             raise InvalidArgumentError(
-                f"the explanation {text!r} has {body[position:position + 10]!r} after a rule; rules are "
+                f"the explanation {text!r} has {body[position : position + 10]!r} after a rule; rules are "
                 "separated by '; '"
             )
         position += 2
@@ -260,12 +276,16 @@ def parse_head_rule(text: str) -> HeadRule:
             f"the explanation {text!r} is not in the baseline head format ('attends to <target> from "
             '<any token | the token "x">\'); use an LLM judge for free-text explanations'
         )
-    from_token = None if match.group("from_token") is None else json.loads(match.group("from_token"))
+    from_token = (
+        None if match.group("from_token") is None else json.loads(match.group("from_token"))
+    )
     to = match.group("to")
     if match.group("offset") is not None:
         return HeadRule(HeadTarget.OFFSET, offset=int(match.group("offset")), from_token=from_token)
     if match.group("to_token") is not None:
-        return HeadRule(HeadTarget.TOKEN, to_token=json.loads(match.group("to_token")), from_token=from_token)
+        return HeadRule(
+            HeadTarget.TOKEN, to_token=json.loads(match.group("to_token")), from_token=from_token
+        )
     return HeadRule(HeadTarget(to), from_token=from_token)
 
 
@@ -334,7 +354,9 @@ def fit_head_rule(
             if rule.target is HeadTarget.ANY and source is None:
                 continue
             holds = [
-                1.0 if head_rule_holds(rule, records[p.record_index].tokens, p.query, p.key) else 0.0
+                1.0
+                if head_rule_holds(rule, records[p.record_index].tokens, p.query, p.key)
+                else 0.0
                 for p, _ in labelled
             ]
             auc, _ = roc_auc([label for _, label in labelled], holds)

@@ -21,12 +21,24 @@ import torch
 
 from tdb_core import cancel
 from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
-from tdb_core.explain.explainers import (BaselineExplainer, BaselineHeadExplainer, Explainer,
-                                         LLMExplainer, LLMHeadExplainer)
+from tdb_core.explain.explainers import (
+    BaselineExplainer,
+    BaselineHeadExplainer,
+    Explainer,
+    LLMExplainer,
+    LLMHeadExplainer,
+)
 from tdb_core.explain.heads import BaselinePairJudge, LLMPairJudge, PairJudge
 from tdb_core.explain.mining import MiningConfig, NodeRef, mine_head_records, mine_records
-from tdb_core.explain.pipeline import (ProgressEvent, explain_head, explain_node, head_store_fields,
-                                       score_explanation, score_head, store_fields)
+from tdb_core.explain.pipeline import (
+    ProgressEvent,
+    explain_head,
+    explain_node,
+    head_store_fields,
+    score_explanation,
+    score_head,
+    store_fields,
+)
 from tdb_core.explain.records import NodeRecords, RecordKind
 from tdb_core.explain.simulators import AllAtOnceSimulator, BaselineSimulator, Simulator
 from tdb_core.explain.store import ExplanationStore, StoredExplanation
@@ -34,7 +46,9 @@ from tdb_core.plan import Batch
 from tdb_core.runner import ModelRunner
 from tdb_core.schema import SiteInfo
 
-_KEY = re.compile(r"^\s*([^\[\]\s]+)\s*\[\s*(?:(?:unit|neuron|head|latent|channel)\s*=\s*)?(\d+)\s*\]\s*$")
+_KEY = re.compile(
+    r"^\s*([^\[\]\s]+)\s*\[\s*(?:(?:unit|neuron|head|latent|channel)\s*=\s*)?(\d+)\s*\]\s*$"
+)
 HEAD_SITE = "attn.hook_pattern"
 
 
@@ -59,7 +73,8 @@ def parse_target(runner: ModelRunner, text: str) -> Target:
     if not m:
         raise InvalidArgumentError(
             f"node {text!r} is not a node key; use SITE[UNIT], e.g. 'blocks.1.mlp.hook_post[42]', "
-            "'sae.ID.hook_sae_acts_post[7]' or 'blocks.1.attn.hook_pattern[3]' (head 3)")
+            "'sae.ID.hook_sae_acts_post[7]' or 'blocks.1.attn.hook_pattern[3]' (head 3)"
+        )
     site, unit = runner.schema.get(m.group(1)), int(m.group(2))
     count = runner.schema.unit_count(site)
     if site.kind.key == HEAD_SITE:
@@ -69,9 +84,12 @@ def parse_target(runner: ModelRunner, text: str) -> Target:
     else:
         raise InvalidArgumentError(
             f"site '{site.name}' cannot be explained node by node; explain per-token units of "
-            "sites shaped [pos, unit] (neurons, latents, channels) or heads via attn.hook_pattern")
+            "sites shaped [pos, unit] (neurons, latents, channels) or heads via attn.hook_pattern"
+        )
     if count is None or not 0 <= unit < count:
-        raise OutOfRangeError(f"unit {unit} is out of range for '{site.name}' (0..{(count or 1) - 1})")
+        raise OutOfRangeError(
+            f"unit {unit} is out of range for '{site.name}' (0..{(count or 1) - 1})"
+        )
     sae_id = site.name.split(".")[1] if site.name.startswith("sae.") else ""
     return Target(f"{site.name}[{unit}]", site, unit, kind, sae_id)
 
@@ -86,7 +104,9 @@ class MiningOptions:
     seed: int = 0
 
 
-def _run_site(runner: ModelRunner, ids: torch.Tensor, sites: Iterable[str]) -> dict[str, torch.Tensor]:
+def _run_site(
+    runner: ModelRunner, ids: torch.Tensor, sites: Iterable[str]
+) -> dict[str, torch.Tensor]:
     """One hooked pass over token ids ``[B, T]`` (right padding is harmless: the model is causal)."""
     rows = tuple(tuple(int(t) for t in r) for r in ids.tolist())
     batch = Batch(rows, len(rows), 0, 0)
@@ -99,16 +119,27 @@ def _run_site(runner: ModelRunner, ids: torch.Tensor, sites: Iterable[str]) -> d
     return got
 
 
-def mine(runner: ModelRunner, targets: Sequence[Target], dataset: str | os.PathLike[str] | Iterable[str],
-         options: MiningOptions, on_batch: Callable[[int, int], None] | None = None) -> list[NodeRecords]:
+def mine(
+    runner: ModelRunner,
+    targets: Sequence[Target],
+    dataset: str | os.PathLike[str] | Iterable[str],
+    options: MiningOptions,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[NodeRecords]:
     """Records of every target in one pass over the dataset per record kind (tokens, pairs)."""
     if options.window_len < 2 or options.window_len > runner.schema.dims.n_ctx:
         raise InvalidArgumentError(f"window_len must be in 2..{runner.schema.dims.n_ctx}")
     tok = runner.loaded.tokenizer
     pad = runner.loaded.tokenizer.pad_token_id
-    config = MiningConfig(window_len=options.window_len, batch_size=options.batch_size,
-                          top_k=options.top_k, n_random=options.n_random, seed=options.seed,
-                          max_windows=options.max_windows, pad_id=pad if pad is not None else 0)
+    config = MiningConfig(
+        window_len=options.window_len,
+        batch_size=options.batch_size,
+        top_k=options.top_k,
+        n_random=options.n_random,
+        seed=options.seed,
+        max_windows=options.max_windows,
+        pad_id=pad if pad is not None else 0,
+    )
 
     def batch_done(done: int, total: int) -> None:
         cancel.check()
@@ -122,9 +153,19 @@ def mine(runner: ModelRunner, targets: Sequence[Target], dataset: str | os.PathL
 
         def activations(ids: torch.Tensor) -> torch.Tensor:
             got = _run_site(runner, ids, sites)
-            return torch.stack([got[t.site.name][..., t.unit] for t in tokens], dim=-1).float()  # [B, T, N]
-        for rec in mine_records(dataset, tok, activations, [t.ref for t in tokens], config,
-                                progress=False, on_batch=batch_done):
+            return torch.stack(
+                [got[t.site.name][..., t.unit] for t in tokens], dim=-1
+            ).float()  # [B, T, N]
+
+        for rec in mine_records(
+            dataset,
+            tok,
+            activations,
+            [t.ref for t in tokens],
+            config,
+            progress=False,
+            on_batch=batch_done,
+        ):
             out[rec.node_key] = rec
     heads = [t for t in targets if t.kind is RecordKind.TOKEN_PAIR]
     if heads:
@@ -132,9 +173,13 @@ def mine(runner: ModelRunner, targets: Sequence[Target], dataset: str | os.PathL
 
         def pairs(ids: torch.Tensor) -> torch.Tensor:
             got = _run_site(runner, ids, sites)
-            return torch.stack([got[t.site.name][:, t.unit] for t in heads], dim=1).float()  # [B, N, T, T]
-        for rec in mine_head_records(dataset, tok, pairs, [t.ref for t in heads], config,
-                                     progress=False, on_batch=batch_done):
+            return torch.stack(
+                [got[t.site.name][:, t.unit] for t in heads], dim=1
+            ).float()  # [B, N, T, T]
+
+        for rec in mine_head_records(
+            dataset, tok, pairs, [t.ref for t in heads], config, progress=False, on_batch=batch_done
+        ):
             out[rec.node_key] = rec
     return [out[t.key] for t in targets]
 
@@ -155,40 +200,83 @@ class Method:
 
 
 def baseline_method() -> Method:
-    return Method("baseline", BaselineExplainer(), BaselineSimulator(), BaselineHeadExplainer(),
-                  BaselinePairJudge())
+    return Method(
+        "baseline",
+        BaselineExplainer(),
+        BaselineSimulator(),
+        BaselineHeadExplainer(),
+        BaselinePairJudge(),
+    )
 
 
 def llm_method(name: str, backend: Any) -> Method:
     """An LLM method on a backend (local HF model or OpenAI-compatible endpoint)."""
-    return Method(name, LLMExplainer(backend), AllAtOnceSimulator(backend), LLMHeadExplainer(backend),
-                  LLMPairJudge(backend))
+    return Method(
+        name,
+        LLMExplainer(backend),
+        AllAtOnceSimulator(backend),
+        LLMHeadExplainer(backend),
+        LLMPairJudge(backend),
+    )
 
 
-def explain_target(target: Target, records: NodeRecords, method: Method,
-                   progress: Callable[[ProgressEvent], None] | None = None,
-                   n_examples_per_split: int | None = None) -> tuple[str, dict[str, Any], str]:
+def explain_target(
+    target: Target,
+    records: NodeRecords,
+    method: Method,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    n_examples_per_split: int | None = None,
+) -> tuple[str, dict[str, Any], str]:
     """(explainer name, store fields, best explanation) for one mined node."""
     if target.kind is RecordKind.TOKEN_PAIR:
-        res = explain_head(records, method.head_explainer, method.judge,
-                           n_examples_per_split=n_examples_per_split, progress=progress)
+        res = explain_head(
+            records,
+            method.head_explainer,
+            method.judge,
+            n_examples_per_split=n_examples_per_split,
+            progress=progress,
+        )
         fields = head_store_fields(res.best_explanation, res.best, res.judge, res.records_used)
         return res.explainer, asdict(fields), res.best_explanation
-    res_n = explain_node(records, method.explainer, method.simulator,
-                         n_examples_per_split=n_examples_per_split, progress=progress)
-    return res_n.explainer, asdict(store_fields(res_n.best, res_n.records_used)), res_n.best.explanation
+    res_n = explain_node(
+        records,
+        method.explainer,
+        method.simulator,
+        n_examples_per_split=n_examples_per_split,
+        progress=progress,
+    )
+    return (
+        res_n.explainer,
+        asdict(store_fields(res_n.best, res_n.records_used)),
+        res_n.best.explanation,
+    )
 
 
-def score_target(target: Target, records: NodeRecords, explanation: str, method: Method,
-                 progress: Callable[[ProgressEvent], None] | None = None,
-                 n_examples_per_split: int | None = None) -> dict[str, Any]:
+def score_target(
+    target: Target,
+    records: NodeRecords,
+    explanation: str,
+    method: Method,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    n_examples_per_split: int | None = None,
+) -> dict[str, Any]:
     """Store fields of a given explanation scored on a node's records."""
     if target.kind is RecordKind.TOKEN_PAIR:
-        score, used = score_head(records, explanation, method.judge,
-                                 n_examples_per_split=n_examples_per_split, progress=progress)
+        score, used = score_head(
+            records,
+            explanation,
+            method.judge,
+            n_examples_per_split=n_examples_per_split,
+            progress=progress,
+        )
         return asdict(head_store_fields(explanation, score, method.judge.name, used))
-    scored, used = score_explanation(records, explanation, method.simulator,
-                                     n_examples_per_split=n_examples_per_split, progress=progress)
+    scored, used = score_explanation(
+        records,
+        explanation,
+        method.simulator,
+        n_examples_per_split=n_examples_per_split,
+        progress=progress,
+    )
     return asdict(store_fields(scored, used))
 
 
@@ -202,7 +290,9 @@ class Catalog:
     A stored entry replaces a shipped one with the same key.
     """
 
-    def __init__(self, store: ExplanationStore | None, shipped: Sequence[StoredExplanation] = ()) -> None:
+    def __init__(
+        self, store: ExplanationStore | None, shipped: Sequence[StoredExplanation] = ()
+    ) -> None:
         self.store = store
         self.shipped = list(shipped)
 
@@ -216,24 +306,55 @@ class Catalog:
                     out.append(StoredExplanation(**json.loads(line)))
         return out
 
-    def list(self, *, model: str | None = None, sae_id: str | None = None, node_key: str | None = None,
-             node_key_prefix: str | None = None, method: str | None = None, explainer: str | None = None,
-             min_score: float | None = None, limit: int = 1000, offset: int = 0) -> list[StoredExplanation]:
-        stored = [] if self.store is None else self.store.list(
-            model=model, sae_id=sae_id, node_key=node_key, node_key_prefix=node_key_prefix,
-            method=method, explainer=explainer, min_score=min_score, limit=limit + offset, offset=0)
+    def list(
+        self,
+        *,
+        model: str | None = None,
+        sae_id: str | None = None,
+        node_key: str | None = None,
+        node_key_prefix: str | None = None,
+        method: str | None = None,
+        explainer: str | None = None,
+        min_score: float | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[StoredExplanation]:
+        stored = (
+            []
+            if self.store is None
+            else self.store.list(
+                model=model,
+                sae_id=sae_id,
+                node_key=node_key,
+                node_key_prefix=node_key_prefix,
+                method=method,
+                explainer=explainer,
+                min_score=min_score,
+                limit=limit + offset,
+                offset=0,
+            )
+        )
 
         def key(e: StoredExplanation) -> tuple:
             return (e.model, e.sae_id, e.node_key, e.method, e.explainer)
+
         seen = {key(e) for e in stored}
-        shipped = [e for e in self.shipped if key(e) not in seen
-                   and (model is None or e.model == model) and (sae_id is None or e.sae_id == sae_id)
-                   and (node_key is None or e.node_key == node_key)
-                   and (node_key_prefix is None or e.node_key.startswith(node_key_prefix))
-                   and (method is None or e.method == method) and (explainer is None or e.explainer == explainer)
-                   and (min_score is None or (e.score is not None and e.score >= min_score))]
-        merged = sorted(stored + shipped, key=lambda e: (e.model, e.sae_id, e.node_key, e.method, e.explainer))
-        return merged[offset:offset + limit]
+        shipped = [
+            e
+            for e in self.shipped
+            if key(e) not in seen
+            and (model is None or e.model == model)
+            and (sae_id is None or e.sae_id == sae_id)
+            and (node_key is None or e.node_key == node_key)
+            and (node_key_prefix is None or e.node_key.startswith(node_key_prefix))
+            and (method is None or e.method == method)
+            and (explainer is None or e.explainer == explainer)
+            and (min_score is None or (e.score is not None and e.score >= min_score))
+        ]
+        merged = sorted(
+            stored + shipped, key=lambda e: (e.model, e.sae_id, e.node_key, e.method, e.explainer)
+        )
+        return merged[offset : offset + limit]
 
     def best(self, model: str, node_keys: Iterable[str]) -> dict[str, StoredExplanation]:
         """The highest-scoring explanation of each node that has one."""

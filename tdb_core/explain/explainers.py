@@ -27,7 +27,12 @@ from typing import Protocol, runtime_checkable
 
 from tdb_core.errors import FailedPreconditionError, InvalidArgumentError
 from tdb_core.explain.backends import LLMBackend
-from tdb_core.explain.baseline import fit_head_rule, fit_token_rules, format_head_rule, format_token_rules
+from tdb_core.explain.baseline import (
+    fit_head_rule,
+    fit_token_rules,
+    format_head_rule,
+    format_token_rules,
+)
 from tdb_core.explain.few_shot import (
     HEAD_FEW_SHOT_EXAMPLES,
     NEURON_FEW_SHOT_EXAMPLES,
@@ -162,7 +167,10 @@ def _pair_examples(records: Sequence[ActivationRecord], n_pairs: int) -> list[To
     grouped: dict[int, list[tuple[int, int]]] = {}
     for pair in top_pairs(records, n_pairs):
         grouped.setdefault(pair.record_index, []).append((pair.query, pair.key))
-    return [TokenPairExample(tokens=records[i].tokens, pairs=tuple(pairs)) for i, pairs in grouped.items()]
+    return [
+        TokenPairExample(tokens=records[i].tokens, pairs=tuple(pairs))
+        for i, pairs in grouped.items()
+    ]
 
 
 class LLMHeadExplainer:
@@ -216,7 +224,12 @@ class BaselineHeadExplainer:
     """The head rule that best separates strong from weak pairs (see ``baseline.py``)."""
 
     def __init__(
-        self, *, n_top_pairs: int = 20, n_low_pairs: int = 60, low_fraction: float = 0.1, seed: int = 0
+        self,
+        *,
+        n_top_pairs: int = 20,
+        n_low_pairs: int = 60,
+        low_fraction: float = 0.1,
+        seed: int = 0,
     ) -> None:
         self._n_top_pairs = n_top_pairs
         self._n_low_pairs = n_low_pairs

@@ -73,7 +73,19 @@ NEURON_FEW_SHOT_EXAMPLES: tuple[NeuronFewShotExample, ...] = (
                 [0.0, 0.1, 0.0, 0.0, 1.2, 6.8, 0.0, 3.9, 0.4, 0.0],
             ),
             _record(
-                ["Don", "'t", " forget", " your", " umbrella", ";", " it", "'s", " drizz", "ling", "."],
+                [
+                    "Don",
+                    "'t",
+                    " forget",
+                    " your",
+                    " umbrella",
+                    ";",
+                    " it",
+                    "'s",
+                    " drizz",
+                    "ling",
+                    ".",
+                ],
                 [0.0, 0.0, 0.0, 0.0, 4.1, 0.0, 0.0, 0.0, 5.5, 2.0, 0.0],
             ),
         ),
@@ -97,7 +109,20 @@ NEURON_FEW_SHOT_EXAMPLES: tuple[NeuronFewShotExample, ...] = (
     NeuronFewShotExample(
         activation_records=(
             _record(
-                ["She", " was", " born", " in", " 18", "62", " and", " died", " in", " 19", "31", "."],
+                [
+                    "She",
+                    " was",
+                    " born",
+                    " in",
+                    " 18",
+                    "62",
+                    " and",
+                    " died",
+                    " in",
+                    " 19",
+                    "31",
+                    ".",
+                ],
                 [0.0, 0.0, 0.0, 0.3, 2.5, 9.0, 0.0, 0.0, 0.2, 2.2, 8.7, 0.0],
             ),
             _record(

@@ -105,7 +105,9 @@ def format_activation_records(
 
 def format_sequences_for_simulation(all_tokens: Sequence[Sequence[str]]) -> str:
     """Token sequences with every value ``unknown``, in the same ``<start>``/``<end>`` wrapping."""
-    bodies = ["\n".join(f"{t}\t{UNKNOWN_ACTIVATION_STRING}" for t in tokens) for tokens in all_tokens]
+    bodies = [
+        "\n".join(f"{t}\t{UNKNOWN_ACTIVATION_STRING}" for t in tokens) for tokens in all_tokens
+    ]
     return "\n<start>\n" + "\n<end>\n<start>\n".join(bodies) + "\n<end>\n"
 
 
@@ -114,7 +116,9 @@ def non_zero_activation_proportion(records: Sequence[ActivationRecord], max_act:
     total = sum(len(r.activations) for r in records)
     if total == 0:
         raise InvalidArgumentError("the records contain no activations")
-    nonzero = sum(sum(1 for v in normalize_activations(r.activations, max_act) if v) for r in records)
+    nonzero = sum(
+        sum(1 for v in normalize_activations(r.activations, max_act) if v) for r in records
+    )
     return nonzero / total
 
 
@@ -134,9 +138,12 @@ def format_token_pair(tokens: Sequence[str], pair: tuple[int, int]) -> str:
     return "".join(mark(i, t) for i, t in enumerate(tokens))
 
 
-def format_token_pair_examples(examples: Sequence[tuple[Sequence[str], Sequence[tuple[int, int]]]]) -> str:
+def format_token_pair_examples(
+    examples: Sequence[tuple[Sequence[str], Sequence[tuple[int, int]]]],
+) -> str:
     """Every (tokens, pairs) example's pairs as marked sequences, separated as TDB separates them."""
     separator = f"\n{ATTENTION_SEQUENCE_SEPARATOR}\n"
     return separator.join(
-        separator.join(format_token_pair(tokens, pair) for pair in pairs) for tokens, pairs in examples
+        separator.join(format_token_pair(tokens, pair) for pair in pairs)
+        for tokens, pairs in examples
     )

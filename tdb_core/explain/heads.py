@@ -53,7 +53,9 @@ class PairJudge(Protocol):
         """Recorded with every score."""
         ...
 
-    def judge(self, explanation: str, tokens: Sequence[str], pair: tuple[int, int]) -> PairPrediction:
+    def judge(
+        self, explanation: str, tokens: Sequence[str], pair: tuple[int, int]
+    ) -> PairPrediction:
         """Belief that the head attends from ``pair[0]`` (query) to ``pair[1]`` (key)."""
         ...
 
@@ -88,7 +90,9 @@ class LLMPairJudge:
             fallback_reason=self._fallback_reason,
         )
 
-    def judge(self, explanation: str, tokens: Sequence[str], pair: tuple[int, int]) -> PairPrediction:
+    def judge(
+        self, explanation: str, tokens: Sequence[str], pair: tuple[int, int]
+    ) -> PairPrediction:
         """P("1") / (P("0") + P("1")) from the answer token's logprobs (or a hard answer as fallback)."""
         messages = build_head_judge_prompt(explanation, tokens, pair, few_shot=self._few_shot)
         if self._fallback_reason is not None:
@@ -99,7 +103,9 @@ class LLMPairJudge:
             if self._policy is MissingLogprobsPolicy.ERROR:
                 raise
             self._fallback_reason = str(exc)
-            log.warning("pair_judge_fallback", backend=self._backend.name, reason=self._fallback_reason)
+            log.warning(
+                "pair_judge_fallback", backend=self._backend.name, reason=self._fallback_reason
+            )
             return self._hard_answer(messages)
         p0 = math.exp(logprobs["0"]) if "0" in logprobs else 0.0
         p1 = math.exp(logprobs["1"]) if "1" in logprobs else 0.0
@@ -118,7 +124,9 @@ class BaselinePairJudge:
         """``baseline_head``."""
         return "baseline_head"
 
-    def judge(self, explanation: str, tokens: Sequence[str], pair: tuple[int, int]) -> PairPrediction:
+    def judge(
+        self, explanation: str, tokens: Sequence[str], pair: tuple[int, int]
+    ) -> PairPrediction:
         """InvalidArgumentError if the explanation is not a baseline head rule."""
         rule = parse_head_rule(explanation)
         holds = head_rule_holds(rule, tokens, pair[0], pair[1])
@@ -161,7 +169,9 @@ def score_head_explanation(
     scored = []
     for i, (pair, label) in enumerate(labelled):
         tokens = records[pair.record_index].tokens
-        scored.append(ScoredPair(pair, label, judge.judge(explanation, tokens, (pair.query, pair.key))))
+        scored.append(
+            ScoredPair(pair, label, judge.judge(explanation, tokens, (pair.query, pair.key)))
+        )
         if on_pair is not None:
             on_pair(i + 1, len(labelled))
     labels = [s.label for s in scored if s.prediction.probability is not None]

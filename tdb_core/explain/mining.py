@@ -96,7 +96,9 @@ def as_text_tokenizer(tokenizer: Any) -> TextTokenizer:
     """A TextTokenizer as is, or one wrapping a Hugging Face tokenizer (no special tokens added)."""
     if isinstance(tokenizer, TextTokenizer):
         return tokenizer
-    if callable(getattr(tokenizer, "encode", None)) and callable(getattr(tokenizer, "decode", None)):
+    if callable(getattr(tokenizer, "encode", None)) and callable(
+        getattr(tokenizer, "decode", None)
+    ):
         return TextTokenizer(
             encode=lambda text: tokenizer.encode(text, add_special_tokens=False),
             token_str=lambda token_id: tokenizer.decode([token_id]),
@@ -187,12 +189,18 @@ def _mine(
     state: _State | None = None
     rng = random.Random(config.seed)
     bar = tqdm(
-        total=len(windows), unit="window", desc="mining records", disable=not progress, file=sys.stderr
+        total=len(windows),
+        unit="window",
+        desc="mining records",
+        disable=not progress,
+        file=sys.stderr,
     )
     try:
         for b0 in range(0, len(windows), config.batch_size):
             batch = windows[b0 : b0 + config.batch_size]
-            state = _mine_batch(batch, b0, positions_fn, kind, state, start, p_max, k, r, rng, config.pad_id)
+            state = _mine_batch(
+                batch, b0, positions_fn, kind, state, start, p_max, k, r, rng, config.pad_id
+            )
             bar.update(len(batch))
             if on_batch is not None:
                 on_batch(b0 + len(batch), len(windows))
@@ -246,7 +254,9 @@ def _mine_batch(
         pos = torch.arange(t_b, device=device)
         mask = (pos[None, :] < lengths[:, None]) & (pos[None, :] >= start)  # [b, P]
     else:
-        q_idx, k_idx = torch.tril_indices(t_b, t_b, device=device)  # [P] each, row-major lower triangle
+        q_idx, k_idx = torch.tril_indices(
+            t_b, t_b, device=device
+        )  # [P] each, row-major lower triangle
         mask = (q_idx[None, :] < lengths[:, None]) & (k_idx[None, :] >= start)  # [b, P]
     valid = mask[:, None, :]  # [b, 1, P]
     acts = acts.contiguous().masked_fill(~valid, 0.0)  # [b, N, P], 0 outside the windows
@@ -323,10 +333,16 @@ def _build_records(
             pair_index[length] = [
                 q * (q + 1) // 2 + key for q in range(start, length) for key in range(start, q + 1)
             ]
-        return ActivationRecord(tokens=tokens_of(w), activations=tuple(vector[i] for i in pair_index[length]))
+        return ActivationRecord(
+            tokens=tokens_of(w), activations=tuple(vector[i] for i in pair_index[length])
+        )
 
     n = state.n_positions
-    shift = state.shift.double() if state.shift is not None else torch.zeros(len(nodes), dtype=torch.float64)
+    shift = (
+        state.shift.double()
+        if state.shift is not None
+        else torch.zeros(len(nodes), dtype=torch.float64)
+    )
     d1, d2, d3, d4 = (state.sums[i] / n for i in range(4))  # [N] each: raw moments of a - shift
     mean = shift + d1  # [N]
     variance = (d2 - d1**2).clamp(min=0.0)  # [N]
@@ -337,7 +353,9 @@ def _build_records(
     results = []
     for j, node in enumerate(nodes):
         tops = tuple(record(w, top_acts[j][slot]) for slot, w in enumerate(top_win[j]) if w >= 0)
-        randoms = tuple(record(w, res_acts[slot][j]) for slot, w in enumerate(state.res_win) if w >= 0)
+        randoms = tuple(
+            record(w, res_acts[slot][j]) for slot, w in enumerate(state.res_win) if w >= 0
+        )
         var = float(variance[j])
         has_spread = var > 1e-12 * max(1.0, float(d2[j]))
         neuron_record = NeuronRecord(

@@ -37,7 +37,12 @@ from tdb_core.explain.records import (
     check_record,
     split_records,
 )
-from tdb_core.explain.scoring import CorrelationScore, DetectionScore, correlation_score, detection_score
+from tdb_core.explain.scoring import (
+    CorrelationScore,
+    DetectionScore,
+    correlation_score,
+    detection_score,
+)
 from tdb_core.explain.simulators import SimulationResult, Simulator
 
 
@@ -90,7 +95,9 @@ class SimulationScores:
     failures: tuple[str, ...]
 
 
-SimulationScorer = Callable[[Sequence[ActivationRecord], Sequence[SimulationResult]], SimulationScores]
+SimulationScorer = Callable[
+    [Sequence[ActivationRecord], Sequence[SimulationResult]], SimulationScores
+]
 
 
 @dataclass(frozen=True)
@@ -152,19 +159,25 @@ def score_simulations(
     return SimulationScores(correlation, detection, len(failures), tuple(failures))
 
 
-def _report(progress: ProgressCallback | None, phase: Phase, done: int, total: int, message: str) -> None:
+def _report(
+    progress: ProgressCallback | None, phase: Phase, done: int, total: int, message: str
+) -> None:
     if progress is not None:
         progress(ProgressEvent(phase, done, total, message))
 
 
-def _checked_splits(node: NodeRecords, kind: RecordKind, n_examples_per_split: int | None) -> RecordSplits:
+def _checked_splits(
+    node: NodeRecords, kind: RecordKind, n_examples_per_split: int | None
+) -> RecordSplits:
     if node.kind is not kind:
         use = (
             "explain_head / score_head"
             if node.kind is RecordKind.TOKEN_PAIR
             else "explain_node / score_explanation"
         )
-        raise InvalidArgumentError(f"node {node.node_key!r} has {node.kind.value} records; use {use}")
+        raise InvalidArgumentError(
+            f"node {node.node_key!r} has {node.kind.value} records; use {use}"
+        )
     for record in node.record.most_positive_activation_records + node.record.random_sample:
         check_record(record, kind)
     splits = split_records(node.record, n_examples_per_split)
@@ -231,7 +244,9 @@ def score_explanation(
         raise InvalidArgumentError("the explanation to score is empty; give a non-empty one")
     splits = _checked_splits(node, RecordKind.TOKEN, n_examples_per_split)
     records = splits.valid_top + splits.valid_random
-    scored = _score_candidate(explanation.strip(), records, simulator, scorer, progress, 0, len(records))
+    scored = _score_candidate(
+        explanation.strip(), records, simulator, scorer, progress, 0, len(records)
+    )
     _report(progress, Phase.SCORING, 1, 1, "scored")
     _report(progress, Phase.DONE, 1, 1, "done")
     return scored, _records_used(splits, 0)
@@ -254,9 +269,13 @@ def explain_node(
     """Explain a neuron/latent, score every candidate, and return the best by pooled correlation."""
     splits = _checked_splits(node, RecordKind.TOKEN, n_examples_per_split)
     _report(progress, Phase.EXPLAINING, 0, 1, f"explaining with {explainer.name}")
-    candidates = list(dict.fromkeys(explainer.explain(splits.train, contrast=splits.calibration_random)))
+    candidates = list(
+        dict.fromkeys(explainer.explain(splits.train, contrast=splits.calibration_random))
+    )
     if not candidates:
-        raise FailedPreconditionError(f"{explainer.name} produced no explanation for node {node.node_key!r}")
+        raise FailedPreconditionError(
+            f"{explainer.name} produced no explanation for node {node.node_key!r}"
+        )
     _report(progress, Phase.EXPLAINING, 1, 1, f"{len(candidates)} candidate explanation(s)")
     records = splits.valid_top + splits.valid_random
     total = len(candidates) * len(records)
@@ -322,9 +341,13 @@ def explain_head(
     """Explain an attention head and return the candidate with the best ROC AUC."""
     splits = _checked_splits(node, RecordKind.TOKEN_PAIR, n_examples_per_split)
     _report(progress, Phase.EXPLAINING, 0, 1, f"explaining with {explainer.name}")
-    candidates = list(dict.fromkeys(explainer.explain(splits.train, contrast=splits.calibration_random)))
+    candidates = list(
+        dict.fromkeys(explainer.explain(splits.train, contrast=splits.calibration_random))
+    )
     if not candidates:
-        raise FailedPreconditionError(f"{explainer.name} produced no explanation for node {node.node_key!r}")
+        raise FailedPreconditionError(
+            f"{explainer.name} produced no explanation for node {node.node_key!r}"
+        )
     _report(progress, Phase.EXPLAINING, 1, 1, f"{len(candidates)} candidate explanation(s)")
     records = splits.valid_top + splits.valid_random
     results: list[tuple[str, HeadScore]] = []
@@ -354,7 +377,9 @@ def explain_head(
             )
         )
     _report(progress, Phase.SCORING, 1, 1, "scored")
-    best_explanation, best = max(results, key=lambda r: -2.0 if r[1].roc_auc is None else r[1].roc_auc)
+    best_explanation, best = max(
+        results, key=lambda r: -2.0 if r[1].roc_auc is None else r[1].roc_auc
+    )
     _report(progress, Phase.DONE, 1, 1, "done")
     return HeadExplanation(
         node_key=node.node_key,

@@ -188,8 +188,9 @@ def _explanation_user_message(
         repeat_non_zero_activations
         and non_zero_activation_proportion(records, max_act) < REPEAT_NON_ZERO_THRESHOLD
     ):
-        message += "\nSame activations, but with all zeros filtered out:" + format_activation_records(
-            records, max_act, omit_zeros=True
+        message += (
+            "\nSame activations, but with all zeros filtered out:"
+            + format_activation_records(records, max_act, omit_zeros=True)
         )
     return message + f"\nExplanation of neuron {index + 1} behavior: {EXPLANATION_PREFIX}"
 
@@ -212,12 +213,17 @@ def build_explanation_prompt(
         messages.append(
             ChatMessage(
                 Role.USER,
-                _explanation_user_message(example.activation_records, i, repeat_non_zero_activations),
+                _explanation_user_message(
+                    example.activation_records, i, repeat_non_zero_activations
+                ),
             )
         )
         messages.append(ChatMessage(Role.ASSISTANT, f" {example.explanation}."))
     messages.append(
-        ChatMessage(Role.USER, _explanation_user_message(records, len(examples), repeat_non_zero_activations))
+        ChatMessage(
+            Role.USER,
+            _explanation_user_message(records, len(examples), repeat_non_zero_activations),
+        )
     )
     return tuple(messages)
 
@@ -266,7 +272,9 @@ def build_simulation_prompt(
             start_indices=example.first_revealed_activation_indices,
         )
         messages.append(ChatMessage(Role.ASSISTANT, f"\nActivations: {formatted}\n"))
-    messages.append(ChatMessage(Role.USER, _simulation_user_message(len(examples), explanation.strip())))
+    messages.append(
+        ChatMessage(Role.USER, _simulation_user_message(len(examples), explanation.strip()))
+    )
     # The final assistant message is "\nActivations: " + format_sequences_for_simulation([tokens]);
     # it is cut at each "unknown" into segments.
     head = render_text(messages) + "\nActivations: \n<start>\n"
@@ -289,7 +297,9 @@ def _shown_token(token: str) -> str:
 def _logprob_free_lines(tokens: Sequence[str], values: Sequence[int] | None) -> str:
     if values is None:
         return "".join(f"{_shown_token(t)}\t{LOGPROB_FREE_DELIMITER}\n" for t in tokens)
-    return "".join(f"{_shown_token(t)}\t{v}{LOGPROB_FREE_DELIMITER}\n" for t, v in zip(tokens, values))
+    return "".join(
+        f"{_shown_token(t)}\t{v}{LOGPROB_FREE_DELIMITER}\n" for t, v in zip(tokens, values)
+    )
 
 
 def build_logprob_free_prompt(
@@ -322,7 +332,9 @@ def build_logprob_free_prompt(
                 )
             )
             values = normalize_activations(record.activations, max_act)
-            messages.append(ChatMessage(Role.ASSISTANT, f"{_logprob_free_lines(record.tokens, values)}\n\n"))
+            messages.append(
+                ChatMessage(Role.ASSISTANT, f"{_logprob_free_lines(record.tokens, values)}\n\n")
+            )
     n = len(examples) + 1
     messages.append(
         ChatMessage(
@@ -344,7 +356,8 @@ def parse_logprob_free_completion(completion: str, tokens: Sequence[str]) -> Log
     if len(lines) == 1:  # the model dropped the delimiter: fall back to one line per token
         lines = text.split("\n")
     lines = [
-        ln[: -len(LOGPROB_FREE_DELIMITER)] if ln.endswith(LOGPROB_FREE_DELIMITER) else ln for ln in lines
+        ln[: -len(LOGPROB_FREE_DELIMITER)] if ln.endswith(LOGPROB_FREE_DELIMITER) else ln
+        for ln in lines
     ]
 
     def value_part(line: str, token: str) -> str | None:
@@ -452,10 +465,13 @@ def build_head_judge_prompt(
             shown = example.token_pair_examples[judgement.example_index].tokens
             messages.append(
                 ChatMessage(
-                    Role.USER, _head_judge_user_message(index, example.explanation, shown, judgement.pair)
+                    Role.USER,
+                    _head_judge_user_message(index, example.explanation, shown, judgement.pair),
                 )
             )
             messages.append(ChatMessage(Role.ASSISTANT, f"{judgement.label}"))
             index += 1
-    messages.append(ChatMessage(Role.USER, _head_judge_user_message(index, explanation, tokens, pair)))
+    messages.append(
+        ChatMessage(Role.USER, _head_judge_user_message(index, explanation, tokens, pair))
+    )
     return tuple(messages)

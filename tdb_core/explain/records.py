@@ -177,7 +177,9 @@ def split_records(record: NeuronRecord, n_examples_per_split: int | None = None)
             "top_k / n_random, or lower n_examples_per_split"
         )
 
-    def take(items: Sequence[ActivationRecord], start: int, stride: int) -> tuple[ActivationRecord, ...]:
+    def take(
+        items: Sequence[ActivationRecord], start: int, stride: int
+    ) -> tuple[ActivationRecord, ...]:
         return tuple(items[start : n * stride : stride])
 
     return RecordSplits(
@@ -257,7 +259,9 @@ def _require(obj: Mapping[str, Any], field: str, what: str) -> Any:
 def activation_record_from_json(obj: Mapping[str, Any]) -> ActivationRecord:
     """Parse the original's ActivationRecord JSON object."""
     if not isinstance(obj, Mapping):
-        raise InvalidArgumentError(f"an ActivationRecord must be a JSON object, got {type(obj).__name__}")
+        raise InvalidArgumentError(
+            f"an ActivationRecord must be a JSON object, got {type(obj).__name__}"
+        )
     tokens = _require(obj, "tokens", "ActivationRecord")
     activations = _require(obj, "activations", "ActivationRecord")
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
@@ -272,7 +276,9 @@ def activation_record_from_json(obj: Mapping[str, Any]) -> ActivationRecord:
 def neuron_record_from_json(obj: Mapping[str, Any]) -> NeuronRecord:
     """Parse the original's NeuronRecord JSON object (as published by OpenAI or written here)."""
     if not isinstance(obj, Mapping):
-        raise InvalidArgumentError(f"a NeuronRecord must be a JSON object, got {type(obj).__name__}")
+        raise InvalidArgumentError(
+            f"a NeuronRecord must be a JSON object, got {type(obj).__name__}"
+        )
     nid = _require(obj, "neuron_id", "NeuronRecord")
     by_quantile = obj.get("random_sample_by_quantile")
     boundaries = obj.get("quantile_boundaries")
@@ -341,10 +347,15 @@ def save_node_records(node: NodeRecords, directory: str | os.PathLike[str]) -> P
     return record_path
 
 
-def load_node_records(directory: str | os.PathLike[str], layer_index: int, neuron_index: int) -> NodeRecords:
+def load_node_records(
+    directory: str | os.PathLike[str], layer_index: int, neuron_index: int
+) -> NodeRecords:
     """Read what :func:`save_node_records` wrote; NotFoundError when the node was never saved."""
     folder = Path(directory) / str(layer_index)
-    record_path, wrapper_path = folder / f"{neuron_index}.json", folder / f"{neuron_index}.node.json"
+    record_path, wrapper_path = (
+        folder / f"{neuron_index}.json",
+        folder / f"{neuron_index}.node.json",
+    )
     if not record_path.is_file() or not wrapper_path.is_file():
         raise NotFoundError(
             f"no records saved for layer {layer_index}, index {neuron_index} under {str(directory)!r}"
@@ -353,5 +364,7 @@ def load_node_records(directory: str | os.PathLike[str], layer_index: int, neuro
         wrapper = json.loads(wrapper_path.read_text(encoding="utf-8"))
         wrapper["neuron_record"] = json.loads(record_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
-        raise InvalidArgumentError(f"saved records in {str(folder)!r} are not valid JSON: {exc}") from None
+        raise InvalidArgumentError(
+            f"saved records in {str(folder)!r} are not valid JSON: {exc}"
+        ) from None
     return node_records_from_json(wrapper)

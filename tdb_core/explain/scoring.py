@@ -64,7 +64,9 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, str |
     """Pearson correlation of two equal-length sequences, or (None, reason) when undefined."""
     a, b = _as_float_array(x, "true activations"), _as_float_array(y, "predicted activations")
     if a.shape != b.shape:
-        raise InvalidArgumentError(f"{a.size} true values but {b.size} predicted values; they must match")
+        raise InvalidArgumentError(
+            f"{a.size} true values but {b.size} predicted values; they must match"
+        )
     if a.size < 2:
         return None, f"correlation needs at least 2 values, got {a.size}"
     da, db = a - a.mean(), b - b.mean()
@@ -110,7 +112,9 @@ def correlation_score(
     )
 
 
-def roc_auc(labels: Sequence[int | bool], scores: Sequence[float]) -> tuple[float | None, str | None]:
+def roc_auc(
+    labels: Sequence[int | bool], scores: Sequence[float]
+) -> tuple[float | None, str | None]:
     """ROC AUC of ``scores`` for binary ``labels``, ties counted 1/2; (None, reason) with one class."""
     y = np.asarray([bool(v) for v in labels])
     s = _as_float_array(scores, "scores")

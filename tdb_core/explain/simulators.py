@@ -200,7 +200,9 @@ class AllAtOnceSimulator:
             if self._policy is MissingLogprobsPolicy.ERROR:
                 raise
             self._fallback_reason = str(exc)
-            log.warning("simulator_fallback", backend=self._backend.name, reason=self._fallback_reason)
+            log.warning(
+                "simulator_fallback", backend=self._backend.name, reason=self._fallback_reason
+            )
             return self._fall_back(explanation, tokens)
         if len(slots) != len(tokens):
             raise LogprobsUnavailableError(
@@ -209,7 +211,11 @@ class AllAtOnceSimulator:
         expected, values, probabilities = [], [], []
         for k, slot in enumerate(slots):
             if not slot:
-                why = "could not be read" if slot is None else "gave no probability to any value 0..10"
+                why = (
+                    "could not be read"
+                    if slot is None
+                    else "gave no probability to any value 0..10"
+                )
                 return SimulationResult(
                     tokens=tuple(tokens),
                     expected_activations=None,

@@ -29,7 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tdb_core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError
+from tdb_core.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS explanations (
@@ -172,7 +177,9 @@ class ExplanationStore:
         """Insert or replace (upsert) the explanation for its key; returns the stored row."""
         self._check_key(model, node_key, method, explainer)
         if score is not None and not math.isfinite(score):
-            raise InvalidArgumentError(f"score is {score}; store None with a score_reason instead of NaN/inf")
+            raise InvalidArgumentError(
+                f"score is {score}; store None with a score_reason instead of NaN/inf"
+            )
         try:
             scores_json = json.dumps(dict(scores or {}), allow_nan=False, sort_keys=True)
             records_json = json.dumps(dict(records_used or {}), allow_nan=False, sort_keys=True)
@@ -282,7 +289,9 @@ class ExplanationStore:
             ).fetchall()
         return [_row_to_entry(r) for r in rows]
 
-    def delete(self, *, model: str, node_key: str, method: str, explainer: str, sae_id: str = "") -> bool:
+    def delete(
+        self, *, model: str, node_key: str, method: str, explainer: str, sae_id: str = ""
+    ) -> bool:
         """Remove the explanation under the key; True if one was removed."""
         self._check_key(model, node_key, method, explainer)
         with self._connection() as conn:

@@ -32,8 +32,13 @@ from tdb_core.sae.model import SparseAutoencoder
 from tdb_core.schema import ModelSchema, SiteInfo, SiteKind
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons",
-             "hook_sae_error")
+SAE_HOOKS = (
+    "hook_sae_input",
+    "hook_sae_acts_pre",
+    "hook_sae_acts_post",
+    "hook_sae_recons",
+    "hook_sae_error",
+)
 
 
 @dataclass
@@ -73,16 +78,51 @@ class AttachedSae:
         sizes = (("latent", self.sae.d_sae), ("d_in", self.sae.d_in))
         s = self.site.name
         return (
-            SiteKind(self.input, False, ("pos", "d_in"),
-                     f"input of SAE '{self.id}' ({s})", "d_in", sizes=sizes, anchor=s),
-            SiteKind(self.acts_pre, False, ("pos", "latent"),
-                     f"pre-activations of SAE '{self.id}' on {s}", "latent", sizes=sizes, anchor=s),
-            SiteKind(self.acts, False, ("pos", "latent"),
-                     f"latents of SAE '{self.id}' on {s}", "latent", sizes=sizes, anchor=s),
-            SiteKind(self.recons, False, ("pos", "d_in"),
-                     f"reconstruction of {s} by SAE '{self.id}'", "d_in", sizes=sizes, anchor=s),
-            SiteKind(self.error, False, ("pos", "d_in"),
-                     f"{s} minus its reconstruction by SAE '{self.id}'", "d_in", sizes=sizes, anchor=s),
+            SiteKind(
+                self.input,
+                False,
+                ("pos", "d_in"),
+                f"input of SAE '{self.id}' ({s})",
+                "d_in",
+                sizes=sizes,
+                anchor=s,
+            ),
+            SiteKind(
+                self.acts_pre,
+                False,
+                ("pos", "latent"),
+                f"pre-activations of SAE '{self.id}' on {s}",
+                "latent",
+                sizes=sizes,
+                anchor=s,
+            ),
+            SiteKind(
+                self.acts,
+                False,
+                ("pos", "latent"),
+                f"latents of SAE '{self.id}' on {s}",
+                "latent",
+                sizes=sizes,
+                anchor=s,
+            ),
+            SiteKind(
+                self.recons,
+                False,
+                ("pos", "d_in"),
+                f"reconstruction of {s} by SAE '{self.id}'",
+                "d_in",
+                sizes=sizes,
+                anchor=s,
+            ),
+            SiteKind(
+                self.error,
+                False,
+                ("pos", "d_in"),
+                f"{s} minus its reconstruction by SAE '{self.id}'",
+                "d_in",
+                sizes=sizes,
+                anchor=s,
+            ),
         )
 
     @property
@@ -97,7 +137,7 @@ class AttachedSae:
         key, layer = self.site.kind.key, self.site.layer
         if key in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
             return D
-        if key == "hook_attn_out" or key == "hook_mlp_out":
+        if key in {"hook_attn_out", "hook_mlp_out"}:
             return D
         if key == "mlp.hook_post" and layer is not None and adapter.post_mlp_norm(layer) is None:
             return D @ adapter.W_out(layer).float()
@@ -126,28 +166,33 @@ def _site_width(schema: ModelSchema, site: SiteInfo) -> tuple[int, ...]:
     return tuple(schema.dim_size(site, d, 1) for d in site.kind.dims if d != site.kind.pos_dim)
 
 
-def attach(schema: ModelSchema, sae_id: str, sae: SparseAutoencoder, source: str,
-           site: str | None = None) -> AttachedSae:
+def attach(
+    schema: ModelSchema, sae_id: str, sae: SparseAutoencoder, source: str, site: str | None = None
+) -> AttachedSae:
     """Validate an SAE against a model's schema; the site comes from ``site`` or the SAE's config."""
     if not _ID.match(sae_id):
         raise InvalidArgumentError(
-            f"SAE id {sae_id!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'")
+            f"SAE id {sae_id!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'"
+        )
     name = site or sae.site
     if not name:
         raise InvalidArgumentError(
-            f"SAE '{sae_id}' ({source}) does not name the site it reads; give one as ID=PATH@SITE")
+            f"SAE '{sae_id}' ({source}) does not name the site it reads; give one as ID=PATH@SITE"
+        )
     info = schema.get(name)
     if info.layer is None and info.kind.key not in ("hook_embed", "ln_final.hook_normalized"):
         raise InvalidArgumentError(f"SAE '{sae_id}': site '{name}' cannot carry an SAE")
     if info.kind.unit_dim is None or info.kind.pos_dim != "pos":
         raise InvalidArgumentError(
-            f"SAE '{sae_id}': site '{name}' is not a per-token activation an SAE can read")
+            f"SAE '{sae_id}': site '{name}' is not a per-token activation an SAE can read"
+        )
     width = _site_width(schema, info)
     if math.prod(width) != sae.d_in or (len(width) > 1 and not sae.config.flatten_heads):
         raise InvalidArgumentError(
             f"SAE '{sae_id}' ({source}) reads d_in={sae.d_in} but site '{name}' has per-token "
             f"shape {list(width)} ({math.prod(width)} values); attach it to a site of width "
-            f"{sae.d_in}")
+            f"{sae.d_in}"
+        )
     return AttachedSae(sae_id, sae, info, source)
 
 
@@ -160,8 +205,12 @@ def _make_splice(att: AttachedSae) -> Splice:
         ctx.observe(att.input, rows)
         pre, z, stats = sae.encode_with_stats(rows)  # [B, T, d_sae]
         ctx.observe(att.acts_pre, pre)
-        splice_needed = (ctx.needs_graph(att.acts) or ctx.needs_graph(att.acts_pre)
-                         or ctx.has_edit(att.error) or ctx.has_edit(att.recons))
+        splice_needed = (
+            ctx.needs_graph(att.acts)
+            or ctx.needs_graph(att.acts_pre)
+            or ctx.has_edit(att.error)
+            or ctx.has_edit(att.recons)
+        )
         if not splice_needed:
             ctx.observe(att.acts, z)
             if ctx.wants(att.recons) or ctx.wants(att.error):

@@ -38,8 +38,9 @@ class EncodeResult:
     mean_l0: float
 
 
-def _reconstruct(sae, z: torch.Tensor, stats, top_v: torch.Tensor, top_i: torch.Tensor,
-                 l0: torch.Tensor) -> torch.Tensor:
+def _reconstruct(
+    sae, z: torch.Tensor, stats, top_v: torch.Tensor, top_i: torch.Tensor, l0: torch.Tensor
+) -> torch.Tensor:
     """decode(z): from the top-k alone when they hold every active latent (exact, and cheap for
     sparse codes), else densely."""
     if top_i.shape[-1] > 0 and int(l0.max()) <= top_i.shape[-1] and not sae.config.flatten_heads:
@@ -80,17 +81,31 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
         if x.dim() == 2:
             x = x[None]
         if x.dim() != 3 or x.shape[-1] != sae.d_in:
-            raise InvalidArgumentError(f"activations must be [n, {sae.d_in}] or [batch, pos, "
-                                       f"{sae.d_in}] for SAE '{spec.sae}', got {list(spec.activations.shape)}")
-        n_bytes = x.shape[0] * x.shape[1] * (sae.d_sae if spec.dense else 3 * min(spec.top_k, sae.d_sae)) * 8
+            raise InvalidArgumentError(
+                f"activations must be [n, {sae.d_in}] or [batch, pos, "
+                f"{sae.d_in}] for SAE '{spec.sae}', got {list(spec.activations.shape)}"
+            )
+        n_bytes = (
+            x.shape[0]
+            * x.shape[1]
+            * (sae.d_sae if spec.dense else 3 * min(spec.top_k, sae.d_sae))
+            * 8
+        )
         check_response_bytes(n_bytes, runner.limits.max_response_bytes)
         with torch.no_grad():
             x = x.to(runner.device, sae.dtype)
             _, z, stats = sae.encode_with_stats(x)
             top_v, top_i, l0, mse, x_hat = _stats_of(sae, x, z, stats, spec.top_k)
-        return EncodeResult((), top_v.cpu(), top_i.cpu(), z.cpu() if spec.dense else None, l0.cpu(),
-                            mse.cpu(), _explained_variance(x.reshape(-1, sae.d_in), x_hat.reshape(-1, sae.d_in)),
-                            float(l0.float().mean()))
+        return EncodeResult(
+            (),
+            top_v.cpu(),
+            top_i.cpu(),
+            z.cpu() if spec.dense else None,
+            l0.cpu(),
+            mse.cpu(),
+            _explained_variance(x.reshape(-1, sae.d_in), x_hat.reshape(-1, sae.d_in)),
+            float(l0.float().mean()),
+        )
 
     batch = runner.make_batch(spec.prompts, prepend_bos=spec.prepend_bos)
     planner = runner.planner(batch)
@@ -106,16 +121,24 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
         x, z = seen["x"], seen["z"]
         stats = sae.input_stats(x)
         top_v, top_i, l0, mse, x_hat = _stats_of(sae, x, z, stats, spec.top_k)
-    valid = torch.arange(T, device=z.device)[None, :] < torch.tensor(batch.lengths[:n], device=z.device)[:, None]
+    valid = (
+        torch.arange(T, device=z.device)[None, :]
+        < torch.tensor(batch.lengths[:n], device=z.device)[:, None]
+    )
     keep = valid[..., None]
     top_v, top_i = top_v * keep, top_i * keep
     l0, mse = l0 * valid, mse * valid
     dense = (z * keep).cpu() if spec.dense else None
     return EncodeResult(
         prompts=tuple(specs.PromptTokens(r, runner.token_strings(r)) for r in batch.rows[:n]),
-        top_values=top_v.float().cpu(), top_indices=top_i.cpu(), dense=dense, l0=l0.cpu(),
-        mse=mse.cpu(), explained_variance=_explained_variance(x[valid], x_hat[valid]),
-        mean_l0=float(l0[valid].float().mean()))
+        top_values=top_v.float().cpu(),
+        top_indices=top_i.cpu(),
+        dense=dense,
+        l0=l0.cpu(),
+        mse=mse.cpu(),
+        explained_variance=_explained_variance(x[valid], x_hat[valid]),
+        mean_l0=float(l0[valid].float().mean()),
+    )
 
 
 def decode(runner: ModelRunner, sae_id: str, latents: torch.Tensor) -> torch.Tensor:
@@ -123,8 +146,9 @@ def decode(runner: ModelRunner, sae_id: str, latents: torch.Tensor) -> torch.Ten
     normalized input space: shift 0, scale 1)."""
     sae = runner.get_sae(sae_id).sae
     if latents.dim() < 1 or latents.shape[-1] != sae.d_sae:
-        raise InvalidArgumentError(f"latents must be [..., {sae.d_sae}] for SAE '{sae_id}', got "
-                                   f"{list(latents.shape)}")
+        raise InvalidArgumentError(
+            f"latents must be [..., {sae.d_sae}] for SAE '{sae_id}', got {list(latents.shape)}"
+        )
     if latents.numel() * sae.d_in // max(sae.d_sae, 1) * 4 > runner.limits.max_response_bytes:
         raise ResourceExhaustedError("the decoded vectors would exceed the response limit")
     with torch.no_grad():

@@ -31,17 +31,23 @@ class StreamConfig:
     skip_first: int = 1  # drop the first position(s) of every window (attention-sink outliers)
 
 
-def token_windows(runner: ModelRunner, dataset: str | os.PathLike[str] | Iterable[str],
-                  ctx_len: int, limit: int | None = None) -> list[tuple[int, ...]]:
+def token_windows(
+    runner: ModelRunner,
+    dataset: str | os.PathLike[str] | Iterable[str],
+    ctx_len: int,
+    limit: int | None = None,
+) -> list[tuple[int, ...]]:
     """Consecutive windows of ``ctx_len`` tokens over the dataset's documents."""
     if ctx_len < 2 or ctx_len > runner.schema.dims.n_ctx:
-        raise InvalidArgumentError(f"ctx_len must be in 2..{runner.schema.dims.n_ctx}, got {ctx_len}")
+        raise InvalidArgumentError(
+            f"ctx_len must be in 2..{runner.schema.dims.n_ctx}, got {ctx_len}"
+        )
     tok = runner.loaded.tokenizer
     windows: list[tuple[int, ...]] = []
     for text in iter_texts(dataset):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         for start in range(0, len(ids) - 1, ctx_len):
-            w = tuple(ids[start:start + ctx_len])
+            w = tuple(ids[start : start + ctx_len])
             if len(w) >= 2:
                 windows.append(w)
             if limit is not None and len(windows) >= limit:
@@ -51,8 +57,9 @@ def token_windows(runner: ModelRunner, dataset: str | os.PathLike[str] | Iterabl
     return windows
 
 
-def _site_activations(runner: ModelRunner, site: str, windows: list[tuple[int, ...]],
-                      skip_first: int) -> torch.Tensor:
+def _site_activations(
+    runner: ModelRunner, site: str, windows: list[tuple[int, ...]], skip_first: int
+) -> torch.Tensor:
     """``[n_tokens, d]`` activations of a site over windows (padding and skipped positions dropped)."""
     info = runner.schema.get(site)
     batch = Batch(tuple(windows), len(windows), 0, 0)
@@ -69,8 +76,9 @@ def _site_activations(runner: ModelRunner, site: str, windows: list[tuple[int, .
     return x[keep].float()
 
 
-def activation_stream(runner: ModelRunner, site: str, windows: list[tuple[int, ...]],
-                      config: StreamConfig) -> Iterator[torch.Tensor]:
+def activation_stream(
+    runner: ModelRunner, site: str, windows: list[tuple[int, ...]], config: StreamConfig
+) -> Iterator[torch.Tensor]:
     """An endless stream of shuffled ``[batch_size, d]`` activation batches (epochs repeat)."""
     g = torch.Generator().manual_seed(config.seed)
     buffer: list[torch.Tensor] = []
@@ -78,22 +86,25 @@ def activation_stream(runner: ModelRunner, site: str, windows: list[tuple[int, .
     while True:
         order = torch.randperm(len(windows), generator=g).tolist()
         for start in range(0, len(order), config.prompts_per_pass):
-            chunk = [windows[i] for i in order[start:start + config.prompts_per_pass]]
+            chunk = [windows[i] for i in order[start : start + config.prompts_per_pass]]
             acts = _site_activations(runner, site, chunk, config.skip_first).cpu()
             buffer.append(acts)
             rows += acts.shape[0]
             if rows >= config.buffer_rows:
                 pool = torch.cat(buffer)
                 pool = pool[torch.randperm(pool.shape[0], generator=g)]
-                n_out = (pool.shape[0] // 2 // config.batch_size) * config.batch_size or config.batch_size
+                n_out = (
+                    pool.shape[0] // 2 // config.batch_size
+                ) * config.batch_size or config.batch_size
                 for b in range(0, min(n_out, pool.shape[0]), config.batch_size):
-                    yield pool[b:b + config.batch_size]
+                    yield pool[b : b + config.batch_size]
                 rest = pool[n_out:]
                 buffer, rows = [rest], rest.shape[0]
 
 
-def ce_evaluator(runner: ModelRunner, site: str, windows: list[tuple[int, ...]],
-                 skip_first: int = 1):
+def ce_evaluator(
+    runner: ModelRunner, site: str, windows: list[tuple[int, ...]], skip_first: int = 1
+):
     """A callback giving clean, spliced (reconstruction, no error term) and zero-ablated
     next-token cross-entropy on held-out windows, for ``train_sae``'s ``ce_eval``."""
     info = runner.schema.get(site)

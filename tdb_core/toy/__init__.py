@@ -22,5 +22,11 @@ def toy_model_dir() -> Path:
     return TOY_MODEL_DIR
 
 
-__all__ = ["TOY_EXPLANATIONS", "TOY_MODEL_DIR", "TOY_MODEL_NAME", "TOY_SAE_DIR", "TOY_SAE_ID",
-           "toy_model_dir"]
+__all__ = [
+    "TOY_EXPLANATIONS",
+    "TOY_MODEL_DIR",
+    "TOY_MODEL_NAME",
+    "TOY_SAE_DIR",
+    "TOY_SAE_ID",
+    "toy_model_dir",
+]

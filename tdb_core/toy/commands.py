@@ -75,7 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="stop the loop early after this many minutes (the result then depends on speed)",
     )
-    train.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})")
+    train.add_argument(
+        "--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})"
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=run_train)
 
@@ -103,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     corpus_parser = toy_sub.add_parser(
         "corpus",
         help="write a corpus file (JSONL of {'text': ...})",
-        description="Write N toy-corpus documents, one JSON object {\"text\": ...} per line.",
+        description='Write N toy-corpus documents, one JSON object {"text": ...} per line.',
     )
     corpus_parser.add_argument("--out", required=True, type=Path, help="output .jsonl file")
     corpus_parser.add_argument("--n", required=True, type=_positive_int, help="documents")
@@ -165,7 +167,9 @@ def run_eval(args: argparse.Namespace) -> int:
     print(format_metrics(metrics))
     print("prompts to try (top 3 next tokens):")
     for task, prompt in SHOWCASE:
-        top = ", ".join(f"{tok!r} {p:.2f}" for tok, p in top_predictions(model, tokenizer, prompt, 3))
+        top = ", ".join(
+            f"{tok!r} {p:.2f}" for tok, p in top_predictions(model, tokenizer, prompt, 3)
+        )
         print(f"  [{task}] {prompt!r} -> {top}")
     failures = failed_thresholds(metrics)
     print("all bars met" if not failures else "below the bars: " + "; ".join(failures))
@@ -177,6 +181,10 @@ def run_corpus(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise InvalidArgumentError(f"--out {str(out)!r} is a directory; give a file path")
-    count = corpus.write_jsonl(out, corpus.iter_texts(corpus.generate(args.n, args.seed, args.split)))
-    print(f"wrote {count} documents ({args.split} split, seed {args.seed}) to {out}", file=sys.stderr)
+    count = corpus.write_jsonl(
+        out, corpus.iter_texts(corpus.generate(args.n, args.seed, args.split))
+    )
+    print(
+        f"wrote {count} documents ({args.split} split, seed {args.seed}) to {out}", file=sys.stderr
+    )
     return 0

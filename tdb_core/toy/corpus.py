@@ -305,7 +305,9 @@ def split_definition() -> SplitDefinition:
 
 
 @functools.cache
-def _heldout_lists() -> tuple[list[tuple[str, str]], list[tuple[int, str, str]], list[tuple[int, str]]]:
+def _heldout_lists() -> tuple[
+    list[tuple[str, str]], list[tuple[int, str, str]], list[tuple[int, str]]
+]:
     """The held-out sets as sorted lists, so sampling from them is deterministic."""
     split = split_definition()
     return (
@@ -482,7 +484,9 @@ def write_jsonl(path: str | Path, texts: Iterable[str]) -> int:
     """Write one ``{"text": ...}`` JSON object per line; returns the number of lines written."""
     path = Path(path)
     if path.parent and not path.parent.exists():
-        raise InvalidArgumentError(f"directory {str(path.parent)!r} does not exist; create it first")
+        raise InvalidArgumentError(
+            f"directory {str(path.parent)!r} does not exist; create it first"
+        )
     count = 0
     with path.open("w", encoding="utf-8") as f:
         for text in texts:

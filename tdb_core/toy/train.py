@@ -30,8 +30,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.toy import corpus
-from tdb_core.toy.evaluate import ToyMetrics, evaluate
 from tdb_core.toy.config import TrainConfig
+from tdb_core.toy.evaluate import ToyMetrics, evaluate
 from tdb_core.toy.tokenizer import train_tokenizer
 
 
@@ -80,7 +80,9 @@ def _validate(config: TrainConfig) -> None:
             f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {config.lr} and {config.min_lr_ratio}"
         )
     if not 0 <= config.offset_fraction <= 1:
-        raise InvalidArgumentError(f"offset_fraction must be in [0, 1], got {config.offset_fraction}")
+        raise InvalidArgumentError(
+            f"offset_fraction must be in [0, 1], got {config.offset_fraction}"
+        )
     if not 0 <= config.long_context_fraction <= 1:
         raise InvalidArgumentError(
             f"long_context_fraction must be in [0, 1], got {config.long_context_fraction}"
@@ -126,7 +128,9 @@ def build_model(config: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> GPT2
     if config.position_init == "sinusoidal":
         with torch.no_grad():
             table = sinusoidal_positions(config.n_positions, config.n_embd)  # [pos, d_model]
-            model.transformer.wpe.weight.copy_(table * (model_config.initializer_range / table.std()))
+            model.transformer.wpe.weight.copy_(
+                table * (model_config.initializer_range / table.std())
+            )
     # transformers infers the loss from the class name, which "GPT2LMHeadModel" does not match;
     # name it so the standard shifted cross-entropy is used without a warning on every step.
     model.loss_type = "ForCausalLM"
@@ -161,8 +165,8 @@ def pack_windows(
     stream of documents never ends.
     """
     window: list[int] = []
-    for doc in documents:
-        doc = doc[:n_positions]
+    for full in documents:
+        doc = full[:n_positions]
         if len(window) + len(doc) > n_positions:
             yield window + [pad_id] * (n_positions - len(window)), len(window)
             window = []

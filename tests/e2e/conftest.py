@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -41,17 +42,20 @@ class ServerProcess:
     def events(self) -> list[dict]:
         out = []
         for line in list(self.log):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
         return out
 
 
 def start_server(*args: str, timeout: float = 120) -> ServerProcess:
     """Start `tdb serve --port 0 ...`; wait for its 'serving' log line to learn the address."""
-    proc = subprocess.Popen([*TDB, "serve", "--port", "0", *args], env=cli_env(),
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [*TDB, "serve", "--port", "0", *args],
+        env=cli_env(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     deadline = time.monotonic() + timeout
     assert proc.stderr is not None
     while time.monotonic() < deadline:
@@ -66,7 +70,7 @@ def start_server(*args: str, timeout: float = 120) -> ServerProcess:
             continue
         if event.get("event") == "serving":
             log: list[str] = [line]
-            drain = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
+            drain = threading.Thread(target=log.extend, args=(proc.stderr,), daemon=True)
             drain.start()  # keep reading so the server never blocks on a full pipe
             return ServerProcess(proc, event["address"], log, drain)
     proc.kill()
@@ -74,8 +78,9 @@ def start_server(*args: str, timeout: float = 120) -> ServerProcess:
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*TDB, *args], env=cli_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*TDB, *args], env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")

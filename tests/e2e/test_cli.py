@@ -9,13 +9,28 @@ from tests.e2e.conftest import run_cli, start_server
 
 def test_forward_prints_summary_and_json(tiny_server):
     """`tdb forward` prints tokens, next-token top-k and per-site summaries; --json is parseable."""
-    r = run_cli("forward", "When Mary and John went", "--capture", "blocks.*.mlp.hook_post",
-                "--server", tiny_server.address)
+    r = run_cli(
+        "forward",
+        "When Mary and John went",
+        "--capture",
+        "blocks.*.mlp.hook_post",
+        "--server",
+        tiny_server.address,
+    )
     assert r.returncode == 0, r.stderr
     assert "prompt 0:" in r.stdout and "next after position" in r.stdout
     assert "blocks.1.mlp.hook_post [batch, pos, d_mlp]" in r.stdout
-    r = run_cli("forward", "When Mary", "--capture", "blocks.0.attn.hook_pattern", "--positions",
-                "-1", "--json", "--server", tiny_server.address)
+    r = run_cli(
+        "forward",
+        "When Mary",
+        "--capture",
+        "blocks.0.attn.hook_pattern",
+        "--positions",
+        "-1",
+        "--json",
+        "--server",
+        tiny_server.address,
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     act = data["activations"]["blocks.0.attn.hook_pattern"]
@@ -33,7 +48,9 @@ def test_models_and_info(tiny_server):
 
 def test_errors_exit_nonzero_with_message(tiny_server):
     """A bad request prints the status and the server's message, exit code 1."""
-    r = run_cli("forward", "hi", "--capture", "blocks.9.mlp.hook_post", "--server", tiny_server.address)
+    r = run_cli(
+        "forward", "hi", "--capture", "blocks.9.mlp.hook_post", "--server", tiny_server.address
+    )
     assert r.returncode == 1
     assert "OUT_OF_RANGE" in r.stderr and "layers 0..1" in r.stderr
 
@@ -53,16 +70,41 @@ def test_ablate_and_patch_commands(tiny_server, tmp_path):
     writes a PNG image."""
     clean = "When Mary and John went to the store, John gave a drink to"
     corrupt = "When Mary and John went to the store, Mary gave a drink to"
-    r = run_cli("ablate", clean, "--target", " Mary", "--distractor", " John", "--zero",
-                "blocks.1.attn.hook_z[head=3]", "--zero", "blocks.0.mlp.hook_post[5,pos=-1]",
-                "--each", "--server", tiny_server.address)
+    r = run_cli(
+        "ablate",
+        clean,
+        "--target",
+        " Mary",
+        "--distractor",
+        " John",
+        "--zero",
+        "blocks.1.attn.hook_z[head=3]",
+        "--zero",
+        "blocks.0.mlp.hook_post[5,pos=-1]",
+        "--each",
+        "--server",
+        tiny_server.address,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert any(line.startswith("baseline") for line in lines)
     assert any("zero blocks.1.attn.hook_z[head=3]" in line for line in lines)
     png = tmp_path / "patch.png"
-    r = run_cli("patch", clean, corrupt, "--site", "hook_resid_pre", "--target", " Mary",
-                "--distractor", " John", "--png", str(png), "--server", tiny_server.address)
+    r = run_cli(
+        "patch",
+        clean,
+        corrupt,
+        "--site",
+        "hook_resid_pre",
+        "--target",
+        " Mary",
+        "--distractor",
+        " John",
+        "--png",
+        str(png),
+        "--server",
+        tiny_server.address,
+    )
     assert r.returncode == 0, r.stderr
     assert "fraction of the logit difference recovered" in r.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -70,9 +112,18 @@ def test_ablate_and_patch_commands(tiny_server, tmp_path):
 
 def test_attribute_command(tiny_server):
     """`tdb attribute` prints the node table sorted by direct effect."""
-    r = run_cli("attribute", "When Mary and John went to the store, John gave a drink to",
-                "--target", " Mary", "--distractor", " John", "--top-k", "3",
-                "--server", tiny_server.address)
+    r = run_cli(
+        "attribute",
+        "When Mary and John went to the store, John gave a drink to",
+        "--target",
+        " Mary",
+        "--distractor",
+        " John",
+        "--top-k",
+        "3",
+        "--server",
+        tiny_server.address,
+    )
     assert r.returncode == 0, r.stderr
     assert "nodes ranked" in r.stdout and "direct" in r.stdout and "mlp_L" in r.stdout
 
@@ -88,10 +139,31 @@ def test_sae_train_command(tiny_gpt2_dir, tmp_path):
 
     data = tmp_path / "data.jsonl"
     data.write_text("".join(_json.dumps({"text": t}) + "\n" for t in CORPUS))
-    r = run_cli("sae", "train", "--model", str(tiny_gpt2_dir), "--site", "blocks.1.hook_resid_pre",
-                "--dataset", str(data), "--out", str(tmp_path / "sae"), "--steps", "20",
-                "--batch-size", "64", "--d-sae", "96", "--k", "8", "--checkpoint-every", "10",
-                "--quiet", "--json", timeout=600)
+    r = run_cli(
+        "sae",
+        "train",
+        "--model",
+        str(tiny_gpt2_dir),
+        "--site",
+        "blocks.1.hook_resid_pre",
+        "--dataset",
+        str(data),
+        "--out",
+        str(tmp_path / "sae"),
+        "--steps",
+        "20",
+        "--batch-size",
+        "64",
+        "--d-sae",
+        "96",
+        "--k",
+        "8",
+        "--checkpoint-every",
+        "10",
+        "--quiet",
+        "--json",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     rows = _json.loads(r.stdout.strip().splitlines()[-1])
     assert [row["step"] for row in rows] == [10, 20]
@@ -110,11 +182,25 @@ def test_explain_command(tiny_gpt2_dir, tmp_path):
     data = tmp_path / "texts.txt"
     data.write_text("\n".join(sorted(set(CORPUS))) + "\n")
     db = tmp_path / "catalog.sqlite"
-    r = run_cli("explain", "--model", str(tiny_gpt2_dir), "--node", "blocks.0.mlp.hook_post[0:3]",
-                "--dataset", str(data), "--db", str(db), "--window-len", "16", "--quiet", "--json")
+    r = run_cli(
+        "explain",
+        "--model",
+        str(tiny_gpt2_dir),
+        "--node",
+        "blocks.0.mlp.hook_post[0:3]",
+        "--dataset",
+        str(data),
+        "--db",
+        str(db),
+        "--window-len",
+        "16",
+        "--quiet",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     keys = [row["node_key"] for row in rows]
     assert keys and set(keys) <= {f"blocks.0.mlp.hook_post[{i}]" for i in range(3)}
     from tdb_core.explain.store import ExplanationStore
+
     assert ExplanationStore(db).count() == len(keys)

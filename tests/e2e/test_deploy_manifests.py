@@ -27,8 +27,10 @@ def test_configmap_settings_parse_as_tdb_serve_flags(monkeypatch: pytest.MonkeyP
     data = load()["ConfigMap"]["data"]
     settings_py = (Path(__file__).resolve().parents[2] / "services" / "settings.py").read_text()
     for key in data:
-        assert key.startswith("TDB_") and (f'"{key[4:]}"' in settings_py  # _env("NAME", ...)
-                                           or f'"{key}"' in settings_py), key
+        assert key.startswith("TDB_") and (
+            f'"{key[4:]}"' in settings_py  # _env("NAME", ...)
+            or f'"{key}"' in settings_py
+        ), key
         monkeypatch.setenv(key, data[key])
     s = settings_from_args(build_parser().parse_args(["serve"]))
     assert (s.host, s.port, s.metrics_port, s.device) == ("0.0.0.0", 50051, 9090, "cuda")
@@ -41,8 +43,12 @@ def test_deployment_service_and_autoscaler_fit_together():
     for the grace period, mounts the token file the ConfigMap names; the headless Service selects
     its pods; the HPA scales it on queue depth; the PDB covers it."""
     docs = load()
-    dep, svc, hpa, pdb = docs["Deployment"], docs["Service"], docs["HorizontalPodAutoscaler"], \
-        docs["PodDisruptionBudget"]
+    dep, svc, hpa, pdb = (
+        docs["Deployment"],
+        docs["Service"],
+        docs["HorizontalPodAutoscaler"],
+        docs["PodDisruptionBudget"],
+    )
     pod = dep["spec"]["template"]
     (c,) = pod["spec"]["containers"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -53,7 +59,9 @@ def test_deployment_service_and_autoscaler_fit_together():
     data = docs["ConfigMap"]["data"]
     assert c["envFrom"][0]["configMapRef"]["name"] == docs["ConfigMap"]["metadata"]["name"]
     stop_delay = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert pod["spec"]["terminationGracePeriodSeconds"] > stop_delay + float(data["TDB_GRACE_SECONDS"])
+    assert pod["spec"]["terminationGracePeriodSeconds"] > stop_delay + float(
+        data["TDB_GRACE_SECONDS"]
+    )
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     assert str(Path(data["TDB_AUTH_TOKEN_FILE"]).parent) in mounts
     labels = pod["metadata"]["labels"]

@@ -13,13 +13,21 @@ from tests.e2e.conftest import ServerProcess, start_server
 
 N_CALLS = 300
 KILL_AFTER = 100
-PROMPTS = ["When Mary and John went to the store, John gave a drink to",
-           "The quick brown fox jumps over the lazy", "I ate an apple and a banana at the"]
+PROMPTS = [
+    "When Mary and John went to the store, John gave a drink to",
+    "The quick brown fox jumps over the lazy",
+    "I ate an apple and a banana at the",
+]
 
 
 def _served(server: ServerProcess) -> int:
-    return sum(1 for e in server.events() if e.get("event") == "rpc"
-               and e.get("method") == "/tdb.v1.InferenceService/Forward" and e.get("status") == "OK")
+    return sum(
+        1
+        for e in server.events()
+        if e.get("event") == "rpc"
+        and e.get("method") == "/tdb.v1.InferenceService/Forward"
+        and e.get("status") == "OK"
+    )
 
 
 @pytest.mark.slow
@@ -49,6 +57,7 @@ def test_round_robin_and_failover_across_replicas(tiny_gpt2_dir):
         failures: list[BaseException] = []
 
         with TdbClient([s.address for s in live], timeout=60) as client:
+
             def call(i: int) -> None:
                 nonlocal done
                 try:
@@ -68,8 +77,10 @@ def test_round_robin_and_failover_across_replicas(tiny_gpt2_dir):
             elapsed = time.perf_counter() - t0
         live[1].proc.wait(10)
         served = [_served(s) for s in live]
-        print(f"\nreplicas: {N_CALLS} calls in {elapsed:.1f} s, {len(failures)} failed; "
-              f"served per replica {served} (replica 1 killed after {KILL_AFTER} calls)")
+        print(
+            f"\nreplicas: {N_CALLS} calls in {elapsed:.1f} s, {len(failures)} failed; "
+            f"served per replica {served} (replica 1 killed after {KILL_AFTER} calls)"
+        )
         assert not failures, failures[:3]
         assert all(len(set(a)) == 1 for a in answers.values())  # every replica gives one answer
         assert sum(len(a) for a in answers.values()) == N_CALLS

@@ -29,9 +29,18 @@ def secured(tiny_gpt2_dir, tmp_path_factory) -> Iterator[tuple[ServerProcess, Pa
     server = ca.issue("server", "localhost", server=True)
     tokens = out / "tokens"
     tokens.write_text(f"{TOKEN}\n")
-    proc = start_server("--model", f"tiny={tiny_gpt2_dir}", "--tls-cert", str(server.cert_path),
-                        "--tls-key", str(server.key_path), "--auth-token-file", str(tokens),
-                        "--metrics-port", "0")
+    proc = start_server(
+        "--model",
+        f"tiny={tiny_gpt2_dir}",
+        "--tls-cert",
+        str(server.cert_path),
+        "--tls-key",
+        str(server.key_path),
+        "--auth-token-file",
+        str(tokens),
+        "--metrics-port",
+        "0",
+    )
     yield proc, ca.pem.cert_path, tokens
     if proc.proc.poll() is None:
         proc.stop()
@@ -68,8 +77,11 @@ def test_metrics_flag_serves_prometheus(secured):
             c.tokenize("the quick brown fox")
     url = f"http://{proc.events()[0]['metrics_address']}/metrics"
     text = urllib.request.urlopen(url, timeout=10).read().decode()
-    samples = {(s.name, s.labels.get("method"), s.labels.get("code")): s.value
-               for f in text_string_to_metric_families(text) for s in f.samples}
+    samples = {
+        (s.name, s.labels.get("method"), s.labels.get("code")): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
     assert samples[("tdb_rpc_requests_total", "Tokenize", "OK")] == 3
     assert samples[("tdb_tokens_processed_total", None, None)] >= 3 * 4
 
@@ -89,13 +101,29 @@ def test_node_client(secured, tmp_path):
         out = c.forward(prompt, capture=[site], top_k=5)
     act = out.activations[site]
     expected = tmp_path / "expected.json"
-    expected.write_text(json.dumps({
-        "token_ids": out.token_ids[0], "shape": list(act.shape),
-        "values": np.asarray(act, dtype=np.float64).ravel().tolist(),
-        "top_ids": list(out.top_logits[0][0].token_ids)}))
-    env = cli_env() | {"TDB_SERVER": proc.address, "TDB_TOKEN": TOKEN, "TDB_TLS_CA": str(ca),
-                       "TDB_EXPECTED": str(expected)}
-    r = subprocess.run([node, "--test", "test/"], cwd=NODE_DIR, env=env, capture_output=True,
-                       text=True, timeout=120)
+    expected.write_text(
+        json.dumps(
+            {
+                "token_ids": out.token_ids[0],
+                "shape": list(act.shape),
+                "values": np.asarray(act, dtype=np.float64).ravel().tolist(),
+                "top_ids": list(out.top_logits[0][0].token_ids),
+            }
+        )
+    )
+    env = cli_env() | {
+        "TDB_SERVER": proc.address,
+        "TDB_TOKEN": TOKEN,
+        "TDB_TLS_CA": str(ca),
+        "TDB_EXPECTED": str(expected),
+    }
+    r = subprocess.run(
+        [node, "--test", "test/"],
+        cwd=NODE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "# pass 4" in r.stdout and "# fail 0" in r.stdout, r.stdout

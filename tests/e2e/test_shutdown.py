@@ -33,8 +33,9 @@ def test_sigterm_drains_in_flight_request(tiny_gpt2_dir):
     refused once the server has stopped, and the process exits 0."""
     from tdb_client import TdbClient, losses
 
-    proc = start_server("--model", f"tiny={tiny_gpt2_dir}", "--metrics-port", "0",
-                        "--grace-seconds", "240")
+    proc = start_server(
+        "--model", f"tiny={tiny_gpt2_dir}", "--metrics-port", "0", "--grace-seconds", "240"
+    )
     metrics = proc.events()[0]["metrics_address"]
     statuses: list[int] = []
     channel = grpc.insecure_channel(proc.address)
@@ -54,8 +55,9 @@ def test_sigterm_drains_in_flight_request(tiny_gpt2_dir):
     def slow_call() -> None:
         with TdbClient(proc.address, timeout=300, max_attempts=1) as c:
             try:
-                result["value"] = c.attribute(PROMPT, loss=losses.logit_diff(5, 9), ig_steps=16,
-                                              top_k=20)
+                result["value"] = c.attribute(
+                    PROMPT, loss=losses.logit_diff(5, 9), ig_steps=16, top_k=20
+                )
             except Exception as exc:  # noqa: BLE001 - reported by the assertion below
                 result["error"] = exc
 

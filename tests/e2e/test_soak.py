@@ -12,8 +12,11 @@ from tests.e2e.conftest import start_server
 CLIENTS = 16
 WARMUP_S = 8.0
 SOAK_S = 30.0
-PROMPTS = ["When Mary and John went to the store, John gave a drink to",
-           "The quick brown fox jumps over the lazy dog.", "Numbers like 1, 2, 3 and 42"]
+PROMPTS = [
+    "When Mary and John went to the store, John gave a drink to",
+    "The quick brown fox jumps over the lazy dog.",
+    "Numbers like 1, 2, 3 and 42",
+]
 
 
 def rss_bytes(pid: int) -> int:
@@ -30,7 +33,8 @@ def test_sixteen_clients_for_thirty_seconds(tiny_gpt2_dir):
     """16 clients each loop over Forward (with captures and an intervention), Tokenize, ModelInfo
     and Attribute for 30 s after an 8 s warm-up: zero failed calls, every Forward answer equals the
     first one for its prompt, and the server's resident memory grows by less than 10%."""
-    from tdb_client import TdbClient, interventions as iv, losses
+    from tdb_client import TdbClient, losses
+    from tdb_client import interventions as iv
 
     server = start_server("--model", f"tiny={tiny_gpt2_dir}")
     try:
@@ -50,11 +54,15 @@ def test_sixteen_clients_for_thirty_seconds(tiny_gpt2_dir):
                         p = i % len(PROMPTS)
                         kind = i % 8
                         if kind < 5:
-                            out = c.forward(PROMPTS[p], capture=["blocks.0.attn.hook_pattern",
-                                                                 "blocks.1.mlp.hook_post"],
-                                            positions=[-1], top_k=3,
-                                            interventions=[iv.zero("blocks.0.attn.hook_z[head=1]")]
-                                            if kind == 4 else ())
+                            out = c.forward(
+                                PROMPTS[p],
+                                capture=["blocks.0.attn.hook_pattern", "blocks.1.mlp.hook_post"],
+                                positions=[-1],
+                                top_k=3,
+                                interventions=[iv.zero("blocks.0.attn.hook_z[head=1]")]
+                                if kind == 4
+                                else (),
+                            )
                             if kind < 4:
                                 ids = out.top_logits[0][0].token_ids
                                 with lock:
@@ -88,9 +96,11 @@ def test_sixteen_clients_for_thirty_seconds(tiny_gpt2_dir):
         for t in threads:
             t.join(120)
         growth = (after - before) / before
-        print(f"\nsoak: {CLIENTS} clients, {counts['measured']} calls in {elapsed:.1f} s "
-              f"({counts['measured'] / elapsed:.1f} calls/s); RSS {before / 2**20:.1f} MiB -> "
-              f"{after / 2**20:.1f} MiB ({100 * growth:+.2f}%); {len(errors)} errors")
+        print(
+            f"\nsoak: {CLIENTS} clients, {counts['measured']} calls in {elapsed:.1f} s "
+            f"({counts['measured'] / elapsed:.1f} calls/s); RSS {before / 2**20:.1f} MiB -> "
+            f"{after / 2**20:.1f} MiB ({100 * growth:+.2f}%); {len(errors)} errors"
+        )
         assert not errors, errors[:3]
         assert counts["measured"] > CLIENTS  # every client made progress, not just a few calls
         assert growth < 0.10

@@ -15,8 +15,10 @@ def service(tiny_loaded):
     from services.server import build_server
     from services.settings import Settings
 
-    svc = build_server(Settings(host="127.0.0.1", port=0, limits=LIMITS),
-                       ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]))
+    svc = build_server(
+        Settings(host="127.0.0.1", port=0, limits=LIMITS),
+        ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]),
+    )
     yield svc
     svc.stop(0)
 

@@ -27,16 +27,27 @@ def all_methods() -> list[tuple[str, str, bool, bool]]:
     for name in (*SERVICE_NAMES, reflection.SERVICE_NAME):
         svc = descriptor_pool.Default().FindServiceByName(name)
         for m in svc.methods:
-            out.append((f"/{svc.full_name}/{m.name}", f"{svc.name}.{m.name}", m.client_streaming,
-                        m.server_streaming))
+            out.append(
+                (
+                    f"/{svc.full_name}/{m.name}",
+                    f"{svc.name}.{m.name}",
+                    m.client_streaming,
+                    m.server_streaming,
+                )
+            )
     return out
 
 
 METHODS = all_methods()
 
 
-def call_raw(channel: grpc.Channel, path: str, client_streaming: bool, server_streaming: bool,
-             metadata: tuple[tuple[str, str], ...]) -> None:
+def call_raw(
+    channel: grpc.Channel,
+    path: str,
+    client_streaming: bool,
+    server_streaming: bool,
+    metadata: tuple[tuple[str, str], ...],
+) -> None:
     """Call any RPC with an empty request, reading the whole response."""
     ident = dict(request_serializer=lambda b: b, response_deserializer=lambda b: b)
     if client_streaming and server_streaming:
@@ -59,20 +70,27 @@ def auth_service(tiny_loaded, tmp_path_factory) -> Iterator[object]:
 
     path = tmp_path_factory.mktemp("auth") / "tokens"
     path.write_text(f"# accepted tokens\n{TOKENS[0]}\n\n  {TOKENS[1]}  \n")
-    svc = build_server(Settings(port=0, auth_token_file=str(path), limits=LIMITS),
-                       ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]))
+    svc = build_server(
+        Settings(port=0, auth_token_file=str(path), limits=LIMITS),
+        ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]),
+    )
     yield svc
     svc.stop(0)
 
 
-@pytest.mark.parametrize("path,cs,ss", [(p, c, s) for p, _, c, s in METHODS],
-                         ids=[i for _, i, _, _ in METHODS])
+@pytest.mark.parametrize(
+    "path,cs,ss", [(p, c, s) for p, _, c, s in METHODS], ids=[i for _, i, _, _ in METHODS]
+)
 def test_every_rpc_refuses_a_missing_or_wrong_token(auth_service, path, cs, ss):
     """With auth on, every RPC of every service (reflection included) answers UNAUTHENTICATED
     without a token, with a wrong token, with a token prefix, and with a non-Bearer scheme."""
-    bad = [(), (("authorization", "Bearer wrong-token"),),
-           (("authorization", f"Bearer {TOKENS[0][:-1]}"),),
-           (("authorization", f"Basic {TOKENS[0]}"),), (("authorization", "Bearer "),)]
+    bad = [
+        (),
+        (("authorization", "Bearer wrong-token"),),
+        (("authorization", f"Bearer {TOKENS[0][:-1]}"),),
+        (("authorization", f"Basic {TOKENS[0]}"),),
+        (("authorization", "Bearer "),),
+    ]
     with grpc.insecure_channel(f"127.0.0.1:{auth_service.port}") as ch:
         for md in bad:
             with pytest.raises(grpc.RpcError) as e:
@@ -126,6 +144,7 @@ def test_token_file_validation(tmp_path):
     auth("/tdb.v1.ModelService/ListModels", Ctx((("authorization", "bearer abc"),)))
     auth("/grpc.health.v1.Health/Check", Ctx(()))
     from tdb_core.errors import UnauthenticatedError
+
     for md in [(), (("authorization", "Bearer abcd"),), (("authorization", "Bearer ab"),)]:
         with pytest.raises(UnauthenticatedError):
             auth("/tdb.v1.ModelService/ListModels", Ctx(md))
@@ -139,10 +158,13 @@ def pki(tmp_path_factory):
     out = tmp_path_factory.mktemp("pki")
     ca = CertificateAuthority(out, "tdb test CA")
     other = CertificateAuthority(out, "rogue CA")
-    return {"ca": ca.pem, "server": ca.issue("server", "localhost", server=True),
-            "client": ca.issue("client", "alice", server=False),
-            "rogue_client": other.issue("rogue-client", "mallory", server=False),
-            "rogue_ca": other.pem}
+    return {
+        "ca": ca.pem,
+        "server": ca.issue("server", "localhost", server=True),
+        "client": ca.issue("client", "alice", server=False),
+        "rogue_client": other.issue("rogue-client", "mallory", server=False),
+        "rogue_ca": other.pem,
+    }
 
 
 def _tls_server(tiny_loaded, pki, mutual: bool, token_file: str | None = None):
@@ -151,17 +173,25 @@ def _tls_server(tiny_loaded, pki, mutual: bool, token_file: str | None = None):
     from services.settings import Settings
 
     return build_server(
-        Settings(port=0, tls_cert=str(pki["server"].cert_path), tls_key=str(pki["server"].key_path),
-                 tls_client_ca=str(pki["ca"].cert_path) if mutual else None,
-                 auth_token_file=token_file, limits=LIMITS),
-        ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]))
+        Settings(
+            port=0,
+            tls_cert=str(pki["server"].cert_path),
+            tls_key=str(pki["server"].key_path),
+            tls_client_ca=str(pki["ca"].cert_path) if mutual else None,
+            auth_token_file=token_file,
+            limits=LIMITS,
+        ),
+        ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]),
+    )
 
 
 def _refused(address: str, **kwargs) -> grpc.StatusCode:
     from tdb_client import TdbClient, TdbClientError
 
-    with TdbClient(address, timeout=10, max_attempts=1, **kwargs) as c, \
-            pytest.raises(TdbClientError) as e:
+    with (
+        TdbClient(address, timeout=10, max_attempts=1, **kwargs) as c,
+        pytest.raises(TdbClientError) as e,
+    ):
         c.list_models()
     return e.value.code
 
@@ -178,18 +208,23 @@ def test_tls_end_to_end(tiny_loaded, pki, tmp_path):
     try:
         for host in ("127.0.0.1", "localhost"):
             for root in (pki["ca"].cert, str(pki["ca"].cert_path)):
-                with TdbClient(f"{host}:{svc.port}", tls=TlsConfig(root_ca=root), token="tls-token",
-                               timeout=30) as c:
+                with TdbClient(
+                    f"{host}:{svc.port}", tls=TlsConfig(root_ca=root), token="tls-token", timeout=30
+                ) as c:
                     out = c.forward("Hello there", capture=["blocks.0.hook_resid_post"])
                     assert out.activations["blocks.0.hook_resid_post"].shape[-1] == 64
                     features = c.server_info().features
                     assert features["tls"] and features["auth"] and not features["mutual_tls"]
         address = f"127.0.0.1:{svc.port}"
         assert _refused(address, token="tls-token") == grpc.StatusCode.UNAVAILABLE
-        assert _refused(address, token="tls-token",
-                        tls=TlsConfig(root_ca=pki["rogue_ca"].cert)) == grpc.StatusCode.UNAVAILABLE
-        assert _refused(address, tls=TlsConfig(root_ca=pki["ca"].cert)) == \
-            grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            _refused(address, token="tls-token", tls=TlsConfig(root_ca=pki["rogue_ca"].cert))
+            == grpc.StatusCode.UNAVAILABLE
+        )
+        assert (
+            _refused(address, tls=TlsConfig(root_ca=pki["ca"].cert))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
     finally:
         svc.stop(0)
 
@@ -201,14 +236,25 @@ def test_mutual_tls_end_to_end(tiny_loaded, pki):
     svc = _tls_server(tiny_loaded, pki, mutual=True)
     address = f"127.0.0.1:{svc.port}"
     try:
-        cfg = TlsConfig(root_ca=pki["ca"].cert, client_cert=pki["client"].cert_path,
-                        client_key=pki["client"].key_path)
+        cfg = TlsConfig(
+            root_ca=pki["ca"].cert,
+            client_cert=pki["client"].cert_path,
+            client_key=pki["client"].key_path,
+        )
         with TdbClient(address, tls=cfg, timeout=30) as c:
-            assert c.tokenize("Hello", prepend_bos=False) == c.tokenize(["Hello"], prepend_bos=False)[0]
+            assert (
+                c.tokenize("Hello", prepend_bos=False)
+                == c.tokenize(["Hello"], prepend_bos=False)[0]
+            )
             assert c.server_info().features["mutual_tls"] is True
-        assert _refused(address, tls=TlsConfig(root_ca=pki["ca"].cert)) == grpc.StatusCode.UNAVAILABLE
-        rogue = TlsConfig(root_ca=pki["ca"].cert, client_cert=pki["rogue_client"].cert,
-                          client_key=pki["rogue_client"].key)
+        assert (
+            _refused(address, tls=TlsConfig(root_ca=pki["ca"].cert)) == grpc.StatusCode.UNAVAILABLE
+        )
+        rogue = TlsConfig(
+            root_ca=pki["ca"].cert,
+            client_cert=pki["rogue_client"].cert,
+            client_key=pki["rogue_client"].key,
+        )
         assert _refused(address, tls=rogue) == grpc.StatusCode.UNAVAILABLE
     finally:
         svc.stop(0)

@@ -17,8 +17,18 @@ from tdb_client.types import Capture
 from tdb_core import errors, specs
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64,
-                                   torch.int64, torch.int32, torch.bool])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int64,
+        torch.int32,
+        torch.bool,
+    ],
+)
 def test_tensor_round_trip(dtype):
     """Every dtype survives server encode -> client decode -> client encode -> server decode."""
     t = (torch.randn(3, 5, 2) * 100).to(dtype)
@@ -78,11 +88,13 @@ def test_a_stream_that_overruns_or_ends_short_is_an_error_not_a_wrong_array():
 
 def test_bad_tensors_are_invalid_arguments():
     """Byte counts that do not match the shape, unknown dtypes and streamed request tensors fail."""
-    for msg in (cpb.Tensor(dtype=cpb.DTYPE_FLOAT32, shape=[3], data=b"\0" * 8),
-                cpb.Tensor(dtype=99, shape=[1], data=b"\0" * 4),
-                cpb.Tensor(dtype=cpb.DTYPE_UNSPECIFIED, shape=[1], data=b"\0" * 4),
-                cpb.Tensor(dtype=cpb.DTYPE_FLOAT32, shape=[-1], data=b""),
-                cpb.Tensor(dtype=cpb.DTYPE_FLOAT32, shape=[1], stream_id=1)):
+    for msg in (
+        cpb.Tensor(dtype=cpb.DTYPE_FLOAT32, shape=[3], data=b"\0" * 8),
+        cpb.Tensor(dtype=99, shape=[1], data=b"\0" * 4),
+        cpb.Tensor(dtype=cpb.DTYPE_UNSPECIFIED, shape=[1], data=b"\0" * 4),
+        cpb.Tensor(dtype=cpb.DTYPE_FLOAT32, shape=[-1], data=b""),
+        cpb.Tensor(dtype=cpb.DTYPE_FLOAT32, shape=[1], stream_id=1),
+    ):
         with pytest.raises(errors.InvalidArgumentError):
             convert.tensor_from_pb(msg)
 
@@ -91,17 +103,32 @@ def test_forward_request_to_spec():
     """Client builders produce requests that convert to exactly the intended spec."""
     req = ipb.ForwardRequest(
         prompts=[prompt_pb("hi"), prompt_pb([1, 2, 3])],
-        captures=[capture_pb(Capture("blocks.0.mlp.hook_post", positions=(-1,), units=(4, 5), top_k=3,
-                                     top_k_mode="abs", dtype="float16")), capture_pb("logits")],
-        interventions=[iv.zero("blocks.1.attn.hook_z[head=2,pos=-1]"),
-                       iv.add("blocks.0.hook_resid_post", [1.0, 2.0], coeff=0.5),
-                       iv.scale("blocks.0.hook_resid_pre[pos=0:2]", 2.0, backward=True),
-                       iv.patch("blocks.0.hook_resid_pre", 1)],
-        top_k=0)
+        captures=[
+            capture_pb(
+                Capture(
+                    "blocks.0.mlp.hook_post",
+                    positions=(-1,),
+                    units=(4, 5),
+                    top_k=3,
+                    top_k_mode="abs",
+                    dtype="float16",
+                )
+            ),
+            capture_pb("logits"),
+        ],
+        interventions=[
+            iv.zero("blocks.1.attn.hook_z[head=2,pos=-1]"),
+            iv.add("blocks.0.hook_resid_post", [1.0, 2.0], coeff=0.5),
+            iv.scale("blocks.0.hook_resid_pre[pos=0:2]", 2.0, backward=True),
+            iv.patch("blocks.0.hook_resid_pre", 1),
+        ],
+        top_k=0,
+    )
     spec = convert.forward_spec_from_pb(req)
     assert spec.prompts == (specs.Prompt(text="hi"), specs.Prompt(token_ids=(1, 2, 3)))
-    assert spec.captures[0] == specs.Capture("blocks.0.mlp.hook_post", (-1,), (4, 5),
-                                             specs.TopK(3, specs.TopKMode.ABS), torch.float16)
+    assert spec.captures[0] == specs.Capture(
+        "blocks.0.mlp.hook_post", (-1,), (4, 5), specs.TopK(3, specs.TopKMode.ABS), torch.float16
+    )
     assert spec.captures[1] == specs.Capture("logits")
     z, add, scale, patch = spec.interventions
     assert z == specs.Intervention("blocks.1.attn.hook_z", specs.Zero(), (-1,), (2,))

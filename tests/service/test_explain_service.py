@@ -17,8 +17,12 @@ TEXTS = sorted(set(CORPUS))
 def _most_active_neuron(runner: ModelRunner, layer: int) -> int:
     from tdb_core import specs
 
-    res = runner.forward(specs.ForwardSpec(prompts=tuple(specs.Prompt(text=t) for t in TEXTS),
-                                           captures=(specs.Capture(f"blocks.{layer}.mlp.hook_post"),)))
+    res = runner.forward(
+        specs.ForwardSpec(
+            prompts=tuple(specs.Prompt(text=t) for t in TEXTS),
+            captures=(specs.Capture(f"blocks.{layer}.mlp.hook_post"),),
+        )
+    )
     return int(res.captures[0].values.amax((0, 1)).argmax())
 
 
@@ -63,13 +67,15 @@ def test_activation_records_match_forward(eclient):
     window_ids = None
     for row in ids:
         for start in range(0, len(row), 16):
-            w = row[start:start + 16]
+            w = row[start : start + 16]
             if [eclient.detokenize([i]) for i in w] == top.tokens:
                 window_ids = w
     assert window_ids is not None
     out = eclient.forward([window_ids], capture=["blocks.1.mlp.hook_post"])
     unit = int(NODE.split("[")[1][:-1])
-    np.testing.assert_allclose(out.activations["blocks.1.mlp.hook_post"][0, :, unit], top.activations, atol=1e-5)
+    np.testing.assert_allclose(
+        out.activations["blocks.1.mlp.hook_post"][0, :, unit], top.activations, atol=1e-5
+    )
 
 
 def test_explain_streams_progress_and_persists(eclient, explain_service, tiny_loaded):
@@ -98,7 +104,9 @@ def test_explain_streams_progress_and_persists(eclient, explain_service, tiny_lo
 
 def test_heads_and_scores(eclient):
     """Heads are explained over token pairs (ROC AUC); a given explanation can be scored."""
-    (head,) = eclient.explain("blocks.0.attn.hook_pattern[1]", dataset=TEXTS, window_len=12, save=False)
+    (head,) = eclient.explain(
+        "blocks.0.attn.hook_pattern[1]", dataset=TEXTS, window_len=12, save=False
+    )
     assert head.node == "blocks.0.attn.hook_pattern[1]" and "roc_auc" in head.scores
     (neuron,) = eclient.explain(NODE, dataset=TEXTS, window_len=16, save=False)
     scored = eclient.score_explanation(NODE, neuron.explanation, dataset=TEXTS, window_len=16)
@@ -112,22 +120,46 @@ def test_attribute_rows_carry_explanations(eclient):
     """A node with a stored explanation shows it in Attribute's table."""
     key = f"blocks.0.mlp.hook_post[{NEURON0}]"
     eclient.explain(key, dataset=TEXTS, window_len=16)
-    table = eclient.attribute("When Mary and John went to the store, John gave a drink to",
-                              target=" Mary", distractor=" John", top_k=400, families=["mlp_neuron"])
+    table = eclient.attribute(
+        "When Mary and John went to the store, John gave a drink to",
+        target=" Mary",
+        distractor=" John",
+        top_k=400,
+        families=["mlp_neuron"],
+    )
     rows = [r for r in table.rows if r.node.layer == 0 and r.node.index == NEURON0]
     assert rows and rows[0].explanation is not None and rows[0].explanation.node == key
 
 
-@pytest.mark.parametrize("kwargs,code,text", [
-    (dict(nodes="blocks.9.mlp.hook_post[1]"), grpc.StatusCode.OUT_OF_RANGE, "layers"),
-    (dict(nodes="blocks.0.mlp.hook_nope[1]"), grpc.StatusCode.NOT_FOUND, "unknown hook site"),
-    (dict(nodes="blocks.0.mlp.hook_post[99999]"), grpc.StatusCode.OUT_OF_RANGE, "unit 99999"),
-    (dict(nodes="blocks.0.attn.hook_z[1]"), grpc.StatusCode.INVALID_ARGUMENT, "cannot be explained"),
-    (dict(nodes="not a node"), grpc.StatusCode.INVALID_ARGUMENT, "SITE[UNIT]"),
-    (dict(nodes="blocks.1.mlp.hook_post[1]", dataset=["", "  "]), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
-    (dict(nodes="blocks.1.mlp.hook_post[1]", dataset="nope"), grpc.StatusCode.NOT_FOUND, "not registered"),
-    (dict(nodes="blocks.1.mlp.hook_post[1]", method="openai"), grpc.StatusCode.NOT_FOUND, "not configured"),
-])
+@pytest.mark.parametrize(
+    "kwargs,code,text",
+    [
+        (dict(nodes="blocks.9.mlp.hook_post[1]"), grpc.StatusCode.OUT_OF_RANGE, "layers"),
+        (dict(nodes="blocks.0.mlp.hook_nope[1]"), grpc.StatusCode.NOT_FOUND, "unknown hook site"),
+        (dict(nodes="blocks.0.mlp.hook_post[99999]"), grpc.StatusCode.OUT_OF_RANGE, "unit 99999"),
+        (
+            dict(nodes="blocks.0.attn.hook_z[1]"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cannot be explained",
+        ),
+        (dict(nodes="not a node"), grpc.StatusCode.INVALID_ARGUMENT, "SITE[UNIT]"),
+        (
+            dict(nodes="blocks.1.mlp.hook_post[1]", dataset=["", "  "]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "empty",
+        ),
+        (
+            dict(nodes="blocks.1.mlp.hook_post[1]", dataset="nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "not registered",
+        ),
+        (
+            dict(nodes="blocks.1.mlp.hook_post[1]", method="openai"),
+            grpc.StatusCode.NOT_FOUND,
+            "not configured",
+        ),
+    ],
+)
 def test_bad_explain_requests(eclient, kwargs, code, text):
     """Unknown nodes, empty datasets and unconfigured methods get clear errors."""
     kwargs.setdefault("dataset", TEXTS)

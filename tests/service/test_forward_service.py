@@ -17,11 +17,20 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 def test_list_models_and_model_info_report_the_schema(client, tiny_runner):
     """ListModels names the model; GetModelInfo reports sizes and every site with shape/meaning."""
     models = client.list_models()
-    assert [(m.name, m.architecture, m.is_default) for m in models] == [("tiny", "GPT2LMHeadModel", True)]
+    assert [(m.name, m.architecture, m.is_default) for m in models] == [
+        ("tiny", "GPT2LMHeadModel", True)
+    ]
     info = client.model_info("tiny")
     d = tiny_runner.schema.dims
-    assert (info.n_layers, info.n_heads, info.d_model, info.d_head, info.d_mlp, info.d_vocab,
-            info.n_ctx) == (d.n_layers, d.n_heads, d.d_model, d.d_head, d.d_mlp, d.d_vocab, d.n_ctx)
+    assert (
+        info.n_layers,
+        info.n_heads,
+        info.d_model,
+        info.d_head,
+        info.d_mlp,
+        info.d_vocab,
+        info.n_ctx,
+    ) == (d.n_layers, d.n_heads, d.d_model, d.d_head, d.d_mlp, d.d_vocab, d.n_ctx)
     assert [s.name for s in info.sites] == [s.name for s in tiny_runner.schema.sites]
     pattern = info.site("blocks.1.attn.hook_pattern")
     assert pattern.dims == ("head", "q_pos", "k_pos") and pattern.sizes == (d.n_heads, -1, -1)
@@ -41,9 +50,13 @@ def test_forward_over_grpc_equals_in_process(client, tiny_runner):
     """Forward through gRPC returns exactly the in-process runner's tokens, captures and top-k."""
     sites = ["blocks.*.attn.hook_pattern", "blocks.1.mlp.hook_post", "logits"]
     out = client.forward([PROMPT, "The quick brown fox"], capture=sites, top_k=5)
-    ref = tiny_runner.forward(specs.ForwardSpec(
-        prompts=(specs.Prompt(text=PROMPT), specs.Prompt(text="The quick brown fox")),
-        captures=tuple(specs.Capture(s) for s in sites), top_k=5))
+    ref = tiny_runner.forward(
+        specs.ForwardSpec(
+            prompts=(specs.Prompt(text=PROMPT), specs.Prompt(text="The quick brown fox")),
+            captures=tuple(specs.Capture(s) for s in sites),
+            top_k=5,
+        )
+    )
     assert out.token_ids == [list(p.token_ids) for p in ref.prompts]
     assert out.tokens == [list(p.tokens) for p in ref.prompts]
     for c in ref.captures:
@@ -63,8 +76,9 @@ def test_large_capture_streams_in_chunks(tiny_loaded, tiny_runner):
     from tdb_core.runner import Limits, ModelRunner
 
     limits = Limits(max_tokens_per_prompt=64, max_prompts=16, max_response_bytes=64 * 2**20)
-    svc = build_server(Settings(port=0, limits=limits),
-                       ModelRegistry([ModelRunner(tiny_loaded, limits)]))
+    svc = build_server(
+        Settings(port=0, limits=limits), ModelRegistry([ModelRunner(tiny_loaded, limits)])
+    )
     try:
         prompts = [[(7 * i + j) % 300 + 1 for j in range(64)] for i in range(16)]
         with TdbClient(f"127.0.0.1:{svc.port}") as c:
@@ -73,24 +87,33 @@ def test_large_capture_streams_in_chunks(tiny_loaded, tiny_runner):
         svc.stop(0)
     total = sum(a.nbytes for a in out.activations.values())
     assert total > 4 * 2**20
-    ref = tiny_runner.forward(specs.ForwardSpec(
-        prompts=tuple(specs.Prompt(token_ids=tuple(p)) for p in prompts),
-        captures=(specs.Capture("*"),)))
+    ref = tiny_runner.forward(
+        specs.ForwardSpec(
+            prompts=tuple(specs.Prompt(token_ids=tuple(p)) for p in prompts),
+            captures=(specs.Capture("*"),),
+        )
+    )
     for c in ref.captures:
         np.testing.assert_array_equal(out.activations[c.site], c.values.numpy())
 
 
 def test_reductions_and_dtypes_travel(client):
     """Top-k indices, positions, float16 and bfloat16 values arrive decoded."""
-    out = client.forward(PROMPT, capture=[
-        Capture("blocks.0.mlp.hook_post", positions=(-1,), top_k=3),
-        Capture("blocks.1.hook_resid_post", positions=(0, -1), units=(0, 5), dtype="bfloat16"),
-        Capture("blocks.1.attn.hook_z", dtype="float16")])
+    out = client.forward(
+        PROMPT,
+        capture=[
+            Capture("blocks.0.mlp.hook_post", positions=(-1,), top_k=3),
+            Capture("blocks.1.hook_resid_post", positions=(0, -1), units=(0, 5), dtype="bfloat16"),
+            Capture("blocks.1.attn.hook_z", dtype="float16"),
+        ],
+    )
     assert out.activations["blocks.0.mlp.hook_post"].shape == (1, 1, 3)
     assert out.indices["blocks.0.mlp.hook_post"].dtype == np.int64
     n = len(out.token_ids[0])
     assert out.positions["blocks.1.hook_resid_post"].tolist() == [[0, n - 1]]
-    full = client.forward(PROMPT, capture=["blocks.1.hook_resid_post"]).activations["blocks.1.hook_resid_post"]
+    full = client.forward(PROMPT, capture=["blocks.1.hook_resid_post"]).activations[
+        "blocks.1.hook_resid_post"
+    ]
     want = torch.tensor(full[:, [0, n - 1]][:, :, [0, 5]]).bfloat16().float().numpy()
     np.testing.assert_array_equal(out.activations["blocks.1.hook_resid_post"], want)
     assert out.activations["blocks.1.attn.hook_z"].dtype == np.float16
@@ -98,39 +121,86 @@ def test_reductions_and_dtypes_travel(client):
 
 def test_forward_under_interventions(client):
     """Forward accepts interventions: the read is made under them."""
-    out = client.forward(PROMPT, capture=["blocks.0.attn.hook_z"],
-                         interventions=[iv.zero("blocks.0.attn.hook_z[head=2,pos=-1]")])
+    out = client.forward(
+        PROMPT,
+        capture=["blocks.0.attn.hook_z"],
+        interventions=[iv.zero("blocks.0.attn.hook_z[head=2,pos=-1]")],
+    )
     z = out.activations["blocks.0.attn.hook_z"]
     assert np.all(z[0, -1, 2] == 0) and np.any(z[0, -1, 1] != 0) and np.any(z[0, 0, 2] != 0)
 
 
 BAD = [
     ("unknown model", dict(prompts="hi", model="nope"), grpc.StatusCode.NOT_FOUND, "not loaded"),
-    ("unknown site", dict(prompts="hi", capture=["blocks.0.mlp.hook_nope"]),
-     grpc.StatusCode.NOT_FOUND, "unknown hook site"),
-    ("glob matching nothing", dict(prompts="hi", capture=["blocks.*.hook_nothing*"]),
-     grpc.StatusCode.NOT_FOUND, "matches no site"),
-    ("layer out of range", dict(prompts="hi", capture=["blocks.7.mlp.hook_post"]),
-     grpc.StatusCode.OUT_OF_RANGE, "layers 0..1"),
-    ("unit out of range", dict(prompts="hi", capture=[Capture("blocks.0.mlp.hook_post", units=(9999,))]),
-     grpc.StatusCode.OUT_OF_RANGE, "allowed: 0..255"),
-    ("position out of range", dict(prompts="hi", capture=["blocks.0.mlp.hook_post"], positions=[40]),
-     grpc.StatusCode.OUT_OF_RANGE, "position 40"),
+    (
+        "unknown site",
+        dict(prompts="hi", capture=["blocks.0.mlp.hook_nope"]),
+        grpc.StatusCode.NOT_FOUND,
+        "unknown hook site",
+    ),
+    (
+        "glob matching nothing",
+        dict(prompts="hi", capture=["blocks.*.hook_nothing*"]),
+        grpc.StatusCode.NOT_FOUND,
+        "matches no site",
+    ),
+    (
+        "layer out of range",
+        dict(prompts="hi", capture=["blocks.7.mlp.hook_post"]),
+        grpc.StatusCode.OUT_OF_RANGE,
+        "layers 0..1",
+    ),
+    (
+        "unit out of range",
+        dict(prompts="hi", capture=[Capture("blocks.0.mlp.hook_post", units=(9999,))]),
+        grpc.StatusCode.OUT_OF_RANGE,
+        "allowed: 0..255",
+    ),
+    (
+        "position out of range",
+        dict(prompts="hi", capture=["blocks.0.mlp.hook_post"], positions=[40]),
+        grpc.StatusCode.OUT_OF_RANGE,
+        "position 40",
+    ),
     ("empty prompt", dict(prompts=""), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
     ("no prompts", dict(prompts=[]), grpc.StatusCode.INVALID_ARGUMENT, "no prompts"),
-    ("longer than context", dict(prompts=[[1] * 65]), grpc.StatusCode.INVALID_ARGUMENT,
-     "context of 64"),
-    ("over token limit", dict(prompts=[[1] * 50]), grpc.StatusCode.RESOURCE_EXHAUSTED,
-     "limit of 48"),
-    ("too many prompts", dict(prompts=["a", "b", "c", "d", "e"]), grpc.StatusCode.RESOURCE_EXHAUSTED,
-     "limit of 4"),
-    ("response over byte limit", dict(prompts=[[1] * 48] * 4, capture=["*"]),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "MiB"),
+    (
+        "longer than context",
+        dict(prompts=[[1] * 65]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "context of 64",
+    ),
+    (
+        "over token limit",
+        dict(prompts=[[1] * 50]),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "limit of 48",
+    ),
+    (
+        "too many prompts",
+        dict(prompts=["a", "b", "c", "d", "e"]),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "limit of 4",
+    ),
+    (
+        "response over byte limit",
+        dict(prompts=[[1] * 48] * 4, capture=["*"]),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "MiB",
+    ),
     ("malformed token ids", dict(prompts=[[5, -3]]), grpc.StatusCode.OUT_OF_RANGE, "vocabulary"),
-    ("top_k zero", dict(prompts="hi", capture=[Capture("logits", top_k=0)]),
-     grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
-    ("units on a unitless site", dict(prompts="hi", capture=[Capture("blocks.0.ln1.hook_scale", units=(0,))]),
-     grpc.StatusCode.INVALID_ARGUMENT, "no unit axis"),
+    (
+        "top_k zero",
+        dict(prompts="hi", capture=[Capture("logits", top_k=0)]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "top_k",
+    ),
+    (
+        "units on a unitless site",
+        dict(prompts="hi", capture=[Capture("blocks.0.ln1.hook_scale", units=(0,))]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "no unit axis",
+    ),
 ]
 
 
@@ -152,11 +222,15 @@ def test_health_and_reflection(service):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{service.port}") as ch:
-        status = health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service="tdb.v1.InferenceService"), timeout=5).status
+        status = (
+            health_pb2_grpc.HealthStub(ch)
+            .Check(health_pb2.HealthCheckRequest(service="tdb.v1.InferenceService"), timeout=5)
+            .status
+        )
         assert status == health_pb2.HealthCheckResponse.SERVING
         responses = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
         names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"tdb.v1.ModelService", "tdb.v1.InferenceService", "grpc.health.v1.Health"} <= names
 
@@ -173,6 +247,7 @@ def test_deadline_stops_work_and_frees_the_slot(client, service):
     finally:
         runner._lock.release()
     import time as _time
+
     deadline = _time.monotonic() + 5
     while runner.queue_depth and _time.monotonic() < deadline:
         _time.sleep(0.01)

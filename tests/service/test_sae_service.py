@@ -17,9 +17,15 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 def make_sae(d_in=64, d_sae=80, site="blocks.1.hook_resid_pre", seed=0):
     g = torch.Generator().manual_seed(seed)
-    return build_sae(SaeConfig(d_in=d_in, d_sae=d_sae, architecture=ReluArch(), site=site), {
-        "W_enc": torch.randn(d_in, d_sae, generator=g) * 0.3, "b_enc": torch.zeros(d_sae),
-        "W_dec": torch.randn(d_sae, d_in, generator=g) * 0.1, "b_dec": torch.zeros(d_in)})
+    return build_sae(
+        SaeConfig(d_in=d_in, d_sae=d_sae, architecture=ReluArch(), site=site),
+        {
+            "W_enc": torch.randn(d_in, d_sae, generator=g) * 0.3,
+            "b_enc": torch.zeros(d_sae),
+            "W_dec": torch.randn(d_sae, d_in, generator=g) * 0.1,
+            "b_dec": torch.zeros(d_in),
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,13 @@ def sclient(sae_service):
 def test_list_and_model_info_report_saes(sclient):
     """ListSaes and GetModelInfo report the SAE, its site and the sites it adds."""
     (info,) = sclient.list_saes()
-    assert (info.id, info.site, info.kind, info.d_in, info.d_sae) == ("res1", "blocks.1.hook_resid_pre", "relu", 64, 80)
+    assert (info.id, info.site, info.kind, info.d_in, info.d_sae) == (
+        "res1",
+        "blocks.1.hook_resid_pre",
+        "relu",
+        64,
+        80,
+    )
     mi = sclient.model_info()
     assert mi.saes[0].id == "res1" and mi.site("sae.res1.hook_sae_acts_post").sizes == (-1, 80)
 
@@ -74,9 +86,14 @@ def test_decode_and_latent_interventions(sclient, sae_service):
     z = np.zeros((2, 80), np.float32)
     z[0, 3] = 2.0
     vec = sclient.decode("res1", z)
-    np.testing.assert_allclose(vec[0], 2.0 * runner.get_sae("res1").sae.W_dec[3].detach().numpy(), atol=1e-6)
-    out = sclient.forward(PROMPT, capture=["sae.res1.hook_sae_acts_post"],
-                          interventions=[iv.zero("sae.res1.hook_sae_acts_post[pos=-1]")])
+    np.testing.assert_allclose(
+        vec[0], 2.0 * runner.get_sae("res1").sae.W_dec[3].detach().numpy(), atol=1e-6
+    )
+    out = sclient.forward(
+        PROMPT,
+        capture=["sae.res1.hook_sae_acts_post"],
+        interventions=[iv.zero("sae.res1.hook_sae_acts_post[pos=-1]")],
+    )
     assert np.all(out.activations["sae.res1.hook_sae_acts_post"][0, -1] == 0)
 
 
@@ -85,10 +102,12 @@ def test_load_sae_at_runtime_and_bad_files(sclient):
     server keeps serving."""
     info = sclient.load_sae("res2", "good", site="blocks.0.hook_resid_post")
     assert info.site == "blocks.0.hook_resid_post"
-    cases = [("bad", None, grpc.StatusCode.INVALID_ARGUMENT, "cfg.json"),
-             ("missing", None, grpc.StatusCode.NOT_FOUND, "no SAE"),
-             ("../../etc", None, grpc.StatusCode.INVALID_ARGUMENT, "outside"),
-             ("good", "blocks.0.mlp.hook_post", grpc.StatusCode.INVALID_ARGUMENT, "d_in=64")]
+    cases = [
+        ("bad", None, grpc.StatusCode.INVALID_ARGUMENT, "cfg.json"),
+        ("missing", None, grpc.StatusCode.NOT_FOUND, "no SAE"),
+        ("../../etc", None, grpc.StatusCode.INVALID_ARGUMENT, "outside"),
+        ("good", "blocks.0.mlp.hook_post", grpc.StatusCode.INVALID_ARGUMENT, "d_in=64"),
+    ]
     for path, site, code, text in cases:
         with pytest.raises(TdbClientError) as e:
             sclient.load_sae("x", path, site=site)

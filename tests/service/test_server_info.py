@@ -12,7 +12,8 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-    ProtoReflectionDescriptorDatabase)
+    ProtoReflectionDescriptorDatabase,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.server import SERVICE_NAMES
@@ -28,24 +29,38 @@ def test_server_info_reports_models_limits_features_and_rpcs(client, service):
     assert info.version == metadata.version("tdb-service")
     assert info.library_versions["torch"] == metadata.version("torch")
     m = info.model()
-    assert (m.name, m.architecture, m.device, m.dtype, m.is_default) == \
-        ("tiny", "GPT2LMHeadModel", "cpu", "float32", True)
+    assert (m.name, m.architecture, m.device, m.dtype, m.is_default) == (
+        "tiny",
+        "GPT2LMHeadModel",
+        "cpu",
+        "float32",
+        True,
+    )
     assert (m.n_layers, m.d_model, m.n_ctx) == (2, 64, 64)
     assert m.limits == dataclasses.asdict(LIMITS)
     # The service fixture keeps explanations in a SQLite store (the default catalog).
-    assert info.features == {"auth": False, "tls": False, "mutual_tls": False, "metrics": False,
-                             "explanation_store": True, "load_sae": False}
+    assert info.features == {
+        "auth": False,
+        "tls": False,
+        "mutual_tls": False,
+        "metrics": False,
+        "explanation_store": True,
+        "load_sae": False,
+    }
     assert info.server_limits["max_request_bytes"] > 0
     expected = {}
     for name in (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME):
         svc = descriptor_pool.Default().FindServiceByName(name)
-        expected[name] = [(f"/{name}/{x.name}", x.input_type.full_name, x.server_streaming)
-                          for x in svc.methods]
-    got = {k: [(x.path, x.input_type, x.server_streaming) for x in v]
-           for k, v in info.services.items()}
+        expected[name] = [
+            (f"/{name}/{x.name}", x.input_type.full_name, x.server_streaming) for x in svc.methods
+        ]
+    got = {
+        k: [(x.path, x.input_type, x.server_streaming) for x in v] for k, v in info.services.items()
+    }
     assert got == expected
-    assert ("/tdb.v1.InferenceService/Forward", "tdb.v1.ForwardRequest", True) in \
-        got["tdb.v1.InferenceService"]
+    assert ("/tdb.v1.InferenceService/Forward", "tdb.v1.ForwardRequest", True) in got[
+        "tdb.v1.InferenceService"
+    ]
     with grpc.insecure_channel(f"127.0.0.1:{service.port}") as ch:
         assert "tdb.v1.ServerService" in ProtoReflectionDescriptorDatabase(ch).get_services()
 
@@ -60,8 +75,10 @@ def test_server_info_sees_saes_attached_at_runtime(tiny_loaded, tmp_path):
     from tests.service.test_sae_service import make_sae
 
     save_sae(make_sae(seed=1), tmp_path / "l1")
-    svc = build_server(Settings(port=0, sae_root=str(tmp_path), limits=LIMITS),
-                       ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]))
+    svc = build_server(
+        Settings(port=0, sae_root=str(tmp_path), limits=LIMITS),
+        ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]),
+    )
     try:
         with TdbClient(f"127.0.0.1:{svc.port}") as c:
             before = c.server_info()
@@ -94,8 +111,10 @@ def test_metrics_endpoint_counts_requests_latency_tokens_and_queue(tiny_loaded):
     from services.settings import Settings
     from tdb_client import TdbClient, TdbClientError
 
-    svc = build_server(Settings(port=0, metrics_port=0, limits=LIMITS),
-                       ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]))
+    svc = build_server(
+        Settings(port=0, metrics_port=0, limits=LIMITS),
+        ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]),
+    )
     try:
         assert svc.metrics is not None and svc.metrics.port
         with TdbClient(f"127.0.0.1:{svc.port}", timeout=30) as c:
@@ -112,8 +131,15 @@ def test_metrics_endpoint_counts_requests_latency_tokens_and_queue(tiny_loaded):
         fwd = dict(service="tdb.v1.InferenceService", method="Forward")
         assert get("tdb_rpc_requests_total", code="OK", **fwd) == 2
         assert get("tdb_rpc_requests_total", code="NOT_FOUND", **fwd) == 1
-        assert get("tdb_rpc_requests_total", service="tdb.v1.ServerService", method="ServerInfo",
-                   code="OK") == 1
+        assert (
+            get(
+                "tdb_rpc_requests_total",
+                service="tdb.v1.ServerService",
+                method="ServerInfo",
+                code="OK",
+            )
+            == 1
+        )
         assert get("tdb_rpc_duration_seconds_count", code="OK", **fwd) == 2
         assert get("tdb_rpc_duration_seconds_bucket", code="OK", le="+Inf", **fwd) == 2
         assert 0 < get("tdb_rpc_duration_seconds_sum", code="OK", **fwd) < 60

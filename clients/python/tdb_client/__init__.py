@@ -1,9 +1,9 @@
 """Python client for the TDB interpretability service (gRPC). Needs grpcio, protobuf and numpy only.
 
-    from tdb_client import TdbClient
-    with TdbClient("localhost:50051") as c:
-        out = c.forward("The quick brown fox", capture=["blocks.0.mlp.hook_post"])
-        out.activations["blocks.0.mlp.hook_post"].shape   # (1, n_tokens, d_mlp)
+from tdb_client import TdbClient
+with TdbClient("localhost:50051") as c:
+    out = c.forward("The quick brown fox", capture=["blocks.0.mlp.hook_post"])
+    out.activations["blocks.0.mlp.hook_post"].shape   # (1, n_tokens, d_mlp)
 """
 
 from tdb_client import interventions, losses
@@ -11,17 +11,61 @@ from tdb_client.channel import TlsConfig
 from tdb_client.client import TdbClient
 from tdb_client.errors import TdbClientError
 from tdb_client.interventions import Selector, parse_selector
-from tdb_client.types import (AblateResult, AblateRow, ActivationRecord, AttributeResult, Capture,
-                              EncodeResult, ExplainProgress, Explanation, ForwardResult, MethodInfo,
-                              ModelCapabilities, ModelInfo, ModelSummary, Node, NodeRecords, NodeRow,
-                              NodeValues, PatchSweepResult, SaeInfo, ServerInfo, SiteInfo,
-                              TokenScore, TopLogits)
+from tdb_client.types import (
+    AblateResult,
+    AblateRow,
+    ActivationRecord,
+    AttributeResult,
+    Capture,
+    EncodeResult,
+    ExplainProgress,
+    Explanation,
+    ForwardResult,
+    MethodInfo,
+    ModelCapabilities,
+    ModelInfo,
+    ModelSummary,
+    Node,
+    NodeRecords,
+    NodeRow,
+    NodeValues,
+    PatchSweepResult,
+    SaeInfo,
+    ServerInfo,
+    SiteInfo,
+    TokenScore,
+    TopLogits,
+)
 
 __all__ = [
-    "TdbClient", "TdbClientError", "TlsConfig", "interventions", "losses", "Selector",
-    "parse_selector", "Capture", "ForwardResult", "ModelInfo", "ModelSummary", "SiteInfo",
-    "TopLogits", "AblateResult", "AblateRow", "PatchSweepResult", "AttributeResult", "Node",
-    "NodeRow", "NodeValues", "TokenScore", "SaeInfo", "EncodeResult", "Explanation",
-    "ExplainProgress", "NodeRecords", "ActivationRecord", "ServerInfo", "ModelCapabilities",
+    "AblateResult",
+    "AblateRow",
+    "ActivationRecord",
+    "AttributeResult",
+    "Capture",
+    "EncodeResult",
+    "ExplainProgress",
+    "Explanation",
+    "ForwardResult",
     "MethodInfo",
+    "ModelCapabilities",
+    "ModelInfo",
+    "ModelSummary",
+    "Node",
+    "NodeRecords",
+    "NodeRow",
+    "NodeValues",
+    "PatchSweepResult",
+    "SaeInfo",
+    "Selector",
+    "ServerInfo",
+    "SiteInfo",
+    "TdbClient",
+    "TdbClientError",
+    "TlsConfig",
+    "TokenScore",
+    "TopLogits",
+    "interventions",
+    "losses",
+    "parse_selector",
 ]

@@ -29,11 +29,17 @@ from typing import Any
 
 import grpc
 
-from tdb.v1 import (attribution_pb2, explain_pb2, inference_pb2, model_pb2, sae_pb2, server_pb2)
+from tdb.v1 import attribution_pb2, explain_pb2, inference_pb2, model_pb2, sae_pb2, server_pb2
 
 #: Modules whose services the retry policy covers (every service of the tdb.v1 contract).
-SERVICE_MODULES: tuple[ModuleType, ...] = (model_pb2, inference_pb2, attribution_pb2, sae_pb2,
-                                           explain_pb2, server_pb2)
+SERVICE_MODULES: tuple[ModuleType, ...] = (
+    model_pb2,
+    inference_pb2,
+    attribution_pb2,
+    sae_pb2,
+    explain_pb2,
+    server_pb2,
+)
 #: RPCs that change server state and are therefore never retried.
 NOT_RETRIED = frozenset({"tdb.v1.SaeService/LoadSae"})
 MAX_ATTEMPTS = 5
@@ -125,29 +131,47 @@ def service_config(max_attempts: int = MAX_ATTEMPTS) -> str:
                     names.append({"service": service.full_name, "method": method.name})
     config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
     if max_attempts > 1:
-        config["methodConfig"] = [{"name": names, "retryPolicy": {
-            "maxAttempts": max_attempts, "initialBackoff": "0.05s", "maxBackoff": "2s",
-            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]
+        config["methodConfig"] = [
+            {
+                "name": names,
+                "retryPolicy": {
+                    "maxAttempts": max_attempts,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
     return json.dumps(config)
 
 
-def make_channel(target: str | Sequence[str], tls: bool | TlsConfig | None = None,
-                 options: Sequence[tuple[str, Any]] = (),
-                 max_attempts: int = MAX_ATTEMPTS) -> grpc.Channel:
+def make_channel(
+    target: str | Sequence[str],
+    tls: bool | TlsConfig | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    max_attempts: int = MAX_ATTEMPTS,
+) -> grpc.Channel:
     """A channel to one server or a set of replicas (see the module docstring).
 
     ``tls``: None/False for plaintext, True for TLS with the system's roots, or a
     :class:`TlsConfig`. ``options`` are gRPC channel options; they override the defaults here.
     ``max_attempts``: attempts per call on UNAVAILABLE (1 turns retries off).
     """
-    if isinstance(target, str) and "," in target and not target.startswith(("ipv4:", "ipv6:")) \
-            and "://" not in target:
+    if (
+        isinstance(target, str)
+        and "," in target
+        and not target.startswith(("ipv4:", "ipv6:"))
+        and "://" not in target
+    ):
         target = target.split(",")
     authority = None
     if not isinstance(target, str):
         target, authority = replicas_target(list(target))
-    opts: list[tuple[str, Any]] = [("grpc.enable_retries", 1 if max_attempts > 1 else 0),
-                                   ("grpc.service_config", service_config(max_attempts))]
+    opts: list[tuple[str, Any]] = [
+        ("grpc.enable_retries", 1 if max_attempts > 1 else 0),
+        ("grpc.service_config", service_config(max_attempts)),
+    ]
     if authority is not None:
         opts.append(("grpc.default_authority", authority))
     if tls is None or tls is False:
@@ -155,7 +179,9 @@ def make_channel(target: str | Sequence[str], tls: bool | TlsConfig | None = Non
     cfg = TlsConfig() if tls is True else tls
     if cfg.server_name:
         opts.append(("grpc.ssl_target_name_override", cfg.server_name))
-    creds = grpc.ssl_channel_credentials(root_certificates=_pem(cfg.root_ca),
-                                         private_key=_pem(cfg.client_key),
-                                         certificate_chain=_pem(cfg.client_cert))
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=_pem(cfg.root_ca),
+        private_key=_pem(cfg.client_key),
+        certificate_chain=_pem(cfg.client_cert),
+    )
     return grpc.secure_channel(target, creds, options=[*opts, *options])

@@ -22,23 +22,51 @@ from tdb.v1 import sae_pb2 as spb
 from tdb.v1 import sae_pb2_grpc as spb_grpc
 from tdb.v1 import server_pb2 as svpb
 from tdb.v1 import server_pb2_grpc as svpb_grpc
+from tdb_client import losses
 from tdb_client.channel import MAX_ATTEMPTS, TlsConfig, make_channel
 from tdb_client.errors import TdbClientError
 from tdb_client.tensors import StreamAssembler, assemble, from_numpy, to_numpy
-from tdb_client import losses
-from tdb_client.types import (AblateResult, AblateRow, ActivationRecord, AttributeResult, Capture,
-                              EncodeResult, ExplainProgress, Explanation, ForwardResult,
-                              LimitValue, MethodInfo, ModelCapabilities, ModelInfo, ModelSummary,
-                              Node, NodeRecords, NodeRow, NodeValues, PatchSweepResult, SaeInfo,
-                              ServerInfo, SiteInfo, TokenScore, TopLogits)
+from tdb_client.types import (
+    AblateResult,
+    AblateRow,
+    ActivationRecord,
+    AttributeResult,
+    Capture,
+    EncodeResult,
+    ExplainProgress,
+    Explanation,
+    ForwardResult,
+    LimitValue,
+    MethodInfo,
+    ModelCapabilities,
+    ModelInfo,
+    ModelSummary,
+    Node,
+    NodeRecords,
+    NodeRow,
+    NodeValues,
+    PatchSweepResult,
+    SaeInfo,
+    ServerInfo,
+    SiteInfo,
+    TokenScore,
+    TopLogits,
+)
 
 PromptLike = str | Sequence[int]
 R = TypeVar("R")
 
-_DTYPES = {None: cpb.DTYPE_UNSPECIFIED, "float32": cpb.DTYPE_FLOAT32,
-           "float16": cpb.DTYPE_FLOAT16, "bfloat16": cpb.DTYPE_BFLOAT16}
-_MODES = {"largest": cpb.TOP_K_MODE_LARGEST, "smallest": cpb.TOP_K_MODE_SMALLEST,
-          "abs": cpb.TOP_K_MODE_ABS}
+_DTYPES = {
+    None: cpb.DTYPE_UNSPECIFIED,
+    "float32": cpb.DTYPE_FLOAT32,
+    "float16": cpb.DTYPE_FLOAT16,
+    "bfloat16": cpb.DTYPE_BFLOAT16,
+}
+_MODES = {
+    "largest": cpb.TOP_K_MODE_LARGEST,
+    "smallest": cpb.TOP_K_MODE_SMALLEST,
+    "abs": cpb.TOP_K_MODE_ABS,
+}
 
 
 def prompt_pb(p: PromptLike) -> cpb.Prompt:
@@ -49,8 +77,9 @@ def prompt_pb(p: PromptLike) -> cpb.Prompt:
 
 
 def prompts_pb(prompts: PromptLike | Sequence[PromptLike]) -> list[cpb.Prompt]:
-    if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts
-                                    and isinstance(prompts[0], int)):
+    if isinstance(prompts, str) or (
+        isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)
+    ):
         return [prompt_pb(prompts)]  # type: ignore[arg-type]
     return [prompt_pb(p) for p in prompts]  # type: ignore[union-attr]
 
@@ -60,8 +89,12 @@ def capture_pb(c: str | Capture, positions: Sequence[int] | None = None) -> cpb.
         c = Capture(site=c, positions=tuple(positions) if positions is not None else None)
     if c.dtype not in _DTYPES:
         raise ValueError(f"dtype {c.dtype!r}: use float32, float16 or bfloat16")
-    msg = cpb.Capture(site=c.site, positions=list(c.positions or ()), units=list(c.units or ()),
-                      dtype=_DTYPES[c.dtype])
+    msg = cpb.Capture(
+        site=c.site,
+        positions=list(c.positions or ()),
+        units=list(c.units or ()),
+        dtype=_DTYPES[c.dtype],
+    )
     if c.top_k is not None:
         msg.top_k.k = c.top_k
         msg.top_k.mode = _MODES[c.top_k_mode]
@@ -73,8 +106,10 @@ def tokens_pb(tokens: str | int | Sequence[str | int] | None) -> cpb.Tokens:
     if tokens is None:
         return cpb.Tokens()
     items = [tokens] if isinstance(tokens, (str, int)) else list(tokens)
-    return cpb.Tokens(strings=[t for t in items if isinstance(t, str)],
-                      ids=[int(t) for t in items if not isinstance(t, str)])
+    return cpb.Tokens(
+        strings=[t for t in items if isinstance(t, str)],
+        ids=[int(t) for t in items if not isinstance(t, str)],
+    )
 
 
 TokensLike = str | int | Sequence[str | int] | None
@@ -82,10 +117,21 @@ TokensLike = str | int | Sequence[str | int] | None
 
 def explanation_from_pb(e: epb.Explanation) -> Explanation:
     import json
-    return Explanation(e.model, e.sae, e.node, e.method, e.explainer, e.explanation,
-                       e.score if e.HasField("score") else None, e.score_reason,
-                       json.loads(e.scores_json or "{}"), json.loads(e.records_used_json or "{}"),
-                       e.created_at, e.updated_at)
+
+    return Explanation(
+        e.model,
+        e.sae,
+        e.node,
+        e.method,
+        e.explainer,
+        e.explanation,
+        e.score if e.HasField("score") else None,
+        e.score_reason,
+        json.loads(e.scores_json or "{}"),
+        json.loads(e.records_used_json or "{}"),
+        e.created_at,
+        e.updated_at,
+    )
 
 
 def _dataset_pb(dataset: str | Sequence[str] | None) -> epb.Dataset:
@@ -96,23 +142,40 @@ def _dataset_pb(dataset: str | Sequence[str] | None) -> epb.Dataset:
     return epb.Dataset(texts=epb.TextList(texts=list(dataset)))
 
 
-def _mining_pb(window_len: int | None, top_k: int | None, n_random: int | None,
-               max_windows: int | None) -> epb.MiningOptions:
+def _mining_pb(
+    window_len: int | None, top_k: int | None, n_random: int | None, max_windows: int | None
+) -> epb.MiningOptions:
     m = epb.MiningOptions()
-    for name, value in (("window_len", window_len), ("top_k", top_k), ("n_random", n_random),
-                        ("max_windows", max_windows)):
+    for name, value in (
+        ("window_len", window_len),
+        ("top_k", top_k),
+        ("n_random", n_random),
+        ("max_windows", max_windows),
+    ):
         if value is not None:
             setattr(m, name, value)
     return m
 
 
 def sae_info_from_pb(m: cpb.SaeInfo) -> SaeInfo:
-    return SaeInfo(m.id, m.model, m.site, m.kind, m.d_in, m.d_sae, m.input_norm,
-                   m.k if m.HasField("k") else None, m.source, tuple(m.sites))
+    return SaeInfo(
+        m.id,
+        m.model,
+        m.site,
+        m.kind,
+        m.d_in,
+        m.d_sae,
+        m.input_norm,
+        m.k if m.HasField("k") else None,
+        m.source,
+        tuple(m.sites),
+    )
 
 
 def top_logits_from_pb(t: cpb.TopLogits) -> TopLogits:
-    return TopLogits(t.position, tuple(t.token_ids), tuple(t.tokens), tuple(t.logits), tuple(t.probs))
+    return TopLogits(
+        t.position, tuple(t.token_ids), tuple(t.tokens), tuple(t.logits), tuple(t.probs)
+    )
 
 
 def _limits(limits: Iterable[svpb.Limit]) -> dict[str, LimitValue]:
@@ -142,10 +205,16 @@ class TdbClient:
     :class:`TlsConfig` (own CA, client certificate for mutual TLS).
     """
 
-    def __init__(self, target: str | Sequence[str] = "localhost:50051",
-                 timeout: float | None = 60.0, metadata: Sequence[tuple[str, str]] = (),
-                 options: Sequence[tuple[str, Any]] = (), token: str | None = None,
-                 tls: bool | TlsConfig | None = None, max_attempts: int = MAX_ATTEMPTS) -> None:
+    def __init__(
+        self,
+        target: str | Sequence[str] = "localhost:50051",
+        timeout: float | None = 60.0,
+        metadata: Sequence[tuple[str, str]] = (),
+        options: Sequence[tuple[str, Any]] = (),
+        token: str | None = None,
+        tls: bool | TlsConfig | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
         self.target = target
         self.timeout = timeout
         auth = (("authorization", f"Bearer {token}"),) if token else ()
@@ -163,7 +232,7 @@ class TdbClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "TdbClient":
+    def __enter__(self) -> TdbClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -171,13 +240,17 @@ class TdbClient:
 
     def _unary(self, fn: Callable[..., R], request: Message, timeout: float | None) -> R:
         try:
-            return fn(request, timeout=self.timeout if timeout is None else timeout,
-                      metadata=self._metadata)
+            return fn(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
         except grpc.RpcError as e:
             raise TdbClientError.from_rpc_error(e) from None
 
-    def _stream(self, fn: Callable[..., Iterable[Message]], request: Message,
-                timeout: float | None) -> StreamAssembler:
+    def _stream(
+        self, fn: Callable[..., Iterable[Message]], request: Message, timeout: float | None
+    ) -> StreamAssembler:
         budget = self.timeout if timeout is None else timeout
         deadline = None if budget is None else time.monotonic() + budget
         attempt = 0
@@ -198,8 +271,11 @@ class TdbClient:
                 # gRPC retries UNAVAILABLE by itself only until the first response arrives; a
                 # replica lost mid-stream is retried here from the start (streaming RPCs only
                 # read, and the partial result was never handed out).
-                if (e.code() == grpc.StatusCode.UNAVAILABLE and received
-                        and attempt < self._max_attempts):
+                if (
+                    e.code() == grpc.StatusCode.UNAVAILABLE
+                    and received
+                    and attempt < self._max_attempts
+                ):
                     continue
                 raise TdbClientError.from_rpc_error(e) from None
 
@@ -207,17 +283,47 @@ class TdbClient:
     def server_info(self, timeout: float | None = None) -> ServerInfo:
         """The server's version, models (with SAEs and limits), features and RPCs."""
         r = self._unary(self._server.ServerInfo, svpb.ServerInfoRequest(), timeout)
-        models = tuple(ModelCapabilities(
-            m.name, m.architecture, m.source, m.device, m.dtype, m.is_default, m.n_layers,
-            m.n_ctx, m.d_model, m.d_vocab, tuple(sae_info_from_pb(x) for x in m.saes),
-            _limits(m.limits)) for m in r.models)
+        models = tuple(
+            ModelCapabilities(
+                m.name,
+                m.architecture,
+                m.source,
+                m.device,
+                m.dtype,
+                m.is_default,
+                m.n_layers,
+                m.n_ctx,
+                m.d_model,
+                m.d_vocab,
+                tuple(sae_info_from_pb(x) for x in m.saes),
+                _limits(m.limits),
+            )
+            for m in r.models
+        )
         features = {f.name: bool(getattr(r.features, f.name)) for f in r.features.DESCRIPTOR.fields}
-        services = {s.name: tuple(MethodInfo(m.name, m.path, m.input_type, m.output_type,
-                                             m.client_streaming, m.server_streaming)
-                                  for m in s.methods) for s in r.services}
-        return ServerInfo(version=r.version, library_versions=dict(r.library_versions),
-                          models=models, default_model=r.default_model, features=features,
-                          services=services, server_limits=_limits(r.server_limits))
+        services = {
+            s.name: tuple(
+                MethodInfo(
+                    m.name,
+                    m.path,
+                    m.input_type,
+                    m.output_type,
+                    m.client_streaming,
+                    m.server_streaming,
+                )
+                for m in s.methods
+            )
+            for s in r.services
+        }
+        return ServerInfo(
+            version=r.version,
+            library_versions=dict(r.library_versions),
+            models=models,
+            default_model=r.default_model,
+            features=features,
+            services=services,
+            server_limits=_limits(r.server_limits),
+        )
 
     # -- ModelService
     def list_models(self, timeout: float | None = None) -> list[ModelSummary]:
@@ -225,21 +331,48 @@ class TdbClient:
         return [ModelSummary(m.name, m.architecture, m.source, m.is_default) for m in r.models]
 
     def model_info(self, model: str | None = None, timeout: float | None = None) -> ModelInfo:
-        r = self._unary(self._models.GetModelInfo, mpb.GetModelInfoRequest(model=model or ""), timeout)
-        sites = tuple(SiteInfo(s.name, s.kind, s.layer if s.HasField("layer") else None,
-                               tuple(s.dims), tuple(s.sizes), s.unit_dim or None, s.meaning)
-                      for s in r.sites)
+        r = self._unary(
+            self._models.GetModelInfo, mpb.GetModelInfoRequest(model=model or ""), timeout
+        )
+        sites = tuple(
+            SiteInfo(
+                s.name,
+                s.kind,
+                s.layer if s.HasField("layer") else None,
+                tuple(s.dims),
+                tuple(s.sizes),
+                s.unit_dim or None,
+                s.meaning,
+            )
+            for s in r.sites
+        )
         return ModelInfo(
-            name=r.name, architecture=r.architecture, source=r.source, n_layers=r.n_layers,
-            n_heads=r.n_heads, n_kv_heads=r.n_kv_heads, d_model=r.d_model, d_head=r.d_head,
-            d_mlp=r.d_mlp, d_vocab=r.d_vocab, n_ctx=r.n_ctx, device=r.device, dtype=r.dtype,
-            sites=sites, saes=tuple(sae_info_from_pb(x) for x in r.saes),
+            name=r.name,
+            architecture=r.architecture,
+            source=r.source,
+            n_layers=r.n_layers,
+            n_heads=r.n_heads,
+            n_kv_heads=r.n_kv_heads,
+            d_model=r.d_model,
+            d_head=r.d_head,
+            d_mlp=r.d_mlp,
+            d_vocab=r.d_vocab,
+            n_ctx=r.n_ctx,
+            device=r.device,
+            dtype=r.dtype,
+            sites=sites,
+            saes=tuple(sae_info_from_pb(x) for x in r.saes),
             bos_token_id=r.bos_token_id if r.HasField("bos_token_id") else None,
-            eos_token_id=r.eos_token_id if r.HasField("eos_token_id") else None)
+            eos_token_id=r.eos_token_id if r.HasField("eos_token_id") else None,
+        )
 
-    def tokenize(self, text: str | Sequence[str], model: str | None = None,
-                 prepend_bos: bool | None = None,
-                 timeout: float | None = None) -> list[int] | list[list[int]]:
+    def tokenize(
+        self,
+        text: str | Sequence[str],
+        model: str | None = None,
+        prepend_bos: bool | None = None,
+        timeout: float | None = None,
+    ) -> list[int] | list[list[int]]:
         """Token ids of a text (or a list of ids per text for a list of texts)."""
         texts = [text] if isinstance(text, str) else list(text)
         req = mpb.TokenizeRequest(model=model or "", texts=texts)
@@ -249,19 +382,31 @@ class TdbClient:
         ids = [list(p.token_ids) for p in r.prompts]
         return ids[0] if isinstance(text, str) else ids
 
-    def detokenize(self, token_ids: Sequence[int], model: str | None = None,
-                   timeout: float | None = None) -> str:
-        r = self._unary(self._models.Detokenize,
-                        mpb.DetokenizeRequest(model=model or "", token_ids=list(token_ids)), timeout)
+    def detokenize(
+        self, token_ids: Sequence[int], model: str | None = None, timeout: float | None = None
+    ) -> str:
+        r = self._unary(
+            self._models.Detokenize,
+            mpb.DetokenizeRequest(model=model or "", token_ids=list(token_ids)),
+            timeout,
+        )
         return r.text
 
     # -- InferenceService
-    def forward(self, prompts: PromptLike | Sequence[PromptLike], model: str | None = None,
-                capture: Iterable[str | Capture] = (), positions: Sequence[int] | None = None,
-                top_k: int = 10, logit_positions: Sequence[int] | None = None,
-                interventions: Iterable[cpb.Intervention] = (),
-                sources: Sequence[PromptLike] = (), references: Sequence[PromptLike] = (),
-                prepend_bos: bool | None = None, timeout: float | None = None) -> ForwardResult:
+    def forward(
+        self,
+        prompts: PromptLike | Sequence[PromptLike],
+        model: str | None = None,
+        capture: Iterable[str | Capture] = (),
+        positions: Sequence[int] | None = None,
+        top_k: int = 10,
+        logit_positions: Sequence[int] | None = None,
+        interventions: Iterable[cpb.Intervention] = (),
+        sources: Sequence[PromptLike] = (),
+        references: Sequence[PromptLike] = (),
+        prepend_bos: bool | None = None,
+        timeout: float | None = None,
+    ) -> ForwardResult:
         """Run prompts and read activations.
 
         ``capture``: site names or globs (or :class:`Capture` objects for per-site reductions);
@@ -270,17 +415,24 @@ class TdbClient:
         reference-mean interventions.
         """
         req = ipb.ForwardRequest(
-            model=model or "", prompts=prompts_pb(prompts),
+            model=model or "",
+            prompts=prompts_pb(prompts),
             captures=[capture_pb(c, positions) for c in capture],
             interventions=list(interventions),
-            sources=[prompt_pb(p) for p in sources], references=[prompt_pb(p) for p in references],
-            logit_positions=list(logit_positions or ()), top_k=top_k)
+            sources=[prompt_pb(p) for p in sources],
+            references=[prompt_pb(p) for p in references],
+            logit_positions=list(logit_positions or ()),
+            top_k=top_k,
+        )
         if prepend_bos is not None:
             req.prepend_bos = prepend_bos
         stream = self._stream(self._inference.Forward, req, timeout)
         h: ipb.ForwardHeader = stream.header  # type: ignore[assignment]
-        out = ForwardResult(model=h.model, token_ids=[list(p.token_ids) for p in h.prompts],
-                            tokens=[list(p.tokens) for p in h.prompts])
+        out = ForwardResult(
+            model=h.model,
+            token_ids=[list(p.token_ids) for p in h.prompts],
+            tokens=[list(p.tokens) for p in h.prompts],
+        )
         for c in h.captures:
             out.activations[c.site] = stream.array(c.values)
             out.positions[c.site] = stream.array(c.positions)
@@ -290,70 +442,132 @@ class TdbClient:
         out.top_logits = [[top_logits_from_pb(t) for t in p.positions] for p in h.top_logits]
         return out
 
-    def ablate(self, prompt: PromptLike,
-               sets: dict[str, Iterable[cpb.Intervention]] | Iterable[Iterable[cpb.Intervention]],
-               target: TokensLike = None, distractor: TokensLike = None, position: int = -1,
-               top_k: int = 10, capture: Iterable[str | Capture] = (),
-               positions: Sequence[int] | None = None, sources: Sequence[PromptLike] = (),
-               references: Sequence[PromptLike] = (), model: str | None = None,
-               prepend_bos: bool | None = None, timeout: float | None = None) -> AblateResult:
+    def ablate(
+        self,
+        prompt: PromptLike,
+        sets: dict[str, Iterable[cpb.Intervention]] | Iterable[Iterable[cpb.Intervention]],
+        target: TokensLike = None,
+        distractor: TokensLike = None,
+        position: int = -1,
+        top_k: int = 10,
+        capture: Iterable[str | Capture] = (),
+        positions: Sequence[int] | None = None,
+        sources: Sequence[PromptLike] = (),
+        references: Sequence[PromptLike] = (),
+        model: str | None = None,
+        prepend_bos: bool | None = None,
+        timeout: float | None = None,
+    ) -> AblateResult:
         """Compare a baseline with each intervention set (one padded batch on the server).
 
         ``sets``: a dict name -> interventions (or a list, named set0, set1, ...);
         ``target``/``distractor``: strings that are one token each (e.g. " Mary") or ids.
         """
-        named = sets.items() if isinstance(sets, dict) else ((f"set{i}", s) for i, s in enumerate(sets))
+        named = (
+            sets.items() if isinstance(sets, dict) else ((f"set{i}", s) for i, s in enumerate(sets))
+        )
         req = ipb.AblateRequest(
-            model=model or "", prompt=prompt_pb(prompt),
+            model=model or "",
+            prompt=prompt_pb(prompt),
             sets=[cpb.InterventionSet(name=n, interventions=list(ivs)) for n, ivs in named],
-            position=position, target=tokens_pb(target), distractor=tokens_pb(distractor),
-            top_k=top_k, captures=[capture_pb(c, positions) for c in capture],
-            sources=[prompt_pb(p) for p in sources], references=[prompt_pb(p) for p in references])
+            position=position,
+            target=tokens_pb(target),
+            distractor=tokens_pb(distractor),
+            top_k=top_k,
+            captures=[capture_pb(c, positions) for c in capture],
+            sources=[prompt_pb(p) for p in sources],
+            references=[prompt_pb(p) for p in references],
+        )
         if prepend_bos is not None:
             req.prepend_bos = prepend_bos
         stream = self._stream(self._inference.Ablate, req, timeout)
         h: ipb.AblateHeader = stream.header  # type: ignore[assignment]
-        rows = [AblateRow(r.name, top_logits_from_pb(r.top),
-                          r.logit_diff if r.HasField("logit_diff") else None,
-                          r.logit_diff_change if r.HasField("logit_diff_change") else None,
-                          r.kl_from_baseline,
-                          r.target_prob if r.HasField("target_prob") else None) for r in h.rows]
-        out = AblateResult(model=h.model, tokens=list(h.prompt.tokens),
-                           token_ids=list(h.prompt.token_ids), position=h.position, rows=rows)
+        rows = [
+            AblateRow(
+                r.name,
+                top_logits_from_pb(r.top),
+                r.logit_diff if r.HasField("logit_diff") else None,
+                r.logit_diff_change if r.HasField("logit_diff_change") else None,
+                r.kl_from_baseline,
+                r.target_prob if r.HasField("target_prob") else None,
+            )
+            for r in h.rows
+        ]
+        out = AblateResult(
+            model=h.model,
+            tokens=list(h.prompt.tokens),
+            token_ids=list(h.prompt.token_ids),
+            position=h.position,
+            rows=rows,
+        )
         for c in h.captures:
             out.activations[c.site] = stream.array(c.values)
             out.dims[c.site] = tuple(c.dims)
         return out
 
-    def patch_sweep(self, clean: PromptLike, corrupted: PromptLike, site: str,
-                    target: TokensLike, distractor: TokensLike, by: str = "position",
-                    positions: Sequence[int] | None = None, layers: Sequence[int] | None = None,
-                    position: int = -1, model: str | None = None,
-                    timeout: float | None = None) -> PatchSweepResult:
+    def patch_sweep(
+        self,
+        clean: PromptLike,
+        corrupted: PromptLike,
+        site: str,
+        target: TokensLike,
+        distractor: TokensLike,
+        by: str = "position",
+        positions: Sequence[int] | None = None,
+        layers: Sequence[int] | None = None,
+        position: int = -1,
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> PatchSweepResult:
         """Activation patching of ``site`` (e.g. "hook_resid_pre", "attn.hook_z") from ``clean``
         into ``corrupted``; ``by`` is "position" (grid layer x position) or "head"."""
         if by not in ("position", "head"):
             raise ValueError("by must be 'position' or 'head'")
         req = ipb.PatchSweepRequest(
-            model=model or "", clean=prompt_pb(clean), corrupted=prompt_pb(corrupted), site=site,
-            target=tokens_pb(target), distractor=tokens_pb(distractor),
+            model=model or "",
+            clean=prompt_pb(clean),
+            corrupted=prompt_pb(corrupted),
+            site=site,
+            target=tokens_pb(target),
+            distractor=tokens_pb(distractor),
             by=ipb.SWEEP_BY_HEAD if by == "head" else ipb.SWEEP_BY_POSITION,
-            positions=list(positions or ()), layers=list(layers or ()), position=position)
+            positions=list(positions or ()),
+            layers=list(layers or ()),
+            position=position,
+        )
         r = self._unary(self._inference.PatchSweep, req, timeout)
         return PatchSweepResult(
-            model=r.model, site=r.site, by=by, layers=list(r.layers), columns=list(r.columns),
-            column_labels=list(r.column_labels), recovered=to_numpy(r.recovered),
-            logit_diffs=to_numpy(r.logit_diffs), clean_logit_diff=r.clean_logit_diff,
-            corrupted_logit_diff=r.corrupted_logit_diff, clean_tokens=list(r.clean.tokens),
-            corrupted_tokens=list(r.corrupted.tokens))
+            model=r.model,
+            site=r.site,
+            by=by,
+            layers=list(r.layers),
+            columns=list(r.columns),
+            column_labels=list(r.column_labels),
+            recovered=to_numpy(r.recovered),
+            logit_diffs=to_numpy(r.logit_diffs),
+            clean_logit_diff=r.clean_logit_diff,
+            corrupted_logit_diff=r.corrupted_logit_diff,
+            clean_tokens=list(r.clean.tokens),
+            corrupted_tokens=list(r.corrupted.tokens),
+        )
 
     # -- AttributionService
-    def attribute(self, prompt: PromptLike, loss: tuple[str, Message] | None = None,
-                  target: TokensLike = None, distractor: TokensLike = None, top_k: int = 10,
-                  second_prompt: PromptLike | None = None,
-                  interventions: Iterable[cpb.Intervention] = (), families: Sequence[str] = (),
-                  ig_steps: int = 0, freeze_norm_scale: bool = True, node_tokens: int = 5,
-                  model: str | None = None, timeout: float | None = None) -> AttributeResult:
+    def attribute(
+        self,
+        prompt: PromptLike,
+        loss: tuple[str, Message] | None = None,
+        target: TokensLike = None,
+        distractor: TokensLike = None,
+        top_k: int = 10,
+        second_prompt: PromptLike | None = None,
+        interventions: Iterable[cpb.Intervention] = (),
+        families: Sequence[str] = (),
+        ig_steps: int = 0,
+        freeze_norm_scale: bool = True,
+        node_tokens: int = 5,
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> AttributeResult:
         """TDB's node table. ``loss`` comes from :mod:`tdb_client.losses`; or give ``target`` and
         ``distractor`` for a logit difference at the last position."""
         if loss is None:
@@ -361,10 +575,16 @@ class TdbClient:
                 raise ValueError("give a loss, or target and distractor tokens")
             loss = losses.logit_diff(target, distractor)
         field, msg = loss
-        req = apb.AttributeRequest(model=model or "", prompt=prompt_pb(prompt),
-                                   interventions=list(interventions), top_k=top_k,
-                                   families=list(families), ig_steps=ig_steps,
-                                   freeze_norm_scale=freeze_norm_scale, node_tokens=node_tokens)
+        req = apb.AttributeRequest(
+            model=model or "",
+            prompt=prompt_pb(prompt),
+            interventions=list(interventions),
+            top_k=top_k,
+            families=list(families),
+            ig_steps=ig_steps,
+            freeze_norm_scale=freeze_norm_scale,
+            node_tokens=node_tokens,
+        )
         getattr(req, field).CopyFrom(msg)
         if second_prompt is not None:
             req.second_prompt.CopyFrom(prompt_pb(second_prompt))
@@ -372,31 +592,58 @@ class TdbClient:
 
         def scores(ts: Iterable[apb.TokenScore]) -> list[TokenScore]:
             return [TokenScore(t.token_id, t.token, t.score) for t in ts]
-        rows = [NodeRow(
-            node=Node(row.node.family, row.node.layer if row.node.HasField("layer") else None,
-                      row.node.position, row.node.index,
-                      row.node.key_position if row.node.HasField("key_position") else None,
-                      row.node.sae or None, row.node.name),
-            values=[NodeValues(v.activation, v.write_magnitude, v.direct_effect, v.total_effect)
-                    for v in row.values],
-            upvoted=scores(row.upvoted), downvoted=scores(row.downvoted),
-            input_tokens=scores(row.input_tokens),
-            explanation=explanation_from_pb(row.explanation) if row.HasField("explanation") else None)
-            for row in r.rows]
+
+        rows = [
+            NodeRow(
+                node=Node(
+                    row.node.family,
+                    row.node.layer if row.node.HasField("layer") else None,
+                    row.node.position,
+                    row.node.index,
+                    row.node.key_position if row.node.HasField("key_position") else None,
+                    row.node.sae or None,
+                    row.node.name,
+                ),
+                values=[
+                    NodeValues(v.activation, v.write_magnitude, v.direct_effect, v.total_effect)
+                    for v in row.values
+                ],
+                upvoted=scores(row.upvoted),
+                downvoted=scores(row.downvoted),
+                input_tokens=scores(row.input_tokens),
+                explanation=explanation_from_pb(row.explanation)
+                if row.HasField("explanation")
+                else None,
+            )
+            for row in r.rows
+        ]
         return AttributeResult(
-            model=r.model, tokens=[list(p.tokens) for p in r.prompts], loss_values=list(r.loss_values),
-            rows=rows, token_attribution=[list(t.values) for t in r.token_attribution],
-            bias_direct_effect=list(r.bias_direct_effect), constant=list(r.constant),
-            loss_position=r.loss_position, nodes_ranked=r.nodes_ranked)
+            model=r.model,
+            tokens=[list(p.tokens) for p in r.prompts],
+            loss_values=list(r.loss_values),
+            rows=rows,
+            token_attribution=[list(t.values) for t in r.token_attribution],
+            bias_direct_effect=list(r.bias_direct_effect),
+            constant=list(r.constant),
+            loss_position=r.loss_position,
+            nodes_ranked=r.nodes_ranked,
+        )
 
     # -- SaeService
     def list_saes(self, model: str | None = None, timeout: float | None = None) -> list[SaeInfo]:
         r = self._unary(self._saes.ListSaes, spb.ListSaesRequest(model=model or ""), timeout)
         return [sae_info_from_pb(m) for m in r.saes]
 
-    def encode(self, sae: str, prompts: PromptLike | Sequence[PromptLike] | None = None,
-               activations: Any = None, top_k: int = 16, dense: bool = False,
-               model: str | None = None, timeout: float | None = None) -> EncodeResult:
+    def encode(
+        self,
+        sae: str,
+        prompts: PromptLike | Sequence[PromptLike] | None = None,
+        activations: Any = None,
+        top_k: int = 16,
+        dense: bool = False,
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> EncodeResult:
         """Latents of an attached SAE for prompts (run through the model) or raw activations
         (``[n, d_in]`` array)."""
         req = spb.EncodeRequest(model=model or "", sae=sae, top_k=top_k, dense=dense)
@@ -406,66 +653,126 @@ class TdbClient:
             req.prompts.prompts.extend(prompts_pb(prompts))
         else:
             import numpy as np
+
             req.activations.values.CopyFrom(from_numpy(np.asarray(activations, dtype=np.float32)))
         stream = self._stream(self._saes.Encode, req, timeout)
         h: spb.EncodeHeader = stream.header  # type: ignore[assignment]
         return EncodeResult(
-            model=h.model, sae=h.sae, tokens=[list(p.tokens) for p in h.prompts],
-            top_values=stream.array(h.top_values), top_indices=stream.array(h.top_indices),
+            model=h.model,
+            sae=h.sae,
+            tokens=[list(p.tokens) for p in h.prompts],
+            top_values=stream.array(h.top_values),
+            top_indices=stream.array(h.top_indices),
             dense=stream.array(h.dense) if h.HasField("dense") else None,
-            l0=stream.array(h.l0), mse=stream.array(h.mse),
-            explained_variance=h.explained_variance, mean_l0=h.mean_l0)
+            l0=stream.array(h.l0),
+            mse=stream.array(h.mse),
+            explained_variance=h.explained_variance,
+            mean_l0=h.mean_l0,
+        )
 
-    def decode(self, sae: str, latents: Any, model: str | None = None,
-               timeout: float | None = None) -> Any:
+    def decode(
+        self, sae: str, latents: Any, model: str | None = None, timeout: float | None = None
+    ) -> Any:
         """``b_dec + latents @ W_dec`` for latents ``[..., d_sae]``."""
         import numpy as np
-        r = self._unary(self._saes.Decode, spb.DecodeRequest(
-            model=model or "", sae=sae, latents=from_numpy(np.asarray(latents, dtype=np.float32))), timeout)
+
+        r = self._unary(
+            self._saes.Decode,
+            spb.DecodeRequest(
+                model=model or "",
+                sae=sae,
+                latents=from_numpy(np.asarray(latents, dtype=np.float32)),
+            ),
+            timeout,
+        )
         return to_numpy(r.vectors)
 
-    def load_sae(self, sae_id: str, path: str, site: str | None = None, model: str | None = None,
-                 timeout: float | None = None) -> SaeInfo:
+    def load_sae(
+        self,
+        sae_id: str,
+        path: str,
+        site: str | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> SaeInfo:
         """Attach an SAE from ``path`` under the server's --sae-root."""
-        r = self._unary(self._saes.LoadSae, spb.LoadSaeRequest(model=model or "", id=sae_id,
-                                                                path=path, site=site or ""), timeout)
+        r = self._unary(
+            self._saes.LoadSae,
+            spb.LoadSaeRequest(model=model or "", id=sae_id, path=path, site=site or ""),
+            timeout,
+        )
         return sae_info_from_pb(r.sae)
 
     # -- ExplainService
-    def activation_records(self, nodes: str | Sequence[str], dataset: str | Sequence[str] | None = None,
-                           window_len: int | None = None, top_k: int | None = None,
-                           n_random: int | None = None, max_windows: int | None = None,
-                           model: str | None = None, timeout: float | None = None) -> list[NodeRecords]:
+    def activation_records(
+        self,
+        nodes: str | Sequence[str],
+        dataset: str | Sequence[str] | None = None,
+        window_len: int | None = None,
+        top_k: int | None = None,
+        n_random: int | None = None,
+        max_windows: int | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> list[NodeRecords]:
         """Top-activating and random windows of nodes (``blocks.1.mlp.hook_post[42]``, ...) over a
         server dataset (by name) or texts."""
         req = epb.GetActivationRecordsRequest(
-            model=model or "", nodes=[nodes] if isinstance(nodes, str) else list(nodes),
-            dataset=_dataset_pb(dataset), mining=_mining_pb(window_len, top_k, n_random, max_windows))
+            model=model or "",
+            nodes=[nodes] if isinstance(nodes, str) else list(nodes),
+            dataset=_dataset_pb(dataset),
+            mining=_mining_pb(window_len, top_k, n_random, max_windows),
+        )
         r = self._unary(self._explain.GetActivationRecords, req, timeout)
 
         def recs(items: Iterable[epb.ActivationRecord]) -> list[ActivationRecord]:
             return [ActivationRecord(list(a.tokens), list(a.activations)) for a in items]
-        return [NodeRecords(x.node, x.kind, x.density, x.max_activation, recs(x.top), recs(x.random),
-                            x.n_positions, x.neuron_record_json) for x in r.records]
 
-    def explain(self, nodes: str | Sequence[str], dataset: str | Sequence[str] | None = None,
-                method: str | None = None, save: bool = True,
-                on_progress: Callable[[ExplainProgress], None] | None = None,
-                n_examples_per_split: int | None = None, window_len: int | None = None,
-                top_k: int | None = None, n_random: int | None = None,
-                max_windows: int | None = None, model: str | None = None,
-                timeout: float | None = None) -> list[Explanation]:
+        return [
+            NodeRecords(
+                x.node,
+                x.kind,
+                x.density,
+                x.max_activation,
+                recs(x.top),
+                recs(x.random),
+                x.n_positions,
+                x.neuron_record_json,
+            )
+            for x in r.records
+        ]
+
+    def explain(
+        self,
+        nodes: str | Sequence[str],
+        dataset: str | Sequence[str] | None = None,
+        method: str | None = None,
+        save: bool = True,
+        on_progress: Callable[[ExplainProgress], None] | None = None,
+        n_examples_per_split: int | None = None,
+        window_len: int | None = None,
+        top_k: int | None = None,
+        n_random: int | None = None,
+        max_windows: int | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Explanation]:
         """Mine, explain, simulate and score nodes; progress events go to ``on_progress``."""
         req = epb.ExplainNodeRequest(
-            model=model or "", nodes=[nodes] if isinstance(nodes, str) else list(nodes),
-            dataset=_dataset_pb(dataset), method=method or "", save=save,
-            mining=_mining_pb(window_len, top_k, n_random, max_windows))
+            model=model or "",
+            nodes=[nodes] if isinstance(nodes, str) else list(nodes),
+            dataset=_dataset_pb(dataset),
+            method=method or "",
+            save=save,
+            mining=_mining_pb(window_len, top_k, n_random, max_windows),
+        )
         if n_examples_per_split is not None:
             req.n_examples_per_split = n_examples_per_split
         out: list[Explanation] = []
         try:
-            for msg in self._explain.ExplainNode(req, timeout=self.timeout if timeout is None else timeout,
-                                                 metadata=self._metadata):
+            for msg in self._explain.ExplainNode(
+                req, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata
+            ):
                 if msg.WhichOneof("event") == "progress":
                     p = msg.progress
                     if on_progress is not None:
@@ -476,25 +783,54 @@ class TdbClient:
             raise TdbClientError.from_rpc_error(e) from None
         return out
 
-    def score_explanation(self, node: str, explanation: str, dataset: str | Sequence[str] | None = None,
-                          method: str | None = None, save: bool = False,
-                          window_len: int | None = None, top_k: int | None = None,
-                          n_random: int | None = None, max_windows: int | None = None,
-                          model: str | None = None, timeout: float | None = None) -> Explanation:
+    def score_explanation(
+        self,
+        node: str,
+        explanation: str,
+        dataset: str | Sequence[str] | None = None,
+        method: str | None = None,
+        save: bool = False,
+        window_len: int | None = None,
+        top_k: int | None = None,
+        n_random: int | None = None,
+        max_windows: int | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> Explanation:
         """Score a given explanation of a node on its records (mined with the same options)."""
-        req = epb.ScoreExplanationRequest(model=model or "", node=node, explanation=explanation,
-                                          dataset=_dataset_pb(dataset), method=method or "", save=save,
-                                          mining=_mining_pb(window_len, top_k, n_random, max_windows))
+        req = epb.ScoreExplanationRequest(
+            model=model or "",
+            node=node,
+            explanation=explanation,
+            dataset=_dataset_pb(dataset),
+            method=method or "",
+            save=save,
+            mining=_mining_pb(window_len, top_k, n_random, max_windows),
+        )
         return explanation_from_pb(self._unary(self._explain.ScoreExplanation, req, timeout).result)
 
-    def list_explanations(self, model: str | None = None, node: str | None = None,
-                          node_prefix: str | None = None, sae: str | None = None,
-                          method: str | None = None, min_score: float | None = None,
-                          limit: int = 100, offset: int = 0,
-                          timeout: float | None = None) -> list[Explanation]:
+    def list_explanations(
+        self,
+        model: str | None = None,
+        node: str | None = None,
+        node_prefix: str | None = None,
+        sae: str | None = None,
+        method: str | None = None,
+        min_score: float | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        timeout: float | None = None,
+    ) -> list[Explanation]:
         """Stored and shipped explanations matching the filters."""
-        req = epb.ListExplanationsRequest(model=model or "", node=node or "", node_prefix=node_prefix or "",
-                                          sae=sae or "", method=method or "", limit=limit, offset=offset)
+        req = epb.ListExplanationsRequest(
+            model=model or "",
+            node=node or "",
+            node_prefix=node_prefix or "",
+            sae=sae or "",
+            method=method or "",
+            limit=limit,
+            offset=offset,
+        )
         if min_score is not None:
             req.min_score = min_score
         r = self._unary(self._explain.ListExplanations, req, timeout)

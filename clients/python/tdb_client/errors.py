@@ -15,7 +15,7 @@ class TdbClientError(Exception):
         self.request_id = request_id
 
     @classmethod
-    def from_rpc_error(cls, err: grpc.RpcError) -> "TdbClientError":
+    def from_rpc_error(cls, err: grpc.RpcError) -> TdbClientError:
         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
         details = err.details() if hasattr(err, "details") else str(err)
         rid = None

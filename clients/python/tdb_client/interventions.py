@@ -37,8 +37,8 @@ class Selector:
 
 def _ints(text: str) -> list[int]:
     out: list[int] = []
-    for part in text.split("|"):
-        part = part.strip()
+    for raw in text.split("|"):
+        part = raw.strip()
         if ":" in part:
             a, b = part.split(":", 1)
             out.extend(range(int(a), int(b)))
@@ -57,8 +57,8 @@ def parse_selector(text: str) -> Selector:
     positions: list[int] | None = None
     if body:
         try:
-            for entry in body.split(","):
-                entry = entry.strip()
+            for raw in body.split(","):
+                entry = raw.strip()
                 if not entry:
                     continue
                 key, _, value = entry.rpartition("=")
@@ -70,16 +70,22 @@ def parse_selector(text: str) -> Selector:
                 else:
                     raise ValueError(f"unknown key {key!r}")
         except ValueError as e:
-            raise ValueError(f"cannot parse selector {text!r} ({e}); keys: pos, "
-                             f"{', '.join(UNIT_KEYS)}; values: 3, 0:4 or 1|3") from None
-    return Selector(site, tuple(units) if units is not None else None,
-                    tuple(positions) if positions is not None else None)
+            raise ValueError(
+                f"cannot parse selector {text!r} ({e}); keys: pos, "
+                f"{', '.join(UNIT_KEYS)}; values: 3, 0:4 or 1|3"
+            ) from None
+    return Selector(
+        site,
+        tuple(units) if units is not None else None,
+        tuple(positions) if positions is not None else None,
+    )
 
 
 def _base(selector: str | Selector, backward: bool) -> cpb.Intervention:
     sel = parse_selector(selector) if isinstance(selector, str) else selector
-    msg = cpb.Intervention(site=sel.site, positions=list(sel.positions or ()),
-                           units=list(sel.units or ()))
+    msg = cpb.Intervention(
+        site=sel.site, positions=list(sel.positions or ()), units=list(sel.units or ())
+    )
     setattr(msg, "pass", cpb.PASS_BACKWARD if backward else cpb.PASS_FORWARD)
     return msg
 
@@ -98,8 +104,9 @@ def set_value(selector: str | Selector, value: float, backward: bool = False) ->
     return msg
 
 
-def set_tensor(selector: str | Selector, values: np.ndarray | Sequence[float],
-               backward: bool = False) -> cpb.Intervention:
+def set_tensor(
+    selector: str | Selector, values: np.ndarray | Sequence[float], backward: bool = False
+) -> cpb.Intervention:
     """Set the selection to values broadcastable to ``[positions, units, rest...]``."""
     msg = _base(selector, backward)
     msg.set_tensor.CopyFrom(from_numpy(np.asarray(values, dtype=np.float32)))
@@ -113,8 +120,12 @@ def scale(selector: str | Selector, factor: float, backward: bool = False) -> cp
     return msg
 
 
-def add(selector: str | Selector, vector: np.ndarray | Sequence[float], coeff: float = 1.0,
-        backward: bool = False) -> cpb.Intervention:
+def add(
+    selector: str | Selector,
+    vector: np.ndarray | Sequence[float],
+    coeff: float = 1.0,
+    backward: bool = False,
+) -> cpb.Intervention:
     """Add ``coeff * vector`` (steering)."""
     msg = _base(selector, backward)
     msg.add.vector.CopyFrom(from_numpy(np.asarray(vector, dtype=np.float32)))

@@ -15,14 +15,19 @@ TokensLike = str | int | Sequence[str | int]
 
 def _tokens(t: TokensLike) -> cpb.Tokens:
     items = [t] if isinstance(t, (str, int)) else list(t)
-    return cpb.Tokens(strings=[x for x in items if isinstance(x, str)],
-                      ids=[int(x) for x in items if not isinstance(x, str)])
+    return cpb.Tokens(
+        strings=[x for x in items if isinstance(x, str)],
+        ids=[int(x) for x in items if not isinstance(x, str)],
+    )
 
 
-def logit_diff(target: TokensLike, distractor: TokensLike, position: int = -1) -> tuple[str, apb.LogitDiffLoss]:
+def logit_diff(
+    target: TokensLike, distractor: TokensLike, position: int = -1
+) -> tuple[str, apb.LogitDiffLoss]:
     """Mean target logit minus mean distractor logit (log p(target) / p(distractor))."""
-    return "logit_diff", apb.LogitDiffLoss(target=_tokens(target), distractor=_tokens(distractor),
-                                           position=position)
+    return "logit_diff", apb.LogitDiffLoss(
+        target=_tokens(target), distractor=_tokens(distractor), position=position
+    )
 
 
 def log_prob(target: TokensLike, position: int = -1) -> tuple[str, apb.LogProbLoss]:
@@ -35,11 +40,18 @@ def neuron(layer: int, index: int, position: int = -1) -> tuple[str, apb.NeuronT
     return "neuron", apb.NeuronTrace(layer=layer, neuron=index, position=position)
 
 
-def head(layer: int, index: int, query_position: int = -1, key_position: int | None = None,
-         through: str = "qk") -> tuple[str, apb.HeadTrace]:
+def head(
+    layer: int,
+    index: int,
+    query_position: int = -1,
+    key_position: int | None = None,
+    through: str = "qk",
+) -> tuple[str, apb.HeadTrace]:
     """Trace upstream from an attention head through "q", "k", "qk" (a score) or "v" (its write)."""
     sides = {"q": apb.THROUGH_Q, "k": apb.THROUGH_K, "qk": apb.THROUGH_QK, "v": apb.THROUGH_V}
-    msg = apb.HeadTrace(layer=layer, head=index, query_position=query_position, through=sides[through])
+    msg = apb.HeadTrace(
+        layer=layer, head=index, query_position=query_position, through=sides[through]
+    )
     if key_position is not None:
         msg.key_position = key_position
     return "head", msg
@@ -50,7 +62,10 @@ def latent(sae: str, index: int, position: int = -1) -> tuple[str, apb.LatentTra
     return "latent", apb.LatentTrace(sae=sae, latent=index, position=position)
 
 
-def direction(site: str, vector: np.ndarray | Sequence[float], position: int = -1) -> tuple[str, apb.DirectionLoss]:
+def direction(
+    site: str, vector: np.ndarray | Sequence[float], position: int = -1
+) -> tuple[str, apb.DirectionLoss]:
     """The residual stream at ``site`` projected on ``vector``."""
-    return "direction", apb.DirectionLoss(site=site, vector=from_numpy(np.asarray(vector, np.float32)),
-                                          position=position)
+    return "direction", apb.DirectionLoss(
+        site=site, vector=from_numpy(np.asarray(vector, np.float32)), position=position
+    )

@@ -10,9 +10,12 @@ from google.protobuf.message import Message
 from tdb.v1 import common_pb2 as cpb
 
 _NP_DTYPES = {
-    cpb.DTYPE_FLOAT32: np.dtype("<f4"), cpb.DTYPE_FLOAT16: np.dtype("<f2"),
-    cpb.DTYPE_FLOAT64: np.dtype("<f8"), cpb.DTYPE_INT64: np.dtype("<i8"),
-    cpb.DTYPE_INT32: np.dtype("<i4"), cpb.DTYPE_BOOL: np.dtype("bool"),
+    cpb.DTYPE_FLOAT32: np.dtype("<f4"),
+    cpb.DTYPE_FLOAT16: np.dtype("<f2"),
+    cpb.DTYPE_FLOAT64: np.dtype("<f8"),
+    cpb.DTYPE_INT64: np.dtype("<i8"),
+    cpb.DTYPE_INT32: np.dtype("<i4"),
+    cpb.DTYPE_BOOL: np.dtype("bool"),
 }
 
 
@@ -50,8 +53,11 @@ def _tensors(msg: Message) -> Iterator[cpb.Tensor]:
 
 def _nbytes(msg: cpb.Tensor) -> int | None:
     """The byte count a tensor's shape and dtype imply (None for an unknown dtype)."""
-    itemsize = 2 if msg.dtype == cpb.DTYPE_BFLOAT16 else (
-        _NP_DTYPES[msg.dtype].itemsize if msg.dtype in _NP_DTYPES else None)
+    itemsize = (
+        2
+        if msg.dtype == cpb.DTYPE_BFLOAT16
+        else (_NP_DTYPES[msg.dtype].itemsize if msg.dtype in _NP_DTYPES else None)
+    )
     return None if itemsize is None else int(np.prod(tuple(msg.shape), dtype=np.int64)) * itemsize
 
 
@@ -93,13 +99,16 @@ class StreamAssembler:
             sid = msg.stream_id
             filled = self._filled.get(sid, -1)
             if filled >= 0 and filled != len(self._data[sid]):
-                raise ValueError(f"stream {sid} ended after {filled} of {len(self._data[sid])} bytes")
+                raise ValueError(
+                    f"stream {sid} ended after {filled} of {len(self._data[sid])} bytes"
+                )
             return to_numpy(msg, self._data[sid])
         return to_numpy(msg)
 
 
-def assemble(responses: Iterable[Message], header_field: str = "header",
-             chunk_field: str = "chunk") -> StreamAssembler:
+def assemble(
+    responses: Iterable[Message], header_field: str = "header", chunk_field: str = "chunk"
+) -> StreamAssembler:
     """Read a header-then-chunks response stream completely."""
     assembler: StreamAssembler | None = None
     for r in responses:

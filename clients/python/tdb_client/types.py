@@ -34,7 +34,7 @@ class ModelInfo:
     device: str
     dtype: str
     sites: tuple[SiteInfo, ...]
-    saes: tuple["SaeInfo", ...] = ()
+    saes: tuple[SaeInfo, ...] = ()
     bos_token_id: int | None = None
     eos_token_id: int | None = None
 
@@ -179,7 +179,7 @@ class NodeRow:
     upvoted: list[TokenScore]
     downvoted: list[TokenScore]
     input_tokens: list[TokenScore]
-    explanation: "Explanation | None" = None
+    explanation: Explanation | None = None
 
 
 @dataclass

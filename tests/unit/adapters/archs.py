@@ -46,70 +46,139 @@ class ArchCase:
 def _gpt2(vocab: int) -> Any:
     from transformers import GPT2Config
 
-    return GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=vocab, n_positions=64,
-                      bos_token_id=0, eos_token_id=0, architectures=["GPT2LMHeadModel"])
+    return GPT2Config(
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        vocab_size=vocab,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=["GPT2LMHeadModel"],
+    )
 
 
 def _neox(parallel: bool, rotary_pct: float) -> Callable[[int], Any]:
     def build(vocab: int) -> Any:
         from transformers import GPTNeoXConfig
 
-        return GPTNeoXConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, intermediate_size=128,
-                             max_position_embeddings=64, rotary_pct=rotary_pct,
-                             use_parallel_residual=parallel, initializer_range=INIT,
-                             bos_token_id=0, eos_token_id=0,
-                             architectures=["GPTNeoXForCausalLM"])
+        return GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=64,
+            rotary_pct=rotary_pct,
+            use_parallel_residual=parallel,
+            initializer_range=INIT,
+            bos_token_id=0,
+            eos_token_id=0,
+            architectures=["GPTNeoXForCausalLM"],
+        )
+
     return build
 
 
 def _llama(vocab: int) -> Any:
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
-                       max_position_embeddings=64, initializer_range=INIT, bos_token_id=0,
-                       eos_token_id=0, architectures=["LlamaForCausalLM"])
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        max_position_embeddings=64,
+        initializer_range=INIT,
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=["LlamaForCausalLM"],
+    )
 
 
 def _mistral(vocab: int) -> Any:
     from transformers import MistralConfig
 
-    return MistralConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, intermediate_size=96,
-                         max_position_embeddings=64, sliding_window=5, initializer_range=INIT,
-                         bos_token_id=0, eos_token_id=0, architectures=["MistralForCausalLM"])
+    return MistralConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        intermediate_size=96,
+        max_position_embeddings=64,
+        sliding_window=5,
+        initializer_range=INIT,
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=["MistralForCausalLM"],
+    )
 
 
 def _qwen2(vocab: int) -> Any:
     from transformers import Qwen2Config
 
-    return Qwen2Config(vocab_size=vocab, hidden_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
-                       max_position_embeddings=64, use_sliding_window=True, sliding_window=4,
-                       max_window_layers=1, initializer_range=INIT, bos_token_id=0,
-                       eos_token_id=0, architectures=["Qwen2ForCausalLM"])
+    return Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        max_position_embeddings=64,
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=1,
+        initializer_range=INIT,
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=["Qwen2ForCausalLM"],
+    )
 
 
 def _gemma2(vocab: int) -> Any:
     from transformers import Gemma2Config
 
-    return Gemma2Config(vocab_size=vocab, hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, head_dim=24,
-                        intermediate_size=96, max_position_embeddings=64,
-                        query_pre_attn_scalar=20, sliding_window=4, attn_logit_softcapping=5.0,
-                        final_logit_softcapping=3.0, initializer_range=INIT, bos_token_id=0,
-                        eos_token_id=0, pad_token_id=0, architectures=["Gemma2ForCausalLM"])
+    return Gemma2Config(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        intermediate_size=96,
+        max_position_embeddings=64,
+        query_pre_attn_scalar=20,
+        sliding_window=4,
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=3.0,
+        initializer_range=INIT,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        architectures=["Gemma2ForCausalLM"],
+    )
 
 
 def _phi(vocab: int) -> Any:
     from transformers import PhiConfig
 
-    return PhiConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-                     max_position_embeddings=64, partial_rotary_factor=0.5,
-                     initializer_range=INIT, bos_token_id=0, eos_token_id=0,
-                     architectures=["PhiForCausalLM"])
+    return PhiConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        partial_rotary_factor=0.5,
+        initializer_range=INIT,
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=["PhiForCausalLM"],
+    )
 
 
 # Site kinds each quirk removes from the schema.
@@ -119,31 +188,85 @@ _PARALLEL = frozenset({"hook_resid_mid"})
 _SHARED_NORM = frozenset({"ln2.hook_scale", "ln2.hook_normalized"})
 
 ARCHS: tuple[ArchCase, ...] = (
-    ArchCase("gpt2", "GPT2LMHeadModel", _gpt2, R.reference_gpt2,
-             o_proj="transformer.h.{L}.attn.c_proj", block="transformer.h.{L}",
-             absent=_UNGATED),
-    ArchCase("neox", "GPTNeoXForCausalLM", _neox(parallel=True, rotary_pct=0.25),
-             R.reference_neox, o_proj="gpt_neox.layers.{L}.attention.dense",
-             block="gpt_neox.layers.{L}",
-             absent=_ROTARY | _UNGATED | _PARALLEL),
-    ArchCase("neox_sequential", "GPTNeoXForCausalLM", _neox(parallel=False, rotary_pct=0.5),
-             R.reference_neox, o_proj="gpt_neox.layers.{L}.attention.dense",
-             block="gpt_neox.layers.{L}", absent=_ROTARY | _UNGATED),
-    ArchCase("llama", "LlamaForCausalLM", _llama, R.reference_llama,
-             o_proj="model.layers.{L}.self_attn.o_proj", block="model.layers.{L}",
-             absent=_ROTARY, gqa=True),
-    ArchCase("mistral", "MistralForCausalLM", _mistral, R.reference_llama,
-             o_proj="model.layers.{L}.self_attn.o_proj", block="model.layers.{L}",
-             absent=_ROTARY, gqa=True),
-    ArchCase("qwen2", "Qwen2ForCausalLM", _qwen2, R.reference_llama,
-             o_proj="model.layers.{L}.self_attn.o_proj", block="model.layers.{L}",
-             absent=_ROTARY, gqa=True),
-    ArchCase("gemma2", "Gemma2ForCausalLM", _gemma2, R.reference_gemma2,
-             o_proj="model.layers.{L}.self_attn.o_proj", block="model.layers.{L}",
-             absent=_ROTARY, gqa=True, offset_norms=True, hf_sdpa=False),
-    ArchCase("phi", "PhiForCausalLM", _phi, R.reference_phi,
-             o_proj="model.layers.{L}.self_attn.dense", block="model.layers.{L}",
-             absent=_ROTARY | _UNGATED | _PARALLEL | _SHARED_NORM, gqa=True),
+    ArchCase(
+        "gpt2",
+        "GPT2LMHeadModel",
+        _gpt2,
+        R.reference_gpt2,
+        o_proj="transformer.h.{L}.attn.c_proj",
+        block="transformer.h.{L}",
+        absent=_UNGATED,
+    ),
+    ArchCase(
+        "neox",
+        "GPTNeoXForCausalLM",
+        _neox(parallel=True, rotary_pct=0.25),
+        R.reference_neox,
+        o_proj="gpt_neox.layers.{L}.attention.dense",
+        block="gpt_neox.layers.{L}",
+        absent=_ROTARY | _UNGATED | _PARALLEL,
+    ),
+    ArchCase(
+        "neox_sequential",
+        "GPTNeoXForCausalLM",
+        _neox(parallel=False, rotary_pct=0.5),
+        R.reference_neox,
+        o_proj="gpt_neox.layers.{L}.attention.dense",
+        block="gpt_neox.layers.{L}",
+        absent=_ROTARY | _UNGATED,
+    ),
+    ArchCase(
+        "llama",
+        "LlamaForCausalLM",
+        _llama,
+        R.reference_llama,
+        o_proj="model.layers.{L}.self_attn.o_proj",
+        block="model.layers.{L}",
+        absent=_ROTARY,
+        gqa=True,
+    ),
+    ArchCase(
+        "mistral",
+        "MistralForCausalLM",
+        _mistral,
+        R.reference_llama,
+        o_proj="model.layers.{L}.self_attn.o_proj",
+        block="model.layers.{L}",
+        absent=_ROTARY,
+        gqa=True,
+    ),
+    ArchCase(
+        "qwen2",
+        "Qwen2ForCausalLM",
+        _qwen2,
+        R.reference_llama,
+        o_proj="model.layers.{L}.self_attn.o_proj",
+        block="model.layers.{L}",
+        absent=_ROTARY,
+        gqa=True,
+    ),
+    ArchCase(
+        "gemma2",
+        "Gemma2ForCausalLM",
+        _gemma2,
+        R.reference_gemma2,
+        o_proj="model.layers.{L}.self_attn.o_proj",
+        block="model.layers.{L}",
+        absent=_ROTARY,
+        gqa=True,
+        offset_norms=True,
+        hf_sdpa=False,
+    ),
+    ArchCase(
+        "phi",
+        "PhiForCausalLM",
+        _phi,
+        R.reference_phi,
+        o_proj="model.layers.{L}.self_attn.dense",
+        block="model.layers.{L}",
+        absent=_ROTARY | _UNGATED | _PARALLEL | _SHARED_NORM,
+        gqa=True,
+    ),
 )
 
 ARCH_BY_NAME: dict[str, ArchCase] = {c.name: c for c in ARCHS}
@@ -167,7 +290,9 @@ def randomize(model: torch.nn.Module, seed: int, offset_norms: bool) -> None:
             module = name.rsplit(".", 2)[-2] if name.count(".") else name
             if "norm" in module or module.startswith("ln"):
                 if name.endswith("weight"):
-                    p.copy_((0.0 if offset_norms else 1.0) + 0.2 * torch.randn(p.shape, generator=g))
+                    p.copy_(
+                        (0.0 if offset_norms else 1.0) + 0.2 * torch.randn(p.shape, generator=g)
+                    )
                 else:
                     p.copy_(0.1 * torch.randn(p.shape, generator=g))
             elif name.endswith("bias"):

@@ -46,8 +46,9 @@ def arch_case(arch: str) -> ArchCase:
 
 
 @pytest.fixture(scope="session")
-def arch_dir(arch_case: ArchCase, adapter_tokenizer: Any,
-             tmp_path_factory: pytest.TempPathFactory) -> Path:
+def arch_dir(
+    arch_case: ArchCase, adapter_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """The tiny model of the architecture and its tokenizer, saved as a HF directory."""
     path = tmp_path_factory.mktemp(f"tiny-{arch_case.name}")
     build_model(arch_case, len(adapter_tokenizer)).save_pretrained(path)
@@ -91,8 +92,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     names = list(MAX_DIFF)
     tr.write_line(f"{'site family':28}" + "".join(f"{n:>16}" for n in names))
     for kind in kinds:
-        cells = "".join(f"{MAX_DIFF[n][kind]:>16.2e}" if kind in MAX_DIFF[n] else f"{'absent':>16}"
-                        for n in names)
+        cells = "".join(
+            f"{MAX_DIFF[n][kind]:>16.2e}" if kind in MAX_DIFF[n] else f"{'absent':>16}"
+            for n in names
+        )
         tr.write_line(f"{kind:28}{cells}")
     out = os.environ.get("TDB_CONFORMANCE_TABLE")
     if out:

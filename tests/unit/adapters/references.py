@@ -49,7 +49,10 @@ def silu(x: Tensor) -> Tensor:
 
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "gelu": gelu_erf, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "silu": silu,
+    "gelu": gelu_erf,
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "silu": silu,
 }
 
 
@@ -74,8 +77,9 @@ def allowed_keys(T: int, window: int | None) -> Tensor:
     return ok
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, allowed: Tensor,
-              softcap: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, allowed: Tensor, softcap: float | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Scores [H, q, k] (scaled, soft-capped, -inf where masked), pattern [H, q, k], z [q, H, d].
 
     ``k``/``v`` may have fewer heads than ``q`` (grouped-query): query head h reads kv head
@@ -104,15 +108,29 @@ def _linear(sd: dict[str, Tensor], name: str, x: Tensor) -> Tensor:
     return y if bias is None else y + bias
 
 
-def _attn_sites(acts: Acts, L: int, q: Tensor, k: Tensor, v: Tensor, scores: Tensor,
-                pattern: Tensor, z: Tensor, w_o: Tensor) -> Tensor:
+def _attn_sites(
+    acts: Acts,
+    L: int,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scores: Tensor,
+    pattern: Tensor,
+    z: Tensor,
+    w_o: Tensor,
+) -> Tensor:
     """Record the attention sites of layer L; return the per-head results [T, H, D]."""
     n_rep = q.shape[1] // k.shape[1]
     result = torch.einsum("qhd,hdm->qhm", z, w_o)
-    for name, val in [("attn.hook_q", q), ("attn.hook_k", k.repeat_interleave(n_rep, dim=1)),
-                      ("attn.hook_v", v.repeat_interleave(n_rep, dim=1)),
-                      ("attn.hook_attn_scores", scores), ("attn.hook_pattern", pattern),
-                      ("attn.hook_z", z), ("attn.hook_result", result)]:
+    for name, val in [
+        ("attn.hook_q", q),
+        ("attn.hook_k", k.repeat_interleave(n_rep, dim=1)),
+        ("attn.hook_v", v.repeat_interleave(n_rep, dim=1)),
+        ("attn.hook_attn_scores", scores),
+        ("attn.hook_pattern", pattern),
+        ("attn.hook_z", z),
+        ("attn.hook_result", result),
+    ]:
         acts[f"blocks.{L}.{name}"] = val
     return result
 
@@ -131,8 +149,10 @@ def reference_gpt2(model: Any, ids: list[int]) -> Acts:
     sd, cfg = _state(model), model.config
     H, D, T = cfg.n_head, cfg.n_embd, len(ids)
     dh, eps = D // H, cfg.layer_norm_epsilon
-    acts: Acts = {"hook_embed": sd["transformer.wte.weight"][ids],
-                  "hook_pos_embed": sd["transformer.wpe.weight"][:T]}
+    acts: Acts = {
+        "hook_embed": sd["transformer.wte.weight"][ids],
+        "hook_pos_embed": sd["transformer.wpe.weight"][:T],
+    }
     x = acts["hook_embed"] + acts["hook_pos_embed"]
     for L in range(cfg.n_layer):
         p, b = f"transformer.h.{L}.", f"blocks.{L}."
@@ -142,8 +162,9 @@ def reference_gpt2(model: Any, ids: list[int]) -> Acts:
         qkv = n1 @ sd[p + "attn.c_attn.weight"] + sd[p + "attn.c_attn.bias"]  # [T, 3D]
         q, k, v = (t.reshape(T, H, dh) for t in qkv.split(D, dim=-1))
         scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
-        result = _attn_sites(acts, L, q, k, v, scores, pattern, z,
-                             sd[p + "attn.c_proj.weight"].reshape(H, dh, D))
+        result = _attn_sites(
+            acts, L, q, k, v, scores, pattern, z, sd[p + "attn.c_proj.weight"].reshape(H, dh, D)
+        )
         attn_out = result.sum(1) + sd[p + "attn.c_proj.bias"]
         acts[b + "hook_attn_out"] = attn_out
         x = acts[b + "hook_resid_mid"] = x + attn_out
@@ -175,22 +196,37 @@ def reference_neox(model: Any, ids: list[int]) -> Acts:
     for L in range(cfg.num_hidden_layers):
         p, b = f"gpt_neox.layers.{L}.", f"blocks.{L}."
         acts[b + "hook_resid_pre"] = x
-        s1, n1 = layer_norm(x, sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps)
+        s1, n1 = layer_norm(
+            x, sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps
+        )
         acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
         qkv = _linear(sd, p + "attention.query_key_value", n1).reshape(T, H, 3 * dh)
-        q, k, v = qkv[..., :dh], qkv[..., dh:2 * dh], qkv[..., 2 * dh:]
+        q, k, v = qkv[..., :dh], qkv[..., dh : 2 * dh], qkv[..., 2 * dh :]
         q, k = rotary(q, rot, theta), rotary(k, rot, theta)
         scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
-        result = _attn_sites(acts, L, q, k, v, scores, pattern, z,
-                             sd[p + "attention.dense.weight"].T.reshape(H, dh, D))
+        result = _attn_sites(
+            acts,
+            L,
+            q,
+            k,
+            v,
+            scores,
+            pattern,
+            z,
+            sd[p + "attention.dense.weight"].T.reshape(H, dh, D),
+        )
         attn_out = result.sum(1) + sd[p + "attention.dense.bias"]
         acts[b + "hook_attn_out"] = attn_out
         if cfg.use_parallel_residual:
             mlp_in = x
         else:
             mlp_in = acts[b + "hook_resid_mid"] = x + attn_out
-        s2, n2 = layer_norm(mlp_in, sd[p + "post_attention_layernorm.weight"],
-                            sd[p + "post_attention_layernorm.bias"], eps)
+        s2, n2 = layer_norm(
+            mlp_in,
+            sd[p + "post_attention_layernorm.weight"],
+            sd[p + "post_attention_layernorm.bias"],
+            eps,
+        )
         acts[b + "ln2.hook_scale"], acts[b + "ln2.hook_normalized"] = s2, n2
         pre = _linear(sd, p + "mlp.dense_h_to_4h", n2)
         post = act(pre)
@@ -202,8 +238,9 @@ def reference_neox(model: Any, ids: list[int]) -> Acts:
         else:
             x = mlp_in + mlp_out
         acts[b + "hook_resid_post"] = x
-    sf, nf = layer_norm(x, sd["gpt_neox.final_layer_norm.weight"],
-                        sd["gpt_neox.final_layer_norm.bias"], eps)
+    sf, nf = layer_norm(
+        x, sd["gpt_neox.final_layer_norm.weight"], sd["gpt_neox.final_layer_norm.bias"], eps
+    )
     return _final(acts, sf, nf, nf @ sd["lm_head.weight"].T)
 
 
@@ -236,8 +273,17 @@ def reference_llama(model: Any, ids: list[int]) -> Acts:
         k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
         scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, _window(cfg, L)))
-        result = _attn_sites(acts, L, q, k, v, scores, pattern, z,
-                             sd[p + "self_attn.o_proj.weight"].T.reshape(H, dh, D))
+        result = _attn_sites(
+            acts,
+            L,
+            q,
+            k,
+            v,
+            scores,
+            pattern,
+            z,
+            sd[p + "self_attn.o_proj.weight"].T.reshape(H, dh, D),
+        )
         attn_out = result.sum(1)
         if p + "self_attn.o_proj.bias" in sd:
             attn_out = attn_out + sd[p + "self_attn.o_proj.bias"]
@@ -280,10 +326,25 @@ def reference_gemma2(model: Any, ids: list[int]) -> Acts:
         k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
         window = cfg.sliding_window if cfg.layer_types[L] == "sliding_attention" else None
-        scores, pattern, z = attention(q, k, v, cfg.query_pre_attn_scalar**-0.5,
-                                       allowed_keys(T, window), cfg.attn_logit_softcapping)
-        result = _attn_sites(acts, L, q, k, v, scores, pattern, z,
-                             sd[p + "self_attn.o_proj.weight"].T.reshape(H, dh, D))
+        scores, pattern, z = attention(
+            q,
+            k,
+            v,
+            cfg.query_pre_attn_scalar**-0.5,
+            allowed_keys(T, window),
+            cfg.attn_logit_softcapping,
+        )
+        result = _attn_sites(
+            acts,
+            L,
+            q,
+            k,
+            v,
+            scores,
+            pattern,
+            z,
+            sd[p + "self_attn.o_proj.weight"].T.reshape(H, dh, D),
+        )
         _, attn_out = norm(p + "post_attention_layernorm", result.sum(1))
         acts[b + "hook_attn_out"] = attn_out
         x = acts[b + "hook_resid_mid"] = x + attn_out
@@ -319,20 +380,33 @@ def reference_phi(model: Any, ids: list[int]) -> Acts:
     for L in range(cfg.num_hidden_layers):
         p, b = f"model.layers.{L}.", f"blocks.{L}."
         acts[b + "hook_resid_pre"] = x
-        s1, n1 = layer_norm(x, sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps)
+        s1, n1 = layer_norm(
+            x, sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps
+        )
         acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
         q = _linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh)
         k = _linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
         if cfg.qk_layernorm:
-            q = layer_norm(q, sd[p + "self_attn.q_layernorm.weight"],
-                           sd[p + "self_attn.q_layernorm.bias"], eps)[1]
-            k = layer_norm(k, sd[p + "self_attn.k_layernorm.weight"],
-                           sd[p + "self_attn.k_layernorm.bias"], eps)[1]
+            q = layer_norm(
+                q, sd[p + "self_attn.q_layernorm.weight"], sd[p + "self_attn.q_layernorm.bias"], eps
+            )[1]
+            k = layer_norm(
+                k, sd[p + "self_attn.k_layernorm.weight"], sd[p + "self_attn.k_layernorm.bias"], eps
+            )[1]
         q, k = rotary(q, rot, theta), rotary(k, rot, theta)
         scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
-        result = _attn_sites(acts, L, q, k, v, scores, pattern, z,
-                             sd[p + "self_attn.dense.weight"].T.reshape(H, dh, D))
+        result = _attn_sites(
+            acts,
+            L,
+            q,
+            k,
+            v,
+            scores,
+            pattern,
+            z,
+            sd[p + "self_attn.dense.weight"].T.reshape(H, dh, D),
+        )
         attn_out = result.sum(1) + sd[p + "self_attn.dense.bias"]
         pre = _linear(sd, p + "mlp.fc1", n1)  # the MLP reads the same normalized input
         post = act(pre)
@@ -340,5 +414,7 @@ def reference_phi(model: Any, ids: list[int]) -> Acts:
         acts[b + "hook_attn_out"], acts[b + "mlp.hook_pre"] = attn_out, pre
         acts[b + "mlp.hook_post"], acts[b + "hook_mlp_out"] = post, mlp_out
         x = acts[b + "hook_resid_post"] = x + attn_out + mlp_out
-    sf, nf = layer_norm(x, sd["model.final_layernorm.weight"], sd["model.final_layernorm.bias"], eps)
+    sf, nf = layer_norm(
+        x, sd["model.final_layernorm.weight"], sd["model.final_layernorm.bias"], eps
+    )
     return _final(acts, sf, nf, _linear(sd, "lm_head", nf))

@@ -22,17 +22,23 @@ from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
 from tdb_core.schema import SITE_KINDS, site_name
 from tests.unit.adapters.archs import GQA_ARCH_NAMES, MAX_DIFF, SDPA_ARCH_NAMES, ArchCase
 
-PROMPTS = ["When Mary and John went to the store, John gave a drink to",
-           "The quick brown fox"]
+PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The quick brown fox"]
 _LAYER_RE = re.compile(r"^blocks\.\d+\.")
 
 
-def _forward(runner: Any, *texts: str, captures: tuple[specs.Capture, ...] = (),
-             interventions: tuple[specs.Intervention, ...] = (),
-             sources: tuple[specs.Prompt, ...] = ()) -> specs.ForwardResult:
+def _forward(
+    runner: Any,
+    *texts: str,
+    captures: tuple[specs.Capture, ...] = (),
+    interventions: tuple[specs.Intervention, ...] = (),
+    sources: tuple[specs.Prompt, ...] = (),
+) -> specs.ForwardResult:
     prompts = tuple(specs.Prompt(text=t) for t in texts)
-    return runner.forward(specs.ForwardSpec(prompts=prompts, captures=captures,
-                                            interventions=interventions, sources=sources))
+    return runner.forward(
+        specs.ForwardSpec(
+            prompts=prompts, captures=captures, interventions=interventions, sources=sources
+        )
+    )
 
 
 def _by_site(res: specs.ForwardResult, row: int = 0) -> dict[str, torch.Tensor]:
@@ -54,7 +60,9 @@ def _close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 @contextmanager
-def _hand_hook(module: torch.nn.Module, fn: Callable[..., Any], pre: bool = False) -> Iterator[None]:
+def _hand_hook(
+    module: torch.nn.Module, fn: Callable[..., Any], pre: bool = False
+) -> Iterator[None]:
     h = module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn)
     try:
         yield
@@ -85,8 +93,9 @@ def test_every_site_matches_reference(arch: str, arch_case: ArchCase, arch_runne
         diffs[kind] = max(diffs.get(kind, 0.0), _assert_site_close(name, got[name], want))
 
 
-def test_schema_has_exactly_the_sites_of_the_architecture(arch_case: ArchCase,
-                                                          arch_runner: Any) -> None:
+def test_schema_has_exactly_the_sites_of_the_architecture(
+    arch_case: ArchCase, arch_runner: Any
+) -> None:
     """The schema lists every site the architecture has; a lacking one is NOT_FOUND when named,
     a layer past the last OUT_OF_RANGE."""
     schema = arch_runner.schema
@@ -96,15 +105,19 @@ def test_schema_has_exactly_the_sites_of_the_architecture(arch_case: ArchCase,
     assert schema.dims.n_kv_heads == kv
     for key in ("hook_attn_out", "mlp.hook_post"):  # kinds some adapters restate the meaning of
         with pytest.raises(OutOfRangeError):
-            _forward(arch_runner, PROMPTS[1],
-                     captures=(specs.Capture(site_name(key, schema.dims.n_layers)),))
+            _forward(
+                arch_runner,
+                PROMPTS[1],
+                captures=(specs.Capture(site_name(key, schema.dims.n_layers)),),
+            )
     for key in sorted(arch_case.absent):
         name = site_name(key, 0)
         with pytest.raises(NotFoundError, match="does not exist in this model"):
             _forward(arch_runner, PROMPTS[1], captures=(specs.Capture(name),))
         with pytest.raises(NotFoundError):
-            _forward(arch_runner, PROMPTS[1],
-                     interventions=(specs.Intervention(name, specs.Zero()),))
+            _forward(
+                arch_runner, PROMPTS[1], interventions=(specs.Intervention(name, specs.Zero()),)
+            )
 
 
 def test_get_model_info_reports_the_real_schema(arch_case: ArchCase, arch_runner: Any) -> None:
@@ -182,8 +195,11 @@ def test_grouped_query_keys_and_values_are_repeated_per_query_head(arch_runner: 
     n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     assert n_kv < n_heads
     group = n_heads // n_kv
-    res = _forward(arch_runner, PROMPTS[0], captures=(specs.Capture("blocks.*.attn.hook_k"),
-                                                      specs.Capture("blocks.*.attn.hook_v")))
+    res = _forward(
+        arch_runner,
+        PROMPTS[0],
+        captures=(specs.Capture("blocks.*.attn.hook_k"), specs.Capture("blocks.*.attn.hook_v")),
+    )
     for c in res.captures:
         x = c.values[0]  # [pos, head, d_head]
         assert x.shape[1] == n_heads
@@ -227,29 +243,45 @@ def test_weight_accessors_reproduce_the_sites(arch_case: ArchCase, arch_runner: 
         x = s[p + "hook_resid_pre"]
         norm, read = a.mlp_in_norm(L), x if a.parallel_blocks else s[p + "hook_resid_mid"]
         normed = norm.apply(read, norm.scale(read))
-        _close("mlp input", normed, s[p + ("ln1" if "ln2.hook_normalized" in arch_case.absent
-                                           else "ln2") + ".hook_normalized"])
+        _close(
+            "mlp input",
+            normed,
+            s[
+                p
+                + ("ln1" if "ln2.hook_normalized" in arch_case.absent else "ln2")
+                + ".hook_normalized"
+            ],
+        )
         bias = s[p + "mlp.hook_pre"] - normed @ a.W_in(L)  # [pos, d_mlp]: the bias at every pos
         _close(p + "mlp.hook_pre", bias, bias[:1].expand_as(bias))
         if a.parallel_blocks:
-            _close(p + "hook_resid_post", x + s[p + "hook_attn_out"] + s[p + "hook_mlp_out"],
-                   s[p + "hook_resid_post"])
+            _close(
+                p + "hook_resid_post",
+                x + s[p + "hook_attn_out"] + s[p + "hook_mlp_out"],
+                s[p + "hook_resid_post"],
+            )
         else:
             _close(p + "hook_resid_mid", x + s[p + "hook_attn_out"], s[p + "hook_resid_mid"])
-            _close(p + "hook_resid_post", s[p + "hook_resid_mid"] + s[p + "hook_mlp_out"],
-                   s[p + "hook_resid_post"])
+            _close(
+                p + "hook_resid_post",
+                s[p + "hook_resid_mid"] + s[p + "hook_mlp_out"],
+                s[p + "hook_resid_post"],
+            )
     fn = a.final_norm()
     last = s[f"blocks.{d.n_layers - 1}.hook_resid_post"]
     _close("ln_final.hook_scale", fn.scale(last), s["ln_final.hook_scale"])
-    _close("ln_final.hook_normalized", fn.apply(last, fn.scale(last)), s["ln_final.hook_normalized"])
+    _close(
+        "ln_final.hook_normalized", fn.apply(last, fn.scale(last)), s["ln_final.hook_normalized"]
+    )
     u = s["ln_final.hook_normalized"] @ a.W_U()
     u = u if a.b_U() is None else u + a.b_U()
     cap = a.logit_softcap()
     _close("logits", u if cap is None else cap * torch.tanh(u / cap), s["logits"])
 
 
-def test_gradients_equal_plain_autograd_through_the_hf_model(arch_case: ArchCase,
-                                                            arch_runner: Any) -> None:
+def test_gradients_equal_plain_autograd_through_the_hf_model(
+    arch_case: ArchCase, arch_runner: Any
+) -> None:
     """d logit / d blocks.1.hook_resid_pre through the engine is bit-identical to plain autograd."""
     batch = arch_runner.make_batch([specs.Prompt(text=PROMPTS[0])])
     planner = arch_runner.planner(batch)
@@ -265,8 +297,11 @@ def test_gradients_equal_plain_autograd_through_the_hf_model(arch_case: ArchCase
     def make_leaf(mod: Any, args: tuple) -> tuple:
         leaf["x"] = args[0].detach().requires_grad_()
         return (leaf["x"], *args[1:])
-    with torch.enable_grad(), _hand_hook(model.get_submodule(arch_case.block.format(L=1)),
-                                         make_leaf, pre=True):
+
+    with (
+        torch.enable_grad(),
+        _hand_hook(model.get_submodule(arch_case.block.format(L=1)), make_leaf, pre=True),
+    ):
         logits = model(input_ids=torch.tensor([batch.rows[0]])).logits
         (want,) = torch.autograd.grad(logits[0, -1, top], leaf["x"])
     assert got.abs().sum() > 0
@@ -277,20 +312,25 @@ def test_gradients_equal_plain_autograd_through_the_hf_model(arch_case: ArchCase
 # Interventions
 
 
-def test_zeroing_a_head_via_hook_z_equals_the_hand_edit(arch_case: ArchCase,
-                                                        arch_runner: Any) -> None:
+def test_zeroing_a_head_via_hook_z_equals_the_hand_edit(
+    arch_case: ArchCase, arch_runner: Any
+) -> None:
     """Zeroing head 1's z at layer 1 equals zeroing its slice of the output projection's input."""
     d = arch_runner.adapter.dims
     model = arch_runner.adapter.model
-    res = _forward(arch_runner, PROMPTS[0], captures=(specs.Capture("logits"),),
-                   interventions=(specs.Intervention("blocks.1.attn.hook_z", specs.Zero(),
-                                                     units=(1,)),))
+    res = _forward(
+        arch_runner,
+        PROMPTS[0],
+        captures=(specs.Capture("logits"),),
+        interventions=(specs.Intervention("blocks.1.attn.hook_z", specs.Zero(), units=(1,)),),
+    )
     ids = list(res.prompts[0].token_ids)
 
     def zero_head(mod: Any, args: tuple) -> tuple:
         z = args[0].clone()  # [B, T, H * d_head]
-        z[..., d.d_head:2 * d.d_head] = 0
+        z[..., d.d_head : 2 * d.d_head] = 0
         return (z,)
+
     with _hand_hook(model.get_submodule(arch_case.o_proj.format(L=1)), zero_head, pre=True):
         want = _hf_logits(model, ids)
     assert torch.equal(res.captures[0].values[0], want)
@@ -304,9 +344,14 @@ def test_patching_resid_pre_reproduces_the_source_logits(arch_runner: Any) -> No
     assert a != b and len(a) == len(b) == 8
     target, source = specs.Prompt(token_ids=a), specs.Prompt(token_ids=b)
     cap = (specs.Capture("logits"),)
-    patched = arch_runner.forward(specs.ForwardSpec(
-        prompts=(target,), sources=(source,), captures=cap,
-        interventions=(specs.Intervention("blocks.0.hook_resid_pre", specs.PatchFrom(0)),)))
+    patched = arch_runner.forward(
+        specs.ForwardSpec(
+            prompts=(target,),
+            sources=(source,),
+            captures=cap,
+            interventions=(specs.Intervention("blocks.0.hook_resid_pre", specs.PatchFrom(0)),),
+        )
+    )
     src = arch_runner.forward(specs.ForwardSpec(prompts=(source,), sources=(source,), captures=cap))
     plain = arch_runner.forward(specs.ForwardSpec(prompts=(target,), captures=cap))
     assert torch.equal(patched.captures[0].values, src.captures[0].values)
@@ -318,19 +363,31 @@ def test_steering_resid_post_adds_the_vector(arch_case: ArchCase, arch_runner: A
     d = arch_runner.adapter.dims
     model = arch_runner.adapter.model
     v = torch.randn(d.d_model, generator=torch.Generator().manual_seed(1))
-    caps = (specs.Capture("blocks.0.hook_resid_post"), specs.Capture("blocks.1.hook_resid_pre"),
-            specs.Capture("logits"))
+    caps = (
+        specs.Capture("blocks.0.hook_resid_post"),
+        specs.Capture("blocks.1.hook_resid_pre"),
+        specs.Capture("logits"),
+    )
     plain = _by_site(_forward(arch_runner, PROMPTS[0], captures=caps))
-    res = _forward(arch_runner, PROMPTS[0], captures=caps, interventions=(
-        specs.Intervention("blocks.0.hook_resid_post", specs.AddVector(v, coeff=2.0)),))
+    res = _forward(
+        arch_runner,
+        PROMPTS[0],
+        captures=caps,
+        interventions=(
+            specs.Intervention("blocks.0.hook_resid_post", specs.AddVector(v, coeff=2.0)),
+        ),
+    )
     steered = _by_site(res)
-    assert torch.equal(steered["blocks.0.hook_resid_post"], plain["blocks.0.hook_resid_post"] + 2.0 * v)
+    assert torch.equal(
+        steered["blocks.0.hook_resid_post"], plain["blocks.0.hook_resid_post"] + 2.0 * v
+    )
     assert torch.equal(steered["blocks.1.hook_resid_pre"], steered["blocks.0.hook_resid_post"])
 
     def add(mod: Any, args: tuple, out: Any) -> Any:
         h = out[0] if isinstance(out, tuple) else out
         h = h + 2.0 * v
         return (h, *out[1:]) if isinstance(out, tuple) else h
+
     with _hand_hook(model.get_submodule(arch_case.block.format(L=0)), add):
         want = _hf_logits(model, list(res.prompts[0].token_ids))
     assert torch.equal(steered["logits"], want)
@@ -342,24 +399,46 @@ def test_steering_resid_post_adds_the_vector(arch_case: ArchCase, arch_runner: A
 
 
 @pytest.mark.parametrize("family", ["bert", "t5"])
-def test_unsupported_architecture_is_refused_naming_the_supported_ones(family: str,
-                                                                       tmp_path: Any) -> None:
+def test_unsupported_architecture_is_refused_naming_the_supported_ones(
+    family: str, tmp_path: Any
+) -> None:
     """A model whose architecture has no adapter is refused before loading, listing the adapters."""
-    import adapters
     from transformers import BertConfig, T5Config
 
+    import adapters
+
     if family == "bert":
-        cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, architectures=["BertForMaskedLM"])
+        cfg = BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            architectures=["BertForMaskedLM"],
+        )
     else:
-        cfg = T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-                       architectures=["T5ForConditionalGeneration"])
+        cfg = T5Config(
+            vocab_size=50,
+            d_model=16,
+            d_kv=8,
+            d_ff=32,
+            num_layers=1,
+            num_heads=2,
+            architectures=["T5ForConditionalGeneration"],
+        )
     cfg.save_pretrained(tmp_path)
     with pytest.raises(InvalidArgumentError) as err:
         adapters.load_model("x", str(tmp_path))
     message = str(err.value)
     assert cfg.architectures[0] in message and "not supported" in message
-    for name in ("GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
-                 "Qwen2ForCausalLM", "Gemma2ForCausalLM", "PhiForCausalLM"):
+    for name in (
+        "GPT2LMHeadModel",
+        "GPTNeoXForCausalLM",
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Gemma2ForCausalLM",
+        "PhiForCausalLM",
+    ):
         assert name in message
     assert adapters.supported_architectures() == sorted(adapters.supported_architectures())

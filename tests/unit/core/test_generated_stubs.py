@@ -11,6 +11,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def test_stubs_are_up_to_date():
     """Regenerating into a temporary directory gives the committed files byte for byte."""
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr

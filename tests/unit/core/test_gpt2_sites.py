@@ -13,8 +13,7 @@ import torch
 
 from tdb_core import specs
 
-PROMPTS = ["When Mary and John went to the store, John gave a drink to",
-           "The quick brown fox"]
+PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The quick brown fox"]
 
 
 def _ln(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float):
@@ -56,10 +55,16 @@ def reference_gpt2(model, ids: list[int]) -> dict[str, torch.Tensor]:
         w_o = sd[p + "attn.c_proj.weight"].reshape(H, dh, D)
         result = torch.einsum("qhd,hdm->qhm", z, w_o)
         attn_out = result.sum(1) + sd[p + "attn.c_proj.bias"]
-        for name, val in [("attn.hook_q", q), ("attn.hook_k", k), ("attn.hook_v", v),
-                          ("attn.hook_attn_scores", scores), ("attn.hook_pattern", pattern),
-                          ("attn.hook_z", z), ("attn.hook_result", result),
-                          ("hook_attn_out", attn_out)]:
+        for name, val in [
+            ("attn.hook_q", q),
+            ("attn.hook_k", k),
+            ("attn.hook_v", v),
+            ("attn.hook_attn_scores", scores),
+            ("attn.hook_pattern", pattern),
+            ("attn.hook_z", z),
+            ("attn.hook_result", result),
+            ("hook_attn_out", attn_out),
+        ]:
             acts[f"blocks.{L}.{name}"] = val
         x = x + attn_out
         acts[f"blocks.{L}.hook_resid_mid"] = x
@@ -87,8 +92,9 @@ def _assert_site_close(name: str, got: torch.Tensor, want: torch.Tensor) -> None
 
 def test_every_site_matches_reference(tiny_runner):
     """Each site of every layer equals the hand-written reference within 1e-5 (fp32)."""
-    res = tiny_runner.forward(specs.ForwardSpec(prompts=(specs.Prompt(text=PROMPTS[0]),),
-                                                captures=(specs.Capture("*"),)))
+    res = tiny_runner.forward(
+        specs.ForwardSpec(prompts=(specs.Prompt(text=PROMPTS[0]),), captures=(specs.Capture("*"),))
+    )
     ref = reference_gpt2(tiny_runner.adapter.model, list(res.prompts[0].token_ids))
     got = {c.site: c.values[0] for c in res.captures}
     assert set(got) == set(ref), set(got) ^ set(ref)
@@ -99,9 +105,12 @@ def test_every_site_matches_reference(tiny_runner):
 def test_capture_leaves_logits_bit_identical(tiny_runner):
     """Logits with every site captured are bit-identical to logits with no capture at all."""
     prompts = tuple(specs.Prompt(text=p) for p in PROMPTS)
-    plain = tiny_runner.forward(specs.ForwardSpec(prompts=prompts, captures=(specs.Capture("logits"),)))
-    hooked = tiny_runner.forward(specs.ForwardSpec(
-        prompts=prompts, captures=(specs.Capture("*"), specs.Capture("logits"))))
+    plain = tiny_runner.forward(
+        specs.ForwardSpec(prompts=prompts, captures=(specs.Capture("logits"),))
+    )
+    hooked = tiny_runner.forward(
+        specs.ForwardSpec(prompts=prompts, captures=(specs.Capture("*"), specs.Capture("logits")))
+    )
     assert torch.equal(plain.captures[0].values, hooked.captures[-1].values)
     assert torch.equal(plain.logits_at, hooked.logits_at)
 
@@ -110,8 +119,11 @@ def test_logits_equal_hf_eager_model(tiny_runner, tiny_gpt2_dir):
     """The served model computes what HF's own eager GPT-2 computes, and sdpa within 1e-5."""
     from transformers import AutoModelForCausalLM
 
-    res = tiny_runner.forward(specs.ForwardSpec(prompts=(specs.Prompt(text=PROMPTS[0]),),
-                                                captures=(specs.Capture("logits"),)))
+    res = tiny_runner.forward(
+        specs.ForwardSpec(
+            prompts=(specs.Prompt(text=PROMPTS[0]),), captures=(specs.Capture("logits"),)
+        )
+    )
     ids = torch.tensor([res.prompts[0].token_ids])
     for impl in ("eager", "sdpa"):
         hf = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir, attn_implementation=impl).eval()
@@ -125,13 +137,17 @@ def test_logits_equal_hf_eager_model(tiny_runner, tiny_gpt2_dir):
 
 def test_batch_of_different_lengths_matches_single_prompts(tiny_runner):
     """Right-padded batching gives each prompt the values it gets alone (1e-5), padding zeroed."""
-    both = tiny_runner.forward(specs.ForwardSpec(
-        prompts=tuple(specs.Prompt(text=p) for p in PROMPTS), captures=(specs.Capture("*"),)))
+    both = tiny_runner.forward(
+        specs.ForwardSpec(
+            prompts=tuple(specs.Prompt(text=p) for p in PROMPTS), captures=(specs.Capture("*"),)
+        )
+    )
     lengths = [len(p.token_ids) for p in both.prompts]
     assert lengths[0] != lengths[1]
     for i, text in enumerate(PROMPTS):
-        alone = tiny_runner.forward(specs.ForwardSpec(prompts=(specs.Prompt(text=text),),
-                                                      captures=(specs.Capture("*"),)))
+        alone = tiny_runner.forward(
+            specs.ForwardSpec(prompts=(specs.Prompt(text=text),), captures=(specs.Capture("*"),))
+        )
         for cb, ca in zip(both.captures, alone.captures, strict=True):
             n = lengths[i]
             got, want = cb.values[i], ca.values[0]
@@ -147,24 +163,35 @@ def test_batch_of_different_lengths_matches_single_prompts(tiny_runner):
         assert both.top_logits[i][0].token_ids == alone.top_logits[0][0].token_ids
 
 
-@pytest.mark.parametrize("site", ["blocks.1.mlp.hook_post", "blocks.0.attn.hook_pattern",
-                                  "blocks.1.attn.hook_z", "hook_embed"])
+@pytest.mark.parametrize(
+    "site",
+    ["blocks.1.mlp.hook_post", "blocks.0.attn.hook_pattern", "blocks.1.attn.hook_z", "hook_embed"],
+)
 def test_reductions_select_positions_units_and_top_k(tiny_runner, site):
     """positions (negative from the end), units and top-k reduce server-side to the right values."""
-    full = tiny_runner.forward(specs.ForwardSpec(prompts=(specs.Prompt(text=PROMPTS[1]),),
-                                                 captures=(specs.Capture(site),))).captures[0]
-    red = tiny_runner.forward(specs.ForwardSpec(
-        prompts=(specs.Prompt(text=PROMPTS[1]),),
-        captures=(specs.Capture(site, positions=(0, -1), units=(1, 3)),
-                  specs.Capture(site, positions=(-1,), top_k=specs.TopK(2)),
-                  specs.Capture(site, top_k=specs.TopK(2, specs.TopKMode.SMALLEST),
-                                dtype=torch.float16)))).captures
+    full = tiny_runner.forward(
+        specs.ForwardSpec(prompts=(specs.Prompt(text=PROMPTS[1]),), captures=(specs.Capture(site),))
+    ).captures[0]
+    red = tiny_runner.forward(
+        specs.ForwardSpec(
+            prompts=(specs.Prompt(text=PROMPTS[1]),),
+            captures=(
+                specs.Capture(site, positions=(0, -1), units=(1, 3)),
+                specs.Capture(site, positions=(-1,), top_k=specs.TopK(2)),
+                specs.Capture(
+                    site, top_k=specs.TopK(2, specs.TopKMode.SMALLEST), dtype=torch.float16
+                ),
+            ),
+        )
+    ).captures
     v = full.values[0]
     T = v.shape[full.dims.index("q_pos") if "q_pos" in full.dims else full.dims.index("pos")]
     kind_dims = full.dims
     pos_axis = kind_dims.index("q_pos" if "q_pos" in kind_dims else "pos")
     unit_axis = 0 if kind_dims[0] == "head" else 1
-    sel = v.index_select(pos_axis, torch.tensor([0, T - 1])).index_select(unit_axis, torch.tensor([1, 3]))
+    sel = v.index_select(pos_axis, torch.tensor([0, T - 1])).index_select(
+        unit_axis, torch.tensor([1, 3])
+    )
     assert torch.equal(red[0].values[0], sel)
     assert red[0].positions.tolist() == [[0, T - 1]]
     last = v.index_select(pos_axis, torch.tensor([T - 1]))
@@ -177,6 +204,9 @@ def test_reductions_select_positions_units_and_top_k(tiny_runner, site):
 
 def test_glob_resolves_in_forward_order(tiny_runner):
     """A glob such as blocks.*.mlp.hook_post captures every matching site, in layer order."""
-    res = tiny_runner.forward(specs.ForwardSpec(prompts=(specs.Prompt(text="hi"),),
-                                                captures=(specs.Capture("blocks.*.mlp.hook_post"),)))
+    res = tiny_runner.forward(
+        specs.ForwardSpec(
+            prompts=(specs.Prompt(text="hi"),), captures=(specs.Capture("blocks.*.mlp.hook_post"),)
+        )
+    )
     assert [c.site for c in res.captures] == ["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"]

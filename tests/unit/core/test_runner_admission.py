@@ -12,8 +12,12 @@ import torch
 from tdb_core import cancel, errors, specs
 from tdb_core.runner import Limits, ModelRunner
 
-PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The quick brown fox",
-           "I ate an apple and a banana", "A cat sat on the mat while the dog slept"]
+PROMPTS = [
+    "When Mary and John went to the store, John gave a drink to",
+    "The quick brown fox",
+    "I ate an apple and a banana",
+    "A cat sat on the mat while the dog slept",
+]
 
 
 def _spec(text: str, *caps: specs.Capture) -> specs.ForwardSpec:
@@ -64,11 +68,18 @@ def test_cancelled_request_stops_waiting_and_frees_its_slot(tiny_loaded):
     runner._lock.acquire()
     try:
         with ThreadPoolExecutor(1) as pool:
+
             def call():
                 with cancel.scope(check):
-                    return runner.forward(specs.ForwardSpec(
-                        prompts=(specs.Prompt(text=PROMPTS[0]),),
-                        interventions=(specs.Intervention("blocks.0.hook_resid_pre", specs.Scale(1.0)),)))
+                    return runner.forward(
+                        specs.ForwardSpec(
+                            prompts=(specs.Prompt(text=PROMPTS[0]),),
+                            interventions=(
+                                specs.Intervention("blocks.0.hook_resid_pre", specs.Scale(1.0)),
+                            ),
+                        )
+                    )
+
             fut = pool.submit(call)
             time.sleep(0.1)
             stop.set()
@@ -87,8 +98,11 @@ def test_concurrent_reads_are_merged_and_each_gets_its_own_result(tiny_loaded):
     """Reads arriving while the model is busy run as one padded batch; each result equals the
     request run alone (same tokens, top-k, captures trimmed to its own length)."""
     runner = ModelRunner(tiny_loaded)
-    caps = (specs.Capture("blocks.*.attn.hook_pattern"), specs.Capture("blocks.1.mlp.hook_post", positions=(-1,)),
-            specs.Capture("logits", top_k=specs.TopK(4)))
+    caps = (
+        specs.Capture("blocks.*.attn.hook_pattern"),
+        specs.Capture("blocks.1.mlp.hook_post", positions=(-1,)),
+        specs.Capture("logits", top_k=specs.TopK(4)),
+    )
     alone = [runner.forward(_spec(p, *caps)) for p in PROMPTS]
     runner._lock.acquire()
     try:
@@ -126,6 +140,7 @@ def test_zero_copy_captures_survive_in_place_writes(tiny_loaded):
     def scribble(mod, args):
         args[0].mul_(0.5)  # an in-place write to the tensor captured as blocks.0.hook_resid_post
         return (args[0].mul_(2.0), *args[1:])
+
     h = block1.register_forward_pre_hook(scribble)
     try:
         res = runner.forward(spec)

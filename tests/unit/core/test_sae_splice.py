@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from tdb_core import errors, specs
-from tdb_core.attribution import AttributeSpec, LatentTrace, LogitDiffLoss, attribute, compute_columns
+from tdb_core.attribution import (
+    AttributeSpec,
+    LatentTrace,
+    LogitDiffLoss,
+    attribute,
+    compute_columns,
+)
 from tdb_core.runner import ModelRunner
 from tdb_core.sae import ReluArch, SaeConfig, TopKArch, build_sae
 
@@ -15,13 +21,18 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 def _sae(d_in: int, d_sae: int = 96, topk: bool = False, seed: int = 0, site: str | None = None):
     g = torch.Generator().manual_seed(seed)
-    cfg = SaeConfig(d_in=d_in, d_sae=d_sae, architecture=TopKArch(k=8) if topk else ReluArch(), site=site)
-    return build_sae(cfg, {
-        "W_enc": torch.randn(d_in, d_sae, generator=g) * 0.3,
-        "b_enc": torch.randn(d_sae, generator=g) * 0.05,
-        "W_dec": torch.randn(d_sae, d_in, generator=g) * 0.1,
-        "b_dec": torch.randn(d_in, generator=g) * 0.05,
-    })
+    cfg = SaeConfig(
+        d_in=d_in, d_sae=d_sae, architecture=TopKArch(k=8) if topk else ReluArch(), site=site
+    )
+    return build_sae(
+        cfg,
+        {
+            "W_enc": torch.randn(d_in, d_sae, generator=g) * 0.3,
+            "b_enc": torch.randn(d_sae, generator=g) * 0.05,
+            "W_dec": torch.randn(d_sae, d_in, generator=g) * 0.1,
+            "b_dec": torch.randn(d_in, generator=g) * 0.05,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,26 +44,45 @@ def sae_runner(tiny_loaded):
 
 
 def _forward(runner, *ivs, captures=("logits",)):
-    return runner.forward(specs.ForwardSpec(prompts=(specs.Prompt(text=PROMPT),),
-                                            captures=tuple(specs.Capture(c) for c in captures),
-                                            interventions=ivs))
+    return runner.forward(
+        specs.ForwardSpec(
+            prompts=(specs.Prompt(text=PROMPT),),
+            captures=tuple(specs.Capture(c) for c in captures),
+            interventions=ivs,
+        )
+    )
 
 
 def test_schema_lists_sae_sites_after_their_input(sae_runner):
     """Attached SAEs add their sites, listed right after the site they read."""
     names = [s.name for s in sae_runner.schema.sites]
     i = names.index("blocks.1.hook_resid_pre")
-    assert names[i + 1:i + 6] == [f"sae.res1.{h}" for h in ("hook_sae_input", "hook_sae_acts_pre",
-                                                              "hook_sae_acts_post", "hook_sae_recons",
-                                                              "hook_sae_error")]
+    assert names[i + 1 : i + 6] == [
+        f"sae.res1.{h}"
+        for h in (
+            "hook_sae_input",
+            "hook_sae_acts_pre",
+            "hook_sae_acts_post",
+            "hook_sae_recons",
+            "hook_sae_error",
+        )
+    ]
     acts = sae_runner.schema.get("sae.res1.hook_sae_acts_post")
     assert sae_runner.schema.shape(acts, 7) == (7, 96) and sae_runner.schema.unit_count(acts) == 96
 
 
 def test_capturing_latents_equals_encode_and_changes_nothing(sae_runner, tiny_runner):
     """Captured latents equal encode() of the captured site; logits stay bit-identical."""
-    res = _forward(sae_runner, captures=("logits", "blocks.1.hook_resid_pre", "sae.res1.hook_sae_acts_post",
-                                         "sae.mlp0.hook_sae_acts_post", "sae.res1.hook_sae_error"))
+    res = _forward(
+        sae_runner,
+        captures=(
+            "logits",
+            "blocks.1.hook_resid_pre",
+            "sae.res1.hook_sae_acts_post",
+            "sae.mlp0.hook_sae_acts_post",
+            "sae.res1.hook_sae_error",
+        ),
+    )
     plain = _forward(tiny_runner)
     assert torch.equal(res.captures[0].values, plain.captures[0].values)
     x = res.captures[1].values[0]
@@ -64,22 +94,30 @@ def test_capturing_latents_equals_encode_and_changes_nothing(sae_runner, tiny_ru
 
 def test_splice_without_edit_leaves_output_unchanged(sae_runner, tiny_runner):
     """With the splice active (a no-op scale on the latents) the logits move by <= 1e-5."""
-    res = _forward(sae_runner, specs.Intervention("sae.res1.hook_sae_acts_post", specs.Scale(1.0)),
-                   specs.Intervention("sae.mlp0.hook_sae_acts_post", specs.Scale(1.0)))
-    torch.testing.assert_close(res.captures[0].values, _forward(tiny_runner).captures[0].values,
-                               atol=1e-5, rtol=0)
+    res = _forward(
+        sae_runner,
+        specs.Intervention("sae.res1.hook_sae_acts_post", specs.Scale(1.0)),
+        specs.Intervention("sae.mlp0.hook_sae_acts_post", specs.Scale(1.0)),
+    )
+    torch.testing.assert_close(
+        res.captures[0].values, _forward(tiny_runner).captures[0].values, atol=1e-5, rtol=0
+    )
 
 
 def test_ablated_latent_changes_site_by_its_decoded_contribution(sae_runner):
     """Zeroing latent i at position p changes the SAE's site by exactly -z_i * W_dec[i] at p."""
-    clean = _forward(sae_runner, captures=("blocks.1.hook_resid_pre", "sae.res1.hook_sae_acts_post"))
+    clean = _forward(
+        sae_runner, captures=("blocks.1.hook_resid_pre", "sae.res1.hook_sae_acts_post")
+    )
     z = clean.captures[1].values[0]
     p = 4
     i = int(z[p].argmax())
     assert float(z[p, i]) > 0
-    edited = _forward(sae_runner, specs.Intervention("sae.res1.hook_sae_acts_post", specs.Zero(),
-                                                     positions=(p,), units=(i,)),
-                      captures=("blocks.1.hook_resid_pre",))
+    edited = _forward(
+        sae_runner,
+        specs.Intervention("sae.res1.hook_sae_acts_post", specs.Zero(), positions=(p,), units=(i,)),
+        captures=("blocks.1.hook_resid_pre",),
+    )
     delta = edited.captures[0].values[0] - clean.captures[0].values[0]
     want = torch.zeros_like(delta)
     want[p] = -z[p, i] * sae_runner.get_sae("res1").sae.decoder_directions()[i]
@@ -90,8 +128,9 @@ def test_attribute_ranks_latents_and_traces_them(sae_runner):
     """Latents get all four columns (direct effect = z * W_dec[i] . gradient); a latent trace's
     loss is its pre-activation."""
     t, d = sae_runner.single_token(" Mary"), sae_runner.single_token(" John")
-    cols = compute_columns(sae_runner, AttributeSpec(prompt=specs.Prompt(text=PROMPT),
-                                                     loss=LogitDiffLoss((t,), (d,))))
+    cols = compute_columns(
+        sae_runner, AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)))
+    )
     fam = [f for f in cols.families if f.name == "sae_latent"]
     assert len(fam) == 2
     res1 = next(f for f in fam if f.decode((0, 0)).sae == "res1")
@@ -99,12 +138,23 @@ def test_attribute_ranks_latents_and_traces_them(sae_runner):
     grad = cols.grads["blocks.1.hook_resid_post"][0]
     want = z * (grad @ sae_runner.get_sae("res1").sae.decoder_directions().T)
     torch.testing.assert_close(res1.columns["direct_effect"][0], want, atol=1e-6, rtol=1e-5)
-    table = attribute(sae_runner, AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)),
-                                                families=("sae_latent",), top_k=3))
+    table = attribute(
+        sae_runner,
+        AttributeSpec(
+            prompt=specs.Prompt(text=PROMPT),
+            loss=LogitDiffLoss((t,), (d,)),
+            families=("sae_latent",),
+            top_k=3,
+        ),
+    )
     assert table.rows and all(r.node.family == "sae_latent" for r in table.rows)
     pre = _forward(sae_runner, captures=("sae.res1.hook_sae_acts_pre",)).captures[0].values[0]
-    traced = attribute(sae_runner, AttributeSpec(prompt=specs.Prompt(text=PROMPT),
-                                                 loss=LatentTrace("res1", 5, position=6), top_k=3))
+    traced = attribute(
+        sae_runner,
+        AttributeSpec(
+            prompt=specs.Prompt(text=PROMPT), loss=LatentTrace("res1", 5, position=6), top_k=3
+        ),
+    )
     assert traced.loss_values[0] == pytest.approx(float(pre[6, 5]), abs=1e-5)
     assert all(r.node.layer in (None, 0) for r in traced.rows)
 
@@ -130,10 +180,13 @@ def test_latent_total_effect_is_activation_times_its_own_gradient(sae_runner, ti
     error term held at its value), recomputed by hand on the HF model; and nodes upstream of the
     SAE keep exactly the gradient they have without it."""
     t, d = sae_runner.single_token(" Mary"), sae_runner.single_token(" John")
-    spec = AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)),
-                         freeze_norm_scale=False)  # the plain gradient, as autograd gives it
+    spec = AttributeSpec(
+        prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)), freeze_norm_scale=False
+    )  # the plain gradient, as autograd gives it
     cols = compute_columns(sae_runner, spec)
-    res1 = next(f for f in cols.families if f.name == "sae_latent" and f.decode((0, 0)).sae == "res1")
+    res1 = next(
+        f for f in cols.families if f.name == "sae_latent" and f.decode((0, 0)).sae == "res1"
+    )
     ids = torch.tensor([attribute(sae_runner, spec).prompts[0].token_ids])
     sae = sae_runner.get_sae("res1").sae
     hf = sae_runner.adapter.model

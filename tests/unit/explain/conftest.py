@@ -24,16 +24,44 @@ from typing import Any
 import pytest
 import torch
 
-from tdb_core.explain.mining import MiningConfig, NodeRef, TextTokenizer, mine_head_records, mine_records
+from tdb_core.explain.mining import (
+    MiningConfig,
+    NodeRef,
+    TextTokenizer,
+    mine_head_records,
+    mine_records,
+)
 from tdb_core.explain.records import NodeRecords
 
 # ------------------------------------------------------------------------------------------------
 # Synthetic word dataset with planted nodes
 
-WORDS = (
-    "the a cat dog sat ran on mat red blue big small and then house tree bird sky was is very "
-    "quiet green old"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "mat",
+    "red",
+    "blue",
+    "big",
+    "small",
+    "and",
+    "then",
+    "house",
+    "tree",
+    "bird",
+    "sky",
+    "was",
+    "is",
+    "very",
+    "quiet",
+    "green",
+    "old",
+]
 WORD_ID = {w: i for i, w in enumerate(WORDS)}
 
 
@@ -132,14 +160,19 @@ def tiny_lm(word_data: WordData) -> TinyLM:
     ]
     corpus += word_data.texts[:100]
     corpus += [
-        "\n".join(f" {w}\t{v}" for v in range(11) for w in ("cat", "dog", "unknown")) for _ in range(5)
+        "\n".join(f" {w}\t{v}" for v in range(11) for w in ("cat", "dog", "unknown"))
+        for _ in range(5)
     ]
-    corpus += ["Neuron 1\nActivations:\n<start>\n the\tunknown\n<end>\nExplanation of neuron 1 behavior:"] * 5
+    corpus += [
+        "Neuron 1\nActivations:\n<start>\n the\tunknown\n<end>\nExplanation of neuron 1 behavior:"
+    ] * 5
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=700, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|endoftext|>"]
+        vocab_size=700,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>"],
     )
     bpe.train_from_iterator(corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
@@ -190,7 +223,9 @@ def _completions(server: FakeOpenAI, body: dict[str, Any]) -> tuple[int, dict[st
     from tdb_core.explain.prompts import EXPLANATION_PREFIX
 
     if server.mode == "chat_only":
-        return 404, {"error": {"message": "This server has no /v1/completions route", "type": "not_found"}}
+        return 404, {
+            "error": {"message": "This server has no /v1/completions route", "type": "not_found"}
+        }
     prompt: str = body["prompt"]
     generated = "x"
     text = (prompt if body.get("echo") else "") + generated
@@ -251,7 +286,9 @@ def _completions(server: FakeOpenAI, body: dict[str, Any]) -> tuple[int, dict[st
     }
 
 
-def _chat_answer(server: FakeOpenAI, messages: list[dict[str, str]]) -> tuple[str, dict[str, float] | None]:
+def _chat_answer(
+    server: FakeOpenAI, messages: list[dict[str, str]]
+) -> tuple[str, dict[str, float] | None]:
     """The fake model's answer and, for judge prompts, its top logprobs over "0"/"1"."""
     from tdb_core.explain.prompts import (
         EXPLANATION_PREFIX,
@@ -330,16 +367,23 @@ def fake_openai() -> Iterator[FakeOpenAI]:
         def log_message(self, *args: object) -> None:  # keep test output clean
             pass
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = json.loads(self.rfile.read(length) or b"{}")
             state.requests.append(
-                {"path": self.path, "body": body, "authorization": self.headers.get("Authorization")}
+                {
+                    "path": self.path,
+                    "body": body,
+                    "authorization": self.headers.get("Authorization"),
+                }
             )
             if state.mode == "error_500":
                 status, payload = 500, {"error": {"message": "boom", "type": "server_error"}}
             elif state.mode == "error_401":
-                status, payload = 401, {"error": {"message": "bad key", "type": "invalid_request_error"}}
+                status, payload = (
+                    401,
+                    {"error": {"message": "bad key", "type": "invalid_request_error"}},
+                )
             elif self.path == "/v1/completions":
                 status, payload = _completions(state, body)
             elif self.path == "/v1/chat/completions":
@@ -356,7 +400,9 @@ def fake_openai() -> Iterator[FakeOpenAI]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.port = server.server_address[1]
     state.base_url = f"http://127.0.0.1:{state.port}/v1"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield state
@@ -396,5 +442,10 @@ def head_nodes(word_data: WordData) -> list[NodeRecords]:
     """Records of the two planted heads (keys ``head:0:{0,1}``)."""
     refs = [NodeRef(key=f"head:0:{j}", layer_index=0, index=j) for j in range(2)]
     return mine_head_records(
-        word_data.texts, word_data.tokenizer, planted_pair_activations, refs, WORD_MINING, progress=False
+        word_data.texts,
+        word_data.tokenizer,
+        planted_pair_activations,
+        refs,
+        WORD_MINING,
+        progress=False,
     )

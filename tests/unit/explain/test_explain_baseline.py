@@ -56,7 +56,11 @@ def test_free_text_is_rejected_by_the_baseline_parser_and_simulator() -> None:
 
 def test_prediction_prefers_the_context_rule() -> None:
     """(previous, token) rules beat token rules; unmatched tokens predict 0; the first token has no context."""
-    rules = (TokenRule(" sat", " cat", 10.0), TokenRule(" sat", None, 2.5), TokenRule(" mat", None, 4.0))
+    rules = (
+        TokenRule(" sat", " cat", 10.0),
+        TokenRule(" sat", None, 2.5),
+        TokenRule(" mat", None, 4.0),
+    )
     assert predict_token_rules(rules, [" sat", " cat", " sat", " dog", " sat", " mat"]) == [
         2.5,
         0.0,
@@ -74,13 +78,19 @@ def test_fit_picks_tokens_by_activation_mass_and_uses_random_records_for_contras
     assert fit_token_rules(top) == (TokenRule(" b", None, 10.0),)
     # Random records show " b" elsewhere at 2.0 (normalized 2.5): the context now matters.
     contrast = [rec([" c", " b"], [0.0, 2.0]), rec([" x", " b"], [0.0, 2.0])]
-    assert fit_token_rules(top, contrast) == (TokenRule(" b", " a", 10.0), TokenRule(" b", None, 2.5))
+    assert fit_token_rules(top, contrast) == (
+        TokenRule(" b", " a", 10.0),
+        TokenRule(" b", None, 2.5),
+    )
 
 
 def test_fit_keeps_at_most_max_rules_and_ignores_weak_tokens() -> None:
     """Rules below min_value are dropped; only the max_rules carrying the most mass are kept."""
     top = [rec([" p", " q", " r", " s"], [10.0, 6.0, 3.0, 0.05])]
-    assert fit_token_rules(top, max_rules=2) == (TokenRule(" p", None, 10.0), TokenRule(" q", None, 6.0))
+    assert fit_token_rules(top, max_rules=2) == (
+        TokenRule(" p", None, 10.0),
+        TokenRule(" q", None, 6.0),
+    )
     assert fit_token_rules([rec([" a"], [-1.0])]) == ()
 
 
@@ -111,7 +121,9 @@ def test_head_rule_semantics() -> None:
     assert not head_rule_holds(HeadRule(HeadTarget.COPY), tokens, 3, 3)
     assert head_rule_holds(HeadRule(HeadTarget.INDUCTION), tokens, 3, 1)  # B follows the earlier A
     assert head_rule_holds(HeadRule(HeadTarget.TOKEN, to_token="C", from_token="B"), tokens, 4, 2)
-    assert not head_rule_holds(HeadRule(HeadTarget.TOKEN, to_token="C", from_token="A"), tokens, 4, 2)
+    assert not head_rule_holds(
+        HeadRule(HeadTarget.TOKEN, to_token="C", from_token="A"), tokens, 4, 2
+    )
 
 
 def test_fit_head_rule_needs_weak_pairs_to_contrast() -> None:

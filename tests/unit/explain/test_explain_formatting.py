@@ -65,7 +65,8 @@ def test_format_activation_records_worked_example() -> None:
     """Records are token<TAB>value lines wrapped in <start>/<end> exactly as the original."""
     records = [rec(["a", " b"], [0.0, 2.0]), rec([" c"], [1.0])]
     assert (
-        format_activation_records(records, 2.0) == "\n<start>\na\t0\n b\t10\n<end>\n<start>\n c\t5\n<end>\n"
+        format_activation_records(records, 2.0)
+        == "\n<start>\na\t0\n b\t10\n<end>\n<start>\n c\t5\n<end>\n"
     )
     assert (
         format_activation_records(records, 2.0, start_indices=[1, 0])
@@ -79,19 +80,27 @@ def test_format_activation_records_worked_example() -> None:
         format_activation_records(records, 2.0, hide_activations=True)
         == "\n<start>\na\tunknown\n b\tunknown\n<end>\n<start>\n c\tunknown\n<end>\n"
     )
-    assert format_sequences_for_simulation([["a", " b"]]) == "\n<start>\na\tunknown\n b\tunknown\n<end>\n"
+    assert (
+        format_sequences_for_simulation([["a", " b"]])
+        == "\n<start>\na\tunknown\n b\tunknown\n<end>\n"
+    )
 
 
 def test_non_zero_proportion_counts_discretized_values() -> None:
     """The proportion uses discretized values: 0.05 of max floors to 0 and does not count."""
-    assert non_zero_activation_proportion([rec(["a", "b", "c", "d"], [0.0, 0.05, 1.0, 0.5])], 1.0) == 0.5
+    assert (
+        non_zero_activation_proportion([rec(["a", "b", "c", "d"], [0.0, 0.05, 1.0, 0.5])], 1.0)
+        == 0.5
+    )
 
 
 def test_explanation_prompt_structure_and_target_message() -> None:
     """System, few-shot user/assistant pairs (answers " {explanation}."), then the target ending in the prefix."""
     messages = build_explanation_prompt([rec(["The", " cat", " sat"], [0.0, 4.0, 1.0])])
     n_shots = len(NEURON_FEW_SHOT_EXAMPLES)
-    assert [m.role for m in messages] == [Role.SYSTEM] + [Role.USER, Role.ASSISTANT] * n_shots + [Role.USER]
+    assert [m.role for m in messages] == [Role.SYSTEM] + [Role.USER, Role.ASSISTANT] * n_shots + [
+        Role.USER
+    ]
     assert messages[0].content == EXPLAINER_SYSTEM_MESSAGE
     assert messages[2].content == f" {NEURON_FEW_SHOT_EXAMPLES[0].explanation}."
     assert messages[-1].content == (
@@ -127,13 +136,13 @@ def test_simulation_prompt_is_the_original_text_with_slots_at_each_unknown() -> 
             f"{example.explanation}"
         )
         formatted = format_activation_records(
-            records, max_activation(records), start_indices=example.first_revealed_activation_indices
+            records,
+            max_activation(records),
+            start_indices=example.first_revealed_activation_indices,
         )
         expected += f"\nActivations: {formatted}\n"
     n = len(NEURON_FEW_SHOT_EXAMPLES) + 1
-    expected += (
-        f"\n\nNeuron {n}\nExplanation of neuron {n} behavior: the main thing this neuron does is find cats"
-    )
+    expected += f"\n\nNeuron {n}\nExplanation of neuron {n} behavior: the main thing this neuron does is find cats"
     expected += "\nActivations: " + format_sequences_for_simulation([tokens])
     assert text == expected
     offsets = slot_offsets(prompt)
@@ -145,7 +154,10 @@ def test_simulation_prompt_is_the_original_text_with_slots_at_each_unknown() -> 
 def test_parse_explanation_completion() -> None:
     """First non-empty line, a repeated prefix and the final period removed; empty -> None."""
     assert parse_explanation_completion(" cats and dogs.\nmore text") == "cats and dogs"
-    assert parse_explanation_completion("\n\n  The main thing this neuron does is find years. ") == "years"
+    assert (
+        parse_explanation_completion("\n\n  The main thing this neuron does is find years. ")
+        == "years"
+    )
     assert parse_explanation_completion(" \n .\n") is None
 
 
@@ -158,7 +170,9 @@ def test_logprob_free_prompt_and_parse_round_trip() -> None:
         "Sequence 1 Tokens without Activations:\nA\t༗\n cat\t༗\n\\n\t༗\n sat\t༗\n\n\nSequence 1 Tokens with Activations:\n"
     )
     parsed = parse_logprob_free_completion("A\t0༗\n cat\t10༗\n\\n\t0༗\n sat\t3.5༗\n", tokens)
-    assert parsed.values == (0.0, 10.0, 0.0, 3.5) and parsed.error is None and parsed.n_defaulted == 0
+    assert (
+        parsed.values == (0.0, 10.0, 0.0, 3.5) and parsed.error is None and parsed.n_defaulted == 0
+    )
 
 
 def test_logprob_free_parse_edge_cases() -> None:

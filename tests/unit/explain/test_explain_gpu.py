@@ -32,10 +32,17 @@ def test_mining_with_cuda_activations_matches_cpu(word_data: WordData) -> None:
     texts = word_data.texts[:50]
     cpu = mine_records(texts, word_data.tokenizer, word_data.planted, refs, config, progress=False)
     gpu = mine_records(
-        texts, word_data.tokenizer, lambda ids: word_data.planted(ids.cuda()), refs, config, progress=False
+        texts,
+        word_data.tokenizer,
+        lambda ids: word_data.planted(ids.cuda()),
+        refs,
+        config,
+        progress=False,
     )
     for a, b in zip(cpu, gpu, strict=True):
-        assert a.record.most_positive_activation_records == b.record.most_positive_activation_records
+        assert (
+            a.record.most_positive_activation_records == b.record.most_positive_activation_records
+        )
         assert a.record.random_sample == b.record.random_sample
         assert a.density == b.density and a.max_activation == b.max_activation
         assert b.record.mean == pytest.approx(a.record.mean, abs=1e-6)
@@ -51,7 +58,9 @@ def test_mining_with_cuda_activations_matches_cpu(word_data: WordData) -> None:
         progress=False,
     )
     for a, b in zip(cpu_heads, gpu_heads, strict=True):
-        assert a.record.most_positive_activation_records == b.record.most_positive_activation_records
+        assert (
+            a.record.most_positive_activation_records == b.record.most_positive_activation_records
+        )
 
 
 def test_hf_backend_on_cuda_matches_cpu(tiny_lm: TinyLM) -> None:

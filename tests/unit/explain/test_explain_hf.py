@@ -19,10 +19,25 @@ import torch
 from tdb_core.errors import NotFoundError, ResourceExhaustedError
 from tdb_core.explain.backends import HFLocalBackend, LLMBackend
 from tdb_core.explain.explainers import LLMExplainer, LLMHeadExplainer
-from tdb_core.explain.formatting import UNKNOWN_ACTIVATION_STRING, format_activation_records, max_activation
+from tdb_core.explain.formatting import (
+    UNKNOWN_ACTIVATION_STRING,
+    format_activation_records,
+    max_activation,
+)
 from tdb_core.explain.heads import LLMPairJudge
-from tdb_core.explain.mining import MiningConfig, NodeRef, as_text_tokenizer, mine_head_records, mine_records
-from tdb_core.explain.pipeline import explain_head, explain_node, score_explanation, score_simulations
+from tdb_core.explain.mining import (
+    MiningConfig,
+    NodeRef,
+    as_text_tokenizer,
+    mine_head_records,
+    mine_records,
+)
+from tdb_core.explain.pipeline import (
+    explain_head,
+    explain_node,
+    score_explanation,
+    score_simulations,
+)
 from tdb_core.explain.prompts import (
     ChatMessage,
     SlottedPrompt,
@@ -81,7 +96,12 @@ def hf_nodes(tiny_lm: TinyLM, word_data: WordData) -> list[NodeRecords]:
 
     config = MiningConfig(window_len=8, top_k=8, n_random=6, seed=1)
     return mine_records(
-        word_data.texts[:60], tiny_lm.tokenizer, fn, [NodeRef("hf:0:0", 0, 0)], config, progress=False
+        word_data.texts[:60],
+        tiny_lm.tokenizer,
+        fn,
+        [NodeRef("hf:0:0", 0, 0)],
+        config,
+        progress=False,
     )
 
 
@@ -125,7 +145,7 @@ def test_slot_logprobs_equal_an_independent_forward_pass_per_slot(
     prompt = build_simulation_prompt("cats", tokens)
     slots = backend.slot_logprobs(prompt, VALUE_TOKENS)
     assert len(slots) == len(tokens)
-    encode = lambda text: tiny_lm.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    encode = lambda text: tiny_lm.tokenizer.encode(text, add_special_tokens=False)
     prefix: list[int] = []
     for j, slot in enumerate(slots):
         prefix += encode(prompt.segments[j])
@@ -144,7 +164,9 @@ def test_all_at_once_expected_values_and_distributions(backend: HFLocalBackend) 
     result = AllAtOnceSimulator(backend).simulate("cats", tokens)
     slots = backend.slot_logprobs(build_simulation_prompt("cats", tokens), VALUE_TOKENS)
     assert result.method is SimulationMethod.ALL_AT_ONCE and result.error is None
-    assert result.expected_activations is not None and len(result.expected_activations) == len(tokens)
+    assert result.expected_activations is not None and len(result.expected_activations) == len(
+        tokens
+    )
     for ev, values, probs, slot in zip(
         result.expected_activations,
         result.distribution_values or (),
@@ -171,7 +193,10 @@ def test_explain_node_end_to_end_with_the_local_model(
         n_examples_per_split=2,
     )
     best = result.best
-    assert best.simulator == "all_at_once:hf:tiny" and result.explainer == "token_activation_pair:hf:tiny"
+    assert (
+        best.simulator == "all_at_once:hf:tiny"
+        and result.explainer == "token_activation_pair:hf:tiny"
+    )
     assert len(recorder.slotted) == 4  # 2 valid top + 2 valid random records
     splits = split_records(hf_nodes[0].record, 2)
     records = splits.valid_top + splits.valid_random
@@ -225,10 +250,14 @@ def test_head_path_end_to_end_with_the_local_model(
     first = result.best.pairs[0]
     splits = split_records(node.record, 2)
     tokens = (splits.valid_top + splits.valid_random)[first.pair.record_index].tokens
-    messages = build_head_judge_prompt(result.best_explanation, tokens, (first.pair.query, first.pair.key))
+    messages = build_head_judge_prompt(
+        result.best_explanation, tokens, (first.pair.query, first.pair.key)
+    )
     ids = tiny_lm.tokenizer.encode(render_text(messages), add_special_tokens=False)
     with torch.no_grad():
-        logprobs = torch.log_softmax(tiny_lm.model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1)
+        logprobs = torch.log_softmax(
+            tiny_lm.model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1
+        )
     p0 = math.exp(float(logprobs[tiny_lm.tokenizer.encode("0", add_special_tokens=False)[0]]))
     p1 = math.exp(float(logprobs[tiny_lm.tokenizer.encode("1", add_special_tokens=False)[0]]))
     assert first.prediction.probability == pytest.approx(p1 / (p0 + p1), abs=1e-5)

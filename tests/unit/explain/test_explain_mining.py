@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from tdb_core.datasets import PlainTextSplit
-from tdb_core.errors import CancelledError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from tdb_core.errors import (
+    CancelledError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from tdb_core.explain.mining import (
     MiningConfig,
     NodeRef,
@@ -61,11 +66,15 @@ def test_windows_cover_every_document_in_order(word_data: WordData) -> None:
     rebuilt: list[int] = [i for w in windows for i in w]
     assert rebuilt == [i for t in texts for i in word_data.tokenizer.encode(t)]
     assert max(len(w) for w in windows) == CONFIG.window_len
-    limited = tokenize_windows(texts, word_data.tokenizer, MiningConfig(window_len=10, max_windows=7))
+    limited = tokenize_windows(
+        texts, word_data.tokenizer, MiningConfig(window_len=10, max_windows=7)
+    )
     assert limited == windows[:7]
 
 
-def test_records_and_statistics_match_brute_force(word_data: WordData, random_causal_fn: Fn) -> None:
+def test_records_and_statistics_match_brute_force(
+    word_data: WordData, random_causal_fn: Fn
+) -> None:
     """Top-k windows by max, each record's activations, the random sample, density, max and moments."""
     texts = word_data.texts[:60]
     nodes = mine_records(texts, word_data.tokenizer, random_causal_fn, REFS, CONFIG, progress=False)
@@ -117,7 +126,9 @@ def test_batch_size_does_not_change_the_records(word_data: WordData, random_caus
         progress=False,
     )
     for a, b in zip(one, many):
-        assert a.record.most_positive_activation_records == b.record.most_positive_activation_records
+        assert (
+            a.record.most_positive_activation_records == b.record.most_positive_activation_records
+        )
         assert a.record.random_sample == b.record.random_sample
         assert a.density == b.density and a.record.mean == pytest.approx(b.record.mean, abs=1e-6)
 
@@ -134,12 +145,16 @@ def test_moments_survive_a_large_offset(word_data: WordData, random_causal_fn: F
         progress=False,
     )
     windows = tokenize_windows(texts, word_data.tokenizer, CONFIG)
-    column = torch.cat([1000.0 + random_causal_fn(torch.tensor([w]))[0, :, 0] for w in windows]).double()
+    column = torch.cat(
+        [1000.0 + random_causal_fn(torch.tensor([w]))[0, :, 0] for w in windows]
+    ).double()
     assert node.record.mean == pytest.approx(float(column.mean()), rel=1e-9)
     assert node.record.variance == pytest.approx(float(column.var(unbiased=False)), rel=1e-5)
 
 
-def test_bos_is_fed_to_the_model_but_left_out_of_records(word_data: WordData, random_causal_fn: Fn) -> None:
+def test_bos_is_fed_to_the_model_but_left_out_of_records(
+    word_data: WordData, random_causal_fn: Fn
+) -> None:
     """With bos_id, every window starts with BOS in the model input; records and stats exclude it."""
     bos = len(word_data.words)
     seen_first_columns: list[torch.Tensor] = []
@@ -152,7 +167,9 @@ def test_bos_is_fed_to_the_model_but_left_out_of_records(word_data: WordData, ra
 
     texts = word_data.texts[:10]
     config = MiningConfig(window_len=8, top_k=4, n_random=3, bos_id=bos)
-    (node,) = mine_records(texts, word_data.tokenizer, fn, [NodeRef("n", 0, 0)], config, progress=False)
+    (node,) = mine_records(
+        texts, word_data.tokenizer, fn, [NodeRef("n", 0, 0)], config, progress=False
+    )
     assert all(bool((c == bos).all()) for c in seen_first_columns)
     assert node.max_activation < 100.0
     for record in node.record.most_positive_activation_records:
@@ -184,7 +201,9 @@ def test_dataset_files_jsonl_lines_and_paragraphs(tmp_path: Path, word_data: Wor
     """Mining reads JSONL "text" fields, and plain text by paragraph (blank lines) or by line."""
     tok, config = word_data.tokenizer, MiningConfig(window_len=3)
     jsonl = tmp_path / "d.jsonl"
-    jsonl.write_text(json.dumps({"text": "cat sat"}) + "\n\n" + json.dumps({"text": "dog", "meta": 1}) + "\n")
+    jsonl.write_text(
+        json.dumps({"text": "cat sat"}) + "\n\n" + json.dumps({"text": "dog", "meta": 1}) + "\n"
+    )
     assert tokenize_windows(jsonl, tok, config) == [tok.encode("cat sat"), tok.encode("dog")]
     paragraphs = tmp_path / "paras.txt"
     paragraphs.write_text("cat sat\non mat\n\n\ndog ran\n")
@@ -199,11 +218,15 @@ def test_dataset_files_jsonl_lines_and_paragraphs(tmp_path: Path, word_data: Wor
     ]
 
 
-def test_bad_datasets_give_clear_errors(tmp_path: Path, word_data: WordData, random_causal_fn: Fn) -> None:
+def test_bad_datasets_give_clear_errors(
+    tmp_path: Path, word_data: WordData, random_causal_fn: Fn
+) -> None:
     """Missing file -> NotFound; bad JSONL line -> InvalidArgument with its line; empty -> InvalidArgument."""
     tok = word_data.tokenizer
     with pytest.raises(NotFoundError, match="does not exist"):
-        mine_records(tmp_path / "missing.jsonl", tok, random_causal_fn, REFS, CONFIG, progress=False)
+        mine_records(
+            tmp_path / "missing.jsonl", tok, random_causal_fn, REFS, CONFIG, progress=False
+        )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "cat"}\n{"body": "dog"}\n')
     with pytest.raises(InvalidArgumentError, match=r"bad.jsonl:2 .*\"text\""):
@@ -242,10 +265,17 @@ def test_bad_activation_functions_and_nodes_give_clear_errors(
     with pytest.raises(InvalidArgumentError, match="no nodes"):
         mine_records(texts, word_data.tokenizer, random_causal_fn, [], CONFIG, progress=False)
     with pytest.raises(InvalidArgumentError, match="repeated"):
-        mine_records(texts, word_data.tokenizer, random_causal_fn, [REFS[0], REFS[0]], CONFIG, progress=False)
+        mine_records(
+            texts, word_data.tokenizer, random_causal_fn, [REFS[0], REFS[0]], CONFIG, progress=False
+        )
     with pytest.raises(InvalidArgumentError, match="window_len"):
         mine_records(
-            texts, word_data.tokenizer, random_causal_fn, REFS, MiningConfig(window_len=0), progress=False
+            texts,
+            word_data.tokenizer,
+            random_causal_fn,
+            REFS,
+            MiningConfig(window_len=0),
+            progress=False,
         )
     with pytest.raises(InvalidArgumentError, match=r"\[batch, heads, query, key\]"):
         mine_head_records(
@@ -262,9 +292,13 @@ def test_progress_bar_goes_to_stderr_and_can_be_disabled(
     word_data: WordData, capsys: pytest.CaptureFixture[str], random_causal_fn: Fn
 ) -> None:
     """progress=True draws a tqdm bar on stderr; progress=False prints nothing."""
-    mine_records(word_data.texts[:5], word_data.tokenizer, random_causal_fn, REFS, CONFIG, progress=True)
+    mine_records(
+        word_data.texts[:5], word_data.tokenizer, random_causal_fn, REFS, CONFIG, progress=True
+    )
     assert "mining records" in capsys.readouterr().err
-    mine_records(word_data.texts[:5], word_data.tokenizer, random_causal_fn, REFS, CONFIG, progress=False)
+    mine_records(
+        word_data.texts[:5], word_data.tokenizer, random_causal_fn, REFS, CONFIG, progress=False
+    )
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
 
@@ -280,7 +314,9 @@ def test_hugging_face_tokenizers_are_accepted(tiny_lm: TinyLM) -> None:
     assert as_text_tokenizer(own) is own
 
 
-def test_on_batch_reports_progress_and_can_cancel(word_data: WordData, random_causal_fn: Fn) -> None:
+def test_on_batch_reports_progress_and_can_cancel(
+    word_data: WordData, random_causal_fn: Fn
+) -> None:
     """on_batch gets (windows done, total) after each batch; raising from it stops mining."""
     calls: list[tuple[int, int]] = []
     texts = word_data.texts[:12]
@@ -302,5 +338,11 @@ def test_on_batch_reports_progress_and_can_cancel(word_data: WordData, random_ca
 
     with pytest.raises(CancelledError):
         mine_records(
-            texts, word_data.tokenizer, random_causal_fn, REFS, config, progress=False, on_batch=cancel
+            texts,
+            word_data.tokenizer,
+            random_causal_fn,
+            REFS,
+            config,
+            progress=False,
+            on_batch=cancel,
         )

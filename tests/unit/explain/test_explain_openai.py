@@ -42,16 +42,23 @@ def test_explain_and_score_through_completions_logprobs(
         word_nodes[0], LLMExplainer(backend), AllAtOnceSimulator(backend), n_examples_per_split=5
     )
     assert result.best.explanation == "the word cat"
-    assert result.best.simulator == f"all_at_once:openai-compatible:fake-model@{fake_openai.base_url}"
+    assert (
+        result.best.simulator == f"all_at_once:openai-compatible:fake-model@{fake_openai.base_url}"
+    )
     assert result.best.fallback_reason is None
-    assert result.best.scores.correlation.score is not None and result.best.scores.correlation.score > 0.99
+    assert (
+        result.best.scores.correlation.score is not None
+        and result.best.scores.correlation.score > 0.99
+    )
 
     chat = [r for r in fake_openai.requests if r["path"] == "/v1/chat/completions"]
     completions = [r for r in fake_openai.requests if r["path"] == "/v1/completions"]
     assert len(chat) == 1 and len(completions) == 10
     assert chat[0]["authorization"] == "Bearer sk-test"
     assert chat[0]["body"]["model"] == "fake-model" and chat[0]["body"]["max_tokens"] == 60
-    assert chat[0]["body"]["messages"][-1]["content"].endswith("the main thing this neuron does is find")
+    assert chat[0]["body"]["messages"][-1]["content"].endswith(
+        "the main thing this neuron does is find"
+    )
     body = completions[0]["body"]
     assert body["echo"] is True and body["logprobs"] == 15 and body["temperature"] == 0.0
 
@@ -93,8 +100,13 @@ def test_no_logprobs_errors_or_falls_back_as_configured(
 def test_server_without_completions_route_falls_back(fake_openai: FakeOpenAI) -> None:
     """A 404 on /v1/completions counts as "no logprobs": the fallback runs through chat."""
     fake_openai.mode = "chat_only"
-    result = AllAtOnceSimulator(make_backend(fake_openai)).simulate("the word cat", [" cat", " dog"])
-    assert result.method is SimulationMethod.LOGPROB_FREE and result.expected_activations == (10.0, 0.0)
+    result = AllAtOnceSimulator(make_backend(fake_openai)).simulate(
+        "the word cat", [" cat", " dog"]
+    )
+    assert result.method is SimulationMethod.LOGPROB_FREE and result.expected_activations == (
+        10.0,
+        0.0,
+    )
     assert result.fallback_reason is not None and "404" in result.fallback_reason
 
 
@@ -105,7 +117,9 @@ def test_tokenizer_merging_every_slot_counts_as_no_logprobs(
     fake_openai.mode = "merged"
     backend = make_backend(fake_openai)
     with pytest.raises(LogprobsUnavailableError, match="merges the tab"):
-        AllAtOnceSimulator(backend, on_missing_logprobs=MissingLogprobsPolicy.ERROR).simulate("cat", [" cat"])
+        AllAtOnceSimulator(backend, on_missing_logprobs=MissingLogprobsPolicy.ERROR).simulate(
+            "cat", [" cat"]
+        )
     scored, _ = score_explanation(
         word_nodes[0], "the word cat", AllAtOnceSimulator(backend), n_examples_per_split=5
     )
@@ -119,11 +133,16 @@ def test_an_unreadable_slot_fails_its_sequence_not_the_score(
     """Slots after " dog" are merged: sequences containing " dog" fail (counted), the rest are scored."""
     fake_openai.mode = "merged_dog"
     scored, _ = score_explanation(
-        word_nodes[0], "the word cat", AllAtOnceSimulator(make_backend(fake_openai)), n_examples_per_split=5
+        word_nodes[0],
+        "the word cat",
+        AllAtOnceSimulator(make_backend(fake_openai)),
+        n_examples_per_split=5,
     )
     with_dog = [s for s in scored.simulations if " dog" in s.tokens]
     assert 0 < len(with_dog) < 10 and scored.scores.n_failed == len(with_dog)
-    assert all(s.expected_activations is None and "could not be read" in (s.error or "") for s in with_dog)
+    assert all(
+        s.expected_activations is None and "could not be read" in (s.error or "") for s in with_dog
+    )
     assert scored.scores.correlation.n_sequences == 10 - len(with_dog)
     assert scored.scores.correlation.score is not None and scored.scores.correlation.score > 0.99
 
@@ -134,7 +153,10 @@ def test_garbled_answers_give_none_with_reason(
     """A chat model that does not follow the format: every logprob-free simulation fails, score None."""
     fake_openai.mode = "garbled"
     scored, _ = score_explanation(
-        word_nodes[0], "the word cat", AllAtOnceSimulator(make_backend(fake_openai)), n_examples_per_split=5
+        word_nodes[0],
+        "the word cat",
+        AllAtOnceSimulator(make_backend(fake_openai)),
+        n_examples_per_split=5,
     )
     assert scored.scores.correlation.score is None
     assert "never reproduces the first token" in (scored.scores.correlation.reason or "")
@@ -150,7 +172,9 @@ def test_head_explained_and_judged_with_chat_logprobs(
     )
     assert result.best_explanation == "attends to the previous token from every token"
     assert result.best.roc_auc == 1.0
-    assert [p.prediction.probability for p in result.best.pairs] == pytest.approx([0.9] * 5 + [0.2] * 5)
+    assert [p.prediction.probability for p in result.best.pairs] == pytest.approx(
+        [0.9] * 5 + [0.2] * 5
+    )
     judge_requests = [r["body"] for r in fake_openai.requests if r["body"].get("logprobs")]
     assert len(judge_requests) == 10 and all(
         b["top_logprobs"] == 15 and b["max_tokens"] == 1 for b in judge_requests
@@ -168,7 +192,8 @@ def test_head_judge_without_logprobs_uses_hard_answers(
     )
     assert result.best.roc_auc == 1.0
     assert all(
-        p.prediction.method == "hard_answer" and p.prediction.fallback_reason for p in result.best.pairs
+        p.prediction.method == "hard_answer" and p.prediction.fallback_reason
+        for p in result.best.pairs
     )
     strict = LLMPairJudge(backend, on_missing_logprobs=MissingLogprobsPolicy.ERROR)
     with pytest.raises(LogprobsUnavailableError):
@@ -179,10 +204,15 @@ def test_unreachable_endpoint_is_unavailable_with_the_url(
     closed_port: int, word_nodes: list[NodeRecords]
 ) -> None:
     """Nothing listening: UnavailableError naming the URL, from explaining and from simulating alike."""
-    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{closed_port}/v1", "m", timeout=5.0, max_retries=0)
+    backend = OpenAICompatibleBackend(
+        f"http://127.0.0.1:{closed_port}/v1", "m", timeout=5.0, max_retries=0
+    )
     with pytest.raises(UnavailableError, match=rf"cannot reach .*127\.0\.0\.1:{closed_port}/v1"):
         explain_node(
-            word_nodes[0], LLMExplainer(backend), AllAtOnceSimulator(backend), n_examples_per_split=5
+            word_nodes[0],
+            LLMExplainer(backend),
+            AllAtOnceSimulator(backend),
+            n_examples_per_split=5,
         )
     with pytest.raises(UnavailableError, match="cannot reach"):
         AllAtOnceSimulator(backend).simulate("cats", [" cat"])

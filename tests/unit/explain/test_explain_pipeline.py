@@ -56,7 +56,10 @@ class FlakySimulator:
         self.calls += 1
         if self.calls % self.fail_every == 0:
             return SimulationResult(
-                tuple(tokens), None, SimulationMethod.LOGPROB_FREE, error=f"unreadable #{self.calls}"
+                tuple(tokens),
+                None,
+                SimulationMethod.LOGPROB_FREE,
+                error=f"unreadable #{self.calls}",
             )
         return BaselineSimulator().simulate(explanation, tokens)
 
@@ -75,7 +78,9 @@ def test_progress_events_cover_every_phase_in_order(word_nodes: list[NodeRecords
     assert phases[:2] == [Phase.EXPLAINING, Phase.EXPLAINING]
     assert phases[-2:] == [Phase.SCORING, Phase.DONE]
     simulating = [e for e in events if e.phase is Phase.SIMULATING]
-    assert [e.done for e in simulating] == list(range(1, 11)) and all(e.total == 10 for e in simulating)
+    assert [e.done for e in simulating] == list(range(1, 11)) and all(
+        e.total == 10 for e in simulating
+    )
 
 
 def test_progress_callback_can_cancel(word_nodes: list[NodeRecords]) -> None:
@@ -97,7 +102,9 @@ def test_progress_callback_can_cancel(word_nodes: list[NodeRecords]) -> None:
     assert simulator.calls == 3
 
 
-def test_best_candidate_is_the_one_with_the_highest_correlation(word_nodes: list[NodeRecords]) -> None:
+def test_best_candidate_is_the_one_with_the_highest_correlation(
+    word_nodes: list[NodeRecords],
+) -> None:
     """Every distinct candidate is scored; the best by pooled correlation is returned; records are recorded."""
     explainer = FixedExplainer(
         ['the token " dog" (10.0)', 'the token " cat" (10.0)', 'the token " dog" (10.0)']
@@ -117,21 +124,29 @@ def test_best_candidate_is_the_one_with_the_highest_correlation(word_nodes: list
 def test_failed_simulations_are_left_out_and_counted(word_nodes: list[NodeRecords]) -> None:
     """Some failures: scored on the rest, counted with reasons. All failures: score None with a reason."""
     scored, _ = score_explanation(
-        word_nodes[0], 'the token " cat" (10.0)', FlakySimulator(fail_every=2), n_examples_per_split=5
+        word_nodes[0],
+        'the token " cat" (10.0)',
+        FlakySimulator(fail_every=2),
+        n_examples_per_split=5,
     )
     assert scored.scores.n_failed == 5 and scored.scores.failures[0] == "unreadable #2"
     assert scored.scores.correlation.n_sequences == 5
     assert scored.scores.correlation.score is not None and scored.scores.correlation.score > 0.9
 
     none, _ = score_explanation(
-        word_nodes[0], 'the token " cat" (10.0)', FlakySimulator(fail_every=1), n_examples_per_split=5
+        word_nodes[0],
+        'the token " cat" (10.0)',
+        FlakySimulator(fail_every=1),
+        n_examples_per_split=5,
     )
     assert none.scores.correlation.score is None
     assert none.scores.correlation.reason == "all 10 simulations failed; first: unreadable #1"
     assert none.scores.detection.balanced_accuracy is None
 
 
-def test_misuse_is_invalid_argument(word_nodes: list[NodeRecords], head_nodes: list[NodeRecords]) -> None:
+def test_misuse_is_invalid_argument(
+    word_nodes: list[NodeRecords], head_nodes: list[NodeRecords]
+) -> None:
     """Head records in the neuron pipeline (and vice versa) and empty explanations are rejected clearly."""
     with pytest.raises(InvalidArgumentError, match="token_pair records; use explain_head"):
         explain_node(head_nodes[0], BaselineExplainer(), BaselineSimulator())
@@ -145,8 +160,12 @@ def test_results_round_trip_through_the_store(
     word_nodes: list[NodeRecords], head_nodes: list[NodeRecords], tmp_path: Path
 ) -> None:
     """store_fields / head_store_fields give rows that survive a store restart with every score."""
-    result = explain_node(word_nodes[1], BaselineExplainer(), BaselineSimulator(), n_examples_per_split=5)
-    head = explain_head(head_nodes[0], BaselineHeadExplainer(), BaselinePairJudge(), n_examples_per_split=5)
+    result = explain_node(
+        word_nodes[1], BaselineExplainer(), BaselineSimulator(), n_examples_per_split=5
+    )
+    head = explain_head(
+        head_nodes[0], BaselineHeadExplainer(), BaselinePairJudge(), n_examples_per_split=5
+    )
     store = ExplanationStore(tmp_path / "e.db")
     store.put(
         model="toy",
@@ -169,7 +188,11 @@ def test_results_round_trip_through_the_store(
     )
     assert row.explanation == result.best.explanation
     assert row.score == result.best.scores.correlation.score
-    assert row.scores["detection_balanced_accuracy"] == result.best.scores.detection.balanced_accuracy
+    assert (
+        row.scores["detection_balanced_accuracy"] == result.best.scores.detection.balanced_accuracy
+    )
     assert row.scores["simulator"] == "baseline" and row.records_used["score_split"] == "valid"
-    head_row = store.get(model="toy", node_key="head:0:0", method="attention_head", explainer="baseline_head")
+    head_row = store.get(
+        model="toy", node_key="head:0:0", method="attention_head", explainer="baseline_head"
+    )
     assert head_row.score == head.best.roc_auc and head_row.scores["n_pairs"] == 10

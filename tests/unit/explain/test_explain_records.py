@@ -79,7 +79,9 @@ def test_node_records_wrapper_round_trip_keeps_the_original_object_untouched() -
     node = NodeRecords(
         node_key="mlp:0:1",
         kind=RecordKind.TOKEN,
-        record=NeuronRecord(neuron_id=NeuronId(0, 1), most_positive_activation_records=_records(1, "x")),
+        record=NeuronRecord(
+            neuron_id=NeuronId(0, 1), most_positive_activation_records=_records(1, "x")
+        ),
         density=0.25,
         max_activation=2.0,
         n_positions=40,
@@ -159,7 +161,9 @@ def test_save_and_load_use_the_original_file_layout(tmp_path: Path) -> None:
     node = NodeRecords(
         node_key="sae:5:9",
         kind=RecordKind.TOKEN,
-        record=NeuronRecord(neuron_id=NeuronId(5, 9), most_positive_activation_records=_records(2, "x")),
+        record=NeuronRecord(
+            neuron_id=NeuronId(5, 9), most_positive_activation_records=_records(2, "x")
+        ),
         density=0.1,
         max_activation=1.0,
         n_positions=10,

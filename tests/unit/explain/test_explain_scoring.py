@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tdb_core.errors import InvalidArgumentError
-from tdb_core.explain.scoring import balanced_accuracy, correlation_score, detection_score, pearson, roc_auc
+from tdb_core.explain.scoring import (
+    balanced_accuracy,
+    correlation_score,
+    detection_score,
+    pearson,
+    roc_auc,
+)
 
 
 def test_pooled_correlation_worked_example() -> None:
@@ -85,13 +91,23 @@ def test_roc_auc_equals_pairwise_definition(data: list[tuple[bool, int]]) -> Non
 def test_balanced_accuracy_worked_example() -> None:
     """labels [1,1,1,0], predictions [1,0,1,0]: TPR 2/3, TNR 1, balanced accuracy 5/6."""
     bacc, tpr, tnr, reason = balanced_accuracy([1, 1, 1, 0], [1, 0, 1, 0])
-    assert bacc == pytest.approx(5 / 6) and tpr == pytest.approx(2 / 3) and tnr == 1.0 and reason is None
+    assert (
+        bacc == pytest.approx(5 / 6)
+        and tpr == pytest.approx(2 / 3)
+        and tnr == 1.0
+        and reason is None
+    )
     assert balanced_accuracy([1, 1], [1, 0])[0] is None
 
 
 def test_detection_score_worked_example() -> None:
     """Records fire when their max >= 0.1 of the overall max; predicted fire when the simulated max >= 1."""
-    true = [[0.0, 5.0], [0.2, 0.0], [0.0, 0.9], [0.0, 0.0]]  # max 5 -> threshold 0.5: fires, no, yes, no
+    true = [
+        [0.0, 5.0],
+        [0.2, 0.0],
+        [0.0, 0.9],
+        [0.0, 0.0],
+    ]  # max 5 -> threshold 0.5: fires, no, yes, no
     predicted = [[0.0, 9.0], [0.5, 0.0], [0.0, 0.2], [3.0, 0.0]]  # predicted: yes, no, no, yes
     score = detection_score(true, predicted)
     assert (score.n_positive, score.n_negative) == (2, 2)

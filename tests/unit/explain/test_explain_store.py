@@ -65,9 +65,13 @@ def test_put_get_round_trip(tmp_path: Path) -> None:
 def test_upsert_replaces_content_and_keeps_created_at(tmp_path: Path) -> None:
     """A second put on the same key replaces explanation and scores; created_at is the first write's."""
     store = ExplanationStore(tmp_path / "e.db")
-    first = store.put(model="m", node_key="n", method="k", explainer="e", explanation="old", score=0.1)
+    first = store.put(
+        model="m", node_key="n", method="k", explainer="e", explanation="old", score=0.1
+    )
     time.sleep(0.01)
-    second = store.put(model="m", node_key="n", method="k", explainer="e", explanation="new", score=0.9)
+    second = store.put(
+        model="m", node_key="n", method="k", explainer="e", explanation="new", score=0.9
+    )
     assert store.count() == 1
     assert second.explanation == "new" and second.score == 0.9
     assert second.created_at == first.created_at and second.updated_at > first.updated_at
@@ -81,12 +85,19 @@ def test_list_filters(tmp_path: Path) -> None:
     put(store, "mlp:1:1", None)
     put(store, "head:0:3", 0.7, explainer="llm")
     put(store, "sae:0:9", 0.8, sae_id="sae-a", model="other")
-    assert [e.node_key for e in store.list(model="gpt2")] == ["head:0:3", "mlp:0:1", "mlp:0:2", "mlp:1:1"]
+    assert [e.node_key for e in store.list(model="gpt2")] == [
+        "head:0:3",
+        "mlp:0:1",
+        "mlp:0:2",
+        "mlp:1:1",
+    ]
     assert [e.node_key for e in store.list(node_key_prefix="mlp:0:")] == ["mlp:0:1", "mlp:0:2"]
     assert [e.node_key for e in store.list(min_score=0.5)] == ["head:0:3", "mlp:0:1", "sae:0:9"]
     assert [e.node_key for e in store.list(explainer="llm")] == ["head:0:3"]
     assert [e.node_key for e in store.list(sae_id="sae-a")] == ["sae:0:9"]
-    assert [e.node_key for e in store.list(node_key="mlp:0:2", method="token_activation_pair")] == ["mlp:0:2"]
+    assert [e.node_key for e in store.list(node_key="mlp:0:2", method="token_activation_pair")] == [
+        "mlp:0:2"
+    ]
     assert [e.node_key for e in store.list(limit=2, offset=1)] == ["mlp:0:1", "mlp:0:2"]
     with pytest.raises(InvalidArgumentError, match="limit"):
         store.list(limit=0)
@@ -146,7 +157,7 @@ def test_concurrent_threads(tmp_path: Path) -> None:
                 put(store, f"t{t}:{i}", i / 25)
                 put(store, "shared", t / 8, explanation=f"thread {t}")
                 store.list(node_key_prefix=f"t{t}:")
-        except BaseException as exc:  # collected and asserted below
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
@@ -180,7 +191,10 @@ def test_concurrent_processes(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, str(path), str(p)], env=env, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", script, str(path), str(p)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for p in range(4)
     ]

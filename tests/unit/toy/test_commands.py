@@ -22,11 +22,14 @@ def _parser() -> argparse.ArgumentParser:
 def test_train_arguments() -> None:
     """`toy train` needs --out and takes --steps, --max-minutes (alias --minutes) and --seed."""
     args = _parser().parse_args(
-        ["toy", "train", "--out", "d", "--steps", "12", "--minutes", "2.5", "--seed", "3"])
+        ["toy", "train", "--out", "d", "--steps", "12", "--minutes", "2.5", "--seed", "3"]
+    )
     assert args.func is commands.run_train
     assert (args.out, args.steps, args.max_minutes, args.seed) == (Path("d"), 12, 2.5, 3)
     defaults = _parser().parse_args(["toy", "train", "--out", "d"])
-    assert defaults.max_minutes is None and defaults.seed == TrainConfig().seed and defaults.steps > 0
+    assert (
+        defaults.max_minutes is None and defaults.seed == TrainConfig().seed and defaults.steps > 0
+    )
 
 
 def test_eval_defaults_to_the_shipped_model() -> None:
@@ -42,7 +45,8 @@ def test_corpus_arguments() -> None:
     args = _parser().parse_args(["toy", "corpus", "--out", "c.jsonl", "--n", "5"])
     assert args.func is commands.run_corpus and args.split == "train"
     args = _parser().parse_args(
-        ["toy", "corpus", "--out", "c.jsonl", "--n", "5", "--split", "heldout"])
+        ["toy", "corpus", "--out", "c.jsonl", "--n", "5", "--split", "heldout"]
+    )
     assert args.split == "heldout"
 
 
@@ -70,11 +74,13 @@ def test_corpus_command_writes_jsonl(tmp_path, capsys) -> None:
     """`toy corpus` writes exactly the generator's texts, one {"text": ...} per line."""
     out = tmp_path / "heldout.jsonl"
     args = _parser().parse_args(
-        ["toy", "corpus", "--out", str(out), "--n", "40", "--seed", "2", "--split", "heldout"])
+        ["toy", "corpus", "--out", str(out), "--n", "40", "--seed", "2", "--split", "heldout"]
+    )
     assert args.func(args) == 0
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [row["text"] for row in rows] == [
-        e.text for e in corpus.generate(40, seed=2, split="heldout")]
+        e.text for e in corpus.generate(40, seed=2, split="heldout")
+    ]
     assert "wrote 40 documents" in capsys.readouterr().err
 
 

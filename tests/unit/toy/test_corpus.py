@@ -45,8 +45,13 @@ def test_vocabularies_cover_the_issue() -> None:
     """The names include the ten the issue lists and at least 40 in all; lists have no repeats."""
     assert set(REQUIRED_NAMES) <= set(corpus.NAMES)
     assert len(corpus.NAMES) >= 40
-    for words in (corpus.NAMES, corpus.PLACES, corpus.OBJECTS, corpus.A_AN_NOUNS,
-                  corpus.INDUCTION_WORDS):
+    for words in (
+        corpus.NAMES,
+        corpus.PLACES,
+        corpus.OBJECTS,
+        corpus.A_AN_NOUNS,
+        corpus.INDUCTION_WORDS,
+    ):
         assert len(set(words)) == len(words)
     assert not set(corpus.NAMES) & set(corpus.INDUCTION_WORDS)
 
@@ -81,7 +86,8 @@ def test_split_sizes_are_fixed() -> None:
     for name in corpus.NAMES:
         assert any(
             (min(name, o), max(name, o)) not in split.heldout_pairs
-            for o in corpus.NAMES if o != name
+            for o in corpus.NAMES
+            if o != name
         )
 
 
@@ -107,7 +113,10 @@ def test_training_ioi_texts_avoid_heldout_combos(train_examples: list[corpus.Exa
         template, slots = parsed
         assert (template, slots["place"], slots["obj"]) not in split.heldout_ioi_combos
         assert (template, slots["place"], slots["obj"]) == (
-            example.template, example.place, example.obj)
+            example.template,
+            example.place,
+            example.obj,
+        )
         assert slots["IO"] == example.io_name and slots["S"] == example.s_name
 
 
@@ -135,16 +144,20 @@ def test_heldout_examples_use_only_heldout_combinations() -> None:
 def test_ioi_documents_have_the_ioi_structure() -> None:
     """S is named twice in the prompt and IO once; the text is the prompt plus " IO."; both
     first-clause orders occur."""
-    examples = [e for e in corpus.generate_task("ioi", 400, seed=2, split="train")
-                if isinstance(e, corpus.IOIExample)]
+    examples = [
+        e
+        for e in corpus.generate_task("ioi", 400, seed=2, split="train")
+        if isinstance(e, corpus.IOIExample)
+    ]
     for e in examples:
         words = re.findall(r"\w+", e.prompt)
         assert words.count(e.s_name) == 2 and words.count(e.io_name) == 1
         assert e.io_name != e.s_name
         assert e.text == f"{e.prompt} {e.io_name}."
         first_names = [w for w in words if w in (e.io_name, e.s_name)][:2]
-        assert first_names == ([e.io_name, e.s_name] if e.order == "ABBA" else
-                               [e.s_name, e.io_name])
+        assert first_names == (
+            [e.io_name, e.s_name] if e.order == "ABBA" else [e.s_name, e.io_name]
+        )
     assert {e.order for e in examples} == {"ABBA", "BABA"}
 
 

@@ -113,8 +113,9 @@ def test_induction_metric_matches_a_per_prompt_computation(shipped) -> None:
 def test_top_predictions_answer_an_ioi_prompt(shipped) -> None:
     """The README's first prompt: the top token is " Mary", probabilities sorted and <= 1."""
     model, tokenizer = shipped
-    top = top_predictions(model, tokenizer,
-                          "When Mary and John went to the store, John gave a drink to", k=5)
+    top = top_predictions(
+        model, tokenizer, "When Mary and John went to the store, John gave a drink to", k=5
+    )
     assert top[0][0] == " Mary"
     probs = [p for _, p in top]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6

@@ -24,7 +24,8 @@ def test_every_task_word_is_one_token_with_its_space(tokenizer) -> None:
         assert tokenizer.decode(ids) == f" {word}"
     # The space is part of the token: "Mary" at the start of a text is a different token.
     assert tokenizer.encode("Mary", add_special_tokens=False) != tokenizer.encode(
-        " Mary", add_special_tokens=False)
+        " Mary", add_special_tokens=False
+    )
 
 
 def test_encoding_prepends_eos_and_round_trips(tokenizer) -> None:

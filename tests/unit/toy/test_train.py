@@ -34,7 +34,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor() -> None:
     assert lr_at(55, config) == pytest.approx(1e-4 + 0.5 * 9e-4)  # halfway: mean of peak and floor
     assert lr_at(100, config) == pytest.approx(1e-4)
     values = [lr_at(s, config) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(values))
 
 
 def test_pack_windows_keeps_documents_whole() -> None:
@@ -55,8 +55,9 @@ def test_batches_hold_single_documents_then_packed_windows() -> None:
     windows. Labels equal input ids on real tokens and are -100 exactly where the mask is 0."""
     tokenizer = train_tokenizer(corpus.iter_texts(corpus.generate(500, seed=0)))
     eos = tokenizer.eos_token_id
-    config = dataclasses.replace(TINY, steps=4, batch_size=8, long_batch_size=3,
-                                 long_context_fraction=0.5)
+    config = dataclasses.replace(
+        TINY, steps=4, batch_size=8, long_batch_size=3, long_context_fraction=0.5
+    )
     run = list(itertools.islice(batches(tokenizer, config), 4))
     for batch in run:
         assert torch.equal(batch.labels == -100, batch.attention_mask == 0)
@@ -110,8 +111,10 @@ def test_training_moves_layernorm_away_from_its_init(tmp_path) -> None:
     """LayerNorm gains and biases are trained (not left at 1 and 0)."""
     train(dataclasses.replace(TINY, eval_every=0), tmp_path / "m", progress=False)
     weights = load_file(tmp_path / "m" / "model.safetensors")
-    assert not torch.equal(weights["transformer.h.0.ln_1.weight"],
-                           torch.ones_like(weights["transformer.h.0.ln_1.weight"]))
+    assert not torch.equal(
+        weights["transformer.h.0.ln_1.weight"],
+        torch.ones_like(weights["transformer.h.0.ln_1.weight"]),
+    )
     assert weights["transformer.ln_f.bias"].abs().max() > 0
 
 
