@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 import adapters  # noqa: E402
 from tdb_core.explain import engine  # noqa: E402
 from tdb_core.explain.store import StoredExplanation  # noqa: E402
+from tdb_core.ops.sae_data import StreamConfig, activation_stream, ce_evaluator, token_windows  # noqa: E402
 from tdb_core.runner import Limits, ModelRunner  # noqa: E402
 from tdb_core.sae import SaeKind, TrainConfig, load_sae, train_sae  # noqa: E402
-from tdb_core.sae.from_model import StreamConfig, activation_stream, ce_evaluator, token_windows  # noqa: E402
 from tdb_core.toy import (  # noqa: E402
     TOY_EXPLANATIONS,
     TOY_MODEL_DIR,

@@ -538,9 +538,9 @@ def cmd_sae_encode(args: argparse.Namespace) -> int:
 
 def cmd_sae_train(args: argparse.Namespace) -> int:
     import adapters
+    from tdb_core.ops.sae_data import StreamConfig, activation_stream, ce_evaluator, token_windows
     from tdb_core.runner import Limits, ModelRunner
     from tdb_core.sae import SaeKind, TrainConfig, train_sae
-    from tdb_core.sae.from_model import StreamConfig, activation_stream, ce_evaluator, token_windows
 
     source = args.model
     if source is None:

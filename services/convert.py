@@ -27,13 +27,15 @@ from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import sae_pb2 as spb
 from tdb.v1 import server_pb2 as svpb
-from tdb_core import ablate, attribution, specs
+from tdb_core import specs
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.explain import engine as explain_engine
 from tdb_core.explain.records import NodeRecords, neuron_record_to_json
 from tdb_core.explain.store import StoredExplanation
+from tdb_core.ops import ablate
+from tdb_core.ops import attribute as attribution
+from tdb_core.ops import encode as sae_encode
 from tdb_core.runner import ModelRunner
-from tdb_core.sae import encode as sae_encode
 from tdb_core.sae.attach import AttachedSae
 
 CHUNK_BYTES = 1 << 20

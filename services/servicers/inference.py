@@ -11,7 +11,7 @@ from services.interceptors import note
 from services.registry import ModelRegistry
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import inference_pb2_grpc as ipb_grpc
-from tdb_core import ablate
+from tdb_core.ops import ablate
 
 
 class InferenceServicer(ipb_grpc.InferenceServiceServicer):

@@ -14,7 +14,7 @@ from services.registry import ModelRegistry
 from tdb.v1 import sae_pb2 as spb
 from tdb.v1 import sae_pb2_grpc as spb_grpc
 from tdb_core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from tdb_core.sae import encode as sae_encode
+from tdb_core.ops import encode as sae_encode
 from tdb_core.sae import load_sae
 
 

@@ -9,7 +9,7 @@ import pytest
 from tdb_client import TdbClientError, losses
 from tdb_client import interventions as iv
 from tdb_core import specs
-from tdb_core.attribution import AttributeSpec, LogitDiffLoss, attribute
+from tdb_core.ops.attribute import AttributeSpec, LogitDiffLoss, attribute
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tdb_core import specs
-from tdb_core.attribution import (
+from tdb_core.ops.attribute import (
     AttributeSpec,
     HeadTrace,
     LatentTrace,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tdb_core import errors, specs
-from tdb_core.ablate import (
+from tdb_core.ops.ablate import (
     AblateSpec,
     InterventionSet,
     PatchSweepSpec,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tdb_core import errors, specs
-from tdb_core.attribution import (
+from tdb_core.ops.attribute import (
     AttributeSpec,
     LatentTrace,
     LogitDiffLoss,
