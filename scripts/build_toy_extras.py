@@ -13,7 +13,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import adapters  # noqa: E402
-from tdb_core.explain import engine  # noqa: E402
-from tdb_core.explain.store import StoredExplanation  # noqa: E402
+from tdb_core.explain import engine, workflow  # noqa: E402
+from tdb_core.ops.mine import MiningOptions  # noqa: E402
 from tdb_core.ops.sae_data import StreamConfig, activation_stream, ce_evaluator, token_windows  # noqa: E402
 from tdb_core.runner import Limits, ModelRunner  # noqa: E402
 from tdb_core.sae import SaeKind, TrainConfig, load_sae, train_sae  # noqa: E402
@@ -107,33 +106,22 @@ def build_explanations(runner: ModelRunner, out: Path) -> int:
     keys = [f"blocks.{L}.mlp.hook_post[{n}]" for L in range(d.n_layers) for n in range(d.d_mlp)]
     keys += [
         f"sae.{TOY_SAE_ID}.hook_sae_acts_post[{i}]"
-        for i in range(runner.get_sae(TOY_SAE_ID).sae.d_sae)
+        for i in range(runner.saes.get(TOY_SAE_ID).sae.d_sae)
     ]
-    targets = [engine.parse_target(runner, k) for k in keys]
-    method = engine.baseline_method()
-    records = engine.mine(
-        runner, targets, texts, engine.MiningOptions(window_len=64, max_windows=4000)
+    result = workflow.explain(
+        runner,
+        workflow.ExplainSpec(
+            nodes=tuple(keys),
+            dataset=texts,
+            method=engine.baseline_method(),
+            mining=MiningOptions(window_len=64, max_windows=4000),
+            save=False,
+        ),
+        engine.Catalog(None),
     )
-    now = time.time()
-    rows = []
-    for t, rec in zip(targets, records):
-        try:
-            explainer, fields, _ = engine.explain_target(t, rec, method)
-        except Exception as e:  # noqa: BLE001 - dead nodes are skipped and counted
-            print(f"skip {t.key}: {e}", file=sys.stderr)
-            continue
-        rows.append(
-            StoredExplanation(
-                model=TOY_MODEL_NAME,
-                sae_id=t.sae_id,
-                node_key=t.key,
-                method="baseline",
-                explainer=explainer,
-                created_at=now,
-                updated_at=now,
-                **fields,
-            )
-        )
+    for skipped in result.skipped:  # dead nodes are skipped and counted
+        print(f"skip {skipped.node}: {skipped.reason}", file=sys.stderr)
+    rows = result.explanations
     with out.open("w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(asdict(r), sort_keys=True) + "\n")
@@ -150,7 +138,7 @@ def main() -> int:
     runner = runner_for(Path(args.model_dir))
     if not args.skip_sae:
         print(json.dumps(build_sae(runner, args.steps, SAE_SITE, TOY_SAE_DIR)))
-    runner.attach_sae(TOY_SAE_ID, load_sae(TOY_SAE_DIR), str(TOY_SAE_DIR))
+    runner.saes.attach(TOY_SAE_ID, load_sae(TOY_SAE_DIR), str(TOY_SAE_DIR))
     n = build_explanations(runner, TOY_EXPLANATIONS)
     print(f"{n} explanations written to {TOY_EXPLANATIONS}")
     return 0

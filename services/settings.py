@@ -6,8 +6,8 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
+from tdb_core.checks import Limits
 from tdb_core.errors import InvalidArgumentError
-from tdb_core.runner import Limits
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Explaining the nodes of a served model: node keys, mining with the model runner, explainer
-methods, and the catalog of stored (and shipped) explanations.
+"""Explaining the nodes of a served model: node keys, explainer methods, and the catalog of
+stored (and shipped) explanations. Mining is an operation (``tdb_core.ops.mine``); the whole
+mine -> explain -> save workflow is ``tdb_core.explain.workflow``.
 
 Node keys are ``SITE[UNIT]``: ``blocks.1.mlp.hook_post[42]`` (a neuron), ``sae.ID.hook_sae_acts_post[7]``
 (an SAE latent), any per-token site with a unit axis (``blocks.0.hook_resid_post[5]``), or
@@ -13,14 +14,12 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from tdb_core import cancel
-from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
+from tdb_core import checks
+from tdb_core.errors import InvalidArgumentError, NotFoundError
 from tdb_core.explain.explainers import (
     BaselineExplainer,
     BaselineHeadExplainer,
@@ -29,9 +28,10 @@ from tdb_core.explain.explainers import (
     LLMHeadExplainer,
 )
 from tdb_core.explain.heads import BaselinePairJudge, LLMPairJudge, PairJudge
-from tdb_core.explain.mining import MiningConfig, NodeRef, mine_head_records, mine_records
+from tdb_core.explain.mining import NodeRef
 from tdb_core.explain.pipeline import (
     ProgressEvent,
+    StoreFields,
     explain_head,
     explain_node,
     head_store_fields,
@@ -42,9 +42,10 @@ from tdb_core.explain.pipeline import (
 from tdb_core.explain.records import NodeRecords, RecordKind
 from tdb_core.explain.simulators import AllAtOnceSimulator, BaselineSimulator, Simulator
 from tdb_core.explain.store import ExplanationStore, StoredExplanation
-from tdb_core.plan import Batch
-from tdb_core.runner import ModelRunner
 from tdb_core.schema import SiteInfo
+
+if TYPE_CHECKING:
+    from tdb_core.runner import ModelRunner
 
 _KEY = re.compile(
     r"^\s*([^\[\]\s]+)\s*\[\s*(?:(?:unit|neuron|head|latent|channel)\s*=\s*)?(\d+)\s*\]\s*$"
@@ -72,7 +73,7 @@ def parse_target(runner: ModelRunner, text: str) -> Target:
     m = _KEY.match(text or "")
     if not m:
         raise InvalidArgumentError(
-            f"node {text!r} is not a node key; use SITE[UNIT], e.g. 'blocks.1.mlp.hook_post[42]', "
+            f"node {checks.quote(text or '')} is not a node key; use SITE[UNIT], e.g. 'blocks.1.mlp.hook_post[42]', "
             "'sae.ID.hook_sae_acts_post[7]' or 'blocks.1.attn.hook_pattern[3]' (head 3)"
         )
     site, unit = runner.schema.get(m.group(1)), int(m.group(2))
@@ -86,102 +87,9 @@ def parse_target(runner: ModelRunner, text: str) -> Target:
             f"site '{site.name}' cannot be explained node by node; explain per-token units of "
             "sites shaped [pos, unit] (neurons, latents, channels) or heads via attn.hook_pattern"
         )
-    if count is None or not 0 <= unit < count:
-        raise OutOfRangeError(
-            f"unit {unit} is out of range for '{site.name}' (0..{(count or 1) - 1})"
-        )
+    checks.index(unit, count or 0, checks.unit_noun(site.kind.unit_dim), f" of site '{site.name}'")
     sae_id = site.name.split(".")[1] if site.name.startswith("sae.") else ""
     return Target(f"{site.name}[{unit}]", site, unit, kind, sae_id)
-
-
-@dataclass(frozen=True)
-class MiningOptions:
-    window_len: int = 64
-    top_k: int = 20
-    n_random: int = 15
-    max_windows: int | None = 2000
-    batch_size: int = 16
-    seed: int = 0
-
-
-def _run_site(
-    runner: ModelRunner, ids: torch.Tensor, sites: Iterable[str]
-) -> dict[str, torch.Tensor]:
-    """One hooked pass over token ids ``[B, T]`` (right padding is harmless: the model is causal)."""
-    rows = tuple(tuple(int(t) for t in r) for r in ids.tolist())
-    batch = Batch(rows, len(rows), 0, 0)
-    planner = runner.planner(batch)
-    got: dict[str, torch.Tensor] = {}
-    for s in sites:
-        planner.plan.observers[s] = lambda t, s=s: got.__setitem__(s, t.detach())
-    with torch.no_grad():
-        runner.run(batch, planner.plan)
-    return got
-
-
-def mine(
-    runner: ModelRunner,
-    targets: Sequence[Target],
-    dataset: str | os.PathLike[str] | Iterable[str],
-    options: MiningOptions,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> list[NodeRecords]:
-    """Records of every target in one pass over the dataset per record kind (tokens, pairs)."""
-    if options.window_len < 2 or options.window_len > runner.schema.dims.n_ctx:
-        raise InvalidArgumentError(f"window_len must be in 2..{runner.schema.dims.n_ctx}")
-    tok = runner.loaded.tokenizer
-    pad = runner.loaded.tokenizer.pad_token_id
-    config = MiningConfig(
-        window_len=options.window_len,
-        batch_size=options.batch_size,
-        top_k=options.top_k,
-        n_random=options.n_random,
-        seed=options.seed,
-        max_windows=options.max_windows,
-        pad_id=pad if pad is not None else 0,
-    )
-
-    def batch_done(done: int, total: int) -> None:
-        cancel.check()
-        if on_batch is not None:
-            on_batch(done, total)
-
-    out: dict[str, NodeRecords] = {}
-    tokens = [t for t in targets if t.kind is RecordKind.TOKEN]
-    if tokens:
-        sites = list(dict.fromkeys(t.site.name for t in tokens))
-
-        def activations(ids: torch.Tensor) -> torch.Tensor:
-            got = _run_site(runner, ids, sites)
-            return torch.stack(
-                [got[t.site.name][..., t.unit] for t in tokens], dim=-1
-            ).float()  # [B, T, N]
-
-        for rec in mine_records(
-            dataset,
-            tok,
-            activations,
-            [t.ref for t in tokens],
-            config,
-            progress=False,
-            on_batch=batch_done,
-        ):
-            out[rec.node_key] = rec
-    heads = [t for t in targets if t.kind is RecordKind.TOKEN_PAIR]
-    if heads:
-        sites = list(dict.fromkeys(t.site.name for t in heads))
-
-        def pairs(ids: torch.Tensor) -> torch.Tensor:
-            got = _run_site(runner, ids, sites)
-            return torch.stack(
-                [got[t.site.name][:, t.unit] for t in heads], dim=1
-            ).float()  # [B, N, T, T]
-
-        for rec in mine_head_records(
-            dataset, tok, pairs, [t.ref for t in heads], config, progress=False, on_batch=batch_done
-        ):
-            out[rec.node_key] = rec
-    return [out[t.key] for t in targets]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,14 +128,22 @@ def llm_method(name: str, backend: Any) -> Method:
     )
 
 
+@dataclass(frozen=True)
+class TargetExplanation:
+    """The best explanation of one node: which explainer wrote it, and its stored fields."""
+
+    explainer: str
+    fields: StoreFields
+
+
 def explain_target(
     target: Target,
     records: NodeRecords,
     method: Method,
     progress: Callable[[ProgressEvent], None] | None = None,
     n_examples_per_split: int | None = None,
-) -> tuple[str, dict[str, Any], str]:
-    """(explainer name, store fields, best explanation) for one mined node."""
+) -> TargetExplanation:
+    """The best explanation of one mined node, scored."""
     if target.kind is RecordKind.TOKEN_PAIR:
         res = explain_head(
             records,
@@ -237,7 +153,7 @@ def explain_target(
             progress=progress,
         )
         fields = head_store_fields(res.best_explanation, res.best, res.judge, res.records_used)
-        return res.explainer, asdict(fields), res.best_explanation
+        return TargetExplanation(res.explainer, fields)
     res_n = explain_node(
         records,
         method.explainer,
@@ -245,11 +161,7 @@ def explain_target(
         n_examples_per_split=n_examples_per_split,
         progress=progress,
     )
-    return (
-        res_n.explainer,
-        asdict(store_fields(res_n.best, res_n.records_used)),
-        res_n.best.explanation,
-    )
+    return TargetExplanation(res_n.explainer, store_fields(res_n.best, res_n.records_used))
 
 
 def score_target(
@@ -259,7 +171,7 @@ def score_target(
     method: Method,
     progress: Callable[[ProgressEvent], None] | None = None,
     n_examples_per_split: int | None = None,
-) -> dict[str, Any]:
+) -> StoreFields:
     """Store fields of a given explanation scored on a node's records."""
     if target.kind is RecordKind.TOKEN_PAIR:
         score, used = score_head(
@@ -269,7 +181,7 @@ def score_target(
             n_examples_per_split=n_examples_per_split,
             progress=progress,
         )
-        return asdict(head_store_fields(explanation, score, method.judge.name, used))
+        return head_store_fields(explanation, score, method.judge.name, used)
     scored, used = score_explanation(
         records,
         explanation,
@@ -277,7 +189,7 @@ def score_target(
         n_examples_per_split=n_examples_per_split,
         progress=progress,
     )
-    return asdict(store_fields(scored, used))
+    return store_fields(scored, used)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,7 +247,7 @@ class Catalog:
             )
         )
 
-        def key(e: StoredExplanation) -> tuple:
+        def key(e: StoredExplanation) -> tuple[str, ...]:
             return (e.model, e.sae_id, e.node_key, e.method, e.explainer)
 
         seen = {key(e) for e in stored}
@@ -372,7 +284,19 @@ class Catalog:
                 out[e.node_key] = e
         return out
 
-    def put(self, **fields: Any) -> StoredExplanation:
+    def put(self, e: StoredExplanation) -> StoredExplanation:
+        """Store an explanation (its timestamps are the store's); returns the stored row."""
         if self.store is None:
             raise NotFoundError("this server has no explanation store")
-        return self.store.put(**fields)
+        return self.store.put(
+            model=e.model,
+            node_key=e.node_key,
+            method=e.method,
+            explainer=e.explainer,
+            explanation=e.explanation,
+            score=e.score,
+            score_reason=e.score_reason,
+            scores=e.scores,
+            records_used=e.records_used,
+            sae_id=e.sae_id,
+        )

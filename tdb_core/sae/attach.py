@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
 from tdb_core.adapter import Adapter
-from tdb_core.errors import InvalidArgumentError
+from tdb_core.errors import InvalidArgumentError, NotFoundError
 from tdb_core.hooks import HookContext, Splice
 from tdb_core.sae.model import SparseAutoencoder
 from tdb_core.schema import ModelSchema, SiteInfo, SiteKind
@@ -227,3 +228,58 @@ def _make_splice(att: AttachedSae) -> Splice:
         return (recon + error).to(dtype).reshape(shape)
 
     return splice
+
+
+class SaeRegistry:
+    """The SAEs attached to one model, by id, and the model's schema with their sites.
+
+    Attaching replaces the registry's dict and schema as a whole (copy on write), so a request
+    that read them sees one consistent state while another attaches.
+    """
+
+    def __init__(self, model: str, schema: ModelSchema, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self._base = schema
+        self._schema = schema
+        self._by_id: dict[str, AttachedSae] = {}
+
+    @property
+    def schema(self) -> ModelSchema:
+        """The model's schema plus the sites of every attached SAE."""
+        return self._schema
+
+    def attach(
+        self, sae_id: str, sae: SparseAutoencoder, source: str, site: str | None = None
+    ) -> AttachedSae:
+        """Attach an SAE (validated against the schema); its latents become sites and nodes."""
+        if sae_id in self._by_id:
+            raise InvalidArgumentError(
+                f"an SAE with id '{sae_id}' is already attached to model '{self.model}'"
+            )
+        attached = attach(self._base, sae_id, sae.to(self.device), source, site)
+        self._by_id = {**self._by_id, sae_id: attached}
+        self._schema = self._schema.with_kinds(attached.kinds)
+        return attached
+
+    def get(self, sae_id: str) -> AttachedSae:
+        """The attached SAE; NotFoundError names the attached ones."""
+        sae = self._by_id.get(sae_id)
+        if sae is None:
+            attached = ", ".join(self._by_id) or "none"
+            raise NotFoundError(
+                f"SAE '{sae_id}' is not attached to model '{self.model}' (attached: {attached})"
+            )
+        return sae
+
+    def values(self) -> list[AttachedSae]:
+        return list(self._by_id.values())
+
+    def __contains__(self, sae_id: object) -> bool:
+        return sae_id in self._by_id
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._by_id))
+
+    def __len__(self) -> int:
+        return len(self._by_id)

@@ -52,7 +52,7 @@ def test_errors_exit_nonzero_with_message(tiny_server):
         "forward", "hi", "--capture", "blocks.9.mlp.hook_post", "--server", tiny_server.address
     )
     assert r.returncode == 1
-    assert "OUT_OF_RANGE" in r.stderr and "layers 0..1" in r.stderr
+    assert "OUT_OF_RANGE" in r.stderr and "(allowed: 0..1)" in r.stderr
 
 
 def test_sigterm_stops_gracefully(tiny_gpt2_dir):
