@@ -21,11 +21,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import adapters  # noqa: E402
+from services.cli_offline import local_runner  # noqa: E402
 from tdb_core.explain import engine, workflow  # noqa: E402
 from tdb_core.ops.mine import MiningOptions  # noqa: E402
 from tdb_core.ops.sae_data import StreamConfig, activation_stream, ce_evaluator, token_windows  # noqa: E402
-from tdb_core.runner import Limits, ModelRunner  # noqa: E402
+from tdb_core.runner import ModelRunner  # noqa: E402
 from tdb_core.sae import SaeKind, TrainConfig, load_sae, train_sae  # noqa: E402
 from tdb_core.toy import (  # noqa: E402
     TOY_EXPLANATIONS,
@@ -40,15 +40,8 @@ SAE_SITE = "blocks.2.hook_resid_pre"
 
 
 def runner_for(model_dir: Path) -> ModelRunner:
-    loaded = adapters.load_model(TOY_MODEL_NAME, str(model_dir))
-    return ModelRunner(
-        loaded,
-        Limits(
-            max_tokens_per_prompt=loaded.adapter.dims.n_ctx,
-            max_prompts=4096,
-            max_response_bytes=2**40,
-        ),
-    )
+    runner: ModelRunner = local_runner(TOY_MODEL_NAME, str(model_dir))
+    return runner
 
 
 def build_sae(runner: ModelRunner, steps: int, site: str, out: Path) -> dict:
@@ -111,11 +104,13 @@ def build_explanations(runner: ModelRunner, out: Path) -> int:
     result = workflow.explain(
         runner,
         workflow.ExplainSpec(
-            nodes=tuple(keys),
-            dataset=texts,
-            method=engine.baseline_method(),
-            mining=MiningOptions(window_len=64, max_windows=4000),
-            save=False,
+            tuple(keys),
+            workflow.Recipe(
+                texts,
+                engine.baseline_method(),
+                MiningOptions(window_len=64, max_windows=4000),
+                save=False,
+            ),
         ),
         engine.Catalog(None),
     )

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from typing import Any
 
 
-def _local_runner(name: str, source: str, device: str) -> Any:
+def local_runner(name: str, source: str, device: str = "cpu") -> Any:
     """A runner for a local model with limits sized for offline work (whole context, big batches)."""
     import adapters
     from tdb_core.checks import Limits
@@ -48,7 +48,7 @@ def cmd_sae_train(args: argparse.Namespace) -> int:
         from tdb_core.toy import TOY_MODEL_DIR
 
         source = str(TOY_MODEL_DIR)
-    runner = _local_runner("train", source, args.device)
+    runner = local_runner("train", source, args.device)
     site = runner.schema.get(args.site)
     windows = token_windows(runner, args.dataset, args.ctx_len)
     n_eval = min(args.eval_windows, max(1, len(windows) // 10))
@@ -120,7 +120,7 @@ def _expand_nodes(items: Sequence[str]) -> list[str]:
     """Node keys, with ``SITE[a:b]`` expanded to one key per unit (batch mode)."""
     import re
 
-    out = []
+    out: list[str] = []
     for item in items:
         m = re.match(r"^(.*)\[(\d+):(\d+)\]$", item.strip())
         if m:
@@ -144,7 +144,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     name = args.model_name or (
         default_model_sources()[0].name if not args.model else os.path.basename(source.rstrip("/"))
     )
-    runner = _local_runner(name, source, args.device)
+    runner = local_runner(name, source, args.device)
     if not args.model:
         for s in default_sae_sources():
             runner.saes.attach(s.id, load_sae(s.source), s.source)
@@ -158,13 +158,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
     )
     nodes = _expand_nodes(args.node)
-    spec = workflow.ExplainSpec(
-        nodes=tuple(nodes),
+    recipe = workflow.Recipe(
         dataset=setup.datasets["toy"]() if args.dataset == "toy" else args.dataset,
         method=setup.method(args.explainer.partition(":")[0]),
         mining=MiningOptions(window_len=args.window_len, max_windows=args.max_windows),
         save=not args.no_save,
     )
+    spec = workflow.ExplainSpec(tuple(nodes), recipe)
     mining = tqdm(total=0, desc="mining", unit="window", disable=args.quiet, file=sys.stderr)
     explaining: list[Any] = []  # the second bar, once mining is done
 
@@ -198,7 +198,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"{e.node_key:36s} {score:>9s}  {e.explanation}")
         if e.score is None and e.score_reason:
             print(f"{'':36s} {'':>9s}  ({e.score_reason})")
-    if spec.save and setup.catalog.store is not None:
+    if recipe.save and setup.catalog.store is not None:
         print(
             f"saved {len(result.explanations)} explanation(s) to {setup.catalog.store.path}",
             file=sys.stderr,

@@ -180,7 +180,7 @@ def _op_from_pb(iv: cpb.Intervention) -> specs.Op:
     if which == "patch":
         return specs.PatchFrom(iv.patch.source)
     raise InvalidArgumentError(
-        f"intervention on '{iv.site}' has no operation; set one of zero, "
+        f"intervention on {checks.quote(iv.site)} has no operation; set one of zero, "
         "set_value, set_tensor, scale, add, mean_over_positions, "
         "mean_over_reference, patch"
     )

@@ -25,6 +25,8 @@ an empty list                  INVALID_ARGUMENT     ``no prompts; give at least 
                                                     (:func:`non_empty`)
 a missing field                INVALID_ARGUMENT     ``the prompt is missing; give one``
                                                     (:func:`present`)
+an unknown name                NOT_FOUND            ``model 'gpt3' is not loaded; available:
+                                                    gpt2`` (:func:`lookup`)
 target / distractor rules      INVALID_ARGUMENT     :func:`target_distractor`
 a count over a limit           RESOURCE_EXHAUSTED   ``70 prompts is over the server's limit of 64
                                                     per request`` (:func:`at_most`)
@@ -39,10 +41,18 @@ the work they drive. This module imports no torch, so settings and the CLI can r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence, Sized
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
+from typing import TypeVar
 
-from tdb_core.errors import InvalidArgumentError, OutOfRangeError, ResourceExhaustedError
+from tdb_core.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    ResourceExhaustedError,
+)
+
+T = TypeVar("T")
 
 #: Largest ``top_k`` of any request (next-token top-k, capture top-k, node tables, latents,
 #: tokens per node).
@@ -138,6 +148,19 @@ def non_empty(items: Sized, what: str, example: str = "") -> None:
         raise InvalidArgumentError(
             f"no {what}; give at least one" + (f", e.g. {example}" if example else "")
         )
+
+
+def lookup(table: Mapping[str, T], name: str, what: str, where: str) -> T:
+    """A named thing (model, SAE, method, dataset); NOT_FOUND names the ones there are.
+
+    ``where`` completes "is not ...": ``loaded``, ``attached to model 'gpt2'``, ...
+    """
+    found = table.get(name)
+    if found is None:
+        raise NotFoundError(
+            f"{what} {quote(name)} is not {where}; available: {', '.join(table) or 'none'}"
+        )
+    return found
 
 
 def present(value: object, what: str) -> None:

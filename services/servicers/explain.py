@@ -13,7 +13,7 @@ from services.registry import ModelRegistry
 from tdb.v1 import explain_pb2 as epb
 from tdb.v1 import explain_pb2_grpc as epb_grpc
 from tdb_core import checks
-from tdb_core.errors import InvalidArgumentError, NotFoundError
+from tdb_core.errors import InvalidArgumentError
 from tdb_core.explain import engine, workflow
 
 MAX_INLINE_TEXTS = 10000
@@ -30,13 +30,9 @@ class ExplainSetup:
     datasets: dict[str, Callable[[], Sequence[str] | str]] = field(default_factory=dict)
 
     def method(self, name: str) -> engine.Method:
-        m = self.methods.get(name or self.default_method)
-        if m is None:
-            raise NotFoundError(
-                f"explanation method '{name}' is not configured on this server; "
-                f"available: {', '.join(self.methods)}"
-            )
-        return m
+        return checks.lookup(
+            self.methods, name or self.default_method, "explanation method", "configured"
+        )
 
     def dataset(self, d: epb.Dataset) -> Sequence[str] | str:
         which = d.WhichOneof("source")
@@ -56,13 +52,7 @@ class ExplainSetup:
                     f"name a dataset ({', '.join(self.datasets) or 'none registered'}) "
                     "or send texts"
                 )
-        source = self.datasets.get(name)
-        if source is None:
-            raise NotFoundError(
-                f"dataset '{name}' is not registered; registered: "
-                f"{', '.join(self.datasets) or 'none'}"
-            )
-        return source()
+        return checks.lookup(self.datasets, name, "dataset", "registered")()
 
 
 class ExplainServicer(epb_grpc.ExplainServiceServicer):
@@ -71,6 +61,19 @@ class ExplainServicer(epb_grpc.ExplainServiceServicer):
     def __init__(self, models: ModelRegistry, setup: ExplainSetup) -> None:
         self.models = models
         self.setup = setup
+
+    def _recipe(
+        self, request: epb.ExplainNodeRequest | epb.ScoreExplanationRequest, save: bool
+    ) -> workflow.Recipe:
+        return workflow.Recipe(
+            dataset=self.setup.dataset(request.dataset),
+            method=self.setup.method(request.method),
+            mining=convert.mining_from_pb(request.mining),
+            n_examples_per_split=(
+                request.n_examples_per_split if request.HasField("n_examples_per_split") else None
+            ),
+            save=save,
+        )
 
     def GetActivationRecords(
         self, request: epb.GetActivationRecordsRequest, context: grpc.ServicerContext
@@ -89,17 +92,9 @@ class ExplainServicer(epb_grpc.ExplainServiceServicer):
         self, request: epb.ExplainNodeRequest, context: grpc.ServicerContext
     ) -> Iterator[epb.ExplainNodeResponse]:
         runner = self.models.get(request.model)
-        spec = workflow.ExplainSpec(
-            nodes=tuple(request.nodes),
-            dataset=self.setup.dataset(request.dataset),
-            method=self.setup.method(request.method),
-            mining=convert.mining_from_pb(request.mining),
-            n_examples_per_split=(
-                request.n_examples_per_split if request.HasField("n_examples_per_split") else None
-            ),
-            save=request.save if request.HasField("save") else True,
-        )
-        note(model=runner.name, nodes=len(spec.nodes), explain_method=spec.method.name)
+        recipe = self._recipe(request, request.save if request.HasField("save") else True)
+        spec = workflow.ExplainSpec(tuple(request.nodes), recipe)
+        note(model=runner.name, nodes=len(spec.nodes), explain_method=recipe.method.name)
         catalog = self.setup.catalog
         for event in workflow.stream(lambda emit: workflow.explain(runner, spec, catalog, emit)):
             yield convert.explain_event_to_pb(event)
@@ -108,18 +103,9 @@ class ExplainServicer(epb_grpc.ExplainServiceServicer):
         self, request: epb.ScoreExplanationRequest, context: grpc.ServicerContext
     ) -> epb.ScoreExplanationResponse:
         runner = self.models.get(request.model)
-        spec = workflow.ScoreSpec(
-            node=request.node,
-            explanation=request.explanation,
-            dataset=self.setup.dataset(request.dataset),
-            method=self.setup.method(request.method),
-            mining=convert.mining_from_pb(request.mining),
-            n_examples_per_split=(
-                request.n_examples_per_split if request.HasField("n_examples_per_split") else None
-            ),
-            save=request.save,
-        )
-        note(model=runner.name, node=request.node, explain_method=spec.method.name)
+        recipe = self._recipe(request, request.save)
+        spec = workflow.ScoreSpec(request.node, request.explanation, recipe)
+        note(model=runner.name, node=request.node, explain_method=recipe.method.name)
         stored = workflow.score(runner, spec, self.setup.catalog)
         return epb.ScoreExplanationResponse(result=convert.explanation_to_pb(stored))
 

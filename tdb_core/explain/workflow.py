@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from tdb_core import cancel, checks
 from tdb_core.errors import FailedPreconditionError, InvalidArgumentError
@@ -57,34 +57,15 @@ Event = Progress | Skipped | StoredExplanation
 
 
 @dataclass(frozen=True)
-class ExplainSpec:
-    """Nodes (keys) to explain with a method on a dataset; ``save`` stores them in the catalog."""
+class Recipe:
+    """How nodes are explained: the dataset mined (and how), the method, examples per split, and
+    whether results are stored in the catalog."""
 
-    nodes: tuple[str, ...]
     dataset: Dataset
     method: Method
     mining: MiningOptions = field(default_factory=MiningOptions)
     n_examples_per_split: int | None = None
     save: bool = True
-
-
-@dataclass(frozen=True)
-class ExplainResult:
-    explanations: tuple[StoredExplanation, ...]
-    skipped: tuple[Skipped, ...]
-
-
-@dataclass(frozen=True)
-class ScoreSpec:
-    """A given explanation of one node, scored with a method's simulator (or judge, for heads)."""
-
-    node: str
-    explanation: str
-    dataset: Dataset
-    method: Method
-    mining: MiningOptions = field(default_factory=MiningOptions)
-    n_examples_per_split: int | None = None
-    save: bool = False
 
 
 def parse_targets(runner: ModelRunner, nodes: Sequence[str]) -> list[Target]:
@@ -100,6 +81,23 @@ def records(
     return mine(runner, MineSpec(tuple(parse_targets(runner, nodes)), dataset, mining))
 
 
+@dataclass(frozen=True)
+class ExplainSpec:
+    """Nodes (keys) to explain."""
+
+    nodes: tuple[str, ...]
+    recipe: Recipe
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    """What ``explain`` did: the explanations (stored, or not when the spec says so) and the
+    nodes it skipped, each in the order of the spec's nodes."""
+
+    explanations: tuple[StoredExplanation, ...]
+    skipped: tuple[Skipped, ...]
+
+
 def explain(
     runner: ModelRunner,
     spec: ExplainSpec,
@@ -109,12 +107,12 @@ def explain(
     """Explain and score every node of ``spec``; a node that cannot be explained fails the request
     when it is the only one, and is skipped (with its reason) in a batch."""
     emit: Callable[[Event], None] = on_event or (lambda _: None)
-    targets = parse_targets(runner, spec.nodes)
+    targets, recipe = parse_targets(runner, spec.nodes), spec.recipe
 
     def mined(done: int, total: int) -> None:
         emit(Progress("mining", done, total, f"{done}/{total} windows"))
 
-    recs = mine(runner, MineSpec(tuple(targets), spec.dataset, spec.mining), mined)
+    recs = mine(runner, MineSpec(tuple(targets), recipe.dataset, recipe.mining), mined)
     done: list[StoredExplanation] = []
     skipped: list[Skipped] = []
     for t, rec in zip(targets, recs, strict=True):
@@ -124,7 +122,7 @@ def explain(
             emit(Progress(e.phase.value, e.done, e.total, e.message, node))
 
         try:
-            best = explain_target(t, rec, spec.method, progress, spec.n_examples_per_split)
+            best = explain_target(t, rec, recipe.method, progress, recipe.n_examples_per_split)
         except FailedPreconditionError as e:
             if len(targets) == 1:
                 raise
@@ -132,44 +130,41 @@ def explain(
             skipped.append(skip)
             emit(skip)
             continue
-        entry = _entry(runner.name, t, spec.method.name, best.explainer, best.fields)
-        stored = catalog.put(entry) if spec.save else entry
+        entry = _entry(runner.name, t, recipe.method.name, best.explainer, best.fields)
+        stored = catalog.put(entry) if recipe.save else entry
         done.append(stored)
         emit(stored)
     return ExplainResult(tuple(done), tuple(skipped))
 
 
+@dataclass(frozen=True)
+class ScoreSpec:
+    """A given explanation of one node, scored with a method's simulator (or judge, for heads)."""
+
+    node: str
+    explanation: str
+    recipe: Recipe
+
+
 def score(runner: ModelRunner, spec: ScoreSpec, catalog: Catalog) -> StoredExplanation:
     """A given explanation of one node, scored on its records (stored when ``save``)."""
-    (target,) = parse_targets(runner, [spec.node])
+    (target,), recipe = parse_targets(runner, [spec.node]), spec.recipe
     if not spec.explanation.strip():
         raise InvalidArgumentError("the explanation to score is empty")
-    (rec,) = mine(runner, MineSpec((target,), spec.dataset, spec.mining))
+    (rec,) = mine(runner, MineSpec((target,), recipe.dataset, recipe.mining))
     fields = score_target(
-        target, rec, spec.explanation, spec.method, None, spec.n_examples_per_split
+        target, rec, spec.explanation, recipe.method, None, recipe.n_examples_per_split
     )
-    entry = _entry(runner.name, target, spec.method.name, "given", fields)
-    return catalog.put(entry) if spec.save else entry
+    entry = _entry(runner.name, target, recipe.method.name, "given", fields)
+    return catalog.put(entry) if recipe.save else entry
 
 
 def _entry(
     model: str, target: Target, method: str, explainer: str, fields: StoreFields
 ) -> StoredExplanation:
     now = time.time()
-    return StoredExplanation(
-        model=model,
-        sae_id=target.sae_id,
-        node_key=target.key,
-        method=method,
-        explainer=explainer,
-        explanation=fields.explanation,
-        score=fields.score,
-        score_reason=fields.score_reason,
-        scores=fields.scores,
-        records_used=fields.records_used,
-        created_at=now,
-        updated_at=now,
-    )
+    key = (model, target.sae_id, target.key, method, explainer)
+    return StoredExplanation(*key, **asdict(fields), created_at=now, updated_at=now)
 
 
 class _Done:

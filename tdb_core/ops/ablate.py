@@ -69,8 +69,13 @@ def ablate(runner: ModelRunner, spec: AblateSpec) -> AblateResult:
     checks.target_distractor(spec.target_ids, spec.distractor_ids, vocab, required=False)
     checks.top_k(spec.top_k)
     names = [s.name for s in spec.sets]
-    if len(set(names)) != len(names):
-        raise InvalidArgumentError(f"intervention set names must be unique, got {names}")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InvalidArgumentError(
+                f"intervention set name {checks.quote(name)} is used twice; names must be unique"
+            )
+        seen.add(name)
     prompts = (spec.prompt,) * (len(spec.sets) + 1)
     batch = runner.tokens.make_batch(prompts, spec.sources, spec.references, spec.prepend_bos)
     planner = runner.planner(batch)

@@ -85,8 +85,10 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
     att = runner.saes.get(spec.sae)
     sae = att.sae
     checks.top_k(spec.top_k)
-    if bool(spec.prompts) == (spec.activations is not None):
-        raise InvalidArgumentError("Encode takes prompts or activations (exactly one of them)")
+    if spec.prompts and spec.activations is not None:
+        raise InvalidArgumentError("Encode takes prompts or activations, not both")
+    if spec.activations is None:
+        checks.non_empty(spec.prompts, "prompts")
     if spec.activations is not None:
         x = spec.activations
         if x.dim() == 2:

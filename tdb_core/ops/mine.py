@@ -69,49 +69,39 @@ def mine(
         if on_batch is not None:
             on_batch(done, total)
 
-    def read(ids: torch.Tensor, sites: list[str]) -> dict[str, torch.Tensor]:
-        # right padding is harmless: the model is causal
-        return runner.read(Batch.plain(ids.tolist()), sites)
-
     out: dict[str, NodeRecords] = {}
-    tokens = [t for t in targets if t.kind is RecordKind.TOKEN]
-    if tokens:
-        token_sites = list(dict.fromkeys(t.site.name for t in tokens))
-
-        def activations(ids: torch.Tensor) -> torch.Tensor:
-            got = read(ids, token_sites)
-            return torch.stack(
-                [got[t.site.name][..., t.unit] for t in tokens], dim=-1
-            ).float()  # [B, T, N]
-
-        for rec in mine_records(
-            spec.dataset,
-            tok,
-            activations,
-            [t.ref for t in tokens],
-            config,
-            progress=False,
-            on_batch=batch_done,
-        ):
-            out[rec.node_key] = rec
-    heads = [t for t in targets if t.kind is RecordKind.TOKEN_PAIR]
-    if heads:
-        head_sites = list(dict.fromkeys(t.site.name for t in heads))
-
-        def pairs(ids: torch.Tensor) -> torch.Tensor:
-            got = read(ids, head_sites)
-            return torch.stack(
-                [got[t.site.name][:, t.unit] for t in heads], dim=1
-            ).float()  # [B, N, T, T]
-
-        for rec in mine_head_records(
-            spec.dataset,
-            tok,
-            pairs,
-            [t.ref for t in heads],
-            config,
-            progress=False,
-            on_batch=batch_done,
+    for kind, miner, select, axis in _KINDS:
+        group = [t for t in targets if t.kind is kind]
+        if not group:
+            continue
+        values = _reader(runner, group, select, axis)
+        refs = [t.ref for t in group]
+        for rec in miner(
+            spec.dataset, tok, values, refs, config, progress=False, on_batch=batch_done
         ):
             out[rec.node_key] = rec
     return tuple(out[t.key] for t in targets)
+
+
+Select = Callable[[torch.Tensor, int], torch.Tensor]
+
+# Per record kind: the miner, how one node's values are cut from its site, and the node axis:
+# per-token units give [B, T, N] (site [B, T, units]), heads [B, N, T_q, T_k] (pattern [B, H, T, T]).
+_KINDS: tuple[tuple[RecordKind, Callable[..., list[NodeRecords]], Select, int], ...] = (
+    (RecordKind.TOKEN, mine_records, lambda x, u: x[..., u], -1),
+    (RecordKind.TOKEN_PAIR, mine_head_records, lambda x, u: x[:, u], 1),
+)
+
+
+def _reader(
+    runner: ModelRunner, group: list[Target], select: Select, axis: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """token ids ``[B, T]`` -> the group's values, read in one pass (right padding is harmless:
+    the model is causal)."""
+    sites = list(dict.fromkeys(t.site.name for t in group))
+
+    def values(ids: torch.Tensor) -> torch.Tensor:
+        got = runner.read(Batch.plain(ids.tolist()), sites)
+        return torch.stack([select(got[t.site.name], t.unit) for t in group], dim=axis).float()
+
+    return values

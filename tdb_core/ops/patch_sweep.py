@@ -69,12 +69,13 @@ def patch_sweep(
     if kind is None or not kind.layered or not runner.schema.has_kind(spec.site):
         layered = [k.key for k in runner.schema.kinds if k.layered]
         raise NotFoundError(
-            f"'{spec.site}' is not a per-layer site of this model; use one of: {', '.join(layered)}"
+            f"{checks.quote(spec.site)} is not a per-layer site of this model; use one of: "
+            f"{', '.join(layered)}"
         )
     if spec.by is SweepBy.HEAD and kind.unit_dim != "head":
         raise InvalidArgumentError(
             f"a per-head sweep needs a site with a head axis (e.g. "
-            f"attn.hook_z); '{spec.site}' has none"
+            f"attn.hook_z); {checks.quote(spec.site)} has none"
         )
     clean_ids = runner.tokens.encode(spec.clean, spec.prepend_bos, "clean prompt")
     corrupt_ids = runner.tokens.encode(spec.corrupted, spec.prepend_bos, "corrupted prompt")

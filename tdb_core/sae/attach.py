@@ -26,8 +26,9 @@ from functools import cached_property
 
 import torch
 
+from tdb_core import checks
 from tdb_core.adapter import Adapter
-from tdb_core.errors import InvalidArgumentError, NotFoundError
+from tdb_core.errors import InvalidArgumentError
 from tdb_core.hooks import HookContext, Splice
 from tdb_core.sae.model import SparseAutoencoder
 from tdb_core.schema import ModelSchema, SiteInfo, SiteKind
@@ -173,7 +174,7 @@ def attach(
     """Validate an SAE against a model's schema; the site comes from ``site`` or the SAE's config."""
     if not _ID.match(sae_id):
         raise InvalidArgumentError(
-            f"SAE id {sae_id!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'"
+            f"SAE id {checks.quote(sae_id)} is not allowed; use 1-64 letters, digits, '_', '.', '-'"
         )
     name = site or sae.site
     if not name:
@@ -182,7 +183,7 @@ def attach(
         )
     info = schema.get(name)
     if info.layer is None and info.kind.key not in ("hook_embed", "ln_final.hook_normalized"):
-        raise InvalidArgumentError(f"SAE '{sae_id}': site '{name}' cannot carry an SAE")
+        raise InvalidArgumentError(f"SAE '{sae_id}': site {checks.quote(name)} cannot carry an SAE")
     if info.kind.unit_dim is None or info.kind.pos_dim != "pos":
         raise InvalidArgumentError(
             f"SAE '{sae_id}': site '{name}' is not a per-token activation an SAE can read"
@@ -264,13 +265,7 @@ class SaeRegistry:
 
     def get(self, sae_id: str) -> AttachedSae:
         """The attached SAE; NotFoundError names the attached ones."""
-        sae = self._by_id.get(sae_id)
-        if sae is None:
-            attached = ", ".join(self._by_id) or "none"
-            raise NotFoundError(
-                f"SAE '{sae_id}' is not attached to model '{self.model}' (attached: {attached})"
-            )
-        return sae
+        return checks.lookup(self._by_id, sae_id, "SAE", f"attached to model '{self.model}'")
 
     def values(self) -> list[AttachedSae]:
         return list(self._by_id.values())
