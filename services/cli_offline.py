@@ -209,10 +209,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # -- registration ---------------------------------------------------------------------------------
 
 
-def register(sub: Any, sae_sub: Any) -> None:
-    """Add the offline commands to ``tdb``'s subparsers (``sae_sub``: those of ``tdb sae``)."""
-    from tdb_core.toy.commands import register as register_toy
-
+def _parser_sae_train(sae_sub: Any) -> None:
     p = sae_sub.add_parser("train", help="train an SAE on a model's activations (local, no server)")
     p.add_argument("--model", default=None, help="HF directory or hub id (default: the toy model)")
     p.add_argument("--site", required=True, help="e.g. blocks.1.hook_resid_pre")
@@ -234,6 +231,8 @@ def register(sub: Any, sae_sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sae_train)
 
+
+def _parser_explain(sub: Any) -> None:
     p = sub.add_parser(
         "explain",
         help="explain nodes: mine records, explain, simulate, score "
@@ -263,4 +262,11 @@ def register(sub: Any, sae_sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_explain)
 
+
+def register(sub: Any, sae_sub: Any) -> None:
+    """Add the offline commands to ``tdb``'s subparsers (``sae_sub``: those of ``tdb sae``)."""
+    from tdb_core.toy.commands import register as register_toy
+
+    _parser_sae_train(sae_sub)
+    _parser_explain(sub)
     register_toy(sub)

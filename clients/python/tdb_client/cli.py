@@ -547,20 +547,25 @@ def cmd_explanations(args: argparse.Namespace) -> int:
 # -- registration ----------------------------------------------------------------------------------
 
 
-def register(sub: Any, sae_sub: Any) -> None:
-    """Add the client commands to ``tdb``'s subparsers (``sae_sub``: those of ``tdb sae``)."""
+def _parser_server_info(sub: Any) -> None:
     p = sub.add_parser("server-info", help="the server's version, models, limits, features, RPCs")
     add_client_args(p)
     p.set_defaults(func=cmd_server_info)
 
+
+def _parser_models(sub: Any) -> None:
     p = sub.add_parser("models", help="list the server's models")
     add_client_args(p)
     p.set_defaults(func=cmd_models)
 
+
+def _parser_info(sub: Any) -> None:
     p = sub.add_parser("info", help="a model's sizes and node schema")
     add_client_args(p)
     p.set_defaults(func=cmd_info)
 
+
+def _parser_forward(sub: Any) -> None:
     p = sub.add_parser("forward", help="run prompts and read activations")
     p.add_argument("prompts", nargs="+", help="prompt text(s)")
     p.add_argument(
@@ -582,6 +587,8 @@ def register(sub: Any, sae_sub: Any) -> None:
     add_client_args(p)
     p.set_defaults(func=cmd_forward)
 
+
+def _parser_ablate(sub: Any) -> None:
     p = sub.add_parser(
         "ablate",
         help="compare a baseline with interventions",
@@ -617,6 +624,8 @@ def register(sub: Any, sae_sub: Any) -> None:
     add_client_args(p)
     p.set_defaults(func=cmd_ablate)
 
+
+def _parser_patch(sub: Any) -> None:
     p = sub.add_parser("patch", help="activation patching sweep (clean -> corrupted)")
     p.add_argument("clean")
     p.add_argument("corrupted")
@@ -634,6 +643,8 @@ def register(sub: Any, sae_sub: Any) -> None:
     add_client_args(p)
     p.set_defaults(func=cmd_patch)
 
+
+def _parser_attribute(sub: Any) -> None:
     p = sub.add_parser("attribute", help="TDB's node table: which nodes matter for an output")
     p.add_argument("prompt")
     p.add_argument("--target", action="append", default=[], help="target token(s), e.g. ' Mary'")
@@ -671,9 +682,14 @@ def register(sub: Any, sae_sub: Any) -> None:
     add_client_args(p)
     p.set_defaults(func=cmd_attribute)
 
+
+def _parser_sae_list(sae_sub: Any) -> None:
     p = sae_sub.add_parser("list", help="SAEs attached on the server")
     add_client_args(p)
     p.set_defaults(func=cmd_sae_list)
+
+
+def _parser_sae_encode(sae_sub: Any) -> None:
     p = sae_sub.add_parser("encode", help="per-token latents of an attached SAE")
     p.add_argument("prompts", nargs="+")
     p.add_argument("--sae", required=True)
@@ -681,6 +697,8 @@ def register(sub: Any, sae_sub: Any) -> None:
     add_client_args(p)
     p.set_defaults(func=cmd_sae_encode)
 
+
+def _parser_explanations(sub: Any) -> None:
     p = sub.add_parser("explanations", help="list stored and shipped explanations on the server")
     p.add_argument("--node", default=None)
     p.add_argument("--node-prefix", default=None)
@@ -688,6 +706,20 @@ def register(sub: Any, sae_sub: Any) -> None:
     p.add_argument("--limit", type=int, default=50)
     add_client_args(p)
     p.set_defaults(func=cmd_explanations)
+
+
+def register(sub: Any, sae_sub: Any) -> None:
+    """Add the client commands to ``tdb``'s subparsers (``sae_sub``: those of ``tdb sae``)."""
+    _parser_server_info(sub)
+    _parser_models(sub)
+    _parser_info(sub)
+    _parser_forward(sub)
+    _parser_ablate(sub)
+    _parser_patch(sub)
+    _parser_attribute(sub)
+    _parser_sae_list(sae_sub)
+    _parser_sae_encode(sae_sub)
+    _parser_explanations(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
