@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from tdb_core import specs
 from tdb_core.adapter import Adapter, Norm
 from tdb_core.hooks import HookContext, register_attention_layers
 from tdb_core.schema import SITE_KIND_BY_KEY, ModelDims, ModelSchema
@@ -438,33 +439,45 @@ class DecoderAdapter(Adapter):
         the gain and bias, as in TransformerLens). The module's output is
         ``norm.affine(hook_normalized)``.
 
-        Read only, the module's own output goes on untouched (logits stay bit-identical). When
-        either site is edited, the output is recomputed from the edited values: an edited
-        normalized value gets the gain and bias. When a site is only differentiated, or the scale
-        is frozen (``freeze_norms``), the output keeps the module's value and gradients flow
-        through ``affine(normalize(x, scale))``, with the scale held constant when frozen.
+        The module's own output goes on untouched unless a forward edit or a splice (an SAE)
+        replaces one of the two values: then the output is recomputed from them, so an edited
+        normalized value gets the gain and bias. Reading leaves logits bit-identical. When a site
+        is differentiated, or the scale is frozen (``freeze_norms``), the output keeps the
+        module's value and gradients flow through ``affine(normalize(x, scale))``, with the scale
+        held constant when frozen.
         """
         scale_site, norm_site = name + ".hook_scale", name + ".hook_normalized"
         freeze = ctx.freezes(name)
         if not (ctx.wants(scale_site) or ctx.wants(norm_site) or freeze):
             return
         norm = self.norm_of(module)
-        edited = ctx.has_edit(scale_site) or ctx.has_edit(norm_site)
         graph = freeze or ctx.needs_graph(scale_site) or ctx.needs_graph(norm_site)
+        may_replace = _replaces_values(ctx, scale_site) or _replaces_values(ctx, norm_site)
         read_normalized = ctx.wants(norm_site)
 
         def norm_hook(mod: Any, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
             x = args[0]
-            scale = ctx.point(scale_site, norm.scale(x))  # [..., 1]
+            raw_scale = norm.scale(x)  # [..., 1]
+            scale = ctx.point(scale_site, raw_scale)
             if not graph:  # read only
                 if read_normalized:
                     ctx.observe(norm_site, norm.normalize(x, scale))
                 return out
-            normed = norm.normalize(x, scale.detach() if freeze else scale)
-            new = norm.affine(ctx.point(norm_site, normed))
-            if edited:
-                return new
-            # the module's own value; gradients through the derived sites
+            raw = norm.normalize(x, scale.detach() if freeze else scale)
+            normed = ctx.point(norm_site, raw)
+            if may_replace and (normed is not raw or scale is not raw_scale):
+                return norm.affine(normed)  # the output follows the edited values
+            if not torch.is_grad_enabled():
+                return out
+            new = norm.affine(normed)  # the module's own value; gradients through the sites
             return out.detach() + (new - new.detach())
 
         fwd(module, norm_hook)
+
+
+def _replaces_values(ctx: HookContext, site: str) -> bool:
+    """Whether a forward edit or a splice may replace the site's value in the forward pass (a
+    backward-only edit leaves the forward values as they are)."""
+    return site in ctx.plan.splices or any(
+        e.pass_ is specs.Pass.FORWARD for e in ctx.plan.edits.get(site, ())
+    )

@@ -517,6 +517,70 @@ def test_gradient_at_hook_normalized_leaves_logits_bit_identical(
     _close("d logit / d ln_final.hook_normalized", got, d_out * gain)
 
 
+def test_backward_edit_of_hook_normalized_leaves_the_forward_bit_identical(
+    arch_runner: Any,
+) -> None:
+    """A backward-pass Scale(2) on ln_final.hook_normalized doubles d logit / d hook_embed (every
+    path to the logits crosses it) and leaves the logits bit for bit as they were."""
+    batch = arch_runner.make_batch([specs.Prompt(text=PROMPTS[0])])
+
+    def run(*ivs: specs.Intervention) -> tuple[torch.Tensor, torch.Tensor]:
+        planner = arch_runner.planner(batch)
+        for iv in ivs:
+            planner.add_intervention(iv, [0])
+        planner.plan.grad_sites.add("hook_embed")
+        out = arch_runner.run(batch, planner.plan, grad=True)
+        (g,) = torch.autograd.grad(out.logits[0, -1, 5], [out.ctx.graph["hook_embed"]])
+        return out.logits.detach(), g
+
+    logits, g = run()
+    iv = specs.Intervention("ln_final.hook_normalized", specs.Scale(2.0), pass_=specs.Pass.BACKWARD)
+    logits2, g2 = run(iv)
+    assert torch.equal(logits, logits2)
+    assert g.abs().max() > 1e-2
+    # g flows through the HF norm module, g2 through the derived sites: fp32 rounding apart
+    torch.testing.assert_close(g2, 2 * g, atol=1e-5, rtol=1e-4)
+
+
+def test_sae_on_hook_normalized_reads_the_pre_gain_value(arch_loaded: Any) -> None:
+    """An SAE on blocks.0.ln1.hook_normalized reads the pre-gain value; reading its latents leaves
+    logits bit-identical, and a splice (reconstruction + error) moves them by <= 1e-5."""
+    from tdb_core.runner import ModelRunner
+    from tdb_core.sae import ReluArch, SaeConfig, build_sae
+
+    runner = ModelRunner(arch_loaded)
+    d_model = runner.schema.dims.d_model
+    g = torch.Generator().manual_seed(0)
+    site = "blocks.0.ln1.hook_normalized"
+    sae = build_sae(
+        SaeConfig(d_in=d_model, d_sae=48, architecture=ReluArch(), site=site),
+        {
+            "W_enc": torch.randn(d_model, 48, generator=g),
+            "b_enc": torch.zeros(48),
+            "W_dec": torch.randn(48, d_model, generator=g) * 0.1,
+            "b_dec": torch.zeros(d_model),
+        },
+    )
+    runner.attach_sae("n", sae, "memory")
+
+    def run(*ivs: specs.Intervention, caps: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        return _by_site(
+            _forward(
+                runner,
+                PROMPTS[0],
+                captures=(specs.Capture("logits"), *(specs.Capture(c) for c in caps)),
+                interventions=ivs,
+            )
+        )
+
+    plain = run(caps=(site,))
+    read = run(caps=("sae.n.hook_sae_input", "sae.n.hook_sae_acts_post"))
+    assert torch.equal(read["logits"], plain["logits"])
+    assert torch.equal(read["sae.n.hook_sae_input"], plain[site])
+    spliced = run(specs.Intervention("sae.n.hook_sae_acts_post", specs.Scale(1.0)))
+    torch.testing.assert_close(spliced["logits"], plain["logits"], atol=1e-5, rtol=0)
+
+
 # --------------------------------------------------------------------------------------------------
 # Unsupported architectures
 
