@@ -90,7 +90,9 @@ SITE_KINDS: tuple[SiteKind, ...] = (
         "ln1.hook_normalized",
         True,
         ("pos", "d_model"),
-        "output of the attention pre-norm, gain and bias applied (the attention input)",
+        "attention pre-norm input normalized, before the gain and bias: (x - mean) / hook_scale "
+        "for LayerNorm, x / hook_scale for RMSNorm (TransformerLens's hook_normalized); the "
+        "attention reads hook_normalized * gain + bias",
         "d_model",
     ),
     _k(
@@ -171,7 +173,8 @@ SITE_KINDS: tuple[SiteKind, ...] = (
         "ln2.hook_normalized",
         True,
         ("pos", "d_model"),
-        "output of the MLP pre-norm, gain and bias applied (the MLP input)",
+        "MLP pre-norm input normalized, before the gain and bias (see ln1.hook_normalized); the "
+        "MLP reads hook_normalized * gain + bias",
         "d_model",
     ),
     _k(
@@ -214,7 +217,8 @@ SITE_KINDS: tuple[SiteKind, ...] = (
         "ln_final.hook_normalized",
         False,
         ("pos", "d_model"),
-        "output of the final norm, gain and bias applied (the unembedding input)",
+        "final norm input normalized, before the gain and bias (see ln1.hook_normalized); the "
+        "unembedding reads hook_normalized * gain + bias",
         "d_model",
     ),
     _k("logits", False, ("pos", "vocab"), "next-token logits", "vocab"),
