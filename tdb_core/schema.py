@@ -247,7 +247,9 @@ def site_name(key: str, layer: int | None = None) -> str:
 def sae_site_name(sae_id: str, hook: str) -> str:
     """The site an SAE adds, e.g. ``sae_site_name("toy-res", "hook_sae_acts_post")``."""
     if hook not in SAE_HOOKS:
-        raise InvalidArgumentError(f"unknown SAE hook '{hook}'; SAE hooks are {', '.join(SAE_HOOKS)}")
+        raise InvalidArgumentError(
+            f"unknown SAE hook '{hook}'; SAE hooks are {', '.join(SAE_HOOKS)}"
+        )
     return f"sae.{sae_id}.{hook}"
 
 

@@ -131,9 +131,9 @@ def test_attribute_ranks_latents_and_traces_them(sae_runner):
     cols = compute_columns(
         sae_runner, AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)))
     )
-    fam = [f for f in cols.families if f.name == "sae_latent"]
+    fam = [f for f in cols.families if f.kind == "sae_latent"]
     assert len(fam) == 2
-    res1 = next(f for f in fam if f.decode((0, 0)).sae == "res1")
+    res1 = next(f for f in fam if f.decode((0, 0)).sae_id == "res1")
     z = res1.columns["activation"][0]
     grad = cols.grads["blocks.1.hook_resid_post"][0]
     want = z * (grad @ sae_runner.get_sae("res1").sae.decoder_directions().T)
@@ -147,7 +147,7 @@ def test_attribute_ranks_latents_and_traces_them(sae_runner):
             top_k=3,
         ),
     )
-    assert table.rows and all(r.node.family == "sae_latent" for r in table.rows)
+    assert table.rows and all(r.node.kind == "sae_latent" for r in table.rows)
     pre = _forward(sae_runner, captures=("sae.res1.hook_sae_acts_pre",)).captures[0].values[0]
     traced = attribute(
         sae_runner,
@@ -185,7 +185,7 @@ def test_latent_total_effect_is_activation_times_its_own_gradient(sae_runner, ti
     )  # the plain gradient, as autograd gives it
     cols = compute_columns(sae_runner, spec)
     res1 = next(
-        f for f in cols.families if f.name == "sae_latent" and f.decode((0, 0)).sae == "res1"
+        f for f in cols.families if f.kind == "sae_latent" and f.decode((0, 0)).sae_id == "res1"
     )
     ids = torch.tensor([attribute(sae_runner, spec).prompts[0].token_ids])
     sae = sae_runner.get_sae("res1").sae
@@ -211,6 +211,6 @@ def test_latent_total_effect_is_activation_times_its_own_gradient(sae_runner, ti
     assert float(want.abs().max()) > 1e-3
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     plain = compute_columns(tiny_runner, spec)
-    emb = next(f for f in cols.families if f.name == "embedding").columns["total_effect"]
-    emb_plain = next(f for f in plain.families if f.name == "embedding").columns["total_effect"]
+    emb = next(f for f in cols.families if f.kind == "embedding").columns["total_effect"]
+    emb_plain = next(f for f in plain.families if f.kind == "embedding").columns["total_effect"]
     torch.testing.assert_close(emb, emb_plain, atol=1e-5, rtol=1e-4)
