@@ -44,7 +44,7 @@ import torch
 from tdb_core import specs
 from tdb_core.adapter import Adapter, Norm
 from tdb_core.hooks import HookContext, register_attention_layers
-from tdb_core.schema import SITE_KIND_BY_KEY, ModelDims, ModelSchema
+from tdb_core.schema import SITE_KIND_BY_KEY, ModelDims, ModelSchema, norm_name, site_name
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,7 @@ class DecoderAdapter(Adapter):
         for layer, block in enumerate(self._blocks):
             self._install_block(ctx, layer, block, fwd, pre)
 
-        self._install_norm(ctx, _get(m, lay.ln_final), "ln_final", fwd)
+        self._install_norm(ctx, _get(m, lay.ln_final), norm_name("ln_final"), fwd)
         if ctx.wants("logits"):
             if self.logit_softcap() is None:
                 fwd(_get(m, lay.unembed), lambda mod, args, out: ctx.point("logits", out))
@@ -330,13 +330,12 @@ class DecoderAdapter(Adapter):
         pre: Callable[..., None],
     ) -> None:
         lay = self.layout
-        p = f"blocks.{layer}."
         resid_pre, resid_mid, resid_post = (
-            p + "hook_resid_pre",
-            p + "hook_resid_mid",
-            p + "hook_resid_post",
+            site_name("hook_resid_pre", layer),
+            site_name("hook_resid_mid", layer),
+            site_name("hook_resid_post", layer),
         )
-        attn_out, mlp_out = p + "hook_attn_out", p + "hook_mlp_out"
+        attn_out, mlp_out = site_name("hook_attn_out", layer), site_name("hook_mlp_out", layer)
         mid_edit = ctx.has_edit(resid_mid)
 
         if ctx.wants(resid_pre) or mid_edit:
@@ -352,9 +351,9 @@ class DecoderAdapter(Adapter):
 
             pre(block, block_pre)
 
-        self._install_norm(ctx, _get(block, lay.ln1), p + "ln1", fwd)
+        self._install_norm(ctx, _get(block, lay.ln1), norm_name("ln1", layer), fwd)
         if lay.ln2 is not None:
-            self._install_norm(ctx, _get(block, lay.ln2), p + "ln2", fwd)
+            self._install_norm(ctx, _get(block, lay.ln2), norm_name("ln2", layer), fwd)
             if ctx.wants(resid_mid):
 
                 def ln2_pre(mod: Any, args: tuple, kwargs: dict) -> None:
@@ -363,7 +362,7 @@ class DecoderAdapter(Adapter):
 
                 pre(_get(block, lay.ln2), ln2_pre)
 
-        result = p + "attn.hook_result"
+        result = site_name("attn.hook_result", layer)
         if ctx.wants(result):
             o_proj = _get(block, lay.o_proj)
 
@@ -416,18 +415,20 @@ class DecoderAdapter(Adapter):
         pre: Callable[..., None],
     ) -> None:
         lay = self.layout
-        p = f"blocks.{layer}.mlp."
-        if ctx.wants(p + "hook_pre"):
-            fwd(_get(block, lay.mlp_in), lambda mod, args, out: ctx.point(p + "hook_pre", out))
-        if lay.mlp_up is not None and ctx.wants(p + "hook_pre_linear"):
+        pre_site, linear_site, post_site = (
+            site_name(k, layer) for k in ("mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post")
+        )
+        if ctx.wants(pre_site):
+            fwd(_get(block, lay.mlp_in), lambda mod, args, out: ctx.point(pre_site, out))
+        if lay.mlp_up is not None and ctx.wants(linear_site):
             fwd(
                 _get(block, lay.mlp_up),
-                lambda mod, args, out: ctx.point(p + "hook_pre_linear", out),
+                lambda mod, args, out: ctx.point(linear_site, out),
             )
-        if ctx.wants(p + "hook_post"):
+        if ctx.wants(post_site):
 
             def post_hook(mod: Any, args: tuple, kwargs: dict) -> Any:
-                return (ctx.point(p + "hook_post", args[0]), *args[1:]), kwargs
+                return (ctx.point(post_site, args[0]), *args[1:]), kwargs
 
             pre(_get(block, lay.mlp_out), post_hook)
 
