@@ -347,6 +347,7 @@ class HttpServer:
             lifespan="off",
             ws="none",
             loop="asyncio",
+            http="h11",  # pure Python; httptools measured no faster on 16 MiB streams
             proxy_headers=False,
             server_header=False,
             **options,
