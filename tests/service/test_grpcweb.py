@@ -521,6 +521,24 @@ def test_oversized_body_is_refused_before_it_is_read(web):
     conn.close()
 
 
+def test_client_leaving_during_the_upload(web):
+    """A client that disconnects before its request body is complete costs nothing: no error is
+    logged, no call is made, and the server keeps serving."""
+    svc, _, _ = web
+    with structlog.testing.capture_logs() as logs:
+        conn = http.client.HTTPConnection("127.0.0.1", svc.http_port, timeout=20)
+        conn.putrequest("POST", "/tdb.v1.ModelService/ListModels")
+        conn.putheader("content-type", "application/grpc-web+proto")
+        conn.putheader("content-length", "100")
+        conn.endheaders()
+        conn.send(b"\x00\x00\x00\x00\x5f" + b"\x0a" * 5)
+        conn.close()
+        _wait_for(lambda: any("left before" in e["event"] for e in logs))
+        ok = web_call(svc.http_port, "/tdb.v1.ModelService/ListModels", mpb.ListModelsRequest())
+    assert ok.code == grpc.StatusCode.OK
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")]
+
+
 def test_text_request_in_padded_chunks(web):
     """A grpc-web-text body may be several padded base64 chunks one after another."""
     svc, _, _ = web
