@@ -883,3 +883,17 @@ def test_settings_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         parse("--cors-origin", "a.test/path")
     with pytest.raises(InvalidArgumentError, match="--web-dir"):
         parse("--web-dir", str(tmp_path / "missing"))
+
+
+def test_http_port_in_use_is_a_clear_error(web, tiny_loaded):
+    """Asking for an HTTP port that is taken fails start-up with a message naming it."""
+    from services.registry import ModelRegistry
+    from services.server import build_server
+    from services.settings import Settings
+
+    svc, _, _ = web
+    with pytest.raises(OSError, match=f"cannot serve HTTP on 127.0.0.1:{svc.http_port}"):
+        build_server(
+            Settings(host="127.0.0.1", port=0, http_port=svc.http_port),
+            ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]),
+        )
