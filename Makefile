@@ -7,6 +7,7 @@ VENV ?= .venv
 CONSTRAINTS ?= constraints-cpu.txt
 HOST ?= 127.0.0.1
 PORT ?= 50051
+HTTP_PORT ?= 8080
 MODEL ?=
 PYTEST_ARGS ?=
 
@@ -23,8 +24,17 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
+# Builds the web app first when Node.js >= 20 is present (`make web`); without Node it serves
+# gRPC and gRPC-Web, and the page at / says how to build the app.
 serve: $(STAMP)
-	$(VENV)/bin/tdb serve --host $(HOST) --port $(PORT) $(if $(MODEL),--model $(MODEL))
+	@if [ -f clients/web/package.json ] && command -v node >/dev/null 2>&1 \
+		&& node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then \
+		$(MAKE) web; \
+	else \
+		echo "note: Node.js >= 20 not found: serving without building the web app (see make web)"; \
+	fi
+	@echo "gRPC at $(HOST):$(PORT); web app and gRPC-Web at http://$(HOST):$(HTTP_PORT)/"
+	$(VENV)/bin/tdb serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) $(if $(MODEL),--model $(MODEL))
 
 test: $(STAMP) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
