@@ -24,7 +24,9 @@ PROTOS = ROOT / "protos"
 WEB = ROOT / "clients" / "web"
 OUT = WEB / "src" / "gen"
 PACKAGE = Path("tdb") / "v1"
-PLUGIN = WEB / "node_modules" / ".bin" / ("protoc-gen-es.cmd" if os.name == "nt" else "protoc-gen-es")
+PLUGIN = (
+    WEB / "node_modules" / ".bin" / ("protoc-gen-es.cmd" if os.name == "nt" else "protoc-gen-es")
+)
 
 
 def generate(out_root: Path) -> list[Path]:
@@ -63,7 +65,9 @@ def main() -> int:
             names = {p.name for p in fresh} == {p.name for p in committed}
             same = names and all(filecmp.cmp(p, target / p.name, shallow=False) for p in fresh)
             if not same:
-                print("web stubs are stale: run `python scripts/gen_web_protos.py`", file=sys.stderr)
+                print(
+                    "web stubs are stale: run `python scripts/gen_web_protos.py`", file=sys.stderr
+                )
                 return 1
             return 0
         target.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ export function TokenHeatmap(props: {
             style={{ background: bg, color: inkFor(v, m) }}
             title={`${i}: ${JSON.stringify(t)}  ${fmt(v, 4)}`}
           >
-            {tok(t)}
+            {t.replace(/\n/g, "⏎")}
           </span>
         );
       })}

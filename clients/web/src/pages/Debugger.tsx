@@ -169,7 +169,7 @@ export function DebuggerPage() {
       />
       {(attr.cancelled || logits.cancelled) && !anyLoading && <div className="note">Cancelled. Press Run to run the query again.</div>}
       <ErrorBox error={attr.error} what="Attribute" />
-      <ErrorBox error={logits.error} what="Logits (Forward/Ablate)" />
+      {logits.error?.message !== attr.error?.message && <ErrorBox error={logits.error} what="Logits (Forward/Ablate)" />}
       {!s.prompt ? (
         <Empty>Type a prompt and press Run (Ctrl+Enter).</Empty>
       ) : (
@@ -191,17 +191,7 @@ export function DebuggerPage() {
               }
             >
               {attr.data ? (
-                attr.data.prompts.map((p, r) => (
-                  <div key={r} className="tokrow" data-testid={`tokens-${r}`}>
-                    {attr.data!.prompts.length > 1 && <span className="muted small">{names.names[r]}</span>}
-                    {p.tokens.map((t, i) => (
-                      <span key={i} className={`tokcell ${i === attr.data!.lossPosition ? "hl" : ""}`} title={`${i}: id ${p.tokenIds[i]}`}>
-                        {tok(t)}
-                        <sub>{i}</sub>
-                      </span>
-                    ))}
-                  </div>
-                ))
+                <PromptTokens data={attr.data} names={names.names} />
               ) : (
                 <Empty>…</Empty>
               )}
@@ -249,6 +239,26 @@ export function DebuggerPage() {
         </>
       )}
     </div>
+  );
+}
+
+function PromptTokens({ data, names }: { data: AttributeResponse; names: string[] }) {
+  const same = data.prompts.length > 1 && data.prompts[1].tokens.join("\u0000") === data.prompts[0].tokens.join("\u0000");
+  const shown = same ? data.prompts.slice(0, 1) : data.prompts;
+  return (
+    <>
+      {shown.map((p, r) => (
+        <div key={r} className="tokrow" data-testid={`tokens-${r}`}>
+          {shown.length > 1 && <span className="muted small">{names[r]}</span>}
+          {p.tokens.map((t, i) => (
+            <span key={i} className={`tokcell ${i === data.lossPosition ? "hl" : ""}`} title={`${i}: id ${p.tokenIds[i]}`}>
+              {tok(t)}
+              <sub>{i}</sub>
+            </span>
+          ))}
+        </div>
+      ))}
+    </>
   );
 }
 
