@@ -9,7 +9,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("hooks", "grpc", "transfer", "ablate", "attribute", "sae", "batching", "explain")
+BENCHMARKS = (
+    "hooks",
+    "grpc",
+    "transfer",
+    "ablate",
+    "attribute",
+    "sae",
+    "batching",
+    "explain",
+    "webapp",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -222,3 +224,19 @@ def test_attention_and_patching_views(page, base):
     page.goto(f"{base}/?{q}")
     page.wait_for_selector("[data-testid=patch-heatmap] rect.mcell", timeout=60_000)
     assert page.locator("[data-testid=patch-heatmap] .legend").count() == 1
+
+
+def test_webapp_benchmark_runs(base):
+    """`python -m benchmarks webapp` times Run -> node table drawn in the browser and prints one
+    JSON object last (the figure is not asserted)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "webapp", "--runs", "2"],
+        cwd=web.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["benchmark"] == "webapp" and res["runs"] == 2
+    assert res["run_to_table_p50_ms"] > 0 and res["native_grpc_attribute_p50_ms"] > 0

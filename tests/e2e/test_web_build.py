@@ -53,3 +53,16 @@ def test_web_typechecks_and_unit_tests_pass(node_modules):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert " passed" in r.stdout and "failed" not in r.stdout.split("Tests")[-1]
+
+
+def test_dockerfile_builds_the_app_in_a_node_stage_and_serves_it():
+    """The image builds clients/web from its lock file in a Node stage and serves dist/ on 8080."""
+    text = (ROOT / "Dockerfile").read_text()
+    stages = text.split("\nFROM ")
+    node = next(s for s in stages if s.startswith("node:"))
+    assert "npm ci" in node and "package-lock.json" in node and "npm run build" in node
+    final = stages[-1]
+    assert "COPY --from=web /web/dist /app/clients/web/dist" in final
+    assert "TDB_WEB_DIR=/app/clients/web/dist" in text and "TDB_HTTP_PORT=8080" in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "clients/web/node_modules" in ignored and "clients/web/dist" in ignored
