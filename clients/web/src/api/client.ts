@@ -19,8 +19,9 @@ export interface CallRecord {
   started: number;
   ms?: number;
   status: "running" | "ok" | "error" | "cancelled";
-  request: unknown;
-  responses: unknown[];
+  /** JSON of the request and of each response message, made only when the panel shows them. */
+  request: () => unknown;
+  responses: (() => unknown)[];
   error?: string;
 }
 
@@ -61,7 +62,7 @@ const recorder: Interceptor = (next) => async (req) => {
     method: `${req.service.typeName.replace(/^tdb\.v1\./, "")}/${req.method.name}`,
     started: performance.now(),
     status: "running",
-    request: req.stream ? null : json(req.method.input, req.message),
+    request: req.stream ? () => null : () => json(req.method.input, req.message),
     responses: [],
   };
   publish(rec);
@@ -78,7 +79,8 @@ const recorder: Interceptor = (next) => async (req) => {
   try {
     const res = await next(req);
     if (!res.stream) {
-      rec.responses.push(json(req.method.output, res.message));
+      const msg = res.message;
+      rec.responses.push(() => json(req.method.output, msg));
       finish();
       return res;
     }
@@ -90,11 +92,11 @@ const recorder: Interceptor = (next) => async (req) => {
         try {
           for await (const m of inner) {
             // streamed tensor chunks are bytes: show their size, not megabytes of base64
-            const j = json(output, m) as Record<string, unknown>;
-            if (j && typeof j === "object" && "chunk" in j) {
-              const c = j.chunk as { streamId?: number; data?: string };
-              rec.responses.push({ chunk: { streamId: c.streamId, bytes: Math.floor(((c.data ?? "").length * 3) / 4) } });
-            } else rec.responses.push(j);
+            const part = (m as { part?: { case?: string; value?: { streamId: number; data: Uint8Array } } }).part;
+            if (part?.case === "chunk" && part.value) {
+              const { streamId, data } = part.value;
+              rec.responses.push(() => ({ chunk: { streamId, bytes: data.byteLength } }));
+            } else rec.responses.push(() => json(output, m));
             yield m;
           }
           finish();

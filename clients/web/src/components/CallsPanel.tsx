@@ -46,9 +46,9 @@ export function CallsPanel({ open, onClose }: { open: boolean; onClose: () => vo
           <div className="calls-json">
             {cur.error && <div className="error-msg">{cur.error}</div>}
             <h3>Request</h3>
-            <pre>{pretty(cur.request)}</pre>
+            <pre>{pretty(cur.request())}</pre>
             <h3>Response{cur.responses.length > 1 ? `s (${cur.responses.length} messages)` : ""}</h3>
-            <pre>{pretty(cur.responses.length === 1 ? cur.responses[0] : cur.responses)}</pre>
+            <pre>{pretty(cur.responses.length === 1 ? cur.responses[0]() : cur.responses.map((r) => r()))}</pre>
           </div>
         )}
       </div>

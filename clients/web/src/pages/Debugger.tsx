@@ -52,7 +52,7 @@ export function DebuggerPage() {
   const logits = useCall<LogitsResult>();
   const heat = useCall<AttributeResponse>();
   const [formError, setFormError] = useState<string>();
-  const [runId, setRunId] = useState(0);
+  const [runId, setRunId] = useState(-1);
 
   const run = useCallback(
     (st: DebuggerState) => {
@@ -70,10 +70,8 @@ export function DebuggerPage() {
       setRunId(id);
       void attr.run((signal) => api.attribution.attribute(req, { signal }));
       void logits.run((signal) => fetchLogits(st, signal));
-      if (st.heat) void heat.run((signal) => api.attribution.attribute(attributeRequest(st, { topK: HEATMAP_TOP_K, nodeTokens: 0 }), { signal }));
-      else heat.reset();
     },
-    [attr.run, logits.run, heat.run], // eslint-disable-line react-hooks/exhaustive-deps
+    [attr.run, logits.run], // eslint-disable-line react-hooks/exhaustive-deps
   );
 
   // a URL with a prompt runs its query (on load, on Run, on back/forward, on an action)
@@ -81,17 +79,16 @@ export function DebuggerPage() {
     if (s.prompt) run(s);
   }, [sig]); // eslint-disable-line react-hooks/exhaustive-deps
 
-  // the heatmap is fetched when it is switched on
+  // the heatmap (one more Attribute, top/bottom 1000 nodes) runs with each run while it is on
   useEffect(() => {
-    if (s.heat && s.prompt && !heat.data && !heat.loading) {
-      try {
-        const req = attributeRequest(s, { topK: HEATMAP_TOP_K, nodeTokens: 0 });
-        void heat.run((signal) => api.attribution.attribute(req, { signal }));
-      } catch {
-        /* the form error is shown by run() */
-      }
+    if (!s.heat || !s.prompt || runId < 0) return heat.reset();
+    try {
+      const req = attributeRequest(s, { topK: HEATMAP_TOP_K, nodeTokens: 0 });
+      void heat.run((signal) => api.attribution.attribute(req, { signal }));
+    } catch {
+      /* the form error is shown by run() */
     }
-  }, [s.heat]); // eslint-disable-line react-hooks/exhaustive-deps
+  }, [runId, s.heat]); // eslint-disable-line react-hooks/exhaustive-deps
 
   // benchmark: the table is drawn once React committed this run's rows
   useEffect(() => {

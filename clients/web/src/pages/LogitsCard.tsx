@@ -4,14 +4,19 @@
 import { Fragment } from "react";
 import { Card, Empty } from "../components/ui";
 import { diverging, fmt, maxAbs, tok } from "../lib/color";
-import type { LogitsResult } from "./logits";
+import { prob, type LogitsResult } from "./logits";
 
 interface Row {
   token: string;
+  id?: number;
   role?: "target" | "distractor";
   logits: (number | undefined)[];
   probs: (number | undefined)[];
   problem?: string;
+}
+
+function fmtProb(p: number): string {
+  return p >= 0.001 || p === 0 ? p.toFixed(3) : p.toExponential(0);
 }
 
 export function LogitsCard(props: {
@@ -25,33 +30,17 @@ export function LogitsCard(props: {
   const two = (d?.runs.length ?? 1) > 1;
   const rows: Row[] = [];
   if (d) {
-    const idx = (r: number, token: string) => d.tops[r]?.tokens.indexOf(token) ?? -1;
-    for (const p of d.pinned) {
-      rows.push({
-        token: p.token,
-        role: p.role,
-        problem: p.problem,
-        logits: d.runs.map((_, r) => p.logits[r]),
-        probs: d.runs.map((_, r) => {
-          const i = idx(r, p.token);
-          return i >= 0 ? d.tops[r].probs[i] : undefined;
-        }),
-      });
-    }
-    const pinnedTokens = new Set(d.pinned.map((p) => p.token));
-    const seen = new Set<string>();
-    for (const t of d.tops) for (const token of t.tokens) if (!pinnedTokens.has(token)) seen.add(token);
-    const others: Row[] = [...seen].map((token) => ({
+    const row = (token: string, id: number | undefined): Row => ({
       token,
-      logits: d.runs.map((_, r) => {
-        const i = idx(r, token);
-        return i >= 0 ? d.tops[r].logits[i] : undefined;
-      }),
-      probs: d.runs.map((_, r) => {
-        const i = idx(r, token);
-        return i >= 0 ? d.tops[r].probs[i] : undefined;
-      }),
-    }));
+      id,
+      logits: d.runs.map((_, r) => (id === undefined ? undefined : d.rows[r][id])),
+      probs: d.runs.map((_, r) => (id === undefined ? undefined : prob(d, r, id))),
+    });
+    for (const p of d.pinned) rows.push({ ...row(p.token, p.id), role: p.role, problem: p.problem });
+    const pinnedIds = new Set(d.pinned.map((p) => p.id));
+    const seen = new Map<number, string>();
+    for (const t of d.tops) t.tokenIds.forEach((id, i) => !pinnedIds.has(id) && seen.set(id, t.tokens[i]));
+    const others = [...seen].map(([id, token]) => row(token, id));
     others.sort((a, b) => (b.logits[0] ?? -Infinity) - (a.logits[0] ?? -Infinity));
     rows.push(...others);
   }
@@ -104,7 +93,7 @@ export function LogitsCard(props: {
                     <th className="num" title="Logit minus the first target token's logit (TDB's display)">
                       rel.
                     </th>
-                    <th className="num" title="Probability (softmax over the vocabulary); shown when the token is in this run's top-k">
+                    <th className="num" title="Probability (softmax over the whole vocabulary)">
                       p
                     </th>
                   </Fragment>
@@ -118,7 +107,7 @@ export function LogitsCard(props: {
             </thead>
             <tbody>
               {rows.map((r, i) => (
-                <tr key={`${r.role ?? "top"}${r.token}${i}`} className={r.role ? `pinned ${r.role}` : ""} data-token={r.token}>
+                <tr key={`${r.role ?? "top"}${r.id ?? r.token}${i}`} className={r.role ? `pinned ${r.role}` : ""} data-token={r.token}>
                   <td>
                     {r.role && (
                       <span className={`badge ${r.role}`} title={r.role}>
@@ -132,7 +121,7 @@ export function LogitsCard(props: {
                     <Fragment key={k}>
                       <td className="num">{fmt(r.logits[k], 2)}</td>
                       <td className="num muted">{ref?.[k] !== undefined && r.logits[k] !== undefined ? fmt(r.logits[k]! - ref[k]!, 2) : "–"}</td>
-                      <td className="num muted">{r.probs[k] !== undefined ? r.probs[k]!.toFixed(3) : "–"}</td>
+                      <td className="num muted">{r.probs[k] !== undefined ? fmtProb(r.probs[k]!) : "–"}</td>
                     </Fragment>
                   ))}
                   {two && (

@@ -89,7 +89,7 @@ export function NodePage() {
       <LiveActivations nodeKey={key} kind={kind} prompts={prompts} model={s.model} />
       <div className="row2">
         <Explanations unit={unit} kind={kind} model={s.model} />
-        <NodeTokens nodeKey={key} q={q} />
+        {kind === "mlp_neuron" || kind === "sae_latent" || head ? <NodeTokens nodeKey={key} q={q} /> : null}
       </div>
       {kind !== "embedding" && kind !== "vector" && <Records unit={unit} model={s.model} />}
     </div>
@@ -299,6 +299,14 @@ function Explanations(props: { unit: string; kind: NodeKind; model: string }) {
   );
 }
 
+const TOKENS_TOP_K = 200;
+
+/** The node-table family of a key (head pairs are read off their head's row). */
+function kindFamily(key: string): string {
+  const k = keyKind(key);
+  return k === "attn_head_pair" ? "attn_head" : k;
+}
+
 /** Output/input tokens come with node-table rows: re-run the debugger's Attribute and find the node. */
 function NodeTokens(props: { nodeKey: string; q: URLSearchParams }) {
   const s = readState(props.q);
@@ -306,7 +314,7 @@ function NodeTokens(props: { nodeKey: string; q: URLSearchParams }) {
   useEffect(() => {
     if (!s.prompt) return;
     void call.run(async (signal) => {
-      const res = await api.attribution.attribute(attributeRequest({ ...s, ablations: [], prompt2: "", trace: "" }, { topK: 50, families: [] }), { signal });
+      const res = await api.attribution.attribute(attributeRequest({ ...s, ablations: [], prompt2: "", trace: "" }, { topK: TOKENS_TOP_K, families: [kindFamily(props.nodeKey)] }), { signal });
       const unit = unitKey(props.nodeKey);
       const exact = res.rows.find((r) => nodeKey(r.node!) === props.nodeKey);
       if (exact) return { row: exact, from: props.nodeKey };
@@ -323,7 +331,7 @@ function NodeTokens(props: { nodeKey: string; q: URLSearchParams }) {
     >
       <ErrorBox error={call.error} what="Attribute" />
       {!s.prompt && <Empty>Open from the debugger: the tokens come with the prompt's node table.</Empty>}
-      {call.data && !r && <Empty>This node is not among the prompt's top-50 nodes, so its tokens were not computed.</Empty>}
+      {call.data && !r && <Empty>This node is not among the prompt's top-{TOKENS_TOP_K} nodes of its kind, so its tokens were not computed.</Empty>}
       {r && (
         <div data-testid="node-tokens">
           {call.data?.from !== props.nodeKey && <div className="muted small">from row {call.data?.from}</div>}

@@ -5,7 +5,7 @@ import { create } from "@bufbuild/protobuf";
 import { api } from "../api/client";
 import { CaptureSchema, type TopLogits } from "../gen/tdb/v1/common_pb";
 import { F32, interventions, logitPosition, runNames, type DebuggerState } from "../lib/state";
-import { at, ChunkStore } from "../lib/tensor";
+import { ChunkStore } from "../lib/tensor";
 
 export const LOGITS_TOP_K = 25;
 
@@ -15,7 +15,6 @@ export interface Pinned {
   id?: number;
   /** Why it has no id (not exactly one token). */
   problem?: string;
-  logits: number[];
 }
 
 export interface LogitsResult {
@@ -23,8 +22,24 @@ export interface LogitsResult {
   position: number;
   tops: TopLogits[];
   pinned: Pinned[];
+  /** Each run's whole next-token logit row at the position (float32 [d_vocab]). */
+  rows: Float32Array[];
+  /** Each run's log-sum-exp of its row, for exact probabilities. */
+  lse: number[];
   /** From Ablate: each run's logit difference. */
   logitDiffs?: (number | undefined)[];
+}
+
+export function prob(r: LogitsResult, run: number, id: number): number {
+  return Math.exp(r.rows[run][id] - r.lse[run]);
+}
+
+function logSumExp(xs: Float32Array): number {
+  let m = -Infinity;
+  for (const x of xs) if (x > m) m = x;
+  let s = 0;
+  for (const x of xs) s += Math.exp(x - m);
+  return m + Math.log(s);
 }
 
 export async function fetchLogits(s: DebuggerState, signal: AbortSignal): Promise<LogitsResult> {
@@ -33,7 +48,6 @@ export async function fetchLogits(s: DebuggerState, signal: AbortSignal): Promis
   const pinned: Pinned[] = strings.map((token, i) => ({
     token,
     role: i < s.target.length ? "target" : "distractor",
-    logits: [],
   }));
   if (strings.length) {
     const tk = await api.model.tokenize({ model: s.model, texts: strings, prependBos: false }, { signal });
@@ -42,11 +56,9 @@ export async function fetchLogits(s: DebuggerState, signal: AbortSignal): Promis
       else pinned[i].problem = `${p.tokenIds.length} tokens (${p.tokens.map((t) => JSON.stringify(t)).join(" ")})`;
     });
   }
-  const ids = [...new Set(pinned.filter((p) => p.id !== undefined).map((p) => p.id!))];
   const position = logitPosition(s);
-  const captures = ids.length
-    ? [create(CaptureSchema, { site: "logits", positions: [position], units: ids, dtype: F32 })]
-    : [];
+  // the whole logit row at the position: every token's logit and its exact probability
+  const captures = [create(CaptureSchema, { site: "logits", positions: [position], dtype: F32 })];
   const store = new ChunkStore();
   const iv = interventions(s).list;
   let tops: TopLogits[] = [];
@@ -94,13 +106,8 @@ export async function fetchLogits(s: DebuggerState, signal: AbortSignal): Promis
       } else if (m.part.case === "chunk") store.add(m.part.value);
     }
   }
-  if (captured?.values) {
-    const v = store.get(captured.values); // [run, 1 position, unit]
-    for (const p of pinned) {
-      if (p.id === undefined) continue;
-      const u = ids.indexOf(p.id);
-      p.logits = names.names.map((_, r) => at(v, r, 0, u));
-    }
-  }
-  return { runs: names.names, position: absPosition, tops, pinned, logitDiffs };
+  const v = store.get(captured!.values!); // [run, 1 position, d_vocab]
+  const V = v.shape[2];
+  const rows = names.names.map((_, r) => v.data.subarray(r * V, (r + 1) * V));
+  return { runs: names.names, position: absPosition, tops, pinned, rows, lse: rows.map(logSumExp), logitDiffs };
 }
