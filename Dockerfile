@@ -1,6 +1,7 @@
 # TDB service image. CPU by default:
 #   docker build -t tdb .
-#   docker run -p 50051:50051 -p 8080:8080 tdb         # the embedded toy model; web app on :8080
+#   docker run -p 50051:50051 -p 8080:8080 tdb         # serves the embedded toy model; the web app
+#                                                      # and gRPC-Web on http://localhost:8080/
 #   docker run -p 50051:50051 -v /models:/models tdb --model gpt2=/models/gpt2
 # GPU (a CUDA base image and a CUDA build of torch):
 #   docker build -t tdb:cuda --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \

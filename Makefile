@@ -24,14 +24,15 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
-# Builds the web app first when Node.js >= 20 is present (`make web`); without Node it serves
-# gRPC and gRPC-Web, and the page at / says how to build the app.
+# Builds the web app first (`make web`) when the checkout has it and Node.js >= 20 is present;
+# without Node it serves gRPC and gRPC-Web, and the page at / says how to build the app.
 serve: $(STAMP)
-	@if [ -f clients/web/package.json ] && command -v node >/dev/null 2>&1 \
+	@if [ ! -f clients/web/package.json ]; then :; \
+	elif command -v node >/dev/null 2>&1 \
 		&& node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then \
-		$(MAKE) web; \
+		$(MAKE) web || echo "warning: the web app did not build; serving without it"; \
 	else \
-		echo "note: Node.js >= 20 not found: serving without building the web app (see make web)"; \
+		echo "note: building the web app needs Node.js >= 20 (then: make web); serving without it"; \
 	fi
 	@echo "gRPC at $(HOST):$(PORT); web app and gRPC-Web at http://$(HOST):$(HTTP_PORT)/"
 	$(VENV)/bin/tdb serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) $(if $(MODEL),--model $(MODEL))

@@ -19,6 +19,7 @@ BENCHMARKS = (
     "batching",
     "explain",
     "webapp",
+    "grpcweb",
 )
 
 

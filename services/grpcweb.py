@@ -93,6 +93,10 @@ _BASE64_CHUNK = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 METHOD_PATH = re.compile(r"/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*")
 
 
+class ClientGone(Exception):
+    """The HTTP client disconnected before its request was read: there is no one to answer."""
+
+
 class GrpcWebError(Exception):
     """A request refused before it reaches the server, with the status it gets."""
 
@@ -325,6 +329,9 @@ class GrpcWebGateway:
                     http_status=415,
                 )
             payload, timeout, metadata = await self._read_request(scope, receive, text, headers)
+        except ClientGone:
+            self._log.info("grpc-web client left before its request arrived", method=method)
+            return
         except GrpcWebError as e:
             await self._refuse(send, method, request_id, e, common, start)
             return
@@ -354,7 +361,7 @@ class GrpcWebGateway:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError  # the client left before sending its request
+                raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import logging
 import mimetypes
 import socket
 import ssl
@@ -180,6 +181,13 @@ class WebApp:
         if any(s.startswith(".") or "\\" in s or "\0" in s for s in segments):
             await _plain(send, 404, "not found\n")
             return
+        # A browser navigating to a page (node keys have dots: /node/blocks.1.mlp.hook_post[42])
+        # or a path without a file extension is a client-side route; a missing asset is a 404.
+        navigation = (
+            not segments
+            or "." not in segments[-1]
+            or "text/html" in (_header(scope, b"accept") or "")
+        )
         file = None
         if root is not None:
             base = root.resolve()
@@ -191,11 +199,11 @@ class WebApp:
                 candidate = candidate / "index.html"
             if candidate.is_file():
                 file = candidate
-            elif not segments or "." not in segments[-1]:  # a client-side route: the app
+            elif navigation:  # a client-side route: the app
                 index = base / "index.html"
                 file = index if index.is_file() else None
         if file is None:
-            if segments and "." in segments[-1]:
+            if not navigation:
                 await _plain(send, 404, "not found\n")
             else:
                 await self._not_built(send, head)
@@ -287,6 +295,27 @@ async def _send_file(scope: Scope, send: Send, file: Path, head: bool, immutable
 # -- the server thread ----------------------------------------------------------------------------
 
 
+class _ToStructlog(logging.Handler):
+    """uvicorn's own warnings and errors (bad HTTP, TLS handshakes) as structured log lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Cancel 0 running task"):  # a stop with nothing in flight
+            return
+        log = get_logger("tdb.http")
+        (log.error if record.levelno >= logging.ERROR else log.warning)(
+            "http server", message=message
+        )
+
+
+def _route_uvicorn_logs() -> None:
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _ToStructlog) for h in logger.handlers):
+            logger.addHandler(_ToStructlog(logging.WARNING))
+        logger.propagate = False
+
+
 class HttpServer:
     """uvicorn serving a :class:`WebApp` on ``host:port`` in a daemon thread with its own loop."""
 
@@ -300,6 +329,7 @@ class HttpServer:
         """``tls``: (cert, key, client CA or None), the same files as the gRPC port."""
         import uvicorn
 
+        _route_uvicorn_logs()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.create_server((host, port), family=family, backlog=128)
         self.port = int(self._socket.getsockname()[1])
@@ -317,6 +347,7 @@ class HttpServer:
             lifespan="off",
             ws="none",
             loop="asyncio",
+            http="h11",  # pure Python; httptools measured no faster on 16 MiB streams
             proxy_headers=False,
             server_header=False,
             **options,
