@@ -255,6 +255,7 @@ async def _plain(
             "headers": [
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", str(len(body)).encode()),
+                (b"x-content-type-options", b"nosniff"),
                 *(extra or []),
             ],
         }
