@@ -145,16 +145,6 @@ def trailer_block(code: grpc.StatusCode, message: str, metadata: list[tuple[str,
     return ("\r\n".join(lines) + "\r\n").encode("ascii", "replace")
 
 
-def parse_trailers(block: bytes) -> dict[str, str]:
-    """An HTTP/1 header block (a trailer frame's payload) as a dict with lowercased keys."""
-    out: dict[str, str] = {}
-    for line in block.decode("ascii").split("\r\n"):
-        if line:
-            key, _, value = line.partition(":")
-            out[key.strip().lower()] = value.strip()
-    return out
-
-
 def decode_text_body(body: bytes) -> bytes:
     """A ``grpc-web-text`` body: base64, possibly several padded chunks one after another."""
     body = b"".join(body.split())  # line breaks and spaces are not data

@@ -316,8 +316,15 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
             if settings.tls_cert and settings.tls_key
             else None
         )
-        http = HttpServer(app, settings.host, settings.http_port, tls)
-        http.start()
+        try:
+            http = HttpServer(app, settings.host, settings.http_port, tls)
+            http.start()
+        except OSError as e:  # e.g. the port is taken: leave nothing running behind
+            server.stop(None)
+            shutil.rmtree(local_dir, ignore_errors=True)
+            raise OSError(
+                f"cannot serve HTTP on {settings.host}:{settings.http_port}: {e.strerror or e}"
+            ) from e
     service = Service(server, port, health_servicer, models, metrics, http, local_dir)
     service.set_serving(True)
     return service

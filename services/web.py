@@ -375,7 +375,8 @@ class HttpServer:
         waited = 0.0
         while not self._server.started:
             if not self._thread.is_alive() or waited > timeout:
-                raise RuntimeError(f"the HTTP server did not start: {self._failed!r}")
+                self._socket.close()
+                raise OSError(f"the HTTP server did not start: {self._failed!r}")
             self._thread.join(0.01)
             waited += 0.01
 

@@ -1,14 +1,17 @@
-"""`tdb serve --http-port`: the README's gRPC-Web shell examples run as written, and the HTTP port
-speaks HTTPS with the gRPC port's certificate and token."""
+"""`tdb serve --http-port`: the README's gRPC-Web shell examples run as written, the HTTP port
+speaks HTTPS with the gRPC port's certificate and token, and SIGTERM drains gRPC-Web calls."""
 
 from __future__ import annotations
 
 import http.client
 import re
 import shutil
+import signal
 import ssl
 import struct
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,66 @@ def test_https_port_with_token_and_graceful_stop(tiny_gpt2_dir, tmp_path):
         untrusting.close()
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_sigterm_drains_an_in_flight_grpc_web_call(tiny_gpt2_dir):
+    """SIGTERM while a slow Attribute runs through gRPC-Web: the call still completes with its
+    full answer (status OK in the trailer frame), then the process exits 0."""
+    from tdb.v1 import attribution_pb2 as apb
+    from tdb_client import losses
+    from tdb_client.client import prompt_pb
+    from tests.e2e.test_shutdown import PROMPT, _queue_depth
+
+    server = start_server(
+        "--model",
+        f"tiny={tiny_gpt2_dir}",
+        "--http-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--grace-seconds",
+        "240",
+    )
+    event = server.events()[0]
+    port = int(event["http_address"].rsplit(":", 1)[1])
+    req = apb.AttributeRequest(prompt=prompt_pb(PROMPT), ig_steps=16, top_k=20)
+    field, loss = losses.logit_diff(5, 9)
+    getattr(req, field).CopyFrom(loss)
+    payload = req.SerializeToString()
+    result: dict = {}
+
+    def slow_call() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        conn.request(
+            "POST",
+            "/tdb.v1.AttributionService/Attribute",
+            body=struct.pack(">BI", 0, len(payload)) + payload,
+            headers={"content-type": "application/grpc-web+proto"},
+        )
+        r = conn.getresponse()
+        result["status"], result["body"] = r.status, r.read()
+        conn.close()
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    deadline = time.monotonic() + 120
+    while _queue_depth(event["metrics_address"]) < 1:
+        assert caller.is_alive(), f"the request finished before SIGTERM could be sent: {result}"
+        assert time.monotonic() < deadline, "the request never started"
+        time.sleep(0.01)
+    server.proc.send_signal(signal.SIGTERM)
+    caller.join(280)
+    assert result["status"] == 200
+    body = result["body"]
+    flags, n = struct.unpack_from(">BI", body)
+    assert flags == 0
+    answer = apb.AttributeResponse.FromString(body[5 : 5 + n])
+    assert answer.rows and len(answer.loss_values) == 1
+    assert body[5 + n] == 0x80 and b"grpc-status: 0" in body[5 + n :]
+    assert server.proc.wait(60) == 0
+    server.drain.join(10)
+    assert server.proc.stderr is not None
+    server.proc.stderr.close()
+    names = [e.get("event") for e in server.events()]
+    assert "shutting down" in names and names[-1] == "stopped"

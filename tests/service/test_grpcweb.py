@@ -883,3 +883,94 @@ def test_settings_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         parse("--cors-origin", "a.test/path")
     with pytest.raises(InvalidArgumentError, match="--web-dir"):
         parse("--web-dir", str(tmp_path / "missing"))
+
+
+def test_http_port_in_use_is_a_clear_error(web, tiny_loaded):
+    """Asking for an HTTP port that is taken fails start-up with a message naming it."""
+    from services.registry import ModelRegistry
+    from services.server import build_server
+    from services.settings import Settings
+
+    svc, _, _ = web
+    with pytest.raises(OSError, match=f"cannot serve HTTP on 127.0.0.1:{svc.http_port}"):
+        build_server(
+            Settings(host="127.0.0.1", port=0, http_port=svc.http_port),
+            ModelRegistry([ModelRunner(tiny_loaded, LIMITS)]),
+        )
+
+
+# -- the protocol pieces, one by one ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [(b"1H", 3600.0), (b"2M", 120.0), (b"30S", 30.0), (b"1500m", 1.5), (b"250u", 2.5e-4)],
+)
+def test_parse_timeout_units(raw, seconds):
+    """grpc-timeout: up to 8 digits and a unit (hours down to nanoseconds)."""
+    from services.grpcweb import parse_timeout
+
+    assert parse_timeout(raw) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("raw", [b"", b"10", b"123456789S", b"1.5S", b"-1S", b"10s"])
+def test_parse_timeout_refuses_malformed(raw):
+    from services.grpcweb import GrpcWebError, parse_timeout
+
+    with pytest.raises(GrpcWebError, match="grpc-timeout"):
+        parse_timeout(raw)
+
+
+def test_grpc_message_percent_encoding_round_trips():
+    """grpc-message keeps printable ASCII, percent-encodes '%' and everything else as UTF-8."""
+    from services.grpcweb import encode_grpc_message
+
+    text = "site 'blocks.9' → 100% wrong\n"
+    encoded = encode_grpc_message(text)
+    assert encoded == "site 'blocks.9' %E2%86%92 100%25 wrong%0A"
+    assert unquote(encoded) == text
+
+
+def test_request_metadata_keeps_call_metadata_only():
+    """authorization, x-request-id and custom headers pass; HTTP and CORS headers do not; -bin
+    values are base64-decoded (padded or not); a bad -bin value is refused."""
+    from services.grpcweb import GrpcWebError, request_metadata
+
+    md = request_metadata(
+        [
+            (b"authorization", b"Bearer t"),
+            (b"x-request-id", b"abc"),
+            (b"x-user-agent", b"grpc-web-javascript/0.1"),
+            (b"trace-bin", base64.b64encode(b"\x00\x01").rstrip(b"=")),
+            (b"host", b"localhost"),
+            (b"origin", b"http://x"),
+            (b"cookie", b"session=1"),
+            (b"content-type", b"application/grpc-web"),
+            (b"grpc-timeout", b"1S"),
+            (b"x-grpc-web", b"1"),
+            (b"sec-fetch-mode", b"cors"),
+            (b"x-weird", b"caf\xc3\xa9"),  # not printable ASCII: dropped
+        ]
+    )
+    assert md == [
+        ("authorization", "Bearer t"),
+        ("x-request-id", "abc"),
+        ("x-user-agent", "grpc-web-javascript/0.1"),
+        ("trace-bin", b"\x00\x01"),
+    ]
+    with pytest.raises(GrpcWebError, match="base64"):
+        request_metadata([(b"trace-bin", b"!!!")])
+
+
+def test_text_body_decoding():
+    """One base64 string, several padded chunks, or line-wrapped: the same bytes."""
+    from services.grpcweb import GrpcWebError, decode_text_body
+
+    data = bytes(range(40))
+    assert decode_text_body(base64.b64encode(data)) == data
+    chunks = b"".join(base64.b64encode(data[i : i + 7]) for i in range(0, 40, 7))
+    assert decode_text_body(chunks) == data
+    assert decode_text_body(base64.encodebytes(data)) == data
+    for bad in (b"AAA", b"AA=A", b"A@AA"):
+        with pytest.raises(GrpcWebError):
+            decode_text_body(bad)
