@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-fast lint format typecheck protos check-protos bench clean
+.PHONY: web web-protos install serve test test-fast lint format typecheck protos check-protos bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,3 +66,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info clients/python/*.egg-info
+
+# The web app (clients/web): pinned npm packages, then a production build into clients/web/dist,
+# which `tdb serve --http-port` serves at /. Needs Node.js >= 20 (npm 11).
+web:
+	cd clients/web && npm ci --no-audit --no-fund && npm run build
+
+# Regenerate the web app's TypeScript stubs from protos/ (needs `npm ci` in clients/web).
+web-protos: $(STAMP)
+	$(PY) scripts/gen_web_protos.py
+

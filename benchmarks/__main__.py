@@ -18,6 +18,7 @@ BENCHMARKS = (
     "sae",
     "batching",
     "explain",
+    "webapp",
     "grpcweb",
 )
 
