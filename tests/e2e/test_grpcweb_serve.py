@@ -134,8 +134,8 @@ def test_sigterm_drains_an_in_flight_grpc_web_call(tiny_gpt2_dir):
     event = server.events()[0]
     port = int(event["http_address"].rsplit(":", 1)[1])
     req = apb.AttributeRequest(prompt=prompt_pb(PROMPT), ig_steps=16, top_k=20)
-    field, loss = losses.logit_diff(5, 9)
-    getattr(req, field).CopyFrom(loss)
+    loss = losses.logit_diff(5, 9)
+    getattr(req, loss.field).CopyFrom(loss.to_pb())
     payload = req.SerializeToString()
     result: dict = {}
 

@@ -188,12 +188,16 @@ def _requests(np) -> dict[str, tuple[pb_message.Message, type[pb_message.Message
     mining = epb.MiningOptions(window_len=16)
     dataset = epb.Dataset(texts=epb.TextList(texts=TEXTS))
     sets = [
-        cpb.InterventionSet(name="L0H0", interventions=[iv.zero("blocks.0.attn.hook_z[head=0]")]),
-        cpb.InterventionSet(name="n3", interventions=[iv.zero("blocks.1.mlp.hook_post[3]")]),
+        cpb.InterventionSet(
+            name="L0H0", interventions=[iv.zero("blocks.0.attn.hook_z[head=0]").to_pb()]
+        ),
+        cpb.InterventionSet(
+            name="n3", interventions=[iv.zero("blocks.1.mlp.hook_post[3]").to_pb()]
+        ),
     ]
     attribute = apb.AttributeRequest(prompt=prompt_pb(PROMPT), top_k=10, node_tokens=3)
-    field_name, loss = losses.logit_diff(" Mary", " John")
-    getattr(attribute, field_name).CopyFrom(loss)
+    loss = losses.logit_diff(" Mary", " John")
+    getattr(attribute, loss.field).CopyFrom(loss.to_pb())
     encode = spb.EncodeRequest(sae="res1", top_k=4, dense=True)
     encode.prompts.prompts.extend([prompt_pb(PROMPT), prompt_pb(CORRUPT)])
     rng = np.random.default_rng(0)

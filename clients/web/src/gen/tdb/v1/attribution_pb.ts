@@ -7,7 +7,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Intervention, Prompt, PromptTokens, Tensor, Tokens } from "./common_pb";
+import type { Intervention, NodeKind, Prompt, PromptTokens, Tensor, Tokens } from "./common_pb";
 import { file_tdb_v1_common } from "./common_pb";
 import type { Explanation } from "./explain_pb";
 import { file_tdb_v1_explain } from "./explain_pb";
@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tdb/v1/attribution.proto.
  */
 export const file_tdb_v1_attribution: GenFile = /*@__PURE__*/
-  fileDesc("Chh0ZGIvdjEvYXR0cmlidXRpb24ucHJvdG8SBnRkYi52MSJ3Cg1Mb2dpdERpZmZMb3NzEh4KBnRhcmdldBgBIAEoCzIOLnRkYi52MS5Ub2tlbnMSIgoKZGlzdHJhY3RvchgCIAEoCzIOLnRkYi52MS5Ub2tlbnMSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24iUQoLTG9nUHJvYkxvc3MSHgoGdGFyZ2V0GAEgASgLMg4udGRiLnYxLlRva2VucxIVCghwb3NpdGlvbhgCIAEoBUgAiAEBQgsKCV9wb3NpdGlvbiJQCgtOZXVyb25UcmFjZRINCgVsYXllchgBIAEoBRIOCgZuZXVyb24YAiABKAUSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24ipgEKCUhlYWRUcmFjZRINCgVsYXllchgBIAEoBRIMCgRoZWFkGAIgASgFEhsKDnF1ZXJ5X3Bvc2l0aW9uGAMgASgFSACIAQESGQoMa2V5X3Bvc2l0aW9uGAQgASgFSAGIAQESIAoHdGhyb3VnaBgFIAEoDjIPLnRkYi52MS5UaHJvdWdoQhEKD19xdWVyeV9wb3NpdGlvbkIPCg1fa2V5X3Bvc2l0aW9uIk4KC0xhdGVudFRyYWNlEgsKA3NhZRgBIAEoCRIOCgZsYXRlbnQYAiABKAUSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24iYQoNRGlyZWN0aW9uTG9zcxIMCgRzaXRlGAEgASgJEh4KBnZlY3RvchgCIAEoCzIOLnRkYi52MS5UZW5zb3ISFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24i8wQKEEF0dHJpYnV0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSHgoGcHJvbXB0GAIgASgLMg4udGRiLnYxLlByb21wdBIrCgpsb2dpdF9kaWZmGAMgASgLMhUudGRiLnYxLkxvZ2l0RGlmZkxvc3NIABInCghsb2dfcHJvYhgEIAEoCzITLnRkYi52MS5Mb2dQcm9iTG9zc0gAEiUKBm5ldXJvbhgFIAEoCzITLnRkYi52MS5OZXVyb25UcmFjZUgAEiEKBGhlYWQYBiABKAsyES50ZGIudjEuSGVhZFRyYWNlSAASJQoGbGF0ZW50GAcgASgLMhMudGRiLnYxLkxhdGVudFRyYWNlSAASKgoJZGlyZWN0aW9uGAggASgLMhUudGRiLnYxLkRpcmVjdGlvbkxvc3NIABIqCg1zZWNvbmRfcHJvbXB0GAkgASgLMg4udGRiLnYxLlByb21wdEgBiAEBEisKDWludGVydmVudGlvbnMYCiADKAsyFC50ZGIudjEuSW50ZXJ2ZW50aW9uEhIKBXRvcF9rGAsgASgNSAKIAQESEAoIZmFtaWxpZXMYDCADKAkSEAoIaWdfc3RlcHMYDSABKA0SHgoRZnJlZXplX25vcm1fc2NhbGUYDiABKAhIA4gBARIYCgtub2RlX3Rva2VucxgPIAEoDUgEiAEBEhgKC3ByZXBlbmRfYm9zGBAgASgISAWIAQFCBgoEbG9zc0IQCg5fc2Vjb25kX3Byb21wdEIICgZfdG9wX2tCFAoSX2ZyZWV6ZV9ub3JtX3NjYWxlQg4KDF9ub2RlX3Rva2Vuc0IOCgxfcHJlcGVuZF9ib3MinAEKBE5vZGUSDgoGZmFtaWx5GAEgASgJEhIKBWxheWVyGAIgASgFSACIAQESEAoIcG9zaXRpb24YAyABKAUSDQoFaW5kZXgYBCABKAUSGQoMa2V5X3Bvc2l0aW9uGAUgASgFSAGIAQESCwoDc2FlGAYgASgJEgwKBG5hbWUYByABKAlCCAoGX2xheWVyQg8KDV9rZXlfcG9zaXRpb24iZgoKTm9kZVZhbHVlcxISCgphY3RpdmF0aW9uGAEgASgCEhcKD3dyaXRlX21hZ25pdHVkZRgCIAEoAhIVCg1kaXJlY3RfZWZmZWN0GAMgASgCEhQKDHRvdGFsX2VmZmVjdBgEIAEoAiI8CgpUb2tlblNjb3JlEhAKCHRva2VuX2lkGAEgASgFEg0KBXRva2VuGAIgASgJEg0KBXNjb3JlGAMgASgCIv4BCgdOb2RlUm93EhoKBG5vZGUYASABKAsyDC50ZGIudjEuTm9kZRIiCgZ2YWx1ZXMYAiADKAsyEi50ZGIudjEuTm9kZVZhbHVlcxIjCgd1cHZvdGVkGAMgAygLMhIudGRiLnYxLlRva2VuU2NvcmUSJQoJZG93bnZvdGVkGAQgAygLMhIudGRiLnYxLlRva2VuU2NvcmUSKAoMaW5wdXRfdG9rZW5zGAUgAygLMhIudGRiLnYxLlRva2VuU2NvcmUSLQoLZXhwbGFuYXRpb24YBiABKAsyEy50ZGIudjEuRXhwbGFuYXRpb25IAIgBAUIOCgxfZXhwbGFuYXRpb24iIAoOUG9zaXRpb25WYWx1ZXMSDgoGdmFsdWVzGAEgAygCIosCChFBdHRyaWJ1dGVSZXNwb25zZRINCgVtb2RlbBgBIAEoCRIlCgdwcm9tcHRzGAIgAygLMhQudGRiLnYxLlByb21wdFRva2VucxITCgtsb3NzX3ZhbHVlcxgDIAMoAhIdCgRyb3dzGAQgAygLMg8udGRiLnYxLk5vZGVSb3cSMQoRdG9rZW5fYXR0cmlidXRpb24YBSADKAsyFi50ZGIudjEuUG9zaXRpb25WYWx1ZXMSGgoSYmlhc19kaXJlY3RfZWZmZWN0GAYgAygCEhAKCGNvbnN0YW50GAcgAygCEhUKDWxvc3NfcG9zaXRpb24YCCABKAUSFAoMbm9kZXNfcmFua2VkGAkgASgDKl8KB1Rocm91Z2gSFwoTVEhST1VHSF9VTlNQRUNJRklFRBAAEg0KCVRIUk9VR0hfURABEg0KCVRIUk9VR0hfSxACEg4KClRIUk9VR0hfUUsQAxINCglUSFJPVUdIX1YQBDJWChJBdHRyaWJ1dGlvblNlcnZpY2USQAoJQXR0cmlidXRlEhgudGRiLnYxLkF0dHJpYnV0ZVJlcXVlc3QaGS50ZGIudjEuQXR0cmlidXRlUmVzcG9uc2ViBnByb3RvMw", [file_tdb_v1_common, file_tdb_v1_explain]);
+  fileDesc("Chh0ZGIvdjEvYXR0cmlidXRpb24ucHJvdG8SBnRkYi52MSJ3Cg1Mb2dpdERpZmZMb3NzEh4KBnRhcmdldBgBIAEoCzIOLnRkYi52MS5Ub2tlbnMSIgoKZGlzdHJhY3RvchgCIAEoCzIOLnRkYi52MS5Ub2tlbnMSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24iUQoLTG9nUHJvYkxvc3MSHgoGdGFyZ2V0GAEgASgLMg4udGRiLnYxLlRva2VucxIVCghwb3NpdGlvbhgCIAEoBUgAiAEBQgsKCV9wb3NpdGlvbiJQCgtOZXVyb25UcmFjZRINCgVsYXllchgBIAEoBRIOCgZuZXVyb24YAiABKAUSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24ipgEKCUhlYWRUcmFjZRINCgVsYXllchgBIAEoBRIMCgRoZWFkGAIgASgFEhsKDnF1ZXJ5X3Bvc2l0aW9uGAMgASgFSACIAQESGQoMa2V5X3Bvc2l0aW9uGAQgASgFSAGIAQESIAoHdGhyb3VnaBgFIAEoDjIPLnRkYi52MS5UaHJvdWdoQhEKD19xdWVyeV9wb3NpdGlvbkIPCg1fa2V5X3Bvc2l0aW9uIk4KC0xhdGVudFRyYWNlEgsKA3NhZRgBIAEoCRIOCgZsYXRlbnQYAiABKAUSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24iYQoNRGlyZWN0aW9uTG9zcxIMCgRzaXRlGAEgASgJEh4KBnZlY3RvchgCIAEoCzIOLnRkYi52MS5UZW5zb3ISFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24i8wQKEEF0dHJpYnV0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSHgoGcHJvbXB0GAIgASgLMg4udGRiLnYxLlByb21wdBIrCgpsb2dpdF9kaWZmGAMgASgLMhUudGRiLnYxLkxvZ2l0RGlmZkxvc3NIABInCghsb2dfcHJvYhgEIAEoCzITLnRkYi52MS5Mb2dQcm9iTG9zc0gAEiUKBm5ldXJvbhgFIAEoCzITLnRkYi52MS5OZXVyb25UcmFjZUgAEiEKBGhlYWQYBiABKAsyES50ZGIudjEuSGVhZFRyYWNlSAASJQoGbGF0ZW50GAcgASgLMhMudGRiLnYxLkxhdGVudFRyYWNlSAASKgoJZGlyZWN0aW9uGAggASgLMhUudGRiLnYxLkRpcmVjdGlvbkxvc3NIABIqCg1zZWNvbmRfcHJvbXB0GAkgASgLMg4udGRiLnYxLlByb21wdEgBiAEBEisKDWludGVydmVudGlvbnMYCiADKAsyFC50ZGIudjEuSW50ZXJ2ZW50aW9uEhIKBXRvcF9rGAsgASgNSAKIAQESEAoIZmFtaWxpZXMYDCADKAkSEAoIaWdfc3RlcHMYDSABKA0SHgoRZnJlZXplX25vcm1fc2NhbGUYDiABKAhIA4gBARIYCgtub2RlX3Rva2VucxgPIAEoDUgEiAEBEhgKC3ByZXBlbmRfYm9zGBAgASgISAWIAQFCBgoEbG9zc0IQCg5fc2Vjb25kX3Byb21wdEIICgZfdG9wX2tCFAoSX2ZyZWV6ZV9ub3JtX3NjYWxlQg4KDF9ub2RlX3Rva2Vuc0IOCgxfcHJlcGVuZF9ib3MizQEKBE5vZGUSEgoGZmFtaWx5GAEgASgJQgIYARISCgVsYXllchgCIAEoBUgAiAEBEhAKCHBvc2l0aW9uGAMgASgFEg0KBWluZGV4GAQgASgFEhkKDGtleV9wb3NpdGlvbhgFIAEoBUgBiAEBEgsKA3NhZRgGIAEoCRIMCgRuYW1lGAcgASgJEgsKA2tleRgIIAEoCRIeCgRraW5kGAkgASgOMhAudGRiLnYxLk5vZGVLaW5kQggKBl9sYXllckIPCg1fa2V5X3Bvc2l0aW9uImYKCk5vZGVWYWx1ZXMSEgoKYWN0aXZhdGlvbhgBIAEoAhIXCg93cml0ZV9tYWduaXR1ZGUYAiABKAISFQoNZGlyZWN0X2VmZmVjdBgDIAEoAhIUCgx0b3RhbF9lZmZlY3QYBCABKAIiPAoKVG9rZW5TY29yZRIQCgh0b2tlbl9pZBgBIAEoBRINCgV0b2tlbhgCIAEoCRINCgVzY29yZRgDIAEoAiL+AQoHTm9kZVJvdxIaCgRub2RlGAEgASgLMgwudGRiLnYxLk5vZGUSIgoGdmFsdWVzGAIgAygLMhIudGRiLnYxLk5vZGVWYWx1ZXMSIwoHdXB2b3RlZBgDIAMoCzISLnRkYi52MS5Ub2tlblNjb3JlEiUKCWRvd252b3RlZBgEIAMoCzISLnRkYi52MS5Ub2tlblNjb3JlEigKDGlucHV0X3Rva2VucxgFIAMoCzISLnRkYi52MS5Ub2tlblNjb3JlEi0KC2V4cGxhbmF0aW9uGAYgASgLMhMudGRiLnYxLkV4cGxhbmF0aW9uSACIAQFCDgoMX2V4cGxhbmF0aW9uIiAKDlBvc2l0aW9uVmFsdWVzEg4KBnZhbHVlcxgBIAMoAiKLAgoRQXR0cmlidXRlUmVzcG9uc2USDQoFbW9kZWwYASABKAkSJQoHcHJvbXB0cxgCIAMoCzIULnRkYi52MS5Qcm9tcHRUb2tlbnMSEwoLbG9zc192YWx1ZXMYAyADKAISHQoEcm93cxgEIAMoCzIPLnRkYi52MS5Ob2RlUm93EjEKEXRva2VuX2F0dHJpYnV0aW9uGAUgAygLMhYudGRiLnYxLlBvc2l0aW9uVmFsdWVzEhoKEmJpYXNfZGlyZWN0X2VmZmVjdBgGIAMoAhIQCghjb25zdGFudBgHIAMoAhIVCg1sb3NzX3Bvc2l0aW9uGAggASgFEhQKDG5vZGVzX3JhbmtlZBgJIAEoAypfCgdUaHJvdWdoEhcKE1RIUk9VR0hfVU5TUEVDSUZJRUQQABINCglUSFJPVUdIX1EQARINCglUSFJPVUdIX0sQAhIOCgpUSFJPVUdIX1FLEAMSDQoJVEhST1VHSF9WEAQyVgoSQXR0cmlidXRpb25TZXJ2aWNlEkAKCUF0dHJpYnV0ZRIYLnRkYi52MS5BdHRyaWJ1dGVSZXF1ZXN0GhkudGRiLnYxLkF0dHJpYnV0ZVJlc3BvbnNlYgZwcm90bzM", [file_tdb_v1_common, file_tdb_v1_explain]);
 
 /**
  * Mean logit of the targets minus mean logit of the distractors (log p(target)/p(distractor)).
@@ -292,8 +292,8 @@ export type AttributeRequest = Message<"tdb.v1.AttributeRequest"> & {
   topK?: number | undefined;
 
   /**
-   * Node families to rank: embedding, mlp_neuron, attn_head, attn_head_pair, sae_latent.
-   * Empty means all the model has.
+   * Node families to rank, as NodeKind names: embedding, mlp_neuron, attn_head, attn_head_pair,
+   * sae_latent. Empty means all the model has.
    *
    * @generated from field: repeated string families = 12;
    */
@@ -337,20 +337,29 @@ export const AttributeRequestSchema: GenMessage<AttributeRequest> = /*@__PURE__*
   messageDesc(file_tdb_v1_attribution, 6);
 
 /**
- * A node of the table.
+ * A node of the table: a unit of a site at a token position.
+ *
+ * `key` names it everywhere: SITE[UNIT,pos=P,key=K] (parts in this order, absent ones left out),
+ * e.g. "blocks.1.mlp.hook_post[42,pos=5]" (neuron 42 at token 5), "blocks.0.attn.hook_pattern[3,
+ * pos=14]" (head 3's write at query 14), "blocks.0.attn.hook_pattern[3,pos=14,key=2]" (the part
+ * of it from key 2), "sae.ID.hook_sae_acts_post[7,pos=5]" (an SAE latent),
+ * "blocks.0.hook_resid_pre[pos=5]" (the embedding at token 5). Pass it unchanged to ExplainNode,
+ * GetActivationRecords or ScoreExplanation (they explain the unit: positions dropped) or as an
+ * intervention selector (zeroing it removes exactly the node's write).
  *
  * @generated from message tdb.v1.Node
  */
 export type Node = Message<"tdb.v1.Node"> & {
   /**
-   * embedding, mlp_neuron, attn_head, attn_head_pair or sae_latent.
+   * Deprecated: the same string as `kind` (embedding, mlp_neuron, ...); use `kind`.
    *
-   * @generated from field: string family = 1;
+   * @generated from field: string family = 1 [deprecated = true];
+   * @deprecated
    */
   family: string;
 
   /**
-   * Layer; unset for embeddings.
+   * Layer of the node's site; unset for embeddings and SAE latents.
    *
    * @generated from field: optional int32 layer = 2;
    */
@@ -364,7 +373,7 @@ export type Node = Message<"tdb.v1.Node"> & {
   position: number;
 
   /**
-   * Neuron, head or latent index (0 for embeddings).
+   * The unit: neuron, head or latent index (0 for embeddings).
    *
    * @generated from field: int32 index = 4;
    */
@@ -385,11 +394,26 @@ export type Node = Message<"tdb.v1.Node"> & {
   sae: string;
 
   /**
-   * Readable name, e.g. "mlp_L1_N42@5", "attn_L1_H3@14<-2".
+   * Short display label, e.g. "mlp_L1_N42@5", "attn_L1_H3@14<-2" (not a key; parsing it is
+   * deprecated).
    *
    * @generated from field: string name = 7;
    */
   name: string;
+
+  /**
+   * The canonical node key (see above).
+   *
+   * @generated from field: string key = 8;
+   */
+  key: string;
+
+  /**
+   * What the node is.
+   *
+   * @generated from field: tdb.v1.NodeKind kind = 9;
+   */
+  kind: NodeKind;
 };
 
 /**

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tdb/v1/common.proto.
  */
 export const file_tdb_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChN0ZGIvdjEvY29tbW9uLnByb3RvEgZ0ZGIudjEiaQoGVGVuc29yEhwKBWR0eXBlGAEgASgOMg0udGRiLnYxLkRUeXBlEg0KBXNoYXBlGAIgAygDEgwKBGRhdGEYAyABKAwSFgoJc3RyZWFtX2lkGAQgASgNSACIAQFCDAoKX3N0cmVhbV9pZCIuCgtUZW5zb3JDaHVuaxIRCglzdHJlYW1faWQYASABKA0SDAoEZGF0YRgCIAEoDCIXCghUb2tlbklkcxILCgNpZHMYASADKAUiSAoGUHJvbXB0Eg4KBHRleHQYASABKAlIABIlCgl0b2tlbl9pZHMYAiABKAsyEC50ZGIudjEuVG9rZW5JZHNIAEIHCgVpbnB1dCIxCgxQcm9tcHRUb2tlbnMSEQoJdG9rZW5faWRzGAEgAygFEg4KBnRva2VucxgCIAMoCSIxCgRUb3BLEgkKAWsYASABKA0SHgoEbW9kZRgCIAEoDjIQLnRkYi52MS5Ub3BLTW9kZSKDAQoHQ2FwdHVyZRIMCgRzaXRlGAEgASgJEhEKCXBvc2l0aW9ucxgCIAMoBRINCgV1bml0cxgDIAMoBRIgCgV0b3BfaxgEIAEoCzIMLnRkYi52MS5Ub3BLSACIAQESHAoFZHR5cGUYBSABKA4yDS50ZGIudjEuRFR5cGVCCAoGX3RvcF9rIq8BCg1DYXB0dXJlUmVzdWx0EgwKBHNpdGUYASABKAkSDAoEZGltcxgCIAMoCRIeCgZ2YWx1ZXMYAyABKAsyDi50ZGIudjEuVGVuc29yEiQKB2luZGljZXMYBCABKAsyDi50ZGIudjEuVGVuc29ySACIAQESIQoJcG9zaXRpb25zGAUgASgLMg4udGRiLnYxLlRlbnNvchINCgV1bml0cxgGIAMoBUIKCghfaW5kaWNlcyJfCglUb3BMb2dpdHMSEAoIcG9zaXRpb24YASABKAUSEQoJdG9rZW5faWRzGAIgAygFEg4KBnRva2VucxgDIAMoCRIOCgZsb2dpdHMYBCADKAISDQoFcHJvYnMYBSADKAIiNwoPUHJvbXB0VG9wTG9naXRzEiQKCXBvc2l0aW9ucxgBIAMoCzIRLnRkYi52MS5Ub3BMb2dpdHMiCAoGWmVyb09wIhsKClNldFZhbHVlT3ASDQoFdmFsdWUYASABKAIiGQoHU2NhbGVPcBIOCgZmYWN0b3IYASABKAIiNgoFQWRkT3ASHgoGdmVjdG9yGAEgASgLMg4udGRiLnYxLlRlbnNvchINCgVjb2VmZhgCIAEoAiIVChNNZWFuT3ZlclBvc2l0aW9uc09wIhUKE01lYW5PdmVyUmVmZXJlbmNlT3AiHQoLUGF0Y2hGcm9tT3ASDgoGc291cmNlGAEgASgNIq0DCgxJbnRlcnZlbnRpb24SDAoEc2l0ZRgBIAEoCRIRCglwb3NpdGlvbnMYAiADKAUSDQoFdW5pdHMYAyADKAUSGgoEcGFzcxgEIAEoDjIMLnRkYi52MS5QYXNzEh4KBHplcm8YCiABKAsyDi50ZGIudjEuWmVyb09wSAASJwoJc2V0X3ZhbHVlGAsgASgLMhIudGRiLnYxLlNldFZhbHVlT3BIABIkCgpzZXRfdGVuc29yGAwgASgLMg4udGRiLnYxLlRlbnNvckgAEiAKBXNjYWxlGA0gASgLMg8udGRiLnYxLlNjYWxlT3BIABIcCgNhZGQYDiABKAsyDS50ZGIudjEuQWRkT3BIABI6ChNtZWFuX292ZXJfcG9zaXRpb25zGA8gASgLMhsudGRiLnYxLk1lYW5PdmVyUG9zaXRpb25zT3BIABI6ChNtZWFuX292ZXJfcmVmZXJlbmNlGBAgASgLMhsudGRiLnYxLk1lYW5PdmVyUmVmZXJlbmNlT3BIABIkCgVwYXRjaBgRIAEoCzITLnRkYi52MS5QYXRjaEZyb21PcEgAQgQKAm9wIiYKBlRva2VucxIPCgdzdHJpbmdzGAEgAygJEgsKA2lkcxgCIAMoBSJMCg9JbnRlcnZlbnRpb25TZXQSDAoEbmFtZRgBIAEoCRIrCg1pbnRlcnZlbnRpb25zGAIgAygLMhQudGRiLnYxLkludGVydmVudGlvbiKmAQoHU2FlSW5mbxIKCgJpZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIMCgRzaXRlGAMgASgJEgwKBGtpbmQYBCABKAkSDAoEZF9pbhgFIAEoBRINCgVkX3NhZRgGIAEoBRISCgppbnB1dF9ub3JtGAcgASgJEg4KAWsYCCABKAVIAIgBARIOCgZzb3VyY2UYCSABKAkSDQoFc2l0ZXMYCiADKAlCBAoCX2sqnQEKBURUeXBlEhUKEURUWVBFX1VOU1BFQ0lGSUVEEAASEQoNRFRZUEVfRkxPQVQzMhABEhEKDURUWVBFX0ZMT0FUMTYQAhISCg5EVFlQRV9CRkxPQVQxNhADEhEKDURUWVBFX0ZMT0FUNjQQBBIPCgtEVFlQRV9JTlQ2NBAFEg8KC0RUWVBFX0lOVDMyEAYSDgoKRFRZUEVfQk9PTBAHKmsKCFRvcEtNb2RlEhoKFlRPUF9LX01PREVfVU5TUEVDSUZJRUQQABIWChJUT1BfS19NT0RFX0xBUkdFU1QQARIXChNUT1BfS19NT0RFX1NNQUxMRVNUEAISEgoOVE9QX0tfTU9ERV9BQlMQAypBCgRQYXNzEhQKEFBBU1NfVU5TUEVDSUZJRUQQABIQCgxQQVNTX0ZPUldBUkQQARIRCg1QQVNTX0JBQ0tXQVJEEAJiBnByb3RvMw");
+  fileDesc("ChN0ZGIvdjEvY29tbW9uLnByb3RvEgZ0ZGIudjEiaQoGVGVuc29yEhwKBWR0eXBlGAEgASgOMg0udGRiLnYxLkRUeXBlEg0KBXNoYXBlGAIgAygDEgwKBGRhdGEYAyABKAwSFgoJc3RyZWFtX2lkGAQgASgNSACIAQFCDAoKX3N0cmVhbV9pZCIuCgtUZW5zb3JDaHVuaxIRCglzdHJlYW1faWQYASABKA0SDAoEZGF0YRgCIAEoDCIXCghUb2tlbklkcxILCgNpZHMYASADKAUiSAoGUHJvbXB0Eg4KBHRleHQYASABKAlIABIlCgl0b2tlbl9pZHMYAiABKAsyEC50ZGIudjEuVG9rZW5JZHNIAEIHCgVpbnB1dCIxCgxQcm9tcHRUb2tlbnMSEQoJdG9rZW5faWRzGAEgAygFEg4KBnRva2VucxgCIAMoCSIxCgRUb3BLEgkKAWsYASABKA0SHgoEbW9kZRgCIAEoDjIQLnRkYi52MS5Ub3BLTW9kZSKDAQoHQ2FwdHVyZRIMCgRzaXRlGAEgASgJEhEKCXBvc2l0aW9ucxgCIAMoBRINCgV1bml0cxgDIAMoBRIgCgV0b3BfaxgEIAEoCzIMLnRkYi52MS5Ub3BLSACIAQESHAoFZHR5cGUYBSABKA4yDS50ZGIudjEuRFR5cGVCCAoGX3RvcF9rIq8BCg1DYXB0dXJlUmVzdWx0EgwKBHNpdGUYASABKAkSDAoEZGltcxgCIAMoCRIeCgZ2YWx1ZXMYAyABKAsyDi50ZGIudjEuVGVuc29yEiQKB2luZGljZXMYBCABKAsyDi50ZGIudjEuVGVuc29ySACIAQESIQoJcG9zaXRpb25zGAUgASgLMg4udGRiLnYxLlRlbnNvchINCgV1bml0cxgGIAMoBUIKCghfaW5kaWNlcyJfCglUb3BMb2dpdHMSEAoIcG9zaXRpb24YASABKAUSEQoJdG9rZW5faWRzGAIgAygFEg4KBnRva2VucxgDIAMoCRIOCgZsb2dpdHMYBCADKAISDQoFcHJvYnMYBSADKAIiNwoPUHJvbXB0VG9wTG9naXRzEiQKCXBvc2l0aW9ucxgBIAMoCzIRLnRkYi52MS5Ub3BMb2dpdHMiCAoGWmVyb09wIhsKClNldFZhbHVlT3ASDQoFdmFsdWUYASABKAIiGQoHU2NhbGVPcBIOCgZmYWN0b3IYASABKAIiNgoFQWRkT3ASHgoGdmVjdG9yGAEgASgLMg4udGRiLnYxLlRlbnNvchINCgVjb2VmZhgCIAEoAiIVChNNZWFuT3ZlclBvc2l0aW9uc09wIhUKE01lYW5PdmVyUmVmZXJlbmNlT3AiHQoLUGF0Y2hGcm9tT3ASDgoGc291cmNlGAEgASgNIsQDCgxJbnRlcnZlbnRpb24SDAoEc2l0ZRgBIAEoCRIRCglwb3NpdGlvbnMYAiADKAUSDQoFdW5pdHMYAyADKAUSGgoEcGFzcxgEIAEoDjIMLnRkYi52MS5QYXNzEhUKDWtleV9wb3NpdGlvbnMYBSADKAUSHgoEemVybxgKIAEoCzIOLnRkYi52MS5aZXJvT3BIABInCglzZXRfdmFsdWUYCyABKAsyEi50ZGIudjEuU2V0VmFsdWVPcEgAEiQKCnNldF90ZW5zb3IYDCABKAsyDi50ZGIudjEuVGVuc29ySAASIAoFc2NhbGUYDSABKAsyDy50ZGIudjEuU2NhbGVPcEgAEhwKA2FkZBgOIAEoCzINLnRkYi52MS5BZGRPcEgAEjoKE21lYW5fb3Zlcl9wb3NpdGlvbnMYDyABKAsyGy50ZGIudjEuTWVhbk92ZXJQb3NpdGlvbnNPcEgAEjoKE21lYW5fb3Zlcl9yZWZlcmVuY2UYECABKAsyGy50ZGIudjEuTWVhbk92ZXJSZWZlcmVuY2VPcEgAEiQKBXBhdGNoGBEgASgLMhMudGRiLnYxLlBhdGNoRnJvbU9wSABCBAoCb3AiJgoGVG9rZW5zEg8KB3N0cmluZ3MYASADKAkSCwoDaWRzGAIgAygFIkwKD0ludGVydmVudGlvblNldBIMCgRuYW1lGAEgASgJEisKDWludGVydmVudGlvbnMYAiADKAsyFC50ZGIudjEuSW50ZXJ2ZW50aW9uIqYBCgdTYWVJbmZvEgoKAmlkGAEgASgJEg0KBW1vZGVsGAIgASgJEgwKBHNpdGUYAyABKAkSDAoEa2luZBgEIAEoCRIMCgRkX2luGAUgASgFEg0KBWRfc2FlGAYgASgFEhIKCmlucHV0X25vcm0YByABKAkSDgoBaxgIIAEoBUgAiAEBEg4KBnNvdXJjZRgJIAEoCRINCgVzaXRlcxgKIAMoCUIECgJfayqdAQoFRFR5cGUSFQoRRFRZUEVfVU5TUEVDSUZJRUQQABIRCg1EVFlQRV9GTE9BVDMyEAESEQoNRFRZUEVfRkxPQVQxNhACEhIKDkRUWVBFX0JGTE9BVDE2EAMSEQoNRFRZUEVfRkxPQVQ2NBAEEg8KC0RUWVBFX0lOVDY0EAUSDwoLRFRZUEVfSU5UMzIQBhIOCgpEVFlQRV9CT09MEAcqawoIVG9wS01vZGUSGgoWVE9QX0tfTU9ERV9VTlNQRUNJRklFRBAAEhYKElRPUF9LX01PREVfTEFSR0VTVBABEhcKE1RPUF9LX01PREVfU01BTExFU1QQAhISCg5UT1BfS19NT0RFX0FCUxADKkEKBFBhc3MSFAoQUEFTU19VTlNQRUNJRklFRBAAEhAKDFBBU1NfRk9SV0FSRBABEhEKDVBBU1NfQkFDS1dBUkQQAirTAQoITm9kZUtpbmQSGQoVTk9ERV9LSU5EX1VOU1BFQ0lGSUVEEAASFwoTTk9ERV9LSU5EX0VNQkVERElORxABEhgKFE5PREVfS0lORF9NTFBfTkVVUk9OEAISFwoTTk9ERV9LSU5EX0FUVE5fSEVBRBADEhwKGE5PREVfS0lORF9BVFROX0hFQURfUEFJUhAEEhgKFE5PREVfS0lORF9TQUVfTEFURU5UEAUSEgoOTk9ERV9LSU5EX1VOSVQQBhIUChBOT0RFX0tJTkRfVkVDVE9SEAdiBnByb3RvMw");
 
 /**
  * A dense tensor.
@@ -511,11 +511,15 @@ export const PatchFromOpSchema: GenMessage<PatchFromOp> = /*@__PURE__*/
 /**
  * An edit of one site (or every site a glob matches) during the forward or backward pass.
  *
- * The selected block of a prompt is site[positions] restricted to `units` on the unit axis.
- * Tensor operands broadcast against that block, laid out as
- * [n_positions, n_units, remaining site axes in order] ([n_positions, remaining] without a unit
- * axis). Ablating a head at a query position is zeroing blocks.L.attn.hook_z at that position
- * and head: it removes exactly the head's write there.
+ * The selected block of a prompt is site[positions] restricted to `units` on the unit axis (and
+ * to `key_positions` on the k_pos axis of attention scores/pattern). Tensor operands broadcast
+ * against that block, laid out as [n_positions, n_units, remaining site axes in order]
+ * ([n_positions, remaining] without a unit axis; the k_pos axis cut to n_key_positions).
+ *
+ * A node key (see Node) is a selector: site = the key's site, units = [unit], positions = [pos],
+ * key_positions = [key]; zeroing it removes exactly that node's write. Ablating a head at a
+ * query position is zeroing blocks.L.attn.hook_pattern (or hook_z) at that position and head;
+ * zeroing hook_pattern at (head, query, key) removes key's share of the head's write there.
  *
  * @generated from message tdb.v1.Intervention
  */
@@ -547,6 +551,15 @@ export type Intervention = Message<"tdb.v1.Intervention"> & {
    * @generated from field: tdb.v1.Pass pass = 4;
    */
   pass: Pass;
+
+  /**
+   * Key positions (negative from the end) on the k_pos axis of attention scores/pattern sites
+   * (blocks.L.attn.hook_attn_scores, blocks.L.attn.hook_pattern); empty selects every key.
+   * INVALID_ARGUMENT on sites without a k_pos axis.
+   *
+   * @generated from field: repeated int32 key_positions = 5;
+   */
+  keyPositions: number[];
 
   /**
    * The operation.
@@ -876,4 +889,73 @@ export enum Pass {
  */
 export const PassSchema: GenEnum<Pass> = /*@__PURE__*/
   enumDesc(file_tdb_v1_common, 2);
+
+/**
+ * What a node is: the kind follows from the node's site (tdb_core/nodes.py). The lowercase names
+ * without the prefix (embedding, mlp_neuron, attn_head, attn_head_pair, sae_latent) are
+ * Attribute's `families` strings.
+ *
+ * @generated from enum tdb.v1.NodeKind
+ */
+export enum NodeKind {
+  /**
+   * @generated from enum value: NODE_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * blocks.0.hook_resid_pre at a position: the token + position embedding.
+   *
+   * @generated from enum value: NODE_KIND_EMBEDDING = 1;
+   */
+  EMBEDDING = 1,
+
+  /**
+   * blocks.L.mlp.hook_post with a unit: an MLP neuron.
+   *
+   * @generated from enum value: NODE_KIND_MLP_NEURON = 2;
+   */
+  MLP_NEURON = 2,
+
+  /**
+   * blocks.L.attn.hook_pattern with a unit (the head), at a query position: its write there.
+   *
+   * @generated from enum value: NODE_KIND_ATTN_HEAD = 3;
+   */
+  ATTN_HEAD = 3,
+
+  /**
+   * blocks.L.attn.hook_pattern with a unit, a query and a key position: key's share of the write.
+   *
+   * @generated from enum value: NODE_KIND_ATTN_HEAD_PAIR = 4;
+   */
+  ATTN_HEAD_PAIR = 4,
+
+  /**
+   * sae.ID.hook_sae_acts_post with a unit: an SAE latent.
+   *
+   * @generated from enum value: NODE_KIND_SAE_LATENT = 5;
+   */
+  SAE_LATENT = 5,
+
+  /**
+   * Any other site with a unit (a residual channel, a head of hook_z, ...).
+   *
+   * @generated from enum value: NODE_KIND_UNIT = 6;
+   */
+  UNIT = 6,
+
+  /**
+   * Any other site without a unit.
+   *
+   * @generated from enum value: NODE_KIND_VECTOR = 7;
+   */
+  VECTOR = 7,
+}
+
+/**
+ * Describes the enum tdb.v1.NodeKind.
+ */
+export const NodeKindSchema: GenEnum<NodeKind> = /*@__PURE__*/
+  enumDesc(file_tdb_v1_common, 3);
 

@@ -233,8 +233,10 @@ export type GetActivationRecordsRequest = Message<"tdb.v1.GetActivationRecordsRe
   model: string;
 
   /**
-   * Node keys: SITE[UNIT], e.g. blocks.1.mlp.hook_post[42], sae.ID.hook_sae_acts_post[7],
-   * blocks.1.attn.hook_pattern[3] (head 3). Mined in one pass.
+   * Node keys, e.g. blocks.1.mlp.hook_post[42], sae.ID.hook_sae_acts_post[7],
+   * blocks.1.attn.hook_pattern[3] (head 3), or any node-table key such as
+   * blocks.1.mlp.hook_post[42,pos=5] (its unit is explained: positions are dropped). Mined in one
+   * pass.
    *
    * @generated from field: repeated string nodes = 2;
    */
@@ -294,6 +296,8 @@ export type Explanation = Message<"tdb.v1.Explanation"> & {
   sae: string;
 
   /**
+   * The unit-level node key, e.g. "blocks.1.mlp.hook_post[42]".
+   *
    * @generated from field: string node = 3;
    */
   node: string;
@@ -377,7 +381,8 @@ export type ExplainNodeRequest = Message<"tdb.v1.ExplainNodeRequest"> & {
   model: string;
 
   /**
-   * Node keys (several are mined in one pass, then explained one by one).
+   * Node keys (several are mined in one pass, then explained one by one); a positioned key
+   * (a node-table row's) explains its unit.
    *
    * @generated from field: repeated string nodes = 2;
    */
@@ -506,6 +511,8 @@ export type ScoreExplanationRequest = Message<"tdb.v1.ScoreExplanationRequest"> 
   model: string;
 
   /**
+   * A node key (a positioned one scores its unit).
+   *
    * @generated from field: string node = 2;
    */
   node: string;
@@ -586,6 +593,8 @@ export type ListExplanationsRequest = Message<"tdb.v1.ListExplanationsRequest"> 
   sae: string;
 
   /**
+   * A node key (a positioned one matches its unit's explanations).
+   *
    * @generated from field: string node = 3;
    */
   node: string;
