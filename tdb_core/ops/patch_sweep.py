@@ -19,7 +19,7 @@ from tdb_core.errors import InvalidArgumentError, NotFoundError
 from tdb_core.ops.common import logit_diff
 from tdb_core.plan import resolve_positions
 from tdb_core.runner import ModelRunner
-from tdb_core.schema import SITE_KIND_BY_KEY
+from tdb_core.schema import SITE_KIND_BY_KEY, site_name
 
 
 class SweepBy(enum.Enum):
@@ -120,7 +120,7 @@ def patch_sweep(
         batch = runner.tokens.make_batch((corrupt_p,) * len(chunk), sources=(clean_p,))
         planner = runner.planner(batch)
         for row, (L, c) in enumerate(chunk):
-            site = f"blocks.{L}.{spec.site}"
+            site = site_name(spec.site, L)
             if spec.by is SweepBy.POSITION:
                 iv = specs.Intervention(site, specs.PatchFrom(0), positions=(c,))
             else:

@@ -22,6 +22,7 @@ BELOW = (
     "tdb_core.datasets",
     "tdb_core.errors",
     "tdb_core.hooks",
+    "tdb_core.nodes",
     "tdb_core.plan",
     "tdb_core.schema",
     "tdb_core.specs",
