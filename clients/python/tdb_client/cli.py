@@ -393,7 +393,7 @@ _COLUMN_ABBR = (
 def cmd_attribute(args: argparse.Namespace) -> int:
     if args.trace_neuron:
         L, N, *P = _ints(args.trace_neuron)
-        loss = losses.neuron(L, N, P[0] if P else -1)
+        loss: losses.Loss = losses.neuron(L, N, P[0] if P else -1)
     elif args.trace_head:
         parts = args.trace_head.replace(",", " ").split()
         L, H, Q = (int(x) for x in parts[:3])
@@ -452,7 +452,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     cols = "".join(f"{abbr:>{17 if two else 9}s}" for _, abbr in _COLUMN_ABBR)
     print(f"{'node':28s}{'token':>10s}{cols}   pushes up")
     for r in rows:
-        tok = toks[r.node.position]
+        tok = "" if r.node.position is None else toks[r.node.position]
         if r.node.key_position is not None:
             tok = f"{toks[r.node.key_position]!r}->{tok!r}"
         else:
@@ -545,24 +545,6 @@ def cmd_explanations(args: argparse.Namespace) -> int:
 
 
 # -- registration ----------------------------------------------------------------------------------
-
-
-def _parser_server_info(sub: Any) -> None:
-    p = sub.add_parser("server-info", help="the server's version, models, limits, features, RPCs")
-    add_client_args(p)
-    p.set_defaults(func=cmd_server_info)
-
-
-def _parser_models(sub: Any) -> None:
-    p = sub.add_parser("models", help="list the server's models")
-    add_client_args(p)
-    p.set_defaults(func=cmd_models)
-
-
-def _parser_info(sub: Any) -> None:
-    p = sub.add_parser("info", help="a model's sizes and node schema")
-    add_client_args(p)
-    p.set_defaults(func=cmd_info)
 
 
 def _parser_forward(sub: Any) -> None:
@@ -683,12 +665,6 @@ def _parser_attribute(sub: Any) -> None:
     p.set_defaults(func=cmd_attribute)
 
 
-def _parser_sae_list(sae_sub: Any) -> None:
-    p = sae_sub.add_parser("list", help="SAEs attached on the server")
-    add_client_args(p)
-    p.set_defaults(func=cmd_sae_list)
-
-
 def _parser_sae_encode(sae_sub: Any) -> None:
     p = sae_sub.add_parser("encode", help="per-token latents of an attached SAE")
     p.add_argument("prompts", nargs="+")
@@ -708,16 +684,27 @@ def _parser_explanations(sub: Any) -> None:
     p.set_defaults(func=cmd_explanations)
 
 
+# commands with only the connection flags: name, handler, help
+_PLAIN = (
+    ("server-info", cmd_server_info, "the server's version, models, limits, features, RPCs"),
+    ("models", cmd_models, "list the server's models"),
+    ("info", cmd_info, "a model's sizes and node schema"),
+)
+
+
 def register(sub: Any, sae_sub: Any) -> None:
     """Add the client commands to ``tdb``'s subparsers (``sae_sub``: those of ``tdb sae``)."""
-    _parser_server_info(sub)
-    _parser_models(sub)
-    _parser_info(sub)
+    for name, func, help_ in _PLAIN:
+        p = sub.add_parser(name, help=help_)
+        add_client_args(p)
+        p.set_defaults(func=func)
     _parser_forward(sub)
     _parser_ablate(sub)
     _parser_patch(sub)
     _parser_attribute(sub)
-    _parser_sae_list(sae_sub)
+    p = sae_sub.add_parser("list", help="SAEs attached on the server")
+    add_client_args(p)
+    p.set_defaults(func=cmd_sae_list)
     _parser_sae_encode(sae_sub)
     _parser_explanations(sub)
 
