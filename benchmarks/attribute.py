@@ -15,7 +15,7 @@ import torch
 from benchmarks.common import ByteTokenizer, emit, gpt2_config, interleaved_medians, random_model
 from benchmarks.service import BIG_LIMITS
 from tdb_core import specs
-from tdb_core.attribution import AttributeSpec, LogitDiffLoss, attribute
+from tdb_core.ops.attribute import AttributeSpec, LogitDiffLoss, attribute
 from tdb_core.runner import Limits, ModelRunner
 
 

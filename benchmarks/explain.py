@@ -15,7 +15,8 @@ import time
 
 from benchmarks.batching import _runner
 from benchmarks.common import emit
-from tdb_core.explain.engine import MiningOptions, mine, parse_target
+from tdb_core.explain.engine import parse_target
+from tdb_core.ops.mine import MineSpec, MiningOptions, mine
 from tdb_core.toy import corpus
 
 
@@ -52,10 +53,10 @@ def main(argv: list[str]) -> int:
     options = MiningOptions(window_len=min(64, d.n_ctx), max_windows=None)
 
     start = time.perf_counter()
-    together = mine(runner, targets, texts, options)
+    together = mine(runner, MineSpec(tuple(targets), texts, options))
     one_pass = time.perf_counter() - start
     start = time.perf_counter()
-    alone = [mine(runner, [t], texts, options)[0] for t in targets]
+    alone = [mine(runner, MineSpec((t,), texts, options))[0] for t in targets]
     separate = time.perf_counter() - start
     same = all(_same(a, b) for a, b in zip(together, alone, strict=True))
     emit(

@@ -18,6 +18,7 @@ import torch
 from benchmarks.common import ByteTokenizer, emit, gpt2_config, interleaved_medians, random_model
 from benchmarks.service import BIG_LIMITS, serving
 from tdb_core import specs
+from tdb_core.ops.forward import forward
 from tdb_core.runner import Limits, ModelRunner
 
 
@@ -44,11 +45,12 @@ def main(argv: list[str]) -> int:
     with serving(runner) as svc, TdbClient(f"127.0.0.1:{svc.port}") as client:
 
         def in_process() -> None:
-            runner.forward(
+            forward(
+                runner,
                 specs.ForwardSpec(
                     prompts=(specs.Prompt(token_ids=tuple(ids)),),
                     captures=tuple(specs.Capture(s) for s in sites),
-                )
+                ),
             )
 
         def over_grpc() -> None:

@@ -18,6 +18,7 @@ import torch
 from benchmarks.common import ByteTokenizer, emit, interleaved_medians, random_model
 from benchmarks.models import ARCH_CONFIGS
 from tdb_core import specs
+from tdb_core.ops.forward import forward
 from tdb_core.runner import Limits, ModelRunner
 
 
@@ -50,13 +51,13 @@ def main(argv: list[str]) -> int:
             plain(input_ids=ids)
 
     def run_all() -> None:
-        runner.forward(specs.ForwardSpec(prompts=prompts, captures=(specs.Capture("*"),), top_k=0))
+        forward(runner, specs.ForwardSpec(prompts=prompts, captures=(specs.Capture("*"),), top_k=0))
 
     def run_no_result() -> None:
-        runner.forward(specs.ForwardSpec(prompts=prompts, captures=no_result, top_k=0))
+        forward(runner, specs.ForwardSpec(prompts=prompts, captures=no_result, top_k=0))
 
     def run_none() -> None:
-        runner.forward(specs.ForwardSpec(prompts=prompts, top_k=0))
+        forward(runner, specs.ForwardSpec(prompts=prompts, top_k=0))
 
     t = interleaved_medians(
         {"plain": run_plain, "all": run_all, "no_result": run_no_result, "none": run_none},

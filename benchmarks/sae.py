@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     runner = ModelRunner(
         adapters.wrap_model("m", random_model(config), ByteTokenizer()), Limits(**BIG_LIMITS)
     )
-    runner.attach_sae("bench", sae, "memory")
+    runner.saes.attach("bench", sae, "memory")
     x = torch.randn(args.tokens, args.d_in, generator=g)
     x_np = x.numpy()
     W, b = sae.W_enc.detach(), sae.b_enc.detach()

@@ -13,7 +13,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,13 +21,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import adapters  # noqa: E402
+from services.cli_offline import local_runner  # noqa: E402
 from tdb_core import nodes  # noqa: E402
-from tdb_core.explain import engine  # noqa: E402
-from tdb_core.explain.store import StoredExplanation  # noqa: E402
-from tdb_core.runner import Limits, ModelRunner  # noqa: E402
+from tdb_core.explain import engine, workflow  # noqa: E402
+from tdb_core.ops.mine import MiningOptions  # noqa: E402
+from tdb_core.ops.sae_data import StreamConfig, activation_stream, ce_evaluator, token_windows  # noqa: E402
+from tdb_core.runner import ModelRunner  # noqa: E402
 from tdb_core.sae import SaeKind, TrainConfig, load_sae, train_sae  # noqa: E402
-from tdb_core.sae.from_model import StreamConfig, activation_stream, ce_evaluator, token_windows  # noqa: E402
 from tdb_core.toy import (  # noqa: E402
     TOY_EXPLANATIONS,
     TOY_MODEL_DIR,
@@ -42,15 +41,8 @@ SAE_SITE = "blocks.2.hook_resid_pre"
 
 
 def runner_for(model_dir: Path) -> ModelRunner:
-    loaded = adapters.load_model(TOY_MODEL_NAME, str(model_dir))
-    return ModelRunner(
-        loaded,
-        Limits(
-            max_tokens_per_prompt=loaded.adapter.dims.n_ctx,
-            max_prompts=4096,
-            max_response_bytes=2**40,
-        ),
-    )
+    runner: ModelRunner = local_runner(TOY_MODEL_NAME, str(model_dir))
+    return runner
 
 
 def build_sae(runner: ModelRunner, steps: int, site: str, out: Path) -> dict:
@@ -107,33 +99,24 @@ def build_explanations(runner: ModelRunner, out: Path) -> int:
     d = runner.schema.dims
     keys = [nodes.mlp_neuron(L, n).key for L in range(d.n_layers) for n in range(d.d_mlp)]
     keys += [
-        nodes.sae_latent(TOY_SAE_ID, i).key for i in range(runner.get_sae(TOY_SAE_ID).sae.d_sae)
+        nodes.sae_latent(TOY_SAE_ID, i).key for i in range(runner.saes.get(TOY_SAE_ID).sae.d_sae)
     ]
-    targets = [engine.parse_target(runner, k) for k in keys]
-    method = engine.baseline_method()
-    records = engine.mine(
-        runner, targets, texts, engine.MiningOptions(window_len=64, max_windows=4000)
+    result = workflow.explain(
+        runner,
+        workflow.ExplainSpec(
+            tuple(keys),
+            workflow.Recipe(
+                texts,
+                engine.baseline_method(),
+                MiningOptions(window_len=64, max_windows=4000),
+                save=False,
+            ),
+        ),
+        engine.Catalog(None),
     )
-    now = time.time()
-    rows = []
-    for t, rec in zip(targets, records):
-        try:
-            explainer, fields, _ = engine.explain_target(t, rec, method)
-        except Exception as e:  # noqa: BLE001 - dead nodes are skipped and counted
-            print(f"skip {t.key}: {e}", file=sys.stderr)
-            continue
-        rows.append(
-            StoredExplanation(
-                model=TOY_MODEL_NAME,
-                sae_id=t.sae_id,
-                node_key=t.key,
-                method="baseline",
-                explainer=explainer,
-                created_at=now,
-                updated_at=now,
-                **fields,
-            )
-        )
+    for skipped in result.skipped:  # dead nodes are skipped and counted
+        print(f"skip {skipped.node}: {skipped.reason}", file=sys.stderr)
+    rows = result.explanations
     with out.open("w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(asdict(r), sort_keys=True) + "\n")
@@ -150,7 +133,7 @@ def main() -> int:
     runner = runner_for(Path(args.model_dir))
     if not args.skip_sae:
         print(json.dumps(build_sae(runner, args.steps, SAE_SITE, TOY_SAE_DIR)))
-    runner.attach_sae(TOY_SAE_ID, load_sae(TOY_SAE_DIR), str(TOY_SAE_DIR))
+    runner.saes.attach(TOY_SAE_ID, load_sae(TOY_SAE_DIR), str(TOY_SAE_DIR))
     n = build_explanations(runner, TOY_EXPLANATIONS)
     print(f"{n} explanations written to {TOY_EXPLANATIONS}")
     return 0

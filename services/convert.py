@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -27,14 +26,17 @@ from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import sae_pb2 as spb
 from tdb.v1 import server_pb2 as svpb
-from tdb_core import ablate, attribution, specs
+from tdb_core import checks, specs
 from tdb_core.errors import InvalidArgumentError
-from tdb_core.explain import engine as explain_engine
+from tdb_core.explain import workflow
 from tdb_core.explain.records import NodeRecords, neuron_record_to_json
 from tdb_core.explain.store import StoredExplanation
 from tdb_core.nodes import Node, NodeKind
+from tdb_core.ops import ablate, patch_sweep
+from tdb_core.ops import attribute as attribution
+from tdb_core.ops import encode as sae_encode
+from tdb_core.ops.mine import MiningOptions
 from tdb_core.runner import ModelRunner
-from tdb_core.sae import encode as sae_encode
 from tdb_core.sae.attach import AttachedSae
 
 CHUNK_BYTES = 1 << 20
@@ -113,14 +115,8 @@ def tensor_from_pb(msg: cpb.Tensor, what: str = "tensor") -> torch.Tensor:
     if msg.HasField("stream_id"):
         raise InvalidArgumentError(f"{what}: request tensors must carry their data inline")
     shape = tuple(int(s) for s in msg.shape)
-    if any(s < 0 for s in shape):
-        raise InvalidArgumentError(f"{what} has a negative dimension in shape {list(shape)}")
     itemsize = torch.empty((), dtype=dtype).element_size()
-    if len(msg.data) != math.prod(shape) * itemsize:
-        raise InvalidArgumentError(
-            f"{what} has {len(msg.data)} bytes of data but shape {list(shape)} of {dtype} needs "
-            f"{math.prod(shape) * itemsize}"
-        )
+    checks.tensor_data(shape, len(msg.data), itemsize, str(dtype).removeprefix("torch."), what)
     if dtype == torch.bfloat16:
         arr = np.frombuffer(msg.data, dtype=np.int16).reshape(shape)
         return torch.from_numpy(arr.copy()).view(torch.bfloat16)
@@ -185,7 +181,7 @@ def _op_from_pb(iv: cpb.Intervention) -> specs.Op:
     if which == "patch":
         return specs.PatchFrom(iv.patch.source)
     raise InvalidArgumentError(
-        f"intervention on '{iv.site}' has no operation; set one of zero, "
+        f"intervention on {checks.quote(iv.site)} has no operation; set one of zero, "
         "set_value, set_tensor, scale, add, mean_over_positions, "
         "mean_over_reference, patch"
     )
@@ -310,13 +306,12 @@ def model_info_to_pb(runner: ModelRunner) -> mpb.GetModelInfoResponse:
 
 def tokens_from_pb(runner: ModelRunner, t: cpb.Tokens, what: str) -> tuple[int, ...]:
     """Token ids from strings (each must be exactly one token) and ids."""
-    ids = [runner.single_token(s, f"{what} token") for s in t.strings]
+    ids = [runner.tokens.single_token(s, what) for s in t.strings]
     return tuple(ids + list(t.ids))
 
 
 def ablate_spec_from_pb(runner: ModelRunner, r: ipb.AblateRequest) -> ablate.AblateSpec:
-    if not r.HasField("prompt"):
-        raise InvalidArgumentError("Ablate needs a prompt")
+    checks.present(r.prompt if r.HasField("prompt") else None, "prompt")
     return ablate.AblateSpec(
         prompt=prompt_from_pb(r.prompt),
         sets=tuple(
@@ -362,20 +357,20 @@ def ablate_header_to_pb(
 
 
 _SWEEP_BY = {
-    ipb.SWEEP_BY_UNSPECIFIED: ablate.SweepBy.POSITION,
-    ipb.SWEEP_BY_POSITION: ablate.SweepBy.POSITION,
-    ipb.SWEEP_BY_HEAD: ablate.SweepBy.HEAD,
+    ipb.SWEEP_BY_UNSPECIFIED: patch_sweep.SweepBy.POSITION,
+    ipb.SWEEP_BY_POSITION: patch_sweep.SweepBy.POSITION,
+    ipb.SWEEP_BY_HEAD: patch_sweep.SweepBy.HEAD,
 }
 
 
 def patch_sweep_spec_from_pb(
     runner: ModelRunner, r: ipb.PatchSweepRequest
-) -> ablate.PatchSweepSpec:
-    if not (r.HasField("clean") and r.HasField("corrupted")):
-        raise InvalidArgumentError("PatchSweep needs a clean and a corrupted prompt")
+) -> patch_sweep.PatchSweepSpec:
+    checks.present(r.clean if r.HasField("clean") else None, "clean prompt")
+    checks.present(r.corrupted if r.HasField("corrupted") else None, "corrupted prompt")
     if r.by not in _SWEEP_BY:
         raise InvalidArgumentError(f"unknown sweep layout {r.by}")
-    return ablate.PatchSweepSpec(
+    return patch_sweep.PatchSweepSpec(
         clean=prompt_from_pb(r.clean),
         corrupted=prompt_from_pb(r.corrupted),
         site=r.site,
@@ -389,12 +384,12 @@ def patch_sweep_spec_from_pb(
     )
 
 
-def patch_sweep_to_pb(model: str, r: ablate.PatchSweepResult) -> ipb.PatchSweepResponse:
+def patch_sweep_to_pb(model: str, r: patch_sweep.PatchSweepResult) -> ipb.PatchSweepResponse:
     sink = TensorSink(inline_budget=1 << 62)  # a grid is small: always inline
     msg = ipb.PatchSweepResponse(
         model=model,
         site=r.site,
-        by=ipb.SWEEP_BY_HEAD if r.by is ablate.SweepBy.HEAD else ipb.SWEEP_BY_POSITION,
+        by=ipb.SWEEP_BY_HEAD if r.by is patch_sweep.SweepBy.HEAD else ipb.SWEEP_BY_POSITION,
         layers=list(r.layers),
         columns=list(r.columns),
         column_labels=list(r.column_labels),
@@ -418,7 +413,6 @@ _THROUGH = {
     apb.THROUGH_QK: attribution.Through.QK,
     apb.THROUGH_V: attribution.Through.V,
 }
-MAX_TOP_K = 1000
 
 
 def _opt(msg: Message, field: str, default: int) -> int:
@@ -469,17 +463,13 @@ def loss_from_pb(runner: ModelRunner, r: apb.AttributeRequest) -> attribution.Lo
 def attribute_spec_from_pb(
     runner: ModelRunner, r: apb.AttributeRequest
 ) -> attribution.AttributeSpec:
-    if not r.HasField("prompt"):
-        raise InvalidArgumentError("Attribute needs a prompt")
-    top_k = _opt(r, "top_k", 10)
-    if not 1 <= top_k <= MAX_TOP_K:
-        raise InvalidArgumentError(f"top_k must be in 1..{MAX_TOP_K}, got {top_k}")
+    checks.present(r.prompt if r.HasField("prompt") else None, "prompt")
     return attribution.AttributeSpec(
         prompt=prompt_from_pb(r.prompt),
         loss=loss_from_pb(runner, r),
         second=prompt_from_pb(r.second_prompt) if r.HasField("second_prompt") else None,
         interventions=tuple(intervention_from_pb(i) for i in r.interventions),
-        top_k=top_k,
+        top_k=_opt(r, "top_k", 10),
         families=tuple(r.families),
         ig_steps=r.ig_steps,
         freeze_norm_scale=r.freeze_norm_scale if r.HasField("freeze_norm_scale") else True,
@@ -665,9 +655,9 @@ def service_info_to_pb(full_name: str) -> svpb.ServiceInfo:
 # Explanations
 
 
-def mining_from_pb(m: epb.MiningOptions) -> explain_engine.MiningOptions:
-    d = explain_engine.MiningOptions()
-    return explain_engine.MiningOptions(
+def mining_from_pb(m: epb.MiningOptions) -> MiningOptions:
+    d = MiningOptions()
+    return MiningOptions(
         window_len=_opt(m, "window_len", d.window_len),
         top_k=_opt(m, "top_k", d.top_k),
         n_random=_opt(m, "n_random", d.n_random),
@@ -710,3 +700,18 @@ def explanation_to_pb(e: StoredExplanation) -> epb.Explanation:
     if e.score is not None:
         msg.score = e.score
     return msg
+
+
+def explain_event_to_pb(e: workflow.Event) -> epb.ExplainNodeResponse:
+    """A workflow event as an ExplainNode stream message (a skipped node is progress 'skipped')."""
+    if isinstance(e, workflow.Progress):
+        return epb.ExplainNodeResponse(
+            progress=epb.ExplainProgress(
+                node=e.node, phase=e.phase, done=e.done, total=e.total, message=e.message
+            )
+        )
+    if isinstance(e, workflow.Skipped):
+        return epb.ExplainNodeResponse(
+            progress=epb.ExplainProgress(node=e.node, phase="skipped", message=e.reason)
+        )
+    return epb.ExplainNodeResponse(result=explanation_to_pb(e))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tdb_core import checks
 from tdb_core.errors import NotFoundError
 from tdb_core.runner import ModelRunner
 
@@ -19,12 +20,7 @@ class ModelRegistry:
 
     def get(self, name: str = "") -> ModelRunner:
         """The named model; an empty name means the default one."""
-        runner = self._runners.get(name or self.default)
-        if runner is None:
-            raise NotFoundError(
-                f"model '{name}' is not loaded; loaded models: {', '.join(self._runners)}"
-            )
-        return runner
+        return checks.lookup(self._runners, name or self.default, "model", "loaded")
 
     def all(self) -> list[ModelRunner]:
         return list(self._runners.values())

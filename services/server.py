@@ -99,7 +99,7 @@ def load_models(settings: Settings) -> ModelRegistry:
         runner = registry.get(s.model or "")
         log.info("attaching SAE", model=runner.name, sae=s.id, source=s.source, site=s.site)
         sae = load_sae(s.source, site=s.site, device=str(runner.device))
-        runner.attach_sae(s.id, sae, s.source, s.site)
+        runner.saes.attach(s.id, sae, s.source, s.site)
     return registry
 
 

@@ -7,8 +7,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from tdb_core.checks import Limits
 from tdb_core.errors import InvalidArgumentError
-from tdb_core.runner import Limits
 
 
 @dataclass(frozen=True)

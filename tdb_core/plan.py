@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tdb_core import specs
-from tdb_core.errors import InvalidArgumentError, OutOfRangeError, ResourceExhaustedError
+from tdb_core import checks, specs
+from tdb_core.errors import InvalidArgumentError, ResourceExhaustedError
 from tdb_core.hooks import BlockIndex, HookPlan, ResolvedCapture, ResolvedEdit
 from tdb_core.schema import ModelSchema, SiteInfo
 
@@ -30,6 +30,11 @@ class Batch:
     n_prompts: int
     n_sources: int
     n_references: int
+
+    @classmethod
+    def plain(cls, rows: Sequence[Sequence[int]]) -> Batch:
+        """A batch of prompts only (no sources or references), from token rows."""
+        return cls(tuple(tuple(int(t) for t in r) for r in rows), len(rows), 0, 0)
 
     @property
     def lengths(self) -> list[int]:
@@ -51,19 +56,7 @@ def resolve_positions(
     positions: Sequence[int], lengths: Sequence[int], what: str = "position"
 ) -> list[list[int]]:
     """Absolute positions per row; negative ones count from each row's end."""
-    out: list[list[int]] = []
-    for row, n in enumerate(lengths):
-        resolved = []
-        for p in positions:
-            q = p + n if p < 0 else p
-            if not 0 <= q < n:
-                raise OutOfRangeError(
-                    f"{what} {p} is out of range for prompt {row}, which has {n} tokens "
-                    f"(allowed: {-n}..{n - 1})"
-                )
-            resolved.append(q)
-        out.append(resolved)
-    return out
+    return [[checks.position(p, n, what, row) for p in positions] for row, n in enumerate(lengths)]
 
 
 def _axes(site: SiteInfo) -> tuple[int, int | None]:
@@ -81,14 +74,9 @@ def _check_units(schema: ModelSchema, site: SiteInfo, units: Sequence[int] | Non
         raise InvalidArgumentError(
             f"site '{site.name}' has no unit axis; leave units empty (its dims are {site.dims})"
         )
-    if len(units) == 0:
-        raise InvalidArgumentError(f"empty unit list for site '{site.name}'; omit it to select all")
+    checks.non_empty(units, f"units for site '{site.name}' (omit the list to select all)")
     for u in units:
-        if not 0 <= u < count:
-            raise OutOfRangeError(
-                f"unit {u} is out of range for site '{site.name}', whose {site.kind.unit_dim} "
-                f"axis has {count} entries (allowed: 0..{count - 1})"
-            )
+        checks.index(u, count, checks.unit_noun(site.kind.unit_dim), f" of site '{site.name}'")
 
 
 def _block_shape(
@@ -133,8 +121,8 @@ class Planner:
             raise InvalidArgumentError(
                 f"capture dtype {cap.dtype} is not allowed; use float32, float16 or bfloat16"
             )
-        if cap.top_k is not None and cap.top_k.k < 1:
-            raise InvalidArgumentError(f"top_k must be at least 1, got {cap.top_k.k}")
+        if cap.top_k is not None:
+            checks.top_k(cap.top_k.k, lo=1, what="capture top_k")
         n = self.batch.n_prompts
         lengths = self.batch.lengths[:n]
         out = []
@@ -143,10 +131,7 @@ class Planner:
             pos_axis, unit_axis = _axes(site)
             pos = valid = key_valid = None
             if cap.positions is not None:
-                if len(cap.positions) == 0:
-                    raise InvalidArgumentError(
-                        "empty position list; omit it to keep every position"
-                    )
+                checks.non_empty(cap.positions, "positions (omit the list to keep every one)")
                 pos = torch.tensor(resolve_positions(cap.positions, lengths), device=self.device)
             elif len(set(lengths)) > 1 or len(lengths) < len(self.batch.rows):
                 t = torch.arange(self.batch.max_len, device=self.device)
@@ -240,8 +225,7 @@ class Planner:
         lengths = [self.batch.lengths[r] for r in rows]
         pos = None
         if iv.positions is not None:
-            if len(iv.positions) == 0:
-                raise InvalidArgumentError("empty position list; omit it to select every position")
+            checks.non_empty(iv.positions, "positions (omit the list to select every one)")
             pos = torch.tensor(resolve_positions(iv.positions, lengths), device=self.device)
         keys, key_axis = self._key_positions(site, iv, lengths)
         n_pos = pos.shape[1] if pos is not None else self.batch.max_len
@@ -273,11 +257,12 @@ class Planner:
             tensor = tensor.to(device=self.device, dtype=self.dtype)
         source_rows = reference_rows = None
         if isinstance(op, specs.PatchFrom):
-            if not 0 <= op.source < self.batch.n_sources:
-                raise OutOfRangeError(
-                    f"patch source {op.source} does not exist; the request has "
-                    f"{self.batch.n_sources} source prompt(s)"
-                )
+            checks.index(
+                op.source,
+                self.batch.n_sources,
+                "patch source",
+                f" (the request has {self.batch.n_sources} source prompts)",
+            )
             src = self.batch.source_row(op.source)
             for r in rows:
                 if self.batch.lengths[src] != self.batch.lengths[r]:

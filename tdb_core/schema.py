@@ -23,7 +23,8 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 
-from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
+from tdb_core import checks
+from tdb_core.errors import InvalidArgumentError, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,7 @@ def parse_site(name: str) -> SiteRef:
         if kind is not None and not kind.layered:
             return SiteRef(name, kind, None)
     known = ", ".join(("blocks.{L}." if k.layered else "") + k.key for k in SITE_KINDS)
-    raise NotFoundError(f"unknown hook site '{name}'; sites are: {known}")
+    raise NotFoundError(f"unknown hook site {checks.quote(name)}; sites are: {known}")
 
 
 @dataclass(frozen=True)
@@ -436,13 +437,12 @@ class ModelSchema:
         ref = parse_site(name)  # raises NotFoundError for names that are not sites at all
         if not self.has_kind(ref.kind.key):  # by key: adapters may restate a kind's meaning
             raise NotFoundError(
-                f"site '{name}' does not exist in this model's architecture "
+                f"site {checks.quote(name)} does not exist in this model's architecture "
                 f"('{ref.kind.key}' is not part of its schema; GetModelInfo lists the sites)"
             )
-        raise OutOfRangeError(
-            f"layer {ref.layer} in site '{name}' is out of range: the model has layers "
-            f"0..{self.dims.n_layers - 1}"
-        )
+        assert ref.layer is not None
+        checks.index(ref.layer, self.dims.n_layers, "layer", f" of site {checks.quote(name)}")
+        raise NotFoundError(f"site {checks.quote(name)} is not part of this model's schema")
 
     def resolve(self, pattern: str) -> list[SiteInfo]:
         """Concrete sites for a name or a glob (``blocks.*.mlp.hook_post``), in forward order."""
@@ -455,7 +455,8 @@ class ModelSchema:
         found = [s for s in self.sites if fnmatch.fnmatchcase(s.name, pattern)]
         if not found:
             raise NotFoundError(
-                f"site pattern '{pattern}' matches no site of this model; GetModelInfo lists the sites"
+                f"site pattern {checks.quote(pattern)} matches no site of this model; "
+                "GetModelInfo lists the sites"
             )
         return found
 

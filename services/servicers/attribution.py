@@ -9,9 +9,9 @@ from services.interceptors import note
 from services.registry import ModelRegistry
 from tdb.v1 import attribution_pb2 as apb
 from tdb.v1 import attribution_pb2_grpc as apb_grpc
-from tdb_core import attribution
 from tdb_core.explain.engine import Catalog
 from tdb_core.nodes import Node
+from tdb_core.ops import attribute as attribution
 
 
 def node_key(node: Node) -> str | None:

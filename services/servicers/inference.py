@@ -11,7 +11,8 @@ from services.interceptors import note
 from services.registry import ModelRegistry
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import inference_pb2_grpc as ipb_grpc
-from tdb_core import ablate
+from tdb_core.ops import ablate, patch_sweep
+from tdb_core.ops.forward import forward
 
 
 class InferenceServicer(ipb_grpc.InferenceServiceServicer):
@@ -24,7 +25,7 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         runner = self.models.get(request.model)
         spec = convert.forward_spec_from_pb(request)
         note(model=runner.name, prompts=len(spec.prompts))
-        result = runner.forward(spec)
+        result = forward(runner, spec)
         note(tokens=sum(len(p.token_ids) for p in result.prompts))
         sink = convert.TensorSink()
         header = convert.forward_header_to_pb(runner.name, result, sink)
@@ -52,6 +53,6 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         runner = self.models.get(request.model)
         spec = convert.patch_sweep_spec_from_pb(runner, request)
         note(model=runner.name, site=spec.site)
-        result = ablate.patch_sweep(runner, spec)
+        result = patch_sweep.patch_sweep(runner, spec)
         note(cells=int(result.recovered.numel()))
         return convert.patch_sweep_to_pb(runner.name, result)

@@ -11,7 +11,6 @@ from tdb.v1 import common_pb2 as cpb
 from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import model_pb2_grpc as mpb_grpc
 from tdb_core import specs
-from tdb_core.errors import OutOfRangeError
 
 
 class ModelServicer(mpb_grpc.ModelServiceServicer):
@@ -48,9 +47,9 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         bos = request.prepend_bos if request.HasField("prepend_bos") else None
         prompts = []
         for i, text in enumerate(request.texts):
-            ids = runner.encode(specs.Prompt(text=text), bos, f"text {i}")
+            ids = runner.tokens.encode(specs.Prompt(text=text), bos, f"text {i}")
             prompts.append(
-                cpb.PromptTokens(token_ids=list(ids), tokens=list(runner.token_strings(ids)))
+                cpb.PromptTokens(token_ids=list(ids), tokens=list(runner.tokens.strings(ids)))
             )
         note(model=runner.name, tokens=sum(len(p.token_ids) for p in prompts))
         return mpb.TokenizeResponse(prompts=prompts)
@@ -59,13 +58,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         self, request: mpb.DetokenizeRequest, context: grpc.ServicerContext
     ) -> mpb.DetokenizeResponse:
         runner = self.models.get(request.model)
-        vocab = runner.schema.dims.d_vocab
         ids = list(request.token_ids)
-        bad = [i for i in ids if not 0 <= i < vocab]
-        if bad:
-            raise OutOfRangeError(
-                f"token id {bad[0]} is outside the vocabulary (allowed: 0..{vocab - 1})"
-            )
+        text = runner.tokens.decode(ids)
         note(model=runner.name, tokens=len(ids))
-        text = runner.loaded.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
-        return mpb.DetokenizeResponse(text=text, tokens=list(runner.token_strings(ids)))
+        return mpb.DetokenizeResponse(text=text, tokens=list(runner.tokens.strings(ids)))

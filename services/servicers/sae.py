@@ -13,8 +13,9 @@ from services.interceptors import note
 from services.registry import ModelRegistry
 from tdb.v1 import sae_pb2 as spb
 from tdb.v1 import sae_pb2_grpc as spb_grpc
+from tdb_core import checks
 from tdb_core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from tdb_core.sae import encode as sae_encode
+from tdb_core.ops import encode as sae_encode
 from tdb_core.sae import load_sae
 
 
@@ -51,7 +52,7 @@ class SaeServicer(spb_grpc.SaeServiceServicer):
         runner = self.models.get(request.model)
         note(model=runner.name, sae=request.sae)
         latents = convert.tensor_from_pb(request.latents, "latents").float()
-        vectors = sae_encode.decode(runner, request.sae, latents)
+        vectors = sae_encode.decode(runner, sae_encode.DecodeSpec(request.sae, latents))
         sink = convert.TensorSink(inline_budget=runner.limits.max_response_bytes)
         msg = spb.DecodeResponse()
         sink.put(msg.vectors, vectors.float())
@@ -75,10 +76,14 @@ class SaeServicer(spb_grpc.SaeServiceServicer):
             )
         path = (self.sae_root / request.path).resolve()
         if self.sae_root != path and self.sae_root not in path.parents:
-            raise InvalidArgumentError(f"path {request.path!r} is outside the server's --sae-root")
+            raise InvalidArgumentError(
+                f"path {checks.quote(request.path)} is outside the server's --sae-root"
+            )
         if not path.exists():
-            raise NotFoundError(f"no SAE at {request.path!r} under the server's --sae-root")
+            raise NotFoundError(
+                f"no SAE at {checks.quote(request.path)} under the server's --sae-root"
+            )
         note(model=runner.name, sae=request.id)
         sae = load_sae(path, site=request.site or None, device=str(runner.device))
-        attached = runner.attach_sae(request.id, sae, os.fspath(path), request.site or None)
+        attached = runner.saes.attach(request.id, sae, os.fspath(path), request.site or None)
         return spb.LoadSaeResponse(sae=convert.sae_info_to_pb(runner.name, attached))

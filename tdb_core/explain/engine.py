@@ -1,5 +1,6 @@
-"""Explaining the nodes of a served model: node keys, mining with the model runner, explainer
-methods, and the catalog of stored (and shipped) explanations.
+"""Explaining the nodes of a served model: node keys, explainer methods, and the catalog of
+stored (and shipped) explanations. Mining is an operation (``tdb_core.ops.mine``); the whole
+mine -> explain -> save workflow is ``tdb_core.explain.workflow``.
 
 Nodes are named by their keys (:mod:`tdb_core.nodes`): ``blocks.1.mlp.hook_post[42]`` (a
 neuron), ``sae.ID.hook_sae_acts_post[7]`` (an SAE latent), any per-token site with a unit axis
@@ -15,15 +16,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-import torch
 
-from tdb_core import cancel, nodes
-from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
+from tdb_core import checks, nodes
+from tdb_core.errors import InvalidArgumentError, NotFoundError
 from tdb_core.explain.explainers import (
     BaselineExplainer,
     BaselineHeadExplainer,
@@ -32,9 +32,10 @@ from tdb_core.explain.explainers import (
     LLMHeadExplainer,
 )
 from tdb_core.explain.heads import BaselinePairJudge, LLMPairJudge, PairJudge
-from tdb_core.explain.mining import MiningConfig, NodeRef, mine_head_records, mine_records
+from tdb_core.explain.mining import NodeRef
 from tdb_core.explain.pipeline import (
     ProgressEvent,
+    StoreFields,
     explain_head,
     explain_node,
     head_store_fields,
@@ -45,9 +46,10 @@ from tdb_core.explain.pipeline import (
 from tdb_core.explain.records import NodeRecords, RecordKind
 from tdb_core.explain.simulators import AllAtOnceSimulator, BaselineSimulator, Simulator
 from tdb_core.explain.store import ExplanationStore, StoredExplanation
-from tdb_core.plan import Batch
-from tdb_core.runner import ModelRunner
 from tdb_core.schema import SiteInfo
+
+if TYPE_CHECKING:
+    from tdb_core.runner import ModelRunner
 
 HEAD_SITE = "attn.hook_pattern"
 log = structlog.get_logger(__name__)
@@ -79,7 +81,8 @@ def parse_node_key(text: str) -> nodes.Node:
         node = nodes.parse_node(text)
     if node.unit is None:
         raise InvalidArgumentError(
-            f"node '{text}' names no unit; explain a unit, e.g. 'blocks.1.mlp.hook_post[42]', "
+            f"node {checks.quote(str(text))} names no unit; explain a unit, e.g. "
+            "'blocks.1.mlp.hook_post[42]', "
             "'sae.ID.hook_sae_acts_post[7]' or 'blocks.1.attn.hook_pattern[3]' (head 3)"
         )
     return node.unit_node()
@@ -100,105 +103,8 @@ def parse_target(runner: ModelRunner, text: str) -> Target:
             f"site '{site.name}' cannot be explained node by node; explain per-token units of "
             "sites shaped [pos, unit] (neurons, latents, channels) or heads via attn.hook_pattern"
         )
-    if count is None or not 0 <= unit < count:
-        raise OutOfRangeError(
-            f"unit {unit} is out of range for '{site.name}' (0..{(count or 1) - 1})"
-        )
+    checks.index(unit, count or 0, checks.unit_noun(site.kind.unit_dim), f" of site '{site.name}'")
     return Target(node.key, site, unit, kind, node.sae_id or "")
-
-
-@dataclass(frozen=True)
-class MiningOptions:
-    window_len: int = 64
-    top_k: int = 20
-    n_random: int = 15
-    max_windows: int | None = 2000
-    batch_size: int = 16
-    seed: int = 0
-
-
-def _run_site(
-    runner: ModelRunner, ids: torch.Tensor, sites: Iterable[str]
-) -> dict[str, torch.Tensor]:
-    """One hooked pass over token ids ``[B, T]`` (right padding is harmless: the model is causal)."""
-    rows = tuple(tuple(int(t) for t in r) for r in ids.tolist())
-    batch = Batch(rows, len(rows), 0, 0)
-    planner = runner.planner(batch)
-    got: dict[str, torch.Tensor] = {}
-
-    def keep(site: str) -> Callable[[torch.Tensor], None]:
-        return lambda t: got.__setitem__(site, t.detach())
-
-    for s in sites:
-        planner.plan.observers[s] = keep(s)
-    with torch.no_grad():
-        runner.run(batch, planner.plan)
-    return got
-
-
-def mine(
-    runner: ModelRunner,
-    targets: Sequence[Target],
-    dataset: str | os.PathLike[str] | Iterable[str],
-    options: MiningOptions,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> list[NodeRecords]:
-    """Records of every target in one pass over the dataset per record kind (tokens, pairs)."""
-    if options.window_len < 2 or options.window_len > runner.schema.dims.n_ctx:
-        raise InvalidArgumentError(f"window_len must be in 2..{runner.schema.dims.n_ctx}")
-    tok = runner.loaded.tokenizer
-    pad = runner.loaded.tokenizer.pad_token_id
-    config = MiningConfig(
-        window_len=options.window_len,
-        batch_size=options.batch_size,
-        top_k=options.top_k,
-        n_random=options.n_random,
-        seed=options.seed,
-        max_windows=options.max_windows,
-        pad_id=pad if pad is not None else 0,
-    )
-
-    def batch_done(done: int, total: int) -> None:
-        cancel.check()
-        if on_batch is not None:
-            on_batch(done, total)
-
-    out: dict[str, NodeRecords] = {}
-    tokens = [t for t in targets if t.kind is RecordKind.TOKEN]
-    if tokens:
-        sites = list(dict.fromkeys(t.site.name for t in tokens))
-
-        def activations(ids: torch.Tensor) -> torch.Tensor:
-            got = _run_site(runner, ids, sites)
-            return torch.stack(
-                [got[t.site.name][..., t.unit] for t in tokens], dim=-1
-            ).float()  # [B, T, N]
-
-        for rec in mine_records(
-            dataset,
-            tok,
-            activations,
-            [t.ref for t in tokens],
-            config,
-            progress=False,
-            on_batch=batch_done,
-        ):
-            out[rec.node_key] = rec
-    heads = [t for t in targets if t.kind is RecordKind.TOKEN_PAIR]
-    if heads:
-        sites = list(dict.fromkeys(t.site.name for t in heads))
-
-        def pairs(ids: torch.Tensor) -> torch.Tensor:
-            got = _run_site(runner, ids, sites)
-            return torch.stack(
-                [got[t.site.name][:, t.unit] for t in heads], dim=1
-            ).float()  # [B, N, T, T]
-
-        for rec in mine_head_records(
-            dataset, tok, pairs, [t.ref for t in heads], config, progress=False, on_batch=batch_done
-        ):
-            out[rec.node_key] = rec
-    return [out[t.key] for t in targets]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,14 +143,22 @@ def llm_method(name: str, backend: Any) -> Method:
     )
 
 
+@dataclass(frozen=True)
+class TargetExplanation:
+    """The best explanation of one node: which explainer wrote it, and its stored fields."""
+
+    explainer: str
+    fields: StoreFields
+
+
 def explain_target(
     target: Target,
     records: NodeRecords,
     method: Method,
     progress: Callable[[ProgressEvent], None] | None = None,
     n_examples_per_split: int | None = None,
-) -> tuple[str, dict[str, Any], str]:
-    """(explainer name, store fields, best explanation) for one mined node."""
+) -> TargetExplanation:
+    """The best explanation of one mined node, scored."""
     if target.kind is RecordKind.TOKEN_PAIR:
         res = explain_head(
             records,
@@ -254,7 +168,7 @@ def explain_target(
             progress=progress,
         )
         fields = head_store_fields(res.best_explanation, res.best, res.judge, res.records_used)
-        return res.explainer, asdict(fields), res.best_explanation
+        return TargetExplanation(res.explainer, fields)
     res_n = explain_node(
         records,
         method.explainer,
@@ -262,11 +176,7 @@ def explain_target(
         n_examples_per_split=n_examples_per_split,
         progress=progress,
     )
-    return (
-        res_n.explainer,
-        asdict(store_fields(res_n.best, res_n.records_used)),
-        res_n.best.explanation,
-    )
+    return TargetExplanation(res_n.explainer, store_fields(res_n.best, res_n.records_used))
 
 
 def score_target(
@@ -276,7 +186,7 @@ def score_target(
     method: Method,
     progress: Callable[[ProgressEvent], None] | None = None,
     n_examples_per_split: int | None = None,
-) -> dict[str, Any]:
+) -> StoreFields:
     """Store fields of a given explanation scored on a node's records."""
     if target.kind is RecordKind.TOKEN_PAIR:
         score, used = score_head(
@@ -286,7 +196,7 @@ def score_target(
             n_examples_per_split=n_examples_per_split,
             progress=progress,
         )
-        return asdict(head_store_fields(explanation, score, method.judge.name, used))
+        return head_store_fields(explanation, score, method.judge.name, used)
     scored, used = score_explanation(
         records,
         explanation,
@@ -294,7 +204,7 @@ def score_target(
         n_examples_per_split=n_examples_per_split,
         progress=progress,
     )
-    return asdict(store_fields(scored, used))
+    return store_fields(scored, used)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -391,7 +301,19 @@ class Catalog:
                 out[e.node_key] = e
         return out
 
-    def put(self, **fields: Any) -> StoredExplanation:
+    def put(self, e: StoredExplanation) -> StoredExplanation:
+        """Store an explanation (its timestamps are the store's); returns the stored row."""
         if self.store is None:
             raise NotFoundError("this server has no explanation store")
-        return self.store.put(**fields)
+        return self.store.put(
+            model=e.model,
+            node_key=e.node_key,
+            method=e.method,
+            explainer=e.explainer,
+            explanation=e.explanation,
+            score=e.score,
+            score_reason=e.score_reason,
+            scores=e.scores,
+            records_used=e.records_used,
+            sae_id=e.sae_id,
+        )

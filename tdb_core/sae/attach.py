@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
+from tdb_core import checks
 from tdb_core.adapter import Adapter
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.hooks import HookContext, Splice
@@ -154,7 +156,7 @@ def attach(
     """Validate an SAE against a model's schema; the site comes from ``site`` or the SAE's config."""
     if not _ID.match(sae_id):
         raise InvalidArgumentError(
-            f"SAE id {sae_id!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'"
+            f"SAE id {checks.quote(sae_id)} is not allowed; use 1-64 letters, digits, '_', '.', '-'"
         )
     name = site or sae.site
     if not name:
@@ -163,7 +165,7 @@ def attach(
         )
     info = schema.get(name)
     if info.layer is None and info.kind.key not in ("hook_embed", "ln_final.hook_normalized"):
-        raise InvalidArgumentError(f"SAE '{sae_id}': site '{name}' cannot carry an SAE")
+        raise InvalidArgumentError(f"SAE '{sae_id}': site {checks.quote(name)} cannot carry an SAE")
     if info.kind.unit_dim is None or info.kind.pos_dim != "pos":
         raise InvalidArgumentError(
             f"SAE '{sae_id}': site '{name}' is not a per-token activation an SAE can read"
@@ -209,3 +211,52 @@ def _make_splice(att: AttachedSae) -> Splice:
         return (recon + error).to(dtype).reshape(shape)
 
     return splice
+
+
+class SaeRegistry:
+    """The SAEs attached to one model, by id, and the model's schema with their sites.
+
+    Attaching replaces the registry's dict and schema as a whole (copy on write), so a request
+    that read them sees one consistent state while another attaches.
+    """
+
+    def __init__(self, model: str, schema: ModelSchema, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self._base = schema
+        self._schema = schema
+        self._by_id: dict[str, AttachedSae] = {}
+
+    @property
+    def schema(self) -> ModelSchema:
+        """The model's schema plus the sites of every attached SAE."""
+        return self._schema
+
+    def attach(
+        self, sae_id: str, sae: SparseAutoencoder, source: str, site: str | None = None
+    ) -> AttachedSae:
+        """Attach an SAE (validated against the schema); its latents become sites and nodes."""
+        if sae_id in self._by_id:
+            raise InvalidArgumentError(
+                f"an SAE with id '{sae_id}' is already attached to model '{self.model}'"
+            )
+        attached = attach(self._base, sae_id, sae.to(self.device), source, site)
+        self._by_id = {**self._by_id, sae_id: attached}
+        self._schema = self._schema.with_kinds(attached.kinds)
+        return attached
+
+    def get(self, sae_id: str) -> AttachedSae:
+        """The attached SAE; NotFoundError names the attached ones."""
+        return checks.lookup(self._by_id, sae_id, "SAE", f"attached to model '{self.model}'")
+
+    def values(self) -> list[AttachedSae]:
+        return list(self._by_id.values())
+
+    def __contains__(self, sae_id: object) -> bool:
+        return sae_id in self._by_id
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._by_id))
+
+    def __len__(self) -> int:
+        return len(self._by_id)

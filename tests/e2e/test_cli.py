@@ -52,7 +52,7 @@ def test_errors_exit_nonzero_with_message(tiny_server):
         "forward", "hi", "--capture", "blocks.9.mlp.hook_post", "--server", tiny_server.address
     )
     assert r.returncode == 1
-    assert "OUT_OF_RANGE" in r.stderr and "layers 0..1" in r.stderr
+    assert "OUT_OF_RANGE" in r.stderr and "(allowed: 0..1)" in r.stderr
 
 
 def test_sigterm_stops_gracefully(tiny_gpt2_dir):
@@ -204,3 +204,56 @@ def test_explain_command(tiny_gpt2_dir, tmp_path):
     from tdb_core.explain.store import ExplanationStore
 
     assert ExplanationStore(db).count() == len(keys)
+
+
+NO_TORCH = """
+import sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ImportError(f"a client command imported {name}")
+
+sys.meta_path.insert(0, Refuse())
+from {module} import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_client_commands_import_no_torch(tiny_server):
+    """Client commands run with torch and transformers unimportable, through `tdb` and through
+    `python -m tdb_client.cli` (a client-only install)."""
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import cli_env
+
+    for module in ("services.cli", "tdb_client.cli"):
+        for args in (
+            ["models"],
+            ["forward", "When Mary", "--capture", "blocks.0.mlp.hook_post", "--positions", "-1"],
+            ["sae", "list"],
+        ):
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    NO_TORCH.replace("{module}", module),
+                    *args,
+                    "--server",
+                    tiny_server.address,
+                ],
+                env=cli_env(),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert r.returncode == 0, (module, args, r.stderr)
+    r = subprocess.run(
+        [sys.executable, "-c", NO_TORCH.replace("{module}", "services.cli"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert all(c in r.stdout for c in ("serve", "forward", "explain", "toy", "sae"))

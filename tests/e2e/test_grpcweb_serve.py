@@ -55,7 +55,7 @@ def test_readme_examples_run_as_written(tmp_path):
         assert lines.count("toy-gpt2") == 2 and "GPT2LMHeadModel" in lines
         assert sum("grpc-status: 0" in line for line in lines) == 2
         assert "grpc-status: 5" in lines
-        assert "grpc-message: model 'nope' is not loaded; loaded models: toy-gpt2" in lines
+        assert "grpc-message: model 'nope' is not loaded; available: toy-gpt2" in lines
     finally:
         assert server.stop() == 0
 

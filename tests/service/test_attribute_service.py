@@ -9,7 +9,7 @@ import pytest
 from tdb_client import TdbClientError, losses
 from tdb_client import interventions as iv
 from tdb_core import specs
-from tdb_core.attribution import AttributeSpec, LogitDiffLoss, attribute
+from tdb_core.ops.attribute import AttributeSpec, LogitDiffLoss, attribute
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -17,7 +17,7 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 def test_attribute_over_grpc_equals_in_process(client, tiny_runner):
     """The table over gRPC is the in-process table: same nodes, values and token readouts."""
     res = client.attribute(PROMPT, target=" Mary", distractor=" John", top_k=4)
-    t, d = tiny_runner.single_token(" Mary"), tiny_runner.single_token(" John")
+    t, d = tiny_runner.tokens.single_token(" Mary"), tiny_runner.tokens.single_token(" John")
     ref = attribute(
         tiny_runner,
         AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)), top_k=4),

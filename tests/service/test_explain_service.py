@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tdb_client import TdbClient, TdbClientError
+from tdb_core.ops.forward import forward
 from tdb_core.runner import ModelRunner
 from tests.tiny import CORPUS
 
@@ -17,11 +18,12 @@ TEXTS = sorted(set(CORPUS))
 def _most_active_neuron(runner: ModelRunner, layer: int) -> int:
     from tdb_core import specs
 
-    res = runner.forward(
+    res = forward(
+        runner,
         specs.ForwardSpec(
             prompts=tuple(specs.Prompt(text=t) for t in TEXTS),
             captures=(specs.Capture(f"blocks.{layer}.mlp.hook_post"),),
-        )
+        ),
     )
     return int(res.captures[0].values.amax((0, 1)).argmax())
 
@@ -134,9 +136,9 @@ def test_attribute_rows_carry_explanations(eclient):
 @pytest.mark.parametrize(
     "kwargs,code,text",
     [
-        (dict(nodes="blocks.9.mlp.hook_post[1]"), grpc.StatusCode.OUT_OF_RANGE, "layers"),
+        (dict(nodes="blocks.9.mlp.hook_post[1]"), grpc.StatusCode.OUT_OF_RANGE, "layer 9 of site"),
         (dict(nodes="blocks.0.mlp.hook_nope[1]"), grpc.StatusCode.NOT_FOUND, "unknown hook site"),
-        (dict(nodes="blocks.0.mlp.hook_post[99999]"), grpc.StatusCode.OUT_OF_RANGE, "unit 99999"),
+        (dict(nodes="blocks.0.mlp.hook_post[99999]"), grpc.StatusCode.OUT_OF_RANGE, "neuron 99999"),
         (
             dict(nodes="blocks.0.attn.hook_z[1]"),
             grpc.StatusCode.INVALID_ARGUMENT,

@@ -10,6 +10,7 @@ import torch
 from tdb_client import Capture, TdbClientError
 from tdb_client import interventions as iv
 from tdb_core import specs
+from tdb_core.ops.forward import forward
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -50,12 +51,13 @@ def test_forward_over_grpc_equals_in_process(client, tiny_runner):
     """Forward through gRPC returns exactly the in-process runner's tokens, captures and top-k."""
     sites = ["blocks.*.attn.hook_pattern", "blocks.1.mlp.hook_post", "logits"]
     out = client.forward([PROMPT, "The quick brown fox"], capture=sites, top_k=5)
-    ref = tiny_runner.forward(
+    ref = forward(
+        tiny_runner,
         specs.ForwardSpec(
             prompts=(specs.Prompt(text=PROMPT), specs.Prompt(text="The quick brown fox")),
             captures=tuple(specs.Capture(s) for s in sites),
             top_k=5,
-        )
+        ),
     )
     assert out.token_ids == [list(p.token_ids) for p in ref.prompts]
     assert out.tokens == [list(p.tokens) for p in ref.prompts]
@@ -87,11 +89,12 @@ def test_large_capture_streams_in_chunks(tiny_loaded, tiny_runner):
         svc.stop(0)
     total = sum(a.nbytes for a in out.activations.values())
     assert total > 4 * 2**20
-    ref = tiny_runner.forward(
+    ref = forward(
+        tiny_runner,
         specs.ForwardSpec(
             prompts=tuple(specs.Prompt(token_ids=tuple(p)) for p in prompts),
             captures=(specs.Capture("*"),),
-        )
+        ),
     )
     for c in ref.captures:
         np.testing.assert_array_equal(out.activations[c.site], c.values.numpy())
@@ -148,7 +151,7 @@ BAD = [
         "layer out of range",
         dict(prompts="hi", capture=["blocks.7.mlp.hook_post"]),
         grpc.StatusCode.OUT_OF_RANGE,
-        "layers 0..1",
+        "layer 7 of site 'blocks.7.mlp.hook_post' is out of range (allowed: 0..1)",
     ),
     (
         "unit out of range",
@@ -239,13 +242,13 @@ def test_deadline_stops_work_and_frees_the_slot(client, service):
     """A call whose deadline passes while the model is busy gets DEADLINE_EXCEEDED; the server
     frees its slot and serves the next call."""
     runner = service.models.get()
-    runner._lock.acquire()
+    runner.admission._lock.acquire()
     try:
         with pytest.raises(TdbClientError) as e:
             client.forward(PROMPT, timeout=0.3)
         assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
-        runner._lock.release()
+        runner.admission._lock.release()
     import time as _time
 
     deadline = _time.monotonic() + 5

@@ -178,7 +178,7 @@ def fuzz_server(tiny_loaded, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz-saes")
     save_sae(make_sae(seed=5), root / "good")
     runner = ModelRunner(tiny_loaded, LIMITS)
-    runner.attach_sae("res1", make_sae(), "memory")
+    runner.saes.attach("res1", make_sae(), "memory")
     svc = build_server(
         Settings(port=0, limits=LIMITS, sae_root=str(root), max_request_bytes=2**20),
         ModelRegistry([runner]),

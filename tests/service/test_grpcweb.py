@@ -62,7 +62,7 @@ def web(tiny_loaded, tmp_path_factory):
     (tmp / "tokens").write_text(TOKEN + "\n")
     save_sae(make_sae(seed=3), tmp / "saes" / "good")
     runner = ModelRunner(tiny_loaded, LIMITS)
-    runner.attach_sae("res1", make_sae(), "memory")
+    runner.saes.attach("res1", make_sae(), "memory")
     settings = Settings(
         host="127.0.0.1",
         port=0,

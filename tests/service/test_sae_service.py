@@ -39,7 +39,7 @@ def sae_service(tiny_loaded, tmp_path_factory):
     (root / "bad").mkdir()
     (root / "bad" / "cfg.json").write_text("{not json")
     runner = ModelRunner(tiny_loaded)
-    runner.attach_sae("res1", make_sae(), "memory")
+    runner.saes.attach("res1", make_sae(), "memory")
     svc = build_server(Settings(port=0, sae_root=str(root)), ModelRegistry([runner]))
     yield svc, runner
     svc.stop(0)
@@ -70,7 +70,7 @@ def test_encode_prompts_and_activations(sclient, sae_service):
     _, runner = sae_service
     out = sclient.forward(PROMPT, capture=["blocks.1.hook_resid_pre"])
     x = out.activations["blocks.1.hook_resid_pre"][0]
-    z = runner.get_sae("res1").sae.encode(torch.tensor(x)).numpy()
+    z = runner.saes.get("res1").sae.encode(torch.tensor(x)).numpy()
     enc = sclient.encode("res1", PROMPT, top_k=5, dense=True)
     np.testing.assert_allclose(enc.dense[0], z, atol=1e-6)
     np.testing.assert_allclose(enc.top_values[0], np.sort(z, -1)[:, ::-1][:, :5], atol=1e-6)
@@ -87,7 +87,7 @@ def test_decode_and_latent_interventions(sclient, sae_service):
     z[0, 3] = 2.0
     vec = sclient.decode("res1", z)
     np.testing.assert_allclose(
-        vec[0], 2.0 * runner.get_sae("res1").sae.W_dec[3].detach().numpy(), atol=1e-6
+        vec[0], 2.0 * runner.saes.get("res1").sae.W_dec[3].detach().numpy(), atol=1e-6
     )
     out = sclient.forward(
         PROMPT,

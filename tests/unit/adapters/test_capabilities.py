@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tdb_core import specs
-from tdb_core.attribution import (
+from tdb_core.ops.attribute import (
     AttributeSpec,
     HeadTrace,
     LatentTrace,
@@ -16,6 +16,7 @@ from tdb_core.attribution import (
     attribute,
     compute_columns,
 )
+from tdb_core.ops.forward import forward
 from tdb_core.runner import ModelRunner
 from tdb_core.sae import ReluArch, SaeConfig, build_sae
 
@@ -23,7 +24,7 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 def _tokens(runner):
-    ids = runner.encode(specs.Prompt(text=PROMPT))
+    ids = runner.tokens.encode(specs.Prompt(text=PROMPT))
     return (ids[1],), (ids[3],)
 
 
@@ -70,16 +71,17 @@ def test_sae_splice_on_every_architecture(arch_loaded):
             "b_dec": torch.zeros(d_model),
         },
     )
-    runner.attach_sae("s", sae, "memory")
+    runner.saes.attach("s", sae, "memory")
 
     def logits(*ivs, caps=()):
         return (
-            runner.forward(
+            forward(
+                runner,
                 specs.ForwardSpec(
                     prompts=(specs.Prompt(text=PROMPT),),
                     interventions=ivs,
                     captures=(specs.Capture("logits"), *(specs.Capture(c) for c in caps)),
-                )
+                ),
             )
             .captures[0]
             .values

@@ -19,6 +19,7 @@ import torch
 
 from tdb_core import specs
 from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
+from tdb_core.ops.forward import forward
 from tdb_core.schema import SITE_KINDS, site_name
 from tests.unit.adapters.archs import GQA_ARCH_NAMES, MAX_DIFF, SDPA_ARCH_NAMES, ArchCase
 
@@ -34,10 +35,11 @@ def _forward(
     sources: tuple[specs.Prompt, ...] = (),
 ) -> specs.ForwardResult:
     prompts = tuple(specs.Prompt(text=t) for t in texts)
-    return runner.forward(
+    return forward(
+        runner,
         specs.ForwardSpec(
             prompts=prompts, captures=captures, interventions=interventions, sources=sources
-        )
+        ),
     )
 
 
@@ -287,7 +289,7 @@ def test_gradients_equal_plain_autograd_through_the_hf_model(
     arch_case: ArchCase, arch_runner: Any
 ) -> None:
     """d logit / d blocks.1.hook_resid_pre through the engine is bit-identical to plain autograd."""
-    batch = arch_runner.make_batch([specs.Prompt(text=PROMPTS[0])])
+    batch = arch_runner.tokens.make_batch([specs.Prompt(text=PROMPTS[0])])
     planner = arch_runner.planner(batch)
     site = "blocks.1.hook_resid_pre"
     planner.plan.grad_sites.add(site)
@@ -343,21 +345,24 @@ def test_zeroing_a_head_via_hook_z_equals_the_hand_edit(
 
 def test_patching_resid_pre_reproduces_the_source_logits(arch_runner: Any) -> None:
     """Patching all of blocks.0.hook_resid_pre from a source gives the source's logits exactly."""
-    a = arch_runner.encode(specs.Prompt(text=PROMPTS[0]))[:8]
-    b = arch_runner.encode(specs.Prompt(text=PROMPTS[1] + " jumps over the lazy dog"))[:8]
+    a = arch_runner.tokens.encode(specs.Prompt(text=PROMPTS[0]))[:8]
+    b = arch_runner.tokens.encode(specs.Prompt(text=PROMPTS[1] + " jumps over the lazy dog"))[:8]
     assert a != b and len(a) == len(b) == 8
     target, source = specs.Prompt(token_ids=a), specs.Prompt(token_ids=b)
     cap = (specs.Capture("logits"),)
-    patched = arch_runner.forward(
+    patched = forward(
+        arch_runner,
         specs.ForwardSpec(
             prompts=(target,),
             sources=(source,),
             captures=cap,
             interventions=(specs.Intervention("blocks.0.hook_resid_pre", specs.PatchFrom(0)),),
-        )
+        ),
     )
-    src = arch_runner.forward(specs.ForwardSpec(prompts=(source,), sources=(source,), captures=cap))
-    plain = arch_runner.forward(specs.ForwardSpec(prompts=(target,), captures=cap))
+    src = forward(
+        arch_runner, specs.ForwardSpec(prompts=(source,), sources=(source,), captures=cap)
+    )
+    plain = forward(arch_runner, specs.ForwardSpec(prompts=(target,), captures=cap))
     assert torch.equal(patched.captures[0].values, src.captures[0].values)
     assert not torch.equal(patched.captures[0].values, plain.captures[0].values)
 
@@ -491,7 +496,7 @@ def test_gradient_at_hook_normalized_leaves_logits_bit_identical(
 ) -> None:
     """Differentiating with respect to ln_final.hook_normalized (no edit) keeps the logits bit for
     bit those of the HF model, and the gradient is the gain times d logit / d norm output."""
-    batch = arch_runner.make_batch([specs.Prompt(text=PROMPTS[0])])
+    batch = arch_runner.tokens.make_batch([specs.Prompt(text=PROMPTS[0])])
     planner = arch_runner.planner(batch)
     site = "ln_final.hook_normalized"
     planner.plan.grad_sites.add(site)
@@ -522,7 +527,7 @@ def test_backward_edit_of_hook_normalized_leaves_the_forward_bit_identical(
 ) -> None:
     """A backward-pass Scale(2) on ln_final.hook_normalized doubles d logit / d hook_embed (every
     path to the logits crosses it) and leaves the logits bit for bit as they were."""
-    batch = arch_runner.make_batch([specs.Prompt(text=PROMPTS[0])])
+    batch = arch_runner.tokens.make_batch([specs.Prompt(text=PROMPTS[0])])
 
     def run(*ivs: specs.Intervention) -> tuple[torch.Tensor, torch.Tensor]:
         planner = arch_runner.planner(batch)
@@ -561,7 +566,7 @@ def test_sae_on_hook_normalized_reads_the_pre_gain_value(arch_loaded: Any) -> No
             "b_dec": torch.zeros(d_model),
         },
     )
-    runner.attach_sae("n", sae, "memory")
+    runner.saes.attach("n", sae, "memory")
 
     def run(*ivs: specs.Intervention, caps: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         return _by_site(

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tdb_core import errors, specs
-from tdb_core.attribution import (
+from tdb_core.ops.attribute import (
     AttributeSpec,
     DirectionLoss,
     HeadTrace,
@@ -19,17 +19,18 @@ from tdb_core.attribution import (
     attribute,
     compute_columns,
 )
+from tdb_core.ops.forward import forward
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 @pytest.fixture(scope="module")
 def tokens(tiny_runner):
-    return tiny_runner.single_token(" Mary"), tiny_runner.single_token(" John")
+    return tiny_runner.tokens.single_token(" Mary"), tiny_runner.tokens.single_token(" John")
 
 
 def _ids(runner) -> torch.Tensor:
-    return torch.tensor([runner.encode(specs.Prompt(text=PROMPT))])
+    return torch.tensor([runner.tokens.encode(specs.Prompt(text=PROMPT))])
 
 
 def _hf_logit_diff_and_post(runner, tokens, layer, edit=None):
@@ -140,14 +141,15 @@ def test_neuron_trace_gradient_equals_recomputed_preactivation(tiny_runner):
         tiny_runner,
         AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=NeuronTrace(layer, neuron, pos)),
     )
-    cap = tiny_runner.forward(
+    cap = forward(
+        tiny_runner,
         specs.ForwardSpec(
             prompts=(specs.Prompt(text=PROMPT),),
             captures=(
                 specs.Capture(f"blocks.{layer}.mlp.hook_pre"),
                 specs.Capture(f"blocks.{layer}.hook_resid_mid"),
             ),
-        )
+        ),
     )
     assert float(cols.losses[0]) == pytest.approx(
         float(cap.captures[0].values[0, pos, neuron]), abs=1e-6
@@ -178,11 +180,12 @@ def test_head_trace_through_q_or_k_cuts_the_other_side(tiny_runner, through):
             loss=HeadTrace(1, 2, query_position=q, key_position=k, through=through),
         ),
     )
-    cap = tiny_runner.forward(
+    cap = forward(
+        tiny_runner,
         specs.ForwardSpec(
             prompts=(specs.Prompt(text=PROMPT),),
             captures=(specs.Capture("blocks.1.attn.hook_attn_scores"),),
-        )
+        ),
     )
     assert float(cols.losses[0]) == pytest.approx(
         float(cap.captures[0].values[0, 2, q, k]), abs=1e-5
@@ -284,12 +287,13 @@ def test_integrated_gradients_are_complete(tiny_runner, tokens):
     )
     cols = compute_columns(tiny_runner, spec)
     ig = float(cols.family("mlp_neuron", 1).columns["total_effect"].sum())
-    res = tiny_runner.forward(
+    res = forward(
+        tiny_runner,
         specs.ForwardSpec(
             prompts=(specs.Prompt(text=PROMPT),),
             interventions=(specs.Intervention("blocks.1.mlp.hook_post", specs.Zero()),),
             top_k=0,
-        )
+        ),
     )
     zeroed = res.logits_at[0, -1]
     drop = float(cols.losses[0]) - float(zeroed[tokens[0]] - zeroed[tokens[1]])

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tdb_core import specs
+from tdb_core.ops.forward import forward
 
 PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The quick brown fox"]
 
@@ -94,8 +95,9 @@ def _assert_site_close(name: str, got: torch.Tensor, want: torch.Tensor) -> None
 
 def test_every_site_matches_reference(tiny_runner):
     """Each site of every layer equals the hand-written reference within 1e-5 (fp32)."""
-    res = tiny_runner.forward(
-        specs.ForwardSpec(prompts=(specs.Prompt(text=PROMPTS[0]),), captures=(specs.Capture("*"),))
+    res = forward(
+        tiny_runner,
+        specs.ForwardSpec(prompts=(specs.Prompt(text=PROMPTS[0]),), captures=(specs.Capture("*"),)),
     )
     ref = reference_gpt2(tiny_runner.adapter.model, list(res.prompts[0].token_ids))
     got = {c.site: c.values[0] for c in res.captures}
@@ -107,11 +109,12 @@ def test_every_site_matches_reference(tiny_runner):
 def test_capture_leaves_logits_bit_identical(tiny_runner):
     """Logits with every site captured are bit-identical to logits with no capture at all."""
     prompts = tuple(specs.Prompt(text=p) for p in PROMPTS)
-    plain = tiny_runner.forward(
-        specs.ForwardSpec(prompts=prompts, captures=(specs.Capture("logits"),))
+    plain = forward(
+        tiny_runner, specs.ForwardSpec(prompts=prompts, captures=(specs.Capture("logits"),))
     )
-    hooked = tiny_runner.forward(
-        specs.ForwardSpec(prompts=prompts, captures=(specs.Capture("*"), specs.Capture("logits")))
+    hooked = forward(
+        tiny_runner,
+        specs.ForwardSpec(prompts=prompts, captures=(specs.Capture("*"), specs.Capture("logits"))),
     )
     assert torch.equal(plain.captures[0].values, hooked.captures[-1].values)
     assert torch.equal(plain.logits_at, hooked.logits_at)
@@ -121,10 +124,11 @@ def test_logits_equal_hf_eager_model(tiny_runner, tiny_gpt2_dir):
     """The served model computes what HF's own eager GPT-2 computes, and sdpa within 1e-5."""
     from transformers import AutoModelForCausalLM
 
-    res = tiny_runner.forward(
+    res = forward(
+        tiny_runner,
         specs.ForwardSpec(
             prompts=(specs.Prompt(text=PROMPTS[0]),), captures=(specs.Capture("logits"),)
-        )
+        ),
     )
     ids = torch.tensor([res.prompts[0].token_ids])
     for impl in ("eager", "sdpa"):
@@ -139,16 +143,18 @@ def test_logits_equal_hf_eager_model(tiny_runner, tiny_gpt2_dir):
 
 def test_batch_of_different_lengths_matches_single_prompts(tiny_runner):
     """Right-padded batching gives each prompt the values it gets alone (1e-5), padding zeroed."""
-    both = tiny_runner.forward(
+    both = forward(
+        tiny_runner,
         specs.ForwardSpec(
             prompts=tuple(specs.Prompt(text=p) for p in PROMPTS), captures=(specs.Capture("*"),)
-        )
+        ),
     )
     lengths = [len(p.token_ids) for p in both.prompts]
     assert lengths[0] != lengths[1]
     for i, text in enumerate(PROMPTS):
-        alone = tiny_runner.forward(
-            specs.ForwardSpec(prompts=(specs.Prompt(text=text),), captures=(specs.Capture("*"),))
+        alone = forward(
+            tiny_runner,
+            specs.ForwardSpec(prompts=(specs.Prompt(text=text),), captures=(specs.Capture("*"),)),
         )
         for cb, ca in zip(both.captures, alone.captures, strict=True):
             n = lengths[i]
@@ -171,10 +177,14 @@ def test_batch_of_different_lengths_matches_single_prompts(tiny_runner):
 )
 def test_reductions_select_positions_units_and_top_k(tiny_runner, site):
     """positions (negative from the end), units and top-k reduce server-side to the right values."""
-    full = tiny_runner.forward(
-        specs.ForwardSpec(prompts=(specs.Prompt(text=PROMPTS[1]),), captures=(specs.Capture(site),))
+    full = forward(
+        tiny_runner,
+        specs.ForwardSpec(
+            prompts=(specs.Prompt(text=PROMPTS[1]),), captures=(specs.Capture(site),)
+        ),
     ).captures[0]
-    red = tiny_runner.forward(
+    red = forward(
+        tiny_runner,
         specs.ForwardSpec(
             prompts=(specs.Prompt(text=PROMPTS[1]),),
             captures=(
@@ -184,7 +194,7 @@ def test_reductions_select_positions_units_and_top_k(tiny_runner, site):
                     site, top_k=specs.TopK(2, specs.TopKMode.SMALLEST), dtype=torch.float16
                 ),
             ),
-        )
+        ),
     ).captures
     v = full.values[0]
     T = v.shape[full.dims.index("q_pos") if "q_pos" in full.dims else full.dims.index("pos")]
@@ -206,9 +216,10 @@ def test_reductions_select_positions_units_and_top_k(tiny_runner, site):
 
 def test_glob_resolves_in_forward_order(tiny_runner):
     """A glob such as blocks.*.mlp.hook_post captures every matching site, in layer order."""
-    res = tiny_runner.forward(
+    res = forward(
+        tiny_runner,
         specs.ForwardSpec(
             prompts=(specs.Prompt(text="hi"),), captures=(specs.Capture("blocks.*.mlp.hook_post"),)
-        )
+        ),
     )
     assert [c.site for c in res.captures] == ["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"]

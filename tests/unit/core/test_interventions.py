@@ -9,21 +9,16 @@ import pytest
 import torch
 
 from tdb_core import errors, specs
-from tdb_core.ablate import (
-    AblateSpec,
-    InterventionSet,
-    PatchSweepSpec,
-    SweepBy,
-    ablate,
-    patch_sweep,
-)
+from tdb_core.ops.ablate import AblateSpec, InterventionSet, ablate
+from tdb_core.ops.forward import forward
+from tdb_core.ops.patch_sweep import PatchSweepSpec, SweepBy, patch_sweep
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
 
 
 def ids(runner, text: str) -> list[int]:
-    return list(runner.encode(specs.Prompt(text=text)))
+    return list(runner.tokens.encode(specs.Prompt(text=text)))
 
 
 @contextmanager
@@ -42,14 +37,15 @@ def hf_logits(model, token_ids: list[int]) -> torch.Tensor:
 
 
 def run(runner, text: str, *ivs: specs.Intervention, sources=(), references=()) -> torch.Tensor:
-    res = runner.forward(
+    res = forward(
+        runner,
         specs.ForwardSpec(
             prompts=(specs.Prompt(text=text),),
             captures=(specs.Capture("logits"),),
             interventions=ivs,
             sources=tuple(specs.Prompt(text=s) for s in sources),
             references=tuple(specs.Prompt(text=r) for r in references),
-        )
+        ),
     )
     return res.captures[0].values[0]
 
@@ -214,18 +210,20 @@ def test_head_ablation_removes_exactly_its_write(tiny_runner):
 
 def test_edit_leaves_earlier_positions_untouched(tiny_runner):
     """An intervention at position p changes nothing at positions < p, at any site."""
-    base = tiny_runner.forward(
-        specs.ForwardSpec(prompts=(specs.Prompt(text=CLEAN),), captures=(specs.Capture("*"),))
+    base = forward(
+        tiny_runner,
+        specs.ForwardSpec(prompts=(specs.Prompt(text=CLEAN),), captures=(specs.Capture("*"),)),
     )
     p = 5
-    edited = tiny_runner.forward(
+    edited = forward(
+        tiny_runner,
         specs.ForwardSpec(
             prompts=(specs.Prompt(text=CLEAN),),
             captures=(specs.Capture("*"),),
             interventions=(
                 specs.Intervention("blocks.0.hook_resid_pre", specs.SetValue(3.0), positions=(p,)),
             ),
-        )
+        ),
     )
     changed_later = False
     for a, b in zip(base.captures, edited.captures, strict=True):
@@ -241,7 +239,7 @@ def test_edit_leaves_earlier_positions_untouched(tiny_runner):
 def test_backward_edits_replace_the_gradient(tiny_runner):
     """A backward Scale doubles the gradient upstream of it; a backward Zero on the last residual
     stream zeroes every gradient before it; the forward values are unchanged."""
-    batch = tiny_runner.make_batch((specs.Prompt(text=CLEAN),))
+    batch = tiny_runner.tokens.make_batch((specs.Prompt(text=CLEAN),))
 
     def grad_of_embed(*ivs: specs.Intervention) -> tuple[torch.Tensor, torch.Tensor]:
         planner = tiny_runner.planner(batch)
@@ -336,7 +334,7 @@ def test_patch_source_of_another_length_is_refused(tiny_runner):
 def test_ablate_rows_match_forward_runs(tiny_runner):
     """Ablate's baseline equals a plain run; each set's row equals Forward with its interventions;
     KL is 0 for a no-op set and positive otherwise; logit differences are computed by hand."""
-    t, d = tiny_runner.single_token(" Mary"), tiny_runner.single_token(" John")
+    t, d = tiny_runner.tokens.single_token(" Mary"), tiny_runner.tokens.single_token(" John")
     zero_head = specs.Intervention(
         "blocks.1.attn.hook_z", specs.Zero(), positions=(-1,), units=(0,)
     )
@@ -369,7 +367,7 @@ def test_ablate_rows_match_forward_runs(tiny_runner):
 def test_patch_sweep_finds_the_differing_token(tiny_runner):
     """Patching layer 0's residual input at the one position where clean and corrupted differ
     recovers exactly 100%; every other position recovers 0%."""
-    t, d = tiny_runner.single_token(" Mary"), tiny_runner.single_token(" John")
+    t, d = tiny_runner.tokens.single_token(" Mary"), tiny_runner.tokens.single_token(" John")
     res = patch_sweep(
         tiny_runner,
         PatchSweepSpec(
@@ -406,7 +404,7 @@ def test_patch_sweep_finds_the_differing_token(tiny_runner):
 
 def test_patch_sweep_refuses_unequal_lengths_and_bad_sites(tiny_runner):
     """Unequal prompt lengths and non-layer sites are refused with clear errors."""
-    t, d = tiny_runner.single_token(" Mary"), tiny_runner.single_token(" John")
+    t, d = tiny_runner.tokens.single_token(" Mary"), tiny_runner.tokens.single_token(" John")
     with pytest.raises(errors.InvalidArgumentError, match="equal length"):
         patch_sweep(
             tiny_runner,

@@ -8,22 +8,24 @@ import pytest
 import torch
 
 from tdb_core import errors, nodes, specs
-from tdb_core.attribution import AttributeSpec, LogitDiffLoss, compute_columns
+from tdb_core.ops.attribute import AttributeSpec, LogitDiffLoss, compute_columns
+from tdb_core.ops.forward import forward
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 def _ids(runner) -> list[int]:
-    return list(runner.encode(specs.Prompt(text=PROMPT)))
+    return list(runner.tokens.encode(specs.Prompt(text=PROMPT)))
 
 
 def _forward(runner, *ivs: specs.Intervention, captures=("logits",)):
-    res = runner.forward(
+    res = forward(
+        runner,
         specs.ForwardSpec(
             prompts=(specs.Prompt(text=PROMPT),),
             captures=tuple(specs.Capture(c) for c in captures),
             interventions=ivs,
-        )
+        ),
     )
     return {c.site: c.values[0] for c in res.captures}
 
@@ -186,7 +188,7 @@ def test_zeroing_a_table_nodes_key_removes_exactly_its_write(tiny_runner):
     """For nodes of every family of the node table, zeroing the node's key changes what its
     writer adds to the residual stream at the node's position by minus the write the table
     attributes to it (embedding: resid_pre 0; heads and head pairs: attn_out; neurons: mlp_out)."""
-    t, d = tiny_runner.single_token(" Mary"), tiny_runner.single_token(" John")
+    t, d = tiny_runner.tokens.single_token(" Mary"), tiny_runner.tokens.single_token(" John")
     spec = AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)))
     cols = compute_columns(tiny_runner, spec)
     checked = set()

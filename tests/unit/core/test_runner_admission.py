@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tdb_core import cancel, errors, specs
+from tdb_core.ops.forward import forward
 from tdb_core.runner import Limits, ModelRunner
 
 PROMPTS = [
@@ -29,7 +30,7 @@ def test_memory_budget_is_checked_before_work(tiny_loaded):
     estimate, and no forward pass runs."""
     runner = ModelRunner(tiny_loaded, Limits(max_working_bytes=64 * 2**10))
     with pytest.raises(errors.ResourceExhaustedError, match="MiB of working memory"):
-        runner.forward(_spec(PROMPTS[0], specs.Capture("*")))
+        forward(runner, _spec(PROMPTS[0], specs.Capture("*")))
     assert runner.stats["passes"] == 0 and runner.queue_depth == 0
 
 
@@ -37,22 +38,22 @@ def test_full_queue_is_unavailable_and_slots_are_freed(tiny_loaded):
     """With the model busy and the queue full, a new request is UNAVAILABLE (retryable); the
     queue drains and a later request succeeds."""
     runner = ModelRunner(tiny_loaded, Limits(max_queue=1))
-    runner._lock.acquire()  # the model is busy
+    runner.admission._lock.acquire()  # the model is busy
     try:
         with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(runner.forward, _spec(PROMPTS[0]))
+            first = pool.submit(forward, runner, _spec(PROMPTS[0]))
             deadline = time.monotonic() + 5
             while runner.queue_depth < 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
             with pytest.raises(errors.UnavailableError, match="busy"):
-                runner.forward(_spec(PROMPTS[1]))
-            runner._lock.release()
+                forward(runner, _spec(PROMPTS[1]))
+            runner.admission._lock.release()
             assert first.result(timeout=30).top_logits
-            runner._lock.acquire()
+            runner.admission._lock.acquire()
     finally:
-        runner._lock.release()
+        runner.admission._lock.release()
     assert runner.queue_depth == 0
-    assert runner.forward(_spec(PROMPTS[1])).top_logits
+    assert forward(runner, _spec(PROMPTS[1])).top_logits
 
 
 def test_cancelled_request_stops_waiting_and_frees_its_slot(tiny_loaded):
@@ -65,19 +66,20 @@ def test_cancelled_request_stops_waiting_and_frees_its_slot(tiny_loaded):
         if stop.is_set():
             raise errors.DeadlineExceededError("deadline passed")
 
-    runner._lock.acquire()
+    runner.admission._lock.acquire()
     try:
         with ThreadPoolExecutor(1) as pool:
 
             def call():
                 with cancel.scope(check):
-                    return runner.forward(
+                    return forward(
+                        runner,
                         specs.ForwardSpec(
                             prompts=(specs.Prompt(text=PROMPTS[0]),),
                             interventions=(
                                 specs.Intervention("blocks.0.hook_resid_pre", specs.Scale(1.0)),
                             ),
-                        )
+                        ),
                     )
 
             fut = pool.submit(call)
@@ -86,11 +88,11 @@ def test_cancelled_request_stops_waiting_and_frees_its_slot(tiny_loaded):
             with pytest.raises(errors.DeadlineExceededError):
                 fut.result(timeout=10)
     finally:
-        runner._lock.release()
+        runner.admission._lock.release()
     assert runner.queue_depth == 0 and runner.stats["passes"] == 0
     calls = []
     with cancel.scope(lambda: calls.append(1)):
-        runner.forward(_spec(PROMPTS[0]))
+        forward(runner, _spec(PROMPTS[0]))
     assert len(calls) >= runner.schema.dims.n_layers
 
 
@@ -103,19 +105,19 @@ def test_concurrent_reads_are_merged_and_each_gets_its_own_result(tiny_loaded):
         specs.Capture("blocks.1.mlp.hook_post", positions=(-1,)),
         specs.Capture("logits", top_k=specs.TopK(4)),
     )
-    alone = [runner.forward(_spec(p, *caps)) for p in PROMPTS]
-    runner._lock.acquire()
+    alone = [forward(runner, _spec(p, *caps)) for p in PROMPTS]
+    runner.admission._lock.acquire()
     try:
         with ThreadPoolExecutor(len(PROMPTS)) as pool:
-            futs = [pool.submit(runner.forward, _spec(p, *caps)) for p in PROMPTS]
+            futs = [pool.submit(forward, runner, _spec(p, *caps)) for p in PROMPTS]
             deadline = time.monotonic() + 5
-            while len(runner._pending) < len(PROMPTS) and time.monotonic() < deadline:
+            while len(runner.admission._pending) < len(PROMPTS) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            runner._lock.release()
+            runner.admission._lock.release()
             merged = [f.result(timeout=60) for f in futs]
-            runner._lock.acquire()
+            runner.admission._lock.acquire()
     finally:
-        runner._lock.release()
+        runner.admission._lock.release()
     assert runner.stats["merged_passes"] >= 1 and runner.stats["merged_requests"] >= 2
     for a, m in zip(alone, merged):
         assert a.prompts == m.prompts
@@ -133,7 +135,7 @@ def test_zero_copy_captures_survive_in_place_writes(tiny_loaded):
     notices (version counter) and runs again copying, so results stay right."""
     runner = ModelRunner(tiny_loaded)
     spec = _spec(PROMPTS[0], specs.Capture("blocks.0.hook_resid_post"))
-    clean = runner.forward(spec).captures[0].values.clone()
+    clean = forward(runner, spec).captures[0].values.clone()
     passes = runner.stats["passes"]
     block1 = tiny_loaded.adapter.model.transformer.h[1]
 
@@ -143,7 +145,7 @@ def test_zero_copy_captures_survive_in_place_writes(tiny_loaded):
 
     h = block1.register_forward_pre_hook(scribble)
     try:
-        res = runner.forward(spec)
+        res = forward(runner, spec)
     finally:
         h.remove()
     assert runner.stats["passes"] == passes + 2

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from tdb_core import errors, specs
-from tdb_core.attribution import (
+from tdb_core.ops.attribute import (
     AttributeSpec,
     LatentTrace,
     LogitDiffLoss,
     attribute,
     compute_columns,
 )
+from tdb_core.ops.forward import forward
 from tdb_core.runner import ModelRunner
 from tdb_core.sae import ReluArch, SaeConfig, TopKArch, build_sae
 
@@ -38,18 +39,21 @@ def _sae(d_in: int, d_sae: int = 96, topk: bool = False, seed: int = 0, site: st
 @pytest.fixture(scope="module")
 def sae_runner(tiny_loaded):
     runner = ModelRunner(tiny_loaded)
-    runner.attach_sae("res1", _sae(64, site="blocks.1.hook_resid_pre"), "memory")
-    runner.attach_sae("mlp0", _sae(256, topk=True, seed=1), "memory", site="blocks.0.mlp.hook_post")
+    runner.saes.attach("res1", _sae(64, site="blocks.1.hook_resid_pre"), "memory")
+    runner.saes.attach(
+        "mlp0", _sae(256, topk=True, seed=1), "memory", site="blocks.0.mlp.hook_post"
+    )
     return runner
 
 
 def _forward(runner, *ivs, captures=("logits",)):
-    return runner.forward(
+    return forward(
+        runner,
         specs.ForwardSpec(
             prompts=(specs.Prompt(text=PROMPT),),
             captures=tuple(specs.Capture(c) for c in captures),
             interventions=ivs,
-        )
+        ),
     )
 
 
@@ -86,9 +90,9 @@ def test_capturing_latents_equals_encode_and_changes_nothing(sae_runner, tiny_ru
     plain = _forward(tiny_runner)
     assert torch.equal(res.captures[0].values, plain.captures[0].values)
     x = res.captures[1].values[0]
-    torch.testing.assert_close(res.captures[2].values[0], sae_runner.get_sae("res1").sae.encode(x))
+    torch.testing.assert_close(res.captures[2].values[0], sae_runner.saes.get("res1").sae.encode(x))
     err = res.captures[4].values[0]
-    torch.testing.assert_close(err, x - sae_runner.get_sae("res1").sae(x)[1])
+    torch.testing.assert_close(err, x - sae_runner.saes.get("res1").sae(x)[1])
     assert int((res.captures[3].values[0] > 0).sum(-1).max()) <= 8  # TopK k=8
 
 
@@ -120,14 +124,14 @@ def test_ablated_latent_changes_site_by_its_decoded_contribution(sae_runner):
     )
     delta = edited.captures[0].values[0] - clean.captures[0].values[0]
     want = torch.zeros_like(delta)
-    want[p] = -z[p, i] * sae_runner.get_sae("res1").sae.decoder_directions()[i]
+    want[p] = -z[p, i] * sae_runner.saes.get("res1").sae.decoder_directions()[i]
     torch.testing.assert_close(delta, want, atol=2e-6, rtol=0)
 
 
 def test_attribute_ranks_latents_and_traces_them(sae_runner):
     """Latents get all four columns (direct effect = z * W_dec[i] . gradient); a latent trace's
     loss is its pre-activation."""
-    t, d = sae_runner.single_token(" Mary"), sae_runner.single_token(" John")
+    t, d = sae_runner.tokens.single_token(" Mary"), sae_runner.tokens.single_token(" John")
     cols = compute_columns(
         sae_runner, AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)))
     )
@@ -136,7 +140,7 @@ def test_attribute_ranks_latents_and_traces_them(sae_runner):
     res1 = next(f for f in fam if f.decode((0, 0)).sae_id == "res1")
     z = res1.columns["activation"][0]
     grad = cols.grads["blocks.1.hook_resid_post"][0]
-    want = z * (grad @ sae_runner.get_sae("res1").sae.decoder_directions().T)
+    want = z * (grad @ sae_runner.saes.get("res1").sae.decoder_directions().T)
     torch.testing.assert_close(res1.columns["direct_effect"][0], want, atol=1e-6, rtol=1e-5)
     table = attribute(
         sae_runner,
@@ -163,23 +167,23 @@ def test_attach_refuses_mismatches(tiny_loaded):
     """A width mismatch, an unknown site, a missing site and a duplicate id are clear errors."""
     runner = ModelRunner(tiny_loaded)
     with pytest.raises(errors.InvalidArgumentError, match="d_in=32"):
-        runner.attach_sae("a", _sae(32), "x.pt", site="blocks.0.hook_resid_pre")
+        runner.saes.attach("a", _sae(32), "x.pt", site="blocks.0.hook_resid_pre")
     with pytest.raises(errors.NotFoundError):
-        runner.attach_sae("a", _sae(64), "x.pt", site="blocks.0.hook_nope")
+        runner.saes.attach("a", _sae(64), "x.pt", site="blocks.0.hook_nope")
     with pytest.raises(errors.InvalidArgumentError, match="does not name the site"):
-        runner.attach_sae("a", _sae(64), "x.pt")
-    runner.attach_sae("a", _sae(64), "x.pt", site="blocks.0.hook_resid_post")
+        runner.saes.attach("a", _sae(64), "x.pt")
+    runner.saes.attach("a", _sae(64), "x.pt", site="blocks.0.hook_resid_post")
     with pytest.raises(errors.InvalidArgumentError, match="already attached"):
-        runner.attach_sae("a", _sae(64), "x.pt", site="blocks.0.hook_resid_post")
+        runner.saes.attach("a", _sae(64), "x.pt", site="blocks.0.hook_resid_post")
     with pytest.raises(errors.NotFoundError, match="not attached"):
-        runner.get_sae("zzz")
+        runner.saes.get("zzz")
 
 
 def test_latent_total_effect_is_activation_times_its_own_gradient(sae_runner, tiny_runner):
     """A latent's total effect is z_i times d loss / d z_i with the latents as their own node (the
     error term held at its value), recomputed by hand on the HF model; and nodes upstream of the
     SAE keep exactly the gradient they have without it."""
-    t, d = sae_runner.single_token(" Mary"), sae_runner.single_token(" John")
+    t, d = sae_runner.tokens.single_token(" Mary"), sae_runner.tokens.single_token(" John")
     spec = AttributeSpec(
         prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)), freeze_norm_scale=False
     )  # the plain gradient, as autograd gives it
@@ -188,7 +192,7 @@ def test_latent_total_effect_is_activation_times_its_own_gradient(sae_runner, ti
         f for f in cols.families if f.kind == "sae_latent" and f.decode((0, 0)).sae_id == "res1"
     )
     ids = torch.tensor([attribute(sae_runner, spec).prompts[0].token_ids])
-    sae = sae_runner.get_sae("res1").sae
+    sae = sae_runner.saes.get("res1").sae
     hf = sae_runner.adapter.model
     z_var = {}
 
@@ -221,7 +225,7 @@ def test_zeroing_a_latent_rows_key_removes_exactly_its_write(sae_runner):
     SAE reconstructs by minus the write the node table attributes to the latent."""
     from tdb_core.nodes import parse_selector
 
-    t, d = sae_runner.single_token(" Mary"), sae_runner.single_token(" John")
+    t, d = sae_runner.tokens.single_token(" Mary"), sae_runner.tokens.single_token(" John")
     cols = compute_columns(
         sae_runner,
         AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,))),
@@ -247,7 +251,7 @@ def test_a_latent_on_the_final_norm_is_traced_through_it(tiny_loaded):
     residual stream through the final norm (scale held), so every block's nodes count and their
     direct effects plus the bias and constant terms add up to the latent's pre-activation."""
     runner = ModelRunner(tiny_loaded)
-    runner.attach_sae("fin", _sae(64, seed=3), "memory", site="ln_final.hook_normalized")
+    runner.saes.attach("fin", _sae(64, seed=3), "memory", site="ln_final.hook_normalized")
     res = attribute(
         runner,
         AttributeSpec(

@@ -37,12 +37,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tdb_core import nodes, specs
+from tdb_core import checks, nodes, specs
 from tdb_core.adapter import Norm
 from tdb_core.errors import (
     InvalidArgumentError,
     NotFoundError,
-    OutOfRangeError,
     ResourceExhaustedError,
 )
 from tdb_core.nodes import Node, NodeKind
@@ -240,13 +239,12 @@ def _row_vector(x: torch.Tensor) -> Callable[[int, tuple[int, ...]], torch.Tenso
     return write
 
 
-def _resolve_loss_tokens(runner: ModelRunner, ids: tuple[int, ...], what: str) -> None:
+def _resolve_loss_tokens(runner: ModelRunner, loss: LogitDiffLoss | LogProbLoss) -> None:
     vocab = runner.schema.dims.d_vocab
-    if not ids:
-        raise InvalidArgumentError(f"the loss needs at least one {what} token")
-    for t in ids:
-        if not 0 <= t < vocab:
-            raise OutOfRangeError(f"{what} token id {t} is outside the vocabulary (0..{vocab - 1})")
+    if isinstance(loss, LogitDiffLoss):
+        checks.target_distractor(loss.target_ids, loss.distractor_ids, vocab, required=True)
+    else:
+        checks.targets(loss.target_ids, vocab)
 
 
 class _Attribution:
@@ -259,16 +257,15 @@ class _Attribution:
         self.dims = runner.schema.dims
         if spec.second is not None and spec.interventions:
             raise InvalidArgumentError("give a second prompt or interventions, not both")
-        if spec.top_k < 1:
-            raise InvalidArgumentError(f"top_k must be at least 1, got {spec.top_k}")
-        if spec.ig_steps < 0 or spec.ig_steps > 256:
-            raise InvalidArgumentError(f"ig_steps must be in 0..256, got {spec.ig_steps}")
+        checks.top_k(spec.top_k, lo=1)
+        checks.top_k(spec.node_tokens, what="node_tokens")
+        checks.in_range(spec.ig_steps, 0, 256, "ig_steps")
         prompts = (
             (spec.prompt,)
             if spec.second is None and not spec.interventions
             else (spec.prompt, spec.second or spec.prompt)
         )
-        self.batch = runner.make_batch(prompts, prepend_bos=spec.prepend_bos)
+        self.batch = runner.tokens.make_batch(prompts, prepend_bos=spec.prepend_bos)
         if len(set(self.batch.lengths)) != 1:
             raise InvalidArgumentError(
                 f"the two prompts have {self.batch.lengths[0]} and {self.batch.lengths[1]} tokens; "
@@ -299,26 +296,19 @@ class _Attribution:
         loss, n_layers = self.spec.loss, self.dims.n_layers
         last = site_name("hook_resid_post", n_layers - 1)
         if isinstance(loss, LogitDiffLoss):
-            _resolve_loss_tokens(self.runner, loss.target_ids, "target")
-            _resolve_loss_tokens(self.runner, loss.distractor_ids, "distractor")
+            _resolve_loss_tokens(self.runner, loss)
             return _Point(last, norm_name("ln_final"), location("logits"))
         if isinstance(loss, LogProbLoss):
-            _resolve_loss_tokens(self.runner, loss.target_ids, "target")
+            _resolve_loss_tokens(self.runner, loss)
             return _Point(last, norm_name("ln_final"), location("logits"))
         if isinstance(loss, NeuronTrace):
             self._check_layer(loss.layer)
-            if not 0 <= loss.neuron < self.dims.d_mlp:
-                raise OutOfRangeError(
-                    f"neuron {loss.neuron} is out of range (0..{self.dims.d_mlp - 1})"
-                )
+            checks.index(loss.neuron, self.dims.d_mlp, "neuron")
             (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
             return self._mlp_side_point(loss.layer, pos)
         if isinstance(loss, HeadTrace):
             self._check_layer(loss.layer)
-            if not 0 <= loss.head < self.dims.n_heads:
-                raise OutOfRangeError(
-                    f"head {loss.head} is out of range (0..{self.dims.n_heads - 1})"
-                )
+            checks.index(loss.head, self.dims.n_heads, "head")
             (q,) = resolve_positions(
                 [loss.query_position], self.batch.lengths[:1], "query position"
             )[0]
@@ -354,12 +344,8 @@ class _Attribution:
             (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
             return _residual_point(loss.site, site.layer or 0, site.kind.key, pos)
         if isinstance(loss, LatentTrace):
-            att = self.runner.get_sae(loss.sae)
-            if not 0 <= loss.latent < att.sae.d_sae:
-                raise OutOfRangeError(
-                    f"latent {loss.latent} is out of range for SAE '{loss.sae}' "
-                    f"(0..{att.sae.d_sae - 1})"
-                )
+            att = self.runner.saes.get(loss.sae)
+            checks.index(loss.latent, att.sae.d_sae, "latent", f" of SAE '{loss.sae}'")
             (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
             key, layer = att.site.kind.key, att.site.layer
             if key in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
@@ -394,8 +380,7 @@ class _Attribution:
         return _Point(site_name(key, layer), norm, location(key, layer), pos)
 
     def _check_layer(self, layer: int) -> None:
-        if not 0 <= layer < self.dims.n_layers:
-            raise OutOfRangeError(f"layer {layer} is out of range (0..{self.dims.n_layers - 1})")
+        checks.index(layer, self.dims.n_layers, "layer")
 
     def loss_position(self) -> int:
         loss = self.spec.loss
@@ -497,7 +482,7 @@ class _Attribution:
         if isinstance(loss, DirectionLoss):
             plan.grad_sites.add(loss.site)
         if isinstance(loss, LatentTrace):
-            att = self.runner.get_sae(loss.sae)
+            att = self.runner.saes.get(loss.sae)
             plan.grad_sites.update({att.acts_pre, att.input})
 
     def loss_values(self, out: RunOutput, rows: int | None = None) -> torch.Tensor:
@@ -535,7 +520,7 @@ class _Attribution:
             along: torch.Tensor = (write * u).sum(-1).float()
             return along
         if isinstance(loss, LatentTrace):
-            att = self.runner.get_sae(loss.sae)
+            att = self.runner.saes.get(loss.sae)
             return g[att.acts_pre][:rows, self.point.position, loss.latent].float()
         assert isinstance(loss, DirectionLoss)
         vec = loss.vector.to(out.logits.device, g[loss.site].dtype)
@@ -782,7 +767,7 @@ def _token_scores(
     vals, idx = scores.topk(min(k, scores.shape[-1]), dim=-1, largest=largest)
     out = []
     for v_row, i_row in zip(vals.tolist(), idx.tolist(), strict=True):
-        strs = runner.token_strings(i_row)
+        strs = runner.tokens.strings(i_row)
         out.append(tuple(TokenScore(int(i), s, float(v)) for i, s, v in zip(i_row, strs, v_row)))
     return out
 
@@ -931,7 +916,7 @@ def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
         constant = losses.detach() - (x_point * d).sum((-1, -2))
         emb = [f for f in fams if f.kind is NodeKind.EMBEDDING]
         tok_attr = emb[0].columns["total_effect"] if emb else torch.zeros(att.n_rows, att.T)
-    prompts = tuple(specs.PromptTokens(r, runner.token_strings(r)) for r in att.batch.rows)
+    prompts = tuple(specs.PromptTokens(r, runner.tokens.strings(r)) for r in att.batch.rows)
     n_nodes = sum(f.columns["activation"][0].numel() for f in fams)
     return AttributeResult(
         prompts=prompts,

@@ -1,15 +1,16 @@
-"""Training SAEs on a model's activations: a shuffled activation stream and the CE-loss callback."""
+"""SAE training data from a model: token windows, a shuffled activation stream (read with
+``runner.read``) and the CE-loss callback of ``train_sae``."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-from tdb_core import specs
+from tdb_core import checks, specs
 from tdb_core.datasets import iter_texts
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.plan import Batch
@@ -38,11 +39,8 @@ def token_windows(
     limit: int | None = None,
 ) -> list[tuple[int, ...]]:
     """Consecutive windows of ``ctx_len`` tokens over the dataset's documents."""
-    if ctx_len < 2 or ctx_len > runner.schema.dims.n_ctx:
-        raise InvalidArgumentError(
-            f"ctx_len must be in 2..{runner.schema.dims.n_ctx}, got {ctx_len}"
-        )
-    tok = runner.loaded.tokenizer
+    checks.in_range(ctx_len, 2, runner.schema.dims.n_ctx, "ctx_len")
+    tok = runner.tokens.tokenizer
     windows: list[tuple[int, ...]] = []
     for text in iter_texts(dataset):
         ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -62,13 +60,9 @@ def _site_activations(
 ) -> torch.Tensor:
     """``[n_tokens, d]`` activations of a site over windows (padding and skipped positions dropped)."""
     info = runner.schema.get(site)
-    batch = Batch(tuple(windows), len(windows), 0, 0)
-    planner = runner.planner(batch)
-    got: dict[str, torch.Tensor] = {}
-    planner.plan.observers[info.name] = lambda t: got.__setitem__("x", t.detach())
-    with torch.no_grad():
-        runner.run(batch, planner.plan)
-    x = got["x"].flatten(2) if got["x"].dim() > 3 else got["x"]  # [B, T, d]
+    batch = Batch.plain(windows)
+    x = runner.read(batch, [info.name])[info.name]
+    x = x.flatten(2) if x.dim() > 3 else x  # [B, T, d]
     T = x.shape[1]
     lengths = torch.tensor(batch.lengths, device=x.device)
     pos = torch.arange(T, device=x.device)
@@ -104,11 +98,11 @@ def activation_stream(
 
 def ce_evaluator(
     runner: ModelRunner, site: str, windows: list[tuple[int, ...]], skip_first: int = 1
-):
+) -> Callable[[SparseAutoencoder], CeLossResult]:
     """A callback giving clean, spliced (reconstruction, no error term) and zero-ablated
     next-token cross-entropy on held-out windows, for ``train_sae``'s ``ce_eval``."""
     info = runner.schema.get(site)
-    batch = Batch(tuple(windows), len(windows), 0, 0)
+    batch = Batch.plain(windows)
     n = len(windows)
 
     def ce(run_runner: ModelRunner, ivs: tuple[specs.Intervention, ...]) -> float:
@@ -131,7 +125,7 @@ def ce_evaluator(
 
     def evaluate(sae: SparseAutoencoder) -> CeLossResult:
         scratch = ModelRunner(runner.loaded, runner.limits)
-        att = scratch.attach_sae("training", sae, "training", site)
+        att = scratch.saes.attach("training", sae, "training", site)
         spliced = ce(scratch, (specs.Intervention(att.error, specs.Zero()),))
         return ce_loss_result(clean, spliced, zero)
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from tdb_core import specs
-from tdb_core.errors import InvalidArgumentError, ResourceExhaustedError
+from tdb_core import checks, specs
+from tdb_core.errors import InvalidArgumentError
 from tdb_core.plan import check_response_bytes
 from tdb_core.runner import ModelRunner
-from tdb_core.sae.model import InputNorm, InputStats
+from tdb_core.sae.model import InputNorm, InputStats, SparseAutoencoder
 
 
 @dataclass(frozen=True)
@@ -39,20 +39,30 @@ class EncodeResult:
 
 
 def _reconstruct(
-    sae, z: torch.Tensor, stats, top_v: torch.Tensor, top_i: torch.Tensor, l0: torch.Tensor
+    sae: SparseAutoencoder,
+    z: torch.Tensor,
+    stats: InputStats | None,
+    top_v: torch.Tensor,
+    top_i: torch.Tensor,
+    l0: torch.Tensor,
 ) -> torch.Tensor:
     """decode(z): from the top-k alone when they hold every active latent (exact, and cheap for
     sparse codes), else densely."""
     if top_i.shape[-1] > 0 and int(l0.max()) <= top_i.shape[-1] and not sae.config.flatten_heads:
         D = sae.decoder_directions()  # [d_sae, d_in]
-        x_hat = torch.einsum("...k,...kd->...d", top_v.to(D.dtype), D[top_i]) + sae.b_dec.detach()
+        x_hat: torch.Tensor = (
+            torch.einsum("...k,...kd->...d", top_v.to(D.dtype), D[top_i]) + sae.b_dec.detach()
+        )
         if stats is not None:
             x_hat = x_hat * stats.scale + stats.shift
         return x_hat
-    return sae.decode(z, stats)
+    decoded: torch.Tensor = sae.decode(z, stats)
+    return decoded
 
 
-def _stats_of(sae, x: torch.Tensor, z: torch.Tensor, stats, k: int) -> tuple[torch.Tensor, ...]:
+def _stats_of(
+    sae: SparseAutoencoder, x: torch.Tensor, z: torch.Tensor, stats: InputStats | None, k: int
+) -> tuple[torch.Tensor, ...]:
     """top values/indices, l0, per-token mse of rows ``[..., d]``."""
     k = min(k, z.shape[-1])
     top_v, top_i = z.topk(k, dim=-1) if k > 0 else (z[..., :0], z[..., :0].long())
@@ -70,12 +80,15 @@ def _explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 
 def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
-    att = runner.get_sae(spec.sae)
+    """Per-token latents of prompts (run through the model up to the SAE's site) or of raw
+    activations, with L0, reconstruction error and explained variance."""
+    att = runner.saes.get(spec.sae)
     sae = att.sae
-    if spec.top_k < 0:
-        raise InvalidArgumentError(f"top_k must be >= 0, got {spec.top_k}")
-    if bool(spec.prompts) == (spec.activations is not None):
-        raise InvalidArgumentError("Encode takes prompts or activations (exactly one of them)")
+    checks.top_k(spec.top_k)
+    if spec.prompts and spec.activations is not None:
+        raise InvalidArgumentError("Encode takes prompts or activations, not both")
+    if spec.activations is None:
+        checks.non_empty(spec.prompts, "prompts")
     if spec.activations is not None:
         x = spec.activations
         if x.dim() == 2:
@@ -107,18 +120,14 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
             float(l0.float().mean()),
         )
 
-    batch = runner.make_batch(spec.prompts, prepend_bos=spec.prepend_bos)
-    planner = runner.planner(batch)
+    batch = runner.tokens.make_batch(spec.prompts, prepend_bos=spec.prepend_bos)
     n = batch.n_prompts
-    seen: dict[str, torch.Tensor] = {}
-    planner.plan.observers[att.input] = lambda t: seen.__setitem__("x", t.detach()[:n])
-    planner.plan.observers[att.acts] = lambda t: seen.__setitem__("z", t.detach()[:n])
     T = batch.max_len
     n_bytes = n * T * (sae.d_sae * 4 if spec.dense else min(spec.top_k, sae.d_sae) * 12 + 16)
     check_response_bytes(n_bytes, runner.limits.max_response_bytes)
+    got = runner.read(batch, (att.input, att.acts))
+    x, z = got[att.input][:n], got[att.acts][:n]
     with torch.no_grad():
-        runner.run(batch, planner.plan)
-        x, z = seen["x"], seen["z"]
         stats = sae.input_stats(x)
         top_v, top_i, l0, mse, x_hat = _stats_of(sae, x, z, stats, spec.top_k)
     valid = (
@@ -130,7 +139,7 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
     l0, mse = l0 * valid, mse * valid
     dense = (z * keep).cpu() if spec.dense else None
     return EncodeResult(
-        prompts=tuple(specs.PromptTokens(r, runner.token_strings(r)) for r in batch.rows[:n]),
+        prompts=tuple(specs.PromptTokens(r, runner.tokens.strings(r)) for r in batch.rows[:n]),
         top_values=top_v.float().cpu(),
         top_indices=top_i.cpu(),
         dense=dense,
@@ -141,16 +150,26 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
     )
 
 
-def decode(runner: ModelRunner, sae_id: str, latents: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class DecodeSpec:
+    """Latents ``[..., d_sae]`` of an attached SAE."""
+
+    sae: str
+    latents: torch.Tensor
+
+
+def decode(runner: ModelRunner, spec: DecodeSpec) -> torch.Tensor:
     """``b_dec + latents @ W_dec`` ``[..., d_in]`` (for input-normalizing SAEs, in the SAE's
     normalized input space: shift 0, scale 1)."""
-    sae = runner.get_sae(sae_id).sae
+    sae_id, latents = spec.sae, spec.latents
+    sae = runner.saes.get(sae_id).sae
     if latents.dim() < 1 or latents.shape[-1] != sae.d_sae:
         raise InvalidArgumentError(
             f"latents must be [..., {sae.d_sae}] for SAE '{sae_id}', got {list(latents.shape)}"
         )
-    if latents.numel() * sae.d_in // max(sae.d_sae, 1) * 4 > runner.limits.max_response_bytes:
-        raise ResourceExhaustedError("the decoded vectors would exceed the response limit")
+    check_response_bytes(
+        latents.numel() * sae.d_in // max(sae.d_sae, 1) * 4, runner.limits.max_response_bytes
+    )
     with torch.no_grad():
         z = latents.to(runner.device, sae.dtype)
         stats = None

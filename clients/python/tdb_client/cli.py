@@ -1,0 +1,731 @@
+"""The client commands of ``tdb``: talk to a server from a terminal. No torch is imported.
+
+    tdb server-info | tdb models | tdb info [--model M]
+    tdb forward "PROMPT" --capture SITE... [--positions -1] [--top-k 10] [--json]
+    tdb ablate "PROMPT" --target " Mary" --distractor " John" --zero 'blocks.1.attn.hook_z[head=3]'
+    tdb patch CLEAN CORRUPTED --site hook_resid_pre --target " Mary" --distractor " John" [--png F]
+    tdb attribute "PROMPT" --target " Mary" --distractor " John" [--trace-neuron L,N] [--zero SEL]
+    tdb sae list | tdb sae encode "PROMPT" --sae ID
+    tdb explanations [--node-prefix P] [--min-score S]
+
+Each talks to ``--server`` (env TDB_SERVER, default localhost:50051; several replicas as
+h1:p,h2:p or dns:///name:port), with ``--token``/``--tls-ca``/``--tls-cert`` for secured servers,
+and exits with status 1 and the server's message on errors. The ``tdb`` command registers these
+next to the server and offline commands; ``python -m tdb_client.cli`` runs them alone (a
+client-only install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tdb_client import TdbClient, TdbClientError, TlsConfig, losses
+from tdb_client import interventions as iv
+
+DEFAULT_SERVER = os.environ.get("TDB_SERVER", "localhost:50051")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.replace(",", " ").split()]
+
+
+def _connect(args: argparse.Namespace) -> TdbClient:
+    token = args.token
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = next(
+                (line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")),
+                None,
+            )
+    tls: TlsConfig | None = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        tls = TlsConfig(
+            root_ca=args.tls_ca,
+            client_cert=args.tls_cert,
+            client_key=args.tls_key,
+            server_name=args.tls_server_name,
+        )
+    return TdbClient(args.server, timeout=args.timeout, token=token, tls=tls)
+
+
+def add_client_args(p: argparse.ArgumentParser) -> None:
+    """Connection flags (server, timeout, token, TLS) and --model, --json."""
+    env = os.environ.get
+    p.add_argument(
+        "--server",
+        default=DEFAULT_SERVER,
+        help="host:port, several as h1:p,h2:p, or a target such as dns:///svc:50051 "
+        "(env TDB_SERVER)",
+    )
+    p.add_argument("--timeout", type=float, default=120.0, help="per-call timeout, seconds")
+    p.add_argument("--token", default=env("TDB_TOKEN"), help="bearer token (env TDB_TOKEN)")
+    p.add_argument(
+        "--token-file",
+        default=env("TDB_TOKEN_FILE"),
+        help="read the bearer token from the first line of FILE (env TDB_TOKEN_FILE)",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        default=bool(env("TDB_TLS")),
+        help="use TLS with the system's CAs (env TDB_TLS=1)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        default=env("TDB_TLS_CA"),
+        help="use TLS, trusting this CA (PEM) (env TDB_TLS_CA)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=env("TDB_TLS_CERT"),
+        help="client certificate (PEM) for mutual TLS (env TDB_TLS_CERT)",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=env("TDB_TLS_KEY"),
+        help="client private key (PEM) for mutual TLS (env TDB_TLS_KEY)",
+    )
+    p.add_argument(
+        "--tls-server-name",
+        default=None,
+        help="name to check the server's certificate against, if not the host",
+    )
+    p.add_argument("--model", default=None, help="model name (default: the server's default)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+
+
+# -- server-info -----------------------------------------------------------------------------------
+
+
+def cmd_server_info(args: argparse.Namespace) -> int:
+    with _connect(args) as c:
+        info = c.server_info()
+    if args.json:
+        d = dict(info.__dict__)
+        d["models"] = [dict(m.__dict__, saes=[s.__dict__ for s in m.saes]) for m in info.models]
+        d["services"] = {k: [m.__dict__ for m in v] for k, v in info.services.items()}
+        print(json.dumps(d, indent=2))
+        return 0
+    libs = " ".join(f"{k} {v}" for k, v in sorted(info.library_versions.items()))
+    print(f"tdb-service {info.version} ({libs})")
+    on = [k for k, v in info.features.items() if v]
+    print(f"features: {', '.join(on) or 'none'}")
+    print("server limits: " + " ".join(f"{k}={v}" for k, v in info.server_limits.items()))
+    for m in info.models:
+        print(
+            f"{'*' if m.is_default else ' '} {m.name}: {m.architecture} on {m.device} ({m.dtype}), "
+            f"{m.n_layers} layers, n_ctx {m.n_ctx}"
+        )
+        print("    limits: " + " ".join(f"{k}={v}" for k, v in m.limits.items()))
+        for s in m.saes:
+            print(f"    sae {s.id}: {s.kind} at {s.site}, d_sae={s.d_sae}")
+    for name, methods in info.services.items():
+        print(f"{name}: {', '.join(m.name for m in methods)}")
+    return 0
+
+
+# -- models / info ---------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with _connect(args) as c:
+        models = c.list_models()
+    if args.json:
+        print(json.dumps([m.__dict__ for m in models], indent=2))
+    else:
+        for m in models:
+            print(f"{'*' if m.is_default else ' '} {m.name:20s} {m.architecture:24s} {m.source}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _connect(args) as c:
+        info = c.model_info(args.model)
+    if args.json:
+        d = dict(info.__dict__)
+        d["sites"] = [s.__dict__ for s in info.sites]
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"{info.name}: {info.architecture} from {info.source} on {info.device} ({info.dtype})")
+    print(
+        f"  n_layers={info.n_layers} n_heads={info.n_heads} n_kv_heads={info.n_kv_heads} "
+        f"d_model={info.d_model} d_head={info.d_head} d_mlp={info.d_mlp} "
+        f"d_vocab={info.d_vocab} n_ctx={info.n_ctx}"
+    )
+    seen = set()
+    for s in info.sites:
+        if s.kind in seen:
+            continue
+        seen.add(s.kind)
+        shape = ", ".join(d if n < 0 else f"{d}={n}" for d, n in zip(s.dims, s.sizes))
+        name = ("blocks.{L}." + s.kind) if s.layer is not None else s.name
+        print(f"  {name:34s} [{shape}]  {s.meaning}")
+    return 0
+
+
+# -- forward ---------------------------------------------------------------------------------------
+
+
+def _summary(arr: np.ndarray) -> str:
+    a = arr.astype(np.float64)
+    finite = a[np.isfinite(a)]
+    if finite.size == 0:
+        return "no finite values"
+    return (
+        f"mean {finite.mean():+.4f}  std {finite.std():.4f}  "
+        f"min {finite.min():+.4f}  max {finite.max():+.4f}"
+    )
+
+
+def _fmt_top(t: Any, n: int = 5) -> str:
+    return "  ".join(f"{tok!r} {p:.3f}" for tok, p in zip(t.tokens[:n], t.probs[:n]))
+
+
+def cmd_forward(args: argparse.Namespace) -> int:
+    edits = [iv.zero(s) for s in args.zero]
+    with _connect(args) as c:
+        out = c.forward(
+            args.prompts,
+            model=args.model,
+            capture=args.capture,
+            positions=_ints(args.positions) if args.positions else None,
+            top_k=args.top_k,
+            interventions=edits,
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": out.model,
+                    "tokens": out.tokens,
+                    "token_ids": out.token_ids,
+                    "top_logits": [[t.__dict__ for t in per] for per in out.top_logits],
+                    "activations": {
+                        k: {"dims": list(out.dims[k]), "shape": list(v.shape), "values": v.tolist()}
+                        for k, v in out.activations.items()
+                    },
+                    "indices": {k: v.tolist() for k, v in out.indices.items()},
+                }
+            )
+        )
+        return 0
+    for b, toks in enumerate(out.tokens):
+        print(f"prompt {b}: {len(toks)} tokens: {'|'.join(toks)}")
+        for t in out.top_logits[b]:
+            print(f"  next after position {t.position}: {_fmt_top(t)}")
+    for site, arr in out.activations.items():
+        print(f"{site} [{', '.join(out.dims[site])}] {list(arr.shape)}  {_summary(arr)}")
+    return 0
+
+
+# -- ablate / patch --------------------------------------------------------------------------------
+
+
+def _interventions_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """(label, intervention) pairs from --zero/--set/--scale/--mean/--patch flags, in order."""
+    out: list[tuple[str, Any]] = []
+    for sel in args.zero:
+        out.append((f"zero {sel}", iv.zero(sel)))
+    for item in args.set:
+        sel, _, value = item.rpartition("=")
+        out.append((f"set {sel}={value}", iv.set_value(sel, float(value))))
+    for item in args.scale:
+        sel, _, value = item.rpartition("=")
+        out.append((f"scale {sel}x{value}", iv.scale(sel, float(value))))
+    for sel in args.mean:
+        op = iv.mean_over_reference(sel) if args.reference else iv.mean_over_positions(sel)
+        out.append((f"mean {sel}", op))
+    for sel in args.patch:
+        out.append((f"patch {sel}", iv.patch(sel, 0)))
+    return out
+
+
+def _fmt(x: float | None, spec: str = "+.3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    edits = _interventions_from_args(args)
+    if not edits:
+        raise SystemExit("give at least one intervention: --zero/--set/--scale/--mean/--patch")
+    sets: dict[str, Any] = (
+        {label: [e] for label, e in edits}
+        if args.each
+        else {" + ".join(label for label, _ in edits): [e for _, e in edits]}
+    )
+    with _connect(args) as c:
+        res = c.ablate(
+            args.prompt,
+            sets,
+            target=args.target or None,
+            distractor=args.distractor or None,
+            position=args.position,
+            top_k=args.top_k,
+            model=args.model,
+            sources=[args.source] if args.source else (),
+            references=args.reference or (),
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": res.model,
+                    "tokens": res.tokens,
+                    "position": res.position,
+                    "rows": [dict(r.__dict__, top=r.top.__dict__) for r in res.rows],
+                }
+            )
+        )
+        return 0
+    print(f"prompt: {'|'.join(res.tokens)}")
+    print(f"next token after position {res.position} ({res.tokens[res.position]!r})\n")
+    width = max(12, *(len(r.name) for r in res.rows))
+    head = f"{'':{width}s}  {'logit diff':>10s}  {'change':>8s}  {'KL':>7s}  top next tokens"
+    print(head)
+    for r in res.rows:
+        print(
+            f"{r.name:{width}s}  {_fmt(r.logit_diff):>10s}  {_fmt(r.logit_diff_change):>8s}  "
+            f"{r.kl_from_baseline:7.4f}  {_fmt_top(r.top, 4)}"
+        )
+    return 0
+
+
+def _heatmap_text(res: Any) -> str:
+    labels = [
+        f"{j}:{lab}" if res.by == "position" else lab
+        for j, lab in zip(res.columns, res.column_labels)
+    ]
+    w = max(7, *(len(repr(x)) for x in labels))
+    lines = [f"{'layer':>5s} " + " ".join(f"{x!r:>{w}s}"[-w:] for x in labels)]
+    for i, layer in enumerate(res.layers):
+        lines.append(f"{layer:5d} " + " ".join(f"{v:>{w}.3f}" for v in res.recovered[i]))
+    return "\n".join(lines)
+
+
+def _save_heatmap_png(res: Any, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--png needs matplotlib: pip install 'tdb-service[plot]'") from None
+    fig, ax = plt.subplots(
+        figsize=(max(4.0, 0.55 * len(res.columns) + 2), 0.45 * len(res.layers) + 1.8)
+    )
+    lim = float(np.nanmax(np.abs(res.recovered))) if np.isfinite(res.recovered).any() else 1.0
+    im = ax.imshow(
+        res.recovered, cmap="RdBu", vmin=-max(lim, 1e-6), vmax=max(lim, 1e-6), aspect="auto"
+    )
+    ax.set_xticks(
+        range(len(res.columns)),
+        labels=[repr(x) if res.by == "position" else x for x in res.column_labels],
+        rotation=60,
+        ha="right",
+    )
+    ax.set_yticks(range(len(res.layers)), labels=[str(x) for x in res.layers])
+    ax.set_ylabel("layer")
+    ax.set_title(
+        f"{res.site}: logit difference recovered\n(clean {res.clean_logit_diff:+.2f}, "
+        f"corrupted {res.corrupted_logit_diff:+.2f})",
+        fontsize=9,
+    )
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    with _connect(args) as c:
+        res = c.patch_sweep(
+            args.clean,
+            args.corrupted,
+            site=args.site,
+            target=args.target,
+            distractor=args.distractor,
+            by=args.by,
+            positions=_ints(args.positions) if args.positions else None,
+            layers=_ints(args.layers) if args.layers else None,
+            model=args.model,
+        )
+    if args.png:
+        _save_heatmap_png(res, args.png)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                    for k, v in res.__dict__.items()
+                }
+            )
+        )
+        return 0
+    print(
+        f"{res.site} patched clean -> corrupted, by {res.by}; logit diff clean "
+        f"{res.clean_logit_diff:+.3f}, corrupted {res.corrupted_logit_diff:+.3f}"
+    )
+    print("fraction of the logit difference recovered:")
+    print(_heatmap_text(res))
+    if args.png:
+        print(f"heatmap written to {args.png}")
+    return 0
+
+
+# -- attribute -------------------------------------------------------------------------------------
+
+
+_COLUMN_ABBR = (
+    ("activation", "act"),
+    ("write_magnitude", "write"),
+    ("direct_effect", "direct"),
+    ("total_effect", "total"),
+)
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    if args.trace_neuron:
+        L, N, *P = _ints(args.trace_neuron)
+        loss: losses.Loss = losses.neuron(L, N, P[0] if P else -1)
+    elif args.trace_head:
+        parts = args.trace_head.replace(",", " ").split()
+        L, H, Q = (int(x) for x in parts[:3])
+        K = int(parts[3]) if len(parts) > 3 and parts[3].lstrip("-").isdigit() else None
+        loss = losses.head(L, H, Q, K, parts[-1] if parts[-1] in ("q", "k", "qk", "v") else "qk")
+    elif args.target and args.distractor:
+        loss = losses.logit_diff(args.target, args.distractor, args.position)
+    elif args.target:
+        loss = losses.log_prob(args.target, args.position)
+    else:
+        raise SystemExit("give --target (and --distractor), --trace-neuron or --trace-head")
+    with _connect(args) as c:
+        res = c.attribute(
+            args.prompt,
+            loss=loss,
+            top_k=args.top_k,
+            second_prompt=args.second,
+            interventions=[iv.zero(s) for s in args.zero],
+            families=args.families,
+            ig_steps=args.ig,
+            model=args.model,
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {k: v for k, v in res.__dict__.items() if k != "rows"}
+                | {
+                    "rows": [
+                        {
+                            "node": r.node.__dict__,
+                            "values": [v.__dict__ for v in r.values],
+                            "upvoted": [t.__dict__ for t in r.upvoted],
+                            "downvoted": [t.__dict__ for t in r.downvoted],
+                            "input_tokens": [t.__dict__ for t in r.input_tokens],
+                        }
+                        for r in res.rows
+                    ]
+                }
+            )
+        )
+        return 0
+    toks = res.tokens[0]
+    print(f"prompt: {'|'.join(toks)}")
+    what = "loss" if not args.trace_neuron and not args.trace_head else "traced value"
+    print(
+        f"{what} at position {res.loss_position} ({toks[res.loss_position]!r}): "
+        + " | ".join(f"{x:+.4f}" for x in res.loss_values)
+    )
+    print(
+        f"{res.nodes_ranked} nodes ranked; direct effects + biases ({res.bias_direct_effect[0]:+.4f}) "
+        f"+ constant ({res.constant[0]:+.4f}) = loss\n"
+    )
+    key = dict(_COLUMN_ABBR)[args.sort]
+    rows = sorted(res.rows, key=lambda r: -getattr(r.values[0], args.sort))
+    two = len(res.loss_values) == 2
+    cols = "".join(f"{abbr:>{17 if two else 9}s}" for _, abbr in _COLUMN_ABBR)
+    print(f"{'node':28s}{'token':>10s}{cols}   pushes up")
+    for r in rows:
+        tok = "" if r.node.position is None else toks[r.node.position]
+        if r.node.key_position is not None:
+            tok = f"{toks[r.node.key_position]!r}->{tok!r}"
+        else:
+            tok = repr(tok)
+        vals = ""
+        for col, _ in _COLUMN_ABBR:
+            if two:
+                vals += f"{getattr(r.values[0], col):>8.3f}|{getattr(r.values[1], col):<8.3f}"
+            else:
+                vals += f"{getattr(r.values[0], col):>9.4f}"
+        up = " ".join(repr(t.token) for t in r.upvoted[:3])
+        print(f"{r.node.name:28s}{tok[-10:]:>10s}{vals}   {up}")
+    print(
+        f"\nsorted by {key}; token attribution (embedding act x grad): "
+        + " ".join(f"{t!r}:{v:+.3f}" for t, v in zip(toks, res.token_attribution[0]))
+    )
+    return 0
+
+
+# -- sae -------------------------------------------------------------------------------------------
+
+
+def cmd_sae_list(args: argparse.Namespace) -> int:
+    with _connect(args) as c:
+        saes = c.list_saes(args.model)
+    if args.json:
+        print(json.dumps([s.__dict__ for s in saes], indent=2))
+        return 0
+    if not saes:
+        print("no SAEs attached")
+    for s in saes:
+        k = f" k={s.k}" if s.k is not None else ""
+        print(
+            f"{s.id:16s} {s.model:14s} {s.site:28s} {s.kind}{k} d_in={s.d_in} d_sae={s.d_sae} "
+            f"norm={s.input_norm}  {s.source}"
+        )
+    return 0
+
+
+def cmd_sae_encode(args: argparse.Namespace) -> int:
+    with _connect(args) as c:
+        res = c.encode(args.sae, args.prompts, top_k=args.top_k, model=args.model)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "tokens": res.tokens,
+                    "top_values": res.top_values.tolist(),
+                    "top_indices": res.top_indices.tolist(),
+                    "l0": res.l0.tolist(),
+                    "mse": res.mse.tolist(),
+                    "explained_variance": res.explained_variance,
+                }
+            )
+        )
+        return 0
+    print(
+        f"SAE {res.sae}: mean L0 {res.mean_l0:.2f}, explained variance {res.explained_variance:.4f}"
+    )
+    for b, toks in enumerate(res.tokens):
+        for p, tok in enumerate(toks):
+            lat = " ".join(
+                f"{int(i)}:{v:.2f}"
+                for v, i in zip(res.top_values[b, p], res.top_indices[b, p])
+                if v > 0
+            )
+            print(f"  {p:3d} {tok!r:14s} L0={int(res.l0[b, p]):3d}  {lat}")
+    return 0
+
+
+# -- explanations ----------------------------------------------------------------------------------
+
+
+def cmd_explanations(args: argparse.Namespace) -> int:
+    with _connect(args) as c:
+        found = c.list_explanations(
+            model=args.model,
+            node=args.node,
+            node_prefix=args.node_prefix,
+            min_score=args.min_score,
+            limit=args.limit,
+        )
+    if args.json:
+        print(json.dumps([e.__dict__ for e in found]))
+        return 0
+    for e in found:
+        score = "unscored" if e.score is None else f"{e.score:+.3f}"
+        print(f"{e.node:36s} {score:>9s}  [{e.method}] {e.explanation}")
+    return 0
+
+
+# -- registration ----------------------------------------------------------------------------------
+
+
+def _parser_forward(sub: Any) -> None:
+    p = sub.add_parser("forward", help="run prompts and read activations")
+    p.add_argument("prompts", nargs="+", help="prompt text(s)")
+    p.add_argument(
+        "--capture",
+        nargs="*",
+        default=[],
+        metavar="SITE",
+        help="sites or globs, e.g. blocks.*.mlp.hook_post",
+    )
+    p.add_argument("--positions", default=None, help="positions to keep, e.g. '-1' or '0,3'")
+    p.add_argument("--top-k", type=int, default=10, help="next-token top-k")
+    p.add_argument(
+        "--zero",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="zero-ablate, e.g. 'blocks.1.attn.hook_z[head=3]'",
+    )
+    add_client_args(p)
+    p.set_defaults(func=cmd_forward)
+
+
+def _parser_ablate(sub: Any) -> None:
+    p = sub.add_parser(
+        "ablate",
+        help="compare a baseline with interventions",
+        description="Interventions use selectors such as "
+        "'blocks.1.attn.hook_z[head=3]' or "
+        "'blocks.0.mlp.hook_post[42,pos=-1]'.",
+    )
+    p.add_argument("prompt")
+    p.add_argument("--target", action="append", default=[], help="target token, e.g. ' Mary'")
+    p.add_argument("--distractor", action="append", default=[], help="distractor token")
+    p.add_argument("--position", type=int, default=-1, help="position compared (default -1)")
+    p.add_argument("--zero", action="append", default=[], metavar="SELECTOR")
+    p.add_argument("--set", action="append", default=[], metavar="SELECTOR=VALUE")
+    p.add_argument("--scale", action="append", default=[], metavar="SELECTOR=FACTOR")
+    p.add_argument(
+        "--mean",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="mean-ablate (over the prompt's positions, or --reference prompts)",
+    )
+    p.add_argument("--reference", action="append", default=[], metavar="PROMPT")
+    p.add_argument(
+        "--patch", action="append", default=[], metavar="SELECTOR", help="patch from --source"
+    )
+    p.add_argument("--source", default=None, metavar="PROMPT", help="source prompt for --patch")
+    p.add_argument(
+        "--each",
+        action="store_true",
+        help="one row per intervention instead of one row with all of them",
+    )
+    p.add_argument("--top-k", type=int, default=5)
+    add_client_args(p)
+    p.set_defaults(func=cmd_ablate)
+
+
+def _parser_patch(sub: Any) -> None:
+    p = sub.add_parser("patch", help="activation patching sweep (clean -> corrupted)")
+    p.add_argument("clean")
+    p.add_argument("corrupted")
+    p.add_argument(
+        "--site",
+        default="hook_resid_pre",
+        help="per-layer site kind, e.g. hook_resid_pre, hook_attn_out, attn.hook_z",
+    )
+    p.add_argument("--target", required=True, action="append")
+    p.add_argument("--distractor", required=True, action="append")
+    p.add_argument("--by", choices=("position", "head"), default="position")
+    p.add_argument("--positions", default=None, help="head sweeps: positions patched")
+    p.add_argument("--layers", default=None, help="layers to sweep, e.g. '0,1'")
+    p.add_argument("--png", default=None, metavar="FILE", help="also write a heatmap image")
+    add_client_args(p)
+    p.set_defaults(func=cmd_patch)
+
+
+def _parser_attribute(sub: Any) -> None:
+    p = sub.add_parser("attribute", help="TDB's node table: which nodes matter for an output")
+    p.add_argument("prompt")
+    p.add_argument("--target", action="append", default=[], help="target token(s), e.g. ' Mary'")
+    p.add_argument("--distractor", action="append", default=[], help="distractor token(s)")
+    p.add_argument("--position", type=int, default=-1, help="position of the loss (default -1)")
+    p.add_argument(
+        "--trace-neuron",
+        default=None,
+        metavar="L,N[,POS]",
+        help="trace upstream from MLP neuron N of layer L",
+    )
+    p.add_argument(
+        "--trace-head",
+        default=None,
+        metavar="L,H,Q[,K],{q,k,qk,v}",
+        help="trace upstream from head H of layer L at query Q (key K)",
+    )
+    p.add_argument("--second", default=None, metavar="PROMPT", help="compare with a second prompt")
+    p.add_argument(
+        "--zero",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="compare with an ablated copy (zero these)",
+    )
+    p.add_argument(
+        "--families",
+        nargs="*",
+        default=[],
+        help="embedding mlp_neuron attn_head attn_head_pair sae_latent",
+    )
+    p.add_argument("--ig", type=int, default=0, metavar="STEPS", help="integrated gradients")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--sort", default="direct_effect", choices=[c for c, _ in _COLUMN_ABBR])
+    add_client_args(p)
+    p.set_defaults(func=cmd_attribute)
+
+
+def _parser_sae_encode(sae_sub: Any) -> None:
+    p = sae_sub.add_parser("encode", help="per-token latents of an attached SAE")
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--sae", required=True)
+    p.add_argument("--top-k", type=int, default=8)
+    add_client_args(p)
+    p.set_defaults(func=cmd_sae_encode)
+
+
+def _parser_explanations(sub: Any) -> None:
+    p = sub.add_parser("explanations", help="list stored and shipped explanations on the server")
+    p.add_argument("--node", default=None)
+    p.add_argument("--node-prefix", default=None)
+    p.add_argument("--min-score", type=float, default=None)
+    p.add_argument("--limit", type=int, default=50)
+    add_client_args(p)
+    p.set_defaults(func=cmd_explanations)
+
+
+# commands with only the connection flags: name, handler, help
+_PLAIN = (
+    ("server-info", cmd_server_info, "the server's version, models, limits, features, RPCs"),
+    ("models", cmd_models, "list the server's models"),
+    ("info", cmd_info, "a model's sizes and node schema"),
+)
+
+
+def register(sub: Any, sae_sub: Any) -> None:
+    """Add the client commands to ``tdb``'s subparsers (``sae_sub``: those of ``tdb sae``)."""
+    for name, func, help_ in _PLAIN:
+        p = sub.add_parser(name, help=help_)
+        add_client_args(p)
+        p.set_defaults(func=func)
+    _parser_forward(sub)
+    _parser_ablate(sub)
+    _parser_patch(sub)
+    _parser_attribute(sub)
+    p = sae_sub.add_parser("list", help="SAEs attached on the server")
+    add_client_args(p)
+    p.set_defaults(func=cmd_sae_list)
+    _parser_sae_encode(sae_sub)
+    _parser_explanations(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The client commands alone: ``python -m tdb_client.cli COMMAND ...``."""
+    parser = argparse.ArgumentParser(prog="tdb", description="Transformer Debugger client")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sae = sub.add_parser("sae", help="sparse autoencoders on the server: list, encode")
+    register(sub, sae.add_subparsers(dest="sae_command", required=True))
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed client command: its exit code; a server error is one line on stderr, 1."""
+    try:
+        return int(args.func(args) or 0)
+    except TdbClientError as e:
+        print(f"error: {e.code.name}: {e.details}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

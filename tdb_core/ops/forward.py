@@ -1,0 +1,168 @@
+"""Forward: run prompts with captures (and interventions); see :class:`~tdb_core.specs.ForwardSpec`.
+
+Concurrent plain reads (no interventions) of one model that arrive while it is busy are merged into
+one padded batch (micro-batching, :meth:`~tdb_core.admission.Admission.batched`); each gets exactly
+its own result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+
+from tdb_core import cancel, checks, specs
+from tdb_core.admission import GroupRunner, Member
+from tdb_core.hooks import ResolvedCapture
+from tdb_core.ops.common import capture_result, prompt_tokens, top_logits
+from tdb_core.plan import Batch, Planner, check_response_bytes, resolve_positions
+from tdb_core.runner import ModelRunner, RunOutput
+
+
+@dataclass
+class _Prepared:
+    """A validated, planned Forward: its batch, planner, captures per spec, logit positions."""
+
+    spec: specs.ForwardSpec
+    batch: Batch
+    planner: Planner
+    groups: list[list[ResolvedCapture]]
+    logit_pos: list[list[int]]
+    top_k: int
+
+
+def forward(runner: ModelRunner, spec: specs.ForwardSpec) -> specs.ForwardResult:
+    """Run the spec's prompts with its captures and interventions; next-token top-k."""
+    prep = _prepare(runner, spec)
+    plan = prep.planner.plan
+    if not _batchable(spec):
+        return _finish(runner, prep, runner.run(prep.batch, plan))
+    b = prep.batch
+    member = Member(prep, _key(spec), b.n_prompts, b.n_prompts * b.max_len)
+    need, describe = runner.estimate(b, plan, False)
+    result: specs.ForwardResult = runner.admission.batched(
+        member, need, describe, _group_runner(runner)
+    )
+    return result
+
+
+def _prepare(runner: ModelRunner, spec: specs.ForwardSpec) -> _Prepared:
+    """Validate and plan a Forward completely (every error is raised here, before work)."""
+    checks.top_k(spec.top_k)
+    batch = runner.tokens.make_batch(spec.prompts, spec.sources, spec.references, spec.prepend_bos)
+    planner = runner.planner(batch)
+    groups = [planner.add_capture(cap) for cap in spec.captures]
+    for iv in spec.interventions:
+        planner.add_intervention(iv, range(batch.n_prompts))
+    prompt_lengths = batch.lengths[: batch.n_prompts]
+    logit_pos = resolve_positions(spec.logit_positions, prompt_lengths, "logit position")
+    top_k = min(spec.top_k, runner.schema.dims.d_vocab)
+    check_response_bytes(
+        planner.capture_bytes() + 16 * top_k * len(logit_pos[0]) * batch.n_prompts,
+        runner.limits.max_response_bytes,
+    )
+    return _Prepared(spec, batch, planner, groups, logit_pos, top_k)
+
+
+def _finish(runner: ModelRunner, prep: _Prepared, out: RunOutput) -> specs.ForwardResult:
+    batch = prep.batch
+    rows = torch.arange(batch.n_prompts, device=out.logits.device)[:, None]
+    at = out.logits[rows, torch.tensor(prep.logit_pos, device=out.logits.device)].float()
+    return specs.ForwardResult(
+        prompts=prompt_tokens(runner.tokens, batch.rows[: batch.n_prompts]),
+        captures=tuple(capture_result(c) for g in prep.groups for c in g),
+        top_logits=top_logits(runner.tokens, at, prep.logit_pos, prep.top_k),
+        logits_at=at.cpu(),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Micro-batching
+
+
+def _batchable(spec: specs.ForwardSpec) -> bool:
+    if spec.interventions or spec.sources or spec.references:
+        return False
+    # top-k over key positions would see the merged batch's padding
+    return not any(
+        c.top_k is not None and c.site.endswith(("hook_pattern", "hook_attn_scores"))
+        for c in spec.captures
+    )
+
+
+def _key(spec: specs.ForwardSpec) -> Hashable:
+    return (spec.logit_positions, spec.top_k, spec.prepend_bos)
+
+
+def _group_runner(runner: ModelRunner) -> GroupRunner:
+    def run_group(group: list[Member]) -> None:
+        """Run a group as one padded batch (lock held) and hand each request its share."""
+        preps: list[_Prepared] = [m.payload for m in group]
+        if len(preps) == 1:
+            prep = preps[0]
+            group[0].result = _finish(
+                runner, prep, runner.forward_pass(prep.batch, prep.planner.plan)
+            )
+            return
+        merged = Batch.plain([r for p in preps for r in p.batch.rows])
+        planner = runner.planner(merged)
+        unique: dict[specs.Capture, list[ResolvedCapture]] = {}
+        for p in preps:
+            for cap in p.spec.captures:
+                if cap not in unique:
+                    unique[cap] = planner.add_capture(cap)
+        with cancel.scope(None):  # one request's cancellation must not stop the others
+            out = runner.forward_pass(merged, planner.plan)
+        runner.stats["merged_passes"] += 1
+        runner.stats["merged_requests"] += len(group)
+        start = 0
+        for m, p in zip(group, preps):
+            n = p.batch.n_prompts
+            m.result = _slice_result(runner, p, out, unique, start, n)
+            start += n
+
+    return run_group
+
+
+def _slice_result(
+    runner: ModelRunner,
+    prep: _Prepared,
+    out: RunOutput,
+    unique: dict[specs.Capture, list[ResolvedCapture]],
+    start: int,
+    n: int,
+) -> specs.ForwardResult:
+    T = prep.batch.max_len
+    rows = torch.arange(start, start + n, device=out.logits.device)[:, None]
+    at = out.logits[rows, torch.tensor(prep.logit_pos, device=out.logits.device)].float()
+    captures = []
+    for cap in prep.spec.captures:
+        for c in unique[cap]:
+            r = capture_result(c)
+            values = r.values[start : start + n]
+            indices = None if r.indices is None else r.indices[start : start + n]
+            positions = r.positions[start : start + n]
+            if cap.positions is None:
+                positions = positions[:, :T]
+            for axis, dim in enumerate(r.dims, start=1):
+                if dim in ("pos", "q_pos", "k_pos"):
+                    values = values.narrow(axis, 0, min(T, values.shape[axis]))
+                    if indices is not None:
+                        indices = indices.narrow(axis, 0, min(T, indices.shape[axis]))
+            captures.append(
+                specs.CaptureResult(
+                    r.site,
+                    r.dims,
+                    values.contiguous(),
+                    None if indices is None else indices.contiguous(),
+                    positions.contiguous(),
+                    r.units,
+                )
+            )
+    return specs.ForwardResult(
+        prompts=prompt_tokens(runner.tokens, prep.batch.rows[: prep.batch.n_prompts]),
+        captures=tuple(captures),
+        top_logits=top_logits(runner.tokens, at, prep.logit_pos, prep.top_k),
+        logits_at=at.cpu(),
+    )
