@@ -89,9 +89,8 @@ def main(argv: list[str]) -> int:
     import adapters
     from services.convert import CHUNK_BYTES
     from tdb.v1 import inference_pb2 as ipb
-    from tdb.v1 import inference_pb2_grpc as ipb_grpc
     from tdb_client.client import capture_pb, prompt_pb
-    from tdb_client.tensors import StreamAssembler
+    from tdb_client.tensors import StreamAssembler, chunk_decoder
 
     vocab = 65536
     n_tokens = args.mib * 2**20 // (vocab * 4)
@@ -120,17 +119,21 @@ def main(argv: list[str]) -> int:
         grpc.insecure_channel(f"127.0.0.1:{svc.port}") as ch,
         grpc.insecure_channel(f"127.0.0.1:{raw_svc.port}") as raw_ch,
     ):
-        stub = ipb_grpc.InferenceServiceStub(ch)
+        forward = ch.unary_stream(  # what TdbClient.forward reads the stream with
+            "/tdb.v1.InferenceService/Forward",
+            request_serializer=ipb.ForwardRequest.SerializeToString,
+            response_deserializer=chunk_decoder(ipb.ForwardResponse),
+        )
         raw_call = raw_ch.unary_stream(RAW_METHOD)
 
         def ours() -> float:
             nonlocal arr
-            stream = stub.Forward(req)
+            stream = forward(req)
             first = next(stream)
             start = time.perf_counter()
             asm = StreamAssembler(first.header)
-            for msg in stream:
-                asm.add(msg.chunk)
+            for chunk in stream:
+                asm.add(chunk)
             arr = asm.array(first.header.captures[0].values)
             return arr.nbytes / (time.perf_counter() - start) / 1e6
 
