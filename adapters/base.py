@@ -145,6 +145,19 @@ SOFTCAP_LOGITS_MEANING = (
 )
 
 
+def head_writes(z: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
+    """Each head's write ``z[..., h, :] @ w_o[h]``: z ``[B, P, H, d_head]``, w_o ``[H, d_head,
+    d_model]`` -> ``[B, P, H, d_model]``, contiguous. One matrix product per head, each written in
+    place into its slice of the result (no permuted copies of z or of the result); no gradient."""
+    b, p, h, d = z.shape
+    out = torch.empty(b, p, h, w_o.shape[-1], dtype=z.dtype, device=z.device)
+    rows, out_rows = z.reshape(b * p, h, d), out.view(b * p, h, w_o.shape[-1])
+    with torch.no_grad():
+        for i in range(h):
+            torch.mm(rows[:, i], w_o[i], out=out_rows[:, i])
+    return out
+
+
 class DecoderAdapter(Adapter):
     """Generic wiring for decoder-only models described by a :class:`Layout`.
 
@@ -367,10 +380,19 @@ class DecoderAdapter(Adapter):
                 z = args[0]  # [B, T, H * d_head]
                 w_o = self.W_O(layer)  # [H, d_head, d_model]
                 z = z.reshape(*z.shape[:-1], w_o.shape[0], w_o.shape[1])  # [B, T, H, d_head]
-                res = torch.einsum("bthd,hdm->bthm", z, w_o)  # [B, T, H, d_model]
                 if not ctx.needs_graph(result):
-                    ctx.observe(result, res)
+                    # only what the captures keep: their rows, positions and heads
+                    def block(n: int, pos: Any, heads: Any) -> torch.Tensor:
+                        zz, w = z[:n].detach(), w_o.detach()
+                        if pos is not None:
+                            zz = zz[torch.arange(n, device=zz.device)[:, None], pos]
+                        if heads is not None:
+                            zz, w = zz.index_select(2, heads), w.index_select(0, heads)
+                        return head_writes(zz, w)
+
+                    ctx.observe_derived(result, block)
                     return out
+                res = torch.einsum("bthd,hdm->bthm", z, w_o)  # [B, T, H, d_model]
                 res = ctx.point(result, res)
                 b_o = self.b_O(layer)
                 new = res.sum(2)  # [B, T, d_model]
