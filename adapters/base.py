@@ -147,15 +147,9 @@ SOFTCAP_LOGITS_MEANING = (
 
 def head_writes(z: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
     """Each head's write ``z[..., h, :] @ w_o[h]``: z ``[B, P, H, d_head]``, w_o ``[H, d_head,
-    d_model]`` -> ``[B, P, H, d_model]``, contiguous. One matrix product per head, each written in
-    place into its slice of the result (no permuted copies of z or of the result); no gradient."""
-    b, p, h, d = z.shape
-    out = torch.empty(b, p, h, w_o.shape[-1], dtype=z.dtype, device=z.device)
-    rows, out_rows = z.reshape(b * p, h, d), out.view(b * p, h, w_o.shape[-1])
-    with torch.no_grad():
-        for i in range(h):
-            torch.mm(rows[:, i], w_o[i], out=out_rows[:, i])
-    return out
+    d_model]`` -> ``[B, P, H, d_model]`` (one batched product over heads; a view of its
+    ``[H, B * P, d_model]`` result, not copied to the site's layout)."""
+    return torch.einsum("bthd,hdm->bthm", z, w_o)
 
 
 class DecoderAdapter(Adapter):
