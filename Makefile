@@ -7,13 +7,14 @@ VENV ?= .venv
 CONSTRAINTS ?= constraints-cpu.txt
 HOST ?= 127.0.0.1
 PORT ?= 50051
+HTTP_PORT ?= 8080
 MODEL ?=
 PYTEST_ARGS ?=
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-fast lint format typecheck protos check-protos bench clean
+.PHONY: web web-protos install serve test test-fast lint format typecheck protos check-protos bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +24,18 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
+# Builds the web app first (`make web`) when the checkout has it and Node.js >= 20 is present;
+# without Node it serves gRPC and gRPC-Web, and the page at / says how to build the app.
 serve: $(STAMP)
-	$(VENV)/bin/tdb serve --host $(HOST) --port $(PORT) $(if $(MODEL),--model $(MODEL))
+	@if [ ! -f clients/web/package.json ]; then :; \
+	elif command -v node >/dev/null 2>&1 \
+		&& node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then \
+		$(MAKE) web || echo "warning: the web app did not build; serving without it"; \
+	else \
+		echo "note: building the web app needs Node.js >= 20 (then: make web); serving without it"; \
+	fi
+	@echo "gRPC at $(HOST):$(PORT); web app and gRPC-Web at http://$(HOST):$(HTTP_PORT)/"
+	$(VENV)/bin/tdb serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) $(if $(MODEL),--model $(MODEL))
 
 test: $(STAMP) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -55,3 +66,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info clients/python/*.egg-info
+
+# The web app (clients/web): pinned npm packages, then a production build into clients/web/dist,
+# which `tdb serve --http-port` serves at /. Needs Node.js >= 20 (npm 11).
+web:
+	cd clients/web && npm ci --no-audit --no-fund && npm run build
+
+# Regenerate the web app's TypeScript stubs from protos/ (needs `npm ci` in clients/web).
+web-protos: $(STAMP)
+	$(PY) scripts/gen_web_protos.py
+

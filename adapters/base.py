@@ -8,7 +8,9 @@ is read:
     hook_embed / hook_pos_embed   output of the embedding modules (a scaled embedding module's
                                   output is what the residual receives, scale included)
     hook_resid_pre                input of the block
-    ln1.* / ln2.*                 output of the pre-norms (hook_scale derived from their input)
+    ln1.* / ln2.*                 derived from the pre-norms' input: hook_scale, and
+                                  hook_normalized before the gain and bias (TransformerLens's
+                                  meaning); an edit of either recomputes the norm's output
     attn.hook_q .. hook_z         inside the "tdb" attention function
     attn.hook_result              derived from the output projection's input, z @ W_O per head
     hook_attn_out                 output of the attention module, or of the post-attention norm
@@ -21,7 +23,7 @@ is read:
     hook_mlp_out                  output of the MLP module, or of the post-MLP norm where the
                                   layout has one: what joins the residual
     hook_resid_post               output of the block
-    ln_final.*, logits            final norm output; unembedding output, or the model's output
+    ln_final.*, logits            final norm, as ln1; unembedding output, or the model's output
                                   logits where the model soft-caps them after the unembedding
 
 Architecture-specific meanings are defined once here (:data:`GATED_MLP_MEANINGS`,
@@ -39,9 +41,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from tdb_core import specs
 from tdb_core.adapter import Adapter, Norm
 from tdb_core.hooks import HookContext, register_attention_layers
-from tdb_core.schema import SITE_KIND_BY_KEY, ModelDims, ModelSchema
+from tdb_core.schema import SITE_KIND_BY_KEY, ModelDims, ModelSchema, norm_name, site_name
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ PARALLEL_MEANINGS: dict[str, str] = {
 }
 
 SHARED_NORM_MEANINGS: dict[str, str] = {
-    "ln1.hook_normalized": "output of the block's one pre-norm, read by both attention and MLP",
+    "ln1.hook_normalized": "input of the block's one pre-norm normalized, before the gain and "
+    "bias (see the generic meaning); attention and MLP both read hook_normalized * gain + bias",
 }
 
 POST_NORM_MEANINGS: dict[str, str] = {
@@ -141,7 +145,7 @@ POST_NORM_MEANINGS: dict[str, str] = {
 
 SOFTCAP_LOGITS_MEANING = (
     "next-token logits after final soft-capping: cap * tanh(u / cap), u the "
-    "unembedding output ln_final.hook_normalized @ W_U"
+    "unembedding output (the final norm's output @ W_U)"
 )
 
 
@@ -311,7 +315,7 @@ class DecoderAdapter(Adapter):
         for layer, block in enumerate(self._blocks):
             self._install_block(ctx, layer, block, fwd, pre)
 
-        self._install_norm(ctx, _get(m, lay.ln_final), "ln_final", fwd)
+        self._install_norm(ctx, _get(m, lay.ln_final), norm_name("ln_final"), fwd)
         if ctx.wants("logits"):
             if self.logit_softcap() is None:
                 fwd(_get(m, lay.unembed), lambda mod, args, out: ctx.point("logits", out))
@@ -333,13 +337,12 @@ class DecoderAdapter(Adapter):
         pre: Callable[..., None],
     ) -> None:
         lay = self.layout
-        p = f"blocks.{layer}."
         resid_pre, resid_mid, resid_post = (
-            p + "hook_resid_pre",
-            p + "hook_resid_mid",
-            p + "hook_resid_post",
+            site_name("hook_resid_pre", layer),
+            site_name("hook_resid_mid", layer),
+            site_name("hook_resid_post", layer),
         )
-        attn_out, mlp_out = p + "hook_attn_out", p + "hook_mlp_out"
+        attn_out, mlp_out = site_name("hook_attn_out", layer), site_name("hook_mlp_out", layer)
         mid_edit = ctx.has_edit(resid_mid)
 
         if ctx.wants(resid_pre) or mid_edit:
@@ -355,9 +358,9 @@ class DecoderAdapter(Adapter):
 
             pre(block, block_pre)
 
-        self._install_norm(ctx, _get(block, lay.ln1), p + "ln1", fwd)
+        self._install_norm(ctx, _get(block, lay.ln1), norm_name("ln1", layer), fwd)
         if lay.ln2 is not None:
-            self._install_norm(ctx, _get(block, lay.ln2), p + "ln2", fwd)
+            self._install_norm(ctx, _get(block, lay.ln2), norm_name("ln2", layer), fwd)
             if ctx.wants(resid_mid):
 
                 def ln2_pre(mod: Any, args: tuple, kwargs: dict) -> None:
@@ -366,7 +369,7 @@ class DecoderAdapter(Adapter):
 
                 pre(_get(block, lay.ln2), ln2_pre)
 
-        result = p + "attn.hook_result"
+        result = site_name("attn.hook_result", layer)
         if ctx.wants(result):
             o_proj = _get(block, lay.o_proj)
 
@@ -428,43 +431,70 @@ class DecoderAdapter(Adapter):
         pre: Callable[..., None],
     ) -> None:
         lay = self.layout
-        p = f"blocks.{layer}.mlp."
-        if ctx.wants(p + "hook_pre"):
-            fwd(_get(block, lay.mlp_in), lambda mod, args, out: ctx.point(p + "hook_pre", out))
-        if lay.mlp_up is not None and ctx.wants(p + "hook_pre_linear"):
+        pre_site, linear_site, post_site = (
+            site_name(k, layer) for k in ("mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post")
+        )
+        if ctx.wants(pre_site):
+            fwd(_get(block, lay.mlp_in), lambda mod, args, out: ctx.point(pre_site, out))
+        if lay.mlp_up is not None and ctx.wants(linear_site):
             fwd(
                 _get(block, lay.mlp_up),
-                lambda mod, args, out: ctx.point(p + "hook_pre_linear", out),
+                lambda mod, args, out: ctx.point(linear_site, out),
             )
-        if ctx.wants(p + "hook_post"):
+        if ctx.wants(post_site):
 
             def post_hook(mod: Any, args: tuple, kwargs: dict) -> Any:
-                return (ctx.point(p + "hook_post", args[0]), *args[1:]), kwargs
+                return (ctx.point(post_site, args[0]), *args[1:]), kwargs
 
             pre(_get(block, lay.mlp_out), post_hook)
 
     def _install_norm(
         self, ctx: HookContext, module: torch.nn.Module, name: str, fwd: Callable[..., None]
     ) -> None:
-        """Hooks of a norm: ``{name}.hook_scale`` (derived) and ``{name}.hook_normalized``."""
+        """Hooks of a norm, both derived from its input ``x``: ``{name}.hook_scale`` and
+        ``{name}.hook_normalized`` (``(x - mean) / scale``, or ``x / scale`` for RMSNorm: before
+        the gain and bias, as in TransformerLens). The module's output is
+        ``norm.affine(hook_normalized)``.
+
+        The module's own output goes on untouched unless a forward edit or a splice (an SAE)
+        replaces one of the two values: then the output is recomputed from them, so an edited
+        normalized value gets the gain and bias. Reading leaves logits bit-identical. When a site
+        is differentiated, or the scale is frozen (``freeze_norms``), the output keeps the
+        module's value and gradients flow through ``affine(normalize(x, scale))``, with the scale
+        held constant when frozen.
+        """
         scale_site, norm_site = name + ".hook_scale", name + ".hook_normalized"
         freeze = ctx.freezes(name)
         if not (ctx.wants(scale_site) or ctx.wants(norm_site) or freeze):
             return
         norm = self.norm_of(module)
+        graph = freeze or ctx.needs_graph(scale_site) or ctx.needs_graph(norm_site)
+        may_replace = _replaces_values(ctx, scale_site) or _replaces_values(ctx, norm_site)
+        read_normalized = ctx.wants(norm_site)
 
-        def norm_hook(mod: Any, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        def norm_hook(mod: Any, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
             x = args[0]
-            if ctx.needs_graph(scale_site):
-                scale = ctx.point(scale_site, norm.scale(x))  # [..., 1], in the graph
-                out = norm.apply(x, scale.detach() if freeze else scale)
-            else:
-                if ctx.wants(scale_site):
-                    ctx.observe(scale_site, norm.scale(x))
-                if freeze:
-                    # same value as `out`; gradient as if the scale were a constant
-                    linear = norm.apply(x, norm.scale(x).detach())
-                    out = out.detach() + (linear - linear.detach())
-            return ctx.point(norm_site, out)
+            raw_scale = norm.scale(x)  # [..., 1]
+            scale = ctx.point(scale_site, raw_scale)
+            if not graph:  # read only
+                if read_normalized:
+                    ctx.observe(norm_site, norm.normalize(x, scale))
+                return out
+            raw = norm.normalize(x, scale.detach() if freeze else scale)
+            normed = ctx.point(norm_site, raw)
+            if may_replace and (normed is not raw or scale is not raw_scale):
+                return norm.affine(normed)  # the output follows the edited values
+            if not torch.is_grad_enabled():
+                return out
+            new = norm.affine(normed)  # the module's own value; gradients through the sites
+            return out.detach() + (new - new.detach())
 
         fwd(module, norm_hook)
+
+
+def _replaces_values(ctx: HookContext, site: str) -> bool:
+    """Whether a forward edit or a splice may replace the site's value in the forward pass (a
+    backward-only edit leaves the forward values as they are)."""
+    return site in ctx.plan.splices or any(
+        e.pass_ is specs.Pass.FORWARD for e in ctx.plan.edits.get(site, ())
+    )

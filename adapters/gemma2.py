@@ -6,7 +6,8 @@ Quirks, beside the code that needs them:
   dtype). ``hook_embed`` is that module's output, what the residual stream receives, and ``W_E``
   includes the scale, so ``hook_embed == W_E[token]`` as for every other model (TransformerLens
   folds the scale into ``W_E`` the same way). ``W_U`` is the tied, *unscaled* matrix.
-- **RMSNorm with (1 + w).** Every norm multiplies by ``1 + weight`` (norm kind ``rmsnorm_offset``).
+- **RMSNorm with (1 + w).** Every norm multiplies by ``1 + weight`` (norm kind ``rmsnorm_offset``);
+  ``hook_normalized`` is ``x / scale`` before that gain (TransformerLens folds the 1 into ``w``).
 - **Extra norms around attention and MLP.** ``ln1`` = ``input_layernorm``, ``ln2`` =
   ``pre_feedforward_layernorm``; ``post_attention_layernorm`` and ``post_feedforward_layernorm``
   normalize each branch's output before it joins the residual, so ``hook_attn_out``/``hook_mlp_out``
@@ -61,7 +62,12 @@ class Gemma2Adapter(DecoderAdapter):
         "attn.hook_attn_scores": "attention scores: q.k * query_pre_attn_scalar**-0.5, soft-capped "
         "as cap * tanh(s / cap), masked (causal, and the sliding window on "
         "sliding layers), pre-softmax; masked entries are -inf",
-        "ln2.hook_normalized": "output of pre_feedforward_layernorm (gain 1 + w), the MLP input",
+        "ln1.hook_normalized": "input of input_layernorm normalized, before its (1 + w) gain: "
+        "x / hook_scale; the attention reads hook_normalized * (1 + w)",
+        "ln2.hook_normalized": "input of pre_feedforward_layernorm normalized, before its (1 + w) "
+        "gain: x / hook_scale; the MLP reads hook_normalized * (1 + w)",
+        "ln_final.hook_normalized": "input of the final norm normalized, before its (1 + w) gain: "
+        "x / hook_scale; the unembedding reads hook_normalized * (1 + w)",
     }
 
     def W_E(self) -> torch.Tensor:

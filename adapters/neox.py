@@ -41,8 +41,8 @@ class GPTNeoXAdapter(DecoderAdapter):
         unembed="lm_head",
     )
     meanings: ClassVar[dict[str, str]] = {
-        "ln2.hook_normalized": "output of the MLP pre-norm (HF post_attention_layernorm), the MLP "
-        "input; in a parallel block it normalizes hook_resid_pre",
+        "ln2.hook_normalized": "input of the MLP pre-norm (HF post_attention_layernorm) "
+        "normalized, before the gain and bias; in a parallel block that input is hook_resid_pre",
     }
 
     @property

@@ -7,13 +7,13 @@ single pre-norm that feeds both branches (so ``ln2`` is absent), and an unembedd
 Quirks, beside the code that needs them:
 
 - **Parallel block, one norm.** ``resid_post = resid_pre + attn(ln(x)) + mlp(ln(x))``: the schema
-  has no ``hook_resid_mid`` and no ``ln2.*`` (the MLP reads ``ln1.hook_normalized``);
+  has no ``hook_resid_mid`` and no ``ln2.*`` (the MLP reads ``ln1``'s output);
   ``hook_attn_out``/``hook_mlp_out`` are each branch's write.
 - **Partial rotary** (``partial_rotary_factor``, 0.4 for phi-2): only the first dimensions of each
   head rotate; ``hook_q``/``hook_k`` are read after rotation (and after the optional per-head
   ``q_layernorm``/``k_layernorm`` when ``qk_layernorm``). No ``hook_pos_embed``.
 - Biases everywhere: q/k/v, ``dense`` (``b_O``), ``fc1``/``fc2`` (``b_out``) and ``lm_head``
-  (``b_U``: ``logits = ln_final.hook_normalized @ W_U + b_U``).
+  (``b_U``: ``logits = final norm output @ W_U + b_U``).
 """
 
 from __future__ import annotations

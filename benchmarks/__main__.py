@@ -9,7 +9,18 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("hooks", "grpc", "transfer", "ablate", "attribute", "sae", "batching", "explain")
+BENCHMARKS = (
+    "hooks",
+    "grpc",
+    "transfer",
+    "ablate",
+    "attribute",
+    "sae",
+    "batching",
+    "explain",
+    "webapp",
+    "grpcweb",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -17,43 +17,47 @@ BIG_LIMITS = dict(max_tokens_per_prompt=4096, max_prompts=1024, max_response_byt
 
 
 @contextlib.contextmanager
-def serving(*runners: ModelRunner) -> Iterator[Service]:
-    import logging
+def serving(*runners: ModelRunner, http: bool = False) -> Iterator[Service]:
+    """Serve on free ports; ``http`` also turns the HTTP (gRPC-Web) port on."""
+    from services.logs import configure_logging
 
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    svc = build_server(Settings(host="127.0.0.1", port=0), ModelRegistry(list(runners)))
+    configure_logging("json", "warning")
+    svc = build_server(
+        Settings(host="127.0.0.1", port=0, http_port=0 if http else None),
+        ModelRegistry(list(runners)),
+    )
     try:
         yield svc
     finally:
         svc.stop(0)
 
 
-def _serve_child(runner: ModelRunner, port_out, stop) -> None:
-    with serving(runner) as svc:
-        port_out.send(svc.port)
+def _serve_child(runner: ModelRunner, port_out, stop, http: bool) -> None:
+    with serving(runner, http=http) as svc:
+        port_out.send((svc.port, svc.http_port))
         stop.wait()
 
 
 @dataclasses.dataclass(frozen=True)
 class ChildServer:
     port: int
+    http_port: int | None = None
 
 
 @contextlib.contextmanager
-def serving_in_child(runner: ModelRunner) -> Iterator[ChildServer]:
+def serving_in_child(runner: ModelRunner, http: bool = False) -> Iterator[ChildServer]:
     """Serve ``runner`` from a forked child process (``.port`` as :func:`serving`'s). Call before
     this process creates any gRPC channel (gRPC does not survive a fork)."""
     ctx = multiprocessing.get_context("fork")
     port_in, port_out = ctx.Pipe(duplex=False)
     stop = ctx.Event()
-    child = ctx.Process(target=_serve_child, args=(runner, port_out, stop), daemon=True)
+    child = ctx.Process(target=_serve_child, args=(runner, port_out, stop, http), daemon=True)
     child.start()
     try:
         if not port_in.poll(120):
             raise RuntimeError("benchmark server did not start")
-        yield ChildServer(int(port_in.recv()))
+        port, http_port = port_in.recv()
+        yield ChildServer(int(port), http_port)
     finally:
         stop.set()
         child.join(30)

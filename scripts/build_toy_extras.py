@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import adapters  # noqa: E402
+from tdb_core import nodes  # noqa: E402
 from tdb_core.explain import engine  # noqa: E402
 from tdb_core.explain.store import StoredExplanation  # noqa: E402
 from tdb_core.runner import Limits, ModelRunner  # noqa: E402
@@ -104,10 +105,9 @@ def build_sae(runner: ModelRunner, steps: int, site: str, out: Path) -> dict:
 def build_explanations(runner: ModelRunner, out: Path) -> int:
     texts = list(corpus.iter_texts(corpus.generate(3000, seed=11, split="heldout")))
     d = runner.schema.dims
-    keys = [f"blocks.{L}.mlp.hook_post[{n}]" for L in range(d.n_layers) for n in range(d.d_mlp)]
+    keys = [nodes.mlp_neuron(L, n).key for L in range(d.n_layers) for n in range(d.d_mlp)]
     keys += [
-        f"sae.{TOY_SAE_ID}.hook_sae_acts_post[{i}]"
-        for i in range(runner.get_sae(TOY_SAE_ID).sae.d_sae)
+        nodes.sae_latent(TOY_SAE_ID, i).key for i in range(runner.get_sae(TOY_SAE_ID).sae.d_sae)
     ]
     targets = [engine.parse_target(runner, k) for k in keys]
     method = engine.baseline_method()

@@ -74,7 +74,7 @@ def main() -> None:
                 ex.prompt, target=io, distractor=s, top_k=1000, families=["attn_head"]
             )
             for row in table.rows:
-                key = f"L{row.node.layer}H{row.node.index}"
+                key = f"L{row.node.layer}H{row.node.unit}"
                 attribution[key] += row.values[0].total_effect / len(examples)
 
     heads = sorted((k for k in ablation if "H" in k), key=lambda k: ablation[k])

@@ -34,6 +34,7 @@ from tdb_core.errors import InvalidArgumentError
 from tdb_core.explain import engine as explain_engine
 from tdb_core.explain.records import NodeRecords, neuron_record_to_json
 from tdb_core.explain.store import StoredExplanation
+from tdb_core.nodes import Node, NodeKind
 from tdb_core.runner import ModelRunner
 from tdb_core.sae import encode as sae_encode
 from tdb_core.sae.attach import AttachedSae
@@ -236,6 +237,7 @@ def intervention_from_pb(iv: cpb.Intervention) -> specs.Intervention:
         positions=tuple(iv.positions) or None,
         units=tuple(iv.units) or None,
         pass_=pass_,
+        key_positions=tuple(iv.key_positions) or None,
     )
 
 
@@ -522,11 +524,26 @@ def _token_scores_pb(ts: tuple[attribution.TokenScore, ...]) -> list[apb.TokenSc
     return [apb.TokenScore(token_id=t.token_id, token=t.token, score=t.score) for t in ts]
 
 
-def node_to_pb(n: attribution.Node) -> apb.Node:
+_NODE_KINDS = {k: cpb.NodeKind.Value(f"NODE_KIND_{k.name}") for k in NodeKind}
+
+
+def node_kind_to_pb(kind: NodeKind) -> int:
+    return _NODE_KINDS[kind]
+
+
+def node_to_pb(n: Node) -> apb.Node:
+    """A node-table node: its key and kind, plus the flat fields of earlier releases."""
+    kind = n.kind
     msg = apb.Node(
-        family=n.family, position=n.position, index=n.index, sae=n.sae or "", name=n.name
+        key=n.key,
+        kind=node_kind_to_pb(kind),
+        family=str(kind),
+        position=n.position if n.position is not None else 0,
+        index=n.unit if n.unit is not None else 0,
+        sae=n.sae_id or "",
+        name=n.label,
     )
-    if n.layer is not None:
+    if n.layer is not None and kind is not NodeKind.EMBEDDING:
         msg.layer = n.layer
     if n.key_position is not None:
         msg.key_position = n.key_position

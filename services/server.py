@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from types import FrameType
 
 import grpc
 import torch
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -29,6 +32,7 @@ from services.servicers.model import ModelServicer
 from services.servicers.sae import SaeServicer
 from services.servicers.server import ServerFeatures, ServerServicer
 from services.settings import ModelSource, SaeSource, Settings
+from services.web import HttpServer, build_web_app
 from tdb.v1 import (
     attribution_pb2,
     attribution_pb2_grpc,
@@ -192,6 +196,12 @@ class Service:
     health: health.HealthServicer
     models: ModelRegistry
     metrics: Metrics | None = None  # with metrics.port set when /metrics is served
+    http: HttpServer | None = None  # gRPC-Web and the web app, when --http-port is set
+    local_dir: str | None = None  # holds the Unix socket the HTTP port calls the server on
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -205,9 +215,14 @@ class Service:
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight requests finish (up to ``grace`` s), stop."""
         self.set_serving(False)
-        self.server.stop(grace).wait()
+        stopped = self.server.stop(grace)  # refuses new calls (the HTTP port's too) at once
+        if self.http is not None:
+            self.http.stop(grace)  # in-flight gRPC-Web calls drain with the gRPC ones
+        stopped.wait()
         if self.metrics is not None:
             self.metrics.close()
+        if self.local_dir is not None:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
 def build_server(settings: Settings, models: ModelRegistry | None = None) -> Service:
@@ -274,14 +289,62 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
     )
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
+    local_dir = None
+    if settings.http_port is not None:
+        # The HTTP port calls this same server over a Unix socket in a private (0700) directory,
+        # so gRPC-Web calls run through the same interceptor and servicers as native ones.
+        local_dir = tempfile.mkdtemp(prefix="tdb-")
+        local_target = f"unix:{local_dir}/grpc.sock"
+        if server.add_insecure_port(local_target) == 0:
+            raise OSError(f"cannot bind {local_target}")
     if metrics is not None and settings.metrics_port is not None:
         for runner in models.all():
             metrics.track_queue_depth(runner.name, lambda r=runner: r.queue_depth)
         metrics.serve(settings.host, settings.metrics_port)
     server.start()
-    service = Service(server, port, health_servicer, models, metrics)
+    http = None
+    if settings.http_port is not None:
+        app = build_web_app(
+            local_target,
+            settings.max_request_bytes,
+            method_paths((*SERVICE_NAMES, health.SERVICE_NAME)),
+            settings.cors_origins,
+            settings.web_dir,
+            f"{settings.host}:{port}",
+            on_refused=metrics.on_done if metrics else None,
+        )
+        tls = (
+            (settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            if settings.tls_cert and settings.tls_key
+            else None
+        )
+        try:
+            http = HttpServer(app, settings.host, settings.http_port, tls)
+            http.start()
+        except OSError as e:  # e.g. the port is taken: leave nothing running behind
+            server.stop(None)
+            shutil.rmtree(local_dir, ignore_errors=True)
+            raise OSError(
+                f"cannot serve HTTP on {settings.host}:{settings.http_port}: {e.strerror or e}"
+            ) from e
+    service = Service(server, port, health_servicer, models, metrics, http, local_dir)
     service.set_serving(True)
     return service
+
+
+def _url_host(host: str) -> str:
+    """A host for a URL a person can open: the wildcard addresses mean this machine."""
+    if host in ("0.0.0.0", "::", ""):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
+
+
+def method_paths(service_names: tuple[str, ...]) -> frozenset[str]:
+    """``/package.Service/Method`` for every method of the named services."""
+    pool = descriptor_pool.Default()
+    return frozenset(
+        f"/{name}/{m.name}" for name in service_names for m in pool.FindServiceByName(name).methods
+    )
 
 
 def serve(settings: Settings) -> int:
@@ -313,6 +376,12 @@ def serve(settings: Settings) -> int:
         tls=settings.tls_cert is not None,
         auth=settings.auth_token_file is not None,
         metrics_address=(f"{settings.host}:{service.metrics.port}" if service.metrics else None),
+        http_address=(f"{settings.host}:{service.http_port}" if service.http else None),
+        web_url=(
+            f"{service.http.scheme}://{_url_host(settings.host)}:{service.http_port}/"
+            if service.http
+            else None
+        ),
     )
     stop.wait()
     service.stop(settings.grace_seconds)

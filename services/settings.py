@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field
 
 from tdb_core.errors import InvalidArgumentError
@@ -54,6 +55,9 @@ class Settings:
     tls_key: str | None = None  # PEM private key of tls_cert
     tls_client_ca: str | None = None  # PEM CA: clients must present a certificate it signed
     metrics_port: int | None = None  # Prometheus /metrics on this port (0 picks one); None: off
+    http_port: int | None = None  # gRPC-Web and the web app on this port (0 picks one); None: off
+    cors_origins: tuple[str, ...] = ()  # other origins whose pages may call over gRPC-Web; "*": any
+    web_dir: str | None = None  # the built web app; None: clients/web/dist when it exists
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -271,6 +275,30 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "-1 (default) turns them off (env TDB_METRICS_PORT)",
     )
     p.add_argument(
+        "--http-port",
+        type=int,
+        default=int(_env("HTTP_PORT", "-1")),
+        help="serve gRPC-Web (every RPC, for browsers) and the web app over HTTP on PORT, "
+        "next to the gRPC port; 0 picks a free port, -1 (default) turns it off "
+        "(env TDB_HTTP_PORT)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (e.g. http://localhost:5173) call over gRPC-Web; "
+        "repeatable, '*' allows any; default: same origin only "
+        "(env TDB_CORS_ORIGINS, comma-separated)",
+    )
+    p.add_argument(
+        "--web-dir",
+        default=_env("WEB_DIR", "") or None,
+        metavar="DIR",
+        help="serve the built web app from DIR at / on the HTTP port (default: "
+        "clients/web/dist when it exists; env TDB_WEB_DIR)",
+    )
+    p.add_argument(
         "--log-format",
         default=_env("LOG_FORMAT", d.log_format),
         choices=("auto", "json", "console"),
@@ -293,6 +321,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise InvalidArgumentError("--tls-cert and --tls-key go together: give both or neither")
     if args.tls_client_ca and not args.tls_cert:
         raise InvalidArgumentError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    cors_origins = list(args.cors_origin)
+    if not cors_origins and os.environ.get("TDB_CORS_ORIGINS"):
+        cors_origins = [o.strip() for o in os.environ["TDB_CORS_ORIGINS"].split(",") if o.strip()]
+    for origin in cors_origins:
+        if origin != "*" and not re.fullmatch(r"(https?://[^/\s]+|null)", origin.rstrip("/")):
+            raise InvalidArgumentError(
+                f"--cors-origin {origin!r}: expected an origin such as "
+                "https://app.example.com or http://localhost:5173 (scheme, host, port), or '*'"
+            )
+    if args.web_dir and not os.path.isdir(args.web_dir):
+        raise InvalidArgumentError(f"--web-dir {args.web_dir!r} is not a directory")
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise InvalidArgumentError(f"model names must be unique, got {names}")
@@ -329,4 +368,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
+        http_port=args.http_port if args.http_port >= 0 else None,
+        cors_origins=tuple(o.rstrip("/") for o in cors_origins),
+        web_dir=args.web_dir,
     )

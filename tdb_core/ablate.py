@@ -24,7 +24,7 @@ from tdb_core import specs
 from tdb_core.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from tdb_core.plan import check_response_bytes, resolve_positions
 from tdb_core.runner import ModelRunner, capture_result
-from tdb_core.schema import SITE_KIND_BY_KEY
+from tdb_core.schema import SITE_KIND_BY_KEY, site_name
 
 # --------------------------------------------------------------------------------------------------
 # Specs and results (data only)
@@ -239,7 +239,7 @@ def patch_sweep(
         batch = runner.make_batch((corrupt_p,) * len(chunk), sources=(clean_p,))
         planner = runner.planner(batch)
         for row, (L, c) in enumerate(chunk):
-            site = f"blocks.{L}.{spec.site}"
+            site = site_name(spec.site, L)
             if spec.by is SweepBy.POSITION:
                 iv = specs.Intervention(site, specs.PatchFrom(0), positions=(c,))
             else:

@@ -25,9 +25,16 @@ from tdb_core.schema import ModelDims, ModelSchema
 class Norm:
     """A normalization layer's math, for the sites that are derived from it.
 
-    ``scale(x)`` is the per-position divisor ``[..., 1]``; ``apply(x, scale)`` recomputes the
-    layer's output from its input with a given scale (used when the scale is edited or held
-    constant for gradients). Both compute in float32 and return the input dtype.
+    The layer computes ``affine(normalize(x, scale(x)))``:
+
+    - ``scale(x)``: the per-position divisor ``[..., 1]`` (``hook_scale``);
+    - ``normalize(x, scale)``: ``(x - mean) / scale`` for LayerNorm, ``x / scale`` for RMSNorm,
+      before the gain and bias (``hook_normalized``, as in TransformerLens);
+    - ``affine(y)``: the elementwise gain (``1 + w`` for offset RMSNorm) and bias, giving the
+      layer's output, what the next branch reads.
+
+    ``apply(x, scale)`` is the whole layer with a given scale (used when the scale is edited or
+    held constant for gradients). All compute in float32 and return the input dtype.
     """
 
     kind: str  # "layernorm" | "rmsnorm" | "rmsnorm_offset" (Gemma: weight applied as 1 + w)
@@ -43,17 +50,31 @@ class Norm:
             var = xf.pow(2).mean(-1, keepdim=True)
         return torch.sqrt(var + self.eps).to(x.dtype)  # [..., 1]
 
-    def apply(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def _normalize(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         if self.kind == "layernorm":
             xf = xf - xf.mean(-1, keepdim=True)
-        y = xf / scale.float()
+        return xf / scale.float()
+
+    def _affine(self, y: torch.Tensor) -> torch.Tensor:
         if self.weight is not None:
             w = self.weight.float()
             y = y * (1.0 + w if self.kind == "rmsnorm_offset" else w)
         if self.bias is not None:
             y = y + self.bias.float()
-        return y.to(x.dtype)
+        return y
+
+    def normalize(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The normalized input before gain and bias ``[..., d]`` (TransformerLens's
+        ``hook_normalized``)."""
+        return self._normalize(x, scale).to(x.dtype)
+
+    def affine(self, y: torch.Tensor) -> torch.Tensor:
+        """Gain and bias applied to a normalized value: the layer's output."""
+        return self._affine(y.float()).to(y.dtype)
+
+    def apply(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self._affine(self._normalize(x, scale)).to(x.dtype)
 
     def gain(self) -> torch.Tensor | None:
         """The effective elementwise gain (``1 + w`` for offset RMSNorm)."""

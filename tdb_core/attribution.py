@@ -13,10 +13,16 @@ columns:
     total_effect      activation x gradient (first-order estimate of removing the node), or
                       integrated gradients from a zero baseline when ``ig_steps`` > 0
 
-Node families: ``embedding`` (a position's token + position embedding, i.e. resid_pre of block 0),
-``mlp_neuron`` (layer, position, neuron), ``attn_head`` (layer, query position, head: the head's
-whole write at that position), ``attn_head_pair`` (layer, query, key, head: the part of that write
-that comes from one key position), and ``sae_latent`` when SAEs are spliced in.
+Node families (:class:`~tdb_core.nodes.NodeKind`; rows name their nodes by :class:`~tdb_core.nodes.Node`
+key): ``embedding`` (a position's token + position embedding, i.e. resid_pre of block 0,
+``blocks.0.hook_resid_pre[pos=P]``), ``mlp_neuron`` (``blocks.L.mlp.hook_post[N,pos=P]``),
+``attn_head`` (``blocks.L.attn.hook_pattern[H,pos=Q]``: the head's whole write at query position
+Q), ``attn_head_pair`` (``blocks.L.attn.hook_pattern[H,pos=Q,key=K]``: the part of that write that
+comes from key position K), and ``sae_latent`` (``sae.ID.hook_sae_acts_post[F,pos=P]``) when SAEs
+are spliced in. Zeroing a row's key as an intervention removes exactly that node's write.
+
+A family counts when it writes before the point where direct effects are measured, in the
+forward order of :func:`tdb_core.schema.location`.
 
 Writes of all nodes plus the biases add up to the residual stream, so with the norm scale held
 constant the direct effects plus ``bias_direct_effect`` and ``constant`` add up to the loss.
@@ -31,16 +37,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tdb_core import specs
+from tdb_core import nodes, specs
+from tdb_core.adapter import Norm
 from tdb_core.errors import (
     InvalidArgumentError,
     NotFoundError,
     OutOfRangeError,
     ResourceExhaustedError,
 )
+from tdb_core.nodes import Node, NodeKind
 from tdb_core.plan import Batch, Planner, resolve_positions
 from tdb_core.runner import ModelRunner, RunOutput
 from tdb_core.sae.attach import AttachedSae
+from tdb_core.schema import Location, location, norm_name, site_name
 
 # --------------------------------------------------------------------------------------------------
 # Specs (data only)
@@ -115,7 +124,16 @@ class DirectionLoss:
 
 Loss = LogitDiffLoss | LogProbLoss | NeuronTrace | HeadTrace | LatentTrace | DirectionLoss
 
-FAMILIES = ("embedding", "mlp_neuron", "attn_head", "attn_head_pair", "sae_latent")
+FAMILIES = tuple(
+    str(k)
+    for k in (
+        NodeKind.EMBEDDING,
+        NodeKind.MLP_NEURON,
+        NodeKind.ATTN_HEAD,
+        NodeKind.ATTN_HEAD_PAIR,
+        NodeKind.SAE_LATENT,
+    )
+)
 COLUMNS = ("activation", "write_magnitude", "direct_effect", "total_effect")
 TOP_ONLY = frozenset({"activation", "write_magnitude"})  # no bottom-k, as TDB
 
@@ -142,31 +160,6 @@ class AttributeSpec:
 
 
 @dataclass(frozen=True)
-class Node:
-    """A node: ``family``, layer, position (query position for heads), index (neuron, head or
-    latent), key position for head pairs, SAE id for latents."""
-
-    family: str
-    layer: int | None
-    position: int
-    index: int = 0
-    key_position: int | None = None
-    sae: str | None = None
-
-    @property
-    def name(self) -> str:
-        if self.family == "embedding":
-            return f"embed@{self.position}"
-        if self.family == "mlp_neuron":
-            return f"mlp_L{self.layer}_N{self.index}@{self.position}"
-        if self.family == "attn_head":
-            return f"attn_L{self.layer}_H{self.index}@{self.position}"
-        if self.family == "attn_head_pair":
-            return f"attn_L{self.layer}_H{self.index}@{self.position}<-{self.key_position}"
-        return f"sae_{self.sae}_F{self.index}@{self.position}"
-
-
-@dataclass(frozen=True)
 class TokenScore:
     token_id: int
     token: str
@@ -177,7 +170,7 @@ class TokenScore:
 class NodeRow:
     """A node with every column's value, per prompt row (one or two)."""
 
-    node: Node
+    node: Node  # a node at a position: ``node.key`` names it, ``node.label`` is a short name
     values: tuple[dict[str, float], ...]  # per row: column -> value
     upvoted: tuple[TokenScore, ...] = ()
     downvoted: tuple[TokenScore, ...] = ()
@@ -202,37 +195,49 @@ class AttributeResult:
 
 @dataclass
 class _Family:
-    """One family at one layer: column tensors ``[rows, *shape]`` and how to name an index."""
+    """One family at one layer: column tensors ``[rows, *shape]``, how to name an index, and the
+    site whose value integrated gradients scale (its values, summed over the last axis where the
+    site has one more than the columns, are the family's)."""
 
-    name: str
+    kind: NodeKind
     layer: int | None
     columns: dict[str, torch.Tensor]
     decode: Callable[[tuple[int, ...]], Node]
+    ig_site: str
     write: Callable[[int, tuple[int, ...]], torch.Tensor] | None = None  # row, index -> [d_model]
 
 
 @dataclass
 class _Point:
     """Where the loss's direct effects are measured: a residual site, the norm held constant
-    there, and the stage of the forward pass it sits at.
+    there, and where the loss reads the forward pass (``at``: the point's site, or the logits).
 
-    Stages order every write: embeddings -1, attention of layer L 3L+1, MLP of layer L 3L+2
-    (SAE latents at their site's stage). A family counts when its stage is below the point's.
+    An attention layer writes at its ``hook_attn_out`` and an MLP at its ``hook_mlp_out``: they
+    count when that location is before ``at``. SAE latents count when the site they reconstruct
+    is at or before ``at`` (the residual there includes their reconstruction).
     """
 
     site: str
     norm: str | None
-    stage: float
+    at: Location
     position: int | None = None  # for traces: the traced node's position
 
 
 def _residual_point(site: str, layer: int, key: str, position: int | None) -> _Point:
-    stage = {
-        "hook_resid_pre": 3 * layer + 0.5,
-        "hook_resid_mid": 3 * layer + 1.9,
-        "hook_resid_post": 3 * layer + 2.9,
-    }[key]
-    return _Point(site, None, stage, position)
+    return _Point(site, None, location(key, layer), position)
+
+
+_Tensors = dict[str, torch.Tensor]
+
+
+def _row_vector(x: torch.Tensor) -> Callable[[int, tuple[int, ...]], torch.Tensor]:
+    """The write of a node that is one vector of ``x`` ``[rows, T, d_model]`` per position."""
+
+    def write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
+        v: torch.Tensor = x[r, idx[0]]
+        return v
+
+    return write
 
 
 def _resolve_loss_tokens(runner: ModelRunner, ids: tuple[int, ...], what: str) -> None:
@@ -271,9 +276,14 @@ class _Attribution:
             )
         self.n_rows = self.batch.n_prompts
         self.T = self.batch.max_len
-        available = {"embedding", "mlp_neuron", "attn_head", "attn_head_pair"}
+        available = {
+            NodeKind.EMBEDDING,
+            NodeKind.MLP_NEURON,
+            NodeKind.ATTN_HEAD,
+            NodeKind.ATTN_HEAD_PAIR,
+        }
         if runner.saes:
-            available.add("sae_latent")
+            available.add(NodeKind.SAE_LATENT)
         fams = set(spec.families) if spec.families else set(available)
         unknown = fams - set(FAMILIES)
         if unknown:
@@ -287,14 +297,14 @@ class _Attribution:
     # -- the loss and where direct effects are measured
     def _point(self) -> _Point:
         loss, n_layers = self.spec.loss, self.dims.n_layers
-        last = f"blocks.{n_layers - 1}.hook_resid_post"
+        last = site_name("hook_resid_post", n_layers - 1)
         if isinstance(loss, LogitDiffLoss):
             _resolve_loss_tokens(self.runner, loss.target_ids, "target")
             _resolve_loss_tokens(self.runner, loss.distractor_ids, "distractor")
-            return _Point(last, "ln_final", math.inf)
+            return _Point(last, norm_name("ln_final"), location("logits"))
         if isinstance(loss, LogProbLoss):
             _resolve_loss_tokens(self.runner, loss.target_ids, "target")
-            return _Point(last, "ln_final", math.inf)
+            return _Point(last, norm_name("ln_final"), location("logits"))
         if isinstance(loss, NeuronTrace):
             self._check_layer(loss.layer)
             if not 0 <= loss.neuron < self.dims.d_mlp:
@@ -324,9 +334,9 @@ class _Attribution:
             elif loss.through is not Through.V:
                 raise InvalidArgumentError("tracing through Q, K or QK needs a key position")
             return _Point(
-                f"blocks.{loss.layer}.hook_resid_pre",
-                f"blocks.{loss.layer}.ln1",
-                3 * loss.layer + 0.5,
+                site_name("hook_resid_pre", loss.layer),
+                norm_name("ln1", loss.layer),
+                location("hook_resid_pre", loss.layer),
                 q,
             )
         if isinstance(loss, DirectionLoss):
@@ -355,11 +365,21 @@ class _Attribution:
             if key in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
                 p = _residual_point(att.input, layer or 0, key, pos)
                 return p
-            if layer is None:
-                return _Point(att.input, None, -0.5, pos)
+            if key == "ln_final.hook_normalized":  # read through the final norm, as logits are
+                return _Point(
+                    site_name("hook_resid_post", n_layers - 1),
+                    norm_name("ln_final"),
+                    location(key),
+                    pos,
+                )
+            if layer is None:  # hook_embed: only the embeddings come before it
+                return _Point(att.input, None, location(key), pos)
             if key.startswith(("attn.", "ln1.")) or key == "hook_attn_out":
                 return _Point(
-                    f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.ln1", 3 * layer + 0.5, pos
+                    site_name("hook_resid_pre", layer),
+                    norm_name("ln1", layer),
+                    location("hook_resid_pre", layer),
+                    pos,
                 )
             return self._mlp_side_point(layer, pos)
         raise InvalidArgumentError(f"unsupported loss {type(loss).__name__}")
@@ -367,14 +387,11 @@ class _Attribution:
     def _mlp_side_point(self, layer: int, pos: int) -> _Point:
         """The residual stream an MLP of ``layer`` reads, with the norm it reads it through (ln2,
         or ln1 when one norm feeds both branches, as in Phi)."""
-        norm = (
-            f"blocks.{layer}.ln2"
-            if self.runner.schema.has_kind("ln2.hook_normalized")
-            else f"blocks.{layer}.ln1"
+        norm = norm_name(
+            "ln2" if self.runner.schema.has_kind("ln2.hook_normalized") else "ln1", layer
         )
-        if self.adapter.parallel_blocks:
-            return _Point(f"blocks.{layer}.hook_resid_pre", norm, 3 * layer + 0.5, pos)
-        return _Point(f"blocks.{layer}.hook_resid_mid", norm, 3 * layer + 1.9, pos)
+        key = "hook_resid_pre" if self.adapter.parallel_blocks else "hook_resid_mid"
+        return _Point(site_name(key, layer), norm, location(key, layer), pos)
 
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.dims.n_layers:
@@ -393,9 +410,11 @@ class _Attribution:
         steps = self.spec.ig_steps
         if not steps:
             return
-        sites = int("embedding" in self.families) + len(self.saes())
-        sites += len(self.mlp_layers()) if "mlp_neuron" in self.families else 0
-        per_attn_layer = int("attn_head" in self.families) + int("attn_head_pair" in self.families)
+        sites = int(NodeKind.EMBEDDING in self.families) + len(self.saes())
+        sites += len(self.mlp_layers()) if NodeKind.MLP_NEURON in self.families else 0
+        per_attn_layer = int(NodeKind.ATTN_HEAD in self.families) + int(
+            NodeKind.ATTN_HEAD_PAIR in self.families
+        )
         sites += per_attn_layer * len(self.attn_layers())
         rows = sites * steps * self.n_rows
         limit = self.runner.limits.max_pass_rows
@@ -407,35 +426,38 @@ class _Attribution:
             )
 
     def mlp_layers(self) -> list[int]:
-        return [L for L in range(self.dims.n_layers) if self.point.stage > 3 * L + 2]
+        """Layers whose MLP writes before the point."""
+        at = self.point.at
+        return [L for L in range(self.dims.n_layers) if location("hook_mlp_out", L) < at]
 
     def attn_layers(self) -> list[int]:
-        return [L for L in range(self.dims.n_layers) if self.point.stage > 3 * L + 1]
+        """Layers whose attention writes before the point."""
+        at = self.point.at
+        return [L for L in range(self.dims.n_layers) if location("hook_attn_out", L) < at]
 
     def saes(self) -> list[AttachedSae]:
-        if "sae_latent" not in self.families:
+        """SAEs whose latents write before the point: the site an SAE reconstructs is at or
+        before it (not the traced SAE itself)."""
+        if NodeKind.SAE_LATENT not in self.families:
             return []
         traced = self.spec.loss.sae if isinstance(self.spec.loss, LatentTrace) else None
+        schema = self.runner.schema
         return [
             a
             for a in self.runner.saes.values()
-            if a.write_stage() < self.point.stage and a.id != traced
+            if schema.location(a.site.name) <= self.point.at and a.id != traced
         ]
 
     # -- the pass
     def plan(self, planner: Planner) -> None:
         """Gradient sites of every node family, plus the loss's own needs."""
         plan = planner.plan
-        plan.grad_sites.update({"blocks.0.hook_resid_pre", self.point.site})
+        plan.grad_sites.update({nodes.EMBEDDING_SITE, self.point.site})
         for L in self.mlp_layers():
-            plan.grad_sites.add(f"blocks.{L}.mlp.hook_post")
+            plan.grad_sites.add(site_name("mlp.hook_post", L))
         for L in self.attn_layers():
             plan.grad_sites.update(
-                {
-                    f"blocks.{L}.attn.hook_z",
-                    f"blocks.{L}.attn.hook_pattern",
-                    f"blocks.{L}.attn.hook_v",
-                }
+                {site_name(k, L) for k in ("attn.hook_z", "attn.hook_pattern", "attn.hook_v")}
             )
         for att in self.saes():
             plan.grad_sites.update({att.acts, att.input})
@@ -451,23 +473,26 @@ class _Attribution:
             plan.freeze_norms.add(self.point.norm)
         loss = self.spec.loss
         if isinstance(loss, NeuronTrace):
-            plan.grad_sites.add(f"blocks.{loss.layer}.mlp.hook_pre")
+            plan.grad_sites.add(site_name("mlp.hook_pre", loss.layer))
         if isinstance(loss, HeadTrace):
-            prefix = f"blocks.{loss.layer}.attn."
             plan.grad_sites.update(
-                {
-                    prefix + "hook_attn_scores",
-                    prefix + "hook_pattern",
-                    prefix + "hook_v",
-                    prefix + "hook_z",
-                }
+                site_name(k, loss.layer)
+                for k in (
+                    "attn.hook_attn_scores",
+                    "attn.hook_pattern",
+                    "attn.hook_v",
+                    "attn.hook_z",
+                )
             )
-            cut = {Through.Q: ("hook_k",), Through.K: ("hook_q",), Through.QK: ()}.get(
+            cut = {Through.Q: ("attn.hook_k",), Through.K: ("attn.hook_q",), Through.QK: ()}.get(
                 loss.through, ()
             )
-            for name in cut:
+            for key in cut:
                 planner.add_intervention(
-                    specs.Intervention(prefix + name, specs.Zero(), pass_=specs.Pass.BACKWARD), rows
+                    specs.Intervention(
+                        site_name(key, loss.layer), specs.Zero(), pass_=specs.Pass.BACKWARD
+                    ),
+                    rows,
                 )
         if isinstance(loss, DirectionLoss):
             plan.grad_sites.add(loss.site)
@@ -486,17 +511,17 @@ class _Attribution:
             lp = out.logits[:rows, self.loss_position()].float().log_softmax(-1)
             return lp[:, list(loss.target_ids)].logsumexp(-1)
         if isinstance(loss, NeuronTrace):
-            return g[f"blocks.{loss.layer}.mlp.hook_pre"][
+            return g[site_name("mlp.hook_pre", loss.layer)][
                 :rows, self.point.position, loss.neuron
             ].float()
         if isinstance(loss, HeadTrace):
-            prefix = f"blocks.{loss.layer}.attn."
-            q, h = self.point.position, loss.head
+            L, q, h = loss.layer, self.point.position, loss.head
             if loss.through is not Through.V:
+                assert loss.key_position is not None  # checked when the point was made
                 (k,) = resolve_positions([loss.key_position], self.batch.lengths[:1])[0]
-                return g[prefix + "hook_attn_scores"][:rows, h, q, k].float()
-            pattern = g[prefix + "hook_pattern"][:rows, h, q].detach()  # [rows, T_k]
-            v = g[prefix + "hook_v"][:rows, :, h]  # [rows, T_k, d_head]
+                return g[site_name("attn.hook_attn_scores", L)][:rows, h, q, k].float()
+            pattern = g[site_name("attn.hook_pattern", L)][:rows, h, q].detach()  # [rows, T_k]
+            v = g[site_name("attn.hook_v", L)][:rows, :, h]  # [rows, T_k, d_head]
             if loss.key_position is not None:
                 (k,) = resolve_positions([loss.key_position], self.batch.lengths[:1])[0]
                 keep = torch.zeros_like(pattern)
@@ -505,9 +530,10 @@ class _Attribution:
             w_o = self.adapter.W_O(loss.layer)[h]  # [d_head, d_model]
             z_v = torch.einsum("rk,rkd->rd", pattern, v)  # [rows, d_head]
             write = z_v @ w_o  # [rows, d_model]
-            u = g[prefix + "hook_z"][:rows, q, h].detach() @ w_o
+            u = g[site_name("attn.hook_z", L)][:rows, q, h].detach() @ w_o
             u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            return (write * u).sum(-1).float()
+            along: torch.Tensor = (write * u).sum(-1).float()
+            return along
         if isinstance(loss, LatentTrace):
             att = self.runner.get_sae(loss.sae)
             return g[att.acts_pre][:rows, self.point.position, loss.latent].float()
@@ -524,9 +550,9 @@ class _Attribution:
             mask[self.point.position] = 1
             d = d * mask[None, :, None]
         fams: list[_Family] = []
-        if "embedding" in self.families:
-            x = g["blocks.0.hook_resid_pre"][:rows].detach().float()  # [rows, T, d_model]
-            gx = grads["blocks.0.hook_resid_pre"][:rows].float()
+        if NodeKind.EMBEDDING in self.families:
+            x = g[nodes.EMBEDDING_SITE][:rows].detach().float()  # [rows, T, d_model]
+            gx = grads[nodes.EMBEDDING_SITE][:rows].float()
             cols = {
                 "activation": torch.ones(rows, T, device=x.device),
                 "write_magnitude": x.norm(dim=-1),
@@ -535,23 +561,26 @@ class _Attribution:
             }
             fams.append(
                 _Family(
-                    "embedding",
+                    NodeKind.EMBEDDING,
                     None,
                     cols,
-                    lambda idx: Node("embedding", None, idx[0]),
-                    lambda r, idx, x=x: x[r, idx[0]],
+                    lambda idx: nodes.embedding(idx[0]),
+                    nodes.EMBEDDING_SITE,
+                    _row_vector(x),
                 )
             )
         for L in self.attn_layers():
             fams.extend(self._attn_families(L, g, grads, d))
-        if "mlp_neuron" in self.families:
+        if NodeKind.MLP_NEURON in self.families:
             for L in self.mlp_layers():
                 fams.append(self._mlp_family(L, g, grads, d))
         for att in self.saes():
             fams.append(self._sae_family(att, g, grads, d))
         return fams
 
-    def _sae_family(self, att: AttachedSae, g: dict, grads: dict, d: torch.Tensor) -> _Family:
+    def _sae_family(
+        self, att: AttachedSae, g: _Tensors, grads: _Tensors, d: torch.Tensor
+    ) -> _Family:
         rows = self.n_rows
         z = g[att.acts][:rows].detach().float()  # [rows, T, d_sae]
         gz = grads[att.acts][:rows].float()
@@ -573,30 +602,34 @@ class _Attribution:
         def write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
             p, i = idx
             s = scale if scale.dim() == 0 else scale[r, p, 0]
-            return (
+            w: torch.Tensor = (
                 z[r, p, i] * s * (dirs[i] if dirs is not None else torch.zeros(self.dims.d_model))
             )
+            return w
 
         return _Family(
-            "sae_latent",
+            NodeKind.SAE_LATENT,
             None,
             cols,
-            lambda idx: Node("sae_latent", att.site.layer, idx[0], idx[1], sae=att.id),
+            lambda idx: nodes.sae_latent(att.id, idx[1], idx[0]),
+            att.acts,
             write if dirs is not None else None,
         )
 
-    def _post_norm_gain(self, norm, raw: torch.Tensor) -> torch.Tensor:
+    def _post_norm_gain(self, norm: Norm | None, raw: torch.Tensor) -> torch.Tensor:
         """Per-position factor turning a raw write into its residual write (post-norm, scale
         held constant): ``gain / scale`` ``[rows, T, d_model]``; 1 without a post norm."""
         if norm is None:
             return torch.ones((), device=raw.device)
         gain = norm.gain()
-        return (gain.float() if gain is not None else 1.0) / norm.scale(raw).float()
+        factor: torch.Tensor = (gain.float() if gain is not None else 1.0) / norm.scale(raw).float()
+        return factor
 
-    def _mlp_family(self, L: int, g: dict, grads: dict, d: torch.Tensor) -> _Family:
+    def _mlp_family(self, L: int, g: _Tensors, grads: _Tensors, d: torch.Tensor) -> _Family:
         rows = self.n_rows
-        post = g[f"blocks.{L}.mlp.hook_post"][:rows].detach().float()  # [rows, T, d_mlp]
-        gpost = grads[f"blocks.{L}.mlp.hook_post"][:rows].float()
+        site = site_name("mlp.hook_post", L)
+        post = g[site][:rows].detach().float()  # [rows, T, d_mlp]
+        gpost = grads[site][:rows].float()
         w_out = self.adapter.W_out(L).float()  # [d_mlp, d_model]
         norm = self.adapter.post_mlp_norm(L)
         factor = torch.ones((), device=post.device)
@@ -622,17 +655,25 @@ class _Attribution:
         def write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
             p, n = idx
             f = factor if factor.dim() == 0 else factor[r, p]
-            return post[r, p, n] * w_out[n] * f
+            w: torch.Tensor = post[r, p, n] * w_out[n] * f
+            return w
 
         return _Family(
-            "mlp_neuron", L, cols, lambda idx: Node("mlp_neuron", L, idx[0], idx[1]), write
+            NodeKind.MLP_NEURON,
+            L,
+            cols,
+            lambda idx: nodes.mlp_neuron(L, idx[1], idx[0]),
+            site,
+            write,
         )
 
-    def _attn_families(self, L: int, g: dict, grads: dict, d: torch.Tensor) -> list[_Family]:
+    def _attn_families(
+        self, L: int, g: _Tensors, grads: _Tensors, d: torch.Tensor
+    ) -> list[_Family]:
         rows = self.n_rows
-        prefix = f"blocks.{L}.attn."
-        z = g[prefix + "hook_z"][:rows].detach().float()  # [rows, T, H, d_head]
-        gz = grads[prefix + "hook_z"][:rows].float()
+        z_site, pattern_site = site_name("attn.hook_z", L), site_name("attn.hook_pattern", L)
+        z = g[z_site][:rows].detach().float()  # [rows, T, H, d_head]
+        gz = grads[z_site][:rows].float()
         w_o = self.adapter.W_O(L).float()  # [H, d_head, d_model]
         norm = self.adapter.post_attn_norm(L)
         factor = torch.ones((), device=z.device)
@@ -643,7 +684,7 @@ class _Attribution:
         d_eff = d * factor  # [rows, T, d_model]
         ow = torch.einsum("hdm,rtm->rthd", w_o, d_eff)  # [rows, T, H, d_head]: W_O[h] d_eff[t]
         fams = []
-        if "attn_head" in self.families:
+        if NodeKind.ATTN_HEAD in self.families:
             result = torch.einsum("rthd,hdm->rthm", z, w_o)  # [rows, T, H, d_model]
             result_w = result * (factor[:, :, None] if factor.dim() else factor)
             cols = {
@@ -654,17 +695,18 @@ class _Attribution:
             }
             fams.append(
                 _Family(
-                    "attn_head",
+                    NodeKind.ATTN_HEAD,
                     L,
                     cols,
-                    lambda idx: Node("attn_head", L, idx[0], idx[1]),
+                    lambda idx: nodes.attn_head(L, idx[1], idx[0]),
+                    z_site,  # a head's write at a position is z[pos, head] @ W_O[head]
                     lambda r, idx: result_w[r, idx[0], idx[1]],
                 )
             )
-        if "attn_head_pair" in self.families:
-            p = g[prefix + "hook_pattern"][:rows].detach().float()  # [rows, H, T_q, T_k]
-            gp = grads[prefix + "hook_pattern"][:rows].float()
-            v = g[prefix + "hook_v"][:rows].detach().float()  # [rows, T_k, H, d_head]
+        if NodeKind.ATTN_HEAD_PAIR in self.families:
+            p = g[pattern_site][:rows].detach().float()  # [rows, H, T_q, T_k]
+            gp = grads[pattern_site][:rows].float()
+            v = g[site_name("attn.hook_v", L)][:rows].detach().float()  # [rows, T_k, H, d_head]
             vo = torch.einsum("rkhd,hdm->rhkm", v, w_o)  # [rows, H, T_k, d_model]
             if factor.dim():
                 vo_mag = torch.einsum("rhkm,rqm->rhqk", vo.pow(2), factor.pow(2)).sqrt()
@@ -680,14 +722,16 @@ class _Attribution:
             def write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
                 h, q, k = idx
                 f = factor if factor.dim() == 0 else factor[r, q]
-                return p[r, h, q, k] * vo[r, h, k] * f
+                w: torch.Tensor = p[r, h, q, k] * vo[r, h, k] * f
+                return w
 
             fams.append(
                 _Family(
-                    "attn_head_pair",
+                    NodeKind.ATTN_HEAD_PAIR,
                     L,
                     cols,
-                    lambda idx: Node("attn_head_pair", L, idx[1], idx[0], key_position=idx[2]),
+                    lambda idx: nodes.attn_head(L, idx[0], idx[1], idx[2]),
+                    pattern_site,
                     write,
                 )
             )
@@ -750,16 +794,7 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
     alphas = [(i + 0.5) / steps for i in range(steps)]
     by_site: dict[str, list[_Family]] = {}
     for f in fams:
-        if f.name == "sae_latent":
-            site = runner.get_sae(f.decode((0, 0)).sae or "").acts
-        else:
-            site = {
-                "embedding": "blocks.0.hook_resid_pre",
-                "mlp_neuron": f"blocks.{f.layer}.mlp.hook_post",
-                "attn_head": f"blocks.{f.layer}.attn.hook_z",
-                "attn_head_pair": f"blocks.{f.layer}.attn.hook_pattern",
-            }[f.name]
-        by_site.setdefault(site, []).append(f)
+        by_site.setdefault(f.ig_site, []).append(f)
     per_pass = max(1, runner.limits.max_prompts // rows)
     prompts = att.batch.rows[:rows]
     for site, site_fams in by_site.items():
@@ -789,15 +824,9 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
                 value = x.detach().float()[:rows] / chunk[0]
         assert grad_sum is not None and value is not None
         ig = value * grad_sum / steps  # [rows, *site]
-        for f in site_fams:
-            if f.name == "embedding":
-                f.columns["total_effect"] = ig.sum(-1)
-            elif f.name in ("mlp_neuron", "sae_latent"):
-                f.columns["total_effect"] = ig
-            elif f.name == "attn_head":
-                f.columns["total_effect"] = ig.sum(-1)
-            else:
-                f.columns["total_effect"] = ig
+        for f in site_fams:  # embeddings sum over d_model, heads over d_head
+            per_node = f.columns["total_effect"].dim() < ig.dim()
+            f.columns["total_effect"] = ig.sum(-1) if per_node else ig
 
 
 @dataclass
@@ -810,11 +839,12 @@ class Columns:
     grads: dict[str, torch.Tensor]
     families: list[_Family]
 
-    def family(self, name: str, layer: int | None = None) -> _Family:
+    def family(self, kind: str, layer: int | None = None) -> _Family:
+        """The family of a kind (a NodeKind or its string) at a layer."""
         for f in self.families:
-            if f.name == name and f.layer == layer:
+            if f.kind == kind and f.layer == layer:
                 return f
-        raise KeyError((name, layer))
+        raise KeyError((kind, layer))
 
 
 def compute_columns(runner: ModelRunner, spec: AttributeSpec) -> Columns:
@@ -868,7 +898,7 @@ def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
         neurons = [
             (i, f.layer or 0, idx[1])
             for i, (f, idx) in enumerate(nodes)
-            if spec.node_tokens and f.name == "mlp_neuron"
+            if spec.node_tokens and f.kind is NodeKind.MLP_NEURON
         ]
         inputs = _neuron_input_tokens(
             runner, [(layer, n) for _, layer, n in neurons], spec.node_tokens
@@ -899,7 +929,7 @@ def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
         # the residual at the point is the sum of every write plus the biases
         x_point = out.ctx.graph[att.point.site][: att.n_rows].detach().float()
         constant = losses.detach() - (x_point * d).sum((-1, -2))
-        emb = [f for f in fams if f.name == "embedding"]
+        emb = [f for f in fams if f.kind is NodeKind.EMBEDDING]
         tok_attr = emb[0].columns["total_effect"] if emb else torch.zeros(att.n_rows, att.T)
     prompts = tuple(specs.PromptTokens(r, runner.token_strings(r)) for r in att.batch.rows)
     n_nodes = sum(f.columns["activation"][0].numel() for f in fams)

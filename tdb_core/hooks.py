@@ -29,7 +29,7 @@ import torch
 
 from tdb_core import specs
 from tdb_core.errors import InvalidArgumentError
-from tdb_core.schema import SiteInfo
+from tdb_core.schema import SiteInfo, site_name
 
 # --------------------------------------------------------------------------------------------------
 # Resolved (device-side) forms of captures and edits. Built by tdb_core.plan from user specs.
@@ -40,8 +40,9 @@ class BlockIndex:
     """Which block of a site tensor a capture or edit addresses.
 
     rows: batch rows ``[R]``; pos: per-row absolute positions ``[R, P]`` (None: every position);
-    units: indices on the unit axis ``[U]`` (None: every unit). ``pos_axis``/``unit_axis`` are
-    axes of the batched site tensor.
+    units: indices on the unit axis ``[U]`` (None: every unit); keys: per-row absolute key
+    positions ``[R, K]`` on the k_pos axis of attention scores/pattern (None: every key).
+    ``pos_axis``/``unit_axis``/``key_axis`` are axes of the batched site tensor.
     """
 
     rows: torch.Tensor
@@ -49,6 +50,8 @@ class BlockIndex:
     units: torch.Tensor | None
     pos_axis: int
     unit_axis: int | None
+    keys: torch.Tensor | None = None
+    key_axis: int | None = None
 
 
 @dataclass
@@ -127,21 +130,31 @@ class HookPlan:
 # Applying edits
 
 
+def _layout_axes(index: BlockIndex) -> tuple[int, ...]:
+    """Axes of the site tensor that the block layout puts first after the batch: position, then
+    unit (if any), then key position (if keys are selected)."""
+    axes = (index.pos_axis,) if index.unit_axis is None else (index.pos_axis, index.unit_axis)
+    if index.keys is not None:
+        assert index.key_axis is not None and index.unit_axis is not None
+        axes = (*axes, index.key_axis)
+    return axes
+
+
 def _to_block_layout(x: torch.Tensor, index: BlockIndex) -> torch.Tensor:
-    """View ``x`` as ``[B, pos, unit, rest...]`` (``[B, pos, rest...]`` without a unit axis)."""
-    if index.unit_axis is None:
-        return x.movedim(index.pos_axis, 1)
-    return x.movedim((index.pos_axis, index.unit_axis), (1, 2))
+    """View ``x`` as ``[B, pos, unit, rest...]`` (``[B, pos, rest...]`` without a unit axis;
+    ``[B, q_pos, head, k_pos]`` when key positions are selected)."""
+    axes = _layout_axes(index)
+    return x.movedim(axes, tuple(range(1, 1 + len(axes))))
 
 
 def _from_block_layout(xb: torch.Tensor, index: BlockIndex) -> torch.Tensor:
-    if index.unit_axis is None:
-        return xb.movedim(1, index.pos_axis)
-    return xb.movedim((1, 2), (index.pos_axis, index.unit_axis))
+    axes = _layout_axes(index)
+    return xb.movedim(tuple(range(1, 1 + len(axes))), axes)
 
 
 def _block_indices(xb: torch.Tensor, index: BlockIndex) -> tuple[torch.Tensor, ...]:
-    """Advanced-index tuple selecting the block ``[R, P, U]`` of a block-layout tensor."""
+    """Advanced-index tuple selecting the block ``[R, P, U]`` (``[R, P, U, K]`` with key
+    positions) of a block-layout tensor."""
     rows = index.rows
     n_rows = rows.shape[0]
     pos = index.pos
@@ -152,7 +165,15 @@ def _block_indices(xb: torch.Tensor, index: BlockIndex) -> tuple[torch.Tensor, .
     units = index.units
     if units is None:
         units = torch.arange(xb.shape[2], device=xb.device)
-    return rows[:, None, None], pos[:, :, None], units[None, None, :]
+    if index.keys is None:
+        return rows[:, None, None], pos[:, :, None], units[None, None, :]
+    keys = index.keys  # [R, K]
+    return (
+        rows[:, None, None, None],
+        pos[:, :, None, None],
+        units[None, None, :, None],
+        keys[:, None, None, :],
+    )
 
 
 def _masked_mean_over_positions(
@@ -166,10 +187,13 @@ def _masked_mean_over_positions(
     return (sel * w).sum(1) / w.sum(1)  # [R, ...]
 
 
-def _select_units(v: torch.Tensor, index: BlockIndex, unit_dim_of_v: int) -> torch.Tensor:
-    if index.unit_axis is None or index.units is None:
-        return v
-    return v.index_select(unit_dim_of_v, index.units)
+def _select(per_row: torch.Tensor, idx: tuple[torch.Tensor, ...], n_pos: int) -> torch.Tensor:
+    """The block ``idx`` selects from a value that is the same at every position of a row:
+    ``per_row`` is ``[R, *block-layout dims after the position]`` for the edit's R rows."""
+    n_rows = per_row.shape[0]
+    full = per_row[:, None].expand(n_rows, n_pos, *per_row.shape[1:])
+    local = torch.arange(n_rows, device=per_row.device).reshape(idx[0].shape)
+    return full[(local, *idx[1:])]
 
 
 def _edit_value(
@@ -195,16 +219,14 @@ def _edit_value(
         return block + op.coeff * edit.tensor.to(block.dtype)
     if isinstance(op, specs.MeanOverPositions):
         mean = _masked_mean_over_positions(xb, edit.index.rows, lengths)  # [R, (U_all,) rest]
-        mean = _select_units(mean, edit.index, 1)
-        return mean[:, None].expand_as(block)
+        return _select(mean, idx, xb.shape[1])
     if isinstance(op, specs.MeanOverReference):
         assert edit.reference_rows is not None
         per_row = _masked_mean_over_positions(xb, edit.reference_rows, lengths)
         w = lengths[edit.reference_rows].to(xb.dtype)
         w = w.reshape(-1, *([1] * (per_row.dim() - 1)))
         mean = (per_row * w).sum(0) / w.sum()  # token-weighted mean, [(U_all,) rest]
-        mean = _select_units(mean, edit.index, 0)
-        return mean[None, None].expand_as(block)
+        return _select(mean[None].expand(idx[0].shape[0], *mean.shape), idx, xb.shape[1])
     if isinstance(op, specs.PatchFrom):
         assert edit.source_rows is not None
         src_idx = (edit.source_rows.reshape(idx[0].shape), *idx[1:])
@@ -386,8 +408,7 @@ class HookContext:
             for e in fwd:
                 x = apply_forward_edit(x, e, self.lengths)
             if bwd and torch.is_grad_enabled():
-                apply_bwd: Callable[..., torch.Tensor] = _BackwardEdit.apply  # untyped in torch
-                x = apply_bwd(x, bwd, self.lengths)
+                x = _BackwardEdit.apply(x, bwd, self.lengths)  # type: ignore[no-untyped-call]
         splice = self.plan.splices.get(site)
         if splice is not None:
             x = splice(self, x)
@@ -523,9 +544,8 @@ def tdb_attention(
     names: dict[str, str] = {}
     if ctx is not None:
         layer = _LAYER_OF_MODULE[module]
-        prefix = f"blocks.{layer}.attn."
         names = {
-            k: prefix + k
+            k: site_name("attn." + k, layer)
             for k in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z")
         }
         if not ctx.wants_any(list(names.values())):

@@ -19,6 +19,7 @@ from tdb_core.hooks import BlockIndex, HookPlan, ResolvedCapture, ResolvedEdit
 from tdb_core.schema import ModelSchema, SiteInfo
 
 ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+KEY_DIM = "k_pos"  # the axis an intervention's key_positions select
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,21 @@ def _check_units(schema: ModelSchema, site: SiteInfo, units: Sequence[int] | Non
 
 
 def _block_shape(
-    schema: ModelSchema, site: SiteInfo, n_pos: int, n_units: int | None, max_len: int
+    schema: ModelSchema,
+    site: SiteInfo,
+    n_pos: int,
+    n_units: int | None,
+    max_len: int,
+    n_keys: int | None = None,
 ) -> tuple[int, ...]:
-    """Per-row shape of an edit's block: ``[P, (U,) rest...]``, rest in the site's dim order."""
+    """Per-row shape of an edit's block: ``[P, (U,) rest...]``, rest in the site's dim order
+    (the k_pos axis of attention scores/pattern cut to ``n_keys`` key positions if given)."""
     k = site.kind
-    rest = [schema.dim_size(site, d, max_len) for d in k.dims if d not in (k.pos_dim, k.unit_dim)]
+    rest = [
+        n_keys if d == KEY_DIM and n_keys is not None else schema.dim_size(site, d, max_len)
+        for d in k.dims
+        if d not in (k.pos_dim, k.unit_dim)
+    ]
     if k.unit_dim is None:
         return (n_pos, *rest)
     units = n_units if n_units is not None else schema.dim_size(site, k.unit_dim, max_len)
@@ -208,6 +219,23 @@ class Planner:
         for site in self.schema.resolve(iv.site):
             self._add_edit(site, iv, list(rows))
 
+    def _key_positions(
+        self, site: SiteInfo, iv: specs.Intervention, lengths: list[int]
+    ) -> tuple[torch.Tensor | None, int | None]:
+        """An edit's key positions resolved per row ``[R, K]``, and the site's k_pos axis."""
+        if iv.key_positions is None:
+            return None, None
+        if KEY_DIM not in site.kind.dims or site.kind.unit_dim is None:
+            raise InvalidArgumentError(
+                "key positions select the k_pos axis of attention scores and pattern sites "
+                f"(blocks.L.attn.hook_attn_scores, blocks.L.attn.hook_pattern); site "
+                f"'{site.name}' has dims {list(site.dims)}"
+            )
+        if len(iv.key_positions) == 0:
+            raise InvalidArgumentError("empty key position list; omit it to select every key")
+        keys = resolve_positions(iv.key_positions, lengths, "key position")
+        return torch.tensor(keys, device=self.device), 1 + site.kind.dims.index(KEY_DIM)
+
     def _add_edit(self, site: SiteInfo, iv: specs.Intervention, rows: list[int]) -> None:
         op = iv.op
         if iv.pass_ is specs.Pass.BACKWARD and isinstance(
@@ -225,9 +253,11 @@ class Planner:
             if len(iv.positions) == 0:
                 raise InvalidArgumentError("empty position list; omit it to select every position")
             pos = torch.tensor(resolve_positions(iv.positions, lengths), device=self.device)
+        keys, key_axis = self._key_positions(site, iv, lengths)
         n_pos = pos.shape[1] if pos is not None else self.batch.max_len
         n_units = None if iv.units is None else len(iv.units)
-        block = _block_shape(self.schema, site, n_pos, n_units, self.batch.max_len)
+        n_keys = None if keys is None else keys.shape[1]
+        block = _block_shape(self.schema, site, n_pos, n_units, self.batch.max_len, n_keys)
         tensor = None
         if isinstance(op, (specs.SetTensor, specs.AddVector)):
             tensor = op.tensor if isinstance(op, specs.SetTensor) else op.vector
@@ -279,6 +309,8 @@ class Planner:
                 units=units,
                 pos_axis=pos_axis,
                 unit_axis=unit_axis,
+                keys=keys,
+                key_axis=key_axis,
             ),
             op=op,
             pass_=iv.pass_,

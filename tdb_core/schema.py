@@ -90,7 +90,9 @@ SITE_KINDS: tuple[SiteKind, ...] = (
         "ln1.hook_normalized",
         True,
         ("pos", "d_model"),
-        "output of the attention pre-norm, gain and bias applied (the attention input)",
+        "attention pre-norm input normalized, before the gain and bias: (x - mean) / hook_scale "
+        "for LayerNorm, x / hook_scale for RMSNorm (TransformerLens's hook_normalized); the "
+        "attention reads hook_normalized * gain + bias",
         "d_model",
     ),
     _k(
@@ -171,7 +173,8 @@ SITE_KINDS: tuple[SiteKind, ...] = (
         "ln2.hook_normalized",
         True,
         ("pos", "d_model"),
-        "output of the MLP pre-norm, gain and bias applied (the MLP input)",
+        "MLP pre-norm input normalized, before the gain and bias (see ln1.hook_normalized); the "
+        "MLP reads hook_normalized * gain + bias",
         "d_model",
     ),
     _k(
@@ -214,7 +217,8 @@ SITE_KINDS: tuple[SiteKind, ...] = (
         "ln_final.hook_normalized",
         False,
         ("pos", "d_model"),
-        "output of the final norm, gain and bias applied (the unembedding input)",
+        "final norm input normalized, before the gain and bias (see ln1.hook_normalized); the "
+        "unembedding reads hook_normalized * gain + bias",
         "d_model",
     ),
     _k("logits", False, ("pos", "vocab"), "next-token logits", "vocab"),
@@ -223,6 +227,15 @@ SITE_KINDS: tuple[SiteKind, ...] = (
 SITE_KIND_BY_KEY: dict[str, SiteKind] = {k.key: k for k in SITE_KINDS}
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+# The sites an attached SAE adds (SAELens names), as ``sae.{ID}.{hook}``, in their forward order.
+SAE_HOOKS = (
+    "hook_sae_input",
+    "hook_sae_acts_pre",
+    "hook_sae_acts_post",
+    "hook_sae_recons",
+    "hook_sae_error",
+)
 
 
 def site_name(key: str, layer: int | None = None) -> str:
@@ -233,6 +246,75 @@ def site_name(key: str, layer: int | None = None) -> str:
             raise InvalidArgumentError(f"site '{key}' needs a layer")
         return f"blocks.{layer}.{key}"
     return key
+
+
+def sae_site_name(sae_id: str, hook: str) -> str:
+    """The site an SAE adds, e.g. ``sae_site_name("toy-res", "hook_sae_acts_post")``."""
+    if hook not in SAE_HOOKS:
+        raise InvalidArgumentError(
+            f"unknown SAE hook '{hook}'; SAE hooks are {', '.join(SAE_HOOKS)}"
+        )
+    return f"sae.{sae_id}.{hook}"
+
+
+def split_sae_site(name: str) -> tuple[str, str] | None:
+    """``(sae_id, hook)`` of an SAE site name, None for any other name. SAE ids may contain dots,
+    so the name is split from the right on the known hook suffixes."""
+    for hook in SAE_HOOKS:
+        suffix = "." + hook
+        if name.startswith("sae.") and name.endswith(suffix) and len(name) > 4 + len(suffix):
+            return name[4 : -len(suffix)], hook
+    return None
+
+
+def norm_name(norm: str, layer: int | None = None) -> str:
+    """The name a norm goes by in hook plans (``freeze_norms``): ``norm_name("ln1", 2)`` is
+    ``blocks.2.ln1``, ``norm_name("ln_final")`` is ``ln_final``; its sites are
+    ``{name}.hook_scale`` and ``{name}.hook_normalized``."""
+    return site_name(f"{norm}.hook_scale", layer).removesuffix(".hook_scale")
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward order
+
+
+@dataclass(frozen=True, order=True)
+class Location:
+    """Where a site sits in the forward pass; locations compare in forward order.
+
+    ``section`` 0 is before the blocks (embeddings), 1 inside block ``layer``, 2 after the blocks
+    (final norm, logits); ``step`` is the site kind's index in :data:`SITE_KINDS` (which is in
+    forward order); ``after`` is 0 for a site itself and i > 0 for the i-th site anchored right
+    after it (an attached SAE's sites follow the site the SAE reads).
+    """
+
+    section: int
+    layer: int
+    step: int
+    after: int = 0
+
+
+_STEP = {k.key: i for i, k in enumerate(SITE_KINDS)}
+_FIRST_LAYERED = min(i for i, k in enumerate(SITE_KINDS) if k.layered)
+
+
+def location(key: str, layer: int | None = None) -> Location:
+    """The location of the site of kind ``key`` (at ``layer`` for layered kinds)."""
+    kind = SITE_KIND_BY_KEY.get(key)
+    if kind is None:
+        raise NotFoundError(f"unknown site kind '{key}'")
+    step = _STEP[key]
+    if kind.layered:
+        if layer is None:
+            raise InvalidArgumentError(f"site '{key}' needs a layer")
+        return Location(1, layer, step)
+    return Location(0 if step < _FIRST_LAYERED else 2, 0, step)
+
+
+def site_location(name: str) -> Location:
+    """The location of a concrete (non-SAE) site name, e.g. ``blocks.1.hook_resid_mid``."""
+    ref = parse_site(name)
+    return location(ref.kind.key, ref.layer)
 
 
 @dataclass(frozen=True)
@@ -314,28 +396,34 @@ class ModelSchema:
     kinds: tuple[SiteKind, ...]
     sites: tuple[SiteInfo, ...] = field(init=False)
     _by_name: dict[str, SiteInfo] = field(init=False, repr=False, compare=False)
+    _locations: dict[str, Location] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sites: list[SiteInfo] = []
-        unlayered_after = {"ln_final.hook_scale", "ln_final.hook_normalized", "logits"}
         for kind in self.kinds:
-            if not kind.layered and kind.key not in unlayered_after and kind.anchor is None:
+            if not kind.layered:
                 sites.append(SiteInfo(kind.key, kind, None))
         for layer in range(self.dims.n_layers):
             for kind in self.kinds:
                 if kind.layered:
-                    sites.append(SiteInfo(f"blocks.{layer}.{kind.key}", kind, layer))
-        for kind in self.kinds:
-            if kind.key in unlayered_after:
-                sites.append(SiteInfo(kind.key, kind, None))
-        for kind in self.kinds:  # anchored sites (SAE latents) follow the site they read
-            if kind.anchor is not None:
-                at = next((i for i, s in enumerate(sites) if s.name == kind.anchor), len(sites) - 1)
-                while at + 1 < len(sites) and sites[at + 1].kind.anchor == kind.anchor:
-                    at += 1
-                sites.insert(at + 1, SiteInfo(kind.key, kind, None))
+                    sites.append(SiteInfo(site_name(kind.key, layer), kind, layer))
+        after = {k.key: i + 1 for i, k in enumerate(self.kinds)}  # anchored: in attach order
+        order = {s.name: self._location(s, after) for s in sites}
+        sites.sort(key=lambda s: order[s.name])
         object.__setattr__(self, "sites", tuple(sites))
         object.__setattr__(self, "_by_name", {s.name: s for s in sites})
+        object.__setattr__(self, "_locations", order)
+
+    @staticmethod
+    def _location(site: SiteInfo, after: dict[str, int]) -> Location:
+        if site.kind.anchor is None:
+            return location(site.kind.key, site.layer)
+        anchor = site_location(site.kind.anchor)
+        return Location(anchor.section, anchor.layer, anchor.step, after[site.kind.key])
+
+    def location(self, name: str) -> Location:
+        """Where a site of this model sits in the forward pass (see :class:`Location`)."""
+        return self._locations[self.get(name).name]
 
     def has_kind(self, key: str) -> bool:
         return any(k.key == key for k in self.kinds)

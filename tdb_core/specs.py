@@ -137,11 +137,15 @@ class Intervention:
 
     The selected block of a prompt is ``site[positions][..., units, ...]``: positions on the
     site's position axis (query positions for attention scores/pattern; None means all), units on
-    its unit axis (None means all). Tensor operands broadcast against that block, laid out as
-    ``[n_positions, *site dims without position, with the unit axis cut to n_units]``.
+    its unit axis (None means all), and for attention scores/pattern ``key_positions`` on the
+    k_pos axis (None means all; negative ones count from the prompt's end). Tensor operands
+    broadcast against that block, laid out as ``[n_positions, *site dims without position, with
+    the unit axis cut to n_units and the k_pos axis to n_key_positions]``.
 
-    A head is ablated at a query position by zeroing ``blocks.L.attn.hook_z`` at that position and
-    head: that removes exactly the head's write there (its share of the attention output).
+    A node's selector (:meth:`tdb_core.nodes.Node.selector`) gives ``site``, ``units``,
+    ``positions`` and ``key_positions``; zeroing it removes exactly the node's write. A head is
+    ablated at a query position by zeroing ``blocks.L.attn.hook_pattern`` (or ``hook_z``) at
+    that position and head; zeroing the pattern at a key position too removes that key's share.
     """
 
     site: str
@@ -149,6 +153,7 @@ class Intervention:
     positions: tuple[int, ...] | None = None
     units: tuple[int, ...] | None = None
     pass_: Pass = Pass.FORWARD
+    key_positions: tuple[int, ...] | None = None
 
 
 # --------------------------------------------------------------------------------------------------

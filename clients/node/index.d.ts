@@ -90,3 +90,55 @@ export class StreamAssembler {
 export function float32Tensor(values: Float32Array | number[], shape?: number[]):
   { dtype: string; shape: number[]; data: Buffer };
 export function halfToFloat(bits: number): number;
+
+// -- node keys (nodes.js): parsed and printed exactly as the server and the Python client do
+
+export type NodeKindValue = 'embedding' | 'mlp_neuron' | 'attn_head' | 'attn_head_pair'
+  | 'sae_latent' | 'unit' | 'vector';
+
+export const NodeKind: Readonly<{
+  EMBEDDING: 'embedding'; MLP_NEURON: 'mlp_neuron'; ATTN_HEAD: 'attn_head';
+  ATTN_HEAD_PAIR: 'attn_head_pair'; SAE_LATENT: 'sae_latent'; UNIT: 'unit'; VECTOR: 'vector';
+}>;
+
+/** A key or selector that does not parse; the message shows the grammar. */
+export class NodeKeyError extends Error {}
+
+/** A site (or glob) and the units, positions and key positions selected on it (null: all). */
+export class Selector {
+  constructor(site: string, units?: number[] | null, positions?: number[] | null,
+              keyPositions?: number[] | null);
+  readonly site: string;
+  readonly units: number[] | null;
+  readonly positions: number[] | null;
+  readonly keyPositions: number[] | null;
+  /** The canonical text, e.g. "blocks.1.attn.hook_z[3,pos=-1]". */
+  readonly key: string;
+  /** The node this selector names; throws NodeKeyError if it selects several. */
+  node(): Node;
+  /** Fields of an Intervention message. */
+  toIntervention(): { site: string; units: number[]; positions: number[]; keyPositions: number[] };
+}
+
+/** A node: (site, unit, position, keyPosition); its key is SITE[UNIT,pos=P,key=K]. */
+export class Node {
+  constructor(site: string, unit?: number | null, position?: number | null,
+              keyPosition?: number | null);
+  readonly site: string;
+  readonly unit: number | null;
+  readonly position: number | null;
+  readonly keyPosition: number | null;
+  readonly key: string;
+  readonly kind: NodeKindValue;
+  readonly layer: number | null;
+  readonly saeId: string | null;
+  /** The node without its positions: what explanations describe. */
+  unitNode(): Node;
+  at(position: number, key?: number | null): Node;
+  selector(): Selector;
+}
+
+/** Parse a node key (or, deprecated, an old display name such as "mlp_L1_N42@5"). */
+export function parseNode(text: string): Node;
+/** Parse a selector (lists 7|9, ranges 0:4, aliases head=, pos=, key=; a node key is one). */
+export function parseSelector(text: string): Selector;

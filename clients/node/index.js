@@ -13,6 +13,10 @@
  *   out.activations['blocks.0.attn.hook_pattern'].shape;  // [1, 4, 9, 9]
  *   c.close();
  *
+ * Node keys (`blocks.1.mlp.hook_post[42,pos=5]`, ...) parse and print as on the server:
+ *   parseNode('blocks.0.attn.hook_pattern[head=3,pos=14,key=2]').key  // '...[3,pos=14,key=2]'
+ *   parseSelector(key).toIntervention()  // {site, units, positions, keyPositions} for `zero: {}`
+ *
  * Several replicas: `new TdbClient(['h1:50051', 'h2:50051'])` or a target such as
  * 'dns:///tdb.default.svc.cluster.local:50051'; calls are balanced round-robin and retried on
  * UNAVAILABLE (every RPC except LoadSae), like the Python client.
@@ -336,6 +340,11 @@ class TdbClient {
   }
 }
 
+const nodes = require('./nodes');
+
 module.exports = {
   TdbClient, TdbClientError, StreamAssembler, decodeTensor, float32Tensor, halfToFloat,
+  // node keys (nodes.js): parse and print as the server does
+  Node: nodes.Node, NodeKind: nodes.NodeKind, NodeKeyError: nodes.NodeKeyError,
+  Selector: nodes.Selector, parseNode: nodes.parseNode, parseSelector: nodes.parseSelector,
 };

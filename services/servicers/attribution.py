@@ -11,17 +11,12 @@ from tdb.v1 import attribution_pb2 as apb
 from tdb.v1 import attribution_pb2_grpc as apb_grpc
 from tdb_core import attribution
 from tdb_core.explain.engine import Catalog
+from tdb_core.nodes import Node
 
 
-def node_key(node: attribution.Node) -> str | None:
-    """The explanation catalog's key of a table node."""
-    if node.family == "mlp_neuron":
-        return f"blocks.{node.layer}.mlp.hook_post[{node.index}]"
-    if node.family in ("attn_head", "attn_head_pair"):
-        return f"blocks.{node.layer}.attn.hook_pattern[{node.index}]"
-    if node.family == "sae_latent":
-        return f"sae.{node.sae}.hook_sae_acts_post[{node.index}]"
-    return None
+def node_key(node: Node) -> str | None:
+    """The explanation catalog's key of a table node: its unit (None for embeddings)."""
+    return None if node.unit is None else node.unit_node().key
 
 
 class AttributionServicer(apb_grpc.AttributionServiceServicer):

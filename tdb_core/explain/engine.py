@@ -1,25 +1,28 @@
 """Explaining the nodes of a served model: node keys, mining with the model runner, explainer
 methods, and the catalog of stored (and shipped) explanations.
 
-Node keys are ``SITE[UNIT]``: ``blocks.1.mlp.hook_post[42]`` (a neuron), ``sae.ID.hook_sae_acts_post[7]``
-(an SAE latent), any per-token site with a unit axis (``blocks.0.hook_resid_post[5]``), or
-``blocks.1.attn.hook_pattern[3]`` (attention head 3, explained over token pairs by its attention
-weights). ``[head=3]``-style keys are accepted and stored in the canonical ``[3]`` form.
+Nodes are named by their keys (:mod:`tdb_core.nodes`): ``blocks.1.mlp.hook_post[42]`` (a
+neuron), ``sae.ID.hook_sae_acts_post[7]`` (an SAE latent), any per-token site with a unit axis
+(``blocks.0.hook_resid_post[5]``), or ``blocks.1.attn.hook_pattern[3]`` (attention head 3,
+explained over token pairs by its attention weights). Any node key is accepted and its unit-level
+node explained: a node-table row's ``blocks.1.mlp.hook_post[42,pos=5]`` or
+``blocks.1.attn.hook_pattern[3,pos=14,key=2]`` explains neuron 42 or head 3; ``[head=3]``-style
+spellings are stored in the canonical ``[3]`` form.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 import torch
 
-from tdb_core import cancel
+from tdb_core import cancel, nodes
 from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
 from tdb_core.explain.explainers import (
     BaselineExplainer,
@@ -46,10 +49,8 @@ from tdb_core.plan import Batch
 from tdb_core.runner import ModelRunner
 from tdb_core.schema import SiteInfo
 
-_KEY = re.compile(
-    r"^\s*([^\[\]\s]+)\s*\[\s*(?:(?:unit|neuron|head|latent|channel)\s*=\s*)?(\d+)\s*\]\s*$"
-)
 HEAD_SITE = "attn.hook_pattern"
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,28 @@ class Target:
         return NodeRef(self.key, self.site.layer if self.site.layer is not None else -1, self.unit)
 
 
-def parse_target(runner: ModelRunner, text: str) -> Target:
-    """Resolve a node key against the model's schema (NotFound / OutOfRange say what exists)."""
-    m = _KEY.match(text or "")
-    if not m:
+def parse_node_key(text: str) -> nodes.Node:
+    """The unit-level node a key names (positions dropped); an old display name is accepted with
+    a deprecation note in the log."""
+    old = nodes.legacy_node(text) if isinstance(text, str) else None
+    if old is not None:
+        log.warning("deprecated node name", given=text, key=old.unit_node().key)
+        node = old
+    else:
+        node = nodes.parse_node(text)
+    if node.unit is None:
         raise InvalidArgumentError(
-            f"node {text!r} is not a node key; use SITE[UNIT], e.g. 'blocks.1.mlp.hook_post[42]', "
+            f"node '{text}' names no unit; explain a unit, e.g. 'blocks.1.mlp.hook_post[42]', "
             "'sae.ID.hook_sae_acts_post[7]' or 'blocks.1.attn.hook_pattern[3]' (head 3)"
         )
-    site, unit = runner.schema.get(m.group(1)), int(m.group(2))
+    return node.unit_node()
+
+
+def parse_target(runner: ModelRunner, text: str) -> Target:
+    """Resolve a node key against the model's schema (NotFound / OutOfRange say what exists)."""
+    node = parse_node_key(text)
+    site, unit = runner.schema.get(node.site), node.unit
+    assert unit is not None
     count = runner.schema.unit_count(site)
     if site.kind.key == HEAD_SITE:
         kind = RecordKind.TOKEN_PAIR
@@ -90,8 +104,7 @@ def parse_target(runner: ModelRunner, text: str) -> Target:
         raise OutOfRangeError(
             f"unit {unit} is out of range for '{site.name}' (0..{(count or 1) - 1})"
         )
-    sae_id = site.name.split(".")[1] if site.name.startswith("sae.") else ""
-    return Target(f"{site.name}[{unit}]", site, unit, kind, sae_id)
+    return Target(node.key, site, unit, kind, node.sae_id or "")
 
 
 @dataclass(frozen=True)
@@ -112,8 +125,12 @@ def _run_site(
     batch = Batch(rows, len(rows), 0, 0)
     planner = runner.planner(batch)
     got: dict[str, torch.Tensor] = {}
+
+    def keep(site: str) -> Callable[[torch.Tensor], None]:
+        return lambda t: got.__setitem__(site, t.detach())
+
     for s in sites:
-        planner.plan.observers[s] = lambda t, s=s: got.__setitem__(s, t.detach())
+        planner.plan.observers[s] = keep(s)
     with torch.no_grad():
         runner.run(batch, planner.plan)
     return got
@@ -319,6 +336,8 @@ class Catalog:
         limit: int = 1000,
         offset: int = 0,
     ) -> list[StoredExplanation]:
+        if node_key is not None:  # any key of the node: the catalog keys units
+            node_key = parse_node_key(node_key).key
         stored = (
             []
             if self.store is None
@@ -335,7 +354,7 @@ class Catalog:
             )
         )
 
-        def key(e: StoredExplanation) -> tuple:
+        def key(e: StoredExplanation) -> tuple[str, str, str, str, str]:
             return (e.model, e.sae_id, e.node_key, e.method, e.explainer)
 
         seen = {key(e) for e in stored}

@@ -29,16 +29,9 @@ from tdb_core.adapter import Adapter
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.hooks import HookContext, Splice
 from tdb_core.sae.model import SparseAutoencoder
-from tdb_core.schema import ModelSchema, SiteInfo, SiteKind
+from tdb_core.schema import ModelSchema, SiteInfo, SiteKind, sae_site_name
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-SAE_HOOKS = (
-    "hook_sae_input",
-    "hook_sae_acts_pre",
-    "hook_sae_acts_post",
-    "hook_sae_recons",
-    "hook_sae_error",
-)
 
 
 @dataclass
@@ -51,7 +44,7 @@ class AttachedSae:
     source: str
 
     def name(self, hook: str) -> str:
-        return f"sae.{self.id}.{hook}"
+        return sae_site_name(self.id, hook)
 
     @property
     def input(self) -> str:
@@ -145,17 +138,6 @@ class AttachedSae:
             w_o = adapter.W_O(layer).float()  # [H, d_head, d_model]
             return torch.einsum("shd,hdm->sm", D.view(D.shape[0], *w_o.shape[:2]), w_o)
         return None
-
-    def write_stage(self) -> float:
-        """Where in the forward pass the latents' writes land (see attribution's stages)."""
-        key, L = self.site.kind.key, self.site.layer or 0
-        if key == "hook_resid_pre":
-            return 3 * L
-        if key.startswith(("attn.", "ln1.")) or key in ("hook_attn_out", "hook_resid_mid"):
-            return 3 * L + 1.5 if key == "hook_resid_mid" else 3 * L + 1
-        if key == "hook_resid_post":
-            return 3 * L + 2.5
-        return 3 * L + 2  # MLP side
 
     def splice(self) -> Splice:
         """The function the hook engine calls at the SAE's input site."""

@@ -38,3 +38,11 @@ def test_unknown_benchmark_is_a_usage_error() -> None:
         timeout=60,
     )
     assert out.returncode == 2 and "usage: python -m benchmarks" in out.stderr
+
+
+def test_grpcweb_benchmark_compares_both_paths() -> None:
+    """The gRPC-Web benchmark runs both paths on the same capture (values checked equal inside)
+    and reports their throughputs and ratios."""
+    res = _run("grpcweb", "--mib", "1", "--repeats", "1")
+    assert res["benchmark"] == "grpcweb" and res["mib"] == 1.0 and res["target_ratio"] == 0.5
+    assert res["native_mb_s"] > 0 and res["grpcweb_mb_s"] > 0 and res["ratio"] > 0

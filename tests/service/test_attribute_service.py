@@ -22,7 +22,8 @@ def test_attribute_over_grpc_equals_in_process(client, tiny_runner):
         tiny_runner,
         AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)), top_k=4),
     )
-    assert [r.node.name for r in res.rows] == [r.node.name for r in ref.rows]
+    assert [r.node.key for r in res.rows] == [r.node.key for r in ref.rows]
+    assert [r.node.name for r in res.rows] == [r.node.label for r in ref.rows]
     for got, want in zip(res.rows, ref.rows):
         np.testing.assert_allclose(
             [got.values[0].direct_effect, got.values[0].total_effect],

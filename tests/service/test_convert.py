@@ -174,10 +174,11 @@ def test_forward_request_to_spec():
             capture_pb("logits"),
         ],
         interventions=[
-            iv.zero("blocks.1.attn.hook_z[head=2,pos=-1]"),
-            iv.add("blocks.0.hook_resid_post", [1.0, 2.0], coeff=0.5),
-            iv.scale("blocks.0.hook_resid_pre[pos=0:2]", 2.0, backward=True),
-            iv.patch("blocks.0.hook_resid_pre", 1),
+            iv.zero("blocks.1.attn.hook_z[head=2,pos=-1]").to_pb(),
+            iv.add("blocks.0.hook_resid_post", [1.0, 2.0], coeff=0.5).to_pb(),
+            iv.scale("blocks.0.hook_resid_pre[pos=0:2]", 2.0, backward=True).to_pb(),
+            iv.patch("blocks.0.hook_resid_pre", 1).to_pb(),
+            iv.zero("blocks.0.attn.hook_pattern[3,pos=14,key=2]").to_pb(),
         ],
         top_k=0,
     )
@@ -187,8 +188,11 @@ def test_forward_request_to_spec():
         "blocks.0.mlp.hook_post", (-1,), (4, 5), specs.TopK(3, specs.TopKMode.ABS), torch.float16
     )
     assert spec.captures[1] == specs.Capture("logits")
-    z, add, scale, patch = spec.interventions
+    z, add, scale, patch, pair = spec.interventions
     assert z == specs.Intervention("blocks.1.attn.hook_z", specs.Zero(), (-1,), (2,))
+    assert pair == specs.Intervention(
+        "blocks.0.attn.hook_pattern", specs.Zero(), (14,), (3,), key_positions=(2,)
+    )
     assert isinstance(add.op, specs.AddVector) and add.op.coeff == 0.5
     assert torch.equal(add.op.vector, torch.tensor([1.0, 2.0]))
     assert scale.pass_ is specs.Pass.BACKWARD and scale.positions == (0, 1)
@@ -200,3 +204,48 @@ def test_forward_request_to_spec():
 def test_intervention_without_operation_is_refused():
     with pytest.raises(errors.InvalidArgumentError, match="no operation"):
         convert.intervention_from_pb(cpb.Intervention(site="blocks.0.hook_resid_pre"))
+
+
+def test_typed_client_values_and_node_messages():
+    """Typed interventions and losses give the messages a power user would build by hand; a
+    node-table node converts to a message with its key, kind and the deprecated flat fields,
+    which the client reads back into the same key."""
+    from tdb.v1 import attribution_pb2 as apb
+    from tdb_client import losses
+    from tdb_client.client import node_from_pb
+    from tdb_core import nodes
+
+    assert iv.scale("blocks.0.attn.hook_z[head=1|2,pos=-1]", 0.5).to_pb() == cpb.Intervention(
+        site="blocks.0.attn.hook_z",
+        units=[1, 2],
+        positions=[-1],
+        scale=cpb.ScaleOp(factor=0.5),
+        **{"pass": cpb.PASS_FORWARD},
+    )
+    assert losses.loss_pb(losses.neuron(1, 42, 5)) == (
+        "neuron",
+        apb.NeuronTrace(layer=1, neuron=42, position=5),
+    )
+    raw = apb.HeadTrace(layer=0, head=1, key_position=2, through=apb.THROUGH_Q)
+    assert losses.loss_pb(raw) == ("head", raw)
+    with pytest.raises(TypeError):
+        iv.intervention_pb("blocks.0.hook_resid_pre")
+    for node in (
+        nodes.attn_head(0, 3, 14, 2),
+        nodes.attn_head(1, 2, 7),
+        nodes.mlp_neuron(1, 42, 5),
+        nodes.sae_latent("a.b", 7, 5),
+        nodes.embedding(4),
+    ):
+        msg = convert.node_to_pb(node)
+        assert msg.key == node.key and msg.family == str(node.kind) and msg.name == node.label
+        assert cpb.NodeKind.Name(msg.kind) == "NODE_KIND_" + node.kind.name
+        got = node_from_pb(msg)
+        assert (got.key, str(got.kind), got.unit, got.position) == (
+            node.key,
+            str(node.kind),
+            node.unit,
+            node.position,
+        )
+    legacy = apb.Node(name="attn_L0_H3@14<-2")  # an earlier server: no key, only the name
+    assert node_from_pb(legacy).key == "blocks.0.attn.hook_pattern[3,pos=14,key=2]"

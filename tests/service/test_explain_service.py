@@ -142,7 +142,7 @@ def test_attribute_rows_carry_explanations(eclient):
             grpc.StatusCode.INVALID_ARGUMENT,
             "cannot be explained",
         ),
-        (dict(nodes="not a node"), grpc.StatusCode.INVALID_ARGUMENT, "SITE[UNIT]"),
+        (dict(nodes="not a node"), grpc.StatusCode.INVALID_ARGUMENT, "SITE[UNIT,pos=P,key=K]"),
         (
             dict(nodes="blocks.1.mlp.hook_post[1]", dataset=["", "  "]),
             grpc.StatusCode.INVALID_ARGUMENT,

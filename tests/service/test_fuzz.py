@@ -89,14 +89,14 @@ def seeds() -> dict[str, list[Message]]:
             capture_pb("blocks.*.attn.hook_pattern"),
         ],
         top_k=5,
-        interventions=[iv.zero("blocks.0.attn.hook_z[head=1]")],
+        interventions=[iv.zero("blocks.0.attn.hook_z[head=1]").to_pb()],
     )
     fwd2 = ipb.ForwardRequest(
         prompts=[prompt_pb(PROMPT)],
         sources=[prompt_pb(PROMPT)],
         interventions=[
-            iv.add("blocks.1.hook_resid_pre", vec, 2.0),
-            iv.patch("blocks.0.hook_resid_post", 0),
+            iv.add("blocks.1.hook_resid_pre", vec, 2.0).to_pb(),
+            iv.patch("blocks.0.hook_resid_post", 0).to_pb(),
         ],
         captures=[capture_pb("sae.res1.hook_sae_acts_post")],
     )
@@ -105,9 +105,11 @@ def seeds() -> dict[str, list[Message]]:
         target=ids,
         distractor=tokens_pb(9),
         sets=[
-            cpb.InterventionSet(name="z", interventions=[iv.zero("blocks.1.mlp.hook_post")]),
             cpb.InterventionSet(
-                name="m", interventions=[iv.mean_over_positions("blocks.0.hook_resid_mid")]
+                name="z", interventions=[iv.zero("blocks.1.mlp.hook_post").to_pb()]
+            ),
+            cpb.InterventionSet(
+                name="m", interventions=[iv.mean_over_positions("blocks.0.hook_resid_mid").to_pb()]
             ),
         ],
     )
@@ -121,7 +123,7 @@ def seeds() -> dict[str, list[Message]]:
         layers=[0],
     )
     att = [apb.AttributeRequest(prompt=prompt_pb(PROMPT), top_k=5, ig_steps=2)]
-    for field, loss in (
+    for loss in (
         losses.logit_diff(5, 9),
         losses.neuron(1, 3),
         losses.head(0, 1, -1, 2),
@@ -129,9 +131,9 @@ def seeds() -> dict[str, list[Message]]:
         losses.direction("blocks.1.hook_resid_pre", vec),
     ):
         req = apb.AttributeRequest(prompt=prompt_pb([1, 2, 3, 4, 5]), top_k=3)
-        getattr(req, field).CopyFrom(loss)
+        getattr(req, loss.field).CopyFrom(loss.to_pb())
         att.append(req)
-    att[0].logit_diff.CopyFrom(losses.logit_diff(5, 9)[1])
+    att[0].logit_diff.CopyFrom(losses.logit_diff(5, 9).to_pb())
     enc = spb.EncodeRequest(sae="res1", top_k=4)
     enc.prompts.prompts.extend([prompt_pb(PROMPT)])
     enc2 = spb.EncodeRequest(sae="res1", dense=True)

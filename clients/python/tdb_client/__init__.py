@@ -6,11 +6,12 @@ with TdbClient("localhost:50051") as c:
     out.activations["blocks.0.mlp.hook_post"].shape   # (1, n_tokens, d_mlp)
 """
 
-from tdb_client import interventions, losses
+from tdb_client import interventions, losses, nodes
 from tdb_client.channel import TlsConfig
 from tdb_client.client import TdbClient
 from tdb_client.errors import TdbClientError
-from tdb_client.interventions import Selector, parse_selector
+from tdb_client.interventions import Intervention
+from tdb_client.nodes import NodeKeyError, NodeKind, Selector, parse_node, parse_selector
 from tdb_client.types import (
     AblateResult,
     AblateRow,
@@ -47,11 +48,14 @@ __all__ = [
     "ExplainProgress",
     "Explanation",
     "ForwardResult",
+    "Intervention",
     "MethodInfo",
     "ModelCapabilities",
     "ModelInfo",
     "ModelSummary",
     "Node",
+    "NodeKeyError",
+    "NodeKind",
     "NodeRecords",
     "NodeRow",
     "NodeValues",
@@ -67,5 +71,7 @@ __all__ = [
     "TopLogits",
     "interventions",
     "losses",
+    "nodes",
+    "parse_node",
     "parse_selector",
 ]

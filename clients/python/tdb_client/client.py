@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -22,9 +22,10 @@ from tdb.v1 import sae_pb2 as spb
 from tdb.v1 import sae_pb2_grpc as spb_grpc
 from tdb.v1 import server_pb2 as svpb
 from tdb.v1 import server_pb2_grpc as svpb_grpc
-from tdb_client import losses
+from tdb_client import losses, nodes
 from tdb_client.channel import MAX_ATTEMPTS, TlsConfig, make_channel
 from tdb_client.errors import TdbClientError
+from tdb_client.interventions import Intervention, intervention_pb
 from tdb_client.tensors import StreamAssembler, assemble, chunk_decoder, from_numpy, to_numpy
 from tdb_client.types import (
     AblateResult,
@@ -54,7 +55,39 @@ from tdb_client.types import (
 )
 
 PromptLike = str | Sequence[int]
+InterventionLike: TypeAlias = Intervention | cpb.Intervention  # typed, or a raw message
+LossLike: TypeAlias = losses.Loss | Message | tuple[str, Message]  # typed, or a raw message
+NodeLike: TypeAlias = str | Node | nodes.Node  # a node key, or a node with a ``.key``
 R = TypeVar("R")
+
+
+def _key(node: NodeLike) -> str:
+    return node if isinstance(node, str) else node.key
+
+
+def _keys(nodes_: NodeLike | Sequence[NodeLike]) -> list[str]:
+    if isinstance(nodes_, (str, Node, nodes.Node)):
+        return [_key(nodes_)]
+    return [_key(n) for n in nodes_]
+
+
+def node_from_pb(n: apb.Node) -> Node:
+    """A node-table node from its message (the key, parsed; older servers: the display name)."""
+    parsed = nodes.parse_node(n.key) if n.key else nodes.legacy_node(n.name)
+    if parsed is None:
+        raise ValueError(f"node {n.name!r} has no key")
+    return Node(
+        key=parsed.key,
+        kind=parsed.kind,
+        site=parsed.site,
+        unit=parsed.unit,
+        position=parsed.position,
+        key_position=parsed.key_position,
+        layer=n.layer if n.HasField("layer") else None,
+        sae=n.sae or None,
+        name=n.name,
+    )
+
 
 _DTYPES = {
     None: cpb.DTYPE_UNSPECIFIED,
@@ -426,7 +459,7 @@ class TdbClient:
         positions: Sequence[int] | None = None,
         top_k: int = 10,
         logit_positions: Sequence[int] | None = None,
-        interventions: Iterable[cpb.Intervention] = (),
+        interventions: Iterable[InterventionLike] = (),
         sources: Sequence[PromptLike] = (),
         references: Sequence[PromptLike] = (),
         prepend_bos: bool | None = None,
@@ -435,15 +468,15 @@ class TdbClient:
         """Run prompts and read activations.
 
         ``capture``: site names or globs (or :class:`Capture` objects for per-site reductions);
-        ``positions`` applies to the plain-string captures. ``interventions`` are messages built
-        with :mod:`tdb_client.interventions`; ``sources``/``references`` feed patch and
-        reference-mean interventions.
+        ``positions`` applies to the plain-string captures. ``interventions`` are built with
+        :mod:`tdb_client.interventions` (raw ``tdb.v1`` messages work too);
+        ``sources``/``references`` feed patch and reference-mean interventions.
         """
         req = ipb.ForwardRequest(
             model=model or "",
             prompts=prompts_pb(prompts),
             captures=[capture_pb(c, positions) for c in capture],
-            interventions=list(interventions),
+            interventions=[intervention_pb(i) for i in interventions],
             sources=[prompt_pb(p) for p in sources],
             references=[prompt_pb(p) for p in references],
             logit_positions=list(logit_positions or ()),
@@ -470,7 +503,7 @@ class TdbClient:
     def ablate(
         self,
         prompt: PromptLike,
-        sets: dict[str, Iterable[cpb.Intervention]] | Iterable[Iterable[cpb.Intervention]],
+        sets: dict[str, Iterable[InterventionLike]] | Iterable[Iterable[InterventionLike]],
         target: TokensLike = None,
         distractor: TokensLike = None,
         position: int = -1,
@@ -485,7 +518,8 @@ class TdbClient:
     ) -> AblateResult:
         """Compare a baseline with each intervention set (one padded batch on the server).
 
-        ``sets``: a dict name -> interventions (or a list, named set0, set1, ...);
+        ``sets``: a dict name -> interventions (or a list, named set0, set1, ...), built with
+        :mod:`tdb_client.interventions` (e.g. ``iv.zero(row.node.key)``);
         ``target``/``distractor``: strings that are one token each (e.g. " Mary") or ids.
         """
         named = (
@@ -494,7 +528,10 @@ class TdbClient:
         req = ipb.AblateRequest(
             model=model or "",
             prompt=prompt_pb(prompt),
-            sets=[cpb.InterventionSet(name=n, interventions=list(ivs)) for n, ivs in named],
+            sets=[
+                cpb.InterventionSet(name=n, interventions=[intervention_pb(i) for i in ivs])
+                for n, ivs in named
+            ],
             position=position,
             target=tokens_pb(target),
             distractor=tokens_pb(distractor),
@@ -580,12 +617,12 @@ class TdbClient:
     def attribute(
         self,
         prompt: PromptLike,
-        loss: tuple[str, Message] | None = None,
+        loss: LossLike | None = None,
         target: TokensLike = None,
         distractor: TokensLike = None,
         top_k: int = 10,
         second_prompt: PromptLike | None = None,
-        interventions: Iterable[cpb.Intervention] = (),
+        interventions: Iterable[InterventionLike] = (),
         families: Sequence[str] = (),
         ig_steps: int = 0,
         freeze_norm_scale: bool = True,
@@ -593,19 +630,22 @@ class TdbClient:
         model: str | None = None,
         timeout: float | None = None,
     ) -> AttributeResult:
-        """TDB's node table. ``loss`` comes from :mod:`tdb_client.losses`; or give ``target`` and
-        ``distractor`` for a logit difference at the last position."""
+        """TDB's node table. ``loss`` comes from :mod:`tdb_client.losses` (or is a raw loss
+        message); or give ``target`` and ``distractor`` for a logit difference at the last
+        position. ``families`` are node kinds (``"mlp_neuron"``, ``NodeKind.ATTN_HEAD``, ...).
+        Each row's ``node.key`` can be passed unchanged to :meth:`explain` and to
+        ``interventions.zero``."""
         if loss is None:
             if target is None or distractor is None:
                 raise ValueError("give a loss, or target and distractor tokens")
             loss = losses.logit_diff(target, distractor)
-        field, msg = loss
+        field, msg = losses.loss_pb(loss)
         req = apb.AttributeRequest(
             model=model or "",
             prompt=prompt_pb(prompt),
-            interventions=list(interventions),
+            interventions=[intervention_pb(i) for i in interventions],
             top_k=top_k,
-            families=list(families),
+            families=[str(f) for f in families],
             ig_steps=ig_steps,
             freeze_norm_scale=freeze_norm_scale,
             node_tokens=node_tokens,
@@ -620,15 +660,7 @@ class TdbClient:
 
         rows = [
             NodeRow(
-                node=Node(
-                    row.node.family,
-                    row.node.layer if row.node.HasField("layer") else None,
-                    row.node.position,
-                    row.node.index,
-                    row.node.key_position if row.node.HasField("key_position") else None,
-                    row.node.sae or None,
-                    row.node.name,
-                ),
+                node=node_from_pb(row.node),
                 values=[
                     NodeValues(v.activation, v.write_magnitude, v.direct_effect, v.total_effect)
                     for v in row.values
@@ -731,7 +763,7 @@ class TdbClient:
     # -- ExplainService
     def activation_records(
         self,
-        nodes: str | Sequence[str],
+        nodes: NodeLike | Sequence[NodeLike],
         dataset: str | Sequence[str] | None = None,
         window_len: int | None = None,
         top_k: int | None = None,
@@ -741,10 +773,11 @@ class TdbClient:
         timeout: float | None = None,
     ) -> list[NodeRecords]:
         """Top-activating and random windows of nodes (``blocks.1.mlp.hook_post[42]``, ...) over a
-        server dataset (by name) or texts."""
+        server dataset (by name) or texts. Any node key works (a node-table row's, or the row's
+        node itself): its unit is mined."""
         req = epb.GetActivationRecordsRequest(
             model=model or "",
-            nodes=[nodes] if isinstance(nodes, str) else list(nodes),
+            nodes=_keys(nodes),
             dataset=_dataset_pb(dataset),
             mining=_mining_pb(window_len, top_k, n_random, max_windows),
         )
@@ -769,7 +802,7 @@ class TdbClient:
 
     def explain(
         self,
-        nodes: str | Sequence[str],
+        nodes: NodeLike | Sequence[NodeLike],
         dataset: str | Sequence[str] | None = None,
         method: str | None = None,
         save: bool = True,
@@ -782,10 +815,11 @@ class TdbClient:
         model: str | None = None,
         timeout: float | None = None,
     ) -> list[Explanation]:
-        """Mine, explain, simulate and score nodes; progress events go to ``on_progress``."""
+        """Mine, explain, simulate and score nodes; progress events go to ``on_progress``. Any
+        node key works (a node-table row's, or the row's node itself): its unit is explained."""
         req = epb.ExplainNodeRequest(
             model=model or "",
-            nodes=[nodes] if isinstance(nodes, str) else list(nodes),
+            nodes=_keys(nodes),
             dataset=_dataset_pb(dataset),
             method=method or "",
             save=save,
@@ -810,7 +844,7 @@ class TdbClient:
 
     def score_explanation(
         self,
-        node: str,
+        node: NodeLike,
         explanation: str,
         dataset: str | Sequence[str] | None = None,
         method: str | None = None,
@@ -825,7 +859,7 @@ class TdbClient:
         """Score a given explanation of a node on its records (mined with the same options)."""
         req = epb.ScoreExplanationRequest(
             model=model or "",
-            node=node,
+            node=_key(node),
             explanation=explanation,
             dataset=_dataset_pb(dataset),
             method=method or "",
@@ -837,7 +871,7 @@ class TdbClient:
     def list_explanations(
         self,
         model: str | None = None,
-        node: str | None = None,
+        node: NodeLike | None = None,
         node_prefix: str | None = None,
         sae: str | None = None,
         method: str | None = None,
@@ -849,7 +883,7 @@ class TdbClient:
         """Stored and shipped explanations matching the filters."""
         req = epb.ListExplanationsRequest(
             model=model or "",
-            node=node or "",
+            node=_key(node) if node is not None else "",
             node_prefix=node_prefix or "",
             sae=sae or "",
             method=method or "",

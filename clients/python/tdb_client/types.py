@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from tdb_client import nodes
+from tdb_client.nodes import NodeKind
 
 
 @dataclass(frozen=True)
@@ -148,13 +152,33 @@ class PatchSweepResult:
 
 @dataclass(frozen=True)
 class Node:
-    family: str
-    layer: int | None
-    position: int
-    index: int
+    """A node-table node. ``key`` names it everywhere: pass it unchanged to
+    ``TdbClient.explain`` (its unit is explained) or to ``interventions.zero`` (its write is
+    removed); :mod:`tdb_client.nodes` parses it. ``name`` is a short display label."""
+
+    key: str
+    kind: NodeKind
+    site: str
+    unit: int | None
+    position: int | None
     key_position: int | None
+    layer: int | None
     sae: str | None
     name: str
+
+    @property
+    def family(self) -> str:
+        """Deprecated: the kind's string (``embedding``, ``mlp_neuron``, ...); use ``kind``."""
+        return str(self.kind)
+
+    @property
+    def index(self) -> int:
+        """Deprecated: the unit (0 for embeddings); use ``unit``."""
+        return self.unit if self.unit is not None else 0
+
+    def node(self) -> nodes.Node:
+        """The parsed node (``.unit_node()``, ``.at(pos)``, ``.selector()``)."""
+        return nodes.Node(self.site, self.unit, self.position, self.key_position)
 
 
 @dataclass(frozen=True)
@@ -291,8 +315,8 @@ class Explanation:
     explanation: str
     score: float | None
     score_reason: str
-    scores: dict
-    records_used: dict
+    scores: dict[str, Any]
+    records_used: dict[str, Any]
     created_at: float
     updated_at: float
 

@@ -26,7 +26,8 @@ INIT = 0.1  # initializer range: large enough that attention is far from uniform
 class ArchCase:
     """One architecture under test.
 
-    absent: site kinds the architecture lacks. o_proj / block: HF module paths, ``{L}`` the layer.
+    absent: site kinds the architecture lacks. o_proj / block / ln1 / ln_final: HF module paths,
+    ``{L}`` the layer.
     offset_norms: norms multiply by ``1 + w`` (their weights are randomized around 0, not 1).
     hf_sdpa: whether HF implements sdpa attention for it (Gemma 2 does not: soft-capping).
     """
@@ -37,6 +38,8 @@ class ArchCase:
     reference: Callable[[Any, list[int]], R.Acts]
     o_proj: str
     block: str
+    ln1: str
+    ln_final: str
     absent: frozenset[str] = field(default_factory=frozenset)
     gqa: bool = False
     offset_norms: bool = False
@@ -195,6 +198,8 @@ ARCHS: tuple[ArchCase, ...] = (
         R.reference_gpt2,
         o_proj="transformer.h.{L}.attn.c_proj",
         block="transformer.h.{L}",
+        ln1="transformer.h.{L}.ln_1",
+        ln_final="transformer.ln_f",
         absent=_UNGATED,
     ),
     ArchCase(
@@ -204,6 +209,8 @@ ARCHS: tuple[ArchCase, ...] = (
         R.reference_neox,
         o_proj="gpt_neox.layers.{L}.attention.dense",
         block="gpt_neox.layers.{L}",
+        ln1="gpt_neox.layers.{L}.input_layernorm",
+        ln_final="gpt_neox.final_layer_norm",
         absent=_ROTARY | _UNGATED | _PARALLEL,
     ),
     ArchCase(
@@ -213,6 +220,8 @@ ARCHS: tuple[ArchCase, ...] = (
         R.reference_neox,
         o_proj="gpt_neox.layers.{L}.attention.dense",
         block="gpt_neox.layers.{L}",
+        ln1="gpt_neox.layers.{L}.input_layernorm",
+        ln_final="gpt_neox.final_layer_norm",
         absent=_ROTARY | _UNGATED,
     ),
     ArchCase(
@@ -222,6 +231,8 @@ ARCHS: tuple[ArchCase, ...] = (
         R.reference_llama,
         o_proj="model.layers.{L}.self_attn.o_proj",
         block="model.layers.{L}",
+        ln1="model.layers.{L}.input_layernorm",
+        ln_final="model.norm",
         absent=_ROTARY,
         gqa=True,
     ),
@@ -232,6 +243,8 @@ ARCHS: tuple[ArchCase, ...] = (
         R.reference_llama,
         o_proj="model.layers.{L}.self_attn.o_proj",
         block="model.layers.{L}",
+        ln1="model.layers.{L}.input_layernorm",
+        ln_final="model.norm",
         absent=_ROTARY,
         gqa=True,
     ),
@@ -242,6 +255,8 @@ ARCHS: tuple[ArchCase, ...] = (
         R.reference_llama,
         o_proj="model.layers.{L}.self_attn.o_proj",
         block="model.layers.{L}",
+        ln1="model.layers.{L}.input_layernorm",
+        ln_final="model.norm",
         absent=_ROTARY,
         gqa=True,
     ),
@@ -252,6 +267,8 @@ ARCHS: tuple[ArchCase, ...] = (
         R.reference_gemma2,
         o_proj="model.layers.{L}.self_attn.o_proj",
         block="model.layers.{L}",
+        ln1="model.layers.{L}.input_layernorm",
+        ln_final="model.norm",
         absent=_ROTARY,
         gqa=True,
         offset_norms=True,
@@ -264,6 +281,8 @@ ARCHS: tuple[ArchCase, ...] = (
         R.reference_phi,
         o_proj="model.layers.{L}.self_attn.dense",
         block="model.layers.{L}",
+        ln1="model.layers.{L}.input_layernorm",
+        ln_final="model.final_layernorm",
         absent=_ROTARY | _UNGATED | _PARALLEL | _SHARED_NORM,
         gqa=True,
     ),

@@ -23,17 +23,22 @@ Tensor = torch.Tensor
 # Math helpers
 
 
-def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """(scale [T, 1], output [T, D]) of LayerNorm: centre, divide by sqrt(var + eps), gain, bias."""
+Norm = tuple[Tensor, Tensor, Tensor]
+
+
+def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Norm:
+    """LayerNorm: centre, divide by sqrt(var + eps), gain, bias. Returns (scale [T, 1],
+    normalized [T, D] before the gain and bias (TransformerLens's hook_normalized), output)."""
     mean = x.mean(-1, keepdim=True)
     scale = torch.sqrt(((x - mean) ** 2).mean(-1, keepdim=True) + eps)
-    return scale, (x - mean) / scale * w + b
+    normalized = (x - mean) / scale
+    return scale, normalized, normalized * w + b
 
 
-def rms_norm(x: Tensor, gain: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """(scale [T, 1], output [T, D]) of RMSNorm with an elementwise gain."""
+def rms_norm(x: Tensor, gain: Tensor, eps: float) -> Norm:
+    """RMSNorm with an elementwise gain: (scale [T, 1], normalized x / scale, output)."""
     scale = torch.sqrt((x**2).mean(-1, keepdim=True) + eps)
-    return scale, x / scale * gain
+    return scale, x / scale, x / scale * gain
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -135,9 +140,14 @@ def _attn_sites(
     return result
 
 
-def _final(acts: Acts, scale: Tensor, normed: Tensor, logits: Tensor) -> Acts:
-    acts["ln_final.hook_scale"], acts["ln_final.hook_normalized"] = scale, normed
-    acts["logits"] = logits
+def _norm_sites(acts: Acts, name: str, norm: Norm) -> Tensor:
+    """Record ``{name}.hook_scale`` and ``{name}.hook_normalized``; return the norm's output."""
+    acts[name + ".hook_scale"], acts[name + ".hook_normalized"], out = norm
+    return out
+
+
+def _final(acts: Acts, norm: Norm, unembed: Callable[[Tensor], Tensor]) -> Acts:
+    acts["logits"] = unembed(_norm_sites(acts, "ln_final", norm))
     return acts
 
 
@@ -157,8 +167,9 @@ def reference_gpt2(model: Any, ids: list[int]) -> Acts:
     for L in range(cfg.n_layer):
         p, b = f"transformer.h.{L}.", f"blocks.{L}."
         acts[b + "hook_resid_pre"] = x
-        s1, n1 = layer_norm(x, sd[p + "ln_1.weight"], sd[p + "ln_1.bias"], eps)
-        acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
+        n1 = _norm_sites(
+            acts, b + "ln1", layer_norm(x, sd[p + "ln_1.weight"], sd[p + "ln_1.bias"], eps)
+        )
         qkv = n1 @ sd[p + "attn.c_attn.weight"] + sd[p + "attn.c_attn.bias"]  # [T, 3D]
         q, k, v = (t.reshape(T, H, dh) for t in qkv.split(D, dim=-1))
         scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
@@ -168,16 +179,17 @@ def reference_gpt2(model: Any, ids: list[int]) -> Acts:
         attn_out = result.sum(1) + sd[p + "attn.c_proj.bias"]
         acts[b + "hook_attn_out"] = attn_out
         x = acts[b + "hook_resid_mid"] = x + attn_out
-        s2, n2 = layer_norm(x, sd[p + "ln_2.weight"], sd[p + "ln_2.bias"], eps)
-        acts[b + "ln2.hook_scale"], acts[b + "ln2.hook_normalized"] = s2, n2
+        n2 = _norm_sites(
+            acts, b + "ln2", layer_norm(x, sd[p + "ln_2.weight"], sd[p + "ln_2.bias"], eps)
+        )
         pre = n2 @ sd[p + "mlp.c_fc.weight"] + sd[p + "mlp.c_fc.bias"]
         post = gelu_tanh(pre)
         mlp_out = post @ sd[p + "mlp.c_proj.weight"] + sd[p + "mlp.c_proj.bias"]
         acts[b + "mlp.hook_pre"], acts[b + "mlp.hook_post"] = pre, post
         acts[b + "hook_mlp_out"] = mlp_out
         x = acts[b + "hook_resid_post"] = x + mlp_out
-    sf, nf = layer_norm(x, sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"], eps)
-    return _final(acts, sf, nf, nf @ sd["lm_head.weight"].T)
+    final = layer_norm(x, sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"], eps)
+    return _final(acts, final, lambda nf: nf @ sd["lm_head.weight"].T)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,10 +208,11 @@ def reference_neox(model: Any, ids: list[int]) -> Acts:
     for L in range(cfg.num_hidden_layers):
         p, b = f"gpt_neox.layers.{L}.", f"blocks.{L}."
         acts[b + "hook_resid_pre"] = x
-        s1, n1 = layer_norm(
-            x, sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps
+        n1 = _norm_sites(
+            acts,
+            b + "ln1",
+            layer_norm(x, sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps),
         )
-        acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
         qkv = _linear(sd, p + "attention.query_key_value", n1).reshape(T, H, 3 * dh)
         q, k, v = qkv[..., :dh], qkv[..., dh : 2 * dh], qkv[..., 2 * dh :]
         q, k = rotary(q, rot, theta), rotary(k, rot, theta)
@@ -221,13 +234,16 @@ def reference_neox(model: Any, ids: list[int]) -> Acts:
             mlp_in = x
         else:
             mlp_in = acts[b + "hook_resid_mid"] = x + attn_out
-        s2, n2 = layer_norm(
-            mlp_in,
-            sd[p + "post_attention_layernorm.weight"],
-            sd[p + "post_attention_layernorm.bias"],
-            eps,
+        n2 = _norm_sites(
+            acts,
+            b + "ln2",
+            layer_norm(
+                mlp_in,
+                sd[p + "post_attention_layernorm.weight"],
+                sd[p + "post_attention_layernorm.bias"],
+                eps,
+            ),
         )
-        acts[b + "ln2.hook_scale"], acts[b + "ln2.hook_normalized"] = s2, n2
         pre = _linear(sd, p + "mlp.dense_h_to_4h", n2)
         post = act(pre)
         mlp_out = _linear(sd, p + "mlp.dense_4h_to_h", post)
@@ -238,10 +254,10 @@ def reference_neox(model: Any, ids: list[int]) -> Acts:
         else:
             x = mlp_in + mlp_out
         acts[b + "hook_resid_post"] = x
-    sf, nf = layer_norm(
+    final = layer_norm(
         x, sd["gpt_neox.final_layer_norm.weight"], sd["gpt_neox.final_layer_norm.bias"], eps
     )
-    return _final(acts, sf, nf, nf @ sd["lm_head.weight"].T)
+    return _final(acts, final, lambda nf: nf @ sd["lm_head.weight"].T)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,8 +283,7 @@ def reference_llama(model: Any, ids: list[int]) -> Acts:
     for L in range(cfg.num_hidden_layers):
         p, b = f"model.layers.{L}.", f"blocks.{L}."
         acts[b + "hook_resid_pre"] = x
-        s1, n1 = rms_norm(x, sd[p + "input_layernorm.weight"], eps)
-        acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
+        n1 = _norm_sites(acts, b + "ln1", rms_norm(x, sd[p + "input_layernorm.weight"], eps))
         q = rotary(_linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh), dh, theta)
         k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
@@ -289,16 +304,17 @@ def reference_llama(model: Any, ids: list[int]) -> Acts:
             attn_out = attn_out + sd[p + "self_attn.o_proj.bias"]
         acts[b + "hook_attn_out"] = attn_out
         x = acts[b + "hook_resid_mid"] = x + attn_out
-        s2, n2 = rms_norm(x, sd[p + "post_attention_layernorm.weight"], eps)
-        acts[b + "ln2.hook_scale"], acts[b + "ln2.hook_normalized"] = s2, n2
+        n2 = _norm_sites(
+            acts, b + "ln2", rms_norm(x, sd[p + "post_attention_layernorm.weight"], eps)
+        )
         gate, up = _linear(sd, p + "mlp.gate_proj", n2), _linear(sd, p + "mlp.up_proj", n2)
         post = act(gate) * up
         mlp_out = _linear(sd, p + "mlp.down_proj", post)
         acts[b + "mlp.hook_pre"], acts[b + "mlp.hook_pre_linear"] = gate, up
         acts[b + "mlp.hook_post"], acts[b + "hook_mlp_out"] = post, mlp_out
         x = acts[b + "hook_resid_post"] = x + mlp_out
-    sf, nf = rms_norm(x, sd["model.norm.weight"], eps)
-    return _final(acts, sf, nf, nf @ sd["lm_head.weight"].T)
+    final = rms_norm(x, sd["model.norm.weight"], eps)
+    return _final(acts, final, lambda nf: nf @ sd["lm_head.weight"].T)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,7 +328,7 @@ def reference_gemma2(model: Any, ids: list[int]) -> Acts:
     dh, eps, theta = cfg.head_dim, cfg.rms_norm_eps, cfg.rope_parameters["rope_theta"]
     act = ACTIVATIONS[cfg.hidden_activation]
 
-    def norm(name: str, x: Tensor) -> tuple[Tensor, Tensor]:
+    def norm(name: str, x: Tensor) -> Norm:
         return rms_norm(x, 1.0 + sd[name + ".weight"], eps)
 
     acts: Acts = {"hook_embed": sd["model.embed_tokens.weight"][ids] * math.sqrt(D)}
@@ -320,8 +336,7 @@ def reference_gemma2(model: Any, ids: list[int]) -> Acts:
     for L in range(cfg.num_hidden_layers):
         p, b = f"model.layers.{L}.", f"blocks.{L}."
         acts[b + "hook_resid_pre"] = x
-        s1, n1 = norm(p + "input_layernorm", x)
-        acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
+        n1 = _norm_sites(acts, b + "ln1", norm(p + "input_layernorm", x))
         q = rotary(_linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh), dh, theta)
         k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
@@ -345,23 +360,23 @@ def reference_gemma2(model: Any, ids: list[int]) -> Acts:
             z,
             sd[p + "self_attn.o_proj.weight"].T.reshape(H, dh, D),
         )
-        _, attn_out = norm(p + "post_attention_layernorm", result.sum(1))
+        attn_out = norm(p + "post_attention_layernorm", result.sum(1))[2]
         acts[b + "hook_attn_out"] = attn_out
         x = acts[b + "hook_resid_mid"] = x + attn_out
-        s2, n2 = norm(p + "pre_feedforward_layernorm", x)
-        acts[b + "ln2.hook_scale"], acts[b + "ln2.hook_normalized"] = s2, n2
+        n2 = _norm_sites(acts, b + "ln2", norm(p + "pre_feedforward_layernorm", x))
         gate, up = _linear(sd, p + "mlp.gate_proj", n2), _linear(sd, p + "mlp.up_proj", n2)
         post = act(gate) * up
-        _, mlp_out = norm(p + "post_feedforward_layernorm", _linear(sd, p + "mlp.down_proj", post))
+        mlp_out = norm(p + "post_feedforward_layernorm", _linear(sd, p + "mlp.down_proj", post))[2]
         acts[b + "mlp.hook_pre"], acts[b + "mlp.hook_pre_linear"] = gate, up
         acts[b + "mlp.hook_post"], acts[b + "hook_mlp_out"] = post, mlp_out
         x = acts[b + "hook_resid_post"] = x + mlp_out
-    sf, nf = norm("model.norm", x)
-    logits = nf @ sd["lm_head.weight"].T
     cap = cfg.final_logit_softcapping
-    if cap is not None:
-        logits = cap * torch.tanh(logits / cap)
-    return _final(acts, sf, nf, logits)
+
+    def unembed(nf: Tensor) -> Tensor:
+        logits = nf @ sd["lm_head.weight"].T
+        return logits if cap is None else cap * torch.tanh(logits / cap)
+
+    return _final(acts, norm("model.norm", x), unembed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,20 +395,21 @@ def reference_phi(model: Any, ids: list[int]) -> Acts:
     for L in range(cfg.num_hidden_layers):
         p, b = f"model.layers.{L}.", f"blocks.{L}."
         acts[b + "hook_resid_pre"] = x
-        s1, n1 = layer_norm(
-            x, sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps
+        n1 = _norm_sites(
+            acts,
+            b + "ln1",
+            layer_norm(x, sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps),
         )
-        acts[b + "ln1.hook_scale"], acts[b + "ln1.hook_normalized"] = s1, n1
         q = _linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh)
         k = _linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
         if cfg.qk_layernorm:
             q = layer_norm(
                 q, sd[p + "self_attn.q_layernorm.weight"], sd[p + "self_attn.q_layernorm.bias"], eps
-            )[1]
+            )[2]
             k = layer_norm(
                 k, sd[p + "self_attn.k_layernorm.weight"], sd[p + "self_attn.k_layernorm.bias"], eps
-            )[1]
+            )[2]
         q, k = rotary(q, rot, theta), rotary(k, rot, theta)
         scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
         result = _attn_sites(
@@ -414,7 +430,5 @@ def reference_phi(model: Any, ids: list[int]) -> Acts:
         acts[b + "hook_attn_out"], acts[b + "mlp.hook_pre"] = attn_out, pre
         acts[b + "mlp.hook_post"], acts[b + "hook_mlp_out"] = post, mlp_out
         x = acts[b + "hook_resid_post"] = x + attn_out + mlp_out
-    sf, nf = layer_norm(
-        x, sd["model.final_layernorm.weight"], sd["model.final_layernorm.bias"], eps
-    )
-    return _final(acts, sf, nf, _linear(sd, "lm_head", nf))
+    final = layer_norm(x, sd["model.final_layernorm.weight"], sd["model.final_layernorm.bias"], eps)
+    return _final(acts, final, lambda nf: _linear(sd, "lm_head", nf))

@@ -37,7 +37,7 @@ def test_direct_effects_add_up_on_every_architecture(arch_runner, arch_case):
     total = sum(
         float(f.columns["direct_effect"].sum())
         for f in cols.families
-        if f.name in ("embedding", "attn_head", "mlp_neuron")
+        if f.kind in ("embedding", "attn_head", "mlp_neuron")
     )
     assert total + res.bias_direct_effect[0] + res.constant[0] == pytest.approx(
         res.loss_values[0], abs=2e-5

@@ -136,6 +136,9 @@ def test_get_model_info_reports_the_real_schema(arch_case: ArchCase, arch_runner
         assert "parallel" in meaning["hook_attn_out"]
     if "mlp.hook_pre_linear" not in arch_case.absent:
         assert "act(hook_pre) * hook_pre_linear" in meaning["mlp.hook_post"]
+    for key in ("ln1.hook_normalized", "ln2.hook_normalized", "ln_final.hook_normalized"):
+        if key not in arch_case.absent:  # TransformerLens's meaning: before the gain and bias
+            assert "normalized, before" in meaning[key] and "gain" in meaning[key], key
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,16 +245,15 @@ def test_weight_accessors_reproduce_the_sites(arch_case: ArchCase, arch_runner: 
         _close(p + "hook_mlp_out", through(a.post_mlp_norm(L), mlp), s[p + "hook_mlp_out"])
         x = s[p + "hook_resid_pre"]
         norm, read = a.mlp_in_norm(L), x if a.parallel_blocks else s[p + "hook_resid_mid"]
-        normed = norm.apply(read, norm.scale(read))
+        ln = p + ("ln1" if "ln2.hook_normalized" in arch_case.absent else "ln2")
+        _close(ln + ".hook_scale", norm.scale(read), s[ln + ".hook_scale"])
         _close(
-            "mlp input",
-            normed,
-            s[
-                p
-                + ("ln1" if "ln2.hook_normalized" in arch_case.absent else "ln2")
-                + ".hook_normalized"
-            ],
+            ln + ".hook_normalized",
+            norm.normalize(read, norm.scale(read)),
+            s[ln + ".hook_normalized"],
         )
+        normed = norm.affine(s[ln + ".hook_normalized"])  # the MLP input
+        _close("mlp input", norm.apply(read, norm.scale(read)), normed)
         bias = s[p + "mlp.hook_pre"] - normed @ a.W_in(L)  # [pos, d_mlp]: the bias at every pos
         _close(p + "mlp.hook_pre", bias, bias[:1].expand_as(bias))
         if a.parallel_blocks:
@@ -271,9 +273,11 @@ def test_weight_accessors_reproduce_the_sites(arch_case: ArchCase, arch_runner: 
     last = s[f"blocks.{d.n_layers - 1}.hook_resid_post"]
     _close("ln_final.hook_scale", fn.scale(last), s["ln_final.hook_scale"])
     _close(
-        "ln_final.hook_normalized", fn.apply(last, fn.scale(last)), s["ln_final.hook_normalized"]
+        "ln_final.hook_normalized",
+        fn.normalize(last, fn.scale(last)),
+        s["ln_final.hook_normalized"],
     )
-    u = s["ln_final.hook_normalized"] @ a.W_U()
+    u = fn.affine(s["ln_final.hook_normalized"]) @ a.W_U()
     u = u if a.b_U() is None else u + a.b_U()
     cap = a.logit_softcap()
     _close("logits", u if cap is None else cap * torch.tanh(u / cap), s["logits"])
@@ -392,6 +396,189 @@ def test_steering_resid_post_adds_the_vector(arch_case: ArchCase, arch_runner: A
         want = _hf_logits(model, list(res.prompts[0].token_ids))
     assert torch.equal(steered["logits"], want)
     assert not torch.equal(steered["logits"], plain["logits"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Norm sites: hook_normalized is before the gain and bias (TransformerLens's meaning)
+
+
+def _gain_bias(arch_case: ArchCase, module: torch.nn.Module) -> tuple[torch.Tensor, Any]:
+    """The norm's elementwise gain (``1 + w`` for offset norms) and bias, read off the HF module."""
+    w = module.weight.detach()
+    return (1.0 + w if arch_case.offset_norms else w), getattr(module, "bias", None)
+
+
+def test_editing_hook_normalized_adds_through_the_gain(
+    arch_case: ArchCase, arch_runner: Any
+) -> None:
+    """Adding v to blocks.1.ln1.hook_normalized changes the norm's output by gain * v: the edited
+    pre-gain value gets the gain and bias. Equals the hand edit on the HF module (1e-5)."""
+    d = arch_runner.adapter.dims
+    model = arch_runner.adapter.model
+    v = torch.randn(d.d_model, generator=torch.Generator().manual_seed(2))
+    site = "blocks.1.ln1.hook_normalized"
+    caps = (specs.Capture(site), specs.Capture("logits"))
+    plain = _by_site(_forward(arch_runner, PROMPTS[0], captures=caps))
+    res = _forward(
+        arch_runner,
+        PROMPTS[0],
+        captures=caps,
+        interventions=(specs.Intervention(site, specs.AddVector(v)),),
+    )
+    edited = _by_site(res)
+    _close(site, edited[site], plain[site] + v)
+    ln1 = model.get_submodule(arch_case.ln1.format(L=1))
+    gain, _ = _gain_bias(arch_case, ln1)
+    with _hand_hook(ln1, lambda mod, args, out: out + gain * v):
+        want = _hf_logits(model, list(res.prompts[0].token_ids))
+    _close("logits", edited["logits"], want)
+    assert not torch.allclose(edited["logits"], plain["logits"], atol=1e-3)
+
+
+def test_zeroing_ln_final_normalized_leaves_the_bias(arch_case: ArchCase, arch_runner: Any) -> None:
+    """Zeroing ln_final.hook_normalized makes the final norm output its bias (0 without one): the
+    unembedding then reads only the bias. Equals the hand edit on the HF module (1e-5)."""
+    model = arch_runner.adapter.model
+    res = _forward(
+        arch_runner,
+        PROMPTS[0],
+        captures=(specs.Capture("logits"),),
+        interventions=(specs.Intervention("ln_final.hook_normalized", specs.Zero()),),
+    )
+    ln_f = model.get_submodule(arch_case.ln_final)
+    _, bias = _gain_bias(arch_case, ln_f)
+
+    def to_bias(mod: Any, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(out) if bias is None else bias.detach().expand_as(out)
+
+    with _hand_hook(ln_f, to_bias):
+        want = _hf_logits(model, list(res.prompts[0].token_ids))
+    _close("logits", res.captures[0].values[0], want)
+
+
+def test_scaling_hook_scale_rescales_the_normalized_value(
+    arch_case: ArchCase, arch_runner: Any
+) -> None:
+    """Doubling ln_final.hook_scale halves hook_normalized; the output is (out - bias) / 2 + bias."""
+    model = arch_runner.adapter.model
+    caps = (specs.Capture("ln_final.hook_normalized"), specs.Capture("logits"))
+    plain = _by_site(_forward(arch_runner, PROMPTS[0], captures=caps))
+    res = _forward(
+        arch_runner,
+        PROMPTS[0],
+        captures=caps,
+        interventions=(specs.Intervention("ln_final.hook_scale", specs.Scale(2.0)),),
+    )
+    edited = _by_site(res)
+    _close(
+        "ln_final.hook_normalized",
+        edited["ln_final.hook_normalized"],
+        plain["ln_final.hook_normalized"] / 2,
+    )
+    ln_f = model.get_submodule(arch_case.ln_final)
+    _, bias = _gain_bias(arch_case, ln_f)
+
+    def halve(mod: Any, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out / 2 if bias is None else (out - bias) / 2 + bias
+
+    with _hand_hook(ln_f, halve):
+        want = _hf_logits(model, list(res.prompts[0].token_ids))
+    _close("logits", edited["logits"], want)
+
+
+def test_gradient_at_hook_normalized_leaves_logits_bit_identical(
+    arch_case: ArchCase, arch_runner: Any
+) -> None:
+    """Differentiating with respect to ln_final.hook_normalized (no edit) keeps the logits bit for
+    bit those of the HF model, and the gradient is the gain times d logit / d norm output."""
+    batch = arch_runner.make_batch([specs.Prompt(text=PROMPTS[0])])
+    planner = arch_runner.planner(batch)
+    site = "ln_final.hook_normalized"
+    planner.plan.grad_sites.add(site)
+    out = arch_runner.run(batch, planner.plan, grad=True)
+    model = arch_runner.adapter.model
+    ids = batch.rows[0]
+    assert torch.equal(out.logits[0].detach(), _hf_logits(model, ids))
+    top = int(out.logits[0, -1].argmax())
+    (got,) = torch.autograd.grad(out.logits[0, -1, top], out.ctx.graph[site])
+
+    ln_f = model.get_submodule(arch_case.ln_final)
+    gain, _ = _gain_bias(arch_case, ln_f)
+    leaf: dict[str, torch.Tensor] = {}
+
+    def make_leaf(mod: Any, args: tuple, o: torch.Tensor) -> torch.Tensor:
+        leaf["y"] = o.detach().requires_grad_()
+        return leaf["y"]
+
+    with torch.enable_grad(), _hand_hook(ln_f, make_leaf):
+        logits = model(input_ids=torch.tensor([ids])).logits
+        (d_out,) = torch.autograd.grad(logits[0, -1, top], leaf["y"])
+    assert got.abs().sum() > 0
+    _close("d logit / d ln_final.hook_normalized", got, d_out * gain)
+
+
+def test_backward_edit_of_hook_normalized_leaves_the_forward_bit_identical(
+    arch_runner: Any,
+) -> None:
+    """A backward-pass Scale(2) on ln_final.hook_normalized doubles d logit / d hook_embed (every
+    path to the logits crosses it) and leaves the logits bit for bit as they were."""
+    batch = arch_runner.make_batch([specs.Prompt(text=PROMPTS[0])])
+
+    def run(*ivs: specs.Intervention) -> tuple[torch.Tensor, torch.Tensor]:
+        planner = arch_runner.planner(batch)
+        for iv in ivs:
+            planner.add_intervention(iv, [0])
+        planner.plan.grad_sites.add("hook_embed")
+        out = arch_runner.run(batch, planner.plan, grad=True)
+        (g,) = torch.autograd.grad(out.logits[0, -1, 5], [out.ctx.graph["hook_embed"]])
+        return out.logits.detach(), g
+
+    logits, g = run()
+    iv = specs.Intervention("ln_final.hook_normalized", specs.Scale(2.0), pass_=specs.Pass.BACKWARD)
+    logits2, g2 = run(iv)
+    assert torch.equal(logits, logits2)
+    assert g.abs().max() > 1e-2
+    # g flows through the HF norm module, g2 through the derived sites: fp32 rounding apart
+    torch.testing.assert_close(g2, 2 * g, atol=1e-5, rtol=1e-4)
+
+
+def test_sae_on_hook_normalized_reads_the_pre_gain_value(arch_loaded: Any) -> None:
+    """An SAE on blocks.0.ln1.hook_normalized reads the pre-gain value; reading its latents leaves
+    logits bit-identical, and a splice (reconstruction + error) moves them by <= 1e-5."""
+    from tdb_core.runner import ModelRunner
+    from tdb_core.sae import ReluArch, SaeConfig, build_sae
+
+    runner = ModelRunner(arch_loaded)
+    d_model = runner.schema.dims.d_model
+    g = torch.Generator().manual_seed(0)
+    site = "blocks.0.ln1.hook_normalized"
+    sae = build_sae(
+        SaeConfig(d_in=d_model, d_sae=48, architecture=ReluArch(), site=site),
+        {
+            "W_enc": torch.randn(d_model, 48, generator=g),
+            "b_enc": torch.zeros(48),
+            "W_dec": torch.randn(48, d_model, generator=g) * 0.1,
+            "b_dec": torch.zeros(d_model),
+        },
+    )
+    runner.attach_sae("n", sae, "memory")
+
+    def run(*ivs: specs.Intervention, caps: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        return _by_site(
+            _forward(
+                runner,
+                PROMPTS[0],
+                captures=(specs.Capture("logits"), *(specs.Capture(c) for c in caps)),
+                interventions=ivs,
+            )
+        )
+
+    plain = run(caps=(site,))
+    read = run(caps=("sae.n.hook_sae_input", "sae.n.hook_sae_acts_post"))
+    assert torch.equal(read["logits"], plain["logits"])
+    assert torch.equal(read["sae.n.hook_sae_input"], plain[site])
+    spliced = run(specs.Intervention("sae.n.hook_sae_acts_post", specs.Scale(1.0)))
+    torch.testing.assert_close(spliced["logits"], plain["logits"], atol=1e-5, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------------

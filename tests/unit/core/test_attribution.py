@@ -109,7 +109,7 @@ def test_direct_effects_sum_to_the_frozen_scale_logit_diff(tiny_runner, tokens):
     total = sum(
         float(f.columns["direct_effect"].sum())
         for f in cols.families
-        if f.name in ("embedding", "attn_head", "mlp_neuron")
+        if f.kind in ("embedding", "attn_head", "mlp_neuron")
     )
     assert total + res.bias_direct_effect[0] + res.constant[0] == pytest.approx(
         res.loss_values[0], abs=1e-5
@@ -163,7 +163,7 @@ def test_neuron_trace_gradient_equals_recomputed_preactivation(tiny_runner):
     got = cols.grads[f"blocks.{layer}.hook_resid_mid"][0, pos]
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     # only nodes before the neuron are ranked: no MLP of its own layer
-    assert {f.layer for f in cols.families if f.name == "mlp_neuron"} == {0}
+    assert {f.layer for f in cols.families if f.kind == "mlp_neuron"} == {0}
 
 
 @pytest.mark.parametrize("through", [Through.Q, Through.K, Through.QK])
@@ -214,7 +214,7 @@ def test_table_is_union_of_top_and_bottom_k_and_deterministic(tiny_runner, token
     a, b = attribute(tiny_runner, spec), attribute(tiny_runner, spec)
     assert [r.node for r in a.rows] == [r.node for r in b.rows]
     cols = compute_columns(tiny_runner, spec)
-    names = {r.node.name for r in a.rows}
+    names = {r.node.key for r in a.rows}
     for col in ("direct_effect", "total_effect"):
         flat = [
             (
@@ -224,7 +224,7 @@ def test_table_is_union_of_top_and_bottom_k_and_deterministic(tiny_runner, token
                         int(i)
                         for i in torch.unravel_index(torch.tensor(j), f.columns[col].shape[1:])
                     )
-                ).name,
+                ).key,
             )
             for f in cols.families
             for j, v in enumerate(f.columns[col][0].flatten())
@@ -240,9 +240,9 @@ def test_table_is_union_of_top_and_bottom_k_and_deterministic(tiny_runner, token
             families=("attn_head_pair",),
         ),
     )
-    assert pairs.rows and all(r.node.family == "attn_head_pair" for r in pairs.rows)
+    assert pairs.rows and all(r.node.kind == "attn_head_pair" for r in pairs.rows)
     assert all(r.node.key_position <= r.node.position for r in pairs.rows)
-    assert all(r.upvoted for r in a.rows if r.node.family == "mlp_neuron")
+    assert all(r.upvoted for r in a.rows if r.node.kind == "mlp_neuron")
 
 
 def test_two_rows_baseline_and_ablated_are_aligned(tiny_runner, tokens):
@@ -377,7 +377,7 @@ def test_neuron_rows_read_their_tokens_from_the_hf_weights(tiny_runner, tokens):
     checked = 0
     for row in table.rows:
         block = hf.transformer.h[row.node.layer]
-        n = row.node.index
+        n = row.node.unit
         write = block.mlp.c_proj.weight.detach().double()[n]  # Conv1D: [d_mlp, d_model]
         logits = (
             write * hf.transformer.ln_f.weight.double()

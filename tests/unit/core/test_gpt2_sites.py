@@ -17,10 +17,12 @@ PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The qu
 
 
 def _ln(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float):
+    """(scale, normalized before gain and bias as TransformerLens's hook_normalized, output)."""
     mean = x.mean(-1, keepdim=True)
     var = ((x - mean) ** 2).mean(-1, keepdim=True)
     scale = torch.sqrt(var + eps)
-    return scale, (x - mean) / scale * w + b
+    normalized = (x - mean) / scale
+    return scale, normalized, normalized * w + b
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -44,8 +46,8 @@ def reference_gpt2(model, ids: list[int]) -> dict[str, torch.Tensor]:
     for L in range(cfg.n_layer):
         p = f"transformer.h.{L}."
         acts[f"blocks.{L}.hook_resid_pre"] = x
-        s1, n1 = _ln(x, sd[p + "ln_1.weight"], sd[p + "ln_1.bias"], eps)
-        acts[f"blocks.{L}.ln1.hook_scale"], acts[f"blocks.{L}.ln1.hook_normalized"] = s1, n1
+        s1, u1, n1 = _ln(x, sd[p + "ln_1.weight"], sd[p + "ln_1.bias"], eps)
+        acts[f"blocks.{L}.ln1.hook_scale"], acts[f"blocks.{L}.ln1.hook_normalized"] = s1, u1
         qkv = n1 @ sd[p + "attn.c_attn.weight"] + sd[p + "attn.c_attn.bias"]  # [T, 3D]
         q, k, v = (t.reshape(T, H, dh) for t in qkv.split(D, dim=-1))
         scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(dh)
@@ -68,8 +70,8 @@ def reference_gpt2(model, ids: list[int]) -> dict[str, torch.Tensor]:
             acts[f"blocks.{L}.{name}"] = val
         x = x + attn_out
         acts[f"blocks.{L}.hook_resid_mid"] = x
-        s2, n2 = _ln(x, sd[p + "ln_2.weight"], sd[p + "ln_2.bias"], eps)
-        acts[f"blocks.{L}.ln2.hook_scale"], acts[f"blocks.{L}.ln2.hook_normalized"] = s2, n2
+        s2, u2, n2 = _ln(x, sd[p + "ln_2.weight"], sd[p + "ln_2.bias"], eps)
+        acts[f"blocks.{L}.ln2.hook_scale"], acts[f"blocks.{L}.ln2.hook_normalized"] = s2, u2
         pre = n2 @ sd[p + "mlp.c_fc.weight"] + sd[p + "mlp.c_fc.bias"]
         post = _gelu_new(pre)
         mlp_out = post @ sd[p + "mlp.c_proj.weight"] + sd[p + "mlp.c_proj.bias"]
@@ -77,8 +79,8 @@ def reference_gpt2(model, ids: list[int]) -> dict[str, torch.Tensor]:
         acts[f"blocks.{L}.hook_mlp_out"] = mlp_out
         x = x + mlp_out
         acts[f"blocks.{L}.hook_resid_post"] = x
-    sf, nf = _ln(x, sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"], eps)
-    acts["ln_final.hook_scale"], acts["ln_final.hook_normalized"] = sf, nf
+    sf, uf, nf = _ln(x, sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"], eps)
+    acts["ln_final.hook_scale"], acts["ln_final.hook_normalized"] = sf, uf
     acts["logits"] = nf @ sd["transformer.wte.weight"].T
     return acts
 

@@ -131,9 +131,9 @@ def test_attribute_ranks_latents_and_traces_them(sae_runner):
     cols = compute_columns(
         sae_runner, AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,)))
     )
-    fam = [f for f in cols.families if f.name == "sae_latent"]
+    fam = [f for f in cols.families if f.kind == "sae_latent"]
     assert len(fam) == 2
-    res1 = next(f for f in fam if f.decode((0, 0)).sae == "res1")
+    res1 = next(f for f in fam if f.decode((0, 0)).sae_id == "res1")
     z = res1.columns["activation"][0]
     grad = cols.grads["blocks.1.hook_resid_post"][0]
     want = z * (grad @ sae_runner.get_sae("res1").sae.decoder_directions().T)
@@ -147,7 +147,7 @@ def test_attribute_ranks_latents_and_traces_them(sae_runner):
             top_k=3,
         ),
     )
-    assert table.rows and all(r.node.family == "sae_latent" for r in table.rows)
+    assert table.rows and all(r.node.kind == "sae_latent" for r in table.rows)
     pre = _forward(sae_runner, captures=("sae.res1.hook_sae_acts_pre",)).captures[0].values[0]
     traced = attribute(
         sae_runner,
@@ -185,7 +185,7 @@ def test_latent_total_effect_is_activation_times_its_own_gradient(sae_runner, ti
     )  # the plain gradient, as autograd gives it
     cols = compute_columns(sae_runner, spec)
     res1 = next(
-        f for f in cols.families if f.name == "sae_latent" and f.decode((0, 0)).sae == "res1"
+        f for f in cols.families if f.kind == "sae_latent" and f.decode((0, 0)).sae_id == "res1"
     )
     ids = torch.tensor([attribute(sae_runner, spec).prompts[0].token_ids])
     sae = sae_runner.get_sae("res1").sae
@@ -211,6 +211,61 @@ def test_latent_total_effect_is_activation_times_its_own_gradient(sae_runner, ti
     assert float(want.abs().max()) > 1e-3
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     plain = compute_columns(tiny_runner, spec)
-    emb = next(f for f in cols.families if f.name == "embedding").columns["total_effect"]
-    emb_plain = next(f for f in plain.families if f.name == "embedding").columns["total_effect"]
+    emb = next(f for f in cols.families if f.kind == "embedding").columns["total_effect"]
+    emb_plain = next(f for f in plain.families if f.kind == "embedding").columns["total_effect"]
     torch.testing.assert_close(emb, emb_plain, atol=1e-5, rtol=1e-4)
+
+
+def test_zeroing_a_latent_rows_key_removes_exactly_its_write(sae_runner):
+    """A latent row's key (sae.ID.hook_sae_acts_post[F,pos=P]), zeroed, changes the residual the
+    SAE reconstructs by minus the write the node table attributes to the latent."""
+    from tdb_core.nodes import parse_selector
+
+    t, d = sae_runner.single_token(" Mary"), sae_runner.single_token(" John")
+    cols = compute_columns(
+        sae_runner,
+        AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LogitDiffLoss((t,), (d,))),
+    )
+    fam = next(
+        f for f in cols.families if f.kind == "sae_latent" and f.decode((0, 0)).sae_id == "res1"
+    )
+    z = fam.columns["activation"][0]  # [T, d_sae]
+    p, i = (int(x) for x in torch.unravel_index(z.argmax(), z.shape))
+    node = fam.decode((p, i))
+    assert node.key == f"sae.res1.hook_sae_acts_post[{i},pos={p}]"
+    sel = parse_selector(node.key)
+    site = "blocks.1.hook_resid_pre"
+    before = _forward(sae_runner, captures=(site,)).captures[0].values[0]
+    iv = specs.Intervention(sel.site, specs.Zero(), positions=sel.positions, units=sel.units)
+    after = _forward(sae_runner, iv, captures=(site,)).captures[0].values[0]
+    assert fam.write is not None
+    torch.testing.assert_close(after[p] - before[p], -fam.write(0, (p, i)), atol=1e-5, rtol=0)
+
+
+def test_a_latent_on_the_final_norm_is_traced_through_it(tiny_loaded):
+    """A latent of an SAE reading ln_final.hook_normalized is traced like a logit: from the last
+    residual stream through the final norm (scale held), so every block's nodes count and their
+    direct effects plus the bias and constant terms add up to the latent's pre-activation."""
+    runner = ModelRunner(tiny_loaded)
+    runner.attach_sae("fin", _sae(64, seed=3), "memory", site="ln_final.hook_normalized")
+    res = attribute(
+        runner,
+        AttributeSpec(
+            prompt=specs.Prompt(text=PROMPT), loss=LatentTrace("fin", 4, position=-1), top_k=3
+        ),
+    )
+    cols = compute_columns(
+        runner,
+        AttributeSpec(prompt=specs.Prompt(text=PROMPT), loss=LatentTrace("fin", 4, position=-1)),
+    )
+    assert {f.layer for f in cols.families if f.kind == "mlp_neuron"} == {0, 1}
+    total = sum(
+        float(f.columns["direct_effect"].sum())
+        for f in cols.families
+        if f.kind in ("embedding", "attn_head", "mlp_neuron")
+    )
+    pre = _forward(runner, captures=("sae.fin.hook_sae_acts_pre",)).captures[0].values[0]
+    assert res.loss_values[0] == pytest.approx(float(pre[-1, 4]), abs=1e-5)
+    assert total + res.bias_direct_effect[0] + res.constant[0] == pytest.approx(
+        res.loss_values[0], abs=1e-4
+    )

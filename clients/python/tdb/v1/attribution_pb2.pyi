@@ -121,7 +121,7 @@ class AttributeRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., logit_diff: _Optional[_Union[LogitDiffLoss, _Mapping]] = ..., log_prob: _Optional[_Union[LogProbLoss, _Mapping]] = ..., neuron: _Optional[_Union[NeuronTrace, _Mapping]] = ..., head: _Optional[_Union[HeadTrace, _Mapping]] = ..., latent: _Optional[_Union[LatentTrace, _Mapping]] = ..., direction: _Optional[_Union[DirectionLoss, _Mapping]] = ..., second_prompt: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., interventions: _Optional[_Iterable[_Union[_common_pb2.Intervention, _Mapping]]] = ..., top_k: _Optional[int] = ..., families: _Optional[_Iterable[str]] = ..., ig_steps: _Optional[int] = ..., freeze_norm_scale: _Optional[bool] = ..., node_tokens: _Optional[int] = ..., prepend_bos: _Optional[bool] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("family", "layer", "position", "index", "key_position", "sae", "name")
+    __slots__ = ("family", "layer", "position", "index", "key_position", "sae", "name", "key", "kind")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,8 @@ class Node(_message.Message):
     KEY_POSITION_FIELD_NUMBER: _ClassVar[int]
     SAE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     family: str
     layer: int
     position: int
@@ -136,7 +138,9 @@ class Node(_message.Message):
     key_position: int
     sae: str
     name: str
-    def __init__(self, family: _Optional[str] = ..., layer: _Optional[int] = ..., position: _Optional[int] = ..., index: _Optional[int] = ..., key_position: _Optional[int] = ..., sae: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    key: str
+    kind: _common_pb2.NodeKind
+    def __init__(self, family: _Optional[str] = ..., layer: _Optional[int] = ..., position: _Optional[int] = ..., index: _Optional[int] = ..., key_position: _Optional[int] = ..., sae: _Optional[str] = ..., name: _Optional[str] = ..., key: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.NodeKind, str]] = ...) -> None: ...
 
 class NodeValues(_message.Message):
     __slots__ = ("activation", "write_magnitude", "direct_effect", "total_effect")

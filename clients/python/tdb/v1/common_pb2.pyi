@@ -30,6 +30,17 @@ class Pass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PASS_UNSPECIFIED: _ClassVar[Pass]
     PASS_FORWARD: _ClassVar[Pass]
     PASS_BACKWARD: _ClassVar[Pass]
+
+class NodeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_KIND_UNSPECIFIED: _ClassVar[NodeKind]
+    NODE_KIND_EMBEDDING: _ClassVar[NodeKind]
+    NODE_KIND_MLP_NEURON: _ClassVar[NodeKind]
+    NODE_KIND_ATTN_HEAD: _ClassVar[NodeKind]
+    NODE_KIND_ATTN_HEAD_PAIR: _ClassVar[NodeKind]
+    NODE_KIND_SAE_LATENT: _ClassVar[NodeKind]
+    NODE_KIND_UNIT: _ClassVar[NodeKind]
+    NODE_KIND_VECTOR: _ClassVar[NodeKind]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
@@ -45,6 +56,14 @@ TOP_K_MODE_ABS: TopKMode
 PASS_UNSPECIFIED: Pass
 PASS_FORWARD: Pass
 PASS_BACKWARD: Pass
+NODE_KIND_UNSPECIFIED: NodeKind
+NODE_KIND_EMBEDDING: NodeKind
+NODE_KIND_MLP_NEURON: NodeKind
+NODE_KIND_ATTN_HEAD: NodeKind
+NODE_KIND_ATTN_HEAD_PAIR: NodeKind
+NODE_KIND_SAE_LATENT: NodeKind
+NODE_KIND_UNIT: NodeKind
+NODE_KIND_VECTOR: NodeKind
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data", "stream_id")
@@ -185,11 +204,12 @@ class PatchFromOp(_message.Message):
     def __init__(self, source: _Optional[int] = ...) -> None: ...
 
 class Intervention(_message.Message):
-    __slots__ = ("site", "positions", "units", "zero", "set_value", "set_tensor", "scale", "add", "mean_over_positions", "mean_over_reference", "patch")
+    __slots__ = ("site", "positions", "units", "key_positions", "zero", "set_value", "set_tensor", "scale", "add", "mean_over_positions", "mean_over_reference", "patch")
     SITE_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     PASS_FIELD_NUMBER: _ClassVar[int]
+    KEY_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     ZERO_FIELD_NUMBER: _ClassVar[int]
     SET_VALUE_FIELD_NUMBER: _ClassVar[int]
     SET_TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +221,7 @@ class Intervention(_message.Message):
     site: str
     positions: _containers.RepeatedScalarFieldContainer[int]
     units: _containers.RepeatedScalarFieldContainer[int]
+    key_positions: _containers.RepeatedScalarFieldContainer[int]
     zero: ZeroOp
     set_value: SetValueOp
     set_tensor: Tensor
@@ -209,7 +230,7 @@ class Intervention(_message.Message):
     mean_over_positions: MeanOverPositionsOp
     mean_over_reference: MeanOverReferenceOp
     patch: PatchFromOp
-    def __init__(self, site: _Optional[str] = ..., positions: _Optional[_Iterable[int]] = ..., units: _Optional[_Iterable[int]] = ..., zero: _Optional[_Union[ZeroOp, _Mapping]] = ..., set_value: _Optional[_Union[SetValueOp, _Mapping]] = ..., set_tensor: _Optional[_Union[Tensor, _Mapping]] = ..., scale: _Optional[_Union[ScaleOp, _Mapping]] = ..., add: _Optional[_Union[AddOp, _Mapping]] = ..., mean_over_positions: _Optional[_Union[MeanOverPositionsOp, _Mapping]] = ..., mean_over_reference: _Optional[_Union[MeanOverReferenceOp, _Mapping]] = ..., patch: _Optional[_Union[PatchFromOp, _Mapping]] = ..., **kwargs) -> None: ...
+    def __init__(self, site: _Optional[str] = ..., positions: _Optional[_Iterable[int]] = ..., units: _Optional[_Iterable[int]] = ..., key_positions: _Optional[_Iterable[int]] = ..., zero: _Optional[_Union[ZeroOp, _Mapping]] = ..., set_value: _Optional[_Union[SetValueOp, _Mapping]] = ..., set_tensor: _Optional[_Union[Tensor, _Mapping]] = ..., scale: _Optional[_Union[ScaleOp, _Mapping]] = ..., add: _Optional[_Union[AddOp, _Mapping]] = ..., mean_over_positions: _Optional[_Union[MeanOverPositionsOp, _Mapping]] = ..., mean_over_reference: _Optional[_Union[MeanOverReferenceOp, _Mapping]] = ..., patch: _Optional[_Union[PatchFromOp, _Mapping]] = ..., **kwargs) -> None: ...
 
 class Tokens(_message.Message):
     __slots__ = ("strings", "ids")
