@@ -7,9 +7,12 @@ pass would have recycled op by op. glibc's malloc hands blocks over a size thres
 kernel zero-fill for every page it writes — measured on the GPT-2-small shape at 8 x 128 tokens,
 that was most of the cost of capturing every site (about 0.3 s of system time per pass).
 :func:`reuse_freed_memory` tells malloc to serve large blocks from its heap and to keep up to
-``keep_bytes`` of freed memory there, so later passes reuse pages that are already mapped. Each
-malloc arena keeps what its threads freed, so the number of arenas is capped (``arenas``): the
-memory a server holds on to is then about ``arenas`` times its largest pass. The server calls it
+``keep_bytes`` of freed memory there, so later passes reuse pages that are already mapped. Passes
+run on the server's worker threads, and a thread's own arena (a heap of at most 64 MiB) cannot
+hold a large block: glibc then maps it afresh on every pass whatever the settings (a 192 MiB
+``[2048, 24576]`` SAE pre-activation faulted on every Encode). So threads share one arena
+(``arenas=1``; small blocks still come from per-thread caches), and the memory a server holds on
+to is about that of its largest pass. The server calls it
 at start; benchmarks call it as the server does, so plain and hooked passes are measured under the
 same allocator. Other allocators (jemalloc, tcmalloc, non-glibc platforms) are left alone.
 """
@@ -28,7 +31,7 @@ _INT_MAX = 2**31 - 1
 _configured: int | None = None
 
 
-def reuse_freed_memory(keep_bytes: int = 2**30, arenas: int = 2) -> bool:
+def reuse_freed_memory(keep_bytes: int = 2**30, arenas: int = 1) -> bool:
     """Have glibc malloc keep freed memory (up to ``keep_bytes`` at the top of a heap) for
     reuse, serve large blocks from its heaps rather than fresh ``mmap``s, and use at most
     ``arenas`` arenas. Returns whether the setting applies (False where malloc is not glibc's).
