@@ -149,6 +149,13 @@ SOFTCAP_LOGITS_MEANING = (
 )
 
 
+def head_writes(z: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
+    """Each head's write ``z[..., h, :] @ w_o[h]``: z ``[B, P, H, d_head]``, w_o ``[H, d_head,
+    d_model]`` -> ``[B, P, H, d_model]`` (one batched product over heads; a view of its
+    ``[H, B * P, d_model]`` result, not copied to the site's layout)."""
+    return torch.einsum("bthd,hdm->bthm", z, w_o)
+
+
 class DecoderAdapter(Adapter):
     """Generic wiring for decoder-only models described by a :class:`Layout`.
 
@@ -370,10 +377,19 @@ class DecoderAdapter(Adapter):
                 z = args[0]  # [B, T, H * d_head]
                 w_o = self.W_O(layer)  # [H, d_head, d_model]
                 z = z.reshape(*z.shape[:-1], w_o.shape[0], w_o.shape[1])  # [B, T, H, d_head]
-                res = torch.einsum("bthd,hdm->bthm", z, w_o)  # [B, T, H, d_model]
                 if not ctx.needs_graph(result):
-                    ctx.observe(result, res)
+                    # only what the captures keep: their rows, positions and heads
+                    def block(n: int, pos: Any, heads: Any) -> torch.Tensor:
+                        zz, w = z[:n].detach(), w_o.detach()
+                        if pos is not None:
+                            zz = zz[torch.arange(n, device=zz.device)[:, None], pos]
+                        if heads is not None:
+                            zz, w = zz.index_select(2, heads), w.index_select(0, heads)
+                        return head_writes(zz, w)
+
+                    ctx.observe_derived(result, block)
                     return out
+                res = torch.einsum("bthd,hdm->bthm", z, w_o)  # [B, T, H, d_model]
                 res = ctx.point(result, res)
                 b_o = self.b_O(layer)
                 new = res.sum(2)  # [B, T, d_model]

@@ -27,6 +27,9 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHMARKS:
         print(f"usage: python -m benchmarks {{{'|'.join(BENCHMARKS)}}} [options]", file=sys.stderr)
         return 2
+    from tdb_core.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # the allocator setting the server runs with (tdb_core.memory)
     module = importlib.import_module(f"benchmarks.{argv[0]}")
     return int(module.main(argv[1:]) or 0)
 

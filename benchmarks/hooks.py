@@ -77,7 +77,9 @@ def main(argv: list[str]) -> int:
             "ratio_all_sites": round(t["all"] / t["plain"], 4),
             "ratio_all_but_result": round(t["no_result"] / t["plain"], 4),
             "ratio_no_capture": round(t["none"] / t["plain"], 4),
-            "target_ratio": 1.03,
+            "target_ratio_no_capture": 1.03,
+            "target_ratio_all_but_result": 1.05,
+            "target_ratio_all_sites": 1.15,
         }
     )
     return 0

@@ -3,7 +3,9 @@
 Requests become frozen domain specs (``HasField`` becomes ``None``); domain results become
 messages. Tensors are raw little-endian C-order bytes; large ones are handed to a
 :class:`TensorSink`, which streams them as ~1 MiB :class:`TensorChunk` messages after the header
-instead of inlining them, so no message approaches gRPC's 4 MiB default limit.
+instead of inlining them, so no message approaches gRPC's 4 MiB default limit. The chunk messages
+are written straight from slices of the tensor's own buffer (:meth:`TensorSink.encoded_chunks`):
+one copy, into the bytes gRPC sends, and no per-chunk message objects.
 """
 
 from __future__ import annotations
@@ -95,16 +97,46 @@ class TensorSink:
             self._pending.append((msg.stream_id, data))
         return msg
 
-    def chunks(self) -> Iterator[cpb.TensorChunk]:
+    def pieces(self) -> Iterator[tuple[int, memoryview]]:
+        """``(stream_id, bytes)`` of every chunk, in order: slices of the tensors' buffers."""
         for stream_id, data in self._pending:
             for start in range(0, data.nbytes, self.chunk_bytes):
-                yield cpb.TensorChunk(
-                    stream_id=stream_id, data=data[start : start + self.chunk_bytes].tobytes()
-                )
+                yield stream_id, data[start : start + self.chunk_bytes]
+
+    def chunks(self) -> Iterator[cpb.TensorChunk]:
+        for stream_id, piece in self.pieces():
+            yield cpb.TensorChunk(stream_id=stream_id, data=piece.tobytes())
+
+    def encoded_chunks(self, response: type[Message]) -> Iterator[bytes]:
+        """The chunks as serialized ``response`` messages (its ``chunk`` field set), each built
+        by one copy of a slice of the tensor's buffer into the bytes gRPC sends. They are
+        byte-identical to ``response(chunk=chunk).SerializeToString()`` for each of
+        :meth:`chunks`; the server's interceptor passes ``bytes`` responses through unchanged."""
+        outer_tag = _key(response.DESCRIPTOR.fields_by_name["chunk"].number, 2)
+        for stream_id, piece in self.pieces():
+            inner = _key(1, 0) + _varint(stream_id) if stream_id else b""
+            if piece.nbytes:
+                inner += _key(2, 2) + _varint(piece.nbytes)
+            size = len(inner) + piece.nbytes
+            yield b"".join((outer_tag, _varint(size), inner, piece))
 
     @property
     def streamed_bytes(self) -> int:
         return sum(d.nbytes for _, d in self._pending)
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _key(field_number: int, wire_type: int) -> bytes:
+    return _varint(field_number << 3 | wire_type)
 
 
 def tensor_from_pb(msg: cpb.Tensor, what: str = "tensor") -> torch.Tensor:

@@ -95,6 +95,18 @@ def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
     return decode
 
 
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A response serializer that sends ``bytes`` as they are: streamed tensor chunks arrive
+    already serialized (``convert.TensorSink.encoded_chunks``), written from the tensor's buffer."""
+    if serialize is None:
+        return None
+
+    def serialize_or_pass(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return serialize_or_pass
+
+
 def _valid(request: Any) -> Any:
     if isinstance(request, _Undecodable):
         raise errors.InvalidArgumentError(
@@ -147,7 +159,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 )
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=decode, response_serializer=handler.response_serializer
+                stream,
+                request_deserializer=decode,
+                response_serializer=_passing_bytes(handler.response_serializer),
             )
         # Request-streaming handlers (server reflection) get the same auth, logging and mapping.
         if handler.stream_unary is not None:

@@ -48,6 +48,7 @@ from tdb.v1 import (
     server_pb2_grpc,
 )
 from tdb_core.errors import InvalidArgumentError
+from tdb_core.memory import reuse_freed_memory
 from tdb_core.runner import ModelRunner
 from tdb_core.sae import load_sae
 
@@ -226,6 +227,7 @@ class Service:
 
 def build_server(settings: Settings, models: ModelRegistry | None = None) -> Service:
     """Build and start a server on ``settings.host:settings.port`` (port 0 picks a free one)."""
+    reuse_freed_memory()  # captures keep activations alive: recycle their pages across requests
     models = models or load_models(settings)
     metrics = Metrics() if settings.metrics_port is not None else None
     authorize = (

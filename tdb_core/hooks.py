@@ -265,35 +265,67 @@ class _BackwardEdit(torch.autograd.Function):
 # Captures
 
 
-def _reduce_capture(
-    cap: ResolvedCapture, x: torch.Tensor, masked: torch.Tensor | None, clone: bool
-) -> None:
-    """Select the capture's block of ``x`` (detached), fill padding, top-k, cast, and store.
-
-    A capture that needs no reduction keeps a view of the activation instead of a copy (unless
-    ``clone``); :meth:`HookPlan.captures_intact` tells whether the model later wrote to it in place.
-    """
-    x = x.detach()[: cap.n_rows]
-    index = cap.index
-    fill = 0.0
-    copied = False
-    if masked is not None:  # attention scores: show masked entries as -inf
-        x = x.masked_fill(masked[: cap.n_rows], float("-inf"))
-        fill = float("-inf")
-        copied = True
+def _select_block(x: torch.Tensor, index: BlockIndex) -> torch.Tensor:
+    """``x`` cut to the index's positions and units (rows are all of ``x``'s), in site layout."""
+    has_units = index.unit_axis is not None and index.units is not None
+    if index.pos is None and not has_units:
+        return x
     xb = _to_block_layout(x, index)
     if index.pos is not None:
         rows = torch.arange(xb.shape[0], device=xb.device)[:, None]
         xb = xb[rows, index.pos]  # [B, P, ...]
-        copied = True
-    if index.unit_axis is not None and index.units is not None:
+    if has_units:
+        assert index.units is not None
         xb = xb.index_select(2, index.units)
+    return _from_block_layout(xb, index)
+
+
+def _reduce_capture(
+    cap: ResolvedCapture,
+    x: torch.Tensor,
+    masked: torch.Tensor | None,
+    clone: bool,
+    selected: bool = False,
+) -> None:
+    """Select the capture's block of ``x`` (detached), fill padding, top-k, cast, and store.
+
+    The block is cut first, so masking, top-k and casts touch only what is kept. ``selected``:
+    ``x`` is already the block (a derived site computed for the capture's positions and units).
+    A capture that needs no reduction keeps a view of the activation instead of a copy (unless
+    ``clone``); :meth:`HookPlan.captures_intact` tells whether the model later wrote to it in place.
+    """
+    x = x.detach()
+    if x.shape[0] != cap.n_rows:
+        x = x[: cap.n_rows]
+    index = cap.index
+    if (
+        masked is None
+        and cap.valid is None
+        and cap.key_valid is None
+        and cap.top_k is None
+        and (cap.dtype is None or cap.dtype == x.dtype)
+        and x.device == cap.out_device
+        and (selected or (index.pos is None and (index.units is None or index.unit_axis is None)))
+    ):  # the whole site as it is: keep a view (or a copy when asked to)
+        if clone:
+            x = x.clone()
+        else:
+            cap.version = x._version
+        cap.values, cap.indices = x, None
+        return
+    out = x if selected else _select_block(x, index)
+    copied = out is not x
+    fill = 0.0
+    if masked is not None:  # attention scores: show masked entries as -inf
+        m = masked[: cap.n_rows].expand(x.shape)
+        out = out.masked_fill(m if selected else _select_block(m, index), float("-inf"))
+        fill = float("-inf")
         copied = True
     if cap.valid is not None:
+        xb = _to_block_layout(out, index)
         shape = (*cap.valid.shape, *([1] * (xb.dim() - 2)))
-        xb = xb.masked_fill(~cap.valid.reshape(shape), fill)
+        out = _from_block_layout(xb.masked_fill(~cap.valid.reshape(shape), fill), index)
         copied = True
-    out = _from_block_layout(xb, index)
     if cap.key_valid is not None:  # key positions past a prompt's end are padding too
         out = out.masked_fill(~cap.key_valid[:, None, None, :], fill)
         copied = True
@@ -319,6 +351,11 @@ def _reduce_capture(
             cap.version = out._version
     cap.values = out
     cap.indices = None if indices is None else indices.to(cap.out_device)
+
+
+DerivedBlock = Callable[[int, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
+"""Computes a derived site for its first ``n`` rows, at positions ``pos`` ``[n, P]`` (None: all)
+and units ``units`` ``[U]`` (None: all), in site layout: ``[n, P or T, U or all, ...]``."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,6 +413,26 @@ class HookContext:
         if splice is not None:
             x = splice(self, x)
         return x
+
+    def observe_derived(self, site: str, block: DerivedBlock) -> None:
+        """Record captures of a site that is computed rather than read (``attn.hook_result``),
+        computing only what the captures keep: a capture of some positions or units gets just
+        that block, and the whole site is computed (once) only when something needs all of it.
+        Sites with edits or gradients must go through :meth:`point` with the whole tensor."""
+        caps = self.plan.captures.get(site, ())
+        whole = site in self.plan.observers or any(
+            c.index.pos is None and (c.index.units is None or c.index.unit_axis is None)
+            for c in caps
+        )
+        if whole:
+            observed = site in self.plan.observers
+            n = self.lengths.shape[0] if observed else max(c.n_rows for c in caps)
+            self.observe(site, block(n, None, None))
+            return
+        for cap in caps:
+            units = cap.index.units if cap.index.unit_axis is not None else None
+            values = block(cap.n_rows, cap.index.pos, units)
+            _reduce_capture(cap, values, None, self.plan.clone_captures, selected=True)
 
     def observe(self, site: str, x: torch.Tensor, masked: torch.Tensor | None = None) -> None:
         """Record captures of ``site`` and keep its graph tensor if gradients are wanted."""

@@ -113,6 +113,20 @@ class Planner:
         self.dtype = dtype
         self.plan = HookPlan()
         self.lengths = torch.tensor(batch.lengths, device=device)
+        self._shared: dict[str, torch.Tensor] = {}  # per-batch tensors every capture reuses
+
+    def _shared_tensor(self, key: str) -> torch.Tensor:
+        """Tensors that depend only on the batch (prompt rows, real-position masks), made once."""
+        t = self._shared.get(key)
+        if t is None:
+            n = self.batch.n_prompts
+            if key == "rows":
+                t = torch.arange(n, device=self.device)
+            else:  # "valid": [n, T] positions inside each prompt
+                positions = torch.arange(self.batch.max_len, device=self.device)
+                t = positions[None, :] < self.lengths[:n, None]
+            self._shared[key] = t
+        return t
 
     # -- captures
     def add_capture(self, cap: specs.Capture) -> list[ResolvedCapture]:
@@ -134,18 +148,14 @@ class Planner:
                 checks.non_empty(cap.positions, "positions (omit the list to keep every one)")
                 pos = torch.tensor(resolve_positions(cap.positions, lengths), device=self.device)
             elif len(set(lengths)) > 1 or len(lengths) < len(self.batch.rows):
-                t = torch.arange(self.batch.max_len, device=self.device)
-                valid = t[None, :] < self.lengths[:n, None]  # [n, T]
+                valid = self._shared_tensor("valid")  # [n, T]
             if site.kind.pos_dim == "q_pos" and (len(set(self.batch.lengths)) > 1):
-                key_valid = (
-                    torch.arange(self.batch.max_len, device=self.device)[None, :]
-                    < self.lengths[:n, None]
-                )
+                key_valid = self._shared_tensor("valid")
             units = None if cap.units is None else torch.tensor(cap.units, device=self.device)
             resolved = ResolvedCapture(
                 site=site,
                 index=BlockIndex(
-                    rows=torch.arange(n, device=self.device),
+                    rows=self._shared_tensor("rows"),
                     pos=pos,
                     units=units,
                     pos_axis=pos_axis,

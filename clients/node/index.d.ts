@@ -76,8 +76,17 @@ export class TdbClient {
           timeout?: number): Promise<ForwardResult>;
 }
 
-export function decodeTensor(dtype: string, shape: number[], bytes: Uint8Array):
+export function decodeTensor(dtype: string, shape: number[], bytes: Uint8Array, owned?: boolean):
   Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array;
+
+/** Reassembles a header's streamed tensors; overrunning or short streams throw. */
+export class StreamAssembler {
+  constructor(header: Record<string, any>);
+  header: Record<string, any>;
+  add(chunk: { streamId: number; data: Uint8Array }): void;
+  tensor(t: { dtype: string; shape: number[]; data: Uint8Array; streamId?: number | null }):
+    { data: Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array; shape: number[] };
+}
 export function float32Tensor(values: Float32Array | number[], shape?: number[]):
   { dtype: string; shape: number[]; data: Buffer };
 export function halfToFloat(bits: number): number;

@@ -64,16 +64,22 @@ function halfToFloat(h) {
  * Decode a Tensor's bytes (little-endian, C order) into a typed array.
  * float16 and bfloat16 widen to Float32Array (exactly); int64 becomes BigInt64Array.
  */
-function decodeTensor(dtype, shape, bytes) {
+function decodeTensor(dtype, shape, bytes, owned = false) {
   const n = shape.reduce((a, b) => a * b, 1);
   const width = BYTES_PER_ELEMENT[dtype];
   if (width === undefined) throw new Error(`unknown dtype ${dtype}`);
   if (bytes.length !== n * width) {
     throw new Error(`tensor of shape [${shape}] and ${dtype} needs ${n * width} bytes, got ${bytes.length}`);
   }
-  // Copy into a fresh, aligned buffer: a Buffer's offset need not be a multiple of the width.
-  const buf = new ArrayBuffer(bytes.length);
-  new Uint8Array(buf).set(bytes);
+  // A buffer of our own (a reassembled stream) is used in place; other bytes are copied into a
+  // fresh, aligned buffer: a Buffer's offset need not be a multiple of the width.
+  let buf;
+  if (owned && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength) {
+    buf = bytes.buffer;
+  } else {
+    buf = new ArrayBuffer(bytes.length);
+    new Uint8Array(buf).set(bytes);
+  }
   const view = new DataView(buf);
   switch (dtype) {
     case 'DTYPE_FLOAT32': return new Float32Array(buf);
@@ -92,6 +98,61 @@ function decodeTensor(dtype, shape, bytes) {
       return new Float32Array(bits.buffer);
     }
     default: throw new Error(`unknown dtype ${dtype}`);
+  }
+}
+
+/** Every Tensor message (an object with dtype, shape and data) inside a decoded message. */
+function* tensorsOf(msg) {
+  if (msg === null || typeof msg !== 'object' || ArrayBuffer.isView(msg)) return;
+  if (Array.isArray(msg)) {
+    for (const m of msg) yield* tensorsOf(m);
+    return;
+  }
+  if ('dtype' in msg && 'shape' in msg && 'data' in msg) {
+    yield msg;
+    return;
+  }
+  for (const v of Object.values(msg)) yield* tensorsOf(v);
+}
+
+/**
+ * Reassembles the tensors a header streams as TensorChunk messages: each is allocated once at
+ * its size (from its shape and dtype) and every chunk is copied into place. A stream that
+ * overruns its tensor, or ends short of it, is an error rather than a wrong array.
+ */
+class StreamAssembler {
+  constructor(header) {
+    this.header = header;
+    this.streams = new Map(); // stream id -> {bytes, filled}
+    for (const t of tensorsOf(header)) {
+      if (!t.streamId) continue; // ids start at 1; unset means the data is inline
+      const width = BYTES_PER_ELEMENT[t.dtype];
+      if (width === undefined) throw new Error(`unknown dtype ${t.dtype}`);
+      const n = t.shape.reduce((a, b) => a * Number(b), 1);
+      this.streams.set(t.streamId, { bytes: new Uint8Array(n * width), filled: 0 });
+    }
+  }
+
+  /** Copy a chunk ({streamId, data}) into its tensor. */
+  add(chunk) {
+    const s = this.streams.get(chunk.streamId);
+    if (!s) throw new Error(`chunk for unknown stream id ${chunk.streamId}`);
+    const end = s.filled + chunk.data.length;
+    if (end > s.bytes.length) {
+      throw new Error(`stream ${chunk.streamId} sent ${end} bytes for a tensor of ${s.bytes.length}`);
+    }
+    s.bytes.set(chunk.data, s.filled);
+    s.filled = end;
+  }
+
+  /** A header Tensor as {data: typed array, shape}, from its stream or its inline bytes. */
+  tensor(t) {
+    const s = t.streamId ? this.streams.get(t.streamId) : undefined;
+    if (!s) return { data: decodeTensor(t.dtype, t.shape, t.data), shape: t.shape.slice() };
+    if (s.filled !== s.bytes.length) {
+      throw new Error(`stream ${t.streamId} ended after ${s.filled} of ${s.bytes.length} bytes`);
+    }
+    return { data: decodeTensor(t.dtype, t.shape, s.bytes, true), shape: t.shape.slice() };
   }
 }
 
@@ -198,25 +259,27 @@ class TdbClient {
   _stream(stub, method, request, timeout) {
     return new Promise((resolve, reject) => {
       const call = stub[method](request, this.metadata, { deadline: this._deadline(timeout) });
-      let header = null;
-      const parts = new Map();
+      let assembler = null;
+      let failed = false;
       call.on('data', (msg) => {
-        if (msg.part === 'header') header = msg.header;
-        else if (msg.part === 'chunk') {
-          const list = parts.get(msg.chunk.streamId) || [];
-          list.push(msg.chunk.data);
-          parts.set(msg.chunk.streamId, list);
+        if (failed) return;
+        try {
+          if (msg.part === 'header') assembler = new StreamAssembler(msg.header);
+          else if (msg.part === 'chunk') {
+            if (!assembler) throw new Error('chunk before header in response stream');
+            assembler.add(msg.chunk);
+          }
+        } catch (err) {
+          failed = true;
+          call.cancel();
+          reject(err);
         }
       });
-      call.on('error', (err) => reject(new TdbClientError(err)));
+      call.on('error', (err) => { if (!failed) reject(new TdbClientError(err)); });
       call.on('end', () => {
-        if (!header) { reject(new Error('the stream ended without a header')); return; }
-        const tensor = (t) => {
-          const bytes = t.streamId !== undefined && t.streamId !== null && t.data.length === 0
-            && parts.has(t.streamId) ? Buffer.concat(parts.get(t.streamId)) : t.data;
-          return { data: decodeTensor(t.dtype, t.shape, bytes), shape: t.shape.slice() };
-        };
-        resolve({ header, tensor });
+        if (failed) return;
+        if (!assembler) { reject(new Error('the stream ended without a header')); return; }
+        resolve({ header: assembler.header, tensor: (t) => assembler.tensor(t) });
       });
     });
   }
@@ -280,7 +343,7 @@ class TdbClient {
 const nodes = require('./nodes');
 
 module.exports = {
-  TdbClient, TdbClientError, decodeTensor, float32Tensor, halfToFloat,
+  TdbClient, TdbClientError, StreamAssembler, decodeTensor, float32Tensor, halfToFloat,
   // node keys (nodes.js): parse and print as the server does
   Node: nodes.Node, NodeKind: nodes.NodeKind, NodeKeyError: nodes.NodeKeyError,
   Selector: nodes.Selector, parseNode: nodes.parseNode, parseSelector: nodes.parseSelector,

@@ -30,8 +30,7 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         sink = convert.TensorSink()
         header = convert.forward_header_to_pb(runner.name, result, sink)
         yield ipb.ForwardResponse(header=header)
-        for chunk in sink.chunks():
-            yield ipb.ForwardResponse(chunk=chunk)
+        yield from sink.encoded_chunks(ipb.ForwardResponse)
 
     def Ablate(
         self, request: ipb.AblateRequest, context: grpc.ServicerContext
@@ -44,8 +43,7 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         sink = convert.TensorSink()
         header = convert.ablate_header_to_pb(runner.name, spec, result, sink)
         yield ipb.AblateResponse(header=header)
-        for chunk in sink.chunks():
-            yield ipb.AblateResponse(chunk=chunk)
+        yield from sink.encoded_chunks(ipb.AblateResponse)
 
     def PatchSweep(
         self, request: ipb.PatchSweepRequest, context: grpc.ServicerContext

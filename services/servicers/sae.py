@@ -43,8 +43,7 @@ class SaeServicer(spb_grpc.SaeServiceServicer):
         sink = convert.TensorSink()
         header = convert.encode_header_to_pb(runner.name, spec.sae, result, sink)
         yield spb.EncodeResponse(header=header)
-        for chunk in sink.chunks():
-            yield spb.EncodeResponse(chunk=chunk)
+        yield from sink.encoded_chunks(spb.EncodeResponse)
 
     def Decode(
         self, request: spb.DecodeRequest, context: grpc.ServicerContext

@@ -38,38 +38,18 @@ class EncodeResult:
     mean_l0: float
 
 
-def _reconstruct(
-    sae: SparseAutoencoder,
-    z: torch.Tensor,
-    stats: InputStats | None,
-    top_v: torch.Tensor,
-    top_i: torch.Tensor,
-    l0: torch.Tensor,
-) -> torch.Tensor:
-    """decode(z): from the top-k alone when they hold every active latent (exact, and cheap for
-    sparse codes), else densely."""
-    if top_i.shape[-1] > 0 and int(l0.max()) <= top_i.shape[-1] and not sae.config.flatten_heads:
-        D = sae.decoder_directions()  # [d_sae, d_in]
-        x_hat: torch.Tensor = (
-            torch.einsum("...k,...kd->...d", top_v.to(D.dtype), D[top_i]) + sae.b_dec.detach()
-        )
-        if stats is not None:
-            x_hat = x_hat * stats.scale + stats.shift
-        return x_hat
-    decoded: torch.Tensor = sae.decode(z, stats)
-    return decoded
-
-
 def _stats_of(
-    sae: SparseAutoencoder, x: torch.Tensor, z: torch.Tensor, stats: InputStats | None, k: int
+    sae: SparseAutoencoder,
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    stats: InputStats | None,
+    k: int,
 ) -> tuple[torch.Tensor, ...]:
-    """top values/indices, l0, per-token mse of rows ``[..., d]``."""
-    k = min(k, z.shape[-1])
-    top_v, top_i = z.topk(k, dim=-1) if k > 0 else (z[..., :0], z[..., :0].long())
-    l0 = (z != 0).sum(-1)
-    x_hat = _reconstruct(sae, z, stats, top_v, top_i, l0)
-    mse = (x.float() - x_hat.float()).pow(2).mean(-1)
-    return top_v, top_i, l0, mse, x_hat
+    """top values/indices, l0, per-token mse of rows ``[..., d]``: from the dense latents ``z``,
+    or (None) fused from ``x`` without them (SparseAutoencoder.encode_sparse)."""
+    code = sae.encode_sparse(x, k) if z is None else sae.sparse_code_of(z, k, stats)
+    mse = (x.float() - code.reconstruction.float()).pow(2).mean(-1)
+    return code.values, code.indices, code.l0, mse, code.reconstruction
 
 
 def _explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -107,13 +87,15 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
         check_response_bytes(n_bytes, runner.limits.max_response_bytes)
         with torch.no_grad():
             x = x.to(runner.device, sae.dtype)
-            _, z, stats = sae.encode_with_stats(x)
+            z = stats = None
+            if spec.dense:
+                _, z, stats = sae.encode_with_stats(x)
             top_v, top_i, l0, mse, x_hat = _stats_of(sae, x, z, stats, spec.top_k)
         return EncodeResult(
             (),
             top_v.cpu(),
             top_i.cpu(),
-            z.cpu() if spec.dense else None,
+            z.cpu() if z is not None else None,
             l0.cpu(),
             mse.cpu(),
             _explained_variance(x.reshape(-1, sae.d_in), x_hat.reshape(-1, sae.d_in)),

@@ -39,6 +39,11 @@ decode is still affine in z, and latent i writes ``z_i · scale · D[i]`` — it
 and its magnitude is scaled by that row's input scale. ``decoder_directions()`` returns ``D``
 (unit-free); multiply by ``InputStats.scale`` of the row to get the write vector in site units.
 
+Each affine map runs as one fused ``addmm``. ``encode_sparse`` gives what Encode reports — the k
+largest latents per row, L0 and the reconstruction — without a dense ``[..., d_sae]`` latent
+tensor where the kind allows (TopK: top-k on the pre-activations, decode from the k active
+latents with one ``embedding_bag`` rather than a ``[..., k, d_in]`` gather of ``W_dec`` rows).
+
 All arithmetic runs in the SAE's parameter dtype (inputs are cast to it), and outputs come back in
 that dtype. Inputs may have any leading shape. SAEs whose site is an attention ``hook_z`` with
 ``flatten_heads=True`` (SAELens ``reshape_activations="hook_z"``) also accept
@@ -54,6 +59,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tdb_core.errors import InvalidArgumentError
@@ -129,6 +135,33 @@ class InputStats:
 
     shift: torch.Tensor
     scale: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SparseCode:
+    """What Encode reports for each row, from :meth:`SparseAutoencoder.encode_sparse`.
+
+    ``values``/``indices`` ``[..., k]``: the k largest latents, largest first (0-valued entries
+    where fewer than k latents are active: their indices are latents whose activation is 0);
+    ``l0`` ``[...]``: active latents per row; ``reconstruction`` ``[..., d_in]``: ``decode(z,
+    stats)`` of the row's latents z."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    l0: torch.Tensor
+    reconstruction: torch.Tensor
+
+
+def _affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``x @ w + b`` for ``x [..., n]`` as one fused ``addmm`` (bias added in the product). In
+    half precision the product is rounded before the bias is added, as SAELens computes it, so
+    low-precision top-k picks the latents theirs does (near-ties are common in bf16)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x @ w + b
+    if x.dim() == 2:
+        return torch.addmm(b, x, w)
+    out = torch.addmm(b, x.reshape(-1, x.shape[-1]), w)
+    return out.reshape(*x.shape[:-1], w.shape[-1])
 
 
 ARCHITECTURE_KINDS: dict[type, SaeKind] = {
@@ -403,6 +436,56 @@ class SparseAutoencoder(nn.Module, ABC):
         pre = self._pre(x_c)  # [..., d_sae]
         return pre, self._activate(x_c, pre), stats
 
+    def encode_sparse(self, x: torch.Tensor, k: int) -> SparseCode:
+        """The k largest latents of each row of ``x [..., d_in]``, its L0 and reconstruction,
+        equal to ``encode`` + top-k + ``decode`` (see :class:`SparseCode`) but without keeping
+        a dense ``[..., d_sae]`` latent tensor (TopK SAEs never build one)."""
+        if k < 0:
+            raise InvalidArgumentError(f"k must be >= 0, got {k}")
+        rows = self._as_rows(x)  # [..., d_in]
+        stats = self._stats(rows)
+        x_c = self._center(self._normalize(rows, stats))  # [..., d_in]
+        return self._sparse_code(x_c, min(k, self.d_sae), stats)
+
+    def _sparse_code(self, x_c: torch.Tensor, k: int, stats: InputStats | None) -> SparseCode:
+        return self.sparse_code_of(self._activate(x_c, self._pre(x_c)), k, stats)
+
+    def sparse_code_of(
+        self, z: torch.Tensor, k: int, stats: InputStats | None = None
+    ) -> SparseCode:
+        """The :class:`SparseCode` of dense latents ``z [..., d_sae]`` (``stats`` as for
+        ``decode``): decoded from the top-k alone when they hold every active latent."""
+        k = min(k, self.d_sae)
+        values, indices = z.topk(k, dim=-1)  # [..., k]
+        l0 = torch.count_nonzero(z, dim=-1)  # [...]
+        if k > 0 and (l0.numel() == 0 or int(l0.max()) <= k):
+            x_hat = self.decode_sparse(values, indices, stats)
+        else:
+            x_hat = self._decode(z, stats)
+        return SparseCode(values, indices, l0, x_hat)
+
+    def decode_sparse(
+        self, values: torch.Tensor, indices: torch.Tensor, stats: InputStats | None = None
+    ) -> torch.Tensor:
+        """``decode`` of latents given by their non-zero entries ``values``/``indices``
+        ``[..., k]`` (other latents 0): ``b_dec + sum_j values_j D[indices_j]`` in one
+        ``embedding_bag``, with no dense latents and no ``[..., k, d_in]`` gather."""
+        D = self._directions()  # [d_sae, d_in]
+        lead, k = values.shape[:-1], values.shape[-1]
+        if k == 0:
+            x_hat = self.b_dec.expand(*lead, D.shape[-1])
+        else:
+            x_hat = F.embedding_bag(
+                indices.reshape(-1, k),
+                D,
+                per_sample_weights=values.reshape(-1, k).to(D.dtype),
+                mode="sum",
+            ).reshape(*lead, D.shape[-1])
+            x_hat = x_hat + self.b_dec  # [..., d_in]
+        if stats is not None:
+            x_hat = x_hat * stats.scale + stats.shift
+        return x_hat
+
     def decoder_directions(self) -> torch.Tensor:
         """``D [d_sae, d_in]``: row i is latent i's write direction, exactly what decode uses.
 
@@ -458,7 +541,7 @@ class ReluSae(SparseAutoencoder):
     b_enc: nn.Parameter
 
     def _pre(self, x_c: torch.Tensor) -> torch.Tensor:
-        return x_c @ self.W_enc + self.b_enc  # [..., d_sae]
+        return _affine(x_c, self.W_enc, self.b_enc)  # [..., d_sae]
 
     def _activate(self, x_c: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)  # [..., d_sae]
@@ -483,7 +566,7 @@ class TopKSae(SparseAutoencoder):
         return isinstance(arch, TopKArch) and arch.rescale_acts_by_decoder_norm
 
     def _pre(self, x_c: torch.Tensor) -> torch.Tensor:
-        pre = x_c @ self.W_enc + self.b_enc  # [..., d_sae]
+        pre = _affine(x_c, self.W_enc, self.b_enc)  # [..., d_sae]
         if self._rescale:
             pre = pre * self.W_dec.norm(dim=-1)  # [..., d_sae]
         return pre
@@ -493,10 +576,27 @@ class TopKSae(SparseAutoencoder):
         z = torch.zeros_like(pre)  # [..., d_sae]
         return z.scatter(-1, top.indices, torch.relu(top.values))
 
+    def _sparse_code(self, x_c: torch.Tensor, k: int, stats: InputStats | None) -> SparseCode:
+        """Top-k on the pre-activations: the SAE's own k latents are the only active ones, so
+        the dense latents are never built and the reconstruction reads k rows of D."""
+        pre = self._pre(x_c)  # [..., d_sae]
+        top = torch.topk(pre, k=max(self.k, k), dim=-1)  # as _activate does when k <= self.k
+        active = torch.relu(top.values[..., : self.k])  # [..., self.k], largest first
+        values = active
+        if k > self.k:  # latents past the SAE's k are 0, at distinct latents outside its top-k
+            values = torch.cat([active, torch.zeros_like(top.values[..., self.k :])], dim=-1)
+        return SparseCode(
+            values[..., :k],
+            top.indices[..., :k],
+            torch.count_nonzero(active, dim=-1),
+            self.decode_sparse(active, top.indices[..., : self.k], stats),
+        )
+
     def _directions(self) -> torch.Tensor:
+        w: torch.Tensor = self.W_dec
         if self._rescale:
-            return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)  # [d_sae, d_in]
-        return self.W_dec
+            return torch.div(w, w.norm(dim=-1, keepdim=True))  # [d_sae, d_in]
+        return w
 
 
 class JumpReluSae(SparseAutoencoder):
@@ -507,7 +607,7 @@ class JumpReluSae(SparseAutoencoder):
     threshold: nn.Parameter
 
     def _pre(self, x_c: torch.Tensor) -> torch.Tensor:
-        return x_c @ self.W_enc + self.b_enc  # [..., d_sae]
+        return _affine(x_c, self.W_enc, self.b_enc)  # [..., d_sae]
 
     def _activate(self, x_c: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)  # [..., d_sae]
@@ -522,10 +622,10 @@ class GatedSae(SparseAutoencoder):
     b_mag: nn.Parameter
 
     def _pre(self, x_c: torch.Tensor) -> torch.Tensor:
-        return x_c @ (self.W_enc * self.r_mag.exp()) + self.b_mag  # [..., d_sae] magnitude path
+        return _affine(x_c, self.W_enc * self.r_mag.exp(), self.b_mag)  # [..., d_sae] magnitude
 
     def _activate(self, x_c: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
-        gate = x_c @ self.W_enc + self.b_gate  # [..., d_sae]
+        gate = _affine(x_c, self.W_enc, self.b_gate)  # [..., d_sae]
         return (gate > 0).to(pre.dtype) * torch.relu(pre)  # [..., d_sae]
 
 

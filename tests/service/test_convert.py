@@ -10,9 +10,17 @@ import torch
 from services import convert
 from tdb.v1 import common_pb2 as cpb
 from tdb.v1 import inference_pb2 as ipb
+from tdb.v1 import sae_pb2 as spb
 from tdb_client import interventions as iv
 from tdb_client.client import capture_pb, prompt_pb
-from tdb_client.tensors import StreamAssembler, from_numpy, to_numpy
+from tdb_client.tensors import (
+    RawChunk,
+    StreamAssembler,
+    assemble,
+    chunk_decoder,
+    from_numpy,
+    to_numpy,
+)
 from tdb_client.types import Capture
 from tdb_core import errors, specs
 
@@ -84,6 +92,55 @@ def test_a_stream_that_overruns_or_ends_short_is_an_error_not_a_wrong_array():
     for c in sink2.chunks():
         asm.add(c)
     np.testing.assert_array_equal(asm.array(bf16.values), value.float().numpy())
+
+
+@pytest.mark.parametrize("response", [ipb.ForwardResponse, ipb.AblateResponse, spb.EncodeResponse])
+def test_encoded_chunks_are_the_serialized_chunk_messages(response):
+    """Chunks written from the tensor's buffer are byte-identical to serializing the messages,
+    and the client's in-place decoder reads them back (and parses anything else normally)."""
+    sink = convert.TensorSink(inline_budget=0, chunk_bytes=300)
+    header = cpb.CaptureResult(site="x")
+    for n in (1000, 7, 130):  # several streams; the last chunk of each is short
+        sink.put(header.values if n == 1000 else header.indices, torch.randn(n))
+    encoded = list(sink.encoded_chunks(response))
+    assert encoded == [response(chunk=c).SerializeToString() for c in sink.chunks()]
+    decode = chunk_decoder(response)
+    for raw, want in zip(encoded, sink.chunks(), strict=True):
+        got = decode(raw)
+        assert isinstance(got, RawChunk)
+        assert got.stream_id == want.stream_id and bytes(got.data) == want.data
+    head = response(
+        header=response.DESCRIPTOR.fields_by_name["header"].message_type._concrete_class()
+    )
+    assert decode(head.SerializeToString()) == head
+    # a chunk message with a field this client does not know still decodes in place
+    odd = response(chunk=cpb.TensorChunk(stream_id=3, data=b"abc")).SerializeToString()
+    inner = b"\x08\x03\x12\x03abc\x18\x05"  # + unknown varint field 3
+    odd = odd[:1] + bytes([len(inner)]) + inner
+    got = decode(odd)
+    assert isinstance(got, RawChunk) and got.stream_id == 3 and bytes(got.data) == b"abc"
+
+
+def test_a_large_capture_round_trips_byte_exactly_through_the_in_place_path():
+    """Server slices -> serialized chunks -> in-place decode -> preallocated array: every dtype
+    arrives bit for bit (NaNs and signed zeros included)."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.int64):
+        t = (torch.randn(64, 1031) * 1e3).to(dtype)
+        if dtype.is_floating_point:
+            t.view(-1)[:3] = torch.tensor([float("nan"), -0.0, float("inf")], dtype=dtype)
+        sink = convert.TensorSink(inline_budget=0, chunk_bytes=4096)
+        header = ipb.ForwardHeader(captures=[cpb.CaptureResult(site="x")])
+        sink.put(header.captures[0].values, t)
+        decode = chunk_decoder(ipb.ForwardResponse)
+        parts = [decode(ipb.ForwardResponse(header=header).SerializeToString())]
+        parts += [decode(raw) for raw in sink.encoded_chunks(ipb.ForwardResponse)]
+        asm = assemble(parts)
+        got = asm.array(asm.header.captures[0].values)
+        if dtype == torch.bfloat16:
+            want_bits = t.view(torch.int16).numpy().astype(np.uint32) << 16
+            assert np.array_equal(got.view(np.uint32), want_bits & 0xFFFFFFFF)
+        else:
+            assert got.tobytes() == t.numpy().tobytes()
 
 
 def test_bad_tensors_are_invalid_arguments():

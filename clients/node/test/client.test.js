@@ -14,7 +14,9 @@ const path = require('node:path');
 const { spawn } = require('node:child_process');
 const readline = require('node:readline');
 
-const { TdbClient, TdbClientError, decodeTensor, float32Tensor } = require('..');
+const {
+  TdbClient, TdbClientError, StreamAssembler, decodeTensor, float32Tensor,
+} = require('..');
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 let server = null;
@@ -51,6 +53,33 @@ async function client() {
 }
 
 test.after(() => { if (server) server.proc.kill('SIGTERM'); });
+
+test('streamed tensors reassemble in place; overrunning or short streams are errors', () => {
+  const values = Float32Array.from({ length: 1000 }, (_, i) => i * 0.5 - 7);
+  const bytes = Buffer.from(values.buffer);
+  const streamed = { dtype: 'DTYPE_FLOAT32', shape: [10, 100], data: Buffer.alloc(0), streamId: 1 };
+  const inline = {
+    dtype: 'DTYPE_INT64', shape: [1], data: Buffer.from(new BigInt64Array([3n]).buffer), streamId: null,
+  };
+  const header = { captures: [{ site: 'x', values: streamed, positions: inline }] };
+  const chunks = [];
+  for (let i = 0; i < bytes.length; i += 1500) {
+    chunks.push({ streamId: 1, data: bytes.subarray(i, i + 1500) });
+  }
+  const asm = new StreamAssembler(header);
+  for (const c of chunks) asm.add(c);
+  const got = asm.tensor(header.captures[0].values);
+  assert.deepEqual(got.shape, [10, 100]);
+  assert.deepEqual(Array.from(got.data), Array.from(values));
+  assert.deepEqual(Array.from(asm.tensor(header.captures[0].positions).data), [3n]);
+  const short = new StreamAssembler(header);
+  for (const c of chunks.slice(0, -1)) short.add(c);
+  assert.throws(() => short.tensor(header.captures[0].values), /ended after 3000 of 4000 bytes/);
+  const over = new StreamAssembler(header);
+  for (const c of chunks) over.add(c);
+  assert.throws(() => over.add(chunks[0]), /sent 5500 bytes for a tensor of 4000/);
+  assert.throws(() => over.add({ streamId: 9, data: Buffer.alloc(1) }), /unknown stream id 9/);
+});
 
 test('decodeTensor reads little-endian float32, float16, bfloat16 and int64', () => {
   const f32 = float32Tensor([1.5, -2, 0.25], [3]);

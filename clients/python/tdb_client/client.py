@@ -26,7 +26,7 @@ from tdb_client import losses, nodes
 from tdb_client.channel import MAX_ATTEMPTS, TlsConfig, make_channel
 from tdb_client.errors import TdbClientError
 from tdb_client.interventions import Intervention, intervention_pb
-from tdb_client.tensors import StreamAssembler, assemble, from_numpy, to_numpy
+from tdb_client.tensors import StreamAssembler, assemble, chunk_decoder, from_numpy, to_numpy
 from tdb_client.types import (
     AblateResult,
     AblateRow,
@@ -219,6 +219,21 @@ def _limits(limits: Iterable[svpb.Limit]) -> dict[str, LimitValue]:
     return out
 
 
+def _chunked_stream(
+    channel: grpc.Channel, module: Any, service: str, method: str, response: type[Message]
+) -> Any:
+    """A server-streaming method whose chunk messages are decoded in place (see
+    :func:`tdb_client.tensors.chunk_decoder`)."""
+    m = module.DESCRIPTOR.services_by_name[service].methods_by_name[method]
+    request = getattr(module, m.input_type.name)
+    return channel.unary_stream(
+        f"/{m.containing_service.full_name}/{m.name}",
+        request_serializer=request.SerializeToString,
+        response_deserializer=chunk_decoder(response),
+        _registered_method=True,
+    )
+
+
 class TdbClient:
     """A client for a TDB server, or for several replicas of one.
 
@@ -260,6 +275,16 @@ class TdbClient:
         self._saes = spb_grpc.SaeServiceStub(self._channel)
         self._explain = epb_grpc.ExplainServiceStub(self._channel)
         self._server = svpb_grpc.ServerServiceStub(self._channel)
+        # Header-then-chunks streams, read with a deserializer that leaves chunk data in place.
+        self._forward_stream = _chunked_stream(
+            self._channel, ipb, "InferenceService", "Forward", ipb.ForwardResponse
+        )
+        self._ablate_stream = _chunked_stream(
+            self._channel, ipb, "InferenceService", "Ablate", ipb.AblateResponse
+        )
+        self._encode_stream = _chunked_stream(
+            self._channel, spb, "SaeService", "Encode", spb.EncodeResponse
+        )
 
     # -- plumbing
     def close(self) -> None:
@@ -459,7 +484,7 @@ class TdbClient:
         )
         if prepend_bos is not None:
             req.prepend_bos = prepend_bos
-        stream = self._stream(self._inference.Forward, req, timeout)
+        stream = self._stream(self._forward_stream, req, timeout)
         h: ipb.ForwardHeader = stream.header  # type: ignore[assignment]
         out = ForwardResult(
             model=h.model,
@@ -517,7 +542,7 @@ class TdbClient:
         )
         if prepend_bos is not None:
             req.prepend_bos = prepend_bos
-        stream = self._stream(self._inference.Ablate, req, timeout)
+        stream = self._stream(self._ablate_stream, req, timeout)
         h: ipb.AblateHeader = stream.header  # type: ignore[assignment]
         rows = [
             AblateRow(
@@ -687,7 +712,7 @@ class TdbClient:
             import numpy as np
 
             req.activations.values.CopyFrom(from_numpy(np.asarray(activations, dtype=np.float32)))
-        stream = self._stream(self._saes.Encode, req, timeout)
+        stream = self._stream(self._encode_stream, req, timeout)
         h: spb.EncodeHeader = stream.header  # type: ignore[assignment]
         return EncodeResult(
             model=h.model,
