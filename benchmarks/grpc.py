@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
             client.forward([ids], capture=sites)
 
         def in_process_plain() -> None:
-            runner.forward(specs.ForwardSpec(prompts=(specs.Prompt(token_ids=tuple(ids)),)))
+            forward(runner, specs.ForwardSpec(prompts=(specs.Prompt(token_ids=tuple(ids)),)))
 
         def over_grpc_plain() -> None:
             client.forward([ids])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tdb_core import specs
+from tdb_core.ops.forward import forward
 
 PROMPTS = (
     specs.Prompt(text="When Mary and John went to the store, John gave a drink to"),
@@ -28,8 +29,9 @@ SITES = (
 
 @pytest.fixture(scope="module")
 def whole(tiny_runner):
-    res = tiny_runner.forward(
-        specs.ForwardSpec(prompts=PROMPTS, captures=tuple(specs.Capture(s) for s in SITES))
+    res = forward(
+        tiny_runner,
+        specs.ForwardSpec(prompts=PROMPTS, captures=tuple(specs.Capture(s) for s in SITES)),
     )
     lengths = [len(p.token_ids) for p in res.prompts]
     return {c.site: c for c in res.captures}, lengths
@@ -79,7 +81,7 @@ def test_reduced_capture_equals_reducing_the_whole_site(tiny_runner, whole, site
     s = tiny_runner.schema.get(site)
     if cap.units is not None and s.kind.unit_dim is None:
         pytest.skip("site has no unit axis")
-    res = tiny_runner.forward(specs.ForwardSpec(prompts=PROMPTS, captures=(cap,)))
+    res = forward(tiny_runner, specs.ForwardSpec(prompts=PROMPTS, captures=(cap,)))
     want, want_idx = _by_hand(tiny_runner, whole, cap)
     got = res.captures[0]
     assert got.values.dtype == want.dtype and got.values.shape == want.shape
@@ -93,10 +95,11 @@ def test_reduced_capture_equals_reducing_the_whole_site(tiny_runner, whole, site
 def test_a_derived_site_captured_whole_and_in_part_in_one_pass(tiny_runner, whole):
     """Two captures of hook_result in one request: the part equals the slice of the whole."""
     part = specs.Capture("blocks.1.attn.hook_result", positions=(-1,), units=(2,))
-    res = tiny_runner.forward(
+    res = forward(
+        tiny_runner,
         specs.ForwardSpec(
             prompts=PROMPTS, captures=(part, specs.Capture("blocks.1.attn.hook_result"))
-        )
+        ),
     )
     got_part, got_whole = res.captures
     assert torch.equal(got_whole.values, whole[0]["blocks.1.attn.hook_result"].values)
