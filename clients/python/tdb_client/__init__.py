@@ -36,6 +36,7 @@ from tdb_client.types import (
     SiteInfo,
     TokenScore,
     TopLogits,
+    UnknownModelError,
 )
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "TlsConfig",
     "TokenScore",
     "TopLogits",
+    "UnknownModelError",
     "interventions",
     "losses",
     "nodes",
