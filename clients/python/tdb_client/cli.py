@@ -1,7 +1,7 @@
 """The client commands of ``tdb``: talk to a server from a terminal. No torch is imported.
 
     tdb server-info | tdb models | tdb info [--model M]
-    tdb forward "PROMPT" --capture SITE... [--positions -1] [--top-k 10] [--json]
+    tdb forward "PROMPT" --capture SITE... [--positions -1] [--top-k 10] [--png F] [--json]
     tdb ablate "PROMPT" --target " Mary" --distractor " John" --zero 'blocks.1.attn.hook_z[head=3]'
     tdb patch CLEAN CORRUPTED --site hook_resid_pre --target " Mary" --distractor " John" [--png F]
     tdb attribute "PROMPT" --target " Mary" --distractor " John" [--trace-neuron L,N] [--zero SEL]
@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from tdb_client import TdbClient, TdbClientError, TlsConfig, losses
+from tdb_client import TdbClient, TdbClientError, TlsConfig, losses, render
 from tdb_client import interventions as iv
+from tdb_client.nodes import NodeKeyError
 
 DEFAULT_SERVER = os.environ.get("TDB_SERVER", "localhost:50051")
 
@@ -220,8 +221,17 @@ def cmd_forward(args: argparse.Namespace) -> int:
         print(f"prompt {b}: {len(toks)} tokens: {'|'.join(toks)}")
         for t in out.top_logits[b]:
             print(f"  next after position {t.position}: {_fmt_top(t)}")
+    patterns = [s for s in out.activations if render.is_attention_pattern(out.dims[s])]
     for site, arr in out.activations.items():
         print(f"{site} [{', '.join(out.dims[site])}] {list(arr.shape)}  {_summary(arr)}")
+        if site in patterns and not args.no_heatmap:
+            for b in range(arr.shape[0]):
+                print("\n".join(render.attention_heatmap(out, site, b)))
+    if args.png:
+        if not patterns:
+            raise SystemExit("--png draws attention patterns: capture a blocks.L.attn.hook_pattern")
+        render.attention_png(out, patterns, args.png)
+        print(f"attention heatmaps of prompt 0 written to {args.png}")
     return 0
 
 
@@ -422,14 +432,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                 {k: v for k, v in res.__dict__.items() if k != "rows"}
                 | {
                     "rows": [
-                        {
-                            "node": r.node.__dict__,
-                            "values": [v.__dict__ for v in r.values],
-                            "upvoted": [t.__dict__ for t in r.upvoted],
-                            "downvoted": [t.__dict__ for t in r.downvoted],
-                            "input_tokens": [t.__dict__ for t in r.input_tokens],
-                        }
-                        for r in res.rows
+                        render.attribute_json_row(r)
+                        for r in render.sort_rows(res.rows, args.sort, args.ascending)
                     ]
                 }
             )
@@ -446,27 +450,12 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         f"{res.nodes_ranked} nodes ranked; direct effects + biases ({res.bias_direct_effect[0]:+.4f}) "
         f"+ constant ({res.constant[0]:+.4f}) = loss\n"
     )
-    key = dict(_COLUMN_ABBR)[args.sort]
-    rows = sorted(res.rows, key=lambda r: -getattr(r.values[0], args.sort))
-    two = len(res.loss_values) == 2
-    cols = "".join(f"{abbr:>{17 if two else 9}s}" for _, abbr in _COLUMN_ABBR)
-    print(f"{'node':28s}{'token':>10s}{cols}   pushes up")
-    for r in rows:
-        tok = "" if r.node.position is None else toks[r.node.position]
-        if r.node.key_position is not None:
-            tok = f"{toks[r.node.key_position]!r}->{tok!r}"
-        else:
-            tok = repr(tok)
-        vals = ""
-        for col, _ in _COLUMN_ABBR:
-            if two:
-                vals += f"{getattr(r.values[0], col):>8.3f}|{getattr(r.values[1], col):<8.3f}"
-            else:
-                vals += f"{getattr(r.values[0], col):>9.4f}"
-        up = " ".join(repr(t.token) for t in r.upvoted[:3])
-        print(f"{r.node.name:28s}{tok[-10:]:>10s}{vals}   {up}")
+    print("\n".join(render.attribute_table(res, args.sort, ascending=args.ascending)))
+    order = "ascending" if args.ascending else "descending"
     print(
-        f"\nsorted by {key}; token attribution (embedding act x grad): "
+        f"\nsorted by {args.sort.replace('_', ' ')}, {order}, over every node kind"
+        f"{' (of the first run)' if len(res.loss_values) == 2 else ''}; "
+        "token attribution (embedding act x grad): "
         + " ".join(f"{t!r}:{v:+.3f}" for t, v in zip(toks, res.token_attribution[0]))
     )
     return 0
@@ -566,6 +555,17 @@ def _parser_forward(sub: Any) -> None:
         metavar="SELECTOR",
         help="zero-ablate, e.g. 'blocks.1.attn.hook_z[head=3]'",
     )
+    p.add_argument(
+        "--png",
+        default=None,
+        metavar="FILE",
+        help="write captured attention patterns (prompt 0) as heatmaps to a PNG",
+    )
+    p.add_argument(
+        "--no-heatmap",
+        action="store_true",
+        help="print only summaries of attention patterns, not their text heatmaps",
+    )
     add_client_args(p)
     p.set_defaults(func=cmd_forward)
 
@@ -660,7 +660,13 @@ def _parser_attribute(sub: Any) -> None:
     )
     p.add_argument("--ig", type=int, default=0, metavar="STEPS", help="integrated gradients")
     p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--sort", default="direct_effect", choices=[c for c, _ in _COLUMN_ABBR])
+    p.add_argument(
+        "--sort",
+        default="direct_effect",
+        choices=[c for c, _ in _COLUMN_ABBR],
+        help="column to sort by (default: direct effect, descending, as TDB)",
+    )
+    p.add_argument("--ascending", action="store_true", help="sort ascending")
     add_client_args(p)
     p.set_defaults(func=cmd_attribute)
 
@@ -719,12 +725,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed client command: its exit code; a server error is one line on stderr, 1."""
+    """Run a parsed client command: its exit code. A server error is one line on stderr
+    (``error: STATUS: message``), exit 1; a malformed selector one line, exit 2."""
     try:
         return int(args.func(args) or 0)
     except TdbClientError as e:
         print(f"error: {e.code.name}: {e.details}", file=sys.stderr)
         return 1
+    except NodeKeyError as e:  # a malformed selector or key, caught before any call
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `tdb ... | head`: the reader went away; no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
