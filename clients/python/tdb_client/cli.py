@@ -715,12 +715,29 @@ def register(sub: Any, sae_sub: Any) -> None:
     _parser_explanations(sub)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The client commands alone: ``python -m tdb_client.cli COMMAND ...``."""
+def _parser() -> tuple[argparse.ArgumentParser, Any, Any]:
     parser = argparse.ArgumentParser(prog="tdb", description="Transformer Debugger client")
     sub = parser.add_subparsers(dest="command", required=True)
     sae = sub.add_parser("sae", help="sparse autoencoders on the server: list, encode")
-    register(sub, sae.add_subparsers(dest="sae_command", required=True))
+    sae_sub = sae.add_subparsers(dest="sae_command", required=True)
+    register(sub, sae_sub)
+    return parser, sub, sae_sub
+
+
+def handles(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` names a client command (``forward ...``, ``sae list``, ...), which ``tdb``
+    then runs through :func:`main` without building the server and offline commands."""
+    _, sub, sae_sub = _parser()
+    if not argv:
+        return False
+    if argv[0] == "sae":
+        return len(argv) > 1 and argv[1] in sae_sub.choices
+    return argv[0] in sub.choices
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The client commands alone: ``python -m tdb_client.cli COMMAND ...``."""
+    parser, _, _ = _parser()
     return run(parser.parse_args(argv))
 
 
