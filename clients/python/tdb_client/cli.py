@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tdb_client import TdbClient, TdbClientError, TlsConfig, losses, render
+from tdb_client import Capture, TdbClient, TdbClientError, TlsConfig, losses, render
 from tdb_client import interventions as iv
 from tdb_client.nodes import NodeKeyError
 
@@ -257,6 +257,52 @@ def _interventions_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return out
 
 
+def _token_notes(
+    c: TdbClient,
+    prompt: str,
+    position: int,
+    model: str | None,
+    roles: Sequence[tuple[str, Sequence[str]]],
+) -> list[str]:
+    """Notes on target/distractor strings without a leading space: which token each became and,
+    when the space-prefixed string is one token too and the model finds it more likely at the
+    compared position, that it probably was meant (``'Mary'`` for ``' Mary'``)."""
+    bare = [(role, t) for role, texts in roles for t in texts if t and not t[0].isspace()]
+    if not bare:
+        return []
+    texts = [t for _, t in bare] + [" " + t for _, t in bare]
+    ids = c.tokenize(texts, model=model, prepend_bos=False)
+    assert isinstance(ids[0], list)
+    given, spaced = ids[: len(bare)], ids[len(bare) :]
+    compare = sorted({i[0] for i in given + spaced if len(i) == 1})
+    logits: dict[int, float] = {}
+    if compare:
+        out = c.forward(
+            prompt, capture=[Capture("logits", positions=(position,), units=tuple(compare))],
+            model=model, top_k=1,
+        )  # fmt: skip
+        row = out.activations["logits"][0, 0]
+        logits = {u: float(v) for u, v in zip(compare, row)}
+    notes = []
+    for (role, text), g, sp in zip(bare, given, spaced):
+        if len(g) != 1:
+            continue  # the server says why a multi-token string is refused
+        note = f"{role} {text!r} is the token {text!r} (id {g[0]}), with no leading space"
+        if len(sp) == 1 and logits.get(sp[0], float("-inf")) > logits.get(g[0], float("inf")):
+            note += (
+                f"; {' ' + text!r} (id {sp[0]}) is one token too and the model finds it more "
+                f"likely here (logit {logits[sp[0]]:+.2f} vs {logits[g[0]]:+.2f}): "
+                f"did you mean {' ' + text!r}?"
+            )
+        notes.append(note)
+    return notes
+
+
+def _print_notes(notes: Sequence[str]) -> None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
 def _fmt(x: float | None, spec: str = "+.3f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -282,6 +328,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             sources=[args.source] if args.source else (),
             references=args.reference or (),
         )
+        roles = (("target", args.target), ("distractor", args.distractor))
+        _print_notes(_token_notes(c, args.prompt, args.position, args.model, roles))
     if args.json:
         print(
             json.dumps(
@@ -426,6 +474,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
             ig_steps=args.ig,
             model=args.model,
         )
+        if isinstance(loss, (losses.LogitDiff, losses.LogProb)):
+            roles = (("target", args.target), ("distractor", args.distractor))
+            _print_notes(_token_notes(c, args.prompt, args.position, args.model, roles))
     if args.json:
         print(
             json.dumps(
