@@ -4,13 +4,16 @@ A head record's activations are flattened over the lower triangle (see ``records
 explainer shows the strongest pairs; the scorer labels the top pairs 1 and a random sample of
 pairs whose activation is below ``low_fraction`` (TDB: 0.1) of the maximum 0.
 
-Pairs whose key is the record's first token are left out of both (``skip_first_key``, on by
-default). Nearly every head parks its attention there when it has nothing to do (the attention
+Pairs whose key is the record's first token are left out of both (``skip_first_key``; by
+default whenever the other pairs still hold weak ones to contrast with, see
+:func:`first_key_skippable`). Nearly every head parks its attention there when it has nothing to do (the attention
 sink: on the toy model the strongest pairs of most heads are all ``(q, 0)``, and ``(0, 0)`` is
 always 1.0), so with them in, "attends to the first token" scored a perfect ROC AUC of 1.0 for
 heads that do something else entirely, while telling nothing about what the head does. Without
 them, that trivial explanation holds on no scored pair and scores 0.5 (chance), and a score
 measures how well an explanation picks out where the head attends *when it attends somewhere*.
+A head whose other pairs are all alike (none below ``low_fraction`` of their strongest: it spreads
+what the sink leaves evenly) has nothing but the sink to be explained by, and keeps those pairs.
 """
 
 from __future__ import annotations
@@ -49,13 +52,26 @@ def all_pairs(
     return pairs
 
 
+def first_key_skippable(records: Sequence[ActivationRecord], low_fraction: float = 0.1) -> bool:
+    """Whether the pairs whose key is not the first token include weak ones (below
+    ``low_fraction`` of their strongest), so that they can be scored without the sink."""
+    pairs = all_pairs(records, skip_first_key=True)
+    if not pairs:
+        return False
+    threshold = low_fraction * max(p.activation for p in pairs)
+    return any(p.activation < threshold for p in pairs)
+
+
 def top_pairs(
-    records: Sequence[ActivationRecord], n: int, *, skip_first_key: bool = True
+    records: Sequence[ActivationRecord], n: int, *, skip_first_key: bool | None = None
 ) -> list[TokenPair]:
     """The ``n`` strongest pairs over all records (ties keep record, then flat, order); pairs
-    whose key is the first token are not candidates unless ``skip_first_key`` is False."""
+    whose key is the first token are not candidates if ``skip_first_key`` (None: if
+    :func:`first_key_skippable`)."""
     if n < 1:
         raise InvalidArgumentError(f"asked for {n} top pairs; at least 1 is needed")
+    if skip_first_key is None:
+        skip_first_key = first_key_skippable(records)
     pairs = all_pairs(records, skip_first_key=skip_first_key)
     return sorted(pairs, key=lambda p: -p.activation)[:n]
 
@@ -66,12 +82,15 @@ def low_pairs(
     *,
     low_fraction: float = 0.1,
     seed: int = 0,
-    skip_first_key: bool = True,
+    skip_first_key: bool | None = None,
 ) -> list[TokenPair]:
     """Up to ``n`` pairs drawn at random (seeded) among those below ``low_fraction`` of the max
-    (both over pairs whose key is not the first token, unless ``skip_first_key`` is False)."""
+    (both over pairs whose key is not the first token if ``skip_first_key``; None: if
+    :func:`first_key_skippable`)."""
     if not 0.0 < low_fraction <= 1.0:
         raise InvalidArgumentError(f"low_fraction is {low_fraction}; it must be in (0, 1]")
+    if skip_first_key is None:
+        skip_first_key = first_key_skippable(records, low_fraction)
     pairs = all_pairs(records, skip_first_key=skip_first_key)
     if not pairs:
         return []

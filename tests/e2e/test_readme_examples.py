@@ -41,8 +41,15 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data = tmp_path_factory.mktemp("readme-data")
+    before = os.environ.get("XDG_DATA_HOME")
     os.environ["XDG_DATA_HOME"] = str(data)  # start_server's environment: the catalog goes here
-    server = start_server("--http-port", "0")
+    try:
+        server = start_server("--http-port", "0")
+    finally:
+        if before is None:
+            del os.environ["XDG_DATA_HOME"]
+        else:
+            os.environ["XDG_DATA_HOME"] = before
     event = server.events()[0]
     bin_dir = str(Path(sys.executable).parent)
     env = cli_env() | {

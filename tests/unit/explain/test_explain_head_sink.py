@@ -59,3 +59,24 @@ def test_baseline_explainer_names_what_the_head_does_besides_the_sink() -> None:
     records = sink_head_records()
     (explanation,) = BaselineHeadExplainer().explain(records[:8], contrast=records[8:])
     assert explanation == PREVIOUS
+
+
+def uniform_sink_records(n: int = 8, length: int = 10) -> list[ActivationRecord]:
+    """Attention rows: half on key 0, the other half spread evenly over the other keys."""
+    records = []
+    for r in range(n):
+        tokens = tuple(WORDS[(r + i) % len(WORDS)] for i in range(length))
+        acts: list[float] = [1.0]
+        for q in range(1, length):
+            acts.extend([0.5] + [0.5 / q] * q)
+        records.append(ActivationRecord(tokens, tuple(acts)))
+    return records
+
+
+def test_head_with_nothing_but_the_sink_keeps_first_token_pairs() -> None:
+    """When the other pairs are all alike (none below 0.1 of their strongest), there is nothing to
+    contrast without the sink: its pairs are scored, and "the first token" is what the head does."""
+    records = uniform_sink_records()
+    assert score_head_explanation(FIRST, records, BaselinePairJudge()).roc_auc == 1.0
+    (explanation,) = BaselineHeadExplainer().explain(records[:6], contrast=records[6:])
+    assert explanation == FIRST
