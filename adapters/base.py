@@ -390,10 +390,15 @@ class DecoderAdapter(Adapter):
                     ctx.observe_derived(result, block)
                     return out
                 res = torch.einsum("bthd,hdm->bthm", z, w_o)  # [B, T, H, d_model]
-                res = ctx.point(result, res)
+                edited = ctx.point(result, res)
                 b_o = self.b_O(layer)
-                new = res.sum(2)  # [B, T, d_model]
-                return new if b_o is None else new + b_o
+                new = edited.sum(2)  # [B, T, d_model]
+                new = new if b_o is None else new + b_o
+                if edited is res and torch.is_grad_enabled():
+                    # differentiated, not edited: the module's own value (logits stay
+                    # bit-identical), gradients through the per-head site
+                    return out.detach() + (new - new.detach())
+                return new
 
             fwd(o_proj, o_proj_hook)
 
