@@ -353,7 +353,7 @@ def _reduce_capture(
     cap.indices = None if indices is None else indices.to(cap.out_device)
 
 
-reduce_capture = _reduce_capture  # gradient captures (tdb_core.ops.gradients) reduce the same way
+reduce_capture = _reduce_capture  # gradient captures (tdb_core.gradients) reduce the same way
 
 
 DerivedBlock = Callable[[int, torch.Tensor | None, torch.Tensor | None], torch.Tensor]

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # the loss specs live beside Attribute, which imports this module
-    from tdb_core.ops.attribute import Loss
+from tdb_core.losses import Loss
 
 # --------------------------------------------------------------------------------------------------
 # Prompts and reductions
@@ -181,7 +179,7 @@ class ForwardSpec:
     logit_positions: tuple[int, ...] = (-1,)
     top_k: int = 10
     prepend_bos: bool | None = None
-    # Gradients (tdb_core.ops.gradients): a loss per prompt, and sites whose d(loss)/d(site) is
+    # Gradients (tdb_core.gradients): a loss per prompt, and sites whose d(loss)/d(site) is
     # returned with the reductions of captures; the norm in front of the loss's node held constant.
     loss: Loss | None = None
     grad_captures: tuple[Capture, ...] = ()

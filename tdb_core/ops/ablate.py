@@ -14,10 +14,10 @@ import torch
 
 from tdb_core import checks, specs
 from tdb_core.errors import InvalidArgumentError
+from tdb_core.gradients import Gradients, compute_gradients, plan_gradients
 from tdb_core.hooks import ResolvedCapture
-from tdb_core.ops.attribute import Loss
+from tdb_core.losses import Loss
 from tdb_core.ops.common import capture_result, logit_diff, top_logits
-from tdb_core.ops.gradients import Gradients, compute_gradients, plan_gradients
 from tdb_core.plan import Batch, check_response_bytes, resolve_positions
 from tdb_core.runner import ModelRunner, RunOutput
 
@@ -45,7 +45,7 @@ class AblateSpec:
     sources: tuple[specs.Prompt, ...] = ()
     references: tuple[specs.Prompt, ...] = ()
     prepend_bos: bool | None = None
-    # gradients of a loss on every row (see tdb_core.ops.gradients)
+    # gradients of a loss on every row (see tdb_core.gradients)
     loss: Loss | None = None
     grad_captures: tuple[specs.Capture, ...] = ()
     freeze_norm_scale: bool = True

@@ -14,9 +14,9 @@ import torch
 
 from tdb_core import cancel, checks, specs
 from tdb_core.admission import GroupRunner, Member
+from tdb_core.gradients import GradPlan, compute_gradients, plan_gradients
 from tdb_core.hooks import ResolvedCapture
 from tdb_core.ops.common import capture_result, prompt_tokens, top_logits
-from tdb_core.ops.gradients import GradPlan, compute_gradients, plan_gradients
 from tdb_core.plan import Batch, Planner, check_response_bytes, resolve_positions
 from tdb_core.runner import ModelRunner, RunOutput
 

@@ -1,6 +1,7 @@
-"""Gradient captures: d(loss)/d(site) for the rows of a Forward or Ablate pass.
+"""Gradient captures: d(loss)/d(site) for the rows of a Forward or Ablate pass (shared by those
+operations, so it lives beside the runner rather than among them).
 
-A request names a loss (the loss specs of Attribute: :class:`~tdb_core.ops.attribute.LogitDiffLoss`,
+A request names a loss (the loss specs of Attribute, :mod:`tdb_core.losses`: ``LogitDiffLoss``,
 ``LogProbLoss``, ``NeuronTrace``, ``HeadTrace``, ``LatentTrace``, ``DirectionLoss``) and
 ``grad_captures``: sites whose gradient is returned with the reductions of activation captures
 (positions, units, top-k, dtype). The pass is one forward with a graph and one
@@ -26,7 +27,7 @@ import torch
 from tdb_core import checks, specs
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.hooks import ResolvedCapture, reduce_capture
-from tdb_core.ops.attribute import (
+from tdb_core.losses import (
     DirectionLoss,
     HeadTrace,
     LatentTrace,
