@@ -752,7 +752,9 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
             out = runner.run(batch, planner.plan, grad=True)
             losses = att.loss_values(out, batch.n_prompts)
             x = out.ctx.graph[site]
-            (gx,) = torch.autograd.grad(losses.sum(), [x])
+            (gx,) = torch.autograd.grad(losses.sum(), [x], allow_unused=True)
+            if gx is None:  # the site does not reach the loss (e.g. an SAE read after a trace)
+                gx = torch.zeros_like(x)
             gsum = gx.detach().float().reshape(len(chunk), rows, *gx.shape[1:]).sum(0)
             grad_sum = gsum if grad_sum is None else grad_sum + gsum
             if value is None:
