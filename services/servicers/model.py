@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from services import convert
@@ -11,6 +13,7 @@ from tdb.v1 import common_pb2 as cpb
 from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import model_pb2_grpc as mpb_grpc
 from tdb_core import specs
+from tdb_core.ops.weights import get_weights
 
 
 class ModelServicer(mpb_grpc.ModelServiceServicer):
@@ -62,3 +65,15 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         text = runner.tokens.decode(ids)
         note(model=runner.name, tokens=len(ids))
         return mpb.DetokenizeResponse(text=text, tokens=list(runner.tokens.strings(ids)))
+
+    def GetWeights(
+        self, request: mpb.GetWeightsRequest, context: grpc.ServicerContext
+    ) -> Iterator[mpb.GetWeightsResponse]:
+        runner = self.models.get(request.model)
+        spec = convert.weights_spec_from_pb(request)
+        note(model=runner.name, weights=len(spec.names), views=len(spec.views))
+        ws = get_weights(runner, spec)
+        sink = convert.TensorSink()
+        header = convert.weights_header_to_pb(runner.name, ws, sink)
+        yield mpb.GetWeightsResponse(header=header)
+        yield from sink.encoded_chunks(mpb.GetWeightsResponse)

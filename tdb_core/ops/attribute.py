@@ -30,7 +30,6 @@ constant the direct effects plus ``bias_direct_effect`` and ``constant`` add up 
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,16 @@ from tdb_core.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from tdb_core.losses import (
+    DirectionLoss,
+    HeadTrace,
+    LatentTrace,
+    LogitDiffLoss,
+    LogProbLoss,
+    Loss,
+    NeuronTrace,
+    Through,
+)
 from tdb_core.nodes import Node, NodeKind
 from tdb_core.plan import Batch, Planner, resolve_positions
 from tdb_core.runner import ModelRunner, RunOutput
@@ -51,77 +60,18 @@ from tdb_core.sae.attach import AttachedSae
 from tdb_core.schema import Location, location, norm_name, site_name
 
 # --------------------------------------------------------------------------------------------------
-# Specs (data only)
+# Specs (data only; the losses live in tdb_core.losses, shared with gradient captures)
 
-
-@dataclass(frozen=True)
-class LogitDiffLoss:
-    """Mean logit of the targets minus mean logit of the distractors at a position."""
-
-    target_ids: tuple[int, ...]
-    distractor_ids: tuple[int, ...]
-    position: int = -1
-
-
-@dataclass(frozen=True)
-class LogProbLoss:
-    """Log of the total probability of the target tokens at a position."""
-
-    target_ids: tuple[int, ...]
-    position: int = -1
-
-
-@dataclass(frozen=True)
-class NeuronTrace:
-    """Trace upstream from an MLP neuron's pre-activation (``mlp.hook_pre``) at a position."""
-
-    layer: int
-    neuron: int
-    position: int = -1
-
-
-class Through(enum.Enum):
-    Q = "q"  # the query side of one attention score
-    K = "k"  # the key side of one attention score
-    QK = "qk"  # both sides of one attention score
-    V = "v"  # the value path of the head's write at the query position
-
-
-@dataclass(frozen=True)
-class HeadTrace:
-    """Trace upstream from an attention head.
-
-    Q/K/QK: the pre-softmax score ``attn_scores[head, q, k]`` through the query, the key or both.
-    V: the head's write at the query position along its own (fixed) direction, through the values
-    only (the pattern is held constant); ``key_position`` restricts it to one key.
-    """
-
-    layer: int
-    head: int
-    query_position: int = -1
-    key_position: int | None = None
-    through: Through = Through.QK
-
-
-@dataclass(frozen=True)
-class LatentTrace:
-    """Trace upstream from an SAE latent's pre-activation at a position."""
-
-    sae: str
-    latent: int
-    position: int = -1
-
-
-@dataclass(frozen=True)
-class DirectionLoss:
-    """The residual stream at a site and position, projected on a direction ``[d_model]``."""
-
-    site: str
-    vector: torch.Tensor
-    position: int = -1
-
-
-Loss = LogitDiffLoss | LogProbLoss | NeuronTrace | HeadTrace | LatentTrace | DirectionLoss
+__all__ = [
+    "DirectionLoss",
+    "HeadTrace",
+    "LatentTrace",
+    "LogProbLoss",
+    "LogitDiffLoss",
+    "Loss",
+    "NeuronTrace",
+    "Through",
+]
 
 FAMILIES = tuple(
     str(k)
@@ -802,7 +752,9 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
             out = runner.run(batch, planner.plan, grad=True)
             losses = att.loss_values(out, batch.n_prompts)
             x = out.ctx.graph[site]
-            (gx,) = torch.autograd.grad(losses.sum(), [x])
+            (gx,) = torch.autograd.grad(losses.sum(), [x], allow_unused=True)
+            if gx is None:  # the site does not reach the loss (e.g. an SAE read after a trace)
+                gx = torch.zeros_like(x)
             gsum = gx.detach().float().reshape(len(chunk), rows, *gx.shape[1:]).sum(0)
             grad_sum = gsum if grad_sum is None else grad_sum + gsum
             if value is None:
