@@ -338,6 +338,10 @@ def model_info_to_pb(runner: ModelRunner) -> mpb.GetModelInfoResponse:
 
 def tokens_from_pb(runner: ModelRunner, t: cpb.Tokens, what: str) -> tuple[int, ...]:
     """Token ids from strings (each must be exactly one token) and ids."""
+    vocab = runner.schema.dims.d_vocab
+    checks.at_most(
+        len(t.strings) + len(t.ids), vocab, f"{what} tokens", hint="name each token at most once"
+    )
     ids = [runner.tokens.single_token(s, what) for s in t.strings]
     return tuple(ids + list(t.ids))
 

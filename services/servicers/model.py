@@ -10,7 +10,6 @@ from services.registry import ModelRegistry
 from tdb.v1 import common_pb2 as cpb
 from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import model_pb2_grpc as mpb_grpc
-from tdb_core import specs
 
 
 class ModelServicer(mpb_grpc.ModelServiceServicer):
@@ -45,12 +44,10 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
     ) -> mpb.TokenizeResponse:
         runner = self.models.get(request.model)
         bos = request.prepend_bos if request.HasField("prepend_bos") else None
-        prompts = []
-        for i, text in enumerate(request.texts):
-            ids = runner.tokens.encode(specs.Prompt(text=text), bos, f"text {i}")
-            prompts.append(
-                cpb.PromptTokens(token_ids=list(ids), tokens=list(runner.tokens.strings(ids)))
-            )
+        prompts = [
+            cpb.PromptTokens(token_ids=list(ids), tokens=list(runner.tokens.strings(ids)))
+            for ids in runner.tokens.tokenize_texts(request.texts, bos)
+        ]
         note(model=runner.name, tokens=sum(len(p.token_ids) for p in prompts))
         return mpb.TokenizeResponse(prompts=prompts)
 

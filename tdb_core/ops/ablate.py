@@ -68,6 +68,11 @@ def ablate(runner: ModelRunner, spec: AblateSpec) -> AblateResult:
     vocab = runner.schema.dims.d_vocab
     checks.target_distractor(spec.target_ids, spec.distractor_ids, vocab, required=False)
     checks.top_k(spec.top_k)
+    checks.at_most(
+        sum(len(s.interventions) for s in spec.sets),
+        runner.limits.max_interventions,
+        "interventions (over all sets)",
+    )
     names = [s.name for s in spec.sets]
     seen: set[str] = set()
     for name in names:

@@ -85,22 +85,20 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
             * 8
         )
         check_response_bytes(n_bytes, runner.limits.max_response_bytes)
-        with torch.no_grad():
-            x = x.to(runner.device, sae.dtype)
-            z = stats = None
-            if spec.dense:
-                _, z, stats = sae.encode_with_stats(x)
-            top_v, top_i, l0, mse, x_hat = _stats_of(sae, x, z, stats, spec.top_k)
-        return EncodeResult(
-            (),
-            top_v.cpu(),
-            top_i.cpu(),
-            z.cpu() if z is not None else None,
-            l0.cpu(),
-            mse.cpu(),
-            _explained_variance(x.reshape(-1, sae.d_in), x_hat.reshape(-1, sae.d_in)),
-            float(l0.float().mean()),
-        )
+        n_tokens = x.shape[0] * x.shape[1]
+        if n_tokens == 0:
+            raise InvalidArgumentError(
+                f"activations of shape {list(spec.activations.shape)} hold no vectors; give at "
+                f"least one [{sae.d_in}] vector"
+            )
+        # the input in the SAE's dtype, its reconstruction and error, and the latents (dense)
+        need = n_tokens * (3 * sae.d_in + 2 * sae.d_sae) * 4
+
+        def describe() -> str:
+            return f"{n_tokens} activation vectors through SAE '{spec.sae}'"
+
+        with runner.admission.admitted(need, describe), runner.admission.exclusive():
+            return _encode_activations(runner, sae, x, spec)
 
     batch = runner.tokens.make_batch(spec.prompts, prepend_bos=spec.prepend_bos)
     n = batch.n_prompts
@@ -159,3 +157,25 @@ def decode(runner: ModelRunner, spec: DecodeSpec) -> torch.Tensor:
             ones = torch.ones(*z.shape[:-1], 1, device=z.device, dtype=z.dtype)
             stats = InputStats(shift=torch.zeros_like(ones), scale=ones)
         return sae.decode(z, stats).cpu()
+
+
+def _encode_activations(
+    runner: ModelRunner, sae: SparseAutoencoder, x: torch.Tensor, spec: EncodeSpec
+) -> EncodeResult:
+    """Encode raw activations ``[batch, pos, d_in]`` (admitted, the execution lock held)."""
+    with torch.no_grad():
+        x = x.to(runner.device, sae.dtype)
+        z = stats = None
+        if spec.dense:
+            _, z, stats = sae.encode_with_stats(x)
+        top_v, top_i, l0, mse, x_hat = _stats_of(sae, x, z, stats, spec.top_k)
+    return EncodeResult(
+        (),
+        top_v.cpu(),
+        top_i.cpu(),
+        z.cpu() if z is not None else None,
+        l0.cpu(),
+        mse.cpu(),
+        _explained_variance(x.reshape(-1, sae.d_in), x_hat.reshape(-1, sae.d_in)),
+        float(l0.float().mean()),
+    )

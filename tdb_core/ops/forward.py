@@ -12,11 +12,17 @@ from dataclasses import dataclass
 
 import torch
 
-from tdb_core import cancel, checks, specs
+from tdb_core import checks, specs
 from tdb_core.admission import GroupRunner, Member
 from tdb_core.hooks import ResolvedCapture
 from tdb_core.ops.common import capture_result, prompt_tokens, top_logits
-from tdb_core.plan import Batch, Planner, check_response_bytes, resolve_positions
+from tdb_core.plan import (
+    Batch,
+    Planner,
+    check_position_count,
+    check_response_bytes,
+    resolve_positions,
+)
 from tdb_core.runner import ModelRunner, RunOutput
 
 
@@ -50,6 +56,8 @@ def forward(runner: ModelRunner, spec: specs.ForwardSpec) -> specs.ForwardResult
 def _prepare(runner: ModelRunner, spec: specs.ForwardSpec) -> _Prepared:
     """Validate and plan a Forward completely (every error is raised here, before work)."""
     checks.top_k(spec.top_k)
+    check_position_count(runner.schema, spec.logit_positions, "logit positions")
+    checks.count(spec.interventions, runner.limits.max_interventions, "interventions")
     batch = runner.tokens.make_batch(spec.prompts, spec.sources, spec.references, spec.prepend_bos)
     planner = runner.planner(batch)
     groups = [planner.add_capture(cap) for cap in spec.captures]
@@ -112,8 +120,8 @@ def _group_runner(runner: ModelRunner) -> GroupRunner:
             for cap in p.spec.captures:
                 if cap not in unique:
                     unique[cap] = planner.add_capture(cap)
-        with cancel.scope(None):  # one request's cancellation must not stop the others
-            out = runner.forward_pass(merged, planner.plan)
+        # the pass runs under every member's own cancellation (Admission's group check)
+        out = runner.forward_pass(merged, planner.plan)
         runner.stats["merged_passes"] += 1
         runner.stats["merged_requests"] += len(group)
         start = 0

@@ -17,7 +17,7 @@ import torch
 from tdb_core import checks, specs
 from tdb_core.errors import InvalidArgumentError, NotFoundError
 from tdb_core.ops.common import logit_diff
-from tdb_core.plan import resolve_positions
+from tdb_core.plan import check_position_count, resolve_positions
 from tdb_core.runner import ModelRunner
 from tdb_core.schema import SITE_KIND_BY_KEY, site_name
 
@@ -77,6 +77,9 @@ def patch_sweep(
             f"a per-head sweep needs a site with a head axis (e.g. "
             f"attn.hook_z); {checks.quote(spec.site)} has none"
         )
+    if spec.layers is not None:
+        checks.count(spec.layers, dims.n_layers, "layers", "name each layer at most once")
+    check_position_count(runner.schema, spec.positions, "positions")
     clean_ids = runner.tokens.encode(spec.clean, spec.prepend_bos, "clean prompt")
     corrupt_ids = runner.tokens.encode(spec.corrupted, spec.prepend_bos, "corrupted prompt")
     if len(clean_ids) != len(corrupt_ids):
