@@ -286,7 +286,10 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
             models,
             features,
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            {"max_request_bytes": settings.max_request_bytes},
+            {
+                "max_request_bytes": settings.max_request_bytes,
+                "max_in_flight": settings.max_workers,
+            },
         ),
         server,
     )

@@ -77,8 +77,10 @@ MAX_NAME_CHARS = 512
 #: Largest rank and dimension of a request tensor.
 MAX_TENSOR_RANK = 8
 MAX_TENSOR_DIM = 2**31 - 1
-#: Longest explanation text (characters) that can be scored or stored.
-MAX_EXPLANATION_CHARS = 4096
+#: Nodes of one explanation request (records, explain).
+MAX_NODES = 256
+#: Longest explanation text (UTF-8 bytes) that can be scored or stored.
+MAX_EXPLANATION_BYTES = 4096
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
                 mpb.ModelSummary(
                     name=r.name,
                     architecture=info.architecture,
-                    source=r.loaded.source,
+                    source=convert.public_source(r.loaded.source),
                     is_default=r.name == self.models.default,
                 )
             )
