@@ -68,7 +68,7 @@ def hostile(tiny_loaded, tmp_path_factory):
         ModelRegistry([runner]),
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{svc.port}", options=BIG)
-    yield channel, runner, root
+    yield channel, runner, root, db
     channel.close()
     svc.stop(0)
 
@@ -174,7 +174,7 @@ HUGE_TEXT = "hello world " * (MB // 12)  # 1 MB: 1300 times the 768-byte limit o
 def test_text_is_measured_before_it_is_tokenized(hostile, monkeypatch, method, request_, code):
     """Reported: a 10 MB prompt took 15 s and +1.6 GB before INVALID_ARGUMENT (30 MB: 40 s and
     +5 GB). Now the tokenizer never sees an oversized text: refused with the limit named."""
-    channel, runner, _ = hostile
+    channel, runner, _, _ = hostile
     tokenizer_class = type(runner.tokens.tokenizer)
     calls = []
     real = tokenizer_class.__call__
@@ -316,7 +316,7 @@ def test_text_is_measured_before_it_is_tokenized(hostile, monkeypatch, method, r
 def test_sizes_are_checked_before_the_work(hostile, method, request_, code, words):
     """Each reported request is refused with its status and words, before any forward pass (the
     runner's pass counter does not move), and the server keeps serving."""
-    channel, runner, _ = hostile
+    channel, runner, _, _ = hostile
     passes = runner.stats["passes"]
     glob_cache = fnmatch._compile_pattern.cache_info().currsize
     err = _call(channel, method, request_)
@@ -395,7 +395,7 @@ def _tensor(shape: list[int], data: bytes = b"") -> cpb.Tensor:
 def test_bad_tensors_are_invalid_argument_not_internal(hostile, method, request_, words):
     """Reported INTERNAL: tensors with more than 64 dims or shape [2^62, 0] without data, and
     Encode activations [0, 128] or [1, 0, 128]. Now INVALID_ARGUMENT saying what is wrong."""
-    channel, _, _ = hostile
+    channel, _, _, _ = hostile
     err = _call(channel, method, request_)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert words in err.details()
@@ -408,7 +408,7 @@ def test_encode_of_raw_activations_is_admitted(hostile, monkeypatch):
     never runs."""
     from tdb_core.ops import encode as encode_op
 
-    channel, runner, _ = hostile
+    channel, runner, _, _ = hostile
     ran = []
     monkeypatch.setattr(encode_op, "_encode_activations", lambda *a: ran.append(1))
     n = 20_000  # 5 MB of request; ~28 MB of working memory, over the 16 MiB budget
@@ -437,27 +437,34 @@ def test_list_explanations_pages_within_the_response_limit(hostile):
     """Reported: ListExplanations ignored --max-response-mb (twelve 5 MB explanations -> one
     60 MB response) and paging past ~90,000 explanations was impossible. A page now stops before
     the response limit and says where the next starts; any offset works."""
+    import sqlite3
+
     from tdb_core import checks
-    from tdb_core.explain.store import ExplanationStore
 
     channel = hostile[0]
     stub = epb_grpc.ExplainServiceStub(channel)
-    db = None
-    for svc_db in (hostile[2].parent,):  # the store file of this server
-        db = next(svc_db.glob("catalog*/explanations.sqlite"), None)
-    assert db is not None
-    store = ExplanationStore(str(db))
+    db = hostile[3]
     text = "x" * checks.MAX_EXPLANATION_BYTES
     n = 800  # 800 x 4 KB = 3.2 MB, over the 2 MiB response limit
-    for i in range(n):
-        store.put(
-            model="tiny",
-            node_key=f"blocks.0.mlp.hook_post[{i}]",
-            method="baseline",
-            explainer="given",
-            explanation=text,
-            score=0.5,
+    rows = [
+        (
+            "tiny",
+            "",
+            f"blocks.0.mlp.hook_post[{i}]",
+            "baseline",
+            "given",
+            text,
+            0.5,
+            "",
+            "[]",
+            "{}",
+            0,
+            0,
         )
+        for i in range(n)
+    ]
+    with sqlite3.connect(db) as conn:  # one transaction (the store's put is one per row)
+        conn.executemany(f"INSERT INTO explanations VALUES ({', '.join('?' * 12)})", rows)
     first = stub.ListExplanations(epb.ListExplanationsRequest(limit=n), timeout=60)
     assert 0 < len(first.explanations) < n and first.next_offset == len(first.explanations)
     assert first.ByteSize() <= LIMITS.max_response_bytes
@@ -482,7 +489,7 @@ def test_load_sae_resolves_every_file_it_opens(hostile, tmp_path):
     are symlinks to an SAE outside it loaded, and a cfg.json symlinked to another file echoed that
     file's values; paths of 10,000 characters or with a symlink loop were INTERNAL. Now each is
     INVALID_ARGUMENT, and sources and errors show paths relative to the root."""
-    channel, _, root = hostile
+    channel, _, root, _ = hostile
     outside = tmp_path / "outside"
     save_sae(_sae(seed=1), outside)
     (root / "good").mkdir(exist_ok=True)
