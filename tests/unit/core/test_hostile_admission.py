@@ -130,3 +130,59 @@ def test_text_is_measured_before_tokenizing(tiny_loaded, monkeypatch):
     with pytest.raises(errors.ResourceExhaustedError, match=f"{limit + 2} bytes"):
         runner.tokens.encode(specs.Prompt(text="é" * (limit // 2 + 1)))
     assert forward_op.forward(runner, specs.ForwardSpec(prompts=(specs.Prompt(text=PROMPT),)))
+
+
+def test_attribute_during_a_concurrent_load_sae(tiny_loaded, monkeypatch):
+    """Reported INTERNAL (14-16 of 25): Attribute during a concurrent LoadSae, because the
+    attached SAEs were read twice per request. They are now read once: an SAE attached after the
+    request was planned does not change it."""
+    from tdb_core.ops import attribute as attribution
+    from tdb_core.sae import ReluArch, SaeConfig, build_sae
+
+    def sae(seed):
+        g = torch.Generator().manual_seed(seed)
+        return build_sae(
+            SaeConfig(d_in=64, d_sae=16, architecture=ReluArch(), site="blocks.0.hook_resid_post"),
+            {
+                "W_enc": torch.randn(64, 16, generator=g),
+                "b_enc": torch.zeros(16),
+                "W_dec": torch.randn(16, 64, generator=g),
+                "b_dec": torch.zeros(64),
+            },
+        )
+
+    runner = ModelRunner(tiny_loaded)
+    runner.saes.attach("first", sae(0), "memory")
+    real_plan = attribution._Attribution.plan
+
+    def plan_then_load(self, planner):
+        real_plan(self, planner)
+        if "second" not in runner.saes:  # another client's LoadSae lands mid-request
+            runner.saes.attach("second", sae(1), "memory", "blocks.1.hook_resid_pre")
+
+    monkeypatch.setattr(attribution._Attribution, "plan", plan_then_load)
+    ids = runner.tokens.encode(specs.Prompt(text=" Mary"), False)
+    jd = runner.tokens.encode(specs.Prompt(text=" John"), False)
+    result = attribute(
+        runner, AttributeSpec(specs.Prompt(text=PROMPT), LogitDiffLoss(ids[:1], jd[:1]), top_k=50)
+    )
+    saes = {r.node.sae_id for r in result.rows if r.node.sae_id}
+    assert "second" not in saes and "second" in runner.saes
+
+
+def test_compressed_torch_archive_is_refused_before_unpacking(tmp_path, monkeypatch):
+    """Reported: a 0.39 MB compressed torch zip expanded to +381 MB before any validation. An
+    archive that unpacks to far more than its size is refused; torch.load never runs."""
+    import zipfile
+
+    from tdb_core.sae import load_sae
+
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data/0", bytes(64 * 2**20))  # 64 MiB of zeros, ~64 KB packed
+    assert path.stat().st_size < 2**20
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(1))
+    with pytest.raises(errors.InvalidArgumentError, match="unpacks to 64.0 MiB"):
+        load_sae(path, site="blocks.0.hook_resid_pre")
+    assert loads == []
