@@ -70,6 +70,12 @@ def _prepare(runner: ModelRunner, spec: specs.ForwardSpec) -> _Prepared:
         planner.capture_bytes() + 16 * top_k * len(logit_pos[0]) * batch.n_prompts,
         runner.limits.max_response_bytes,
     )
+    # the logit gather after the pass: logits at the positions, a float copy, probabilities
+    gather = 3 * batch.n_prompts * len(logit_pos[0]) * runner.schema.dims.d_vocab * 4
+    need, describe = runner.estimate(batch, planner.plan, False)
+    runner.admission.check_budget(
+        need + gather, lambda: f"{describe()}, logits at {len(logit_pos[0])} positions"
+    )
     return _Prepared(spec, batch, planner, groups, logit_pos, top_k)
 
 

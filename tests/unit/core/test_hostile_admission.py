@@ -186,3 +186,20 @@ def test_compressed_torch_archive_is_refused_before_unpacking(tmp_path, monkeypa
     with pytest.raises(errors.InvalidArgumentError, match="unpacks to 64.0 MiB"):
         load_sae(path, site="blocks.0.hook_resid_pre")
     assert loads == []
+
+
+def test_logit_gather_counts_against_the_budget(tiny_loaded):
+    """Reported: 200,000 logit positions cost +950 MB and 20,000,000 ended in INTERNAL (a 100 GB
+    allocation). Positions are bounded by the context, and the gather itself (prompts x positions
+    x vocabulary) counts against the memory budget before any pass."""
+    runner = ModelRunner(tiny_loaded, Limits(max_working_bytes=2**20))
+    n_ctx = runner.schema.dims.n_ctx
+    with pytest.raises(errors.ResourceExhaustedError, match="logit positions"):
+        forward_op.forward(
+            runner, specs.ForwardSpec((specs.Prompt(text=PROMPT),), logit_positions=(0,) * 200_000)
+        )
+    many = specs.ForwardSpec((specs.Prompt(text=PROMPT),) * 4, logit_positions=tuple([-1] * n_ctx))
+    with pytest.raises(errors.ResourceExhaustedError, match="logits at 64 positions"):
+        forward_op.forward(runner, many)
+    assert runner.stats["passes"] == 0
+    assert forward_op.forward(runner, specs.ForwardSpec((specs.Prompt(text=PROMPT),)))
