@@ -183,7 +183,7 @@ def test_compressed_torch_archive_is_refused_before_unpacking(tmp_path, monkeypa
     assert path.stat().st_size < 2**20
     loads = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(1))
-    with pytest.raises(errors.InvalidArgumentError, match="unpacks to 64.0 MiB"):
+    with pytest.raises(errors.InvalidArgumentError, match=r"unpacks to 64\.0 MiB"):
         load_sae(path, site="blocks.0.hook_resid_pre")
     assert loads == []
 
