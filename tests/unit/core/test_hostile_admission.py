@@ -203,3 +203,26 @@ def test_logit_gather_counts_against_the_budget(tiny_loaded):
         forward_op.forward(runner, many)
     assert runner.stats["passes"] == 0
     assert forward_op.forward(runner, specs.ForwardSpec((specs.Prompt(text=PROMPT),)))
+
+
+def test_sae_ids_with_dots_are_catalogued_under_their_sae(tiny_loaded):
+    """Reported: SAE ids with dots were stored under the wrong SAE in the catalog. A node key's
+    SAE id is split from the right on the known suffix, so the catalog entry names the SAE."""
+    from tdb_core.explain.workflow import parse_targets
+    from tdb_core.sae import ReluArch, SaeConfig, build_sae
+
+    runner = ModelRunner(tiny_loaded)
+    g = torch.Generator().manual_seed(0)
+    sae = build_sae(
+        SaeConfig(d_in=64, d_sae=8, architecture=ReluArch(), site="blocks.0.hook_resid_post"),
+        {
+            "W_enc": torch.randn(64, 8, generator=g),
+            "b_enc": torch.zeros(8),
+            "W_dec": torch.randn(8, 64, generator=g),
+            "b_dec": torch.zeros(64),
+        },
+    )
+    runner.saes.attach("org.res.v2", sae, "memory")
+    (target,) = parse_targets(runner, ["sae.org.res.v2.hook_sae_acts_post[3,pos=2]"])
+    assert target.sae_id == "org.res.v2"
+    assert target.key == "sae.org.res.v2.hook_sae_acts_post[3]"
