@@ -116,29 +116,35 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
 
 
 class InFlight:
-    """At most ``limit`` RPCs running at once; one more is UNAVAILABLE at once (retryable)."""
+    """At most ``limit`` RPCs running at once; one more is UNAVAILABLE at once (retryable).
+
+    A call whose client has gone (cancelled, or past its deadline) no longer counts once the limit
+    is reached: it is only finishing up (its work stops at its next cancellation check), and
+    counting it would refuse a live client because of a dead one."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._count = 0
+        self._calls: set[grpc.ServicerContext] = set()
         self._lock = threading.Lock()
 
     @property
     def count(self) -> int:
-        return self._count
+        return len(self._calls)
 
-    def enter(self) -> None:
+    def enter(self, context: grpc.ServicerContext) -> None:
         with self._lock:
-            if self._count >= self.limit:
-                raise errors.UnavailableError(
-                    f"the server is busy: {self._count} requests are running, its limit "
-                    f"(--workers) is {self.limit}; retry later"
-                )
-            self._count += 1
+            if len(self._calls) >= self.limit:
+                live = sum(1 for c in self._calls if c.is_active())
+                if live >= self.limit:
+                    raise errors.UnavailableError(
+                        f"the server is busy: {live} requests are running, its limit "
+                        f"(--workers) is {self.limit}; retry later"
+                    )
+            self._calls.add(context)
 
-    def leave(self) -> None:
+    def leave(self, context: grpc.ServicerContext) -> None:
         with self._lock:
-            self._count -= 1
+            self._calls.discard(context)
 
 
 class _MetadataOnly:
@@ -301,12 +307,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             self._authorize(method, context)
         return fields, token
 
-    def _limited(self, method: str) -> bool:
+    def _limited(self, method: str, context: grpc.ServicerContext) -> bool:
         """Take a place among the RPCs in flight (UNAVAILABLE when none is left); whether one
         was taken (exempt methods take none)."""
         if self._in_flight is None or method.startswith(UNLIMITED_METHOD_PREFIXES):
             return False
-        self._in_flight.enter()
+        self._in_flight.enter(context)
         return True
 
     def _fail(self, exc: BaseException, fields: dict[str, Any]) -> tuple[grpc.StatusCode, str]:
@@ -334,7 +340,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         limited = False
         try:
             fields, token = self._begin(method, context)
-            limited = self._limited(method)
+            limited = self._limited(method, context)
             with cancel.scope(_stopper(context)):
                 return fn()
         except Exception as exc:  # noqa: BLE001 - mapped by class below; bugs become INTERNAL
@@ -342,7 +348,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         finally:
             if limited:
                 assert self._in_flight is not None
-                self._in_flight.leave()
+                self._in_flight.leave(context)
             self._end(fields, start, failure[0] if failure else grpc.StatusCode.OK)
             if token is not None:
                 _RPC_FIELDS.reset(token)
@@ -358,13 +364,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         try:
             fields, token = self._begin(method, context)
             try:
-                limited = self._limited(method)
+                limited = self._limited(method, context)
                 with cancel.scope(_stopper(context)):
                     yield from fn()
             finally:
                 if limited:
                     assert self._in_flight is not None
-                    self._in_flight.leave()
+                    self._in_flight.leave(context)
                 _RPC_FIELDS.reset(token)
         except GeneratorExit:
             failure = (grpc.StatusCode.CANCELLED, "cancelled")

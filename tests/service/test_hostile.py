@@ -584,6 +584,35 @@ def test_excess_requests_are_shed_and_health_still_answers(busy_server):
     _serves(channel)
 
 
+def test_calls_whose_clients_left_do_not_shed_live_ones(busy_server, monkeypatch):
+    """A call whose client has gone (here: past its deadline while its handler is stuck in the
+    tokenizer, which never checks cancellation) is only finishing up: it does not count against
+    --workers, so a live client is served instead of getting UNAVAILABLE (in a 16-client mixed
+    load with 5-100 ms deadlines and cancelling clients, no well-behaved call fails)."""
+    svc, runner, channel = busy_server
+    tokenizer_class = type(runner.tokens.tokenizer)
+    real = tokenizer_class.__call__
+    release = threading.Event()
+
+    def stuck(self, text, *a, **k):
+        if isinstance(text, str) and text.startswith("stuck"):
+            release.wait(30)
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(tokenizer_class, "__call__", stuck)
+    stub = ipb_grpc.InferenceServiceStub(channel)
+    try:
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError) as e:
+                list(stub.Forward(ipb.ForwardRequest(prompts=[_text("stuck here")]), timeout=0.3))
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert svc.in_flight.count == 2  # both handlers are still in the tokenizer
+        got = list(stub.Forward(ipb.ForwardRequest(prompts=[_text()]), timeout=60))
+        assert got and got[0].header.top_logits
+    finally:
+        release.set()
+
+
 # --------------------------------------------------------------------------------------------------
 # 8. The token is checked before the request is parsed
 
