@@ -158,15 +158,6 @@ class _MetadataOnly:
         return self._metadata
 
 
-_NOT_PARSED = None  # set below, once _Undecodable exists
-
-
-def _discard(raw: bytes) -> Any:
-    """The deserializer of a refused call: its bytes are never parsed (gRPC itself fails a call
-    whose deserializer returns None, so a placeholder stands in)."""
-    return _NOT_PARSED
-
-
 class _Undecodable:
     """Stands in for a request whose bytes did not parse; the handler refuses it."""
 
@@ -175,6 +166,12 @@ class _Undecodable:
 
 
 _NOT_PARSED = _Undecodable("refused before parsing")
+
+
+def _discard(raw: bytes) -> Any:
+    """The deserializer of a refused call: its bytes are never parsed (gRPC itself fails a call
+    whose deserializer returns None, so a placeholder stands in)."""
+    return _NOT_PARSED
 
 
 def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
