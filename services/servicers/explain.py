@@ -18,6 +18,8 @@ from tdb_core.explain import engine, workflow
 
 MAX_INLINE_TEXTS = 10000
 MAX_LIST_LIMIT = 10000
+#: Largest ListExplanations page: gRPC's default receive limit (4 MiB), so any client reads it.
+MAX_PAGE_BYTES = 4 * 2**20
 
 
 @dataclass
@@ -126,8 +128,10 @@ class ExplainServicer(epb_grpc.ExplainServiceServicer):
             limit=limit + 1,  # one more tells whether another page follows
             offset=request.offset,
         )
-        # A page ends at `limit` or before the response would pass the server's limit.
-        budget = self.models.get().limits.max_response_bytes - 64 * 1024  # room for the rest
+        # A page ends at `limit` or before the response would pass the server's limit, and never
+        # needs more than gRPC's default 4 MiB message limit (unary: it cannot stream).
+        limit_bytes = min(self.models.get().limits.max_response_bytes, MAX_PAGE_BYTES)
+        budget = limit_bytes - 64 * 1024  # room for the rest of the message
         page: list[epb.Explanation] = []
         size = 0
         for e in found[:limit]:

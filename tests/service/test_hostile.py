@@ -68,7 +68,7 @@ def hostile(tiny_loaded, tmp_path_factory):
         ModelRegistry([runner]),
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{svc.port}", options=BIG)
-    yield channel, runner, root, db
+    yield channel, runner, root, db, f"127.0.0.1:{svc.port}"
     channel.close()
     svc.stop(0)
 
@@ -174,7 +174,7 @@ HUGE_TEXT = "hello world " * (MB // 12)  # 1 MB: 1300 times the 768-byte limit o
 def test_text_is_measured_before_it_is_tokenized(hostile, monkeypatch, method, request_, code):
     """Reported: a 10 MB prompt took 15 s and +1.6 GB before INVALID_ARGUMENT (30 MB: 40 s and
     +5 GB). Now the tokenizer never sees an oversized text: refused with the limit named."""
-    channel, runner, _, _ = hostile
+    channel, runner, *_ = hostile
     tokenizer_class = type(runner.tokens.tokenizer)
     calls = []
     real = tokenizer_class.__call__
@@ -316,7 +316,7 @@ def test_text_is_measured_before_it_is_tokenized(hostile, monkeypatch, method, r
 def test_sizes_are_checked_before_the_work(hostile, method, request_, code, words):
     """Each reported request is refused with its status and words, before any forward pass (the
     runner's pass counter does not move), and the server keeps serving."""
-    channel, runner, _, _ = hostile
+    channel, runner, *_ = hostile
     passes = runner.stats["passes"]
     glob_cache = fnmatch._compile_pattern.cache_info().currsize
     err = _call(channel, method, request_)
@@ -395,7 +395,7 @@ def _tensor(shape: list[int], data: bytes = b"") -> cpb.Tensor:
 def test_bad_tensors_are_invalid_argument_not_internal(hostile, method, request_, words):
     """Reported INTERNAL: tensors with more than 64 dims or shape [2^62, 0] without data, and
     Encode activations [0, 128] or [1, 0, 128]. Now INVALID_ARGUMENT saying what is wrong."""
-    channel, _, _, _ = hostile
+    channel, *_ = hostile
     err = _call(channel, method, request_)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert words in err.details()
@@ -408,7 +408,7 @@ def test_encode_of_raw_activations_is_admitted(hostile, monkeypatch):
     never runs."""
     from tdb_core.ops import encode as encode_op
 
-    channel, runner, _, _ = hostile
+    channel, runner, *_ = hostile
     ran = []
     monkeypatch.setattr(encode_op, "_encode_activations", lambda *a: ran.append(1))
     n = 20_000  # 5 MB of request; ~28 MB of working memory, over the 16 MiB budget
@@ -478,6 +478,11 @@ def test_list_explanations_pages_within_the_response_limit(hostile):
     assert list(deep.explanations) == [] and deep.next_offset == 0
     short = stub.ListExplanations(epb.ListExplanationsRequest(limit=5), timeout=60)
     assert len(short.explanations) == 5 and short.next_offset == 5
+    from tdb_client import TdbClient  # the client follows the pages up to its limit
+
+    with TdbClient(hostile[4]) as client:
+        assert len(client.list_explanations(limit=n)) == n
+        assert len(client.list_explanations(limit=n, offset=n - 3)) == 3
 
 
 # --------------------------------------------------------------------------------------------------
@@ -489,7 +494,7 @@ def test_load_sae_resolves_every_file_it_opens(hostile, tmp_path):
     are symlinks to an SAE outside it loaded, and a cfg.json symlinked to another file echoed that
     file's values; paths of 10,000 characters or with a symlink loop were INTERNAL. Now each is
     INVALID_ARGUMENT, and sources and errors show paths relative to the root."""
-    channel, _, root, _ = hostile
+    channel, _, root, *_ = hostile
     outside = tmp_path / "outside"
     save_sae(_sae(seed=1), outside)
     (root / "good").mkdir(exist_ok=True)
