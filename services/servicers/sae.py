@@ -37,6 +37,10 @@ class SaeServicer(spb_grpc.SaeServiceServicer):
         self, request: spb.EncodeRequest, context: grpc.ServicerContext
     ) -> Iterator[spb.EncodeResponse]:
         runner = self.models.get(request.model)
+        if request.WhichOneof("input") == "activations":  # refused before the bytes are copied
+            sae_encode.check_activations_shape(
+                runner, request.sae, list(request.activations.values.shape)
+            )
         spec = convert.encode_spec_from_pb(request)
         note(model=runner.name, sae=spec.sae)
         result = sae_encode.encode(runner, spec)

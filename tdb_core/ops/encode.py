@@ -3,6 +3,7 @@ per-token top-k (or dense) latents, L0 and reconstruction error out."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -91,12 +92,7 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
                 f"activations of shape {list(spec.activations.shape)} hold no vectors; give at "
                 f"least one [{sae.d_in}] vector"
             )
-        # the input in the SAE's dtype, its reconstruction and error, and the latents (dense)
-        need = n_tokens * (3 * sae.d_in + 2 * sae.d_sae) * 4
-
-        def describe() -> str:
-            return f"{n_tokens} activation vectors through SAE '{spec.sae}'"
-
+        need, describe = activations_need(runner, spec.sae, n_tokens)
         with runner.admission.admitted(need, describe), runner.admission.exclusive():
             return _encode_activations(runner, sae, x, spec)
 
@@ -128,6 +124,31 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
         explained_variance=_explained_variance(x[valid], x_hat[valid]),
         mean_l0=float(l0[valid].float().mean()),
     )
+
+
+def activations_need(
+    runner: ModelRunner, sae_id: str, n_tokens: int
+) -> tuple[int, Callable[[], str]]:
+    """Working memory of encoding ``n_tokens`` raw activation vectors: the input in the SAE's
+    dtype, its reconstruction and error, and the latents (dense)."""
+    sae = runner.saes.get(sae_id).sae
+
+    def describe() -> str:
+        return f"{n_tokens} activation vectors through SAE '{sae_id}'"
+
+    return n_tokens * (3 * sae.d_in + 2 * sae.d_sae) * 4, describe
+
+
+def check_activations_shape(runner: ModelRunner, sae_id: str, shape: Sequence[int]) -> None:
+    """Refuse raw activations over the memory budget from their shape alone, before the request's
+    bytes are turned into a tensor (NOT_FOUND for an unknown SAE)."""
+    if len(shape) < 1 or any(d < 0 for d in shape):
+        return  # the tensor checks say what is wrong with it
+    n_tokens = 1
+    for d in shape[:-1]:
+        n_tokens *= d
+    need, describe = activations_need(runner, sae_id, n_tokens)
+    runner.admission.check_budget(need, describe)
 
 
 @dataclass(frozen=True)

@@ -409,8 +409,11 @@ def test_encode_of_raw_activations_is_admitted(hostile, monkeypatch):
     from tdb_core.ops import encode as encode_op
 
     channel, runner, *_ = hostile
+    from services import convert
+
     ran = []
     monkeypatch.setattr(encode_op, "_encode_activations", lambda *a: ran.append(1))
+    monkeypatch.setattr(convert, "tensor_from_pb", lambda *a: ran.append(2))  # bytes never copied
     n = 20_000  # 5 MB of request; ~28 MB of working memory, over the 16 MiB budget
     request_ = spb.EncodeRequest(
         sae="res1",
