@@ -86,7 +86,7 @@ class Admission:
         """Refuse a pass whose estimated working memory is over the budget."""
         if need > self.limits.max_working_bytes:
             raise ResourceExhaustedError(
-                f"this request needs an estimated {need / 2**20:.0f} MiB of working memory "
+                f"this request needs an estimated {need // 2**20} MiB of working memory "
                 f"({describe()}), over the server's budget of "
                 f"{self.limits.max_working_bytes / 2**20:.0f} MiB; send fewer or shorter prompts "
                 "or capture less"

@@ -142,7 +142,9 @@ def activations_need(
 def check_activations_shape(runner: ModelRunner, sae_id: str, shape: Sequence[int]) -> None:
     """Refuse raw activations over the memory budget from their shape alone, before the request's
     bytes are turned into a tensor (NOT_FOUND for an unknown SAE)."""
-    if len(shape) < 1 or any(d < 0 for d in shape):
+    if not 1 <= len(shape) <= checks.MAX_TENSOR_RANK or any(
+        not 0 <= d <= checks.MAX_TENSOR_DIM for d in shape
+    ):
         return  # the tensor checks say what is wrong with it
     n_tokens = 1
     for d in shape[:-1]:
