@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -328,7 +329,7 @@ def model_info_to_pb(runner: ModelRunner) -> mpb.GetModelInfoResponse:
     msg = mpb.GetModelInfoResponse(
         name=loaded.name,
         architecture=arch,
-        source=loaded.source,
+        source=public_source(loaded.source),
         n_layers=dims.n_layers,
         n_heads=dims.n_heads,
         n_kv_heads=dims.n_kv_heads,
@@ -356,6 +357,10 @@ def model_info_to_pb(runner: ModelRunner) -> mpb.GetModelInfoResponse:
 
 def tokens_from_pb(runner: ModelRunner, t: cpb.Tokens, what: str) -> tuple[int, ...]:
     """Token ids from strings (each must be exactly one token) and ids."""
+    vocab = runner.schema.dims.d_vocab
+    checks.at_most(
+        len(t.strings) + len(t.ids), vocab, f"{what} tokens", hint="name each token at most once"
+    )
     ids = [runner.tokens.single_token(s, what) for s in t.strings]
     return tuple(ids + list(t.ids))
 
@@ -613,7 +618,7 @@ def sae_info_to_pb(model: str, att: AttachedSae) -> cpb.SaeInfo:
         d_in=sae.d_in,
         d_sae=sae.d_sae,
         input_norm=sae.input_norm.value,
-        source=att.source,
+        source=public_source(att.source),
         sites=list(att.site_names),
     )
     k = getattr(sae, "k", None)
@@ -680,9 +685,22 @@ def limits_to_pb(values: Mapping[str, object]) -> list[svpb.Limit]:
     return out
 
 
+def public_source(source: str) -> str:
+    """Where a model or SAE came from, as clients see it: a hub id or a path relative to
+    --sae-root as given, but an absolute local path by its last component only (the server's
+    file system layout is not the client's business)."""
+    if os.path.isabs(source):
+        return os.path.basename(source.rstrip(os.sep)) or source
+    return source
+
+
 def model_capabilities_to_pb(runner: ModelRunner, is_default: bool) -> svpb.ModelCapabilities:
     info = model_info_to_pb(runner)
-    limits = {f.name: getattr(runner.limits, f.name) for f in dataclasses.fields(runner.limits)}
+    limits: dict[str, object] = {
+        f.name: getattr(runner.limits, f.name) for f in dataclasses.fields(runner.limits)
+    }
+    limits["max_text_bytes"] = runner.limits.max_text_bytes  # derived: measured before tokenizing
+    limits["max_request_tokens"] = runner.limits.max_request_tokens
     return svpb.ModelCapabilities(
         name=info.name,
         architecture=info.architecture,

@@ -30,7 +30,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
                 mpb.ModelSummary(
                     name=r.name,
                     architecture=info.architecture,
-                    source=r.loaded.source,
+                    source=convert.public_source(r.loaded.source),
                     is_default=r.name == self.models.default,
                 )
             )
@@ -48,12 +48,10 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
     ) -> mpb.TokenizeResponse:
         runner = self.models.get(request.model)
         bos = request.prepend_bos if request.HasField("prepend_bos") else None
-        prompts = []
-        for i, text in enumerate(request.texts):
-            ids = runner.tokens.encode(specs.Prompt(text=text), bos, f"text {i}")
-            prompts.append(
-                cpb.PromptTokens(token_ids=list(ids), tokens=list(runner.tokens.strings(ids)))
-            )
+        prompts = [
+            cpb.PromptTokens(token_ids=list(ids), tokens=list(runner.tokens.strings(ids)))
+            for ids in runner.tokens.tokenize_texts(request.texts, bos)
+        ]
         note(model=runner.name, tokens=sum(len(p.token_ids) for p in prompts))
         return mpb.TokenizeResponse(prompts=prompts)
 

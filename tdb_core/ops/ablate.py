@@ -79,6 +79,11 @@ def ablate(runner: ModelRunner, spec: AblateSpec) -> AblateResult:
     vocab = runner.schema.dims.d_vocab
     checks.target_distractor(spec.target_ids, spec.distractor_ids, vocab, required=False)
     checks.top_k(spec.top_k)
+    checks.at_most(
+        sum(len(s.interventions) for s in spec.sets),
+        runner.limits.max_interventions,
+        "interventions (over all sets)",
+    )
     names = [s.name for s in spec.sets]
     seen: set[str] = set()
     for name in names:
@@ -103,8 +108,14 @@ def ablate(runner: ModelRunner, spec: AblateSpec) -> AblateResult:
         runner.limits.max_response_bytes,
     )
 
-    out = runner.run(batch, planner.plan, grad=grads is not None)
-    got = compute_gradients(grads, out) if grads is not None else None
+    if grads is None:
+        out = runner.run(batch, planner.plan)
+        with torch.no_grad():
+            return _rows(runner, spec, batch, out, pos, captures, names, None)
+    # the backward runs with admission and the model lock held, as the pass does
+    with runner.session(batch, planner.plan, grad=True):
+        out = runner.run(batch, planner.plan, grad=True)
+        got = compute_gradients(grads, out)
     with torch.no_grad():
         return _rows(runner, spec, batch, out, pos, captures, names, got)
 

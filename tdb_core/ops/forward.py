@@ -12,12 +12,18 @@ from dataclasses import dataclass
 
 import torch
 
-from tdb_core import cancel, checks, specs
+from tdb_core import checks, specs
 from tdb_core.admission import GroupRunner, Member
 from tdb_core.gradients import GradPlan, compute_gradients, plan_gradients
 from tdb_core.hooks import ResolvedCapture
 from tdb_core.ops.common import capture_result, prompt_tokens, top_logits
-from tdb_core.plan import Batch, Planner, check_response_bytes, resolve_positions
+from tdb_core.plan import (
+    Batch,
+    Planner,
+    check_position_count,
+    check_response_bytes,
+    resolve_positions,
+)
 from tdb_core.runner import ModelRunner, RunOutput
 
 
@@ -39,7 +45,9 @@ def forward(runner: ModelRunner, spec: specs.ForwardSpec) -> specs.ForwardResult
     prep = _prepare(runner, spec)
     plan = prep.planner.plan
     if prep.grads is not None:
-        return _finish(runner, prep, runner.run(prep.batch, plan, grad=True))
+        # the backward runs with admission and the model lock held, as the pass does
+        with runner.session(prep.batch, plan, grad=True):
+            return _finish(runner, prep, runner.run(prep.batch, plan, grad=True))
     if not _batchable(spec):
         return _finish(runner, prep, runner.run(prep.batch, plan))
     b = prep.batch
@@ -54,6 +62,8 @@ def forward(runner: ModelRunner, spec: specs.ForwardSpec) -> specs.ForwardResult
 def _prepare(runner: ModelRunner, spec: specs.ForwardSpec) -> _Prepared:
     """Validate and plan a Forward completely (every error is raised here, before work)."""
     checks.top_k(spec.top_k)
+    check_position_count(runner.schema, spec.logit_positions, "logit positions")
+    checks.count(spec.interventions, runner.limits.max_interventions, "interventions")
     batch = runner.tokens.make_batch(spec.prompts, spec.sources, spec.references, spec.prepend_bos)
     planner = runner.planner(batch)
     groups = [planner.add_capture(cap) for cap in spec.captures]
@@ -70,6 +80,12 @@ def _prepare(runner: ModelRunner, spec: specs.ForwardSpec) -> _Prepared:
         + (grads.capture_bytes if grads is not None else 0)
         + 16 * top_k * len(logit_pos[0]) * batch.n_prompts,
         runner.limits.max_response_bytes,
+    )
+    # the logit gather after the pass: logits at the positions, a float copy, probabilities
+    gather = 3 * batch.n_prompts * len(logit_pos[0]) * runner.schema.dims.d_vocab * 4
+    need, describe = runner.estimate(batch, planner.plan, grads is not None)
+    runner.admission.check_budget(
+        need + gather, lambda: f"{describe()}, logits at {len(logit_pos[0])} positions"
     )
     return _Prepared(spec, batch, planner, groups, logit_pos, top_k, grads)
 
@@ -125,8 +141,8 @@ def _group_runner(runner: ModelRunner) -> GroupRunner:
             for cap in p.spec.captures:
                 if cap not in unique:
                     unique[cap] = planner.add_capture(cap)
-        with cancel.scope(None):  # one request's cancellation must not stop the others
-            out = runner.forward_pass(merged, planner.plan)
+        # the pass runs under every member's own cancellation (Admission's group check)
+        out = runner.forward_pass(merged, planner.plan)
         runner.stats["merged_passes"] += 1
         runner.stats["merged_requests"] += len(group)
         start = 0

@@ -25,7 +25,7 @@ import torch
 from tdb_core import checks, specs
 from tdb_core.errors import InvalidArgumentError, NotFoundError
 from tdb_core.ops.common import logit_diff
-from tdb_core.plan import resolve_positions
+from tdb_core.plan import check_position_count, resolve_positions
 from tdb_core.runner import ModelRunner
 from tdb_core.schema import SITE_KIND_BY_KEY, site_name
 
@@ -92,6 +92,9 @@ def patch_sweep(
             f"a per-head sweep needs a site with a head axis (e.g. "
             f"attn.hook_z); {checks.quote(spec.site)} has none"
         )
+    if spec.layers is not None:
+        checks.count(spec.layers, dims.n_layers, "layers", "name each layer at most once")
+    check_position_count(runner.schema, spec.positions, "positions")
     clean_ids = runner.tokens.encode(spec.clean, spec.prepend_bos, "clean prompt")
     corrupt_ids = runner.tokens.encode(spec.corrupted, spec.prepend_bos, "corrupted prompt")
     if len(clean_ids) != len(corrupt_ids):
@@ -232,10 +235,11 @@ def _attribution(
     batch = runner.tokens.make_batch((corrupt_p,))
     planner = runner.planner(batch)
     planner.plan.grad_sites.update(sites)
-    out = runner.run(batch, planner.plan, grad=True)
-    ld = logit_diff(out.logits[0, read_pos].float(), spec.target_ids, spec.distractor_ids)
-    graph = [out.ctx.graph[s] for s in sites]
-    grads = torch.autograd.grad(ld, graph, allow_unused=True)
+    with runner.session(batch, planner.plan, grad=True):  # the backward under the lock too
+        out = runner.run(batch, planner.plan, grad=True)
+        ld = logit_diff(out.logits[0, read_pos].float(), spec.target_ids, spec.distractor_ids)
+        graph = [out.ctx.graph[s] for s in sites]
+        grads = torch.autograd.grad(ld, graph, allow_unused=True)
     pos_axis = kind.dims.index(kind.pos_dim)
     unit_axis = None if kind.unit_dim is None else kind.dims.index(kind.unit_dim)
     rows = []

@@ -936,7 +936,8 @@ class TdbClient:
         offset: int = 0,
         timeout: float | None = None,
     ) -> list[Explanation]:
-        """Stored and shipped explanations matching the filters."""
+        """Stored and shipped explanations matching the filters: up to ``limit`` after
+        ``offset``, following the server's pages (each within its response limit)."""
         req = epb.ListExplanationsRequest(
             model=model or "",
             node=_key(node) if node is not None else "",
@@ -949,7 +950,12 @@ class TdbClient:
         if min_score is not None:
             req.min_score = min_score
         r = self._unary(self._explain.ListExplanations, req, timeout)
-        return [explanation_from_pb(e) for e in r.explanations]
+        out = [explanation_from_pb(e) for e in r.explanations]
+        while r.next_offset and len(out) < limit:
+            req.offset, req.limit = r.next_offset, limit - len(out)
+            r = self._unary(self._explain.ListExplanations, req, timeout)
+            out.extend(explanation_from_pb(e) for e in r.explanations)
+        return out
 
     # -- gradients' companions: weights and the logit lens
     def weights(
