@@ -12,7 +12,6 @@ from services.registry import ModelRegistry
 from tdb.v1 import common_pb2 as cpb
 from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import model_pb2_grpc as mpb_grpc
-from tdb_core import specs
 from tdb_core.ops.weights import get_weights
 
 
