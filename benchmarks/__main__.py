@@ -21,6 +21,8 @@ BENCHMARKS = (
     "webapp",
     "grpcweb",
     "cli",
+    "gradients",
+    "atp",
 )
 
 

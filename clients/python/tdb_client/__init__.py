@@ -22,6 +22,8 @@ from tdb_client.types import (
     ExplainProgress,
     Explanation,
     ForwardResult,
+    LensCell,
+    LensResult,
     MethodInfo,
     ModelCapabilities,
     ModelInfo,
@@ -37,6 +39,8 @@ from tdb_client.types import (
     TokenScore,
     TopLogits,
     UnknownModelError,
+    Weights,
+    WeightView,
 )
 
 __all__ = [
@@ -50,6 +54,8 @@ __all__ = [
     "Explanation",
     "ForwardResult",
     "Intervention",
+    "LensCell",
+    "LensResult",
     "MethodInfo",
     "ModelCapabilities",
     "ModelInfo",
@@ -71,6 +77,8 @@ __all__ = [
     "TokenScore",
     "TopLogits",
     "UnknownModelError",
+    "WeightView",
+    "Weights",
     "interventions",
     "losses",
     "nodes",
