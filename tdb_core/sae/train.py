@@ -404,7 +404,7 @@ def train_sae(
         nonlocal window_steps, window_resampled
         folded = _folded(sae, scale)
         with torch.no_grad():  # in chunks: latents of the whole eval set can be large
-            parts = [folded(chunk) for chunk in eval_x.split(EVAL_CHUNK_ROWS)]
+            parts = [folded(chunk) for chunk in torch.split(eval_x, EVAL_CHUNK_ROWS)]
             x_hat = torch.cat([recon for _, recon in parts])  # [eval_rows, d_in]
             active = torch.cat([(z != 0).sum(dim=-1) for z, _ in parts])  # [eval_rows]
         dead = tokens_since_fired >= config.dead_tokens_threshold
@@ -480,7 +480,7 @@ def train_sae(
                 loss = recon + config.l1_coeff * second
 
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             with torch.no_grad():
                 w, g = sae.W_dec, sae.W_dec.grad
                 if g is not None:
