@@ -186,6 +186,7 @@ def _phi(vocab: int) -> Any:
 
 # Site kinds each quirk removes from the schema.
 _ROTARY = frozenset({"hook_pos_embed"})
+_NOT_ROTARY = frozenset({"attn.hook_rot_q", "attn.hook_rot_k"})
 _UNGATED = frozenset({"mlp.hook_pre_linear"})
 _PARALLEL = frozenset({"hook_resid_mid"})
 _SHARED_NORM = frozenset({"ln2.hook_scale", "ln2.hook_normalized"})
@@ -200,7 +201,7 @@ ARCHS: tuple[ArchCase, ...] = (
         block="transformer.h.{L}",
         ln1="transformer.h.{L}.ln_1",
         ln_final="transformer.ln_f",
-        absent=_UNGATED,
+        absent=_UNGATED | _NOT_ROTARY,
     ),
     ArchCase(
         "neox",
@@ -291,6 +292,7 @@ ARCHS: tuple[ArchCase, ...] = (
 ARCH_BY_NAME: dict[str, ArchCase] = {c.name: c for c in ARCHS}
 ARCH_NAMES: tuple[str, ...] = tuple(ARCH_BY_NAME)
 GQA_ARCH_NAMES: tuple[str, ...] = tuple(c.name for c in ARCHS if c.gqa)
+ROTARY_ARCH_NAMES: tuple[str, ...] = tuple(c.name for c in ARCHS if "hook_pos_embed" in c.absent)
 SDPA_ARCH_NAMES: tuple[str, ...] = tuple(c.name for c in ARCHS if c.hf_sdpa)
 
 # arch -> site kind -> max abs difference from the reference (filled by the site test, printed

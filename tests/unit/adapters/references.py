@@ -123,14 +123,19 @@ def _attn_sites(
     pattern: Tensor,
     z: Tensor,
     w_o: Tensor,
+    rotated: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """Record the attention sites of layer L; return the per-head results [T, H, D]."""
-    n_rep = q.shape[1] // k.shape[1]
+    """Record the attention sites of layer L; return the per-head results [T, H, D].
+
+    ``q``/``k`` are the projections, ``rotated`` their rotary-embedded values (rotary models);
+    keys and values keep their kv heads (TransformerLens's grouped shapes)."""
     result = torch.einsum("qhd,hdm->qhm", z, w_o)
+    if rotated is not None:
+        acts[f"blocks.{L}.attn.hook_rot_q"], acts[f"blocks.{L}.attn.hook_rot_k"] = rotated
     for name, val in [
         ("attn.hook_q", q),
-        ("attn.hook_k", k.repeat_interleave(n_rep, dim=1)),
-        ("attn.hook_v", v.repeat_interleave(n_rep, dim=1)),
+        ("attn.hook_k", k),
+        ("attn.hook_v", v),
         ("attn.hook_attn_scores", scores),
         ("attn.hook_pattern", pattern),
         ("attn.hook_z", z),
@@ -215,8 +220,8 @@ def reference_neox(model: Any, ids: list[int]) -> Acts:
         )
         qkv = _linear(sd, p + "attention.query_key_value", n1).reshape(T, H, 3 * dh)
         q, k, v = qkv[..., :dh], qkv[..., dh : 2 * dh], qkv[..., 2 * dh :]
-        q, k = rotary(q, rot, theta), rotary(k, rot, theta)
-        scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
+        rq, rk = rotary(q, rot, theta), rotary(k, rot, theta)
+        scores, pattern, z = attention(rq, rk, v, dh**-0.5, allowed_keys(T, None))
         result = _attn_sites(
             acts,
             L,
@@ -227,6 +232,7 @@ def reference_neox(model: Any, ids: list[int]) -> Acts:
             pattern,
             z,
             sd[p + "attention.dense.weight"].T.reshape(H, dh, D),
+            (rq, rk),
         )
         attn_out = result.sum(1) + sd[p + "attention.dense.bias"]
         acts[b + "hook_attn_out"] = attn_out
@@ -284,10 +290,11 @@ def reference_llama(model: Any, ids: list[int]) -> Acts:
         p, b = f"model.layers.{L}.", f"blocks.{L}."
         acts[b + "hook_resid_pre"] = x
         n1 = _norm_sites(acts, b + "ln1", rms_norm(x, sd[p + "input_layernorm.weight"], eps))
-        q = rotary(_linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh), dh, theta)
-        k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
+        q = _linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh)
+        k = _linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh)
+        rq, rk = rotary(q, dh, theta), rotary(k, dh, theta)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
-        scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, _window(cfg, L)))
+        scores, pattern, z = attention(rq, rk, v, dh**-0.5, allowed_keys(T, _window(cfg, L)))
         result = _attn_sites(
             acts,
             L,
@@ -298,6 +305,7 @@ def reference_llama(model: Any, ids: list[int]) -> Acts:
             pattern,
             z,
             sd[p + "self_attn.o_proj.weight"].T.reshape(H, dh, D),
+            (rq, rk),
         )
         attn_out = result.sum(1)
         if p + "self_attn.o_proj.bias" in sd:
@@ -337,13 +345,14 @@ def reference_gemma2(model: Any, ids: list[int]) -> Acts:
         p, b = f"model.layers.{L}.", f"blocks.{L}."
         acts[b + "hook_resid_pre"] = x
         n1 = _norm_sites(acts, b + "ln1", norm(p + "input_layernorm", x))
-        q = rotary(_linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh), dh, theta)
-        k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
+        q = _linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh)
+        k = _linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh)
+        rq, rk = rotary(q, dh, theta), rotary(k, dh, theta)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
         window = cfg.sliding_window if cfg.layer_types[L] == "sliding_attention" else None
         scores, pattern, z = attention(
-            q,
-            k,
+            rq,
+            rk,
             v,
             cfg.query_pre_attn_scalar**-0.5,
             allowed_keys(T, window),
@@ -359,6 +368,7 @@ def reference_gemma2(model: Any, ids: list[int]) -> Acts:
             pattern,
             z,
             sd[p + "self_attn.o_proj.weight"].T.reshape(H, dh, D),
+            (rq, rk),
         )
         attn_out = norm(p + "post_attention_layernorm", result.sum(1))[2]
         acts[b + "hook_attn_out"] = attn_out
@@ -410,8 +420,8 @@ def reference_phi(model: Any, ids: list[int]) -> Acts:
             k = layer_norm(
                 k, sd[p + "self_attn.k_layernorm.weight"], sd[p + "self_attn.k_layernorm.bias"], eps
             )[2]
-        q, k = rotary(q, rot, theta), rotary(k, rot, theta)
-        scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
+        rq, rk = rotary(q, rot, theta), rotary(k, rot, theta)
+        scores, pattern, z = attention(rq, rk, v, dh**-0.5, allowed_keys(T, None))
         result = _attn_sites(
             acts,
             L,
@@ -422,6 +432,7 @@ def reference_phi(model: Any, ids: list[int]) -> Acts:
             pattern,
             z,
             sd[p + "self_attn.dense.weight"].T.reshape(H, dh, D),
+            (rq, rk),
         )
         attn_out = result.sum(1) + sd[p + "self_attn.dense.bias"]
         pre = _linear(sd, p + "mlp.fc1", n1)  # the MLP reads the same normalized input
