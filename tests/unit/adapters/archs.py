@@ -165,10 +165,11 @@ def _gemma2(vocab: int) -> Any:
     )
 
 
-def _phi(vocab: int) -> Any:
+def _phi(vocab: int, qk_layernorm: bool = False) -> Any:
     from transformers import PhiConfig
 
     return PhiConfig(
+        qk_layernorm=qk_layernorm,
         vocab_size=vocab,
         hidden_size=64,
         num_hidden_layers=2,
@@ -279,6 +280,18 @@ ARCHS: tuple[ArchCase, ...] = (
         "phi",
         "PhiForCausalLM",
         _phi,
+        R.reference_phi,
+        o_proj="model.layers.{L}.self_attn.dense",
+        block="model.layers.{L}",
+        ln1="model.layers.{L}.input_layernorm",
+        ln_final="model.final_layernorm",
+        absent=_ROTARY | _UNGATED | _PARALLEL | _SHARED_NORM,
+        gqa=True,
+    ),
+    ArchCase(  # per-head q/k LayerNorms before the rotary embedding: hook_q/hook_k are their outputs
+        "phi_qk_norm",
+        "PhiForCausalLM",
+        lambda vocab: _phi(vocab, qk_layernorm=True),
         R.reference_phi,
         o_proj="model.layers.{L}.self_attn.dense",
         block="model.layers.{L}",
