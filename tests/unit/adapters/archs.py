@@ -12,7 +12,7 @@ To add an architecture: write its reference in ``references.py`` and append an :
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -192,6 +192,19 @@ _UNGATED = frozenset({"mlp.hook_pre_linear"})
 _PARALLEL = frozenset({"hook_resid_mid"})
 _SHARED_NORM = frozenset({"ln2.hook_scale", "ln2.hook_normalized"})
 
+_PHI = ArchCase(
+    "phi",
+    "PhiForCausalLM",
+    _phi,
+    R.reference_phi,
+    o_proj="model.layers.{L}.self_attn.dense",
+    block="model.layers.{L}",
+    ln1="model.layers.{L}.input_layernorm",
+    ln_final="model.final_layernorm",
+    absent=_ROTARY | _UNGATED | _PARALLEL | _SHARED_NORM,
+    gqa=True,
+)
+
 ARCHS: tuple[ArchCase, ...] = (
     ArchCase(
         "gpt2",
@@ -276,30 +289,9 @@ ARCHS: tuple[ArchCase, ...] = (
         offset_norms=True,
         hf_sdpa=False,
     ),
-    ArchCase(
-        "phi",
-        "PhiForCausalLM",
-        _phi,
-        R.reference_phi,
-        o_proj="model.layers.{L}.self_attn.dense",
-        block="model.layers.{L}",
-        ln1="model.layers.{L}.input_layernorm",
-        ln_final="model.final_layernorm",
-        absent=_ROTARY | _UNGATED | _PARALLEL | _SHARED_NORM,
-        gqa=True,
-    ),
-    ArchCase(  # per-head q/k LayerNorms before the rotary embedding: hook_q/hook_k are their outputs
-        "phi_qk_norm",
-        "PhiForCausalLM",
-        lambda vocab: _phi(vocab, qk_layernorm=True),
-        R.reference_phi,
-        o_proj="model.layers.{L}.self_attn.dense",
-        block="model.layers.{L}",
-        ln1="model.layers.{L}.input_layernorm",
-        ln_final="model.final_layernorm",
-        absent=_ROTARY | _UNGATED | _PARALLEL | _SHARED_NORM,
-        gqa=True,
-    ),
+    _PHI,
+    # per-head q/k LayerNorms before the rotary embedding: hook_q/hook_k are their outputs
+    replace(_PHI, name="phi_qk_norm", config=lambda vocab: _phi(vocab, qk_layernorm=True)),
 )
 
 ARCH_BY_NAME: dict[str, ArchCase] = {c.name: c for c in ARCHS}
