@@ -548,13 +548,13 @@ def tdb_attention(
     names: dict[str, str] = {}
     if ctx is not None:
         layer, rotary = _LAYER_OF_MODULE[module]
-        q, k = ("hook_rot_q", "hook_rot_k") if rotary else ("hook_q", "hook_k")
+        q_hook, k_hook = ("hook_rot_q", "hook_rot_k") if rotary else ("hook_q", "hook_k")
         names = {
-            "q": site_name("attn." + q, layer),
-            "k": site_name("attn." + k, layer),
+            "q": site_name("attn." + q_hook, layer),
+            "k": site_name("attn." + k_hook, layer),
             **{
-                k: site_name("attn." + k, layer)
-                for k in ("hook_v", "hook_attn_scores", "hook_pattern", "hook_z")
+                h: site_name("attn." + h, layer)
+                for h in ("hook_v", "hook_attn_scores", "hook_pattern", "hook_z")
             },
         }
         if not ctx.wants_any(list(names.values())):

@@ -130,18 +130,11 @@ def _attn_sites(
     ``q``/``k`` are the projections, ``rotated`` their rotary-embedded values (rotary models);
     keys and values keep their kv heads (TransformerLens's grouped shapes)."""
     result = torch.einsum("qhd,hdm->qhm", z, w_o)
+    sites = dict(hook_q=q, hook_k=k, hook_v=v, hook_attn_scores=scores, hook_pattern=pattern)
+    sites.update(hook_z=z, hook_result=result)
     if rotated is not None:
-        acts[f"blocks.{L}.attn.hook_rot_q"], acts[f"blocks.{L}.attn.hook_rot_k"] = rotated
-    for name, val in [
-        ("attn.hook_q", q),
-        ("attn.hook_k", k),
-        ("attn.hook_v", v),
-        ("attn.hook_attn_scores", scores),
-        ("attn.hook_pattern", pattern),
-        ("attn.hook_z", z),
-        ("attn.hook_result", result),
-    ]:
-        acts[f"blocks.{L}.{name}"] = val
+        sites["hook_rot_q"], sites["hook_rot_k"] = rotated
+    acts.update({f"blocks.{L}.attn.{name}": val for name, val in sites.items()})
     return result
 
 
