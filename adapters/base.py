@@ -62,7 +62,8 @@ class Layout:
     norms applied to a branch's output before it joins the residual (Gemma 2); the branch's
     ``hook_*_out`` is then the norm's output. ``q_proj``/``k_proj`` name the query/key
     projections of rotary families, whose outputs (``[..., heads * d_head]``) are ``hook_q`` and
-    ``hook_k``.
+    ``hook_k``; ``qkv_proj`` names a fused projection laid out per head (``[..., heads * (q, k,
+    v) * d_head]``, GPT-NeoX) instead, whose q and k slices are ``hook_q`` and ``hook_k``.
     """
 
     embed: str
@@ -82,6 +83,7 @@ class Layout:
     post_mlp_norm: str | None = None
     q_proj: str | None = None
     k_proj: str | None = None
+    qkv_proj: str | None = None
 
 
 def _get(root: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -172,6 +174,22 @@ def heads_hook(ctx: HookContext, site: str, d_head: int, heads_first: bool = Fal
         if y is x:
             return None
         return y.transpose(1, 2) if heads_first else y.flatten(-2)
+
+    return hook
+
+
+def fused_qk_hook(ctx: HookContext, q_site: str, k_site: str, d_head: int) -> Any:
+    """A forward hook that serves the q and k slices of a per-head fused projection's output
+    ``[B, T, heads * (q, k, v) * d_head]`` as ``q_site``/``k_site`` ``[B, T, heads, d_head]``;
+    an edit of either is written back into the output."""
+
+    def hook(mod: Any, args: Any, out: torch.Tensor) -> torch.Tensor | None:
+        qkv = out.unflatten(-1, (-1, 3 * d_head))  # [B, T, heads, 3 * d_head]
+        q, k, v = qkv[..., :d_head], qkv[..., d_head : 2 * d_head], qkv[..., 2 * d_head :]
+        q2, k2 = ctx.point(q_site, q), ctx.point(k_site, k)
+        if q2 is q and k2 is k:
+            return None
+        return torch.cat([q2, k2, v], dim=-1).flatten(-2)
 
     return hook
 
@@ -461,6 +479,12 @@ class DecoderAdapter(Adapter):
     ) -> None:
         """``hook_q``/``hook_k`` of a rotary model: the projections' outputs, before rotation
         (the attention function sees them rotated, as ``hook_rot_q``/``hook_rot_k``)."""
+        fused = self.layout.qkv_proj
+        if fused is not None:
+            q_site, k_site = site_name("attn.hook_q", layer), site_name("attn.hook_k", layer)
+            if ctx.wants_any((q_site, k_site)):
+                fwd(_get(block, fused), fused_qk_hook(ctx, q_site, k_site, self.dims.d_head))
+            return
         for key, path in (("attn.hook_q", self.layout.q_proj), ("attn.hook_k", self.layout.k_proj)):
             site = site_name(key, layer)
             if ctx.wants(site):

@@ -12,22 +12,17 @@ Quirks, beside the code that needs them:
   rotation, ``hook_rot_q``/``hook_rot_k`` after it (their remaining dimensions equal the plain
   projections). No ``hook_pos_embed``.
 - The fused ``query_key_value`` projection is laid out per head (``[head, (q, k, v), d_head]``):
-  ``hook_q``/``hook_k`` are its per-head slices, read (and edited) at its output; values are read
-  inside the attention function. The unembedding (``lm_head``, HF's former ``embed_out``) is
-  untied and has no bias.
+  ``hook_q``/``hook_k`` are its per-head slices, read (and edited) at its output (``qkv_proj``);
+  values are read inside the attention function. The unembedding (``lm_head``, HF's former
+  ``embed_out``) is untied and has no bias.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
-
-import torch
+from typing import ClassVar
 
 from adapters.base import DecoderAdapter, Layout
 from tdb_core.adapter import register_adapter
-from tdb_core.hooks import HookContext
-from tdb_core.schema import site_name
 
 
 @register_adapter
@@ -40,6 +35,7 @@ class GPTNeoXAdapter(DecoderAdapter):
         blocks="gpt_neox.layers",
         ln1="input_layernorm",
         attn="attention",
+        qkv_proj="attention.query_key_value",
         o_proj="attention.dense",
         ln2="post_attention_layernorm",
         mlp="mlp",
@@ -56,23 +52,3 @@ class GPTNeoXAdapter(DecoderAdapter):
     @property
     def parallel_blocks(self) -> bool:
         return bool(self.model.config.use_parallel_residual)
-
-    def _install_pre_rotary(
-        self, ctx: HookContext, layer: int, block: torch.nn.Module, fwd: Callable[..., None]
-    ) -> None:
-        """``hook_q``/``hook_k`` are the per-head q and k slices of the fused projection's output
-        ``[B, T, head * (q, k, v) * d_head]``; an edit of either is written back into it."""
-        q_site, k_site = site_name("attn.hook_q", layer), site_name("attn.hook_k", layer)
-        if not ctx.wants_any((q_site, k_site)):
-            return
-        d = self.dims.d_head
-
-        def qkv_hook(mod: Any, args: Any, out: torch.Tensor) -> torch.Tensor | None:
-            qkv = out.unflatten(-1, (-1, 3 * d))  # [B, T, head, 3 * d_head]
-            q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
-            q2, k2 = ctx.point(q_site, q), ctx.point(k_site, k)
-            if q2 is q and k2 is k:
-                return None
-            return torch.cat([q2, k2, v], dim=-1).flatten(-2)
-
-        fwd(block.get_submodule("attention.query_key_value"), qkv_hook)
