@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 import torch
 
 from tdb_core import specs
-from tdb_core.adapter import Adapter, Norm
+from tdb_core.adapter import Adapter, AttnWeights, Norm
 from tdb_core.hooks import HookContext, register_attention_layers
 from tdb_core.schema import SITE_KIND_BY_KEY, ModelDims, ModelSchema, norm_name, site_name
 
@@ -166,12 +166,13 @@ SOFTCAP_LOGITS_MEANING = (
 def heads_hook(ctx: HookContext, site: str, d_head: int, heads_first: bool = False) -> Any:
     """A forward hook that serves a module's output as ``site`` ``[B, T, heads, d_head]``: the
     output is ``[B, T, heads * d_head]``, or ``[B, heads, T, d_head]`` when ``heads_first``. The
-    output is replaced only when the site's value was (an edit or a splice)."""
+    output is replaced when the site's value was (an edit or a splice), or when the site is
+    differentiated (the model must then read the site's tensor, not the output it views)."""
 
     def hook(mod: Any, args: Any, out: torch.Tensor) -> torch.Tensor | None:
         x = out.transpose(1, 2) if heads_first else out.unflatten(-1, (-1, d_head))
         y = ctx.point(site, x)
-        if y is x:
+        if y is x and not ctx.needs_graph(site):
             return None
         return y.transpose(1, 2) if heads_first else y.flatten(-2)
 
@@ -181,13 +182,13 @@ def heads_hook(ctx: HookContext, site: str, d_head: int, heads_first: bool = Fal
 def fused_qk_hook(ctx: HookContext, q_site: str, k_site: str, d_head: int) -> Any:
     """A forward hook that serves the q and k slices of a per-head fused projection's output
     ``[B, T, heads * (q, k, v) * d_head]`` as ``q_site``/``k_site`` ``[B, T, heads, d_head]``;
-    an edit of either is written back into the output."""
+    an edit of either (or a gradient wanted at either) is written back into the output."""
 
     def hook(mod: Any, args: Any, out: torch.Tensor) -> torch.Tensor | None:
         qkv = out.unflatten(-1, (-1, 3 * d_head))  # [B, T, heads, 3 * d_head]
         q, k, v = qkv[..., :d_head], qkv[..., d_head : 2 * d_head], qkv[..., 2 * d_head :]
         q2, k2 = ctx.point(q_site, q), ctx.point(k_site, k)
-        if q2 is q and k2 is k:
+        if q2 is q and k2 is k and not (ctx.needs_graph(q_site) or ctx.needs_graph(k_site)):
             return None
         return torch.cat([q2, k2, v], dim=-1).flatten(-2)
 
@@ -314,6 +315,40 @@ class DecoderAdapter(Adapter):
     def b_out(self, layer: int) -> torch.Tensor | None:
         return getattr(self._block_module(layer, self.layout.mlp_out), "bias", None)
 
+    def W_pos(self) -> torch.Tensor | None:
+        path = self.layout.pos_embed
+        return None if path is None else _get(self.model, path).weight  # [n_ctx, d_model]
+
+    def attn_weights(self, layer: int) -> AttnWeights:
+        """Separate ``q_proj``/``k_proj``/``v_proj`` ``nn.Linear`` modules beside the output
+        projection (Llama, Mistral, Qwen2, Gemma 2, Phi); fused layouts override this."""
+        d = self.dims
+        attn = self.layout.o_proj.rsplit(".", 1)[0]
+
+        def split(name: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            m = self._block_module(layer, f"{attn}.{name}")
+            w = m.weight.T.reshape(d.d_model, n, d.d_head).permute(1, 0, 2)  # [n, d_model, d_head]
+            b = getattr(m, "bias", None)
+            return w, None if b is None else b.reshape(n, d.d_head)
+
+        (wq, bq), (wk, bk), (wv, bv) = (
+            split("q_proj", d.n_heads),
+            split("k_proj", d.n_kv_heads),
+            split("v_proj", d.n_kv_heads),
+        )
+        return AttnWeights(wq, wk, wv, bq, bk, bv)
+
+    def b_in(self, layer: int) -> torch.Tensor | None:
+        return getattr(self._block_module(layer, self.layout.mlp_in), "bias", None)
+
+    def W_up(self, layer: int) -> torch.Tensor | None:
+        path = self.layout.mlp_up
+        return None if path is None else self._block_module(layer, path).weight.T
+
+    def b_up(self, layer: int) -> torch.Tensor | None:
+        path = self.layout.mlp_up
+        return None if path is None else getattr(self._block_module(layer, path), "bias", None)
+
     # -- norms -------------------------------------------------------------------------------------
     def norm_of(self, module: torch.nn.Module) -> Norm:
         eps = getattr(module, "eps", None)
@@ -328,6 +363,9 @@ class DecoderAdapter(Adapter):
 
     def final_norm(self) -> Norm:
         return self.norm_of(_get(self.model, self.layout.ln_final))
+
+    def attn_in_norm(self, layer: int) -> Norm:
+        return self.norm_of(self._block_module(layer, self.layout.ln1))
 
     def mlp_in_norm(self, layer: int) -> Norm:
         """The norm whose output the MLP reads: ``ln2``, or ``ln1`` where one norm feeds both."""
@@ -442,10 +480,15 @@ class DecoderAdapter(Adapter):
                     ctx.observe_derived(result, block)
                     return out
                 res = torch.einsum("bthd,hdm->bthm", z, w_o)  # [B, T, H, d_model]
-                res = ctx.point(result, res)
+                edited = ctx.point(result, res)
                 b_o = self.b_O(layer)
-                new = res.sum(2)  # [B, T, d_model]
-                return new if b_o is None else new + b_o
+                new = edited.sum(2)  # [B, T, d_model]
+                new = new if b_o is None else new + b_o
+                if edited is res and torch.is_grad_enabled():
+                    # differentiated, not edited: the module's own value (logits stay
+                    # bit-identical), gradients through the per-head site
+                    return out.detach() + (new - new.detach())
+                return new
 
             fwd(o_proj, o_proj_hook)
 

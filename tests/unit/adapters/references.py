@@ -38,7 +38,8 @@ def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Norm:
 def rms_norm(x: Tensor, gain: Tensor, eps: float) -> Norm:
     """RMSNorm with an elementwise gain: (scale [T, 1], normalized x / scale, output)."""
     scale = torch.sqrt((x**2).mean(-1, keepdim=True) + eps)
-    return scale, x / scale, x / scale * gain
+    normalized = x / scale
+    return scale, normalized, normalized * gain
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -90,9 +91,7 @@ def attention(
     ``k``/``v`` may have fewer heads than ``q`` (grouped-query): query head h reads kv head
     ``h // (H / H_kv)``.
     """
-    n_rep = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(n_rep, dim=1)
-    v = v.repeat_interleave(n_rep, dim=1)
+    k, v = expand_kv(q, k), expand_kv(q, v)
     scores = torch.einsum("qhd,khd->hqk", q, k) * scale
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
@@ -100,6 +99,14 @@ def attention(
     pattern = scores.softmax(-1)
     z = torch.einsum("hqk,khd->qhd", pattern, v)
     return scores, pattern, z
+
+
+def expand_kv(q: Tensor, kv: Tensor) -> Tensor:
+    """Grouped-query keys/values ``[T, H_kv, d]`` repeated per query head ``[T, H, d]``; the
+    tensor itself when it already has a head per query head (so gradients taken with respect to
+    the recorded sites reach the tensors the attention used)."""
+    n_rep = q.shape[1] // kv.shape[1]
+    return kv if n_rep == 1 else kv.repeat_interleave(n_rep, dim=1)
 
 
 def _state(model: Any) -> dict[str, Tensor]:
