@@ -63,6 +63,9 @@ class ModelRunner:
         self.saes = SaeRegistry(loaded.name, loaded.adapter.schema, loaded.device)
         self.admission = Admission(loaded.name, self.limits)
         self.stats = {"passes": 0, "merged_passes": 0, "merged_requests": 0}
+        # tensors derived from the weights alone (e.g. the normalized embedding node tables read),
+        # each with a stamp of the weights it was derived from: name -> (stamp, tensor)
+        self.derived: dict[str, tuple[object, torch.Tensor]] = {}
 
     @property
     def name(self) -> str:
