@@ -1071,7 +1071,7 @@ def _normalized_embedding(runner: ModelRunner, kind: str) -> torch.Tensor:
     if kept is not None and kept[0] == stamp:
         return kept[1]
     emb = runner.adapter.W_E().float()  # [vocab, d_model]
-    e = emb - emb.mean(-1, keepdim=True) if kind == "layernorm" else emb
+    e: torch.Tensor = emb - emb.mean(-1, keepdim=True) if kind == "layernorm" else emb
     e = e * (math.sqrt(e.shape[-1]) / e.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     if e.numel() * e.element_size() <= EMBEDDING_CACHE_MAX_BYTES:
         runner.derived[key] = (stamp, e)
