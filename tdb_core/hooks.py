@@ -101,6 +101,9 @@ class HookPlan:
     freeze_norms: set[str] = field(default_factory=set)  # "ln_final", "blocks.L.ln1", ...
     observers: dict[str, Callable[[torch.Tensor], None]] = field(default_factory=dict)
     clone_captures: bool = False  # copy every capture (set after a model wrote to a view in place)
+    # positions whose logits the pass computes (None: every position); ignored when the logits
+    # site itself is hooked
+    logit_positions: tuple[int, ...] | None = None
 
     def captures_intact(self) -> bool:
         """False if a zero-copy capture was modified in place after it was taken."""

@@ -45,11 +45,23 @@ class LoadedModel:
 
 @dataclass
 class RunOutput:
-    """What one forward pass produced: logits ``[B, T, vocab]`` and the hook context."""
+    """What one forward pass produced: logits ``[B, T, vocab]`` and the hook context.
+
+    With ``logit_positions`` (a plan's :attr:`~tdb_core.hooks.HookPlan.logit_positions`), the
+    logits are those positions' only: ``[B, len(logit_positions), vocab]``; read them by
+    absolute position with :meth:`logits_at`.
+    """
 
     logits: torch.Tensor
     ctx: HookContext
     seconds: float
+    logit_positions: tuple[int, ...] | None = None
+
+    def logits_at(self, position: int) -> torch.Tensor:
+        """The logits at an absolute position, ``[B, vocab]``."""
+        if self.logit_positions is None:
+            return self.logits[:, position]
+        return self.logits[:, self.logit_positions.index(position)]
 
 
 class ModelRunner:
@@ -151,6 +163,10 @@ class ModelRunner:
         for att in self.saes.values():
             if wanted.intersection(att.site_names):
                 plan.splices[att.site.name] = _chain(plan.splices.get(att.site.name), att.splice())
+        kept = plan.logit_positions if "logits" not in wanted else None
+        extra: dict[str, Any] = {}
+        if kept is not None:  # the model's unembedding reads only these positions
+            extra["logits_to_keep"] = torch.tensor(kept, device=self.device)
         start = time.perf_counter()
         while True:
             ctx = HookContext(
@@ -158,9 +174,11 @@ class ModelRunner:
             )
             self.stats["passes"] += 1
             with self._hooks(ctx), torch.set_grad_enabled(grad):
-                out = self.adapter.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                out = self.adapter.model(
+                    input_ids=ids, attention_mask=mask, use_cache=False, **extra
+                )
             if plan.captures_intact():
-                return RunOutput(out.logits, ctx, time.perf_counter() - start)
+                return RunOutput(out.logits, ctx, time.perf_counter() - start, kept)
             # the model wrote in place to an activation captured without a copy: run again, copying
             plan.clone_captures = True
             plan.reset_captures()

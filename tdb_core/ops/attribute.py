@@ -232,6 +232,26 @@ def _residual_point(site: str, layer: int, key: str, position: int | None) -> _P
 _Tensors = dict[str, torch.Tensor]
 
 
+SPARSE = True
+"""Compute only what the loss can see: logits at the loss position, and products with the loss
+gradient at positions where it is not zero (a logit loss or a trace reads one position; every
+other position's direct effects are zero). False computes every position, as a check."""
+
+
+def _on_live_positions(d: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn(d)`` for a linear map ``fn`` of the last axis of ``d`` ``[rows, T, d_model]``,
+    computed only at the positions where ``d[r, t]`` is not all zeros (zeros elsewhere)."""
+    if not SPARSE:
+        return fn(d)
+    rows, T = d.shape[:2]
+    flat = d.reshape(rows * T, -1)
+    live = flat.ne(0).any(-1).nonzero().flatten()  # [n]
+    y = fn(flat[live])  # [n, *out]
+    out = torch.zeros(rows * T, *y.shape[1:], dtype=y.dtype, device=y.device)
+    out[live] = y
+    return out.reshape(rows, T, *y.shape[1:])
+
+
 def _row_vector(x: torch.Tensor) -> Callable[[int, tuple[int, ...]], torch.Tensor]:
     """The write of a node that is one vector of ``x`` ``[rows, T, d_model]`` per position."""
 
@@ -460,6 +480,8 @@ class _Attribution:
         if self.spec.freeze_norm_scale and self.point.norm is not None:
             plan.freeze_norms.add(self.point.norm)
         loss = self.spec.loss
+        if SPARSE and isinstance(loss, (LogitDiffLoss, LogProbLoss)):
+            plan.logit_positions = (self.loss_position(),)  # the unembedding at one position
         if isinstance(loss, NeuronTrace):
             plan.grad_sites.add(site_name("mlp.hook_pre", loss.layer))
         if isinstance(loss, HeadTrace):
@@ -493,10 +515,10 @@ class _Attribution:
         loss, g = self.spec.loss, out.ctx.graph
         rows = self.n_rows if rows is None else rows
         if isinstance(loss, LogitDiffLoss):
-            lg = out.logits[:rows, self.loss_position()].float()
+            lg = out.logits_at(self.loss_position())[:rows].float()
             return lg[:, list(loss.target_ids)].mean(-1) - lg[:, list(loss.distractor_ids)].mean(-1)
         if isinstance(loss, LogProbLoss):
-            lp = out.logits[:rows, self.loss_position()].float().log_softmax(-1)
+            lp = out.logits_at(self.loss_position())[:rows].float().log_softmax(-1)
             return lp[:, list(loss.target_ids)].logsumexp(-1)
         if isinstance(loss, NeuronTrace):
             return g[site_name("mlp.hook_pre", loss.layer)][
@@ -636,7 +658,7 @@ class _Attribution:
         cols = {
             "activation": post,
             "write_magnitude": write_mag,
-            "direct_effect": post * (d_eff @ w_out.T),
+            "direct_effect": post * _on_live_positions(d_eff, lambda x: x @ w_out.T),
             "total_effect": post * gpost,
         }
 
@@ -670,7 +692,8 @@ class _Attribution:
             raw = torch.einsum("rthd,hdm->rtm", z, w_o) + (b.float() if b is not None else 0.0)
             factor = self._post_norm_gain(norm, raw)  # [rows, T, d_model]
         d_eff = d * factor  # [rows, T, d_model]
-        ow = torch.einsum("hdm,rtm->rthd", w_o, d_eff)  # [rows, T, H, d_head]: W_O[h] d_eff[t]
+        # [rows, T, H, d_head]: W_O[h] d_eff[t]
+        ow = _on_live_positions(d_eff, lambda x: torch.einsum("hdm,...m->...hd", w_o, x))
         fams = []
         if NodeKind.ATTN_HEAD in self.families:
             result = torch.einsum("rthd,hdm->rthm", z, w_o)  # [rows, T, H, d_model]

@@ -173,3 +173,53 @@ def test_an_embedding_over_the_budget_is_not_kept(tiny_runner, monkeypatch):
     assert not tiny_runner.derived
     monkeypatch.setattr(attribution, "EMBEDDING_CACHE_MAX_BYTES", math.inf)
     assert _neuron_input_tokens(tiny_runner, [(0, 2)], 2) == got
+
+
+def _tables(runner, sparse: bool, monkeypatch) -> list:
+    from tdb_core.ops.attribute import HeadTrace, LogProbLoss, NeuronTrace, Through
+
+    monkeypatch.setattr(attribution, "SPARSE", sparse)
+    mary = runner.tokens.single_token(" Mary")
+    john = runner.tokens.single_token(" John")
+    prompt = specs.Prompt(text=PROMPT)
+    losses = [
+        LogitDiffLoss((mary,), (john,)),
+        LogitDiffLoss((mary, john), (5,), position=-3),
+        LogProbLoss((mary,)),
+        NeuronTrace(1, 3, position=-2),
+        HeadTrace(1, 0, query_position=-1, key_position=2, through=Through.QK),
+    ]
+    specs_ = [AttributeSpec(prompt=prompt, loss=loss, top_k=6) for loss in losses]
+    specs_.append(
+        AttributeSpec(
+            prompt=prompt,
+            loss=losses[0],
+            interventions=(specs.Intervention("blocks.0.attn.hook_pattern", specs.Zero()),),
+            top_k=6,
+        )
+    )
+    specs_.append(AttributeSpec(prompt=prompt, loss=losses[0], top_k=3, ig_steps=4))
+    return [attribute(runner, s) for s in specs_]
+
+
+def test_sparse_pass_gives_the_dense_pass_table(tiny_runner, monkeypatch):
+    """Logits at the loss position only and gradient products only where the gradient is not
+    zero give the same table as the dense pass: the same rows in the same order, the same node
+    tokens, and values equal to float rounding (products of a different shape may round their
+    last bit differently); exact zeros stay exact zeros."""
+    dense = _tables(tiny_runner, False, monkeypatch)
+    sparse = _tables(tiny_runner, True, monkeypatch)
+    for a, b in zip(dense, sparse, strict=True):
+        assert [r.node for r in a.rows] == [r.node for r in b.rows]
+        for ra, rb in zip(a.rows, b.rows, strict=True):
+            assert [t.token_id for t in ra.upvoted] == [t.token_id for t in rb.upvoted]
+            assert [t.token_id for t in ra.input_tokens] == [t.token_id for t in rb.input_tokens]
+            for va, vb in zip(ra.values, rb.values, strict=True):
+                for c in COLUMNS:
+                    assert vb[c] == pytest.approx(va[c], rel=1e-5, abs=1e-6), (rb.node.key, c)
+                    assert (va[c] == 0) == (vb[c] == 0)
+        for field in ("loss_values", "bias_direct_effect", "constant"):
+            assert getattr(b, field) == pytest.approx(getattr(a, field), rel=1e-5, abs=1e-6)
+        for ta, tb in zip(a.token_attribution, b.token_attribution, strict=True):
+            assert tb == pytest.approx(ta, rel=1e-5, abs=1e-6)
+        assert a.prompts == b.prompts and a.loss_position == b.loss_position
