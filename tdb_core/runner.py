@@ -21,6 +21,7 @@ import torch
 from tdb_core import cancel
 from tdb_core.adapter import Adapter
 from tdb_core.admission import Admission, working_bytes
+from tdb_core.cache import PromptCache, runner_token
 from tdb_core.checks import Limits
 from tdb_core.hooks import HookContext, HookPlan, Splice, activate
 from tdb_core.plan import Batch, Planner
@@ -75,6 +76,8 @@ class ModelRunner:
         self.saes = SaeRegistry(loaded.name, loaded.adapter.schema, loaded.device)
         self.admission = Admission(loaded.name, self.limits)
         self.stats = {"passes": 0, "merged_passes": 0, "merged_requests": 0}
+        self.cache: PromptCache | None = None  # the server's prompt cache, when it has one
+        self.cache_token = runner_token()
         # tensors derived from the weights alone (e.g. the normalized embedding node tables read),
         # each with a stamp of the weights it was derived from: name -> (stamp, tensor)
         self.derived: dict[str, tuple[object, torch.Tensor]] = {}
@@ -104,6 +107,16 @@ class ModelRunner:
     def queue_depth(self) -> int:
         """Requests admitted to this model: running or waiting."""
         return self.admission.queue_depth
+
+    def cache_stamp(self) -> tuple[object, ...]:
+        """Changes whenever the weights (in place or replaced) or the attached SAEs change: part
+        of every prompt-cache key of this model."""
+        weights = tuple((id(p), p._version) for p in self.adapter.model.parameters())
+        saes = tuple(
+            (a.id, id(a), tuple((id(p), p._version) for p in a.sae.parameters()))
+            for a in self.saes.values()
+        )
+        return (weights, saes)
 
     def planner(self, batch: Batch) -> Planner:
         return Planner(self.schema, batch, self.device, self.dtype)

@@ -14,7 +14,8 @@ import torch
 
 from tdb_core import cancel, checks, specs
 from tdb_core.admission import GroupRunner, Member
-from tdb_core.hooks import ResolvedCapture
+from tdb_core.cache import Entry, PromptCache
+from tdb_core.hooks import ResolvedCapture, _reduce_capture
 from tdb_core.ops.common import capture_result, prompt_tokens, top_logits
 from tdb_core.plan import Batch, Planner, check_response_bytes, resolve_positions
 from tdb_core.runner import ModelRunner, RunOutput
@@ -22,7 +23,8 @@ from tdb_core.runner import ModelRunner, RunOutput
 
 @dataclass
 class _Prepared:
-    """A validated, planned Forward: its batch, planner, captures per spec, logit positions."""
+    """A validated, planned Forward: its batch, planner, captures per spec, logit positions,
+    and its prompt-cache key when the pass may be recorded."""
 
     spec: specs.ForwardSpec
     batch: Batch
@@ -30,14 +32,23 @@ class _Prepared:
     groups: list[list[ResolvedCapture]]
     logit_pos: list[list[int]]
     top_k: int
+    cache_key: Hashable | None = None
 
 
 def forward(runner: ModelRunner, spec: specs.ForwardSpec) -> specs.ForwardResult:
-    """Run the spec's prompts with its captures and interventions; next-token top-k."""
+    """Run the spec's prompts with its captures and interventions; next-token top-k.
+
+    With a prompt cache (:mod:`tdb_core.cache`), a plain read whose captures can all be cut from
+    a recorded pass is answered from it; otherwise a plain read that runs on its own (not merged
+    with others) records its pass."""
     prep = _prepare(runner, spec)
     plan = prep.planner.plan
     if not _batchable(spec):
         return _finish(runner, prep, runner.run(prep.batch, plan))
+    if runner.cache is not None and runner.cache.max_bytes:
+        cached = _from_cache(runner, prep, runner.cache)
+        if cached is not None:
+            return cached
     b = prep.batch
     member = Member(prep, _key(spec), b.n_prompts, b.n_prompts * b.max_len)
     need, describe = runner.estimate(b, plan, False)
@@ -68,13 +79,78 @@ def _prepare(runner: ModelRunner, spec: specs.ForwardSpec) -> _Prepared:
 def _finish(runner: ModelRunner, prep: _Prepared, out: RunOutput) -> specs.ForwardResult:
     batch = prep.batch
     rows = torch.arange(batch.n_prompts, device=out.logits.device)[:, None]
-    at = out.logits[rows, torch.tensor(prep.logit_pos, device=out.logits.device)].float()
+    return _result(
+        runner, prep, out.logits[rows, torch.tensor(prep.logit_pos, device=out.logits.device)]
+    )
+
+
+def _result(runner: ModelRunner, prep: _Prepared, logits: torch.Tensor) -> specs.ForwardResult:
+    """The result from filled captures and the logits at the asked positions ``[B, P, vocab]``."""
+    batch = prep.batch
+    at = logits.float()
     return specs.ForwardResult(
         prompts=prompt_tokens(runner.tokens, batch.rows[: batch.n_prompts]),
         captures=tuple(capture_result(c) for g in prep.groups for c in g),
         top_logits=top_logits(runner.tokens, at, prep.logit_pos, prep.top_k),
         logits_at=at.cpu(),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The prompt cache
+
+
+def _spliced(runner: ModelRunner, prep: _Prepared) -> tuple[str, ...]:
+    """The SAEs spliced into this pass: those one of whose sites it reads."""
+    wanted = prep.planner.plan.sites()
+    return tuple(a.id for a in runner.saes.values() if wanted.intersection(a.site_names))
+
+
+def _from_cache(
+    runner: ModelRunner, prep: _Prepared, cache: PromptCache
+) -> specs.ForwardResult | None:
+    """The result cut from a recorded pass, or None (a miss: then ``prep.cache_key`` is set so
+    that the pass records itself if it runs alone)."""
+    rest = (prep.batch.rows, _spliced(runner, prep))
+    key = cache.key(runner.cache_token, runner.cache_stamp(), rest)
+    entry = cache.get(key)
+    if entry is not None:
+        n = prep.batch.n_prompts
+        wanted = [(b, p) for b in range(n) for p in prep.logit_pos[b]]
+        caps = [c for g in prep.groups for c in g]
+        if all(at in entry.logits for at in wanted) and all(_servable(entry, c) for c in caps):
+            for c in caps:
+                rec = entry.sites[c.site.name]
+                _reduce_capture(c, rec.values, rec.masked, clone=True)
+            rows = [
+                torch.stack([entry.logits[(b, p)] for p in prep.logit_pos[b]]) for b in range(n)
+            ]
+            cache.count(hit=True)
+            return _result(runner, prep, torch.stack(rows))
+    cache.count(hit=False)
+    prep.cache_key = key
+    return None
+
+
+def _servable(entry: Entry, c: ResolvedCapture) -> bool:
+    rec = entry.sites.get(c.site.name)
+    if rec is None or rec.values.shape[0] < c.n_rows:
+        return False
+    whole = c.index.pos is None and (c.index.units is None or c.index.unit_axis is None)
+    return whole or not rec.derived
+
+
+def _record(runner: ModelRunner, prep: _Prepared, out: RunOutput) -> None:
+    """Keep what a pass recorded (its captured sites, its logits at the asked positions)."""
+    assert runner.cache is not None and prep.cache_key is not None
+    sites = prep.planner.plan.record or {}
+    logits = {
+        (b, p): out.logits[b, p].detach().clone()
+        for b in range(prep.batch.n_prompts)
+        for p in prep.logit_pos[b]
+    }
+    runner.cache.add(prep.cache_key, sites, logits)
+    prep.planner.plan.record = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,9 +177,12 @@ def _group_runner(runner: ModelRunner) -> GroupRunner:
         preps: list[_Prepared] = [m.payload for m in group]
         if len(preps) == 1:
             prep = preps[0]
-            group[0].result = _finish(
-                runner, prep, runner.forward_pass(prep.batch, prep.planner.plan)
-            )
+            if prep.cache_key is not None:
+                prep.planner.plan.record = {}
+            out = runner.forward_pass(prep.batch, prep.planner.plan)
+            group[0].result = _finish(runner, prep, out)
+            if prep.cache_key is not None:
+                _record(runner, prep, out)
             return
         merged = Batch.plain([r for p in preps for r in p.batch.rows])
         planner = runner.planner(merged)
