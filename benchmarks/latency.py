@@ -1,6 +1,6 @@
 """Interactive latency: the clicks of a debugging session on the embedded toy model, end to end.
 
-    python -m benchmarks latency [--clicks 30] [--cache-mb 64] [--cache-seq 64]
+    python -m benchmarks latency [--clicks 30] [--cache-mb 64] [--cache-seq 64] [--cache-repeats 7]
 
 A ``tdb serve`` child process (the toy model, its SAE and shipped explanations; a fresh explanation
 store; ``--cache-mb``) is driven over native gRPC with the click path of the web app, each click
@@ -16,7 +16,7 @@ the figures (this machine is shared; absolute times move with it).
 
 The prompt cache: a Forward capture of sites already recorded vs the same Forward uncached, in
 process on the GPT-2-small shape (1 x ``--cache-seq`` tokens, two sites), medians of interleaved
-repeats (target: >= 10x). Prints one JSON object last.
+repeats (target: >= 10x; ``--cache-repeats 0`` leaves it out). Prints one JSON object last.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def start_server(cache_mb: float, data_dir: str) -> tuple[subprocess.Popen[str],
         "TDB_LOG_LEVEL": "info",
         "XDG_DATA_HOME": data_dir,
     }
+    cache = ["--cache-mb", str(cache_mb)] if cache_mb > 0 else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "--port", "0", "--cache-mb", str(cache_mb)],
+        [sys.executable, "-m", "services.cli", "serve", "--port", "0", *cache],
         env=env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -170,7 +171,8 @@ def main(argv: list[str]) -> int:
     for name, xs in times.items():
         out[f"{name}_p50_ms"] = round(statistics.median(xs), 1)
         out[f"{name}_p95_ms"] = _pct(xs, 0.95)
-    out.update(cache_ratio(args.cache_seq, args.cache_repeats))
+    if args.cache_repeats > 0:
+        out.update(cache_ratio(args.cache_seq, args.cache_repeats))
     out.update(
         {
             "load_avg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
