@@ -697,7 +697,8 @@ class _Attribution:
         fams = []
         if NodeKind.ATTN_HEAD in self.families:
             result = torch.einsum("rthd,hdm->rthm", z, w_o)  # [rows, T, H, d_model]
-            result_w = result * (factor[:, :, None] if factor.dim() else factor)
+            # the residual write: the raw write through a post norm's factor (none: as it is)
+            result_w = result * factor[:, :, None] if norm is not None else result
             cols = {
                 "activation": z.norm(dim=-1),
                 "write_magnitude": result_w.norm(dim=-1),
