@@ -22,6 +22,8 @@ BENCHMARKS = (
     "grpcweb",
     "latency",
     "gpu",
+    "gradients",
+    "atp",
 )
 
 

@@ -49,6 +49,11 @@ class InferenceServiceStub:
                 request_serializer=tdb_dot_v1_dot_inference__pb2.PatchSweepRequest.SerializeToString,
                 response_deserializer=tdb_dot_v1_dot_inference__pb2.PatchSweepResponse.FromString,
                 _registered_method=True)
+        self.LogitLens = channel.unary_unary(
+                '/tdb.v1.InferenceService/LogitLens',
+                request_serializer=tdb_dot_v1_dot_inference__pb2.LogitLensRequest.SerializeToString,
+                response_deserializer=tdb_dot_v1_dot_inference__pb2.LogitLensResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -78,6 +83,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LogitLens(self, request, context):
+        """Logit lens: the residual stream at chosen layers and positions read through the final norm
+        and the unembedding; the top-k tokens of each cell of the layer x position grid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +108,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.PatchSweep,
                     request_deserializer=tdb_dot_v1_dot_inference__pb2.PatchSweepRequest.FromString,
                     response_serializer=tdb_dot_v1_dot_inference__pb2.PatchSweepResponse.SerializeToString,
+            ),
+            'LogitLens': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogitLens,
+                    request_deserializer=tdb_dot_v1_dot_inference__pb2.LogitLensRequest.FromString,
+                    response_serializer=tdb_dot_v1_dot_inference__pb2.LogitLensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class InferenceService:
             '/tdb.v1.InferenceService/PatchSweep',
             tdb_dot_v1_dot_inference__pb2.PatchSweepRequest.SerializeToString,
             tdb_dot_v1_dot_inference__pb2.PatchSweepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogitLens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tdb.v1.InferenceService/LogitLens',
+            tdb_dot_v1_dot_inference__pb2.LogitLensRequest.SerializeToString,
+            tdb_dot_v1_dot_inference__pb2.LogitLensResponse.FromString,
             options,
             channel_credentials,
             insecure,
