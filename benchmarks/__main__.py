@@ -21,6 +21,8 @@ BENCHMARKS = (
     "webapp",
     "grpcweb",
     "cli",
+    "latency",
+    "gpu",
     "gradients",
     "atp",
 )
