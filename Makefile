@@ -1,5 +1,6 @@
 # Two commands: `make serve` (run the server on localhost:50051) and `make test` (the whole suite).
-# Both create .venv and install the project (CPU torch pinned by constraints-cpu.txt; GPU users run
+# Both create .venv and install the project: `make serve` what serving needs, `make test` the test
+# tools too (CPU torch pinned by constraints-cpu.txt; GPU users run
 # `make CONSTRAINTS= ...` after installing their own torch, or pip-install the project directly).
 
 PYTHON ?= python3
@@ -13,6 +14,7 @@ PYTEST_ARGS ?=
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
 
 .PHONY: web web-protos install serve test test-fast lint format typecheck protos check-protos bench clean
 
@@ -24,9 +26,16 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
+# What serving needs and nothing more (no test, lint or browser packages).
+$(SERVE_STAMP): pyproject.toml clients/python/pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e clients/python -e .
+	touch $(SERVE_STAMP)
+
 # Builds the web app first (`make web`) when the checkout has it and Node.js >= 20 is present;
 # without Node it serves gRPC and gRPC-Web, and the page at / says how to build the app.
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	@if [ ! -f clients/web/package.json ]; then :; \
 	elif command -v node >/dev/null 2>&1 \
 		&& node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then \

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if client_cli.handles(argv):  # client commands build and import nothing else
+        return client_cli.main(argv)
     args = build_parser().parse_args(argv)
     from tdb_core.errors import TdbError
 

@@ -26,6 +26,7 @@ from services.auth import BearerTokenAuthorizer, read_tokens, server_credentials
 from services.interceptors import InFlight, ServiceInterceptor
 from services.logs import configure_logging, get_logger
 from services.metrics import Metrics
+from services.reflection import enable_server_reflection
 from services.registry import ModelRegistry
 from services.servicers.attribution import AttributionServicer
 from services.servicers.explain import ExplainServicer, ExplainSetup
@@ -309,7 +310,7 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
+    enable_server_reflection(
         (
             *SERVICE_NAMES,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

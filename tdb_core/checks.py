@@ -47,8 +47,9 @@ the work they drive. This module imports no torch, so settings and the CLI can r
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Mapping, Sequence, Sized
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -194,6 +195,7 @@ def lookup(table: Mapping[str, T], name: str, what: str, where: str) -> T:
     if found is None:
         raise NotFoundError(
             f"{what} {quote(name)} is not {where}; available: {', '.join(table) or 'none'}"
+            + did_you_mean(name, table)
         )
     return found
 
@@ -254,6 +256,12 @@ def tensor_data(shape: Sequence[int], n_bytes: int, itemsize: int, dtype: str, w
         raise InvalidArgumentError(
             f"{what} has {n_bytes} bytes of data but shape {list(shape)} of {dtype} needs {need}"
         )
+
+
+def did_you_mean(name: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the candidate closest to a misspelled name, else ``""``."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=cutoff)
+    return f"; did you mean {quote(close[0])}?" if close else ""
 
 
 def text(value: str, limit: int, what: str, hint: str = "send a shorter text") -> None:

@@ -456,7 +456,10 @@ class ModelSchema:
         site = self._by_name.get(name)
         if site is not None:
             return site
-        ref = parse_site(name)  # raises NotFoundError for names that are not sites at all
+        try:
+            ref = parse_site(name)
+        except NotFoundError:  # not a site at all: suggest this model's closest, SAE sites included
+            raise NotFoundError(self._unknown_site(name)) from None
         if not self.has_kind(ref.kind.key):  # by key: adapters may restate a kind's meaning
             raise NotFoundError(
                 f"site {checks.quote(name)} does not exist in this model's architecture "
@@ -480,10 +483,30 @@ class ModelSchema:
         found = [s for s in self.sites if match(s.name)]
         if not found:
             raise NotFoundError(
-                f"site pattern {checks.quote(pattern)} matches no site of this model; "
-                "GetModelInfo lists the sites"
+                f"site pattern {checks.quote(pattern)} matches no site of this model"
+                + self._pattern_hint(pattern)
             )
         return found
+
+    def _unknown_site(self, name: str) -> str:
+        known = ", ".join(("blocks.{L}." if k.layered else "") + k.key for k in self.kinds)
+        return (
+            f"unknown hook site {checks.quote(name)}{checks.did_you_mean(name, self._by_name)}; "
+            f"sites are: {known}"
+        )
+
+    def _pattern_hint(self, pattern: str) -> str:
+        """Why a glob matched nothing: a selector's brackets where a capture wants a site, or a
+        misspelling; else where the sites are listed."""
+        site = pattern.split("[", 1)[0]
+        if "[" in pattern and any(fnmatch.fnmatchcase(s.name, site) for s in self.sites):
+            return (
+                f"; a capture takes a site or glob ({checks.quote(site)}) and selects units and "
+                "positions with its own `units` and `positions` fields (CLI: --positions), not "
+                "with brackets; brackets select only in interventions and node keys"
+            )
+        close = checks.did_you_mean(pattern, self._by_name)
+        return close or "; GetModelInfo lists the sites"
 
     def dim_size(self, site: SiteInfo, dim: str, n_pos: int) -> int:
         """Size of one of a site's dims for ``n_pos`` tokens."""

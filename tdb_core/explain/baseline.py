@@ -37,7 +37,7 @@ from enum import Enum
 
 from tdb_core.errors import FailedPreconditionError, InvalidArgumentError
 from tdb_core.explain.formatting import MAX_NORMALIZED_ACTIVATION, max_activation, relu
-from tdb_core.explain.pairs import low_pairs, top_pairs
+from tdb_core.explain.pairs import first_key_skippable, low_pairs, top_pairs
 from tdb_core.explain.records import ActivationRecord
 from tdb_core.explain.scoring import roc_auc
 
@@ -322,8 +322,11 @@ def fit_head_rule(
 ) -> HeadRule:
     """The head rule with the best ROC AUC separating top pairs from weak pairs (simplest on ties)."""
     records = list(top_records) + list(contrast_records)
-    positives = top_pairs(top_records, n_top_pairs)
-    negatives = low_pairs(records, n_low_pairs, low_fraction=low_fraction, seed=seed)
+    skip = first_key_skippable(records, low_fraction)  # the attention sink: see pairs.py
+    positives = top_pairs(top_records, n_top_pairs, skip_first_key=skip)
+    negatives = low_pairs(
+        records, n_low_pairs, low_fraction=low_fraction, seed=seed, skip_first_key=skip
+    )
     if not negatives:
         raise FailedPreconditionError(
             f"no token pair in the records is below {low_fraction} of the strongest, so there is "

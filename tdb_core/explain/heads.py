@@ -25,7 +25,7 @@ import structlog
 from tdb_core.explain.backends import LLMBackend, LogprobsUnavailableError
 from tdb_core.explain.baseline import head_rule_holds, parse_head_rule
 from tdb_core.explain.few_shot import HEAD_FEW_SHOT_EXAMPLES, HeadFewShotExample
-from tdb_core.explain.pairs import TokenPair, low_pairs, top_pairs
+from tdb_core.explain.pairs import TokenPair, first_key_skippable, low_pairs, top_pairs
 from tdb_core.explain.prompts import ChatMessage, build_head_judge_prompt
 from tdb_core.explain.records import ActivationRecord
 from tdb_core.explain.scoring import roc_auc
@@ -163,8 +163,9 @@ def score_head_explanation(
     on_pair: Callable[[int, int], None] | None = None,
 ) -> HeadScore:
     """TDB's head score on ``records`` (``on_pair(done, total)`` is called after each judgement)."""
-    strong = top_pairs(records, n_pairs)
-    weak = low_pairs(records, n_pairs, low_fraction=low_fraction, seed=seed)
+    skip = first_key_skippable(records, low_fraction)  # the attention sink: see pairs.py
+    strong = top_pairs(records, n_pairs, skip_first_key=skip)
+    weak = low_pairs(records, n_pairs, low_fraction=low_fraction, seed=seed, skip_first_key=skip)
     labelled = [(p, 1) for p in strong] + [(p, 0) for p in weak]
     scored = []
     for i, (pair, label) in enumerate(labelled):

@@ -111,7 +111,7 @@ def test_ablate_and_patch_commands(tiny_server, tmp_path):
 
 
 def test_attribute_command(tiny_server):
-    """`tdb attribute` prints the node table sorted by direct effect."""
+    """`tdb attribute` prints the node table (rows by canonical key) sorted by direct effect."""
     r = run_cli(
         "attribute",
         "When Mary and John went to the store, John gave a drink to",
@@ -125,7 +125,7 @@ def test_attribute_command(tiny_server):
         tiny_server.address,
     )
     assert r.returncode == 0, r.stderr
-    assert "nodes ranked" in r.stdout and "direct" in r.stdout and "mlp_L" in r.stdout
+    assert "nodes ranked" in r.stdout and "direct" in r.stdout and ".mlp.hook_post[" in r.stdout
 
 
 def test_sae_train_command(tiny_gpt2_dir, tmp_path):

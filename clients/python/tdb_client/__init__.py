@@ -38,6 +38,7 @@ from tdb_client.types import (
     SiteInfo,
     TokenScore,
     TopLogits,
+    UnknownModelError,
     Weights,
     WeightView,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "TlsConfig",
     "TokenScore",
     "TopLogits",
+    "UnknownModelError",
     "WeightView",
     "Weights",
     "interventions",

@@ -1,7 +1,7 @@
 """The client commands of ``tdb``: talk to a server from a terminal. No torch is imported.
 
     tdb server-info | tdb models | tdb info [--model M]
-    tdb forward "PROMPT" --capture SITE... [--positions -1] [--top-k 10] [--json]
+    tdb forward "PROMPT" --capture SITE... [--positions -1] [--top-k 10] [--png F] [--json]
     tdb ablate "PROMPT" --target " Mary" --distractor " John" --zero 'blocks.1.attn.hook_z[head=3]'
     tdb patch CLEAN CORRUPTED --site hook_resid_pre --target " Mary" --distractor " John" [--png F]
         [--method attribution]
@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from tdb_client import TdbClient, TdbClientError, TlsConfig, WeightView, losses
+from tdb_client import Capture, TdbClient, TdbClientError, TlsConfig, WeightView, losses, render
 from tdb_client import interventions as iv
+from tdb_client.nodes import NodeKeyError
 
 DEFAULT_SERVER = os.environ.get("TDB_SERVER", "localhost:50051")
 
@@ -249,8 +250,17 @@ def cmd_forward(args: argparse.Namespace) -> int:
             print(f"  next after position {t.position}: {_fmt_top(t)}")
         if out.loss_values:
             print(f"  loss: {out.loss_values[b]:+.4f}")
+    patterns = [s for s in out.activations if render.is_attention_pattern(out.dims[s])]
     for site, arr in out.activations.items():
         print(f"{site} [{', '.join(out.dims[site])}] {list(arr.shape)}  {_summary(arr)}")
+        if site in patterns and not args.no_heatmap:
+            for b in range(arr.shape[0]):
+                print("\n".join(render.attention_heatmap(out, site, b)))
+    if args.png:
+        if not patterns:
+            raise SystemExit("--png draws attention patterns: capture a blocks.L.attn.hook_pattern")
+        render.attention_png(out, patterns, args.png)
+        print(f"attention heatmaps of prompt 0 written to {args.png}")
     for site, arr in out.grads.items():
         print(f"d loss / d {site} {list(arr.shape)}  {_summary(arr)}")
         if arr.ndim == 3:  # [batch, pos, channel]: the gradient's norm per position
@@ -281,6 +291,52 @@ def _interventions_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return out
 
 
+def _token_notes(
+    c: TdbClient,
+    prompt: str,
+    position: int,
+    model: str | None,
+    roles: Sequence[tuple[str, Sequence[str]]],
+) -> list[str]:
+    """Notes on target/distractor strings without a leading space: which token each became and,
+    when the space-prefixed string is one token too and the model finds it more likely at the
+    compared position, that it probably was meant (``'Mary'`` for ``' Mary'``)."""
+    bare = [(role, t) for role, texts in roles for t in texts if t and not t[0].isspace()]
+    if not bare:
+        return []
+    texts = [t for _, t in bare] + [" " + t for _, t in bare]
+    ids = c.tokenize(texts, model=model, prepend_bos=False)
+    assert isinstance(ids[0], list)
+    given, spaced = ids[: len(bare)], ids[len(bare) :]
+    compare = sorted({i[0] for i in given + spaced if len(i) == 1})
+    logits: dict[int, float] = {}
+    if compare:
+        out = c.forward(
+            prompt, capture=[Capture("logits", positions=(position,), units=tuple(compare))],
+            model=model, top_k=1,
+        )  # fmt: skip
+        row = out.activations["logits"][0, 0]
+        logits = {u: float(v) for u, v in zip(compare, row)}
+    notes = []
+    for (role, text), g, sp in zip(bare, given, spaced):
+        if len(g) != 1:
+            continue  # the server says why a multi-token string is refused
+        note = f"{role} {text!r} is the token {text!r} (id {g[0]}), with no leading space"
+        if len(sp) == 1 and logits.get(sp[0], float("-inf")) > logits.get(g[0], float("inf")):
+            note += (
+                f"; {' ' + text!r} (id {sp[0]}) is one token too and the model finds it more "
+                f"likely here (logit {logits[sp[0]]:+.2f} vs {logits[g[0]]:+.2f}): "
+                f"did you mean {' ' + text!r}?"
+            )
+        notes.append(note)
+    return notes
+
+
+def _print_notes(notes: Sequence[str]) -> None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
 def _fmt(x: float | None, spec: str = "+.3f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -306,6 +362,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             sources=[args.source] if args.source else (),
             references=args.reference or (),
         )
+        roles = (("target", args.target), ("distractor", args.distractor))
+        _print_notes(_token_notes(c, args.prompt, args.position, args.model, roles))
     if args.json:
         print(
             json.dumps(
@@ -454,20 +512,17 @@ def cmd_attribute(args: argparse.Namespace) -> int:
             ig_steps=args.ig,
             model=args.model,
         )
+        if isinstance(loss, (losses.LogitDiff, losses.LogProb)):
+            roles = (("target", args.target), ("distractor", args.distractor))
+            _print_notes(_token_notes(c, args.prompt, args.position, args.model, roles))
     if args.json:
         print(
             json.dumps(
                 {k: v for k, v in res.__dict__.items() if k != "rows"}
                 | {
                     "rows": [
-                        {
-                            "node": r.node.__dict__,
-                            "values": [v.__dict__ for v in r.values],
-                            "upvoted": [t.__dict__ for t in r.upvoted],
-                            "downvoted": [t.__dict__ for t in r.downvoted],
-                            "input_tokens": [t.__dict__ for t in r.input_tokens],
-                        }
-                        for r in res.rows
+                        render.attribute_json_row(r)
+                        for r in render.sort_rows(res.rows, args.sort, args.ascending)
                     ]
                 }
             )
@@ -484,27 +539,12 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         f"{res.nodes_ranked} nodes ranked; direct effects + biases ({res.bias_direct_effect[0]:+.4f}) "
         f"+ constant ({res.constant[0]:+.4f}) = loss\n"
     )
-    key = dict(_COLUMN_ABBR)[args.sort]
-    rows = sorted(res.rows, key=lambda r: -getattr(r.values[0], args.sort))
-    two = len(res.loss_values) == 2
-    cols = "".join(f"{abbr:>{17 if two else 9}s}" for _, abbr in _COLUMN_ABBR)
-    print(f"{'node':28s}{'token':>10s}{cols}   pushes up")
-    for r in rows:
-        tok = "" if r.node.position is None else toks[r.node.position]
-        if r.node.key_position is not None:
-            tok = f"{toks[r.node.key_position]!r}->{tok!r}"
-        else:
-            tok = repr(tok)
-        vals = ""
-        for col, _ in _COLUMN_ABBR:
-            if two:
-                vals += f"{getattr(r.values[0], col):>8.3f}|{getattr(r.values[1], col):<8.3f}"
-            else:
-                vals += f"{getattr(r.values[0], col):>9.4f}"
-        up = " ".join(repr(t.token) for t in r.upvoted[:3])
-        print(f"{r.node.name:28s}{tok[-10:]:>10s}{vals}   {up}")
+    print("\n".join(render.attribute_table(res, args.sort, ascending=args.ascending)))
+    order = "ascending" if args.ascending else "descending"
     print(
-        f"\nsorted by {key}; token attribution (embedding act x grad): "
+        f"\nsorted by {args.sort.replace('_', ' ')}, {order}, over every node kind"
+        f"{' (of the first run)' if len(res.loss_values) == 2 else ''}; "
+        "token attribution (embedding act x grad): "
         + " ".join(f"{t!r}:{v:+.3f}" for t, v in zip(toks, res.token_attribution[0]))
     )
     return 0
@@ -603,6 +643,17 @@ def _parser_forward(sub: Any) -> None:
         default=[],
         metavar="SELECTOR",
         help="zero-ablate, e.g. 'blocks.1.attn.hook_z[head=3]'",
+    )
+    p.add_argument(
+        "--png",
+        default=None,
+        metavar="FILE",
+        help="write captured attention patterns (prompt 0) as heatmaps to a PNG",
+    )
+    p.add_argument(
+        "--no-heatmap",
+        action="store_true",
+        help="print only summaries of attention patterns, not their text heatmaps",
     )
     p.add_argument(
         "--grad",
@@ -719,7 +770,13 @@ def _parser_attribute(sub: Any) -> None:
     )
     p.add_argument("--ig", type=int, default=0, metavar="STEPS", help="integrated gradients")
     p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--sort", default="direct_effect", choices=[c for c, _ in _COLUMN_ABBR])
+    p.add_argument(
+        "--sort",
+        default="direct_effect",
+        choices=[c for c, _ in _COLUMN_ABBR],
+        help="column to sort by (default: direct effect, descending, as TDB)",
+    )
+    p.add_argument("--ascending", action="store_true", help="sort ascending")
     add_client_args(p)
     p.set_defaults(func=cmd_attribute)
 
@@ -770,12 +827,29 @@ def register(sub: Any, sae_sub: Any) -> None:
     _parser_lens(sub)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The client commands alone: ``python -m tdb_client.cli COMMAND ...``."""
+def _parser() -> tuple[argparse.ArgumentParser, Any, Any]:
     parser = argparse.ArgumentParser(prog="tdb", description="Transformer Debugger client")
     sub = parser.add_subparsers(dest="command", required=True)
     sae = sub.add_parser("sae", help="sparse autoencoders on the server: list, encode")
-    register(sub, sae.add_subparsers(dest="sae_command", required=True))
+    sae_sub = sae.add_subparsers(dest="sae_command", required=True)
+    register(sub, sae_sub)
+    return parser, sub, sae_sub
+
+
+def handles(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` names a client command (``forward ...``, ``sae list``, ...), which ``tdb``
+    then runs through :func:`main` without building the server and offline commands."""
+    _, sub, sae_sub = _parser()
+    if not argv:
+        return False
+    if argv[0] == "sae":
+        return len(argv) > 1 and argv[1] in sae_sub.choices
+    return argv[0] in sub.choices
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The client commands alone: ``python -m tdb_client.cli COMMAND ...``."""
+    parser, _, _ = _parser()
     return run(parser.parse_args(argv))
 
 
@@ -962,12 +1036,19 @@ def _parser_lens(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed client command: its exit code; a server error is one line on stderr, 1."""
+    """Run a parsed client command: its exit code. A server error is one line on stderr
+    (``error: STATUS: message``), exit 1; a malformed selector one line, exit 2."""
     try:
         return int(args.func(args) or 0)
     except TdbClientError as e:
         print(f"error: {e.code.name}: {e.details}", file=sys.stderr)
         return 1
+    except NodeKeyError as e:  # a malformed selector or key, caught before any call
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `tdb ... | head`: the reader went away; no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,7 +308,25 @@ class ServerInfo:
         for m in self.models:
             if m.name == want:
                 return m
-        raise KeyError(want)
+        raise UnknownModelError(want, tuple(m.name for m in self.models))
+
+
+class UnknownModelError(KeyError):
+    """``ServerInfo.model(name)`` for a model the server does not have: the message lists the
+    models it has and the closest match (a ``KeyError``, so ``except KeyError`` still works)."""
+
+    def __init__(self, name: str, available: tuple[str, ...]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.available = available
+
+    def __str__(self) -> str:
+        close = difflib.get_close_matches(self.name, self.available, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return (
+            f"the server has no model {self.name!r}{hint} "
+            f"(models: {', '.join(self.available) or 'none'})"
+        )
 
 
 @dataclass(frozen=True)
