@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from tdb_core import cancel, checks, specs
-from tdb_core.errors import InvalidArgumentError, OutOfRangeError
+from tdb_core.errors import InvalidArgumentError, OutOfRangeError, ResourceExhaustedError
 from tdb_core.hooks import (
     HookContext,
     HookPlan,
@@ -198,6 +198,9 @@ Event = Start | Step | Finish
 
 # --------------------------------------------------------------------------------------------------
 # Planning: every check before any work
+
+#: Captured bytes of one step over all rows (each step travels as one message, data inline).
+MAX_STEP_CAPTURE_BYTES = 2 * 2**20
 
 
 _REFUSED = {
@@ -409,6 +412,12 @@ def _plan(runner: ModelRunner, spec: GenerateSpec) -> _Plan:
                 )
         captures.append((cap, planner.add_capture(cap)))
     per_step = sum(_capture_bytes(runner, cs) for _, cs in captures) * n_rows
+    if per_step > MAX_STEP_CAPTURE_BYTES:
+        raise ResourceExhaustedError(
+            f"the captures of one step would be {per_step / 2**20:.1f} MiB over all rows, over "
+            f"the limit of {MAX_STEP_CAPTURE_BYTES / 2**20:.0f} MiB per step; select units or "
+            "use top_k"
+        )
     check_response_bytes(per_step * spec.max_new_tokens, limits.max_response_bytes)
     wanted = set(planner.plan.edits) | set(planner.plan.captures)
     saes = [att for att in runner.saes.values() if wanted.intersection(att.site_names)]
