@@ -1,0 +1,102 @@
+"""`tdb generate` against the embedded toy model served by `tdb serve` (no model flag): the
+baseline and each set stream side by side, steering shows up in the text, and the command runs
+with torch unimportable (a client-only install)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import ServerProcess, cli_env, run_cli, start_server
+from tests.e2e.test_cli import NO_TORCH
+
+FOX = "The quick brown fox"
+IOI = "When Mary and John went to the store, John gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def toy_server() -> Iterator[ServerProcess]:
+    server = start_server()
+    yield server
+    if server.proc.poll() is None:
+        server.stop()
+
+
+def test_steer_latent_and_zero_side_by_side(toy_server: ServerProcess) -> None:
+    """One column per row while streaming, then each row's text: steering the toy SAE's latent
+    467 makes the continuation say ' Mary'; the baseline does not."""
+    r = run_cli(
+        "generate",
+        FOX,
+        "--steer-latent",
+        "toy-res:467@48",
+        "--max-new-tokens",
+        "8",
+        "--server",
+        toy_server.address,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[1].split()[:2] == ["step", "baseline"] and "steer toy-res:467@48" in lines[1]
+    assert sum(1 for line in lines if line.strip()[:1].isdigit()) == 8
+    base = next(line for line in lines if line.startswith("baseline ["))
+    steer = next(line for line in lines if line.startswith("steer toy-res:467@48 ["))
+    assert " Mary" not in base and " Mary" in steer
+
+
+def test_add_vector_file_zero_and_json(toy_server: ServerProcess, tmp_path) -> None:
+    """--add reads a .npy vector (times @COEFF); --each gives one set per edit; --json prints
+    the final rows."""
+    import json
+
+    vec = tmp_path / "v.npy"
+    np.save(vec, np.linspace(-1, 1, 128, dtype=np.float32))
+    r = run_cli(
+        "generate",
+        IOI,
+        "--zero",
+        "blocks.0.attn.hook_z[head=1]",
+        "--add",
+        f"blocks.2.hook_resid_pre={vec}@4",
+        "--each",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        "--server",
+        toy_server.address,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert rows["baseline"]["text"].startswith(" Mary")
+    assert not rows["zero blocks.0.attn.hook_z[head=1]"]["text"].startswith(" Mary")
+    assert all(len(row["token_ids"]) == 3 for row in rows.values())
+
+
+def test_errors_and_no_torch(toy_server: ServerProcess) -> None:
+    r = run_cli("generate", FOX, "--steer-latent", "nope:1@2", "--server", toy_server.address)
+    assert r.returncode == 1 and "NOT_FOUND" in r.stderr and "nope" in r.stderr
+    r = run_cli("generate", FOX, "--max-new-tokens", "0", "--server", toy_server.address)
+    assert r.returncode == 1 and "INVALID_ARGUMENT" in r.stderr
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NO_TORCH.replace("{module}", "tdb_client.cli"),
+            "generate",
+            FOX,
+            "--max-new-tokens",
+            "2",
+            "--server",
+            toy_server.address,
+        ],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "baseline [max_new_tokens]" in r.stdout
