@@ -20,6 +20,7 @@ BENCHMARKS = (
     "explain",
     "webapp",
     "grpcweb",
+    "generate",
 )
 
 

@@ -645,9 +645,10 @@ def _run(runner: ModelRunner, spec: GenerateSpec, plan: _Plan) -> Iterator[Event
             with torch.no_grad():
                 scores = _scores(logits, seen, s)
                 nxt = _choose(scores, s, gen)  # [B]
-                logp = logits.log_softmax(-1)
-                chosen = logp.gather(1, nxt[:, None])[:, 0]
-                top_v, top_i = logp.topk(k, dim=-1)
+                lse = logits.logsumexp(-1, keepdim=True)  # log-probabilities: logits - lse
+                chosen = (logits.gather(1, nxt[:, None]) - lse)[:, 0]
+                top_v, top_i = logits.topk(k, dim=-1)
+                top_v = top_v - lse
             for r in range(B):  # finished rows are fed the pad token, as HF does
                 if stopped[r] is not None:
                     nxt[r] = tokens.pad_id

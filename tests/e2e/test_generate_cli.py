@@ -100,3 +100,35 @@ def test_errors_and_no_torch(toy_server: ServerProcess) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "baseline [max_new_tokens]" in r.stdout
+
+
+def test_generate_benchmark_smoke() -> None:
+    """`python -m benchmarks generate` runs at toy size, prints its JSON last, and the RPC, the
+    operation and HF generate (eager, with the same steering hook) give the same tokens."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "generate",
+            "--size",
+            "tiny",
+            "--new-tokens",
+            "8",
+            "--repeats",
+            "1",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["benchmark"] == "generate" and res["target_ratio"] == 0.85
+    assert res["same_tokens_as_hf"] is True and res["steering_changed_tokens"] is True
+    assert res["attention"] == "tdb" and res["ratio"] > 0 and res["ratio_op"] > 0
