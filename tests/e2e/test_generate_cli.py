@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,6 +103,7 @@ def test_errors_and_no_torch(toy_server: ServerProcess) -> None:
     assert "baseline [max_new_tokens]" in r.stdout
 
 
+@pytest.mark.slow
 def test_generate_benchmark_smoke() -> None:
     """`python -m benchmarks generate` runs at toy size, prints its JSON last, and the RPC, the
     operation and HF generate (eager, with the same steering hook) give the same tokens."""
@@ -132,3 +134,59 @@ def test_generate_benchmark_smoke() -> None:
     assert res["benchmark"] == "generate" and res["target_ratio"] == 0.85
     assert res["same_tokens_as_hf"] is True and res["steering_changed_tokens"] is True
     assert res["attention"] == "tdb" and res["ratio"] > 0 and res["ratio_op"] > 0
+
+
+def _readme_section() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("## Generation under interventions") :]
+    return section[: section.index("\n## ", 1)]
+
+
+@pytest.mark.slow
+def test_readme_generate_examples_run_as_written(toy_server: ServerProcess, tmp_path) -> None:
+    """The README's Generate examples (Python and shell), against `tdb serve` with the embedded
+    toy model, print what the README says they print."""
+    import os
+    import re
+
+    section = _readme_section()
+    (python,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    (shell,) = re.findall(r"```sh\n(.*?)```", section, re.S)
+    script = tmp_path / "example.py"
+    script.write_text(python.replace("localhost:50051", toy_server.address))
+    r = subprocess.run(
+        [sys.executable, str(script)], env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    shown = eval(lines[8])  # the texts dict after the 8 steps
+    assert shown == {
+        "baseline": " was Claire and brown fox brown Claire fox",
+        "steer": " was Mary was brown fox brown Mary fox",
+        "clamp": " was Mary was brown fox brown Mary fox",
+        "late": " was Claire and brown brown Rachel fox fox",
+    }
+    assert " Mary" in lines[9]  # the client's own vector steers the same way
+    assert " fox" not in eval(lines[10])["baseline"]
+    env = cli_env() | {
+        "TDB_SERVER": toy_server.address,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    r = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", shell],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (
+        "steer toy-res:467@48 [max_new_tokens]: ' was Mary was brown fox brown Mary fox'"
+        in r.stdout
+    )
+    assert "zero blocks.0.attn.hook_z[head=1] [max_new_tokens]: ' Grace. John.'" in r.stdout
+    for line in _readme_section().split("```\nprompt:")[1].split("```")[0].splitlines()[1:]:
+        if line.strip() and line.strip() != "...":
+            assert line.rstrip() in [x.rstrip() for x in r.stdout.splitlines()], line
