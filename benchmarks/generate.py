@@ -31,7 +31,7 @@ def _hf_generate(model: Any, ids: list[int], n: int, vector: torch.Tensor) -> li
     LAYER in every pass (what the steering set does)."""
     block = model.transformer.h[min(LAYER, len(model.transformer.h) - 1)]
 
-    def pre(mod: Any, args: tuple, kwargs: dict) -> Any:
+    def pre(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         x = (args[0] if args else kwargs["hidden_states"]).clone()
         x[1] += vector
         return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
@@ -42,7 +42,8 @@ def _hf_generate(model: Any, ids: list[int], n: int, vector: torch.Tensor) -> li
             out = model.generate(torch.tensor([ids, ids]), max_new_tokens=n, do_sample=False)
     finally:
         h.remove()
-    return out[:, len(ids) :].tolist()
+    rows: list[list[int]] = out[:, len(ids) :].tolist()
+    return rows
 
 
 def main(argv: list[str]) -> int:
@@ -63,7 +64,7 @@ def main(argv: list[str]) -> int:
 
     def model(attn: str | None) -> Any:
         """The same weights (same seed) with a config of its own (attention is set per config)."""
-        m = random_model(gpt2_config(args.size, vocab=vocab))
+        m: Any = random_model(gpt2_config(args.size, vocab=vocab))
         if attn is not None:
             m.set_attn_implementation(attn)
         return m
@@ -135,7 +136,7 @@ def main(argv: list[str]) -> int:
             "ratio_op": round(tps["op"] / tps["hf_eager"], 3),
             "ratio_vs_sdpa": round(tps["rpc"] / tps["hf_sdpa"], 3),
             "target_ratio": TARGET,
-            "attention": runner.adapter.model.config._attn_implementation,
+            "attention": runner.adapter.model.config._attn_implementation,  # type: ignore[union-attr]
             "same_tokens_as_hf": got["rpc"] == got["hf"] == got["op"],
             "steering_changed_tokens": got["hf"][0] != got["hf"][1],
         }

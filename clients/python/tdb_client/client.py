@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -899,7 +899,7 @@ class TdbClient:
     def generate(
         self,
         prompt: PromptLike,
-        sets: dict[str, Iterable[generation.EditLike]]
+        sets: Mapping[str, Iterable[generation.EditLike]]
         | Iterable[Iterable[generation.EditLike]] = (),
         max_new_tokens: int = 32,
         temperature: float = 0.0,

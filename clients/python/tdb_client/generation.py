@@ -20,7 +20,7 @@ each row's text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -308,9 +308,11 @@ class GenerateStream:
 
 
 def sets_pb(
-    sets: dict[str, Iterable[EditLike]] | Iterable[Iterable[EditLike]],
+    sets: Mapping[str, Iterable[EditLike]] | Iterable[Iterable[EditLike]],
 ) -> list[ipb.GenerateSet]:
     named = (
-        sets.items() if isinstance(sets, dict) else ((f"set{i + 1}", s) for i, s in enumerate(sets))
+        sets.items()
+        if isinstance(sets, Mapping)
+        else ((f"set{i + 1}", s) for i, s in enumerate(sets))
     )
     return [ipb.GenerateSet(name=n, edits=[edit_pb(e) for e in edits]) for n, edits in named]
