@@ -418,3 +418,35 @@ def test_cancellation_stops_at_the_next_step(toy: ModelRunner) -> None:
             next(it)
     assert toy.stats["generate_passes"] == passes
     assert toy.queue_depth == 0
+
+
+def test_set_tensor_with_a_position_axis_acts_at_each_absolute_position(
+    toy: ModelRunner, hf_toy: Any
+) -> None:
+    """An operand with one row per selected position is cut per pass: row j lands on position
+    positions[j], in the prompt pass or in the step that computes it (HF hook by hand)."""
+    ids = toy.tokens.encode(specs.Prompt(text=FOX))
+    P = len(ids)
+    values = torch.stack([torch.full((128,), 3.0), torch.linspace(-5, 5, 128)])  # [2, d_model]
+    iv = specs.Intervention(
+        "blocks.1.hook_resid_pre", specs.SetTensor(values), positions=(2, P + 1)
+    )
+    final = _final(_run(toy, FOX, _set("set", iv), max_new_tokens=8))
+    calls = [0]
+
+    def pre(mod: Any, args: tuple, kwargs: dict) -> Any:
+        x = (args[0] if args else kwargs["hidden_states"]).clone()
+        if calls[0] == 0:
+            x[1, 2] = values[0]
+        elif calls[0] == 2:  # the pass computing position P + 1
+            x[1, 0] = values[1]
+        calls[0] += 1
+        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+    h = hf_toy.transformer.h[1].register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        want = _hf_two_rows(hf_toy, ids, 8)
+    finally:
+        h.remove()
+    assert [list(r.token_ids) for r in final.rows] == want
+    assert want[0] != want[1]
