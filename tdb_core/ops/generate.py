@@ -58,6 +58,7 @@ from tdb_core.ops.common import capture_result
 from tdb_core.plan import Batch, Planner, check_response_bytes
 from tdb_core.runner import ModelRunner
 from tdb_core.sae.attach import AttachedSae
+from tdb_core.tokens import Tokens
 
 # --------------------------------------------------------------------------------------------------
 # Specs and events (data only)
@@ -662,19 +663,8 @@ def _run(runner: ModelRunner, spec: GenerateSpec, plan: _Plan) -> Iterator[Event
                     continue
                 t = nxt_l[r]
                 generated[r].append(t)
-                reason = None
-                if t in plan.eos:
-                    reason = StopReason.STOP_TOKEN if t in spec.stop_token_ids else StopReason.EOS
-                elif spec.stop_strings:
-                    text = tokens.tokenizer.decode(generated[r], clean_up_tokenization_spaces=False)
-                    cut = min(
-                        (i for i in (text.find(x) for x in spec.stop_strings) if i >= 0), default=-1
-                    )
-                    if cut >= 0:
-                        reason = StopReason.STOP_STRING
-                        texts_cut[r] = text[:cut]
-                if reason is None and len(generated[r]) >= spec.max_new_tokens:
-                    reason = StopReason.MAX_NEW_TOKENS
+                reason, cut_text = _stop(spec, plan, tokens, generated[r])
+                texts_cut[r] = cut_text
                 stopped[r] = reason
                 rows.append(
                     RowStep(
@@ -705,6 +695,23 @@ def _run(runner: ModelRunner, spec: GenerateSpec, plan: _Plan) -> Iterator[Event
             )
             results.append(RowResult(plan.names[r], tuple(generated[r]), text, reason))
         yield Finish(tuple(results), step, time.perf_counter() - started)
+
+
+def _stop(
+    spec: GenerateSpec, plan: _Plan, tokens: Tokens, generated: list[int]
+) -> tuple[StopReason | None, str | None]:
+    """Whether a row stops at its newest token, and its text cut before a stop string."""
+    t = generated[-1]
+    if t in plan.eos:
+        return (StopReason.STOP_TOKEN if t in spec.stop_token_ids else StopReason.EOS), None
+    if spec.stop_strings:
+        text = tokens.tokenizer.decode(generated, clean_up_tokenization_spaces=False)
+        found = [i for i in (text.find(x) for x in spec.stop_strings) if i >= 0]
+        if found:
+            return StopReason.STOP_STRING, text[: min(found)]
+    if len(generated) >= spec.max_new_tokens:
+        return StopReason.MAX_NEW_TOKENS, None
+    return None, None
 
 
 def _row_capture(c: specs.CaptureResult, r: int, position: int) -> specs.CaptureResult:
