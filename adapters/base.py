@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import torch
 
 from tdb_core import specs
-from tdb_core.adapter import Adapter, Norm
+from tdb_core.adapter import Adapter, AttnWeights, Norm
 from tdb_core.hooks import HookContext, register_attention_layers
 from tdb_core.schema import SITE_KIND_BY_KEY, ModelDims, ModelSchema, norm_name, site_name
 
@@ -264,6 +264,40 @@ class DecoderAdapter(Adapter):
     def b_out(self, layer: int) -> torch.Tensor | None:
         return getattr(self._block_module(layer, self.layout.mlp_out), "bias", None)
 
+    def W_pos(self) -> torch.Tensor | None:
+        path = self.layout.pos_embed
+        return None if path is None else _get(self.model, path).weight  # [n_ctx, d_model]
+
+    def attn_weights(self, layer: int) -> AttnWeights:
+        """Separate ``q_proj``/``k_proj``/``v_proj`` ``nn.Linear`` modules beside the output
+        projection (Llama, Mistral, Qwen2, Gemma 2, Phi); fused layouts override this."""
+        d = self.dims
+        attn = self.layout.o_proj.rsplit(".", 1)[0]
+
+        def split(name: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            m = self._block_module(layer, f"{attn}.{name}")
+            w = m.weight.T.reshape(d.d_model, n, d.d_head).permute(1, 0, 2)  # [n, d_model, d_head]
+            b = getattr(m, "bias", None)
+            return w, None if b is None else b.reshape(n, d.d_head)
+
+        (wq, bq), (wk, bk), (wv, bv) = (
+            split("q_proj", d.n_heads),
+            split("k_proj", d.n_kv_heads),
+            split("v_proj", d.n_kv_heads),
+        )
+        return AttnWeights(wq, wk, wv, bq, bk, bv)
+
+    def b_in(self, layer: int) -> torch.Tensor | None:
+        return getattr(self._block_module(layer, self.layout.mlp_in), "bias", None)
+
+    def W_up(self, layer: int) -> torch.Tensor | None:
+        path = self.layout.mlp_up
+        return None if path is None else self._block_module(layer, path).weight.T
+
+    def b_up(self, layer: int) -> torch.Tensor | None:
+        path = self.layout.mlp_up
+        return None if path is None else getattr(self._block_module(layer, path), "bias", None)
+
     # -- norms -------------------------------------------------------------------------------------
     def norm_of(self, module: torch.nn.Module) -> Norm:
         eps = getattr(module, "eps", None)
@@ -278,6 +312,9 @@ class DecoderAdapter(Adapter):
 
     def final_norm(self) -> Norm:
         return self.norm_of(_get(self.model, self.layout.ln_final))
+
+    def attn_in_norm(self, layer: int) -> Norm:
+        return self.norm_of(self._block_module(layer, self.layout.ln1))
 
     def mlp_in_norm(self, layer: int) -> Norm:
         """The norm whose output the MLP reads: ``ln2``, or ``ln1`` where one norm feeds both."""
@@ -390,10 +427,15 @@ class DecoderAdapter(Adapter):
                     ctx.observe_derived(result, block)
                     return out
                 res = torch.einsum("bthd,hdm->bthm", z, w_o)  # [B, T, H, d_model]
-                res = ctx.point(result, res)
+                edited = ctx.point(result, res)
                 b_o = self.b_O(layer)
-                new = res.sum(2)  # [B, T, d_model]
-                return new if b_o is None else new + b_o
+                new = edited.sum(2)  # [B, T, d_model]
+                new = new if b_o is None else new + b_o
+                if edited is res and torch.is_grad_enabled():
+                    # differentiated, not edited: the module's own value (logits stay
+                    # bit-identical), gradients through the per-head site
+                    return out.detach() + (new - new.detach())
+                return new
 
             fwd(o_proj, o_proj_hook)
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from adapters.base import DecoderAdapter, Layout
-from tdb_core.adapter import register_adapter
+from tdb_core.adapter import AttnWeights, register_adapter
 from tdb_core.schema import ModelDims
 
 
@@ -69,3 +69,11 @@ class GPT2Adapter(DecoderAdapter):
 
     def W_in(self, layer: int) -> torch.Tensor:
         return self.model.transformer.h[layer].mlp.c_fc.weight  # Conv1D: [d_model, d_mlp]
+
+    def attn_weights(self, layer: int) -> AttnWeights:
+        d = self.dims
+        attn = self.model.transformer.h[layer].attn
+        # fused c_attn, Conv1D: weight [d_model, 3 * d_model] = [q | k | v], each [H * d_head]
+        w = attn.c_attn.weight.reshape(d.d_model, 3, d.n_heads, d.d_head).permute(1, 2, 0, 3)
+        b = attn.c_attn.bias.reshape(3, d.n_heads, d.d_head)
+        return AttnWeights(w[0], w[1], w[2], b[0], b[1], b[2])

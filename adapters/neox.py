@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from adapters.base import DecoderAdapter, Layout
-from tdb_core.adapter import register_adapter
+from tdb_core.adapter import AttnWeights, register_adapter
 
 
 @register_adapter
@@ -48,3 +48,19 @@ class GPTNeoXAdapter(DecoderAdapter):
     @property
     def parallel_blocks(self) -> bool:
         return bool(self.model.config.use_parallel_residual)
+
+    def attn_weights(self, layer: int) -> AttnWeights:
+        d = self.dims
+        qkv = self.model.gpt_neox.layers[layer].attention.query_key_value
+        # nn.Linear [H * 3 * d_head, d_model], outputs laid out per head: [head, (q, k, v), d_head]
+        w = qkv.weight.T.reshape(d.d_model, d.n_heads, 3, d.d_head).permute(2, 1, 0, 3)
+        b = qkv.bias
+        bb = None if b is None else b.reshape(d.n_heads, 3, d.d_head).permute(1, 0, 2)
+        return AttnWeights(
+            w[0],
+            w[1],
+            w[2],
+            None if bb is None else bb[0],
+            None if bb is None else bb[1],
+            None if bb is None else bb[2],
+        )

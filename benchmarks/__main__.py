@@ -20,6 +20,8 @@ BENCHMARKS = (
     "explain",
     "webapp",
     "grpcweb",
+    "gradients",
+    "atp",
     "generate",
 )
 

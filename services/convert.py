@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -34,7 +35,7 @@ from tdb_core.explain import workflow
 from tdb_core.explain.records import NodeRecords, neuron_record_to_json
 from tdb_core.explain.store import StoredExplanation
 from tdb_core.nodes import Node, NodeKind
-from tdb_core.ops import ablate, generate, patch_sweep
+from tdb_core.ops import ablate, generate, lens, patch_sweep, weights
 from tdb_core.ops import attribute as attribution
 from tdb_core.ops import encode as sae_encode
 from tdb_core.ops.mine import MiningOptions
@@ -250,6 +251,22 @@ def forward_spec_from_pb(r: ipb.ForwardRequest) -> specs.ForwardSpec:
     )
 
 
+def forward_spec_with_loss_from_pb(runner: ModelRunner, r: ipb.ForwardRequest) -> specs.ForwardSpec:
+    """A Forward spec with its loss and gradient captures (token strings need the model)."""
+    return dataclasses.replace(forward_spec_from_pb(r), **gradient_fields_from_pb(runner, r))
+
+
+def gradient_fields_from_pb(
+    runner: ModelRunner, r: ipb.ForwardRequest | ipb.AblateRequest
+) -> dict[str, Any]:
+    """The loss, grad_captures and freeze_norm_scale fields of a Forward or Ablate request."""
+    return {
+        "loss": loss_from_pb(runner, r.loss) if r.HasField("loss") else None,
+        "grad_captures": tuple(capture_from_pb(c) for c in r.grad_captures),
+        "freeze_norm_scale": r.freeze_norm_scale if r.HasField("freeze_norm_scale") else True,
+    }
+
+
 # --------------------------------------------------------------------------------------------------
 # Results -> messages
 
@@ -286,6 +303,8 @@ def forward_header_to_pb(model: str, r: specs.ForwardResult, sink: TensorSink) -
             cpb.PromptTopLogits(positions=[top_logits_to_pb(t) for t in per])
             for per in r.top_logits
         ],
+        grad_captures=[capture_to_pb(c, sink) for c in r.grad_captures],
+        loss_values=list(r.loss_values),
     )
 
 
@@ -310,7 +329,7 @@ def model_info_to_pb(runner: ModelRunner) -> mpb.GetModelInfoResponse:
     msg = mpb.GetModelInfoResponse(
         name=loaded.name,
         architecture=arch,
-        source=loaded.source,
+        source=public_source(loaded.source),
         n_layers=dims.n_layers,
         n_heads=dims.n_heads,
         n_kv_heads=dims.n_kv_heads,
@@ -338,6 +357,10 @@ def model_info_to_pb(runner: ModelRunner) -> mpb.GetModelInfoResponse:
 
 def tokens_from_pb(runner: ModelRunner, t: cpb.Tokens, what: str) -> tuple[int, ...]:
     """Token ids from strings (each must be exactly one token) and ids."""
+    vocab = runner.schema.dims.d_vocab
+    checks.at_most(
+        len(t.strings) + len(t.ids), vocab, f"{what} tokens", hint="name each token at most once"
+    )
     ids = [runner.tokens.single_token(s, what) for s in t.strings]
     return tuple(ids + list(t.ids))
 
@@ -360,6 +383,7 @@ def ablate_spec_from_pb(runner: ModelRunner, r: ipb.AblateRequest) -> ablate.Abl
         sources=tuple(prompt_from_pb(p) for p in r.sources),
         references=tuple(prompt_from_pb(p) for p in r.references),
         prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None,
+        **gradient_fields_from_pb(runner, r),
     )
 
 
@@ -385,6 +409,8 @@ def ablate_header_to_pb(
         captures=[capture_to_pb(c, sink) for c in r.captures],
         target_ids=list(spec.target_ids),
         distractor_ids=list(spec.distractor_ids),
+        grad_captures=[capture_to_pb(c, sink) for c in r.grad_captures],
+        loss_values=list(r.loss_values),
     )
 
 
@@ -402,6 +428,8 @@ def patch_sweep_spec_from_pb(
     checks.present(r.corrupted if r.HasField("corrupted") else None, "corrupted prompt")
     if r.by not in _SWEEP_BY:
         raise InvalidArgumentError(f"unknown sweep layout {r.by}")
+    if r.method not in _PATCH_METHOD:
+        raise InvalidArgumentError(f"unknown patching method {r.method}")
     return patch_sweep.PatchSweepSpec(
         clean=prompt_from_pb(r.clean),
         corrupted=prompt_from_pb(r.corrupted),
@@ -413,7 +441,15 @@ def patch_sweep_spec_from_pb(
         layers=tuple(r.layers) or None,
         position=r.position if r.HasField("position") else -1,
         prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None,
+        method=_PATCH_METHOD[r.method],
     )
+
+
+_PATCH_METHOD = {
+    ipb.PATCH_METHOD_UNSPECIFIED: patch_sweep.Method.EXACT,
+    ipb.PATCH_METHOD_EXACT: patch_sweep.Method.EXACT,
+    ipb.PATCH_METHOD_ATTRIBUTION: patch_sweep.Method.ATTRIBUTION,
+}
 
 
 def patch_sweep_to_pb(model: str, r: patch_sweep.PatchSweepResult) -> ipb.PatchSweepResponse:
@@ -429,6 +465,9 @@ def patch_sweep_to_pb(model: str, r: patch_sweep.PatchSweepResult) -> ipb.PatchS
         corrupted_logit_diff=r.corrupted_logit_diff,
         clean=prompt_tokens_to_pb(r.clean),
         corrupted=prompt_tokens_to_pb(r.corrupted),
+        method=ipb.PATCH_METHOD_ATTRIBUTION
+        if r.method is patch_sweep.Method.ATTRIBUTION
+        else ipb.PATCH_METHOD_EXACT,
     )
     sink.put(msg.recovered, r.recovered.float())
     sink.put(msg.logit_diffs, r.logit_diffs.float())
@@ -451,7 +490,8 @@ def _opt(msg: Message, field: str, default: int) -> int:
     return getattr(msg, field) if msg.HasField(field) else default
 
 
-def loss_from_pb(runner: ModelRunner, r: apb.AttributeRequest) -> attribution.Loss:
+def loss_from_pb(runner: ModelRunner, r: apb.AttributeRequest | apb.Loss) -> attribution.Loss:
+    """The loss of an AttributeRequest, or of a Loss message (same oneof, same field names)."""
     which = r.WhichOneof("loss")
     if which == "logit_diff":
         m = r.logit_diff
@@ -488,7 +528,7 @@ def loss_from_pb(runner: ModelRunner, r: apb.AttributeRequest) -> attribution.Lo
             m.site, tensor_from_pb(m.vector, "direction vector").float(), _opt(m, "position", -1)
         )
     raise InvalidArgumentError(
-        "Attribute needs a loss: logit_diff, log_prob, neuron, head, latent or direction"
+        "a loss is needed: logit_diff, log_prob, neuron, head, latent or direction"
     )
 
 
@@ -578,7 +618,7 @@ def sae_info_to_pb(model: str, att: AttachedSae) -> cpb.SaeInfo:
         d_in=sae.d_in,
         d_sae=sae.d_sae,
         input_norm=sae.input_norm.value,
-        source=att.source,
+        source=public_source(att.source),
         sites=list(att.site_names),
     )
     k = getattr(sae, "k", None)
@@ -645,9 +685,22 @@ def limits_to_pb(values: Mapping[str, object]) -> list[svpb.Limit]:
     return out
 
 
+def public_source(source: str) -> str:
+    """Where a model or SAE came from, as clients see it: a hub id or a path relative to
+    --sae-root as given, but an absolute local path by its last component only (the server's
+    file system layout is not the client's business)."""
+    if os.path.isabs(source):
+        return os.path.basename(source.rstrip(os.sep)) or source
+    return source
+
+
 def model_capabilities_to_pb(runner: ModelRunner, is_default: bool) -> svpb.ModelCapabilities:
     info = model_info_to_pb(runner)
-    limits = {f.name: getattr(runner.limits, f.name) for f in dataclasses.fields(runner.limits)}
+    limits: dict[str, object] = {
+        f.name: getattr(runner.limits, f.name) for f in dataclasses.fields(runner.limits)
+    }
+    limits["max_text_bytes"] = runner.limits.max_text_bytes  # derived: measured before tokenizing
+    limits["max_request_tokens"] = runner.limits.max_request_tokens
     return svpb.ModelCapabilities(
         name=info.name,
         architecture=info.architecture,
@@ -747,6 +800,99 @@ def explain_event_to_pb(e: workflow.Event) -> epb.ExplainNodeResponse:
             progress=epb.ExplainProgress(node=e.node, phase="skipped", message=e.reason)
         )
     return epb.ExplainNodeResponse(result=explanation_to_pb(e))
+
+
+# --------------------------------------------------------------------------------------------------
+# Logit lens and weights
+
+_LENS_SCALE = {
+    ipb.LENS_SCALE_UNSPECIFIED: lens.LensScale.RECOMPUTED,
+    ipb.LENS_SCALE_RECOMPUTED: lens.LensScale.RECOMPUTED,
+    ipb.LENS_SCALE_FROZEN: lens.LensScale.FROZEN,
+}
+
+
+def lens_spec_from_pb(r: ipb.LogitLensRequest) -> lens.LensSpec:
+    checks.present(r.prompt if r.HasField("prompt") else None, "prompt")
+    if r.scale not in _LENS_SCALE:
+        raise InvalidArgumentError(f"unknown lens scale {r.scale}")
+    return lens.LensSpec(
+        prompt=prompt_from_pb(r.prompt),
+        site=r.site or "hook_resid_post",
+        layers=tuple(r.layers) or None,
+        positions=tuple(r.positions) or None,
+        top_k=r.top_k if r.HasField("top_k") else 5,
+        scale=_LENS_SCALE[r.scale],
+        prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None,
+    )
+
+
+def lens_to_pb(model: str, r: lens.LensResult) -> ipb.LogitLensResponse:
+    return ipb.LogitLensResponse(
+        model=model,
+        prompt=prompt_tokens_to_pb(r.prompt),
+        site=r.site,
+        layers=list(r.layers),
+        positions=list(r.positions),
+        cells=[
+            ipb.LensCell(
+                layer=c.layer,
+                position=c.position,
+                token_ids=list(c.token_ids),
+                tokens=list(c.tokens),
+                logits=list(c.logits),
+                probs=list(c.probs),
+            )
+            for c in r.cells
+        ],
+        scale=ipb.LENS_SCALE_FROZEN
+        if r.scale is lens.LensScale.FROZEN
+        else ipb.LENS_SCALE_RECOMPUTED,
+    )
+
+
+_VIEW_KIND = {
+    mpb.WEIGHT_VIEW_KIND_NEURON_LOGITS: weights.ViewKind.NEURON_LOGITS,
+    mpb.WEIGHT_VIEW_KIND_HEAD_OV: weights.ViewKind.HEAD_OV,
+    mpb.WEIGHT_VIEW_KIND_HEAD_QK: weights.ViewKind.HEAD_QK,
+}
+
+
+def weights_spec_from_pb(r: mpb.GetWeightsRequest) -> weights.WeightsSpec:
+    views = []
+    for v in r.views:
+        kind = _VIEW_KIND.get(v.kind)
+        if kind is None:
+            raise InvalidArgumentError(
+                "a weight view needs a kind: neuron_logits, head_ov or head_qk"
+            )
+        views.append(
+            weights.WeightView(
+                kind,
+                v.layer,
+                v.unit,
+                v.source_token if v.HasField("source_token") else None,
+                v.destination_token if v.HasField("destination_token") else None,
+            )
+        )
+    return weights.WeightsSpec(
+        names=tuple(r.names),
+        heads=tuple(r.heads) or None,
+        neurons=tuple(r.neurons) or None,
+        dtype=dtype_from_pb(r.dtype),
+        views=tuple(views),
+    )
+
+
+def weights_header_to_pb(
+    model: str, ws: tuple[weights.Weight, ...], sink: TensorSink
+) -> mpb.GetWeightsHeader:
+    out = []
+    for w in ws:
+        msg = mpb.Weight(name=w.name, dims=list(w.dims), kept=list(w.kept or ()))
+        sink.put(msg.values, w.values)
+        out.append(msg)
+    return mpb.GetWeightsHeader(model=model, weights=out)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,13 +1,23 @@
 """The one interceptor: request ids, one log line per RPC, and errors mapped to status codes.
 
-Error classes map to codes by class (``tdb_core.errors`` documents the tree). Device out-of-memory
-becomes RESOURCE_EXHAUSTED and the server keeps serving. Anything else is a bug: INTERNAL, logged
-with its traceback and the request id, which the message repeats so users can report it.
+Error classes map to codes by class (``tdb_core.errors`` documents the tree). Device or host
+out-of-memory becomes RESOURCE_EXHAUSTED and the server keeps serving. Anything else is a bug:
+INTERNAL, logged with its traceback and the request id, which the message repeats so users can
+report it. Messages are cut to :data:`MAX_DETAILS` characters, so a status always reaches the client
+(gRPC refuses metadata over 16 KiB, which would turn any code into RESOURCE_EXHAUSTED).
+
+Load shedding (:class:`InFlight`): at most ``--workers`` RPCs run at once; one more is refused at
+once with UNAVAILABLE (retryable) instead of waiting in gRPC's unbounded executor queue. Health and
+reflection are exempt and run on threads kept for them, so probes answer under any load.
+
+With bearer tokens, the token is checked from the call's metadata before the request body is
+deserialized: an unauthenticated request is never parsed.
 """
 
 from __future__ import annotations
 
 import contextvars
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +39,16 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.TdbError], grpc.StatusCode], ...] = (
     (errors.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.CancelledError, grpc.StatusCode.CANCELLED),
     (errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+)
+
+#: Longest status message sent (the user's values inside are already quoted short; this bounds
+#: everything else, e.g. a library's message that echoes its input).
+MAX_DETAILS = 2000
+#: Method paths (prefixes) never refused by load shedding: probes and discovery.
+UNLIMITED_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
 )
 
 _RPC_FIELDS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -57,11 +77,25 @@ def _stopper(context: grpc.ServicerContext) -> Callable[[], None]:
     return check
 
 
+def _cut(message: str) -> str:
+    if len(message) <= MAX_DETAILS:
+        return message
+    return f"{message[: MAX_DETAILS - 40]}... ({len(message)} characters)"
+
+
+def _host_out_of_memory(exc: BaseException) -> bool:
+    """A failed host (CPU) allocation: MemoryError, or torch's allocator refusing."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)[:500] if isinstance(exc, RuntimeError) else ""
+    return "DefaultCPUAllocator: can't allocate memory" in text or "not enough memory" in text
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     """The status for an expected error, or None if ``exc`` is a bug."""
     for cls, code in STATUS_BY_ERROR:
         if isinstance(exc, cls):
-            return code, exc.message
+            return code, _cut(exc.message)
     if isinstance(exc, NotImplementedError):  # a generated servicer base method (e.g. Health.List)
         return grpc.StatusCode.UNIMPLEMENTED, "this server does not implement this method"
     if isinstance(exc, torch.OutOfMemoryError):
@@ -72,7 +106,56 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
             "the device ran out of memory serving this request; send fewer or shorter prompts "
             "or capture less",
         )
+    if _host_out_of_memory(exc):
+        return (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "the server ran out of memory serving this request; send fewer or shorter prompts "
+            "or capture less (--memory-budget-mb bounds what one request may use)",
+        )
     return None
+
+
+class InFlight:
+    """At most ``limit`` RPCs running at once; one more is UNAVAILABLE at once (retryable).
+
+    A call whose client has gone (cancelled, or past its deadline) no longer counts once the limit
+    is reached: it is only finishing up (its work stops at its next cancellation check), and
+    counting it would refuse a live client because of a dead one."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._calls: set[grpc.ServicerContext] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return len(self._calls)
+
+    def enter(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            if len(self._calls) >= self.limit:
+                live = sum(1 for c in self._calls if c.is_active())
+                if live >= self.limit:
+                    raise errors.UnavailableError(
+                        f"the server is busy: {live} requests are running, its limit "
+                        f"(--workers) is {self.limit}; retry later"
+                    )
+            self._calls.add(context)
+
+    def leave(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self._calls.discard(context)
+
+
+class _MetadataOnly:
+    """The part of a ServicerContext an authorizer reads, from a call's details: the token is
+    checked before the request body is deserialized."""
+
+    def __init__(self, details: grpc.HandlerCallDetails) -> None:
+        self._metadata = details.invocation_metadata
+
+    def invocation_metadata(self) -> Any:
+        return self._metadata
 
 
 class _Undecodable:
@@ -80,6 +163,15 @@ class _Undecodable:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+_NOT_PARSED = _Undecodable("refused before parsing")
+
+
+def _discard(raw: bytes) -> Any:
+    """The deserializer of a refused call: its bytes are never parsed (gRPC itself fails a call
+    whose deserializer returns None, so a placeholder stands in)."""
+    return _NOT_PARSED
 
 
 def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -123,13 +215,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self,
         authorize: Callable[[str, grpc.ServicerContext], None] | None = None,
         on_done: Callable[[str, str, float, dict[str, Any]], None] | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         """``authorize(method, context)`` raises UnauthenticatedError to refuse a call;
         ``on_done(method, code_name, seconds, fields)`` sees every finished call with the fields
-        of its log line (model, tokens, ...), e.g. to feed metrics."""
+        of its log line (model, tokens, ...), e.g. to feed metrics; ``in_flight`` bounds the RPCs
+        running at once (health and reflection exempt)."""
         self._log = get_logger("tdb.rpc")
         self._authorize = authorize
         self._on_done = on_done
+        self._in_flight = in_flight
 
     def intercept_service(
         self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails
@@ -141,6 +236,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         # Undecodable request bytes (a broken client, invalid UTF-8 in a string) would make gRPC
         # itself answer INTERNAL; decode leniently and refuse them as INVALID_ARGUMENT instead.
         decode = _lenient(handler.request_deserializer)
+        if self._authorize is not None:
+            try:
+                self._authorize(method, _MetadataOnly(details))
+            except errors.UnauthenticatedError:
+                # refused before the body is parsed; the handler answers UNAUTHENTICATED
+                decode = _discard
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
@@ -203,6 +304,14 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             self._authorize(method, context)
         return fields, token
 
+    def _limited(self, method: str, context: grpc.ServicerContext) -> bool:
+        """Take a place among the RPCs in flight (UNAVAILABLE when none is left); whether one
+        was taken (exempt methods take none)."""
+        if self._in_flight is None or method.startswith(UNLIMITED_METHOD_PREFIXES):
+            return False
+        self._in_flight.enter(context)
+        return True
+
     def _fail(self, exc: BaseException, fields: dict[str, Any]) -> tuple[grpc.StatusCode, str]:
         mapped = status_for(exc)
         if mapped is not None:
@@ -225,13 +334,18 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         fields: dict[str, Any] = {"request_id": "-", "method": method}
         token = None
         failure: tuple[grpc.StatusCode, str] | None = None
+        limited = False
         try:
             fields, token = self._begin(method, context)
+            limited = self._limited(method, context)
             with cancel.scope(_stopper(context)):
                 return fn()
         except Exception as exc:  # noqa: BLE001 - mapped by class below; bugs become INTERNAL
             failure = self._fail(exc, fields)
         finally:
+            if limited:
+                assert self._in_flight is not None
+                self._in_flight.leave(context)
             self._end(fields, start, failure[0] if failure else grpc.StatusCode.OK)
             if token is not None:
                 _RPC_FIELDS.reset(token)
@@ -243,12 +357,17 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         start = time.perf_counter()
         fields: dict[str, Any] = {"request_id": "-", "method": method}
         failure: tuple[grpc.StatusCode, str] | None = None
+        limited = False
         try:
             fields, token = self._begin(method, context)
             try:
+                limited = self._limited(method, context)
                 with cancel.scope(_stopper(context)):
                     yield from fn()
             finally:
+                if limited:
+                    assert self._in_flight is not None
+                    self._in_flight.leave(context)
                 _RPC_FIELDS.reset(token)
         except GeneratorExit:
             failure = (grpc.StatusCode.CANCELLED, "cancelled")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from concurrent import futures
@@ -21,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 import adapters
 from services.auth import BearerTokenAuthorizer, read_tokens, server_credentials
-from services.interceptors import ServiceInterceptor
+from services.interceptors import InFlight, ServiceInterceptor
 from services.logs import configure_logging, get_logger
 from services.metrics import Metrics
 from services.registry import ModelRegistry
@@ -60,6 +62,13 @@ SERVICE_NAMES = (
     explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name,
     server_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name,
 )
+
+#: Threads kept, beyond ``--workers``, for what load shedding never refuses (health checks,
+#: reflection) and for refusing excess calls at once.
+RESERVED_THREADS = 4
+#: gRPC's own bound on calls in progress (running or waiting for a thread), a backstop above the
+#: in-flight limit: excess calls are refused by our handler long before it is reached.
+QUEUE_BACKSTOP = 64
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -198,6 +207,7 @@ class Service:
     metrics: Metrics | None = None  # with metrics.port set when /metrics is served
     http: HttpServer | None = None  # gRPC-Web and the web app, when --http-port is set
     local_dir: str | None = None  # holds the Unix socket the HTTP port calls the server on
+    in_flight: InFlight | None = None  # RPCs running now (load shedding)
 
     @property
     def http_port(self) -> int | None:
@@ -235,12 +245,23 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
         if settings.auth_token_file
         else None
     )
+    # Load shedding: at most --workers RPCs run at once and one more is UNAVAILABLE at once (the
+    # interceptor's InFlight); the pool has RESERVED_THREADS more, so health checks and those
+    # refusals never wait behind long requests.
+    in_flight = InFlight(settings.max_workers)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="tdb-rpc"),
+        futures.ThreadPoolExecutor(
+            max_workers=settings.max_workers + RESERVED_THREADS, thread_name_prefix="tdb-rpc"
+        ),
         interceptors=[
-            ServiceInterceptor(authorize=authorize, on_done=metrics.on_done if metrics else None)
+            ServiceInterceptor(
+                authorize=authorize,
+                on_done=metrics.on_done if metrics else None,
+                in_flight=in_flight,
+            )
         ],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes)],
+        maximum_concurrent_rpcs=settings.max_workers + RESERVED_THREADS + QUEUE_BACKSTOP,
     )
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(models), server)
@@ -265,7 +286,10 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
             models,
             features,
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            {"max_request_bytes": settings.max_request_bytes},
+            {
+                "max_request_bytes": settings.max_request_bytes,
+                "max_in_flight": settings.max_workers,
+            },
         ),
         server,
     )
@@ -327,7 +351,7 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
             raise OSError(
                 f"cannot serve HTTP on {settings.host}:{settings.http_port}: {e.strerror or e}"
             ) from e
-    service = Service(server, port, health_servicer, models, metrics, http, local_dir)
+    service = Service(server, port, health_servicer, models, metrics, http, local_dir, in_flight)
     service.set_serving(True)
     return service
 
@@ -385,5 +409,13 @@ def serve(settings: Settings) -> int:
     )
     stop.wait()
     service.stop(settings.grace_seconds)
-    log.info("stopped")
+    stuck = service.in_flight.count if service.in_flight is not None else 0
+    log.info("stopped", unfinished_requests=stuck)
+    if stuck:
+        # A handler that never checks cancellation (a long tokenizer call, a library's loop) would
+        # keep the process alive past the grace period: the executor joins its threads at exit.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

@@ -229,6 +229,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "(env TDB_MAX_PASS_ROWS)",
     )
     p.add_argument(
+        "--max-interventions",
+        type=int,
+        default=int(_env("MAX_INTERVENTIONS", str(d.limits.max_interventions))),
+        help="interventions of one request, over all its sets (env TDB_MAX_INTERVENTIONS)",
+    )
+    p.add_argument(
+        "--max-tokenize-texts",
+        type=int,
+        default=int(_env("MAX_TOKENIZE_TEXTS", str(d.limits.max_tokenize_texts))),
+        help="texts of one Tokenize request (env TDB_MAX_TOKENIZE_TEXTS)",
+    )
+    p.add_argument(
         "--max-request-mb",
         type=float,
         default=float(_env("MAX_REQUEST_MB", str(d.max_request_bytes / 2**20))),
@@ -238,7 +250,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=int(_env("WORKERS", str(d.max_workers))),
-        help="RPC worker threads (env TDB_WORKERS)",
+        help="RPCs running at once; one more is refused at once with UNAVAILABLE (health "
+        "checks are exempt and have threads of their own) (env TDB_WORKERS)",
     )
     p.add_argument(
         "--grace-seconds",
@@ -364,6 +377,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             max_batch_tokens=args.max_batch_tokens,
             max_pass_rows=args.max_pass_rows,
             max_new_tokens=args.max_new_tokens,
+            max_interventions=args.max_interventions,
+            max_tokenize_texts=args.max_tokenize_texts,
         ),
         max_workers=args.workers,
         max_request_bytes=int(args.max_request_mb * 2**20),

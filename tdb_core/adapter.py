@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from tdb_core.errors import InvalidArgumentError
+from tdb_core.errors import FailedPreconditionError, InvalidArgumentError
 from tdb_core.hooks import HookContext
 from tdb_core.schema import ModelDims, ModelSchema
 
@@ -81,6 +81,20 @@ class Norm:
         if self.weight is None:
             return None
         return 1.0 + self.weight if self.kind == "rmsnorm_offset" else self.weight
+
+
+@dataclass(frozen=True)
+class AttnWeights:
+    """A layer's query, key and value projections per head: ``q = x @ W_Q[h] + b_Q[h]`` with
+    ``x`` the attention pre-norm's output, before rotary embeddings. Keys and values have one
+    entry per key/value head (fewer than query heads under grouped-query attention)."""
+
+    W_Q: torch.Tensor  # [head, d_model, d_head]
+    W_K: torch.Tensor  # [kv_head, d_model, d_head]
+    W_V: torch.Tensor  # [kv_head, d_model, d_head]
+    b_Q: torch.Tensor | None  # [head, d_head]
+    b_K: torch.Tensor | None  # [kv_head, d_head]
+    b_V: torch.Tensor | None  # [kv_head, d_head]
 
 
 class Adapter(abc.ABC):
@@ -162,6 +176,34 @@ class Adapter(abc.ABC):
 
     def logit_softcap(self) -> float | None:
         """Final logit soft-capping (Gemma 2), if any."""
+        return None
+
+    # -- the rest of the weights (GetWeights); every shipped adapter has them
+    def _lacks(self, what: str) -> FailedPreconditionError:
+        return FailedPreconditionError(f"the {type(self).__name__} adapter does not expose {what}")
+
+    def W_pos(self) -> torch.Tensor | None:
+        """Learned position embedding ``[n_ctx, d_model]`` (None with rotary embeddings)."""
+        return None
+
+    def attn_weights(self, layer: int) -> AttnWeights:
+        """The layer's Q/K/V projections per head (see :class:`AttnWeights`)."""
+        raise self._lacks("attention projections")
+
+    def attn_in_norm(self, layer: int) -> Norm:
+        """The norm whose output the attention reads (ln1)."""
+        raise self._lacks("the attention pre-norm")
+
+    def b_in(self, layer: int) -> torch.Tensor | None:
+        """Bias of the projection producing ``mlp.hook_pre`` ``[d_mlp]``, if any."""
+        return None
+
+    def W_up(self, layer: int) -> torch.Tensor | None:
+        """Gated MLPs: the up projection producing ``mlp.hook_pre_linear`` ``[d_model, d_mlp]``."""
+        return None
+
+    def b_up(self, layer: int) -> torch.Tensor | None:
+        """Gated MLPs: the up projection's bias ``[d_mlp]``, if any."""
         return None
 
 

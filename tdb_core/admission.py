@@ -57,6 +57,9 @@ class Member:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+    #: The cancellation check of the request this member belongs to (its own client's deadline
+    #: and cancel), taken where the member is made; a pass that serves it honours only this.
+    check: Callable[[], None] | None = field(default_factory=cancel.current)
 
 
 GroupRunner = Callable[[list[Member]], None]
@@ -79,16 +82,20 @@ class Admission:
         """Requests admitted to this model: running or waiting."""
         return self._admitted
 
-    @contextmanager
-    def admitted(self, need: int, describe: Callable[[], str]) -> Iterator[None]:
-        """Hold a place in the queue for a request needing ``need`` bytes of working memory."""
+    def check_budget(self, need: int, describe: Callable[[], str]) -> None:
+        """Refuse a pass whose estimated working memory is over the budget."""
         if need > self.limits.max_working_bytes:
             raise ResourceExhaustedError(
-                f"this request needs an estimated {need / 2**20:.0f} MiB of working memory "
+                f"this request needs an estimated {need // 2**20} MiB of working memory "
                 f"({describe()}), over the server's budget of "
                 f"{self.limits.max_working_bytes / 2**20:.0f} MiB; send fewer or shorter prompts "
                 "or capture less"
             )
+
+    @contextmanager
+    def admitted(self, need: int, describe: Callable[[], str]) -> Iterator[None]:
+        """Hold a place in the queue for a request needing ``need`` bytes of working memory."""
+        self.check_budget(need, describe)
         with self._state:
             if self._admitted >= self.limits.max_queue:
                 raise UnavailableError(
@@ -162,12 +169,38 @@ class Admission:
             return group
 
 
+def group_check(group: list[Member]) -> Callable[[], None] | None:
+    """The cancellation check of a pass serving ``group``: it stops only when every member's own
+    request has stopped (then with the last one's reason). Whichever thread runs the pass, its own
+    client's deadline or cancel never fails another client's request."""
+    checks = [m.check for m in group]
+    if any(c is None for c in checks):
+        return None  # a member that cannot be cancelled keeps the pass going
+
+    def check() -> None:
+        last: BaseException | None = None
+        for c in checks:
+            assert c is not None
+            try:
+                c()
+            except BaseException as e:  # noqa: BLE001 - re-raised when every member stopped
+                last = e
+            else:
+                return
+        if last is not None:
+            raise last
+
+    return check
+
+
 def _run(group: list[Member], run_group: GroupRunner) -> None:
-    """Run a group; every member learns the outcome."""
+    """Run a group under its members' own cancellation (:func:`group_check`, never the running
+    thread's); every member learns the outcome."""
     if not group:
         return
     try:
-        run_group(group)
+        with cancel.scope(group_check(group)):
+            run_group(group)
     except BaseException as e:  # noqa: BLE001 - handed to each member, raised in its own thread
         for m in group:
             if m.result is None:

@@ -31,6 +31,13 @@ target / distractor rules      INVALID_ARGUMENT     :func:`target_distractor`
 a count over a limit           RESOURCE_EXHAUSTED   ``70 prompts is over the server's limit of 64
                                                     per request`` (:func:`at_most`)
 tensor data vs its shape       INVALID_ARGUMENT     :func:`tensor_data`
+text longer than allowed       RESOURCE_EXHAUSTED   ``prompt 0 has 10485760 bytes of text, over the
+                                                    server's limit of 32768 bytes per prompt``
+                                                    (:func:`text`)
+a list longer than allowed     RESOURCE_EXHAUSTED   ``200000 logit positions is over the server's
+                                                    limit of 1024 per request`` (:func:`at_most`)
+tensor rank / dimension size   INVALID_ARGUMENT     :func:`tensor_data`
+a name too long                INVALID_ARGUMENT     :func:`name_length`
 =============================  ===================  ==============================================
 
 Size limits (text bytes before tokenizing, counts of repeated fields, tensor rank and element
@@ -59,6 +66,21 @@ T = TypeVar("T")
 MAX_TOP_K = 1000
 #: Characters of a user's value that a message quotes.
 QUOTE_CHARS = 48
+#: Bytes of text allowed per token of ``max_tokens_per_prompt``: text is measured against
+#: ``max_tokens_per_prompt * TEXT_BYTES_PER_TOKEN`` before it is tokenized (English runs at about 4
+#: bytes per token; 16 leaves room for code, whitespace runs and non-Latin scripts).
+TEXT_BYTES_PER_TOKEN = 16
+#: Longest text that must be one token (a target or distractor string).
+MAX_TOKEN_TEXT_BYTES = 256
+#: Longest site name or glob, SAE id, model or node key a request may give.
+MAX_NAME_CHARS = 512
+#: Largest rank and dimension of a request tensor.
+MAX_TENSOR_RANK = 8
+MAX_TENSOR_DIM = 2**31 - 1
+#: Nodes of one explanation request (records, explain).
+MAX_NODES = 256
+#: Longest explanation text (UTF-8 bytes) that can be scored or stored.
+MAX_EXPLANATION_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,18 @@ class Limits:
     max_batch_tokens: int = 8192  # micro-batching: padded tokens of one merged pass
     max_pass_rows: int = 4096  # prompt rows over all passes of one request (sweeps, IG steps)
     max_new_tokens: int = 1024  # tokens one Generate request may generate per row
+    max_interventions: int = 256  # interventions of one request (over all its sets)
+    max_tokenize_texts: int = 1024  # texts of one Tokenize request
+
+    @property
+    def max_text_bytes(self) -> int:
+        """UTF-8 bytes one prompt's text may have, measured before tokenizing."""
+        return self.max_tokens_per_prompt * TEXT_BYTES_PER_TOKEN
+
+    @property
+    def max_request_tokens(self) -> int:
+        """Token ids one request may hold in all (Detokenize, positions over all prompts)."""
+        return self.max_tokens_per_prompt * self.max_prompts
 
 
 def quote(value: str, limit: int = QUOTE_CHARS) -> str:
@@ -188,6 +222,8 @@ def target_distractor(
         raise InvalidArgumentError("give at least one target and one distractor token")
     if bool(target) != bool(distractor):
         raise InvalidArgumentError("give both target and distractor tokens, or neither")
+    at_most(len(target), vocab, "target tokens", hint="name each token at most once")
+    at_most(len(distractor), vocab, "distractor tokens", hint="name each token at most once")
     token_ids(target, vocab, "target")
     token_ids(distractor, vocab, "distractor")
 
@@ -196,15 +232,58 @@ def targets(target: Sequence[int], vocab: int) -> None:
     """Target tokens of a log-probability: at least one, inside the vocabulary."""
     if not target:
         raise InvalidArgumentError("give at least one target token")
+    at_most(len(target), vocab, "target tokens", hint="name each token at most once")
     token_ids(target, vocab, "target")
 
 
 def tensor_data(shape: Sequence[int], n_bytes: int, itemsize: int, dtype: str, what: str) -> None:
-    """A request tensor's shape and its data agree (no negative dimension, exact byte count)."""
+    """A request tensor's shape and its data agree (rank and dimensions within bounds, no negative
+    dimension, exact byte count). Checked before anything is allocated."""
+    if len(shape) > MAX_TENSOR_RANK:
+        raise InvalidArgumentError(
+            f"{what} has {len(shape)} dimensions; at most {MAX_TENSOR_RANK} are allowed"
+        )
     if any(s < 0 for s in shape):
         raise InvalidArgumentError(f"{what} has a negative dimension in shape {list(shape)}")
+    if any(s > MAX_TENSOR_DIM for s in shape):
+        raise InvalidArgumentError(
+            f"{what} has a dimension over {MAX_TENSOR_DIM} in shape {list(shape)}"
+        )
     need = math.prod(shape) * itemsize
     if n_bytes != need:
         raise InvalidArgumentError(
             f"{what} has {n_bytes} bytes of data but shape {list(shape)} of {dtype} needs {need}"
         )
+
+
+def text(value: str, limit: int, what: str, hint: str = "send a shorter text") -> None:
+    """Text within ``limit`` UTF-8 bytes, measured before any tokenizer sees it (a character is at
+    least one byte, so a text with more characters than the limit is refused without encoding)."""
+    n = len(value)
+    if n <= limit // 4:
+        return  # even at 4 bytes a character it fits
+    if n <= limit:
+        n = len(value.encode("utf-8", "surrogatepass"))
+        if n <= limit:
+            return
+        raise ResourceExhaustedError(
+            f"{what} has {n} bytes of text, over the server's limit of {limit} bytes; {hint}"
+        )
+    raise ResourceExhaustedError(
+        f"{what} has {n} characters of text, over the server's limit of {limit} bytes; {hint}"
+    )
+
+
+def name_length(value: str, what: str, limit: int = MAX_NAME_CHARS) -> str:
+    """A name or pattern (site, glob, SAE id, node key) of at most ``limit`` characters."""
+    if len(value) > limit:
+        raise InvalidArgumentError(
+            f"{what} {quote(value)} is longer than {limit} characters; "
+            "names and patterns are short (e.g. 'blocks.*.mlp.hook_post')"
+        )
+    return value
+
+
+def count(items: Sized, limit: int, what: str, hint: str = "") -> None:
+    """A repeated field of at most ``limit`` entries (checked before the entries are used)."""
+    at_most(len(items), limit, what, hint=hint)

@@ -353,6 +353,9 @@ def _reduce_capture(
     cap.indices = None if indices is None else indices.to(cap.out_device)
 
 
+reduce_capture = _reduce_capture  # gradient captures (tdb_core.gradients) reduce the same way
+
+
 DerivedBlock = Callable[[int, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
 """Computes a derived site for its first ``n`` rows, at positions ``pos`` ``[n, P]`` (None: all)
 and units ``units`` ``[U]`` (None: all), in site layout: ``[n, P or T, U or all, ...]``."""

@@ -66,6 +66,17 @@ def _axes(site: SiteInfo) -> tuple[int, int | None]:
     return pos_axis, unit_axis
 
 
+def check_position_count(schema: ModelSchema, positions: Sequence[int] | None, what: str) -> None:
+    """A list of positions names each position of the context at most once: no longer than it."""
+    if positions is not None:
+        checks.count(
+            positions,
+            schema.dims.n_ctx,
+            what,
+            f"the model's context has {schema.dims.n_ctx} positions; name each at most once",
+        )
+
+
 def _check_units(schema: ModelSchema, site: SiteInfo, units: Sequence[int] | None) -> None:
     if units is None:
         return
@@ -74,6 +85,12 @@ def _check_units(schema: ModelSchema, site: SiteInfo, units: Sequence[int] | Non
         raise InvalidArgumentError(
             f"site '{site.name}' has no unit axis; leave units empty (its dims are {site.dims})"
         )
+    checks.count(
+        units,
+        count,
+        f"units for site '{site.name}'",
+        f"the site has {count} units; name each at most once",
+    )
     checks.non_empty(units, f"units for site '{site.name}' (omit the list to select all)")
     for u in units:
         checks.index(u, count, checks.unit_noun(site.kind.unit_dim), f" of site '{site.name}'")
@@ -137,6 +154,7 @@ class Planner:
             )
         if cap.top_k is not None:
             checks.top_k(cap.top_k.k, lo=1, what="capture top_k")
+        check_position_count(self.schema, cap.positions, "capture positions")
         n = self.batch.n_prompts
         lengths = self.batch.lengths[:n]
         out = []
@@ -201,6 +219,8 @@ class Planner:
     # -- interventions
     def add_intervention(self, iv: specs.Intervention, rows: Sequence[int]) -> None:
         """Resolve an intervention applying to the given prompt rows."""
+        check_position_count(self.schema, iv.positions, "intervention positions")
+        check_position_count(self.schema, iv.key_positions, "intervention key positions")
         for site in self.schema.resolve(iv.site):
             self._add_edit(site, iv, list(rows))
 

@@ -10,6 +10,7 @@ sites. The operations (``tdb_core.ops``) plan their requests and call these.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,11 @@ from tdb_core.schema import ModelSchema
 from tdb_core.tokens import Tokens
 
 __all__ = ["Limits", "LoadedModel", "ModelRunner", "RunOutput"]
+
+#: The runner whose admission and execution lock the current thread holds (see ``session``).
+_HELD: contextvars.ContextVar[ModelRunner | None] = contextvars.ContextVar(
+    "tdb_held_runner", default=None
+)
 
 
 @dataclass
@@ -117,8 +123,28 @@ class ModelRunner:
         model and at every layer, the request's cancellation is checked.
         """
         need, describe = self.estimate(batch, plan, grad)
+        if _HELD.get() is self:  # inside this request's session: admitted, the lock held
+            self.admission.check_budget(need, describe)
+            return self.forward_pass(batch, plan, grad)
         with self.admission.admitted(need, describe), self.admission.exclusive():
             return self.forward_pass(batch, plan, grad)
+
+    @contextmanager
+    def session(self, batch: Batch, plan: HookPlan, grad: bool) -> Iterator[None]:
+        """Admission and the execution lock held for a whole request: its passes and what it
+        computes from their graphs (gradients, integrated gradients), so the memory budget and
+        the one-pass-at-a-time rule bound that work too. ``run`` inside it does not queue again.
+        The estimate is that of a pass over ``batch`` with ``plan``."""
+        if _HELD.get() is self:
+            yield
+            return
+        need, describe = self.estimate(batch, plan, grad)
+        with self.admission.admitted(need, describe), self.admission.exclusive():
+            token = _HELD.set(self)
+            try:
+                yield
+            finally:
+                _HELD.reset(token)
 
     def read(self, batch: Batch, sites: Iterable[str]) -> dict[str, torch.Tensor]:
         """One pass over the batch (no gradients) reading ``sites``: each detached, in schema

@@ -452,7 +452,10 @@ class ModelSchema:
             )
         if not any(c in pattern for c in "*?["):
             return [self.get(pattern)]
-        found = [s for s in self.sites if fnmatch.fnmatchcase(s.name, pattern)]
+        checks.name_length(pattern, "site pattern")
+        # fnmatch keeps every pattern it compiled (32768 of them); re's own cache holds 512
+        match = re.compile(fnmatch.translate(pattern)).match
+        found = [s for s in self.sites if match(s.name)]
         if not found:
             raise NotFoundError(
                 f"site pattern {checks.quote(pattern)} matches no site of this model; "

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tdb_core.losses import Loss
+
 # --------------------------------------------------------------------------------------------------
 # Prompts and reductions
 
@@ -177,6 +179,11 @@ class ForwardSpec:
     logit_positions: tuple[int, ...] = (-1,)
     top_k: int = 10
     prepend_bos: bool | None = None
+    # Gradients (tdb_core.gradients): a loss per prompt, and sites whose d(loss)/d(site) is
+    # returned with the reductions of captures; the norm in front of the loss's node held constant.
+    loss: Loss | None = None
+    grad_captures: tuple[Capture, ...] = ()
+    freeze_norm_scale: bool = True
 
 
 @dataclass(frozen=True)
@@ -218,3 +225,5 @@ class ForwardResult:
     captures: tuple[CaptureResult, ...]
     top_logits: tuple[tuple[TopLogits, ...], ...]  # [prompt][position]
     logits_at: torch.Tensor = field(repr=False)  # [batch, n_logit_positions, vocab] (float32)
+    grad_captures: tuple[CaptureResult, ...] = ()  # d(loss)/d(site), reduced as captures
+    loss_values: tuple[float, ...] = ()  # per prompt, when the request has a loss

@@ -38,11 +38,19 @@ class Tokens:
         if prompt.token_ids is not None and prompt.text is not None:
             raise InvalidArgumentError(f"{what} has both text and token ids; give one")
         if prompt.token_ids is not None:
+            self._check_length(len(prompt.token_ids), what)  # before each id is looked at
             ids = checks.token_ids(prompt.token_ids, self.vocab, what)
         else:
             text = prompt.text or ""
             if text == "":
                 raise InvalidArgumentError(f"{what} is empty; give text or token ids")
+            checks.text(
+                text,
+                self.limits.max_text_bytes,
+                what,
+                f"{checks.TEXT_BYTES_PER_TOKEN} bytes per token of the "
+                f"{self.limits.max_tokens_per_prompt}-token limit; send a shorter text",
+            )
             ids = tuple(
                 self.tokenizer(text, add_special_tokens=prepend_bos is not False)["input_ids"]
             )
@@ -54,14 +62,17 @@ class Tokens:
                 ids = (bos, *ids)
         if len(ids) == 0:
             raise InvalidArgumentError(f"{what} has no tokens")
-        if len(ids) > self.n_ctx:
+        self._check_length(len(ids), what)
+        return ids
+
+    def _check_length(self, n: int, what: str) -> None:
+        if n > self.n_ctx:
             raise InvalidArgumentError(
-                f"{what} has {len(ids)} tokens, longer than the model's context of {self.n_ctx}"
+                f"{what} has {n} tokens, longer than the model's context of {self.n_ctx}"
             )
         checks.at_most(
-            len(ids), self.limits.max_tokens_per_prompt, f"tokens in {what}", "tokens per prompt"
+            n, self.limits.max_tokens_per_prompt, f"tokens in {what}", "tokens per prompt"
         )
-        return ids
 
     def strings(self, ids: Sequence[int]) -> tuple[str, ...]:
         """Each token decoded on its own (leading spaces kept)."""
@@ -75,12 +86,20 @@ class Tokens:
         return tuple(out)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """The text of token ids (validated against the vocabulary)."""
+        """The text of token ids (validated against the vocabulary and the request's limit)."""
+        checks.at_most(len(ids), self.limits.max_request_tokens, "token ids")
         checks.token_ids(ids, self.vocab, "token_ids")
         return str(self.tokenizer.decode(list(ids), clean_up_tokenization_spaces=False))
 
     def single_token(self, text: str, what: str = "token") -> int:
         """The id of a string that must be exactly one token (e.g. a target ' Mary')."""
+        limit = checks.MAX_TOKEN_TEXT_BYTES
+        if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+            raise InvalidArgumentError(  # measured before tokenizing: no token is this long
+                f"{what} {checks.quote(text)} is longer than any single token (at most {limit} "
+                "bytes); use a string that is a single token (often with a leading space) or give "
+                "a token id"
+            )
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             pieces = [checks.quote(p, 16) for p in self.strings(ids[:8])]
@@ -106,9 +125,29 @@ class Tokens:
             self.limits.max_prompts,
             "prompts (including sources and references)",
         )
+        for kind, group in (
+            ("prompt", prompts),
+            ("source prompt", sources),
+            ("reference prompt", references),
+        ):
+            for i, p in enumerate(group):  # every text measured before any is tokenized
+                if p.text is not None and p.token_ids is None:
+                    checks.text(p.text, self.limits.max_text_bytes, f"{kind} {i}")
         rows = [self.encode(p, prepend_bos, f"prompt {i}") for i, p in enumerate(prompts)]
         rows += [self.encode(p, prepend_bos, f"source prompt {i}") for i, p in enumerate(sources)]
         rows += [
             self.encode(p, prepend_bos, f"reference prompt {i}") for i, p in enumerate(references)
         ]
         return Batch(tuple(rows), len(prompts), len(sources), len(references))
+
+    def tokenize_texts(
+        self, texts: Sequence[str], prepend_bos: bool | None = None
+    ) -> list[tuple[int, ...]]:
+        """Token ids of many texts (Tokenize): their count and every text's size checked before
+        any is tokenized."""
+        checks.at_most(len(texts), self.limits.max_tokenize_texts, "texts")
+        for i, t in enumerate(texts):
+            checks.text(t, self.limits.max_text_bytes, f"text {i}")
+        return [
+            self.encode(specs.Prompt(text=t), prepend_bos, f"text {i}") for i, t in enumerate(texts)
+        ]

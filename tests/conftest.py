@@ -43,3 +43,13 @@ def tiny_runner(tiny_loaded):
     from tdb_core.runner import ModelRunner
 
     return ModelRunner(tiny_loaded)
+
+
+@pytest.fixture(scope="session")
+def toy_runner():
+    """A ModelRunner serving the shipped toy model (tdb_core/toy), as `tdb serve` does."""
+    import adapters
+    from tdb_core.runner import ModelRunner
+    from tdb_core.toy import TOY_MODEL_DIR, TOY_MODEL_NAME
+
+    return ModelRunner(adapters.load_model(TOY_MODEL_NAME, str(TOY_MODEL_DIR)))

@@ -46,7 +46,55 @@ export interface ForwardResult {
   activations: Record<string, TensorArray>;
   positions: Record<string, TensorArray>;
   dims: Record<string, string[]>;
+  /** With a loss: d(loss)/d(site) per grad capture, and each prompt's loss. */
+  grads: Record<string, TensorArray>;
+  lossValues: number[];
 }
+
+export interface LensCell {
+  layer: number;
+  position: number;
+  tokenIds: number[];
+  tokens: string[];
+  logits: number[];
+  probs: number[];
+}
+
+export interface LensResult {
+  model: string;
+  site: string;
+  scale: 'recomputed' | 'frozen';
+  tokens: string[];
+  layers: number[];
+  positions: number[];
+  grid: LensCell[][];
+}
+
+export interface WeightView {
+  kind: 'neuron_logits' | 'head_ov' | 'head_qk';
+  layer: number;
+  unit: number;
+  sourceToken?: number;
+  destinationToken?: number;
+}
+
+export interface WeightsResult {
+  model: string;
+  values: Record<string, TensorArray>;
+  dims: Record<string, string[]>;
+  kept: Record<string, number[]>;
+}
+
+/** A tdb.v1.Loss message (one variant set), as built by `losses`. */
+export type Loss = Record<string, unknown>;
+
+export const losses: {
+  logitDiff(target: string | number | Array<string | number>,
+            distractor: string | number | Array<string | number>, position?: number): Loss;
+  logProb(target: string | number | Array<string | number>, position?: number): Loss;
+  neuron(layer: number, neuron: number, position?: number): Loss;
+  direction(site: string, vector: Float32Array | number[], position?: number): Loss;
+};
 
 export interface ForwardOptions {
   model?: string;
@@ -55,6 +103,10 @@ export interface ForwardOptions {
   topK?: number;
   interventions?: Array<Record<string, unknown>>;
   prependBos?: boolean;
+  /** Gradients: a loss (see `losses`) and the sites whose d(loss)/d(site) is returned. */
+  loss?: Loss;
+  grad?: Array<string | Record<string, unknown>>;
+  freezeNormScale?: boolean;
 }
 
 export class TdbClientError extends Error {
@@ -74,6 +126,12 @@ export class TdbClient {
            timeout?: number): Promise<number[][]>;
   forward(prompts: string | number[] | Array<string | number[]>, options?: ForwardOptions,
           timeout?: number): Promise<ForwardResult>;
+  logitLens(prompt: string | number[], options?: { model?: string; layers?: number[];
+            positions?: number[]; topK?: number; scale?: 'recomputed' | 'frozen'; site?: string;
+            prependBos?: boolean }, timeout?: number): Promise<LensResult>;
+  weights(names?: string | string[], options?: { model?: string; heads?: number[];
+          neurons?: number[]; dtype?: 'float32' | 'float16' | 'bfloat16'; views?: WeightView[] },
+          timeout?: number): Promise<WeightsResult>;
   /** Generate under interventions, a baseline and each set side by side; `cancel()` stops it. */
   generate(prompt: string | number[], options?: GenerateOptions, timeout?: number):
     Promise<GenerateResult> & { cancel(): void };

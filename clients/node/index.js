@@ -315,13 +315,17 @@ class TdbClient {
    *   activations[site] = {data: Float32Array, shape: number[]}.
    */
   async forward(prompts, { model = '', capture = [], positions = [], topK = 10,
-    interventions = [], prependBos } = {}, timeout) {
+    interventions = [], prependBos, loss, grad = [], freezeNormScale } = {}, timeout) {
     const list = typeof prompts === 'string' || (prompts.length && typeof prompts[0] === 'number')
       ? [prompts] : prompts;
+    const asCapture = (c) => (typeof c === 'string' ? { site: c, positions } : c);
     const req = {
       model, prompts: list.map(promptMessage), topK, interventions,
-      captures: capture.map((c) => (typeof c === 'string' ? { site: c, positions } : c)),
+      captures: capture.map(asCapture),
+      gradCaptures: grad.map(asCapture),
     };
+    if (loss !== undefined) req.loss = loss;
+    if (freezeNormScale !== undefined) req.freezeNormScale = freezeNormScale;
     if (prependBos !== undefined) req.prependBos = prependBos;
     const { header, tensor } = await this._stream(this.inference, 'Forward', req, timeout);
     const out = {
@@ -335,6 +339,61 @@ class TdbClient {
       out.activations[c.site] = tensor(c.values);
       out.positions[c.site] = tensor(c.positions);
       out.dims[c.site] = c.dims;
+    }
+    out.grads = {};
+    for (const c of header.gradCaptures || []) out.grads[c.site] = tensor(c.values);
+    out.lossValues = header.lossValues || [];
+    return out;
+  }
+
+  /**
+   * Logit lens: the residual at each layer and position read through the final norm (`scale`
+   * 'recomputed' or 'frozen') and the unembedding.
+   * @returns {Promise<{model, site, scale, tokens, layers, positions, grid}>} grid[i][j] is the
+   *   cell {layer, position, tokenIds, tokens, logits, probs} of layers[i] at positions[j].
+   */
+  async logitLens(prompt, { model = '', layers = [], positions = [], topK = 5,
+    scale = 'recomputed', site = 'hook_resid_post', prependBos } = {}, timeout) {
+    const scales = { recomputed: 'LENS_SCALE_RECOMPUTED', frozen: 'LENS_SCALE_FROZEN' };
+    if (!scales[scale]) throw new Error("scale must be 'recomputed' or 'frozen'");
+    const req = { model, prompt: promptMessage(prompt), layers, positions, topK, site,
+      scale: scales[scale] };
+    if (prependBos !== undefined) req.prependBos = prependBos;
+    const r = await this._unary(this.inference, 'LogitLens', req, timeout);
+    const n = r.positions.length;
+    return {
+      model: r.model, site: r.site, scale: r.scale === 'LENS_SCALE_FROZEN' ? 'frozen' : 'recomputed',
+      tokens: r.prompt.tokens, layers: r.layers, positions: r.positions,
+      grid: r.layers.map((_, i) => r.cells.slice(i * n, (i + 1) * n)),
+    };
+  }
+
+  /**
+   * Parameters by TransformerLens name or glob ('W_E', 'blocks.0.attn.W_Q', '*'), sliced by
+   * `heads`/`neurons`, and folded `views` ({kind: 'neuron_logits'|'head_ov'|'head_qk', layer,
+   * unit, sourceToken?, destinationToken?}).
+   * @returns {Promise<{model, values, dims, kept}>} values[name] = {data, shape}.
+   */
+  async weights(names = [], { model = '', heads = [], neurons = [], dtype, views = [] } = {},
+    timeout) {
+    const kinds = { neuron_logits: 'WEIGHT_VIEW_KIND_NEURON_LOGITS',
+      head_ov: 'WEIGHT_VIEW_KIND_HEAD_OV', head_qk: 'WEIGHT_VIEW_KIND_HEAD_QK' };
+    const dtypes = { float32: 'DTYPE_FLOAT32', float16: 'DTYPE_FLOAT16', bfloat16: 'DTYPE_BFLOAT16' };
+    const req = {
+      model, names: typeof names === 'string' ? [names] : names, heads, neurons,
+      dtype: dtype ? dtypes[dtype] : 'DTYPE_UNSPECIFIED',
+      views: views.map((v) => {
+        if (!kinds[v.kind]) throw new Error('view kind must be neuron_logits, head_ov or head_qk');
+        return { ...v, kind: kinds[v.kind] };
+      }),
+    };
+    if (dtype && !dtypes[dtype]) throw new Error('dtype must be float32, float16 or bfloat16');
+    const { header, tensor } = await this._stream(this.models, 'GetWeights', req, timeout);
+    const out = { model: header.model, values: {}, dims: {}, kept: {} };
+    for (const w of header.weights) {
+      out.values[w.name] = tensor(w.values);
+      out.dims[w.name] = w.dims;
+      if (w.kept.length) out.kept[w.name] = w.kept;
     }
     return out;
   }
@@ -413,10 +472,29 @@ function generateEdit(edit) {
   return { scope: enumScope, intervention: rest };
 }
 
+/** Token lists for losses: strings (one token each) and ids. */
+function tokensMessage(t) {
+  const items = Array.isArray(t) ? t : [t];
+  return { strings: items.filter((x) => typeof x === 'string'),
+    ids: items.filter((x) => typeof x !== 'string') };
+}
+
+/** Loss messages for `forward({loss, grad})` (the tdb.v1.Loss oneof). */
+const losses = {
+  logitDiff: (target, distractor, position = -1) => ({
+    logitDiff: { target: tokensMessage(target), distractor: tokensMessage(distractor), position },
+  }),
+  logProb: (target, position = -1) => ({ logProb: { target: tokensMessage(target), position } }),
+  neuron: (layer, neuron, position = -1) => ({ neuron: { layer, neuron, position } }),
+  direction: (site, vector, position = -1) => ({
+    direction: { site, vector: float32Tensor(vector), position },
+  }),
+};
+
 const nodes = require('./nodes');
 
 module.exports = {
-  TdbClient, TdbClientError, StreamAssembler, decodeTensor, float32Tensor, halfToFloat,
+  TdbClient, TdbClientError, StreamAssembler, decodeTensor, float32Tensor, halfToFloat, losses,
   // node keys (nodes.js): parse and print as the server does
   Node: nodes.Node, NodeKind: nodes.NodeKind, NodeKeyError: nodes.NodeKeyError,
   Selector: nodes.Selector, parseNode: nodes.parseNode, parseSelector: nodes.parseSelector,

@@ -13,11 +13,13 @@ from services.registry import ModelRegistry
 from tdb.v1 import explain_pb2 as epb
 from tdb.v1 import explain_pb2_grpc as epb_grpc
 from tdb_core import checks
-from tdb_core.errors import InvalidArgumentError
+from tdb_core.errors import InvalidArgumentError, ResourceExhaustedError
 from tdb_core.explain import engine, workflow
 
 MAX_INLINE_TEXTS = 10000
 MAX_LIST_LIMIT = 10000
+#: Largest ListExplanations page: gRPC's default receive limit (4 MiB), so any client reads it.
+MAX_PAGE_BYTES = 4 * 2**20
 
 
 @dataclass
@@ -114,6 +116,8 @@ class ExplainServicer(epb_grpc.ExplainServiceServicer):
     ) -> epb.ListExplanationsResponse:
         limit = request.limit if request.HasField("limit") else 100
         checks.in_range(limit, 0, MAX_LIST_LIMIT, "limit")
+        if limit == 0:
+            return self._list_response([], 0)
         found = self.setup.catalog.list(
             model=request.model or None,
             sae_id=request.sae or None,
@@ -121,12 +125,36 @@ class ExplainServicer(epb_grpc.ExplainServiceServicer):
             node_key_prefix=request.node_prefix or None,
             method=request.method or None,
             min_score=request.min_score if request.HasField("min_score") else None,
-            limit=limit,
+            limit=limit + 1,  # one more tells whether another page follows
             offset=request.offset,
         )
+        # A page ends at `limit` or before the response would pass the server's limit, and never
+        # needs more than gRPC's default 4 MiB message limit (unary: it cannot stream).
+        limit_bytes = min(self.models.get().limits.max_response_bytes, MAX_PAGE_BYTES)
+        budget = limit_bytes - 64 * 1024  # room for the rest of the message
+        page: list[epb.Explanation] = []
+        size = 0
+        for e in found[:limit]:
+            msg = convert.explanation_to_pb(e)
+            size += msg.ByteSize() + 8
+            if size > budget:
+                if not page:
+                    raise ResourceExhaustedError(
+                        f"explanation {checks.quote(e.node_key)} alone is over the server's "
+                        "response limit"
+                    )
+                break
+            page.append(msg)
+        more = len(page) < len(found)
+        return self._list_response(page, request.offset + len(page) if more else 0)
+
+    def _list_response(
+        self, page: list[epb.Explanation], next_offset: int
+    ) -> epb.ListExplanationsResponse:
         return epb.ListExplanationsResponse(
-            explanations=[convert.explanation_to_pb(e) for e in found],
+            explanations=page,
             methods=list(self.setup.methods),
             default_method=self.setup.default_method,
             datasets=list(self.setup.datasets),
+            next_offset=next_offset,
         )

@@ -11,7 +11,7 @@ from services.interceptors import note
 from services.registry import ModelRegistry
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import inference_pb2_grpc as ipb_grpc
-from tdb_core.ops import ablate, patch_sweep
+from tdb_core.ops import ablate, lens, patch_sweep
 from tdb_core.ops import generate as gen
 from tdb_core.ops.forward import forward
 
@@ -24,7 +24,7 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         self, request: ipb.ForwardRequest, context: grpc.ServicerContext
     ) -> Iterator[ipb.ForwardResponse]:
         runner = self.models.get(request.model)
-        spec = convert.forward_spec_from_pb(request)
+        spec = convert.forward_spec_with_loss_from_pb(runner, request)
         note(model=runner.name, prompts=len(spec.prompts))
         result = forward(runner, spec)
         note(tokens=sum(len(p.token_ids) for p in result.prompts))
@@ -55,6 +55,16 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         result = patch_sweep.patch_sweep(runner, spec)
         note(cells=int(result.recovered.numel()))
         return convert.patch_sweep_to_pb(runner.name, result)
+
+    def LogitLens(
+        self, request: ipb.LogitLensRequest, context: grpc.ServicerContext
+    ) -> ipb.LogitLensResponse:
+        runner = self.models.get(request.model)
+        spec = convert.lens_spec_from_pb(request)
+        note(model=runner.name)
+        result = lens.logit_lens(runner, spec)
+        note(tokens=len(result.prompt.token_ids), cells=len(result.cells))
+        return convert.lens_to_pb(runner.name, result)
 
     def Generate(
         self, request: ipb.GenerateRequest, context: grpc.ServicerContext

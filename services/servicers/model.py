@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from services import convert
@@ -10,7 +12,7 @@ from services.registry import ModelRegistry
 from tdb.v1 import common_pb2 as cpb
 from tdb.v1 import model_pb2 as mpb
 from tdb.v1 import model_pb2_grpc as mpb_grpc
-from tdb_core import specs
+from tdb_core.ops.weights import get_weights
 
 
 class ModelServicer(mpb_grpc.ModelServiceServicer):
@@ -27,7 +29,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
                 mpb.ModelSummary(
                     name=r.name,
                     architecture=info.architecture,
-                    source=r.loaded.source,
+                    source=convert.public_source(r.loaded.source),
                     is_default=r.name == self.models.default,
                 )
             )
@@ -45,12 +47,10 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
     ) -> mpb.TokenizeResponse:
         runner = self.models.get(request.model)
         bos = request.prepend_bos if request.HasField("prepend_bos") else None
-        prompts = []
-        for i, text in enumerate(request.texts):
-            ids = runner.tokens.encode(specs.Prompt(text=text), bos, f"text {i}")
-            prompts.append(
-                cpb.PromptTokens(token_ids=list(ids), tokens=list(runner.tokens.strings(ids)))
-            )
+        prompts = [
+            cpb.PromptTokens(token_ids=list(ids), tokens=list(runner.tokens.strings(ids)))
+            for ids in runner.tokens.tokenize_texts(request.texts, bos)
+        ]
         note(model=runner.name, tokens=sum(len(p.token_ids) for p in prompts))
         return mpb.TokenizeResponse(prompts=prompts)
 
@@ -62,3 +62,15 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         text = runner.tokens.decode(ids)
         note(model=runner.name, tokens=len(ids))
         return mpb.DetokenizeResponse(text=text, tokens=list(runner.tokens.strings(ids)))
+
+    def GetWeights(
+        self, request: mpb.GetWeightsRequest, context: grpc.ServicerContext
+    ) -> Iterator[mpb.GetWeightsResponse]:
+        runner = self.models.get(request.model)
+        spec = convert.weights_spec_from_pb(request)
+        note(model=runner.name, weights=len(spec.names), views=len(spec.views))
+        ws = get_weights(runner, spec)
+        sink = convert.TensorSink()
+        header = convert.weights_header_to_pb(runner.name, ws, sink)
+        yield mpb.GetWeightsResponse(header=header)
+        yield from sink.encoded_chunks(mpb.GetWeightsResponse)

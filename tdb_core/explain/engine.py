@@ -248,6 +248,31 @@ class Catalog:
     ) -> list[StoredExplanation]:
         if node_key is not None:  # any key of the node: the catalog keys units
             node_key = parse_node_key(node_key).key
+
+        def matches(e: StoredExplanation) -> bool:
+            return (
+                (model is None or e.model == model)
+                and (sae_id is None or e.sae_id == sae_id)
+                and (node_key is None or e.node_key == node_key)
+                and (node_key_prefix is None or e.node_key.startswith(node_key_prefix))
+                and (method is None or e.method == method)
+                and (explainer is None or e.explainer == explainer)
+                and (min_score is None or (e.score is not None and e.score >= min_score))
+            )
+
+        if self.store is not None and not any(matches(e) for e in self.shipped):
+            # only stored rows match: the store pages itself, however deep the offset
+            return self.store.list(
+                model=model,
+                sae_id=sae_id,
+                node_key=node_key,
+                node_key_prefix=node_key_prefix,
+                method=method,
+                explainer=explainer,
+                min_score=min_score,
+                limit=limit,
+                offset=offset,
+            )
         stored = (
             []
             if self.store is None
@@ -268,18 +293,7 @@ class Catalog:
             return (e.model, e.sae_id, e.node_key, e.method, e.explainer)
 
         seen = {key(e) for e in stored}
-        shipped = [
-            e
-            for e in self.shipped
-            if key(e) not in seen
-            and (model is None or e.model == model)
-            and (sae_id is None or e.sae_id == sae_id)
-            and (node_key is None or e.node_key == node_key)
-            and (node_key_prefix is None or e.node_key.startswith(node_key_prefix))
-            and (method is None or e.method == method)
-            and (explainer is None or e.explainer == explainer)
-            and (min_score is None or (e.score is not None and e.score >= min_score))
-        ]
+        shipped = [e for e in self.shipped if key(e) not in seen and matches(e)]
         merged = sorted(
             stored + shipped, key=lambda e: (e.model, e.sae_id, e.node_key, e.method, e.explainer)
         )
@@ -310,10 +324,19 @@ class Catalog:
             node_key=e.node_key,
             method=e.method,
             explainer=e.explainer,
-            explanation=e.explanation,
+            explanation=_bounded(e.explanation),
             score=e.score,
             score_reason=e.score_reason,
             scores=e.scores,
             records_used=e.records_used,
             sae_id=e.sae_id,
         )
+
+
+def _bounded(text: str) -> str:
+    """An explanation cut to :data:`~tdb_core.checks.MAX_EXPLANATION_BYTES` (a generated one can
+    run long; a given one was refused before scoring)."""
+    raw = text.encode("utf-8")
+    if len(raw) <= checks.MAX_EXPLANATION_BYTES:
+        return text
+    return raw[: checks.MAX_EXPLANATION_BYTES].decode("utf-8", "ignore")

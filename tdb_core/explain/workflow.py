@@ -30,6 +30,7 @@ from tdb_core.explain.pipeline import ProgressEvent, StoreFields
 from tdb_core.explain.records import NodeRecords
 from tdb_core.explain.store import StoredExplanation
 from tdb_core.ops.mine import Dataset, MineSpec, MiningOptions, mine
+from tdb_core.plan import check_response_bytes
 from tdb_core.runner import ModelRunner
 
 
@@ -71,6 +72,7 @@ class Recipe:
 def parse_targets(runner: ModelRunner, nodes: Sequence[str]) -> list[Target]:
     """Node keys resolved against the model's schema (at least one)."""
     checks.non_empty(nodes, "nodes", "'blocks.0.mlp.hook_post[5]'")
+    checks.count(nodes, checks.MAX_NODES, "nodes")
     return [parse_target(runner, n) for n in nodes]
 
 
@@ -78,6 +80,12 @@ def records(
     runner: ModelRunner, nodes: Sequence[str], dataset: Dataset, mining: MiningOptions
 ) -> tuple[NodeRecords, ...]:
     """Activation records of nodes (keys), mined in one pass."""
+    checks.count(nodes, checks.MAX_NODES, "nodes")
+    # every record: window_len tokens, each a string and two numbers (~24 bytes on the wire)
+    n_records = mining.top_k + mining.n_random
+    check_response_bytes(
+        len(nodes) * n_records * mining.window_len * 24, runner.limits.max_response_bytes
+    )
     return mine(runner, MineSpec(tuple(parse_targets(runner, nodes)), dataset, mining))
 
 
@@ -148,6 +156,12 @@ class ScoreSpec:
 
 def score(runner: ModelRunner, spec: ScoreSpec, catalog: Catalog) -> StoredExplanation:
     """A given explanation of one node, scored on its records (stored when ``save``)."""
+    checks.text(
+        spec.explanation,
+        checks.MAX_EXPLANATION_BYTES,
+        "the explanation",
+        "an explanation is a sentence or two",
+    )
     (target,), recipe = parse_targets(runner, [spec.node]), spec.recipe
     if not spec.explanation.strip():
         raise InvalidArgumentError("the explanation to score is empty")

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from tdb_core import checks, specs
 from tdb_core.errors import InvalidArgumentError
+from tdb_core.gradients import Gradients, compute_gradients, plan_gradients
+from tdb_core.hooks import ResolvedCapture
+from tdb_core.losses import Loss
 from tdb_core.ops.common import capture_result, logit_diff, top_logits
-from tdb_core.plan import check_response_bytes, resolve_positions
-from tdb_core.runner import ModelRunner
+from tdb_core.plan import Batch, check_response_bytes, resolve_positions
+from tdb_core.runner import ModelRunner, RunOutput
 
 # --------------------------------------------------------------------------------------------------
 # Specs and results (data only)
@@ -40,6 +45,10 @@ class AblateSpec:
     sources: tuple[specs.Prompt, ...] = ()
     references: tuple[specs.Prompt, ...] = ()
     prepend_bos: bool | None = None
+    # gradients of a loss on every row (see tdb_core.gradients)
+    loss: Loss | None = None
+    grad_captures: tuple[specs.Capture, ...] = ()
+    freeze_norm_scale: bool = True
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,8 @@ class AblateResult:
     position: int
     rows: tuple[AblateRow, ...]  # rows[0] is the baseline
     captures: tuple[specs.CaptureResult, ...]  # batch axis = rows
+    grad_captures: tuple[specs.CaptureResult, ...] = ()  # d(loss)/d(site); batch axis = rows
+    loss_values: tuple[float, ...] = ()  # per row, when the request has a loss
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,6 +79,11 @@ def ablate(runner: ModelRunner, spec: AblateSpec) -> AblateResult:
     vocab = runner.schema.dims.d_vocab
     checks.target_distractor(spec.target_ids, spec.distractor_ids, vocab, required=False)
     checks.top_k(spec.top_k)
+    checks.at_most(
+        sum(len(s.interventions) for s in spec.sets),
+        runner.limits.max_interventions,
+        "interventions (over all sets)",
+    )
     names = [s.name for s in spec.sets]
     seen: set[str] = set()
     for name in names:
@@ -83,11 +99,38 @@ def ablate(runner: ModelRunner, spec: AblateSpec) -> AblateResult:
     for row, s in enumerate(spec.sets, start=1):
         for iv in s.interventions:
             planner.add_intervention(iv, [row])
+    grads = plan_gradients(
+        runner, planner, spec.loss, spec.grad_captures, spec.freeze_norm_scale, batch.n_prompts
+    )
     (pos,) = resolve_positions([spec.position], batch.lengths[:1])[0]
-    check_response_bytes(planner.capture_bytes(), runner.limits.max_response_bytes)
+    check_response_bytes(
+        planner.capture_bytes() + (grads.capture_bytes if grads is not None else 0),
+        runner.limits.max_response_bytes,
+    )
 
-    out = runner.run(batch, planner.plan)
-    logits = out.logits[: batch.n_prompts, pos].float()  # [rows, vocab]
+    if grads is None:
+        out = runner.run(batch, planner.plan)
+        with torch.no_grad():
+            return _rows(runner, spec, batch, out, pos, captures, names, None)
+    # the backward runs with admission and the model lock held, as the pass does
+    with runner.session(batch, planner.plan, grad=True):
+        out = runner.run(batch, planner.plan, grad=True)
+        got = compute_gradients(grads, out)
+    with torch.no_grad():
+        return _rows(runner, spec, batch, out, pos, captures, names, got)
+
+
+def _rows(
+    runner: ModelRunner,
+    spec: AblateSpec,
+    batch: Batch,
+    out: RunOutput,
+    pos: int,
+    captures: list[ResolvedCapture],
+    names: list[str],
+    got: Gradients | None,
+) -> AblateResult:
+    logits = out.logits[: batch.n_prompts, pos].float().detach()  # [rows, vocab]
     logp = logits.log_softmax(-1)
     kl = (logp[0].exp() * (logp[0] - logp)).sum(-1)  # [rows]
     k = min(spec.top_k, logits.shape[-1])
@@ -114,4 +157,6 @@ def ablate(runner: ModelRunner, spec: AblateSpec) -> AblateResult:
         position=pos,
         rows=tuple(rows),
         captures=tuple(capture_result(c) for c in captures),
+        grad_captures=got.captures if got is not None else (),
+        loss_values=got.loss_values if got is not None else (),
     )

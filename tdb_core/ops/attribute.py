@@ -30,7 +30,6 @@ constant the direct effects plus ``bias_direct_effect`` and ``constant`` add up 
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,84 +43,35 @@ from tdb_core.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from tdb_core.losses import (
+    DirectionLoss,
+    HeadTrace,
+    LatentTrace,
+    LogitDiffLoss,
+    LogProbLoss,
+    Loss,
+    NeuronTrace,
+    Through,
+)
 from tdb_core.nodes import Node, NodeKind
-from tdb_core.plan import Batch, Planner, resolve_positions
+from tdb_core.plan import Batch, Planner, check_response_bytes, resolve_positions
 from tdb_core.runner import ModelRunner, RunOutput
 from tdb_core.sae.attach import AttachedSae
 from tdb_core.schema import Location, location, norm_name, site_name
 
 # --------------------------------------------------------------------------------------------------
-# Specs (data only)
+# Specs (data only; the losses live in tdb_core.losses, shared with gradient captures)
 
-
-@dataclass(frozen=True)
-class LogitDiffLoss:
-    """Mean logit of the targets minus mean logit of the distractors at a position."""
-
-    target_ids: tuple[int, ...]
-    distractor_ids: tuple[int, ...]
-    position: int = -1
-
-
-@dataclass(frozen=True)
-class LogProbLoss:
-    """Log of the total probability of the target tokens at a position."""
-
-    target_ids: tuple[int, ...]
-    position: int = -1
-
-
-@dataclass(frozen=True)
-class NeuronTrace:
-    """Trace upstream from an MLP neuron's pre-activation (``mlp.hook_pre``) at a position."""
-
-    layer: int
-    neuron: int
-    position: int = -1
-
-
-class Through(enum.Enum):
-    Q = "q"  # the query side of one attention score
-    K = "k"  # the key side of one attention score
-    QK = "qk"  # both sides of one attention score
-    V = "v"  # the value path of the head's write at the query position
-
-
-@dataclass(frozen=True)
-class HeadTrace:
-    """Trace upstream from an attention head.
-
-    Q/K/QK: the pre-softmax score ``attn_scores[head, q, k]`` through the query, the key or both.
-    V: the head's write at the query position along its own (fixed) direction, through the values
-    only (the pattern is held constant); ``key_position`` restricts it to one key.
-    """
-
-    layer: int
-    head: int
-    query_position: int = -1
-    key_position: int | None = None
-    through: Through = Through.QK
-
-
-@dataclass(frozen=True)
-class LatentTrace:
-    """Trace upstream from an SAE latent's pre-activation at a position."""
-
-    sae: str
-    latent: int
-    position: int = -1
-
-
-@dataclass(frozen=True)
-class DirectionLoss:
-    """The residual stream at a site and position, projected on a direction ``[d_model]``."""
-
-    site: str
-    vector: torch.Tensor
-    position: int = -1
-
-
-Loss = LogitDiffLoss | LogProbLoss | NeuronTrace | HeadTrace | LatentTrace | DirectionLoss
+__all__ = [
+    "DirectionLoss",
+    "HeadTrace",
+    "LatentTrace",
+    "LogProbLoss",
+    "LogitDiffLoss",
+    "Loss",
+    "NeuronTrace",
+    "Through",
+]
 
 FAMILIES = tuple(
     str(k)
@@ -135,6 +85,7 @@ FAMILIES = tuple(
 )
 COLUMNS = ("activation", "write_magnitude", "direct_effect", "total_effect")
 TOP_ONLY = frozenset({"activation", "write_magnitude"})  # no bottom-k, as TDB
+_TOKEN_BYTES = 16  # a token string's bytes in a response estimate (most are far shorter)
 
 
 @dataclass(frozen=True)
@@ -289,6 +240,8 @@ class _Attribution:
         if missing:
             raise NotFoundError(f"node families {sorted(missing)} are not available on this model")
         self.families = fams
+        # the attached SAEs, read once: a LoadSae during this request must not change them
+        self.attached = tuple(runner.saes.values())
         self.point = self._point()
 
     # -- the loss and where direct effects are measured
@@ -344,7 +297,7 @@ class _Attribution:
             (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
             return _residual_point(loss.site, site.layer or 0, site.kind.key, pos)
         if isinstance(loss, LatentTrace):
-            att = self.runner.saes.get(loss.sae)
+            att = self.sae(loss.sae)
             checks.index(loss.latent, att.sae.d_sae, "latent", f" of SAE '{loss.sae}'")
             (pos,) = resolve_positions([loss.position], self.batch.lengths[:1])[0]
             key, layer = att.site.kind.key, att.site.layer
@@ -410,6 +363,22 @@ class _Attribution:
                 "fewer steps or fewer node families"
             )
 
+    def sae(self, sae_id: str) -> AttachedSae:
+        """An SAE attached when the request began (NOT_FOUND names the attached ones)."""
+        for a in self.attached:
+            if a.id == sae_id:
+                return a
+        return self.runner.saes.get(sae_id)
+
+    def check_response_bytes(self) -> None:
+        """Refuse, before any work, a table whose response would be over the server's limit:
+        up to six top/bottom-k lists per row, each node with its columns and ``node_tokens``
+        tokens in each of three lists."""
+        k, rows, tokens = self.spec.top_k, self.n_rows, self.spec.node_tokens
+        per_node = 96 + 4 * 6 * rows + 3 * tokens * (16 + _TOKEN_BYTES)
+        n_bytes = 6 * k * rows * per_node + rows * self.T * 6
+        check_response_bytes(n_bytes, self.runner.limits.max_response_bytes)
+
     def mlp_layers(self) -> list[int]:
         """Layers whose MLP writes before the point."""
         at = self.point.at
@@ -429,7 +398,7 @@ class _Attribution:
         schema = self.runner.schema
         return [
             a
-            for a in self.runner.saes.values()
+            for a in self.attached
             if schema.location(a.site.name) <= self.point.at and a.id != traced
         ]
 
@@ -482,7 +451,7 @@ class _Attribution:
         if isinstance(loss, DirectionLoss):
             plan.grad_sites.add(loss.site)
         if isinstance(loss, LatentTrace):
-            att = self.runner.saes.get(loss.sae)
+            att = self.sae(loss.sae)
             plan.grad_sites.update({att.acts_pre, att.input})
 
     def loss_values(self, out: RunOutput, rows: int | None = None) -> torch.Tensor:
@@ -520,7 +489,7 @@ class _Attribution:
             along: torch.Tensor = (write * u).sum(-1).float()
             return along
         if isinstance(loss, LatentTrace):
-            att = self.runner.saes.get(loss.sae)
+            att = self.sae(loss.sae)
             return g[att.acts_pre][:rows, self.point.position, loss.latent].float()
         assert isinstance(loss, DirectionLoss)
         vec = loss.vector.to(out.logits.device, g[loss.site].dtype)
@@ -802,7 +771,9 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
             out = runner.run(batch, planner.plan, grad=True)
             losses = att.loss_values(out, batch.n_prompts)
             x = out.ctx.graph[site]
-            (gx,) = torch.autograd.grad(losses.sum(), [x])
+            (gx,) = torch.autograd.grad(losses.sum(), [x], allow_unused=True)
+            if gx is None:  # the site does not reach the loss (e.g. an SAE read after a trace)
+                gx = torch.zeros_like(x)
             gsum = gx.detach().float().reshape(len(chunk), rows, *gx.shape[1:]).sum(0)
             grad_sum = gsum if grad_sum is None else grad_sum + gsum
             if value is None:
@@ -832,12 +803,28 @@ class Columns:
         raise KeyError((kind, layer))
 
 
-def compute_columns(runner: ModelRunner, spec: AttributeSpec) -> Columns:
-    """One forward and one ``autograd.grad`` for every family's four columns (plus IG passes)."""
+def _prepared(runner: ModelRunner, spec: AttributeSpec) -> tuple[_Attribution, Planner]:
+    """A validated, planned attribution (every error is raised here, before work)."""
     att = _Attribution(runner, spec)
     att.check_ig_cost()
+    att.check_response_bytes()
     planner = runner.planner(att.batch)
     att.plan(planner)
+    return att, planner
+
+
+def compute_columns(runner: ModelRunner, spec: AttributeSpec) -> Columns:
+    """One forward and one ``autograd.grad`` for every family's four columns (plus IG passes).
+
+    The gradients are taken with the model's admission and execution lock held (``session``), so
+    concurrent attributions keep at most one graph alive at a time."""
+    att, planner = _prepared(runner, spec)
+    with runner.session(att.batch, planner.plan, grad=True):
+        return _columns(runner, att, planner)
+
+
+def _columns(runner: ModelRunner, att: _Attribution, planner: Planner) -> Columns:
+    spec = att.spec
     out = runner.run(att.batch, planner.plan, grad=True)
     losses = att.loss_values(out)
     names = sorted(planner.plan.grad_sites - {"hook_embed"})
@@ -856,7 +843,13 @@ def compute_columns(runner: ModelRunner, spec: AttributeSpec) -> Columns:
 
 def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
     """Build TDB's node table for ``spec`` (see the module docstring)."""
-    cols = compute_columns(runner, spec)
+    att, planner = _prepared(runner, spec)
+    with runner.session(att.batch, planner.plan, grad=True):
+        return _table(runner, spec, _columns(runner, att, planner))
+
+
+def _table(runner: ModelRunner, spec: AttributeSpec, cols: Columns) -> AttributeResult:
+    """The node table from the columns (the session held: the graph is still alive)."""
     att, out, losses, grads, fams = cols.att, cols.out, cols.losses, cols.grads, cols.families
     with torch.no_grad():
         chosen = _topk_union(fams, spec.top_k, att.n_rows)

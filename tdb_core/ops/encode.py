@@ -3,6 +3,7 @@ per-token top-k (or dense) latents, L0 and reconstruction error out."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,22 +86,15 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
             * 8
         )
         check_response_bytes(n_bytes, runner.limits.max_response_bytes)
-        with torch.no_grad():
-            x = x.to(runner.device, sae.dtype)
-            z = stats = None
-            if spec.dense:
-                _, z, stats = sae.encode_with_stats(x)
-            top_v, top_i, l0, mse, x_hat = _stats_of(sae, x, z, stats, spec.top_k)
-        return EncodeResult(
-            (),
-            top_v.cpu(),
-            top_i.cpu(),
-            z.cpu() if z is not None else None,
-            l0.cpu(),
-            mse.cpu(),
-            _explained_variance(x.reshape(-1, sae.d_in), x_hat.reshape(-1, sae.d_in)),
-            float(l0.float().mean()),
-        )
+        n_tokens = x.shape[0] * x.shape[1]
+        if n_tokens == 0:
+            raise InvalidArgumentError(
+                f"activations of shape {list(spec.activations.shape)} hold no vectors; give at "
+                f"least one [{sae.d_in}] vector"
+            )
+        need, describe = activations_need(runner, spec.sae, n_tokens)
+        with runner.admission.admitted(need, describe), runner.admission.exclusive():
+            return _encode_activations(runner, sae, x, spec)
 
     batch = runner.tokens.make_batch(spec.prompts, prepend_bos=spec.prepend_bos)
     n = batch.n_prompts
@@ -132,6 +126,33 @@ def encode(runner: ModelRunner, spec: EncodeSpec) -> EncodeResult:
     )
 
 
+def activations_need(
+    runner: ModelRunner, sae_id: str, n_tokens: int
+) -> tuple[int, Callable[[], str]]:
+    """Working memory of encoding ``n_tokens`` raw activation vectors: the input in the SAE's
+    dtype, its reconstruction and error, and the latents (dense)."""
+    sae = runner.saes.get(sae_id).sae
+
+    def describe() -> str:
+        return f"{n_tokens} activation vectors through SAE '{sae_id}'"
+
+    return n_tokens * (3 * sae.d_in + 2 * sae.d_sae) * 4, describe
+
+
+def check_activations_shape(runner: ModelRunner, sae_id: str, shape: Sequence[int]) -> None:
+    """Refuse raw activations over the memory budget from their shape alone, before the request's
+    bytes are turned into a tensor (NOT_FOUND for an unknown SAE)."""
+    if not 1 <= len(shape) <= checks.MAX_TENSOR_RANK or any(
+        not 0 <= d <= checks.MAX_TENSOR_DIM for d in shape
+    ):
+        return  # the tensor checks say what is wrong with it
+    n_tokens = 1
+    for d in shape[:-1]:
+        n_tokens *= d
+    need, describe = activations_need(runner, sae_id, n_tokens)
+    runner.admission.check_budget(need, describe)
+
+
 @dataclass(frozen=True)
 class DecodeSpec:
     """Latents ``[..., d_sae]`` of an attached SAE."""
@@ -159,3 +180,25 @@ def decode(runner: ModelRunner, spec: DecodeSpec) -> torch.Tensor:
             ones = torch.ones(*z.shape[:-1], 1, device=z.device, dtype=z.dtype)
             stats = InputStats(shift=torch.zeros_like(ones), scale=ones)
         return sae.decode(z, stats).cpu()
+
+
+def _encode_activations(
+    runner: ModelRunner, sae: SparseAutoencoder, x: torch.Tensor, spec: EncodeSpec
+) -> EncodeResult:
+    """Encode raw activations ``[batch, pos, d_in]`` (admitted, the execution lock held)."""
+    with torch.no_grad():
+        x = x.to(runner.device, sae.dtype)
+        z = stats = None
+        if spec.dense:
+            _, z, stats = sae.encode_with_stats(x)
+        top_v, top_i, l0, mse, x_hat = _stats_of(sae, x, z, stats, spec.top_k)
+    return EncodeResult(
+        (),
+        top_v.cpu(),
+        top_i.cpu(),
+        z.cpu() if z is not None else None,
+        l0.cpu(),
+        mse.cpu(),
+        _explained_variance(x.reshape(-1, sae.d_in), x_hat.reshape(-1, sae.d_in)),
+        float(l0.float().mean()),
+    )

@@ -12,11 +12,18 @@ from dataclasses import dataclass
 
 import torch
 
-from tdb_core import cancel, checks, specs
+from tdb_core import checks, specs
 from tdb_core.admission import GroupRunner, Member
+from tdb_core.gradients import GradPlan, compute_gradients, plan_gradients
 from tdb_core.hooks import ResolvedCapture
 from tdb_core.ops.common import capture_result, prompt_tokens, top_logits
-from tdb_core.plan import Batch, Planner, check_response_bytes, resolve_positions
+from tdb_core.plan import (
+    Batch,
+    Planner,
+    check_position_count,
+    check_response_bytes,
+    resolve_positions,
+)
 from tdb_core.runner import ModelRunner, RunOutput
 
 
@@ -30,12 +37,17 @@ class _Prepared:
     groups: list[list[ResolvedCapture]]
     logit_pos: list[list[int]]
     top_k: int
+    grads: GradPlan | None = None
 
 
 def forward(runner: ModelRunner, spec: specs.ForwardSpec) -> specs.ForwardResult:
     """Run the spec's prompts with its captures and interventions; next-token top-k."""
     prep = _prepare(runner, spec)
     plan = prep.planner.plan
+    if prep.grads is not None:
+        # the backward runs with admission and the model lock held, as the pass does
+        with runner.session(prep.batch, plan, grad=True):
+            return _finish(runner, prep, runner.run(prep.batch, plan, grad=True))
     if not _batchable(spec):
         return _finish(runner, prep, runner.run(prep.batch, plan))
     b = prep.batch
@@ -50,30 +62,47 @@ def forward(runner: ModelRunner, spec: specs.ForwardSpec) -> specs.ForwardResult
 def _prepare(runner: ModelRunner, spec: specs.ForwardSpec) -> _Prepared:
     """Validate and plan a Forward completely (every error is raised here, before work)."""
     checks.top_k(spec.top_k)
+    check_position_count(runner.schema, spec.logit_positions, "logit positions")
+    checks.count(spec.interventions, runner.limits.max_interventions, "interventions")
     batch = runner.tokens.make_batch(spec.prompts, spec.sources, spec.references, spec.prepend_bos)
     planner = runner.planner(batch)
     groups = [planner.add_capture(cap) for cap in spec.captures]
     for iv in spec.interventions:
         planner.add_intervention(iv, range(batch.n_prompts))
+    grads = plan_gradients(
+        runner, planner, spec.loss, spec.grad_captures, spec.freeze_norm_scale, batch.n_prompts
+    )
     prompt_lengths = batch.lengths[: batch.n_prompts]
     logit_pos = resolve_positions(spec.logit_positions, prompt_lengths, "logit position")
     top_k = min(spec.top_k, runner.schema.dims.d_vocab)
     check_response_bytes(
-        planner.capture_bytes() + 16 * top_k * len(logit_pos[0]) * batch.n_prompts,
+        planner.capture_bytes()
+        + (grads.capture_bytes if grads is not None else 0)
+        + 16 * top_k * len(logit_pos[0]) * batch.n_prompts,
         runner.limits.max_response_bytes,
     )
-    return _Prepared(spec, batch, planner, groups, logit_pos, top_k)
+    # the logit gather after the pass: logits at the positions, a float copy, probabilities
+    gather = 3 * batch.n_prompts * len(logit_pos[0]) * runner.schema.dims.d_vocab * 4
+    need, describe = runner.estimate(batch, planner.plan, grads is not None)
+    runner.admission.check_budget(
+        need + gather, lambda: f"{describe()}, logits at {len(logit_pos[0])} positions"
+    )
+    return _Prepared(spec, batch, planner, groups, logit_pos, top_k, grads)
 
 
 def _finish(runner: ModelRunner, prep: _Prepared, out: RunOutput) -> specs.ForwardResult:
     batch = prep.batch
     rows = torch.arange(batch.n_prompts, device=out.logits.device)[:, None]
     at = out.logits[rows, torch.tensor(prep.logit_pos, device=out.logits.device)].float()
+    grads = compute_gradients(prep.grads, out) if prep.grads is not None else None
+    at = at.detach()
     return specs.ForwardResult(
         prompts=prompt_tokens(runner.tokens, batch.rows[: batch.n_prompts]),
         captures=tuple(capture_result(c) for g in prep.groups for c in g),
         top_logits=top_logits(runner.tokens, at, prep.logit_pos, prep.top_k),
         logits_at=at.cpu(),
+        grad_captures=grads.captures if grads is not None else (),
+        loss_values=grads.loss_values if grads is not None else (),
     )
 
 
@@ -82,7 +111,7 @@ def _finish(runner: ModelRunner, prep: _Prepared, out: RunOutput) -> specs.Forwa
 
 
 def _batchable(spec: specs.ForwardSpec) -> bool:
-    if spec.interventions or spec.sources or spec.references:
+    if spec.interventions or spec.sources or spec.references or spec.loss is not None:
         return False
     # top-k over key positions would see the merged batch's padding
     return not any(
@@ -112,8 +141,8 @@ def _group_runner(runner: ModelRunner) -> GroupRunner:
             for cap in p.spec.captures:
                 if cap not in unique:
                     unique[cap] = planner.add_capture(cap)
-        with cancel.scope(None):  # one request's cancellation must not stop the others
-            out = runner.forward_pass(merged, planner.plan)
+        # the pass runs under every member's own cancellation (Admission's group check)
+        out = runner.forward_pass(merged, planner.plan)
         runner.stats["merged_passes"] += 1
         runner.stats["merged_requests"] += len(group)
         start = 0

@@ -24,6 +24,7 @@ than tensors, strings, numbers and dicts is refused without running it.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -55,8 +56,34 @@ EXPECTED = (
 )
 
 
+#: How much larger than its file a torch.save archive may unpack (torch.save stores its entries
+#: uncompressed; a compressed archive that expands far beyond its size is refused unread).
+MAX_EXPANSION = 4
+EXPANSION_SLACK = 2**20
+
+
+def _check_expansion(path: Path) -> None:
+    """Refuse, before reading any tensor, a zip archive whose entries unpack to more than
+    :data:`MAX_EXPANSION` times its size (a 0.39 MB file expanding to +381 MB)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # legacy torch.save files are not archives; torch.load reads them as stored
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile):
+        return  # torch.load reports the unreadable file with its own words
+    size = path.stat().st_size
+    if unpacked > MAX_EXPANSION * size + EXPANSION_SLACK:
+        raise InvalidArgumentError(
+            f"{path}: refused to load: the archive unpacks to {unpacked / 2**20:.1f} MiB from "
+            f"{size / 2**20:.2f} MiB (compressed entries); torch.save files store their tensors "
+            "uncompressed"
+        )
+
+
 def _read_state_dict(path: Path) -> Mapping[str, object]:
     """``torch.load`` without executing pickled code, with errors that name the file."""
+    _check_expansion(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,3 +48,20 @@ def test_grpcweb_benchmark_compares_both_paths() -> None:
     res = _run("grpcweb", "--mib", "1", "--repeats", "1")
     assert res["benchmark"] == "grpcweb" and res["mib"] == 1.0 and res["target_ratio"] == 0.5
     assert res["native_mb_s"] > 0 and res["grpcweb_mb_s"] > 0 and res["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_gradients_benchmark_checks_and_compares() -> None:
+    """The gradients benchmark checks its gradients against the anchor and reports ratios."""
+    res = _run("gradients", "--size", "tiny", "--seq", "8", "--repeats", "1")
+    assert res["benchmark"] == "gradients" and res["sites"] == 2 and res["target_ratio"] == 1.1
+    assert res["max_rel_diff"] <= 1e-5 and res["ratio"] > 0 and res["ratio_vs_eager_anchor"] > 0
+
+
+@pytest.mark.slow
+def test_atp_benchmark_reports_time_and_rank_correlation() -> None:
+    """The AtP benchmark times both methods and reports Spearman's rank correlation."""
+    res = _run("atp", "--n", "2", "--sites", "attn.hook_z:head")
+    assert res["benchmark"] == "atp" and res["prompts"] == 2
+    assert res["ratio_exact_vs_attribution"] > 0
+    assert -1 <= res["attn.hook_z:head"]["spearman_pooled"] <= 1

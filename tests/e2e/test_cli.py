@@ -257,3 +257,61 @@ def test_client_commands_import_no_torch(tiny_server):
         timeout=120,
     )
     assert all(c in r.stdout for c in ("serve", "forward", "explain", "toy", "sae"))
+
+
+def test_gradient_weights_and_lens_commands(tiny_server, tmp_path):
+    """`tdb forward --grad` prints the loss and the gradient's size per position; `tdb weights`
+    lists parameters and views; `tdb lens --png` prints the grid and writes a PNG; `tdb patch
+    --method attribution` labels its estimate."""
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    server = ("--server", tiny_server.address)
+    r = run_cli(
+        "forward",
+        prompt,
+        "--grad",
+        "blocks.0.hook_resid_pre",
+        "--target",
+        " Mary",
+        "--distractor",
+        " John",
+        *server,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "loss: " in r.stdout and "d loss / d blocks.0.hook_resid_pre" in r.stdout
+    assert "|grad| per position" in r.stdout
+    r = run_cli("forward", prompt, "--grad", "blocks.0.hook_resid_pre", *server)
+    assert r.returncode != 0 and "--grad needs a loss" in r.stderr
+    r = run_cli(
+        "weights",
+        "blocks.0.attn.W_Q",
+        "--heads",
+        "1",
+        "--neuron-logits",
+        "1,5",
+        "--qk",
+        "0,2,5,6",
+        *server,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "blocks.0.attn.W_Q [head, d_model, d_head] [1, 64, 16]  kept [1]" in r.stdout
+    assert "neuron_logits[blocks.1.mlp.W_out[5]] [vocab]" in r.stdout and "  up: " in r.stdout
+    assert "head_qk[blocks.0.attn[2]][5->6] = " in r.stdout
+    png = tmp_path / "lens.png"
+    r = run_cli("lens", prompt, "--png", str(png), *server)
+    assert r.returncode == 0, r.stderr
+    assert "logit lens of hook_resid_post (recomputed scale)" in r.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = run_cli(
+        "patch",
+        prompt,
+        "When Mary and John went to the store, Mary gave a drink to",
+        "--target",
+        " Mary",
+        "--distractor",
+        " John",
+        "--method",
+        "attribution",
+        *server,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "attribution patching" in r.stdout

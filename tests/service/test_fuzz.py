@@ -321,3 +321,64 @@ def test_fuzz_every_rpc(fuzz_server, tiny_loaded):
     with torch.no_grad():
         logits = tiny_loaded.adapter.model(torch.tensor([[1, 2, 3, 4]])).logits[0, -1]
     assert list(out.top_logits[0][0].token_ids) == logits.topk(3).indices.tolist()
+
+
+def _inflate(msg: Message, lists: bool, strings: bool) -> Message:
+    """A copy of ``msg`` with every repeated field grown to as many entries as fit in ~0.8 MB
+    (copies of its first entry) and/or every string set grown past 16 KiB."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    out = type(msg)()
+    out.CopyFrom(msg)
+
+    def walk(m: Message, depth: int) -> None:
+        for field, value in list(m.ListFields()):
+            repeated = field.is_repeated
+            if field.type == F.TYPE_MESSAGE:
+                if field.message_type.GetOptions().map_entry:
+                    continue
+                if not repeated:
+                    walk(value, depth + 1)
+                    continue
+                for sub in value:
+                    walk(sub, depth + 1)
+                if lists and len(value) and depth < 2:
+                    first = value[0]
+                    copies = min(5000, 800_000 // max(1, first.ByteSize() + 3))
+                    for _ in range(copies):
+                        value.add().CopyFrom(first)
+            elif repeated:
+                if lists and len(value):
+                    first = value[0]
+                    size = len(first) + 2 if isinstance(first, (str, bytes)) else 10
+                    value.extend([first] * (800_000 // size))
+            elif field.type == F.TYPE_STRING and strings:
+                setattr(m, field.name, value + "x" * 20_000)
+
+    walk(out, 0)
+    return out
+
+
+def test_hostile_sizes_never_internal(fuzz_server):
+    """Issue 18: every RPC's valid requests with every repeated field grown to ~100,000 entries,
+    every string grown past gRPC's 16 KiB metadata limit, or both, get a proper status (mostly
+    RESOURCE_EXHAUSTED, INVALID_ARGUMENT or NOT_FOUND) with a short message, never INTERNAL or
+    UNKNOWN; the server stays healthy."""
+    svc, runner = fuzz_server
+    written = seeds()
+    channel = grpc.insecure_channel(f"127.0.0.1:{svc.port}")
+    codes: collections.Counter[str] = collections.Counter()
+    for path, proto, response, cs, ss in METHODS:
+        for base in written.get(path) or [proto]:
+            for lists, strings in ((True, False), (False, True), (True, True)):
+                msg = _inflate(base, lists, strings)
+                code = send(channel, path, msg.SerializeToString(), response, cs, ss)
+                codes[code.name] += 1
+                if path in NOT_IMPLEMENTED and code == grpc.StatusCode.UNIMPLEMENTED:
+                    continue
+                assert code not in BAD_CODES, (path, lists, strings, code)
+    print(f"\nhostile sizes: {dict(codes)}")
+    assert runner.queue_depth == 0
+    r = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert r.status == health_pb2.HealthCheckResponse.SERVING
+    channel.close()

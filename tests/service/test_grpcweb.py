@@ -264,6 +264,17 @@ def _requests(np) -> dict[str, tuple[pb_message.Message, type[pb_message.Message
             ),
             ipb.PatchSweepResponse,
         ),
+        "/tdb.v1.ModelService/GetWeights": (
+            mpb.GetWeightsRequest(
+                names=["*"],
+                views=[mpb.WeightView(kind=mpb.WEIGHT_VIEW_KIND_HEAD_OV, layer=1, unit=2)],
+            ),
+            mpb.GetWeightsResponse,
+        ),
+        "/tdb.v1.InferenceService/LogitLens": (
+            ipb.LogitLensRequest(prompt=prompt_pb(PROMPT), top_k=3),
+            ipb.LogitLensResponse,
+        ),
         "/tdb.v1.AttributionService/Attribute": (attribute, apb.AttributeResponse),
         "/tdb.v1.SaeService/ListSaes": (spb.ListSaesRequest(), spb.ListSaesResponse),
         "/tdb.v1.SaeService/Encode": (encode, spb.EncodeResponse),

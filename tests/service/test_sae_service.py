@@ -123,3 +123,22 @@ def test_load_sae_disabled_without_root(client):
     with pytest.raises(TdbClientError) as e:
         client.load_sae("x", "anything")
     assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_latent_trace_with_integrated_gradients(tiny_loaded):
+    """Integrated gradients of a latent trace when a second SAE reads the same site after the
+    traced one: its latents do not reach the trace, so they get zero attribution instead of an
+    internal error (found by the fuzzer)."""
+    from tdb_core import specs
+    from tdb_core.ops.attribute import AttributeSpec, LatentTrace, attribute
+
+    runner = ModelRunner(tiny_loaded)
+    runner.saes.attach("res1", make_sae(), "memory")
+    runner.saes.attach("res2", make_sae(seed=5), "memory")
+    res = attribute(
+        runner,
+        AttributeSpec(
+            specs.Prompt(token_ids=(1, 2, 3, 4, 5)), LatentTrace("res1", 4), top_k=3, ig_steps=1
+        ),
+    )
+    assert res.rows

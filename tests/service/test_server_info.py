@@ -37,7 +37,11 @@ def test_server_info_reports_models_limits_features_and_rpcs(client, service):
         True,
     )
     assert (m.n_layers, m.d_model, m.n_ctx) == (2, 64, 64)
-    assert m.limits == dataclasses.asdict(LIMITS)
+    assert m.limits == {
+        **dataclasses.asdict(LIMITS),
+        "max_text_bytes": LIMITS.max_text_bytes,  # derived limits are reported too
+        "max_request_tokens": LIMITS.max_request_tokens,
+    }
     # The service fixture keeps explanations in a SQLite store (the default catalog).
     assert info.features == {
         "auth": False,

@@ -15,7 +15,7 @@ const { spawn } = require('node:child_process');
 const readline = require('node:readline');
 
 const {
-  TdbClient, TdbClientError, StreamAssembler, decodeTensor, float32Tensor,
+  TdbClient, TdbClientError, StreamAssembler, decodeTensor, float32Tensor, losses,
 } = require('..');
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -154,6 +154,57 @@ test('errors carry the status code', async () => {
       assert.match(err.details, /no-such-model/);
       return true;
     });
+  } finally { c.close(); }
+});
+
+test('Forward returns gradients of a loss; logits are unchanged', async () => {
+  const c = await client();
+  try {
+    const prompt = 'When Mary and John went to the store, John gave a drink to';
+    const site = 'blocks.0.hook_resid_pre';
+    const plain = await c.forward(prompt, { capture: ['logits'], topK: 3 });
+    const out = await c.forward(prompt, {
+      capture: ['logits'], topK: 3, loss: losses.logitDiff(' Mary', ' John'), grad: [site],
+    });
+    assert.deepEqual(Array.from(out.activations.logits.data), Array.from(plain.activations.logits.data));
+    const n = out.tokenIds[0].length;
+    const g = out.grads[site];
+    assert.equal(g.shape[0], 1);
+    assert.equal(g.shape[1], n);
+    assert.ok(g.data.some((x) => x !== 0) && g.data.every(Number.isFinite));
+    assert.equal(out.lossValues.length, 1);
+    // the loss is the logit difference the logits give
+    const info = await c.modelInfo(out.model);
+    const ids = await c.tokenize([' Mary', ' John'], { prependBos: false });
+    const v = info.dVocab;
+    const last = out.activations.logits.data.subarray((n - 1) * v, n * v);
+    assert.ok(Math.abs(out.lossValues[0] - (last[ids[0][0]] - last[ids[1][0]])) < 1e-4);
+    await assert.rejects(c.forward(prompt, { grad: [site] }), (err) => {
+      assert.equal(err.codeName, 'INVALID_ARGUMENT');
+      return true;
+    });
+  } finally { c.close(); }
+});
+
+test('LogitLens and GetWeights', async () => {
+  const c = await client();
+  try {
+    const prompt = 'When Mary and John went to the store, John gave a drink to';
+    const info = await c.modelInfo();
+    const lens = await c.logitLens(prompt, { positions: [-1], topK: 2 });
+    assert.equal(lens.layers.length, info.nLayers);
+    assert.equal(lens.grid.length, info.nLayers);
+    const fwd = await c.forward(prompt, { topK: 1 });
+    // the last layer's recomputed lens is the model's own next-token prediction
+    assert.equal(lens.grid[info.nLayers - 1][0].tokenIds[0], fwd.topLogits[0][0].tokenIds[0]);
+    const w = await c.weights(['W_E', 'blocks.0.attn.W_Q'], {
+      heads: [1], views: [{ kind: 'neuron_logits', layer: 0, unit: 3 }],
+    });
+    assert.deepEqual(w.values.W_E.shape, [info.dVocab, info.dModel]);
+    assert.deepEqual(w.values['blocks.0.attn.W_Q'].shape, [1, info.dModel, info.dHead]);
+    assert.deepEqual(w.kept['blocks.0.attn.W_Q'], [1]);
+    assert.deepEqual(w.values['neuron_logits[blocks.0.mlp.W_out[3]]'].shape, [info.dVocab]);
+    await assert.rejects(c.weights('W_Q'), (err) => err.codeName === 'NOT_FOUND');
   } finally { c.close(); }
 });
 

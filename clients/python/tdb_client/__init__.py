@@ -22,6 +22,8 @@ from tdb_client.types import (
     ExplainProgress,
     Explanation,
     ForwardResult,
+    LensCell,
+    LensResult,
     MethodInfo,
     ModelCapabilities,
     ModelInfo,
@@ -36,6 +38,8 @@ from tdb_client.types import (
     SiteInfo,
     TokenScore,
     TopLogits,
+    Weights,
+    WeightView,
 )
 
 __all__ = [
@@ -49,6 +53,8 @@ __all__ = [
     "Explanation",
     "ForwardResult",
     "Intervention",
+    "LensCell",
+    "LensResult",
     "MethodInfo",
     "ModelCapabilities",
     "ModelInfo",
@@ -69,6 +75,8 @@ __all__ = [
     "TlsConfig",
     "TokenScore",
     "TopLogits",
+    "WeightView",
+    "Weights",
     "generation",
     "interventions",
     "losses",

@@ -4,6 +4,10 @@
     tdb forward "PROMPT" --capture SITE... [--positions -1] [--top-k 10] [--json]
     tdb ablate "PROMPT" --target " Mary" --distractor " John" --zero 'blocks.1.attn.hook_z[head=3]'
     tdb patch CLEAN CORRUPTED --site hook_resid_pre --target " Mary" --distractor " John" [--png F]
+        [--method attribution]
+    tdb forward "PROMPT" --grad blocks.0.hook_resid_pre --target " Mary" --distractor " John"
+    tdb weights blocks.0.attn.W_Q --heads 0 | tdb weights --neuron-logits 1,5 | --ov L,H[,SRC,DST]
+    tdb lens "PROMPT" [--png FILE] [--scale frozen]
     tdb attribute "PROMPT" --target " Mary" --distractor " John" [--trace-neuron L,N] [--zero SEL]
     tdb sae list | tdb sae encode "PROMPT" --sae ID
     tdb explanations [--node-prefix P] [--min-score S]
@@ -28,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from tdb_client import TdbClient, TdbClientError, TlsConfig, losses
+from tdb_client import TdbClient, TdbClientError, TlsConfig, WeightView, losses
 from tdb_client import generation as gen
 from tdb_client import interventions as iv
 
@@ -191,8 +195,23 @@ def _fmt_top(t: Any, n: int = 5) -> str:
     return "  ".join(f"{tok!r} {p:.3f}" for tok, p in zip(t.tokens[:n], t.probs[:n]))
 
 
+def _forward_loss(args: argparse.Namespace) -> losses.Loss | None:
+    """The loss of ``tdb forward --grad``: a logit difference (--target and --distractor) or the
+    log-probability of the targets (--target alone), at --loss-position."""
+    if not args.target:
+        if args.distractor:
+            raise SystemExit("--distractor needs --target")
+        return None
+    if args.distractor:
+        return losses.logit_diff(args.target, args.distractor, args.loss_position)
+    return losses.log_prob(args.target, args.loss_position)
+
+
 def cmd_forward(args: argparse.Namespace) -> int:
     edits = [iv.zero(s) for s in args.zero]
+    loss = _forward_loss(args)
+    if args.grad and loss is None:
+        raise SystemExit("--grad needs a loss: --target (and --distractor for a logit difference)")
     with _connect(args) as c:
         out = c.forward(
             args.prompts,
@@ -201,6 +220,9 @@ def cmd_forward(args: argparse.Namespace) -> int:
             positions=_ints(args.positions) if args.positions else None,
             top_k=args.top_k,
             interventions=edits,
+            loss=loss,
+            grad=args.grad,
+            freeze_norm_scale=not args.no_freeze_norm,
         )
     if args.json:
         print(
@@ -215,6 +237,11 @@ def cmd_forward(args: argparse.Namespace) -> int:
                         for k, v in out.activations.items()
                     },
                     "indices": {k: v.tolist() for k, v in out.indices.items()},
+                    "loss_values": out.loss_values,
+                    "grads": {
+                        k: {"shape": list(v.shape), "values": v.tolist()}
+                        for k, v in out.grads.items()
+                    },
                 }
             )
         )
@@ -223,8 +250,15 @@ def cmd_forward(args: argparse.Namespace) -> int:
         print(f"prompt {b}: {len(toks)} tokens: {'|'.join(toks)}")
         for t in out.top_logits[b]:
             print(f"  next after position {t.position}: {_fmt_top(t)}")
+        if out.loss_values:
+            print(f"  loss: {out.loss_values[b]:+.4f}")
     for site, arr in out.activations.items():
         print(f"{site} [{', '.join(out.dims[site])}] {list(arr.shape)}  {_summary(arr)}")
+    for site, arr in out.grads.items():
+        print(f"d loss / d {site} {list(arr.shape)}  {_summary(arr)}")
+        if arr.ndim == 3:  # [batch, pos, channel]: the gradient's norm per position
+            norms = np.linalg.norm(arr[0].astype(np.float64), axis=-1)
+            print("  |grad| per position: " + " ".join(f"{x:.3g}" for x in norms))
     return 0
 
 
@@ -335,8 +369,9 @@ def _save_heatmap_png(res: Any, path: str) -> None:
     )
     ax.set_yticks(range(len(res.layers)), labels=[str(x) for x in res.layers])
     ax.set_ylabel("layer")
+    how = " (attribution patching estimate)" if getattr(res, "method", "") == "attribution" else ""
     ax.set_title(
-        f"{res.site}: logit difference recovered\n(clean {res.clean_logit_diff:+.2f}, "
+        f"{res.site}: logit difference recovered{how}\n(clean {res.clean_logit_diff:+.2f}, "
         f"corrupted {res.corrupted_logit_diff:+.2f})",
         fontsize=9,
     )
@@ -358,6 +393,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
             positions=_ints(args.positions) if args.positions else None,
             layers=_ints(args.layers) if args.layers else None,
             model=args.model,
+            method=args.method,
         )
     if args.png:
         _save_heatmap_png(res, args.png)
@@ -371,6 +407,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if res.method == "attribution":
+        print("attribution patching (first-order estimate from one forward/backward pair)")
     print(
         f"{res.site} patched clean -> corrupted, by {res.by}; logit diff clean "
         f"{res.clean_logit_diff:+.3f}, corrupted {res.corrupted_logit_diff:+.3f}"
@@ -569,6 +607,21 @@ def _parser_forward(sub: Any) -> None:
         metavar="SELECTOR",
         help="zero-ablate, e.g. 'blocks.1.attn.hook_z[head=3]'",
     )
+    p.add_argument(
+        "--grad",
+        action="append",
+        default=[],
+        metavar="SITE",
+        help="also return d(loss)/d(SITE) (needs --target; --positions applies)",
+    )
+    p.add_argument("--target", action="append", default=[], help="loss target token, e.g. ' Mary'")
+    p.add_argument("--distractor", action="append", default=[], help="loss distractor token")
+    p.add_argument("--loss-position", type=int, default=-1, help="position of the loss")
+    p.add_argument(
+        "--no-freeze-norm",
+        action="store_true",
+        help="let gradients flow through the final norm's scale (default: held constant)",
+    )
     add_client_args(p)
     p.set_defaults(func=cmd_forward)
 
@@ -625,6 +678,12 @@ def _parser_patch(sub: Any) -> None:
     p.add_argument("--positions", default=None, help="head sweeps: positions patched")
     p.add_argument("--layers", default=None, help="layers to sweep, e.g. '0,1'")
     p.add_argument("--png", default=None, metavar="FILE", help="also write a heatmap image")
+    p.add_argument(
+        "--method",
+        choices=("exact", "attribution"),
+        default="exact",
+        help="exact patching, or its attribution-patching (AtP) estimate",
+    )
     add_client_args(p)
     p.set_defaults(func=cmd_patch)
 
@@ -862,6 +921,8 @@ def register(sub: Any, sae_sub: Any) -> None:
     p.set_defaults(func=cmd_sae_list)
     _parser_sae_encode(sae_sub)
     _parser_explanations(sub)
+    _parser_weights(sub)
+    _parser_lens(sub)
     _parser_generate(sub)
 
 
@@ -872,6 +933,188 @@ def main(argv: Sequence[str] | None = None) -> int:
     sae = sub.add_parser("sae", help="sparse autoencoders on the server: list, encode")
     register(sub, sae.add_subparsers(dest="sae_command", required=True))
     return run(parser.parse_args(argv))
+
+
+# -- weights / lens --------------------------------------------------------------------------------
+
+
+def _view_arg(kind: str, text: str) -> WeightView:
+    parts = _ints(text)
+    if len(parts) not in (2, 4) or (kind == "neuron_logits" and len(parts) != 2):
+        raise SystemExit(
+            f"--{kind.replace('_', '-')} takes L,N"
+            if kind == "neuron_logits"
+            else f"--{kind.split('_')[1]} takes L,H or L,H,SRC,DST (token ids)"
+        )
+    return WeightView(kind, parts[0], parts[1], *(parts[2:] or (None, None)))
+
+
+def _token_strings(c: TdbClient, ids: Any, model: str | None) -> list[str]:
+    return [c.detokenize([int(i)], model=model) for i in ids]
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    views = [_view_arg("neuron_logits", v) for v in args.neuron_logits]
+    views += [_view_arg("head_ov", v) for v in args.ov] + [_view_arg("head_qk", v) for v in args.qk]
+    if not args.names and not views:
+        raise SystemExit("give parameter names (e.g. W_E, 'blocks.*.attn.W_Q', '*') or a view")
+    with _connect(args) as c:
+        w = c.weights(
+            args.names,
+            heads=_ints(args.heads) if args.heads else None,
+            neurons=_ints(args.neurons) if args.neurons else None,
+            dtype=args.dtype,
+            views=views,
+            model=args.model,
+        )
+        tops: dict[str, Any] = {}
+        for name, arr in w.values.items():
+            if name.startswith("neuron_logits"):
+                order = np.argsort(arr)
+                up, down = order[::-1][: args.top], order[: args.top]
+                tops[name] = {
+                    "up": list(zip(_token_strings(c, up, args.model), arr[up].tolist())),
+                    "down": list(zip(_token_strings(c, down, args.model), arr[down].tolist())),
+                }
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": w.model,
+                    "weights": {
+                        k: {"dims": list(w.dims[k]), "shape": list(v.shape), "values": v.tolist()}
+                        for k, v in w.values.items()
+                    },
+                    "kept": w.kept,
+                }
+            )
+        )
+        return 0
+    for name, arr in w.values.items():
+        kept = f"  kept {w.kept[name]}" if name in w.kept else ""
+        dims = ", ".join(w.dims[name])
+        if arr.ndim == 0:
+            print(f"{name} = {float(arr):+.6f}")
+            continue
+        print(f"{name} [{dims}] {list(arr.shape)}{kept}  {_summary(arr)}")
+        if name in tops:
+            for side in ("up", "down"):
+                print(f"  {side}: " + "  ".join(f"{t!r} {v:+.3f}" for t, v in tops[name][side]))
+    return 0
+
+
+def _lens_png(res: Any, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--png needs matplotlib: pip install 'tdb-service[plot]'") from None
+    probs = np.array([[cell.probs[0] for cell in row] for row in res.grid])  # [layers, positions]
+    fig, ax = plt.subplots(
+        figsize=(max(4.0, 0.85 * len(res.positions) + 2), 0.5 * len(res.layers) + 2.0)
+    )
+    im = ax.imshow(probs, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", origin="lower")
+    for i, row in enumerate(res.grid):
+        for j, cell in enumerate(row):
+            ax.text(
+                j,
+                i,
+                cell.tokens[0].replace("\n", "\\n"),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if probs[i, j] > 0.6 else "black",
+            )
+    ax.set_xticks(
+        range(len(res.positions)),
+        labels=[f"{q}:{res.tokens[q]!r}" for q in res.positions],
+        rotation=60,
+        ha="right",
+        fontsize=7,
+    )
+    ax.set_yticks(range(len(res.layers)), labels=[str(x) for x in res.layers])
+    ax.set_ylabel(f"layer ({res.site})")
+    ax.set_title(
+        f"logit lens: top next token per layer and position ({res.scale} final-norm scale)",
+        fontsize=9,
+    )
+    fig.colorbar(im, ax=ax, label="probability of the top token")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_lens(args: argparse.Namespace) -> int:
+    with _connect(args) as c:
+        res = c.logit_lens(
+            args.prompt,
+            layers=_ints(args.layers) if args.layers else None,
+            positions=_ints(args.positions) if args.positions else None,
+            top_k=args.top_k,
+            scale=args.scale,
+            site=args.site,
+            model=args.model,
+        )
+    if args.png:
+        _lens_png(res, args.png)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": res.model,
+                    "site": res.site,
+                    "scale": res.scale,
+                    "tokens": res.tokens,
+                    "layers": res.layers,
+                    "positions": res.positions,
+                    "grid": [[cell.__dict__ for cell in row] for row in res.grid],
+                }
+            )
+        )
+        return 0
+    w = max(8, *(len(repr(res.tokens[q])) for q in res.positions))
+    print(f"logit lens of {res.site} ({res.scale} scale): top next token per layer x position")
+    print(f"{'layer':>5s} " + " ".join(f"{res.tokens[q]!r:>{w}s}"[-w:] for q in res.positions))
+    for layer, row in zip(res.layers, res.grid):
+        print(f"{layer:5d} " + " ".join(f"{cell.tokens[0]!r:>{w}s}"[-w:] for cell in row))
+    if args.png:
+        print(f"grid written to {args.png}")
+    return 0
+
+
+def _parser_weights(sub: Any) -> None:
+    p = sub.add_parser("weights", help="model parameters and folded views (OV, QK, logit weights)")
+    p.add_argument("names", nargs="*", help="parameter names or globs, e.g. W_E 'blocks.*.W_Q'")
+    p.add_argument("--heads", default=None, help="heads kept on head axes, e.g. '0,2'")
+    p.add_argument("--neurons", default=None, help="neurons kept on d_mlp axes")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
+    p.add_argument(
+        "--neuron-logits", action="append", default=[], metavar="L,N", help="logit weights"
+    )
+    p.add_argument("--ov", action="append", default=[], metavar="L,H[,SRC,DST]", help="OV circuit")
+    p.add_argument("--qk", action="append", default=[], metavar="L,H[,SRC,DST]", help="QK circuit")
+    p.add_argument("--top", type=int, default=8, help="tokens shown per neuron-logits view")
+    add_client_args(p)
+    p.set_defaults(func=cmd_weights)
+
+
+def _parser_lens(sub: Any) -> None:
+    p = sub.add_parser("lens", help="logit lens: residual read through the unembedding")
+    p.add_argument("prompt")
+    p.add_argument("--layers", default=None, help="layers, e.g. '0,2' (default all)")
+    p.add_argument("--positions", default=None, help="positions, e.g. '-3,-2,-1' (default all)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--scale", choices=("recomputed", "frozen"), default="recomputed")
+    p.add_argument(
+        "--site",
+        default="hook_resid_post",
+        choices=("hook_resid_post", "hook_resid_pre", "hook_resid_mid"),
+    )
+    p.add_argument("--png", default=None, metavar="FILE", help="also draw the grid as an image")
+    add_client_args(p)
+    p.set_defaults(func=cmd_lens)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,6 +37,8 @@ from tdb_client.types import (
     ExplainProgress,
     Explanation,
     ForwardResult,
+    LensCell,
+    LensResult,
     LimitValue,
     MethodInfo,
     ModelCapabilities,
@@ -52,6 +54,8 @@ from tdb_client.types import (
     SiteInfo,
     TokenScore,
     TopLogits,
+    Weights,
+    WeightView,
 )
 
 PromptLike = str | Sequence[int]
@@ -59,6 +63,23 @@ InterventionLike: TypeAlias = Intervention | cpb.Intervention  # typed, or a raw
 LossLike: TypeAlias = losses.Loss | Message | tuple[str, Message]  # typed, or a raw message
 NodeLike: TypeAlias = str | Node | nodes.Node  # a node key, or a node with a ``.key``
 R = TypeVar("R")
+
+
+_PATCH_METHODS = {"exact": ipb.PATCH_METHOD_EXACT, "attribution": ipb.PATCH_METHOD_ATTRIBUTION}
+_VIEW_KINDS = {
+    "neuron_logits": mpb.WEIGHT_VIEW_KIND_NEURON_LOGITS,
+    "head_ov": mpb.WEIGHT_VIEW_KIND_HEAD_OV,
+    "head_qk": mpb.WEIGHT_VIEW_KIND_HEAD_QK,
+}
+_LENS_SCALES = {"recomputed": ipb.LENS_SCALE_RECOMPUTED, "frozen": ipb.LENS_SCALE_FROZEN}
+
+
+def loss_message(loss: LossLike) -> apb.Loss:
+    """A ``tdb.v1.Loss`` (for Forward and Ablate gradients) from a typed or raw loss."""
+    field, msg = losses.loss_pb(loss)
+    out = apb.Loss()
+    getattr(out, field).CopyFrom(msg)
+    return out
 
 
 def _key(node: NodeLike) -> str:
@@ -282,6 +303,9 @@ class TdbClient:
         self._ablate_stream = _chunked_stream(
             self._channel, ipb, "InferenceService", "Ablate", ipb.AblateResponse
         )
+        self._weights_stream = _chunked_stream(
+            self._channel, mpb, "ModelService", "GetWeights", mpb.GetWeightsResponse
+        )
         self._encode_stream = _chunked_stream(
             self._channel, spb, "SaeService", "Encode", spb.EncodeResponse
         )
@@ -464,6 +488,9 @@ class TdbClient:
         references: Sequence[PromptLike] = (),
         prepend_bos: bool | None = None,
         timeout: float | None = None,
+        loss: LossLike | None = None,
+        grad: Iterable[str | Capture] = (),
+        freeze_norm_scale: bool = True,
     ) -> ForwardResult:
         """Run prompts and read activations.
 
@@ -471,6 +498,10 @@ class TdbClient:
         ``positions`` applies to the plain-string captures. ``interventions`` are built with
         :mod:`tdb_client.interventions` (raw ``tdb.v1`` messages work too);
         ``sources``/``references`` feed patch and reference-mean interventions.
+
+        Gradients: ``loss`` (from :mod:`tdb_client.losses`, per prompt) and ``grad``, sites whose
+        d(loss)/d(site) lands in ``result.grads`` reduced like captures (``positions`` applies
+        to plain strings here too); ``result.loss_values`` has each prompt's loss.
         """
         req = ipb.ForwardRequest(
             model=model or "",
@@ -481,7 +512,11 @@ class TdbClient:
             references=[prompt_pb(p) for p in references],
             logit_positions=list(logit_positions or ()),
             top_k=top_k,
+            grad_captures=[capture_pb(c, positions) for c in grad],
+            freeze_norm_scale=freeze_norm_scale,
         )
+        if loss is not None:
+            req.loss.CopyFrom(loss_message(loss))
         if prepend_bos is not None:
             req.prepend_bos = prepend_bos
         stream = self._stream(self._forward_stream, req, timeout)
@@ -498,6 +533,11 @@ class TdbClient:
             if c.HasField("indices"):
                 out.indices[c.site] = stream.array(c.indices)
         out.top_logits = [[top_logits_from_pb(t) for t in p.positions] for p in h.top_logits]
+        for c in h.grad_captures:
+            out.grads[c.site] = stream.array(c.values)
+            if c.HasField("indices"):
+                out.grad_indices[c.site] = stream.array(c.indices)
+        out.loss_values = list(h.loss_values)
         return out
 
     def ablate(
@@ -515,6 +555,9 @@ class TdbClient:
         model: str | None = None,
         prepend_bos: bool | None = None,
         timeout: float | None = None,
+        loss: LossLike | None = None,
+        grad: Iterable[str | Capture] = (),
+        freeze_norm_scale: bool = True,
     ) -> AblateResult:
         """Compare a baseline with each intervention set (one padded batch on the server).
 
@@ -539,7 +582,11 @@ class TdbClient:
             captures=[capture_pb(c, positions) for c in capture],
             sources=[prompt_pb(p) for p in sources],
             references=[prompt_pb(p) for p in references],
+            grad_captures=[capture_pb(c, positions) for c in grad],
+            freeze_norm_scale=freeze_norm_scale,
         )
+        if loss is not None:
+            req.loss.CopyFrom(loss_message(loss))
         if prepend_bos is not None:
             req.prepend_bos = prepend_bos
         stream = self._stream(self._ablate_stream, req, timeout)
@@ -565,6 +612,9 @@ class TdbClient:
         for c in h.captures:
             out.activations[c.site] = stream.array(c.values)
             out.dims[c.site] = tuple(c.dims)
+        for c in h.grad_captures:
+            out.grads[c.site] = stream.array(c.values)
+        out.loss_values = list(h.loss_values)
         return out
 
     def patch_sweep(
@@ -580,11 +630,15 @@ class TdbClient:
         position: int = -1,
         model: str | None = None,
         timeout: float | None = None,
+        method: str = "exact",
     ) -> PatchSweepResult:
         """Activation patching of ``site`` (e.g. "hook_resid_pre", "attn.hook_z") from ``clean``
-        into ``corrupted``; ``by`` is "position" (grid layer x position) or "head"."""
+        into ``corrupted``; ``by`` is "position" (grid layer x position) or "head". ``method``
+        "attribution" estimates every cell from one forward/backward pair (AtP)."""
         if by not in ("position", "head"):
             raise ValueError("by must be 'position' or 'head'")
+        if method not in _PATCH_METHODS:
+            raise ValueError("method must be 'exact' or 'attribution'")
         req = ipb.PatchSweepRequest(
             model=model or "",
             clean=prompt_pb(clean),
@@ -596,6 +650,7 @@ class TdbClient:
             positions=list(positions or ()),
             layers=list(layers or ()),
             position=position,
+            method=_PATCH_METHODS[method],
         )
         r = self._unary(self._inference.PatchSweep, req, timeout)
         return PatchSweepResult(
@@ -611,6 +666,7 @@ class TdbClient:
             corrupted_logit_diff=r.corrupted_logit_diff,
             clean_tokens=list(r.clean.tokens),
             corrupted_tokens=list(r.corrupted.tokens),
+            method="attribution" if r.method == ipb.PATCH_METHOD_ATTRIBUTION else "exact",
         )
 
     # -- AttributionService
@@ -880,7 +936,8 @@ class TdbClient:
         offset: int = 0,
         timeout: float | None = None,
     ) -> list[Explanation]:
-        """Stored and shipped explanations matching the filters."""
+        """Stored and shipped explanations matching the filters: up to ``limit`` after
+        ``offset``, following the server's pages (each within its response limit)."""
         req = epb.ListExplanationsRequest(
             model=model or "",
             node=_key(node) if node is not None else "",
@@ -893,7 +950,104 @@ class TdbClient:
         if min_score is not None:
             req.min_score = min_score
         r = self._unary(self._explain.ListExplanations, req, timeout)
-        return [explanation_from_pb(e) for e in r.explanations]
+        out = [explanation_from_pb(e) for e in r.explanations]
+        while r.next_offset and len(out) < limit:
+            req.offset, req.limit = r.next_offset, limit - len(out)
+            r = self._unary(self._explain.ListExplanations, req, timeout)
+            out.extend(explanation_from_pb(e) for e in r.explanations)
+        return out
+
+    # -- gradients' companions: weights and the logit lens
+    def weights(
+        self,
+        names: str | Sequence[str] = (),
+        heads: Sequence[int] | None = None,
+        neurons: Sequence[int] | None = None,
+        dtype: str | None = None,
+        views: Sequence[WeightView] = (),
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> Weights:
+        """Parameters by TransformerLens name or glob (``"W_E"``, ``"blocks.0.attn.W_Q"``,
+        ``"*"``), sliced to ``heads``/``neurons``, and folded ``views`` (e.g.
+        ``WeightView("neuron_logits", 1, 5)``, ``WeightView("head_ov", 0, 2, src, dst)``)."""
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype {dtype!r}: use float32, float16 or bfloat16")
+        req = mpb.GetWeightsRequest(
+            model=model or "",
+            names=[names] if isinstance(names, str) else list(names),
+            heads=list(heads or ()),
+            neurons=list(neurons or ()),
+            dtype=_DTYPES[dtype],
+        )
+        for v in views:
+            if v.kind not in _VIEW_KINDS:
+                raise ValueError("view kind must be neuron_logits, head_ov or head_qk")
+            m = req.views.add(kind=_VIEW_KINDS[v.kind], layer=v.layer, unit=v.unit)
+            if v.source_token is not None:
+                m.source_token = v.source_token
+            if v.destination_token is not None:
+                m.destination_token = v.destination_token
+        stream = self._stream(self._weights_stream, req, timeout)
+        h: mpb.GetWeightsHeader = stream.header  # type: ignore[assignment]
+        out = Weights(model=h.model)
+        for w in h.weights:
+            out.values[w.name] = stream.array(w.values)
+            out.dims[w.name] = tuple(w.dims)
+            if w.kept:
+                out.kept[w.name] = list(w.kept)
+        return out
+
+    def logit_lens(
+        self,
+        prompt: PromptLike,
+        layers: Sequence[int] | None = None,
+        positions: Sequence[int] | None = None,
+        top_k: int = 5,
+        scale: str = "recomputed",
+        site: str = "hook_resid_post",
+        model: str | None = None,
+        prepend_bos: bool | None = None,
+        timeout: float | None = None,
+    ) -> LensResult:
+        """The logit-lens grid: the residual ``site`` at each layer and position read through
+        the final norm (``scale`` "recomputed" from the residual, or "frozen" to the final
+        residual's) and the unembedding; the top ``top_k`` tokens of each cell."""
+        if scale not in _LENS_SCALES:
+            raise ValueError("scale must be 'recomputed' or 'frozen'")
+        req = ipb.LogitLensRequest(
+            model=model or "",
+            prompt=prompt_pb(prompt),
+            site=site,
+            layers=list(layers or ()),
+            positions=list(positions or ()),
+            top_k=top_k,
+            scale=_LENS_SCALES[scale],
+        )
+        if prepend_bos is not None:
+            req.prepend_bos = prepend_bos
+        r = self._unary(self._inference.LogitLens, req, timeout)
+        n = len(r.positions)
+        cells = [
+            LensCell(
+                c.layer,
+                c.position,
+                list(c.token_ids),
+                list(c.tokens),
+                list(c.logits),
+                list(c.probs),
+            )
+            for c in r.cells
+        ]
+        return LensResult(
+            model=r.model,
+            site=r.site,
+            scale="frozen" if r.scale == ipb.LENS_SCALE_FROZEN else "recomputed",
+            tokens=list(r.prompt.tokens),
+            layers=list(r.layers),
+            positions=list(r.positions),
+            grid=[cells[i * n : (i + 1) * n] for i in range(len(r.layers))],
+        )
 
     # -- Generate (issue 15)
     def generate(

@@ -99,6 +99,11 @@ class ForwardResult:
     positions: dict[str, np.ndarray] = field(default_factory=dict)
     dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
     top_logits: list[list[TopLogits]] = field(default_factory=list)
+    # with a loss: d(loss)/d(site) per grad capture (reduced like activations) and each
+    # prompt's loss value
+    grads: dict[str, np.ndarray] = field(default_factory=dict)
+    grad_indices: dict[str, np.ndarray] = field(default_factory=dict)
+    loss_values: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,8 @@ class AblateResult:
     rows: list[AblateRow]
     activations: dict[str, np.ndarray] = field(default_factory=dict)
     dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    grads: dict[str, np.ndarray] = field(default_factory=dict)  # batch axis = rows
+    loss_values: list[float] = field(default_factory=list)  # per row
 
     def row(self, name: str) -> AblateRow:
         for r in self.rows:
@@ -148,6 +155,7 @@ class PatchSweepResult:
     corrupted_logit_diff: float
     clean_tokens: list[str]
     corrupted_tokens: list[str]
+    method: str = "exact"  # or "attribution" (AtP estimate)
 
 
 @dataclass(frozen=True)
@@ -346,3 +354,56 @@ class ExplainProgress:
     done: int
     total: int
     message: str
+
+
+@dataclass(frozen=True)
+class WeightView:
+    """A folded view for ``TdbClient.weights``: ``kind`` is "neuron_logits" (unit = neuron),
+    "head_ov" or "head_qk" (unit = head); heads take an optional token pair."""
+
+    kind: str
+    layer: int
+    unit: int
+    source_token: int | None = None
+    destination_token: int | None = None
+
+
+@dataclass
+class Weights:
+    """Parameters (and views) by name: ``values[name]`` in the schema's layout, ``dims[name]``
+    its axis names, ``kept[name]`` the head or neuron indices kept when sliced."""
+
+    model: str
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    kept: dict[str, list[int]] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.values[name]
+
+
+@dataclass(frozen=True)
+class LensCell:
+    layer: int
+    position: int
+    token_ids: list[int]
+    tokens: list[str]
+    logits: list[float]
+    probs: list[float]
+
+
+@dataclass
+class LensResult:
+    """The logit-lens grid: ``cell(layer, position)`` or ``grid[i][j]`` for ``layers[i]`` at
+    ``positions[j]``; ``tokens`` are the prompt's tokens."""
+
+    model: str
+    site: str
+    scale: str
+    tokens: list[str]
+    layers: list[int]
+    positions: list[int]
+    grid: list[list[LensCell]]
+
+    def cell(self, layer: int, position: int) -> LensCell:
+        return self.grid[self.layers.index(layer)][self.positions.index(position)]

@@ -38,7 +38,8 @@ def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Norm:
 def rms_norm(x: Tensor, gain: Tensor, eps: float) -> Norm:
     """RMSNorm with an elementwise gain: (scale [T, 1], normalized x / scale, output)."""
     scale = torch.sqrt((x**2).mean(-1, keepdim=True) + eps)
-    return scale, x / scale, x / scale * gain
+    normalized = x / scale
+    return scale, normalized, normalized * gain
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -90,9 +91,7 @@ def attention(
     ``k``/``v`` may have fewer heads than ``q`` (grouped-query): query head h reads kv head
     ``h // (H / H_kv)``.
     """
-    n_rep = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(n_rep, dim=1)
-    v = v.repeat_interleave(n_rep, dim=1)
+    k, v = expand_kv(q, k), expand_kv(q, v)
     scores = torch.einsum("qhd,khd->hqk", q, k) * scale
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
@@ -100,6 +99,14 @@ def attention(
     pattern = scores.softmax(-1)
     z = torch.einsum("hqk,khd->qhd", pattern, v)
     return scores, pattern, z
+
+
+def expand_kv(q: Tensor, kv: Tensor) -> Tensor:
+    """Grouped-query keys/values ``[T, H_kv, d]`` repeated per query head ``[T, H, d]``; the
+    tensor itself when it already has a head per query head (so gradients taken with respect to
+    the recorded sites reach the tensors the attention used)."""
+    n_rep = q.shape[1] // kv.shape[1]
+    return kv if n_rep == 1 else kv.repeat_interleave(n_rep, dim=1)
 
 
 def _state(model: Any) -> dict[str, Tensor]:
@@ -125,12 +132,11 @@ def _attn_sites(
     w_o: Tensor,
 ) -> Tensor:
     """Record the attention sites of layer L; return the per-head results [T, H, D]."""
-    n_rep = q.shape[1] // k.shape[1]
     result = torch.einsum("qhd,hdm->qhm", z, w_o)
     for name, val in [
         ("attn.hook_q", q),
-        ("attn.hook_k", k.repeat_interleave(n_rep, dim=1)),
-        ("attn.hook_v", v.repeat_interleave(n_rep, dim=1)),
+        ("attn.hook_k", expand_kv(q, k)),
+        ("attn.hook_v", expand_kv(q, v)),
         ("attn.hook_attn_scores", scores),
         ("attn.hook_pattern", pattern),
         ("attn.hook_z", z),
@@ -287,6 +293,7 @@ def reference_llama(model: Any, ids: list[int]) -> Acts:
         q = rotary(_linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh), dh, theta)
         k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
+        k, v = expand_kv(q, k), expand_kv(q, v)  # per query head, as recorded
         scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, _window(cfg, L)))
         result = _attn_sites(
             acts,
@@ -340,6 +347,7 @@ def reference_gemma2(model: Any, ids: list[int]) -> Acts:
         q = rotary(_linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh), dh, theta)
         k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
+        k, v = expand_kv(q, k), expand_kv(q, v)  # per query head, as recorded
         window = cfg.sliding_window if cfg.layer_types[L] == "sliding_attention" else None
         scores, pattern, z = attention(
             q,
@@ -411,6 +419,7 @@ def reference_phi(model: Any, ids: list[int]) -> Acts:
                 k, sd[p + "self_attn.k_layernorm.weight"], sd[p + "self_attn.k_layernorm.bias"], eps
             )[2]
         q, k = rotary(q, rot, theta), rotary(k, rot, theta)
+        k, v = expand_kv(q, k), expand_kv(q, v)  # per query head, as recorded
         scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
         result = _attn_sites(
             acts,

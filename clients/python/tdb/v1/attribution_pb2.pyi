@@ -84,6 +84,22 @@ class DirectionLoss(_message.Message):
     position: int
     def __init__(self, site: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., position: _Optional[int] = ...) -> None: ...
 
+class Loss(_message.Message):
+    __slots__ = ("logit_diff", "log_prob", "neuron", "head", "latent", "direction")
+    LOGIT_DIFF_FIELD_NUMBER: _ClassVar[int]
+    LOG_PROB_FIELD_NUMBER: _ClassVar[int]
+    NEURON_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    LATENT_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    logit_diff: LogitDiffLoss
+    log_prob: LogProbLoss
+    neuron: NeuronTrace
+    head: HeadTrace
+    latent: LatentTrace
+    direction: DirectionLoss
+    def __init__(self, logit_diff: _Optional[_Union[LogitDiffLoss, _Mapping]] = ..., log_prob: _Optional[_Union[LogProbLoss, _Mapping]] = ..., neuron: _Optional[_Union[NeuronTrace, _Mapping]] = ..., head: _Optional[_Union[HeadTrace, _Mapping]] = ..., latent: _Optional[_Union[LatentTrace, _Mapping]] = ..., direction: _Optional[_Union[DirectionLoss, _Mapping]] = ...) -> None: ...
+
 class AttributeRequest(_message.Message):
     __slots__ = ("model", "prompt", "logit_diff", "log_prob", "neuron", "head", "latent", "direction", "second_prompt", "interventions", "top_k", "families", "ig_steps", "freeze_norm_scale", "node_tokens", "prepend_bos")
     MODEL_FIELD_NUMBER: _ClassVar[int]

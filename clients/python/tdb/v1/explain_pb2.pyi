@@ -197,13 +197,15 @@ class ListExplanationsRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., sae: _Optional[str] = ..., node: _Optional[str] = ..., node_prefix: _Optional[str] = ..., method: _Optional[str] = ..., min_score: _Optional[float] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class ListExplanationsResponse(_message.Message):
-    __slots__ = ("explanations", "methods", "default_method", "datasets")
+    __slots__ = ("explanations", "methods", "default_method", "datasets", "next_offset")
     EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_METHOD_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     explanations: _containers.RepeatedCompositeFieldContainer[Explanation]
     methods: _containers.RepeatedScalarFieldContainer[str]
     default_method: str
     datasets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., methods: _Optional[_Iterable[str]] = ..., default_method: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ...) -> None: ...
+    next_offset: int
+    def __init__(self, explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., methods: _Optional[_Iterable[str]] = ..., default_method: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., next_offset: _Optional[int] = ...) -> None: ...

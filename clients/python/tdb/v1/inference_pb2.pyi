@@ -1,3 +1,4 @@
+from tdb.v1 import attribution_pb2 as _attribution_pb2
 from tdb.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -13,6 +14,18 @@ class SweepBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SWEEP_BY_UNSPECIFIED: _ClassVar[SweepBy]
     SWEEP_BY_POSITION: _ClassVar[SweepBy]
     SWEEP_BY_HEAD: _ClassVar[SweepBy]
+
+class PatchMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PATCH_METHOD_UNSPECIFIED: _ClassVar[PatchMethod]
+    PATCH_METHOD_EXACT: _ClassVar[PatchMethod]
+    PATCH_METHOD_ATTRIBUTION: _ClassVar[PatchMethod]
+
+class LensScale(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LENS_SCALE_UNSPECIFIED: _ClassVar[LensScale]
+    LENS_SCALE_RECOMPUTED: _ClassVar[LensScale]
+    LENS_SCALE_FROZEN: _ClassVar[LensScale]
 
 class GenerateScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,6 +44,12 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 SWEEP_BY_UNSPECIFIED: SweepBy
 SWEEP_BY_POSITION: SweepBy
 SWEEP_BY_HEAD: SweepBy
+PATCH_METHOD_UNSPECIFIED: PatchMethod
+PATCH_METHOD_EXACT: PatchMethod
+PATCH_METHOD_ATTRIBUTION: PatchMethod
+LENS_SCALE_UNSPECIFIED: LensScale
+LENS_SCALE_RECOMPUTED: LensScale
+LENS_SCALE_FROZEN: LensScale
 GENERATE_SCOPE_UNSPECIFIED: GenerateScope
 GENERATE_SCOPE_ALL: GenerateScope
 GENERATE_SCOPE_PROMPT: GenerateScope
@@ -42,7 +61,7 @@ STOP_REASON_STOP_TOKEN: StopReason
 STOP_REASON_STOP_STRING: StopReason
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("model", "prompts", "captures", "interventions", "sources", "references", "logit_positions", "top_k", "prepend_bos")
+    __slots__ = ("model", "prompts", "captures", "interventions", "sources", "references", "logit_positions", "top_k", "prepend_bos", "loss", "grad_captures", "freeze_norm_scale")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     CAPTURES_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +71,9 @@ class ForwardRequest(_message.Message):
     LOGIT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     PREPEND_BOS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CAPTURES_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_NORM_SCALE_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompts: _containers.RepeatedCompositeFieldContainer[_common_pb2.Prompt]
     captures: _containers.RepeatedCompositeFieldContainer[_common_pb2.Capture]
@@ -61,19 +83,26 @@ class ForwardRequest(_message.Message):
     logit_positions: _containers.RepeatedScalarFieldContainer[int]
     top_k: int
     prepend_bos: bool
-    def __init__(self, model: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.Capture, _Mapping]]] = ..., interventions: _Optional[_Iterable[_Union[_common_pb2.Intervention, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., logit_positions: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., prepend_bos: _Optional[bool] = ...) -> None: ...
+    loss: _attribution_pb2.Loss
+    grad_captures: _containers.RepeatedCompositeFieldContainer[_common_pb2.Capture]
+    freeze_norm_scale: bool
+    def __init__(self, model: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.Capture, _Mapping]]] = ..., interventions: _Optional[_Iterable[_Union[_common_pb2.Intervention, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., logit_positions: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., prepend_bos: _Optional[bool] = ..., loss: _Optional[_Union[_attribution_pb2.Loss, _Mapping]] = ..., grad_captures: _Optional[_Iterable[_Union[_common_pb2.Capture, _Mapping]]] = ..., freeze_norm_scale: _Optional[bool] = ...) -> None: ...
 
 class ForwardHeader(_message.Message):
-    __slots__ = ("model", "prompts", "captures", "top_logits")
+    __slots__ = ("model", "prompts", "captures", "top_logits", "grad_captures", "loss_values")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     CAPTURES_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CAPTURES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_VALUES_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompts: _containers.RepeatedCompositeFieldContainer[_common_pb2.PromptTokens]
     captures: _containers.RepeatedCompositeFieldContainer[_common_pb2.CaptureResult]
     top_logits: _containers.RepeatedCompositeFieldContainer[_common_pb2.PromptTopLogits]
-    def __init__(self, model: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[_common_pb2.PromptTokens, _Mapping]]] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.CaptureResult, _Mapping]]] = ..., top_logits: _Optional[_Iterable[_Union[_common_pb2.PromptTopLogits, _Mapping]]] = ...) -> None: ...
+    grad_captures: _containers.RepeatedCompositeFieldContainer[_common_pb2.CaptureResult]
+    loss_values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, model: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[_common_pb2.PromptTokens, _Mapping]]] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.CaptureResult, _Mapping]]] = ..., top_logits: _Optional[_Iterable[_Union[_common_pb2.PromptTopLogits, _Mapping]]] = ..., grad_captures: _Optional[_Iterable[_Union[_common_pb2.CaptureResult, _Mapping]]] = ..., loss_values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
     __slots__ = ("header", "chunk")
@@ -84,7 +113,7 @@ class ForwardResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[ForwardHeader, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class AblateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "sets", "position", "target", "distractor", "top_k", "captures", "sources", "references", "prepend_bos")
+    __slots__ = ("model", "prompt", "sets", "position", "target", "distractor", "top_k", "captures", "sources", "references", "prepend_bos", "loss", "grad_captures", "freeze_norm_scale")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SETS_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +125,9 @@ class AblateRequest(_message.Message):
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     REFERENCES_FIELD_NUMBER: _ClassVar[int]
     PREPEND_BOS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CAPTURES_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_NORM_SCALE_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: _common_pb2.Prompt
     sets: _containers.RepeatedCompositeFieldContainer[_common_pb2.InterventionSet]
@@ -107,7 +139,10 @@ class AblateRequest(_message.Message):
     sources: _containers.RepeatedCompositeFieldContainer[_common_pb2.Prompt]
     references: _containers.RepeatedCompositeFieldContainer[_common_pb2.Prompt]
     prepend_bos: bool
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., sets: _Optional[_Iterable[_Union[_common_pb2.InterventionSet, _Mapping]]] = ..., position: _Optional[int] = ..., target: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., distractor: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., top_k: _Optional[int] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.Capture, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., prepend_bos: _Optional[bool] = ...) -> None: ...
+    loss: _attribution_pb2.Loss
+    grad_captures: _containers.RepeatedCompositeFieldContainer[_common_pb2.Capture]
+    freeze_norm_scale: bool
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., sets: _Optional[_Iterable[_Union[_common_pb2.InterventionSet, _Mapping]]] = ..., position: _Optional[int] = ..., target: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., distractor: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., top_k: _Optional[int] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.Capture, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.Prompt, _Mapping]]] = ..., prepend_bos: _Optional[bool] = ..., loss: _Optional[_Union[_attribution_pb2.Loss, _Mapping]] = ..., grad_captures: _Optional[_Iterable[_Union[_common_pb2.Capture, _Mapping]]] = ..., freeze_norm_scale: _Optional[bool] = ...) -> None: ...
 
 class AblateRow(_message.Message):
     __slots__ = ("name", "top", "logit_diff", "logit_diff_change", "kl_from_baseline", "target_prob")
@@ -126,7 +161,7 @@ class AblateRow(_message.Message):
     def __init__(self, name: _Optional[str] = ..., top: _Optional[_Union[_common_pb2.TopLogits, _Mapping]] = ..., logit_diff: _Optional[float] = ..., logit_diff_change: _Optional[float] = ..., kl_from_baseline: _Optional[float] = ..., target_prob: _Optional[float] = ...) -> None: ...
 
 class AblateHeader(_message.Message):
-    __slots__ = ("model", "prompt", "position", "rows", "captures", "target_ids", "distractor_ids")
+    __slots__ = ("model", "prompt", "position", "rows", "captures", "target_ids", "distractor_ids", "grad_captures", "loss_values")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +169,8 @@ class AblateHeader(_message.Message):
     CAPTURES_FIELD_NUMBER: _ClassVar[int]
     TARGET_IDS_FIELD_NUMBER: _ClassVar[int]
     DISTRACTOR_IDS_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CAPTURES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_VALUES_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: _common_pb2.PromptTokens
     position: int
@@ -141,7 +178,9 @@ class AblateHeader(_message.Message):
     captures: _containers.RepeatedCompositeFieldContainer[_common_pb2.CaptureResult]
     target_ids: _containers.RepeatedScalarFieldContainer[int]
     distractor_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ..., position: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[AblateRow, _Mapping]]] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.CaptureResult, _Mapping]]] = ..., target_ids: _Optional[_Iterable[int]] = ..., distractor_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    grad_captures: _containers.RepeatedCompositeFieldContainer[_common_pb2.CaptureResult]
+    loss_values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ..., position: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[AblateRow, _Mapping]]] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.CaptureResult, _Mapping]]] = ..., target_ids: _Optional[_Iterable[int]] = ..., distractor_ids: _Optional[_Iterable[int]] = ..., grad_captures: _Optional[_Iterable[_Union[_common_pb2.CaptureResult, _Mapping]]] = ..., loss_values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AblateResponse(_message.Message):
     __slots__ = ("header", "chunk")
@@ -152,7 +191,7 @@ class AblateResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[AblateHeader, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class PatchSweepRequest(_message.Message):
-    __slots__ = ("model", "clean", "corrupted", "site", "target", "distractor", "by", "positions", "layers", "position", "prepend_bos")
+    __slots__ = ("model", "clean", "corrupted", "site", "target", "distractor", "by", "positions", "layers", "position", "prepend_bos", "method")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLEAN_FIELD_NUMBER: _ClassVar[int]
     CORRUPTED_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +203,7 @@ class PatchSweepRequest(_message.Message):
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     PREPEND_BOS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     model: str
     clean: _common_pb2.Prompt
     corrupted: _common_pb2.Prompt
@@ -175,10 +215,11 @@ class PatchSweepRequest(_message.Message):
     layers: _containers.RepeatedScalarFieldContainer[int]
     position: int
     prepend_bos: bool
-    def __init__(self, model: _Optional[str] = ..., clean: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., corrupted: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., site: _Optional[str] = ..., target: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., distractor: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., by: _Optional[_Union[SweepBy, str]] = ..., positions: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[int]] = ..., position: _Optional[int] = ..., prepend_bos: _Optional[bool] = ...) -> None: ...
+    method: PatchMethod
+    def __init__(self, model: _Optional[str] = ..., clean: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., corrupted: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., site: _Optional[str] = ..., target: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., distractor: _Optional[_Union[_common_pb2.Tokens, _Mapping]] = ..., by: _Optional[_Union[SweepBy, str]] = ..., positions: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[int]] = ..., position: _Optional[int] = ..., prepend_bos: _Optional[bool] = ..., method: _Optional[_Union[PatchMethod, str]] = ...) -> None: ...
 
 class PatchSweepResponse(_message.Message):
-    __slots__ = ("model", "site", "by", "layers", "columns", "column_labels", "recovered", "logit_diffs", "clean_logit_diff", "corrupted_logit_diff", "clean", "corrupted")
+    __slots__ = ("model", "site", "by", "layers", "columns", "column_labels", "recovered", "logit_diffs", "clean_logit_diff", "corrupted_logit_diff", "clean", "corrupted", "method")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     BY_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +232,7 @@ class PatchSweepResponse(_message.Message):
     CORRUPTED_LOGIT_DIFF_FIELD_NUMBER: _ClassVar[int]
     CLEAN_FIELD_NUMBER: _ClassVar[int]
     CORRUPTED_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     model: str
     site: str
     by: SweepBy
@@ -203,7 +245,62 @@ class PatchSweepResponse(_message.Message):
     corrupted_logit_diff: float
     clean: _common_pb2.PromptTokens
     corrupted: _common_pb2.PromptTokens
-    def __init__(self, model: _Optional[str] = ..., site: _Optional[str] = ..., by: _Optional[_Union[SweepBy, str]] = ..., layers: _Optional[_Iterable[int]] = ..., columns: _Optional[_Iterable[int]] = ..., column_labels: _Optional[_Iterable[str]] = ..., recovered: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., logit_diffs: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., clean_logit_diff: _Optional[float] = ..., corrupted_logit_diff: _Optional[float] = ..., clean: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ..., corrupted: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ...) -> None: ...
+    method: PatchMethod
+    def __init__(self, model: _Optional[str] = ..., site: _Optional[str] = ..., by: _Optional[_Union[SweepBy, str]] = ..., layers: _Optional[_Iterable[int]] = ..., columns: _Optional[_Iterable[int]] = ..., column_labels: _Optional[_Iterable[str]] = ..., recovered: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., logit_diffs: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., clean_logit_diff: _Optional[float] = ..., corrupted_logit_diff: _Optional[float] = ..., clean: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ..., corrupted: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ..., method: _Optional[_Union[PatchMethod, str]] = ...) -> None: ...
+
+class LogitLensRequest(_message.Message):
+    __slots__ = ("model", "prompt", "site", "layers", "positions", "top_k", "scale", "prepend_bos")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    PREPEND_BOS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    prompt: _common_pb2.Prompt
+    site: str
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    top_k: int
+    scale: LensScale
+    prepend_bos: bool
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., site: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., positions: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., scale: _Optional[_Union[LensScale, str]] = ..., prepend_bos: _Optional[bool] = ...) -> None: ...
+
+class LensCell(_message.Message):
+    __slots__ = ("layer", "position", "token_ids", "tokens", "logits", "probs")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    PROBS_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    position: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    tokens: _containers.RepeatedScalarFieldContainer[str]
+    logits: _containers.RepeatedScalarFieldContainer[float]
+    probs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, layer: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., logits: _Optional[_Iterable[float]] = ..., probs: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class LogitLensResponse(_message.Message):
+    __slots__ = ("model", "prompt", "site", "layers", "positions", "cells", "scale")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    prompt: _common_pb2.PromptTokens
+    site: str
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    cells: _containers.RepeatedCompositeFieldContainer[LensCell]
+    scale: LensScale
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ..., site: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., positions: _Optional[_Iterable[int]] = ..., cells: _Optional[_Iterable[_Union[LensCell, _Mapping]]] = ..., scale: _Optional[_Union[LensScale, str]] = ...) -> None: ...
 
 class SteerLatent(_message.Message):
     __slots__ = ("sae", "latent", "coeff", "positions")

@@ -49,6 +49,11 @@ class InferenceServiceStub:
                 request_serializer=tdb_dot_v1_dot_inference__pb2.PatchSweepRequest.SerializeToString,
                 response_deserializer=tdb_dot_v1_dot_inference__pb2.PatchSweepResponse.FromString,
                 _registered_method=True)
+        self.LogitLens = channel.unary_unary(
+                '/tdb.v1.InferenceService/LogitLens',
+                request_serializer=tdb_dot_v1_dot_inference__pb2.LogitLensRequest.SerializeToString,
+                response_deserializer=tdb_dot_v1_dot_inference__pb2.LogitLensResponse.FromString,
+                _registered_method=True)
         self.Generate = channel.unary_stream(
                 '/tdb.v1.InferenceService/Generate',
                 request_serializer=tdb_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
@@ -83,6 +88,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LogitLens(self, request, context):
+        """Logit lens: the residual stream at chosen layers and positions read through the final norm
+        and the unembedding; the top-k tokens of each cell of the layer x position grid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Generate(self, request, context):
         """Generate text from one prompt for a baseline and N intervention sets side by side, as one
         batch decoded with a KV cache (each step computes only the new position); every set's edits
@@ -112,6 +125,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.PatchSweep,
                     request_deserializer=tdb_dot_v1_dot_inference__pb2.PatchSweepRequest.FromString,
                     response_serializer=tdb_dot_v1_dot_inference__pb2.PatchSweepResponse.SerializeToString,
+            ),
+            'LogitLens': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogitLens,
+                    request_deserializer=tdb_dot_v1_dot_inference__pb2.LogitLensRequest.FromString,
+                    response_serializer=tdb_dot_v1_dot_inference__pb2.LogitLensResponse.SerializeToString,
             ),
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
@@ -200,6 +218,33 @@ class InferenceService:
             '/tdb.v1.InferenceService/PatchSweep',
             tdb_dot_v1_dot_inference__pb2.PatchSweepRequest.SerializeToString,
             tdb_dot_v1_dot_inference__pb2.PatchSweepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogitLens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tdb.v1.InferenceService/LogitLens',
+            tdb_dot_v1_dot_inference__pb2.LogitLensRequest.SerializeToString,
+            tdb_dot_v1_dot_inference__pb2.LogitLensResponse.FromString,
             options,
             channel_credentials,
             insecure,

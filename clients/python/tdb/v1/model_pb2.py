@@ -25,33 +25,45 @@ _sym_db = _symbol_database.Default()
 from tdb.v1 import common_pb2 as tdb_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tdb/v1/model.proto\x12\x06tdb.v1\x1a\x13tdb/v1/common.proto\"\x13\n\x11ListModelsRequest\"V\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tdb.v1.ModelSummary\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x84\x01\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\x05layer\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04\x64ims\x18\x04 \x03(\t\x12\r\n\x05sizes\x18\x05 \x03(\x03\x12\x10\n\x08unit_dim\x18\x06 \x01(\t\x12\x0f\n\x07meaning\x18\x07 \x01(\tB\x08\n\x06_layer\"\x88\x03\n\x14GetModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08n_layers\x18\x04 \x01(\x05\x12\x0f\n\x07n_heads\x18\x05 \x01(\x05\x12\x12\n\nn_kv_heads\x18\x06 \x01(\x05\x12\x0f\n\x07\x64_model\x18\x07 \x01(\x05\x12\x0e\n\x06\x64_head\x18\x08 \x01(\x05\x12\r\n\x05\x64_mlp\x18\t \x01(\x05\x12\x0f\n\x07\x64_vocab\x18\n \x01(\x05\x12\r\n\x05n_ctx\x18\x0b \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\r\n\x05\x64type\x18\r \x01(\t\x12\x1f\n\x05sites\x18\x0e \x03(\x0b\x32\x10.tdb.v1.SiteInfo\x12\x19\n\x0c\x62os_token_id\x18\x0f \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0c\x65os_token_id\x18\x10 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x04saes\x18\x11 \x03(\x0b\x32\x0f.tdb.v1.SaeInfoB\x0f\n\r_bos_token_idB\x0f\n\r_eos_token_id\"Y\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x18\n\x0bprepend_bos\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_prepend_bos\"9\n\x10TokenizeResponse\x12%\n\x07prompts\x18\x01 \x03(\x0b\x32\x14.tdb.v1.PromptTokens\"5\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\"2\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t2\xa2\x02\n\x0cModelService\x12\x43\n\nListModels\x12\x19.tdb.v1.ListModelsRequest\x1a\x1a.tdb.v1.ListModelsResponse\x12I\n\x0cGetModelInfo\x12\x1b.tdb.v1.GetModelInfoRequest\x1a\x1c.tdb.v1.GetModelInfoResponse\x12=\n\x08Tokenize\x12\x17.tdb.v1.TokenizeRequest\x1a\x18.tdb.v1.TokenizeResponse\x12\x43\n\nDetokenize\x12\x19.tdb.v1.DetokenizeRequest\x1a\x1a.tdb.v1.DetokenizeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tdb/v1/model.proto\x12\x06tdb.v1\x1a\x13tdb/v1/common.proto\"\xb1\x01\n\nWeightView\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.tdb.v1.WeightViewKind\x12\r\n\x05layer\x18\x02 \x01(\x05\x12\x0c\n\x04unit\x18\x03 \x01(\x05\x12\x19\n\x0csource_token\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1e\n\x11\x64\x65stination_token\x18\x05 \x01(\x05H\x01\x88\x01\x01\x42\x0f\n\r_source_tokenB\x14\n\x12_destination_token\"\x92\x01\n\x11GetWeightsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\r\n\x05heads\x18\x03 \x03(\x05\x12\x0f\n\x07neurons\x18\x04 \x03(\x05\x12\x1c\n\x05\x64type\x18\x05 \x01(\x0e\x32\r.tdb.v1.DType\x12!\n\x05views\x18\x06 \x03(\x0b\x32\x12.tdb.v1.WeightView\"R\n\x06Weight\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64ims\x18\x02 \x03(\t\x12\x1e\n\x06values\x18\x03 \x01(\x0b\x32\x0e.tdb.v1.Tensor\x12\x0c\n\x04kept\x18\x04 \x03(\x05\"B\n\x10GetWeightsHeader\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1f\n\x07weights\x18\x02 \x03(\x0b\x32\x0e.tdb.v1.Weight\"n\n\x12GetWeightsResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.tdb.v1.GetWeightsHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.tdb.v1.TensorChunkH\x00\x42\x06\n\x04part\"\x13\n\x11ListModelsRequest\"V\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tdb.v1.ModelSummary\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x84\x01\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\x05layer\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04\x64ims\x18\x04 \x03(\t\x12\r\n\x05sizes\x18\x05 \x03(\x03\x12\x10\n\x08unit_dim\x18\x06 \x01(\t\x12\x0f\n\x07meaning\x18\x07 \x01(\tB\x08\n\x06_layer\"\x88\x03\n\x14GetModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08n_layers\x18\x04 \x01(\x05\x12\x0f\n\x07n_heads\x18\x05 \x01(\x05\x12\x12\n\nn_kv_heads\x18\x06 \x01(\x05\x12\x0f\n\x07\x64_model\x18\x07 \x01(\x05\x12\x0e\n\x06\x64_head\x18\x08 \x01(\x05\x12\r\n\x05\x64_mlp\x18\t \x01(\x05\x12\x0f\n\x07\x64_vocab\x18\n \x01(\x05\x12\r\n\x05n_ctx\x18\x0b \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\r\n\x05\x64type\x18\r \x01(\t\x12\x1f\n\x05sites\x18\x0e \x03(\x0b\x32\x10.tdb.v1.SiteInfo\x12\x19\n\x0c\x62os_token_id\x18\x0f \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0c\x65os_token_id\x18\x10 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x04saes\x18\x11 \x03(\x0b\x32\x0f.tdb.v1.SaeInfoB\x0f\n\r_bos_token_idB\x0f\n\r_eos_token_id\"Y\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x18\n\x0bprepend_bos\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_prepend_bos\"9\n\x10TokenizeResponse\x12%\n\x07prompts\x18\x01 \x03(\x0b\x32\x14.tdb.v1.PromptTokens\"5\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\"2\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\t*\x92\x01\n\x0eWeightViewKind\x12 \n\x1cWEIGHT_VIEW_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eWEIGHT_VIEW_KIND_NEURON_LOGITS\x10\x01\x12\x1c\n\x18WEIGHT_VIEW_KIND_HEAD_OV\x10\x02\x12\x1c\n\x18WEIGHT_VIEW_KIND_HEAD_QK\x10\x03\x32\xe9\x02\n\x0cModelService\x12\x43\n\nListModels\x12\x19.tdb.v1.ListModelsRequest\x1a\x1a.tdb.v1.ListModelsResponse\x12I\n\x0cGetModelInfo\x12\x1b.tdb.v1.GetModelInfoRequest\x1a\x1c.tdb.v1.GetModelInfoResponse\x12=\n\x08Tokenize\x12\x17.tdb.v1.TokenizeRequest\x1a\x18.tdb.v1.TokenizeResponse\x12\x43\n\nDetokenize\x12\x19.tdb.v1.DetokenizeRequest\x1a\x1a.tdb.v1.DetokenizeResponse\x12\x45\n\nGetWeights\x12\x19.tdb.v1.GetWeightsRequest\x1a\x1a.tdb.v1.GetWeightsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tdb.v1.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTMODELSREQUEST']._serialized_start=51
-  _globals['_LISTMODELSREQUEST']._serialized_end=70
-  _globals['_MODELSUMMARY']._serialized_start=72
-  _globals['_MODELSUMMARY']._serialized_end=158
-  _globals['_LISTMODELSRESPONSE']._serialized_start=160
-  _globals['_LISTMODELSRESPONSE']._serialized_end=218
-  _globals['_GETMODELINFOREQUEST']._serialized_start=220
-  _globals['_GETMODELINFOREQUEST']._serialized_end=256
-  _globals['_SITEINFO']._serialized_start=259
-  _globals['_SITEINFO']._serialized_end=391
-  _globals['_GETMODELINFORESPONSE']._serialized_start=394
-  _globals['_GETMODELINFORESPONSE']._serialized_end=786
-  _globals['_TOKENIZEREQUEST']._serialized_start=788
-  _globals['_TOKENIZEREQUEST']._serialized_end=877
-  _globals['_TOKENIZERESPONSE']._serialized_start=879
-  _globals['_TOKENIZERESPONSE']._serialized_end=936
-  _globals['_DETOKENIZEREQUEST']._serialized_start=938
-  _globals['_DETOKENIZEREQUEST']._serialized_end=991
-  _globals['_DETOKENIZERESPONSE']._serialized_start=993
-  _globals['_DETOKENIZERESPONSE']._serialized_end=1043
-  _globals['_MODELSERVICE']._serialized_start=1046
-  _globals['_MODELSERVICE']._serialized_end=1336
+  _globals['_WEIGHTVIEWKIND']._serialized_start=1639
+  _globals['_WEIGHTVIEWKIND']._serialized_end=1785
+  _globals['_WEIGHTVIEW']._serialized_start=52
+  _globals['_WEIGHTVIEW']._serialized_end=229
+  _globals['_GETWEIGHTSREQUEST']._serialized_start=232
+  _globals['_GETWEIGHTSREQUEST']._serialized_end=378
+  _globals['_WEIGHT']._serialized_start=380
+  _globals['_WEIGHT']._serialized_end=462
+  _globals['_GETWEIGHTSHEADER']._serialized_start=464
+  _globals['_GETWEIGHTSHEADER']._serialized_end=530
+  _globals['_GETWEIGHTSRESPONSE']._serialized_start=532
+  _globals['_GETWEIGHTSRESPONSE']._serialized_end=642
+  _globals['_LISTMODELSREQUEST']._serialized_start=644
+  _globals['_LISTMODELSREQUEST']._serialized_end=663
+  _globals['_MODELSUMMARY']._serialized_start=665
+  _globals['_MODELSUMMARY']._serialized_end=751
+  _globals['_LISTMODELSRESPONSE']._serialized_start=753
+  _globals['_LISTMODELSRESPONSE']._serialized_end=811
+  _globals['_GETMODELINFOREQUEST']._serialized_start=813
+  _globals['_GETMODELINFOREQUEST']._serialized_end=849
+  _globals['_SITEINFO']._serialized_start=852
+  _globals['_SITEINFO']._serialized_end=984
+  _globals['_GETMODELINFORESPONSE']._serialized_start=987
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1379
+  _globals['_TOKENIZEREQUEST']._serialized_start=1381
+  _globals['_TOKENIZEREQUEST']._serialized_end=1470
+  _globals['_TOKENIZERESPONSE']._serialized_start=1472
+  _globals['_TOKENIZERESPONSE']._serialized_end=1529
+  _globals['_DETOKENIZEREQUEST']._serialized_start=1531
+  _globals['_DETOKENIZEREQUEST']._serialized_end=1584
+  _globals['_DETOKENIZERESPONSE']._serialized_start=1586
+  _globals['_DETOKENIZERESPONSE']._serialized_end=1636
+  _globals['_MODELSERVICE']._serialized_start=1788
+  _globals['_MODELSERVICE']._serialized_end=2149
 # @@protoc_insertion_point(module_scope)

@@ -1,11 +1,81 @@
 from tdb.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class WeightViewKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WEIGHT_VIEW_KIND_UNSPECIFIED: _ClassVar[WeightViewKind]
+    WEIGHT_VIEW_KIND_NEURON_LOGITS: _ClassVar[WeightViewKind]
+    WEIGHT_VIEW_KIND_HEAD_OV: _ClassVar[WeightViewKind]
+    WEIGHT_VIEW_KIND_HEAD_QK: _ClassVar[WeightViewKind]
+WEIGHT_VIEW_KIND_UNSPECIFIED: WeightViewKind
+WEIGHT_VIEW_KIND_NEURON_LOGITS: WeightViewKind
+WEIGHT_VIEW_KIND_HEAD_OV: WeightViewKind
+WEIGHT_VIEW_KIND_HEAD_QK: WeightViewKind
+
+class WeightView(_message.Message):
+    __slots__ = ("kind", "layer", "unit", "source_token", "destination_token")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    kind: WeightViewKind
+    layer: int
+    unit: int
+    source_token: int
+    destination_token: int
+    def __init__(self, kind: _Optional[_Union[WeightViewKind, str]] = ..., layer: _Optional[int] = ..., unit: _Optional[int] = ..., source_token: _Optional[int] = ..., destination_token: _Optional[int] = ...) -> None: ...
+
+class GetWeightsRequest(_message.Message):
+    __slots__ = ("model", "names", "heads", "neurons", "dtype", "views")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    NEURONS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    neurons: _containers.RepeatedScalarFieldContainer[int]
+    dtype: _common_pb2.DType
+    views: _containers.RepeatedCompositeFieldContainer[WeightView]
+    def __init__(self, model: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., heads: _Optional[_Iterable[int]] = ..., neurons: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[_common_pb2.DType, str]] = ..., views: _Optional[_Iterable[_Union[WeightView, _Mapping]]] = ...) -> None: ...
+
+class Weight(_message.Message):
+    __slots__ = ("name", "dims", "values", "kept")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dims: _containers.RepeatedScalarFieldContainer[str]
+    values: _common_pb2.Tensor
+    kept: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dims: _Optional[_Iterable[str]] = ..., values: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., kept: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetWeightsHeader(_message.Message):
+    __slots__ = ("model", "weights")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    weights: _containers.RepeatedCompositeFieldContainer[Weight]
+    def __init__(self, model: _Optional[str] = ..., weights: _Optional[_Iterable[_Union[Weight, _Mapping]]] = ...) -> None: ...
+
+class GetWeightsResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: GetWeightsHeader
+    chunk: _common_pb2.TensorChunk
+    def __init__(self, header: _Optional[_Union[GetWeightsHeader, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -54,6 +54,11 @@ class ModelServiceStub:
                 request_serializer=tdb_dot_v1_dot_model__pb2.DetokenizeRequest.SerializeToString,
                 response_deserializer=tdb_dot_v1_dot_model__pb2.DetokenizeResponse.FromString,
                 _registered_method=True)
+        self.GetWeights = channel.unary_stream(
+                '/tdb.v1.ModelService/GetWeights',
+                request_serializer=tdb_dot_v1_dot_model__pb2.GetWeightsRequest.SerializeToString,
+                response_deserializer=tdb_dot_v1_dot_model__pb2.GetWeightsResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -87,6 +92,15 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWeights(self, request, context):
+        """The model's parameters in the schema's layout (TransformerLens names, sliceable by head or
+        neuron) and folded views (a neuron's logit weights, a head's OV and QK circuits). The first
+        message is a header; streamed tensors follow as chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +123,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=tdb_dot_v1_dot_model__pb2.DetokenizeRequest.FromString,
                     response_serializer=tdb_dot_v1_dot_model__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'GetWeights': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetWeights,
+                    request_deserializer=tdb_dot_v1_dot_model__pb2.GetWeightsRequest.FromString,
+                    response_serializer=tdb_dot_v1_dot_model__pb2.GetWeightsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +238,33 @@ class ModelService:
             '/tdb.v1.ModelService/Detokenize',
             tdb_dot_v1_dot_model__pb2.DetokenizeRequest.SerializeToString,
             tdb_dot_v1_dot_model__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tdb.v1.ModelService/GetWeights',
+            tdb_dot_v1_dot_model__pb2.GetWeightsRequest.SerializeToString,
+            tdb_dot_v1_dot_model__pb2.GetWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,

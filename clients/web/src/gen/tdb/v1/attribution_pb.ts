@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tdb/v1/attribution.proto.
  */
 export const file_tdb_v1_attribution: GenFile = /*@__PURE__*/
-  fileDesc("Chh0ZGIvdjEvYXR0cmlidXRpb24ucHJvdG8SBnRkYi52MSJ3Cg1Mb2dpdERpZmZMb3NzEh4KBnRhcmdldBgBIAEoCzIOLnRkYi52MS5Ub2tlbnMSIgoKZGlzdHJhY3RvchgCIAEoCzIOLnRkYi52MS5Ub2tlbnMSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24iUQoLTG9nUHJvYkxvc3MSHgoGdGFyZ2V0GAEgASgLMg4udGRiLnYxLlRva2VucxIVCghwb3NpdGlvbhgCIAEoBUgAiAEBQgsKCV9wb3NpdGlvbiJQCgtOZXVyb25UcmFjZRINCgVsYXllchgBIAEoBRIOCgZuZXVyb24YAiABKAUSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24ipgEKCUhlYWRUcmFjZRINCgVsYXllchgBIAEoBRIMCgRoZWFkGAIgASgFEhsKDnF1ZXJ5X3Bvc2l0aW9uGAMgASgFSACIAQESGQoMa2V5X3Bvc2l0aW9uGAQgASgFSAGIAQESIAoHdGhyb3VnaBgFIAEoDjIPLnRkYi52MS5UaHJvdWdoQhEKD19xdWVyeV9wb3NpdGlvbkIPCg1fa2V5X3Bvc2l0aW9uIk4KC0xhdGVudFRyYWNlEgsKA3NhZRgBIAEoCRIOCgZsYXRlbnQYAiABKAUSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24iYQoNRGlyZWN0aW9uTG9zcxIMCgRzaXRlGAEgASgJEh4KBnZlY3RvchgCIAEoCzIOLnRkYi52MS5UZW5zb3ISFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24i8wQKEEF0dHJpYnV0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSHgoGcHJvbXB0GAIgASgLMg4udGRiLnYxLlByb21wdBIrCgpsb2dpdF9kaWZmGAMgASgLMhUudGRiLnYxLkxvZ2l0RGlmZkxvc3NIABInCghsb2dfcHJvYhgEIAEoCzITLnRkYi52MS5Mb2dQcm9iTG9zc0gAEiUKBm5ldXJvbhgFIAEoCzITLnRkYi52MS5OZXVyb25UcmFjZUgAEiEKBGhlYWQYBiABKAsyES50ZGIudjEuSGVhZFRyYWNlSAASJQoGbGF0ZW50GAcgASgLMhMudGRiLnYxLkxhdGVudFRyYWNlSAASKgoJZGlyZWN0aW9uGAggASgLMhUudGRiLnYxLkRpcmVjdGlvbkxvc3NIABIqCg1zZWNvbmRfcHJvbXB0GAkgASgLMg4udGRiLnYxLlByb21wdEgBiAEBEisKDWludGVydmVudGlvbnMYCiADKAsyFC50ZGIudjEuSW50ZXJ2ZW50aW9uEhIKBXRvcF9rGAsgASgNSAKIAQESEAoIZmFtaWxpZXMYDCADKAkSEAoIaWdfc3RlcHMYDSABKA0SHgoRZnJlZXplX25vcm1fc2NhbGUYDiABKAhIA4gBARIYCgtub2RlX3Rva2VucxgPIAEoDUgEiAEBEhgKC3ByZXBlbmRfYm9zGBAgASgISAWIAQFCBgoEbG9zc0IQCg5fc2Vjb25kX3Byb21wdEIICgZfdG9wX2tCFAoSX2ZyZWV6ZV9ub3JtX3NjYWxlQg4KDF9ub2RlX3Rva2Vuc0IOCgxfcHJlcGVuZF9ib3MizQEKBE5vZGUSEgoGZmFtaWx5GAEgASgJQgIYARISCgVsYXllchgCIAEoBUgAiAEBEhAKCHBvc2l0aW9uGAMgASgFEg0KBWluZGV4GAQgASgFEhkKDGtleV9wb3NpdGlvbhgFIAEoBUgBiAEBEgsKA3NhZRgGIAEoCRIMCgRuYW1lGAcgASgJEgsKA2tleRgIIAEoCRIeCgRraW5kGAkgASgOMhAudGRiLnYxLk5vZGVLaW5kQggKBl9sYXllckIPCg1fa2V5X3Bvc2l0aW9uImYKCk5vZGVWYWx1ZXMSEgoKYWN0aXZhdGlvbhgBIAEoAhIXCg93cml0ZV9tYWduaXR1ZGUYAiABKAISFQoNZGlyZWN0X2VmZmVjdBgDIAEoAhIUCgx0b3RhbF9lZmZlY3QYBCABKAIiPAoKVG9rZW5TY29yZRIQCgh0b2tlbl9pZBgBIAEoBRINCgV0b2tlbhgCIAEoCRINCgVzY29yZRgDIAEoAiL+AQoHTm9kZVJvdxIaCgRub2RlGAEgASgLMgwudGRiLnYxLk5vZGUSIgoGdmFsdWVzGAIgAygLMhIudGRiLnYxLk5vZGVWYWx1ZXMSIwoHdXB2b3RlZBgDIAMoCzISLnRkYi52MS5Ub2tlblNjb3JlEiUKCWRvd252b3RlZBgEIAMoCzISLnRkYi52MS5Ub2tlblNjb3JlEigKDGlucHV0X3Rva2VucxgFIAMoCzISLnRkYi52MS5Ub2tlblNjb3JlEi0KC2V4cGxhbmF0aW9uGAYgASgLMhMudGRiLnYxLkV4cGxhbmF0aW9uSACIAQFCDgoMX2V4cGxhbmF0aW9uIiAKDlBvc2l0aW9uVmFsdWVzEg4KBnZhbHVlcxgBIAMoAiKLAgoRQXR0cmlidXRlUmVzcG9uc2USDQoFbW9kZWwYASABKAkSJQoHcHJvbXB0cxgCIAMoCzIULnRkYi52MS5Qcm9tcHRUb2tlbnMSEwoLbG9zc192YWx1ZXMYAyADKAISHQoEcm93cxgEIAMoCzIPLnRkYi52MS5Ob2RlUm93EjEKEXRva2VuX2F0dHJpYnV0aW9uGAUgAygLMhYudGRiLnYxLlBvc2l0aW9uVmFsdWVzEhoKEmJpYXNfZGlyZWN0X2VmZmVjdBgGIAMoAhIQCghjb25zdGFudBgHIAMoAhIVCg1sb3NzX3Bvc2l0aW9uGAggASgFEhQKDG5vZGVzX3JhbmtlZBgJIAEoAypfCgdUaHJvdWdoEhcKE1RIUk9VR0hfVU5TUEVDSUZJRUQQABINCglUSFJPVUdIX1EQARINCglUSFJPVUdIX0sQAhIOCgpUSFJPVUdIX1FLEAMSDQoJVEhST1VHSF9WEAQyVgoSQXR0cmlidXRpb25TZXJ2aWNlEkAKCUF0dHJpYnV0ZRIYLnRkYi52MS5BdHRyaWJ1dGVSZXF1ZXN0GhkudGRiLnYxLkF0dHJpYnV0ZVJlc3BvbnNlYgZwcm90bzM", [file_tdb_v1_common, file_tdb_v1_explain]);
+  fileDesc("Chh0ZGIvdjEvYXR0cmlidXRpb24ucHJvdG8SBnRkYi52MSJ3Cg1Mb2dpdERpZmZMb3NzEh4KBnRhcmdldBgBIAEoCzIOLnRkYi52MS5Ub2tlbnMSIgoKZGlzdHJhY3RvchgCIAEoCzIOLnRkYi52MS5Ub2tlbnMSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24iUQoLTG9nUHJvYkxvc3MSHgoGdGFyZ2V0GAEgASgLMg4udGRiLnYxLlRva2VucxIVCghwb3NpdGlvbhgCIAEoBUgAiAEBQgsKCV9wb3NpdGlvbiJQCgtOZXVyb25UcmFjZRINCgVsYXllchgBIAEoBRIOCgZuZXVyb24YAiABKAUSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24ipgEKCUhlYWRUcmFjZRINCgVsYXllchgBIAEoBRIMCgRoZWFkGAIgASgFEhsKDnF1ZXJ5X3Bvc2l0aW9uGAMgASgFSACIAQESGQoMa2V5X3Bvc2l0aW9uGAQgASgFSAGIAQESIAoHdGhyb3VnaBgFIAEoDjIPLnRkYi52MS5UaHJvdWdoQhEKD19xdWVyeV9wb3NpdGlvbkIPCg1fa2V5X3Bvc2l0aW9uIk4KC0xhdGVudFRyYWNlEgsKA3NhZRgBIAEoCRIOCgZsYXRlbnQYAiABKAUSFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24iYQoNRGlyZWN0aW9uTG9zcxIMCgRzaXRlGAEgASgJEh4KBnZlY3RvchgCIAEoCzIOLnRkYi52MS5UZW5zb3ISFQoIcG9zaXRpb24YAyABKAVIAIgBAUILCglfcG9zaXRpb24igQIKBExvc3MSKwoKbG9naXRfZGlmZhgBIAEoCzIVLnRkYi52MS5Mb2dpdERpZmZMb3NzSAASJwoIbG9nX3Byb2IYAiABKAsyEy50ZGIudjEuTG9nUHJvYkxvc3NIABIlCgZuZXVyb24YAyABKAsyEy50ZGIudjEuTmV1cm9uVHJhY2VIABIhCgRoZWFkGAQgASgLMhEudGRiLnYxLkhlYWRUcmFjZUgAEiUKBmxhdGVudBgFIAEoCzITLnRkYi52MS5MYXRlbnRUcmFjZUgAEioKCWRpcmVjdGlvbhgGIAEoCzIVLnRkYi52MS5EaXJlY3Rpb25Mb3NzSABCBgoEbG9zcyLzBAoQQXR0cmlidXRlUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIeCgZwcm9tcHQYAiABKAsyDi50ZGIudjEuUHJvbXB0EisKCmxvZ2l0X2RpZmYYAyABKAsyFS50ZGIudjEuTG9naXREaWZmTG9zc0gAEicKCGxvZ19wcm9iGAQgASgLMhMudGRiLnYxLkxvZ1Byb2JMb3NzSAASJQoGbmV1cm9uGAUgASgLMhMudGRiLnYxLk5ldXJvblRyYWNlSAASIQoEaGVhZBgGIAEoCzIRLnRkYi52MS5IZWFkVHJhY2VIABIlCgZsYXRlbnQYByABKAsyEy50ZGIudjEuTGF0ZW50VHJhY2VIABIqCglkaXJlY3Rpb24YCCABKAsyFS50ZGIudjEuRGlyZWN0aW9uTG9zc0gAEioKDXNlY29uZF9wcm9tcHQYCSABKAsyDi50ZGIudjEuUHJvbXB0SAGIAQESKwoNaW50ZXJ2ZW50aW9ucxgKIAMoCzIULnRkYi52MS5JbnRlcnZlbnRpb24SEgoFdG9wX2sYCyABKA1IAogBARIQCghmYW1pbGllcxgMIAMoCRIQCghpZ19zdGVwcxgNIAEoDRIeChFmcmVlemVfbm9ybV9zY2FsZRgOIAEoCEgDiAEBEhgKC25vZGVfdG9rZW5zGA8gASgNSASIAQESGAoLcHJlcGVuZF9ib3MYECABKAhIBYgBAUIGCgRsb3NzQhAKDl9zZWNvbmRfcHJvbXB0QggKBl90b3Bfa0IUChJfZnJlZXplX25vcm1fc2NhbGVCDgoMX25vZGVfdG9rZW5zQg4KDF9wcmVwZW5kX2JvcyLNAQoETm9kZRISCgZmYW1pbHkYASABKAlCAhgBEhIKBWxheWVyGAIgASgFSACIAQESEAoIcG9zaXRpb24YAyABKAUSDQoFaW5kZXgYBCABKAUSGQoMa2V5X3Bvc2l0aW9uGAUgASgFSAGIAQESCwoDc2FlGAYgASgJEgwKBG5hbWUYByABKAkSCwoDa2V5GAggASgJEh4KBGtpbmQYCSABKA4yEC50ZGIudjEuTm9kZUtpbmRCCAoGX2xheWVyQg8KDV9rZXlfcG9zaXRpb24iZgoKTm9kZVZhbHVlcxISCgphY3RpdmF0aW9uGAEgASgCEhcKD3dyaXRlX21hZ25pdHVkZRgCIAEoAhIVCg1kaXJlY3RfZWZmZWN0GAMgASgCEhQKDHRvdGFsX2VmZmVjdBgEIAEoAiI8CgpUb2tlblNjb3JlEhAKCHRva2VuX2lkGAEgASgFEg0KBXRva2VuGAIgASgJEg0KBXNjb3JlGAMgASgCIv4BCgdOb2RlUm93EhoKBG5vZGUYASABKAsyDC50ZGIudjEuTm9kZRIiCgZ2YWx1ZXMYAiADKAsyEi50ZGIudjEuTm9kZVZhbHVlcxIjCgd1cHZvdGVkGAMgAygLMhIudGRiLnYxLlRva2VuU2NvcmUSJQoJZG93bnZvdGVkGAQgAygLMhIudGRiLnYxLlRva2VuU2NvcmUSKAoMaW5wdXRfdG9rZW5zGAUgAygLMhIudGRiLnYxLlRva2VuU2NvcmUSLQoLZXhwbGFuYXRpb24YBiABKAsyEy50ZGIudjEuRXhwbGFuYXRpb25IAIgBAUIOCgxfZXhwbGFuYXRpb24iIAoOUG9zaXRpb25WYWx1ZXMSDgoGdmFsdWVzGAEgAygCIosCChFBdHRyaWJ1dGVSZXNwb25zZRINCgVtb2RlbBgBIAEoCRIlCgdwcm9tcHRzGAIgAygLMhQudGRiLnYxLlByb21wdFRva2VucxITCgtsb3NzX3ZhbHVlcxgDIAMoAhIdCgRyb3dzGAQgAygLMg8udGRiLnYxLk5vZGVSb3cSMQoRdG9rZW5fYXR0cmlidXRpb24YBSADKAsyFi50ZGIudjEuUG9zaXRpb25WYWx1ZXMSGgoSYmlhc19kaXJlY3RfZWZmZWN0GAYgAygCEhAKCGNvbnN0YW50GAcgAygCEhUKDWxvc3NfcG9zaXRpb24YCCABKAUSFAoMbm9kZXNfcmFua2VkGAkgASgDKl8KB1Rocm91Z2gSFwoTVEhST1VHSF9VTlNQRUNJRklFRBAAEg0KCVRIUk9VR0hfURABEg0KCVRIUk9VR0hfSxACEg4KClRIUk9VR0hfUUsQAxINCglUSFJPVUdIX1YQBDJWChJBdHRyaWJ1dGlvblNlcnZpY2USQAoJQXR0cmlidXRlEhgudGRiLnYxLkF0dHJpYnV0ZVJlcXVlc3QaGS50ZGIudjEuQXR0cmlidXRlUmVzcG9uc2ViBnByb3RvMw", [file_tdb_v1_common, file_tdb_v1_explain]);
 
 /**
  * Mean logit of the targets minus mean logit of the distractors (log p(target)/p(distractor)).
@@ -210,6 +210,62 @@ export const DirectionLossSchema: GenMessage<DirectionLoss> = /*@__PURE__*/
   messageDesc(file_tdb_v1_attribution, 5);
 
 /**
+ * A loss as a message of its own, for RPCs other than Attribute (Forward and Ablate gradient
+ * captures): the same variants and meanings as AttributeRequest's `loss`.
+ *
+ * @generated from message tdb.v1.Loss
+ */
+export type Loss = Message<"tdb.v1.Loss"> & {
+  /**
+   * @generated from oneof tdb.v1.Loss.loss
+   */
+  loss: {
+    /**
+     * @generated from field: tdb.v1.LogitDiffLoss logit_diff = 1;
+     */
+    value: LogitDiffLoss;
+    case: "logitDiff";
+  } | {
+    /**
+     * @generated from field: tdb.v1.LogProbLoss log_prob = 2;
+     */
+    value: LogProbLoss;
+    case: "logProb";
+  } | {
+    /**
+     * @generated from field: tdb.v1.NeuronTrace neuron = 3;
+     */
+    value: NeuronTrace;
+    case: "neuron";
+  } | {
+    /**
+     * @generated from field: tdb.v1.HeadTrace head = 4;
+     */
+    value: HeadTrace;
+    case: "head";
+  } | {
+    /**
+     * @generated from field: tdb.v1.LatentTrace latent = 5;
+     */
+    value: LatentTrace;
+    case: "latent";
+  } | {
+    /**
+     * @generated from field: tdb.v1.DirectionLoss direction = 6;
+     */
+    value: DirectionLoss;
+    case: "direction";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message tdb.v1.Loss.
+ * Use `create(LossSchema)` to create a new message.
+ */
+export const LossSchema: GenMessage<Loss> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_attribution, 6);
+
+/**
  * @generated from message tdb.v1.AttributeRequest
  */
 export type AttributeRequest = Message<"tdb.v1.AttributeRequest"> & {
@@ -334,7 +390,7 @@ export type AttributeRequest = Message<"tdb.v1.AttributeRequest"> & {
  * Use `create(AttributeRequestSchema)` to create a new message.
  */
 export const AttributeRequestSchema: GenMessage<AttributeRequest> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_attribution, 6);
+  messageDesc(file_tdb_v1_attribution, 7);
 
 /**
  * A node of the table: a unit of a site at a token position.
@@ -421,7 +477,7 @@ export type Node = Message<"tdb.v1.Node"> & {
  * Use `create(NodeSchema)` to create a new message.
  */
 export const NodeSchema: GenMessage<Node> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_attribution, 7);
+  messageDesc(file_tdb_v1_attribution, 8);
 
 /**
  * TDB's four columns for one node in one prompt row.
@@ -455,7 +511,7 @@ export type NodeValues = Message<"tdb.v1.NodeValues"> & {
  * Use `create(NodeValuesSchema)` to create a new message.
  */
 export const NodeValuesSchema: GenMessage<NodeValues> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_attribution, 8);
+  messageDesc(file_tdb_v1_attribution, 9);
 
 /**
  * A token with a score.
@@ -484,7 +540,7 @@ export type TokenScore = Message<"tdb.v1.TokenScore"> & {
  * Use `create(TokenScoreSchema)` to create a new message.
  */
 export const TokenScoreSchema: GenMessage<TokenScore> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_attribution, 9);
+  messageDesc(file_tdb_v1_attribution, 10);
 
 /**
  * @generated from message tdb.v1.NodeRow
@@ -535,7 +591,7 @@ export type NodeRow = Message<"tdb.v1.NodeRow"> & {
  * Use `create(NodeRowSchema)` to create a new message.
  */
 export const NodeRowSchema: GenMessage<NodeRow> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_attribution, 10);
+  messageDesc(file_tdb_v1_attribution, 11);
 
 /**
  * Per-position values of one prompt row.
@@ -554,7 +610,7 @@ export type PositionValues = Message<"tdb.v1.PositionValues"> & {
  * Use `create(PositionValuesSchema)` to create a new message.
  */
 export const PositionValuesSchema: GenMessage<PositionValues> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_attribution, 11);
+  messageDesc(file_tdb_v1_attribution, 12);
 
 /**
  * @generated from message tdb.v1.AttributeResponse
@@ -631,7 +687,7 @@ export type AttributeResponse = Message<"tdb.v1.AttributeResponse"> & {
  * Use `create(AttributeResponseSchema)` to create a new message.
  */
 export const AttributeResponseSchema: GenMessage<AttributeResponse> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_attribution, 12);
+  messageDesc(file_tdb_v1_attribution, 13);
 
 /**
  * Which side of an attention head to trace.

@@ -6,6 +6,8 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Loss } from "./attribution_pb";
+import { file_tdb_v1_attribution } from "./attribution_pb";
 import type { Capture, CaptureResult, Intervention, InterventionSet, Prompt, PromptTokens, PromptTopLogits, Tensor, TensorChunk, Tokens, TopLogits } from "./common_pb";
 import { file_tdb_v1_common } from "./common_pb";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tdb/v1/inference.proto.
  */
 export const file_tdb_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0ZGIvdjEvaW5mZXJlbmNlLnByb3RvEgZ0ZGIudjEitgIKDkZvcndhcmRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEh8KB3Byb21wdHMYAiADKAsyDi50ZGIudjEuUHJvbXB0EiEKCGNhcHR1cmVzGAMgAygLMg8udGRiLnYxLkNhcHR1cmUSKwoNaW50ZXJ2ZW50aW9ucxgEIAMoCzIULnRkYi52MS5JbnRlcnZlbnRpb24SHwoHc291cmNlcxgFIAMoCzIOLnRkYi52MS5Qcm9tcHQSIgoKcmVmZXJlbmNlcxgGIAMoCzIOLnRkYi52MS5Qcm9tcHQSFwoPbG9naXRfcG9zaXRpb25zGAcgAygFEhIKBXRvcF9rGAggASgNSACIAQESGAoLcHJlcGVuZF9ib3MYCSABKAhIAYgBAUIICgZfdG9wX2tCDgoMX3ByZXBlbmRfYm9zIpsBCg1Gb3J3YXJkSGVhZGVyEg0KBW1vZGVsGAEgASgJEiUKB3Byb21wdHMYAiADKAsyFC50ZGIudjEuUHJvbXB0VG9rZW5zEicKCGNhcHR1cmVzGAMgAygLMhUudGRiLnYxLkNhcHR1cmVSZXN1bHQSKwoKdG9wX2xvZ2l0cxgEIAMoCzIXLnRkYi52MS5Qcm9tcHRUb3BMb2dpdHMiaAoPRm9yd2FyZFJlc3BvbnNlEicKBmhlYWRlchgBIAEoCzIVLnRkYi52MS5Gb3J3YXJkSGVhZGVySAASJAoFY2h1bmsYAiABKAsyEy50ZGIudjEuVGVuc29yQ2h1bmtIAEIGCgRwYXJ0Iv0CCg1BYmxhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEh4KBnByb21wdBgCIAEoCzIOLnRkYi52MS5Qcm9tcHQSJQoEc2V0cxgDIAMoCzIXLnRkYi52MS5JbnRlcnZlbnRpb25TZXQSFQoIcG9zaXRpb24YBCABKAVIAIgBARIeCgZ0YXJnZXQYBSABKAsyDi50ZGIudjEuVG9rZW5zEiIKCmRpc3RyYWN0b3IYBiABKAsyDi50ZGIudjEuVG9rZW5zEhIKBXRvcF9rGAcgASgNSAGIAQESIQoIY2FwdHVyZXMYCCADKAsyDy50ZGIudjEuQ2FwdHVyZRIfCgdzb3VyY2VzGAkgAygLMg4udGRiLnYxLlByb21wdBIiCgpyZWZlcmVuY2VzGAogAygLMg4udGRiLnYxLlByb21wdBIYCgtwcmVwZW5kX2JvcxgLIAEoCEgCiAEBQgsKCV9wb3NpdGlvbkIICgZfdG9wX2tCDgoMX3ByZXBlbmRfYm9zItsBCglBYmxhdGVSb3cSDAoEbmFtZRgBIAEoCRIeCgN0b3AYAiABKAsyES50ZGIudjEuVG9wTG9naXRzEhcKCmxvZ2l0X2RpZmYYAyABKAJIAIgBARIeChFsb2dpdF9kaWZmX2NoYW5nZRgEIAEoAkgBiAEBEhgKEGtsX2Zyb21fYmFzZWxpbmUYBSABKAISGAoLdGFyZ2V0X3Byb2IYBiABKAJIAogBAUINCgtfbG9naXRfZGlmZkIUChJfbG9naXRfZGlmZl9jaGFuZ2VCDgoMX3RhcmdldF9wcm9iIssBCgxBYmxhdGVIZWFkZXISDQoFbW9kZWwYASABKAkSJAoGcHJvbXB0GAIgASgLMhQudGRiLnYxLlByb21wdFRva2VucxIQCghwb3NpdGlvbhgDIAEoBRIfCgRyb3dzGAQgAygLMhEudGRiLnYxLkFibGF0ZVJvdxInCghjYXB0dXJlcxgFIAMoCzIVLnRkYi52MS5DYXB0dXJlUmVzdWx0EhIKCnRhcmdldF9pZHMYBiADKAUSFgoOZGlzdHJhY3Rvcl9pZHMYByADKAUiZgoOQWJsYXRlUmVzcG9uc2USJgoGaGVhZGVyGAEgASgLMhQudGRiLnYxLkFibGF0ZUhlYWRlckgAEiQKBWNodW5rGAIgASgLMhMudGRiLnYxLlRlbnNvckNodW5rSABCBgoEcGFydCLEAgoRUGF0Y2hTd2VlcFJlcXVlc3QSDQoFbW9kZWwYASABKAkSHQoFY2xlYW4YAiABKAsyDi50ZGIudjEuUHJvbXB0EiEKCWNvcnJ1cHRlZBgDIAEoCzIOLnRkYi52MS5Qcm9tcHQSDAoEc2l0ZRgEIAEoCRIeCgZ0YXJnZXQYBSABKAsyDi50ZGIudjEuVG9rZW5zEiIKCmRpc3RyYWN0b3IYBiABKAsyDi50ZGIudjEuVG9rZW5zEhsKAmJ5GAcgASgOMg8udGRiLnYxLlN3ZWVwQnkSEQoJcG9zaXRpb25zGAggAygFEg4KBmxheWVycxgJIAMoBRIVCghwb3NpdGlvbhgKIAEoBUgAiAEBEhgKC3ByZXBlbmRfYm9zGAsgASgISAGIAQFCCwoJX3Bvc2l0aW9uQg4KDF9wcmVwZW5kX2JvcyLUAgoSUGF0Y2hTd2VlcFJlc3BvbnNlEg0KBW1vZGVsGAEgASgJEgwKBHNpdGUYAiABKAkSGwoCYnkYAyABKA4yDy50ZGIudjEuU3dlZXBCeRIOCgZsYXllcnMYBCADKAUSDwoHY29sdW1ucxgFIAMoBRIVCg1jb2x1bW5fbGFiZWxzGAYgAygJEiEKCXJlY292ZXJlZBgHIAEoCzIOLnRkYi52MS5UZW5zb3ISIwoLbG9naXRfZGlmZnMYCCABKAsyDi50ZGIudjEuVGVuc29yEhgKEGNsZWFuX2xvZ2l0X2RpZmYYCSABKAISHAoUY29ycnVwdGVkX2xvZ2l0X2RpZmYYCiABKAISIwoFY2xlYW4YCyABKAsyFC50ZGIudjEuUHJvbXB0VG9rZW5zEicKCWNvcnJ1cHRlZBgMIAEoCzIULnRkYi52MS5Qcm9tcHRUb2tlbnMiTAoLU3RlZXJMYXRlbnQSCwoDc2FlGAEgASgJEg4KBmxhdGVudBgCIAEoDRINCgVjb2VmZhgDIAEoAhIRCglwb3NpdGlvbnMYBCADKAUiTAoLQ2xhbXBMYXRlbnQSCwoDc2FlGAEgASgJEg4KBmxhdGVudBgCIAEoDRINCgV2YWx1ZRgDIAEoAhIRCglwb3NpdGlvbnMYBCADKAUixAEKDEdlbmVyYXRlRWRpdBIkCgVzY29wZRgBIAEoDjIVLnRkYi52MS5HZW5lcmF0ZVNjb3BlEiwKDGludGVydmVudGlvbhgCIAEoCzIULnRkYi52MS5JbnRlcnZlbnRpb25IABIrCgxzdGVlcl9sYXRlbnQYAyABKAsyEy50ZGIudjEuU3RlZXJMYXRlbnRIABIrCgxjbGFtcF9sYXRlbnQYBCABKAsyEy50ZGIudjEuQ2xhbXBMYXRlbnRIAEIGCgRlZGl0IkAKC0dlbmVyYXRlU2V0EgwKBG5hbWUYASABKAkSIwoFZWRpdHMYAiADKAsyFC50ZGIudjEuR2VuZXJhdGVFZGl0IqABCghTYW1wbGluZxITCgt0ZW1wZXJhdHVyZRgBIAEoAhINCgV0b3BfaxgCIAEoDRISCgV0b3BfcBgDIAEoAkgAiAEBEh8KEnJlcGV0aXRpb25fcGVuYWx0eRgEIAEoAkgBiAEBEhEKBHNlZWQYBSABKARIAogBAUIICgZfdG9wX3BCFQoTX3JlcGV0aXRpb25fcGVuYWx0eUIHCgVfc2VlZCL6AgoPR2VuZXJhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEh4KBnByb21wdBgCIAEoCzIOLnRkYi52MS5Qcm9tcHQSIQoEc2V0cxgDIAMoCzITLnRkYi52MS5HZW5lcmF0ZVNldBIbCg5tYXhfbmV3X3Rva2VucxgEIAEoBUgAiAEBEiIKCHNhbXBsaW5nGAUgASgLMhAudGRiLnYxLlNhbXBsaW5nEhQKDHN0b3Bfc3RyaW5ncxgGIAMoCRIWCg5zdG9wX3Rva2VuX2lkcxgHIAMoBRIYCgtzdG9wX2F0X2VvcxgIIAEoCEgBiAEBEhIKBXRvcF9rGAkgASgNSAKIAQESIQoIY2FwdHVyZXMYCiADKAsyDy50ZGIudjEuQ2FwdHVyZRIYCgtwcmVwZW5kX2JvcxgLIAEoCEgDiAEBQhEKD19tYXhfbmV3X3Rva2Vuc0IOCgxfc3RvcF9hdF9lb3NCCAoGX3RvcF9rQg4KDF9wcmVwZW5kX2JvcyI/CgtUb2tlbkNob2ljZRIQCgh0b2tlbl9pZBgBIAEoBRINCgV0b2tlbhgCIAEoCRIPCgdsb2dwcm9iGAMgASgCIm8KDUdlbmVyYXRlU3RhcnQSDQoFbW9kZWwYASABKAkSJAoGcHJvbXB0GAIgASgLMhQudGRiLnYxLlByb21wdFRva2VucxINCgVuYW1lcxgDIAMoCRIRCgRzZWVkGAQgASgESACIAQFCBwoFX3NlZWQitgEKD0dlbmVyYXRlUm93U3RlcBIOCgZhY3RpdmUYASABKAgSIgoFdG9rZW4YAiABKAsyEy50ZGIudjEuVG9rZW5DaG9pY2USIAoDdG9wGAMgAygLMhMudGRiLnYxLlRva2VuQ2hvaWNlEicKCGNhcHR1cmVzGAQgAygLMhUudGRiLnYxLkNhcHR1cmVSZXN1bHQSJAoIZmluaXNoZWQYBSABKA4yEi50ZGIudjEuU3RvcFJlYXNvbiJVCgxHZW5lcmF0ZVN0ZXASDAoEc3RlcBgBIAEoDRIQCghwb3NpdGlvbhgCIAEoBRIlCgRyb3dzGAMgAygLMhcudGRiLnYxLkdlbmVyYXRlUm93U3RlcCJrChFHZW5lcmF0ZVJvd1Jlc3VsdBIMCgRuYW1lGAEgASgJEhEKCXRva2VuX2lkcxgCIAMoBRIMCgR0ZXh0GAMgASgJEicKC3N0b3BfcmVhc29uGAQgASgOMhIudGRiLnYxLlN0b3BSZWFzb24iWQoOR2VuZXJhdGVGaW5pc2gSJwoEcm93cxgBIAMoCzIZLnRkYi52MS5HZW5lcmF0ZVJvd1Jlc3VsdBINCgVzdGVwcxgCIAEoDRIPCgdzZWNvbmRzGAMgASgCIpMBChBHZW5lcmF0ZVJlc3BvbnNlEiYKBXN0YXJ0GAEgASgLMhUudGRiLnYxLkdlbmVyYXRlU3RhcnRIABIkCgRzdGVwGAIgASgLMhQudGRiLnYxLkdlbmVyYXRlU3RlcEgAEigKBmZpbmlzaBgDIAEoCzIWLnRkYi52MS5HZW5lcmF0ZUZpbmlzaEgAQgcKBWV2ZW50Kk0KB1N3ZWVwQnkSGAoUU1dFRVBfQllfVU5TUEVDSUZJRUQQABIVChFTV0VFUF9CWV9QT1NJVElPThABEhEKDVNXRUVQX0JZX0hFQUQQAiqAAQoNR2VuZXJhdGVTY29wZRIeChpHRU5FUkFURV9TQ09QRV9VTlNQRUNJRklFRBAAEhYKEkdFTkVSQVRFX1NDT1BFX0FMTBABEhkKFUdFTkVSQVRFX1NDT1BFX1BST01QVBACEhwKGEdFTkVSQVRFX1NDT1BFX0dFTkVSQVRFRBADKpcBCgpTdG9wUmVhc29uEhsKF1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASHgoaU1RPUF9SRUFTT05fTUFYX05FV19UT0tFTlMQARITCg9TVE9QX1JFQVNPTl9FT1MQAhIaChZTVE9QX1JFQVNPTl9TVE9QX1RPS0VOEAMSGwoXU1RPUF9SRUFTT05fU1RPUF9TVFJJTkcQBDKRAgoQSW5mZXJlbmNlU2VydmljZRI8CgdGb3J3YXJkEhYudGRiLnYxLkZvcndhcmRSZXF1ZXN0GhcudGRiLnYxLkZvcndhcmRSZXNwb25zZTABEjkKBkFibGF0ZRIVLnRkYi52MS5BYmxhdGVSZXF1ZXN0GhYudGRiLnYxLkFibGF0ZVJlc3BvbnNlMAESQwoKUGF0Y2hTd2VlcBIZLnRkYi52MS5QYXRjaFN3ZWVwUmVxdWVzdBoaLnRkYi52MS5QYXRjaFN3ZWVwUmVzcG9uc2USPwoIR2VuZXJhdGUSFy50ZGIudjEuR2VuZXJhdGVSZXF1ZXN0GhgudGRiLnYxLkdlbmVyYXRlUmVzcG9uc2UwAWIGcHJvdG8z", [file_tdb_v1_common]);
+  fileDesc("ChZ0ZGIvdjEvaW5mZXJlbmNlLnByb3RvEgZ0ZGIudjEisAMKDkZvcndhcmRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEh8KB3Byb21wdHMYAiADKAsyDi50ZGIudjEuUHJvbXB0EiEKCGNhcHR1cmVzGAMgAygLMg8udGRiLnYxLkNhcHR1cmUSKwoNaW50ZXJ2ZW50aW9ucxgEIAMoCzIULnRkYi52MS5JbnRlcnZlbnRpb24SHwoHc291cmNlcxgFIAMoCzIOLnRkYi52MS5Qcm9tcHQSIgoKcmVmZXJlbmNlcxgGIAMoCzIOLnRkYi52MS5Qcm9tcHQSFwoPbG9naXRfcG9zaXRpb25zGAcgAygFEhIKBXRvcF9rGAggASgNSACIAQESGAoLcHJlcGVuZF9ib3MYCSABKAhIAYgBARIaCgRsb3NzGAogASgLMgwudGRiLnYxLkxvc3MSJgoNZ3JhZF9jYXB0dXJlcxgLIAMoCzIPLnRkYi52MS5DYXB0dXJlEh4KEWZyZWV6ZV9ub3JtX3NjYWxlGAwgASgISAKIAQFCCAoGX3RvcF9rQg4KDF9wcmVwZW5kX2Jvc0IUChJfZnJlZXplX25vcm1fc2NhbGUi3gEKDUZvcndhcmRIZWFkZXISDQoFbW9kZWwYASABKAkSJQoHcHJvbXB0cxgCIAMoCzIULnRkYi52MS5Qcm9tcHRUb2tlbnMSJwoIY2FwdHVyZXMYAyADKAsyFS50ZGIudjEuQ2FwdHVyZVJlc3VsdBIrCgp0b3BfbG9naXRzGAQgAygLMhcudGRiLnYxLlByb21wdFRvcExvZ2l0cxIsCg1ncmFkX2NhcHR1cmVzGAUgAygLMhUudGRiLnYxLkNhcHR1cmVSZXN1bHQSEwoLbG9zc192YWx1ZXMYBiADKAIiaAoPRm9yd2FyZFJlc3BvbnNlEicKBmhlYWRlchgBIAEoCzIVLnRkYi52MS5Gb3J3YXJkSGVhZGVySAASJAoFY2h1bmsYAiABKAsyEy50ZGIudjEuVGVuc29yQ2h1bmtIAEIGCgRwYXJ0IvcDCg1BYmxhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEh4KBnByb21wdBgCIAEoCzIOLnRkYi52MS5Qcm9tcHQSJQoEc2V0cxgDIAMoCzIXLnRkYi52MS5JbnRlcnZlbnRpb25TZXQSFQoIcG9zaXRpb24YBCABKAVIAIgBARIeCgZ0YXJnZXQYBSABKAsyDi50ZGIudjEuVG9rZW5zEiIKCmRpc3RyYWN0b3IYBiABKAsyDi50ZGIudjEuVG9rZW5zEhIKBXRvcF9rGAcgASgNSAGIAQESIQoIY2FwdHVyZXMYCCADKAsyDy50ZGIudjEuQ2FwdHVyZRIfCgdzb3VyY2VzGAkgAygLMg4udGRiLnYxLlByb21wdBIiCgpyZWZlcmVuY2VzGAogAygLMg4udGRiLnYxLlByb21wdBIYCgtwcmVwZW5kX2JvcxgLIAEoCEgCiAEBEhoKBGxvc3MYDCABKAsyDC50ZGIudjEuTG9zcxImCg1ncmFkX2NhcHR1cmVzGA0gAygLMg8udGRiLnYxLkNhcHR1cmUSHgoRZnJlZXplX25vcm1fc2NhbGUYDiABKAhIA4gBAUILCglfcG9zaXRpb25CCAoGX3RvcF9rQg4KDF9wcmVwZW5kX2Jvc0IUChJfZnJlZXplX25vcm1fc2NhbGUi2wEKCUFibGF0ZVJvdxIMCgRuYW1lGAEgASgJEh4KA3RvcBgCIAEoCzIRLnRkYi52MS5Ub3BMb2dpdHMSFwoKbG9naXRfZGlmZhgDIAEoAkgAiAEBEh4KEWxvZ2l0X2RpZmZfY2hhbmdlGAQgASgCSAGIAQESGAoQa2xfZnJvbV9iYXNlbGluZRgFIAEoAhIYCgt0YXJnZXRfcHJvYhgGIAEoAkgCiAEBQg0KC19sb2dpdF9kaWZmQhQKEl9sb2dpdF9kaWZmX2NoYW5nZUIOCgxfdGFyZ2V0X3Byb2IijgIKDEFibGF0ZUhlYWRlchINCgVtb2RlbBgBIAEoCRIkCgZwcm9tcHQYAiABKAsyFC50ZGIudjEuUHJvbXB0VG9rZW5zEhAKCHBvc2l0aW9uGAMgASgFEh8KBHJvd3MYBCADKAsyES50ZGIudjEuQWJsYXRlUm93EicKCGNhcHR1cmVzGAUgAygLMhUudGRiLnYxLkNhcHR1cmVSZXN1bHQSEgoKdGFyZ2V0X2lkcxgGIAMoBRIWCg5kaXN0cmFjdG9yX2lkcxgHIAMoBRIsCg1ncmFkX2NhcHR1cmVzGAggAygLMhUudGRiLnYxLkNhcHR1cmVSZXN1bHQSEwoLbG9zc192YWx1ZXMYCSADKAIiZgoOQWJsYXRlUmVzcG9uc2USJgoGaGVhZGVyGAEgASgLMhQudGRiLnYxLkFibGF0ZUhlYWRlckgAEiQKBWNodW5rGAIgASgLMhMudGRiLnYxLlRlbnNvckNodW5rSABCBgoEcGFydCLpAgoRUGF0Y2hTd2VlcFJlcXVlc3QSDQoFbW9kZWwYASABKAkSHQoFY2xlYW4YAiABKAsyDi50ZGIudjEuUHJvbXB0EiEKCWNvcnJ1cHRlZBgDIAEoCzIOLnRkYi52MS5Qcm9tcHQSDAoEc2l0ZRgEIAEoCRIeCgZ0YXJnZXQYBSABKAsyDi50ZGIudjEuVG9rZW5zEiIKCmRpc3RyYWN0b3IYBiABKAsyDi50ZGIudjEuVG9rZW5zEhsKAmJ5GAcgASgOMg8udGRiLnYxLlN3ZWVwQnkSEQoJcG9zaXRpb25zGAggAygFEg4KBmxheWVycxgJIAMoBRIVCghwb3NpdGlvbhgKIAEoBUgAiAEBEhgKC3ByZXBlbmRfYm9zGAsgASgISAGIAQESIwoGbWV0aG9kGAwgASgOMhMudGRiLnYxLlBhdGNoTWV0aG9kQgsKCV9wb3NpdGlvbkIOCgxfcHJlcGVuZF9ib3Mi+QIKElBhdGNoU3dlZXBSZXNwb25zZRINCgVtb2RlbBgBIAEoCRIMCgRzaXRlGAIgASgJEhsKAmJ5GAMgASgOMg8udGRiLnYxLlN3ZWVwQnkSDgoGbGF5ZXJzGAQgAygFEg8KB2NvbHVtbnMYBSADKAUSFQoNY29sdW1uX2xhYmVscxgGIAMoCRIhCglyZWNvdmVyZWQYByABKAsyDi50ZGIudjEuVGVuc29yEiMKC2xvZ2l0X2RpZmZzGAggASgLMg4udGRiLnYxLlRlbnNvchIYChBjbGVhbl9sb2dpdF9kaWZmGAkgASgCEhwKFGNvcnJ1cHRlZF9sb2dpdF9kaWZmGAogASgCEiMKBWNsZWFuGAsgASgLMhQudGRiLnYxLlByb21wdFRva2VucxInCgljb3JydXB0ZWQYDCABKAsyFC50ZGIudjEuUHJvbXB0VG9rZW5zEiMKBm1ldGhvZBgNIAEoDjITLnRkYi52MS5QYXRjaE1ldGhvZCLcAQoQTG9naXRMZW5zUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIeCgZwcm9tcHQYAiABKAsyDi50ZGIudjEuUHJvbXB0EgwKBHNpdGUYAyABKAkSDgoGbGF5ZXJzGAQgAygFEhEKCXBvc2l0aW9ucxgFIAMoBRISCgV0b3BfaxgGIAEoDUgAiAEBEiAKBXNjYWxlGAcgASgOMhEudGRiLnYxLkxlbnNTY2FsZRIYCgtwcmVwZW5kX2JvcxgIIAEoCEgBiAEBQggKBl90b3Bfa0IOCgxfcHJlcGVuZF9ib3MibQoITGVuc0NlbGwSDQoFbGF5ZXIYASABKAUSEAoIcG9zaXRpb24YAiABKAUSEQoJdG9rZW5faWRzGAMgAygFEg4KBnRva2VucxgEIAMoCRIOCgZsb2dpdHMYBSADKAISDQoFcHJvYnMYBiADKAIivAEKEUxvZ2l0TGVuc1Jlc3BvbnNlEg0KBW1vZGVsGAEgASgJEiQKBnByb21wdBgCIAEoCzIULnRkYi52MS5Qcm9tcHRUb2tlbnMSDAoEc2l0ZRgDIAEoCRIOCgZsYXllcnMYBCADKAUSEQoJcG9zaXRpb25zGAUgAygFEh8KBWNlbGxzGAYgAygLMhAudGRiLnYxLkxlbnNDZWxsEiAKBXNjYWxlGAcgASgOMhEudGRiLnYxLkxlbnNTY2FsZSJMCgtTdGVlckxhdGVudBILCgNzYWUYASABKAkSDgoGbGF0ZW50GAIgASgNEg0KBWNvZWZmGAMgASgCEhEKCXBvc2l0aW9ucxgEIAMoBSJMCgtDbGFtcExhdGVudBILCgNzYWUYASABKAkSDgoGbGF0ZW50GAIgASgNEg0KBXZhbHVlGAMgASgCEhEKCXBvc2l0aW9ucxgEIAMoBSLEAQoMR2VuZXJhdGVFZGl0EiQKBXNjb3BlGAEgASgOMhUudGRiLnYxLkdlbmVyYXRlU2NvcGUSLAoMaW50ZXJ2ZW50aW9uGAIgASgLMhQudGRiLnYxLkludGVydmVudGlvbkgAEisKDHN0ZWVyX2xhdGVudBgDIAEoCzITLnRkYi52MS5TdGVlckxhdGVudEgAEisKDGNsYW1wX2xhdGVudBgEIAEoCzITLnRkYi52MS5DbGFtcExhdGVudEgAQgYKBGVkaXQiQAoLR2VuZXJhdGVTZXQSDAoEbmFtZRgBIAEoCRIjCgVlZGl0cxgCIAMoCzIULnRkYi52MS5HZW5lcmF0ZUVkaXQioAEKCFNhbXBsaW5nEhMKC3RlbXBlcmF0dXJlGAEgASgCEg0KBXRvcF9rGAIgASgNEhIKBXRvcF9wGAMgASgCSACIAQESHwoScmVwZXRpdGlvbl9wZW5hbHR5GAQgASgCSAGIAQESEQoEc2VlZBgFIAEoBEgCiAEBQggKBl90b3BfcEIVChNfcmVwZXRpdGlvbl9wZW5hbHR5QgcKBV9zZWVkIvoCCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSHgoGcHJvbXB0GAIgASgLMg4udGRiLnYxLlByb21wdBIhCgRzZXRzGAMgAygLMhMudGRiLnYxLkdlbmVyYXRlU2V0EhsKDm1heF9uZXdfdG9rZW5zGAQgASgFSACIAQESIgoIc2FtcGxpbmcYBSABKAsyEC50ZGIudjEuU2FtcGxpbmcSFAoMc3RvcF9zdHJpbmdzGAYgAygJEhYKDnN0b3BfdG9rZW5faWRzGAcgAygFEhgKC3N0b3BfYXRfZW9zGAggASgISAGIAQESEgoFdG9wX2sYCSABKA1IAogBARIhCghjYXB0dXJlcxgKIAMoCzIPLnRkYi52MS5DYXB0dXJlEhgKC3ByZXBlbmRfYm9zGAsgASgISAOIAQFCEQoPX21heF9uZXdfdG9rZW5zQg4KDF9zdG9wX2F0X2Vvc0IICgZfdG9wX2tCDgoMX3ByZXBlbmRfYm9zIj8KC1Rva2VuQ2hvaWNlEhAKCHRva2VuX2lkGAEgASgFEg0KBXRva2VuGAIgASgJEg8KB2xvZ3Byb2IYAyABKAIibwoNR2VuZXJhdGVTdGFydBINCgVtb2RlbBgBIAEoCRIkCgZwcm9tcHQYAiABKAsyFC50ZGIudjEuUHJvbXB0VG9rZW5zEg0KBW5hbWVzGAMgAygJEhEKBHNlZWQYBCABKARIAIgBAUIHCgVfc2VlZCK2AQoPR2VuZXJhdGVSb3dTdGVwEg4KBmFjdGl2ZRgBIAEoCBIiCgV0b2tlbhgCIAEoCzITLnRkYi52MS5Ub2tlbkNob2ljZRIgCgN0b3AYAyADKAsyEy50ZGIudjEuVG9rZW5DaG9pY2USJwoIY2FwdHVyZXMYBCADKAsyFS50ZGIudjEuQ2FwdHVyZVJlc3VsdBIkCghmaW5pc2hlZBgFIAEoDjISLnRkYi52MS5TdG9wUmVhc29uIlUKDEdlbmVyYXRlU3RlcBIMCgRzdGVwGAEgASgNEhAKCHBvc2l0aW9uGAIgASgFEiUKBHJvd3MYAyADKAsyFy50ZGIudjEuR2VuZXJhdGVSb3dTdGVwImsKEUdlbmVyYXRlUm93UmVzdWx0EgwKBG5hbWUYASABKAkSEQoJdG9rZW5faWRzGAIgAygFEgwKBHRleHQYAyABKAkSJwoLc3RvcF9yZWFzb24YBCABKA4yEi50ZGIudjEuU3RvcFJlYXNvbiJZCg5HZW5lcmF0ZUZpbmlzaBInCgRyb3dzGAEgAygLMhkudGRiLnYxLkdlbmVyYXRlUm93UmVzdWx0Eg0KBXN0ZXBzGAIgASgNEg8KB3NlY29uZHMYAyABKAIikwEKEEdlbmVyYXRlUmVzcG9uc2USJgoFc3RhcnQYASABKAsyFS50ZGIudjEuR2VuZXJhdGVTdGFydEgAEiQKBHN0ZXAYAiABKAsyFC50ZGIudjEuR2VuZXJhdGVTdGVwSAASKAoGZmluaXNoGAMgASgLMhYudGRiLnYxLkdlbmVyYXRlRmluaXNoSABCBwoFZXZlbnQqTQoHU3dlZXBCeRIYChRTV0VFUF9CWV9VTlNQRUNJRklFRBAAEhUKEVNXRUVQX0JZX1BPU0lUSU9OEAESEQoNU1dFRVBfQllfSEVBRBACKmEKC1BhdGNoTWV0aG9kEhwKGFBBVENIX01FVEhPRF9VTlNQRUNJRklFRBAAEhYKElBBVENIX01FVEhPRF9FWEFDVBABEhwKGFBBVENIX01FVEhPRF9BVFRSSUJVVElPThACKlkKCUxlbnNTY2FsZRIaChZMRU5TX1NDQUxFX1VOU1BFQ0lGSUVEEAASGQoVTEVOU19TQ0FMRV9SRUNPTVBVVEVEEAESFQoRTEVOU19TQ0FMRV9GUk9aRU4QAiqAAQoNR2VuZXJhdGVTY29wZRIeChpHRU5FUkFURV9TQ09QRV9VTlNQRUNJRklFRBAAEhYKEkdFTkVSQVRFX1NDT1BFX0FMTBABEhkKFUdFTkVSQVRFX1NDT1BFX1BST01QVBACEhwKGEdFTkVSQVRFX1NDT1BFX0dFTkVSQVRFRBADKpcBCgpTdG9wUmVhc29uEhsKF1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASHgoaU1RPUF9SRUFTT05fTUFYX05FV19UT0tFTlMQARITCg9TVE9QX1JFQVNPTl9FT1MQAhIaChZTVE9QX1JFQVNPTl9TVE9QX1RPS0VOEAMSGwoXU1RPUF9SRUFTT05fU1RPUF9TVFJJTkcQBDLTAgoQSW5mZXJlbmNlU2VydmljZRI8CgdGb3J3YXJkEhYudGRiLnYxLkZvcndhcmRSZXF1ZXN0GhcudGRiLnYxLkZvcndhcmRSZXNwb25zZTABEjkKBkFibGF0ZRIVLnRkYi52MS5BYmxhdGVSZXF1ZXN0GhYudGRiLnYxLkFibGF0ZVJlc3BvbnNlMAESQwoKUGF0Y2hTd2VlcBIZLnRkYi52MS5QYXRjaFN3ZWVwUmVxdWVzdBoaLnRkYi52MS5QYXRjaFN3ZWVwUmVzcG9uc2USQAoJTG9naXRMZW5zEhgudGRiLnYxLkxvZ2l0TGVuc1JlcXVlc3QaGS50ZGIudjEuTG9naXRMZW5zUmVzcG9uc2USPwoIR2VuZXJhdGUSFy50ZGIudjEuR2VuZXJhdGVSZXF1ZXN0GhgudGRiLnYxLkdlbmVyYXRlUmVzcG9uc2UwAWIGcHJvdG8z", [file_tdb_v1_attribution, file_tdb_v1_common]);
 
 /**
  * @generated from message tdb.v1.ForwardRequest
@@ -82,6 +84,30 @@ export type ForwardRequest = Message<"tdb.v1.ForwardRequest"> & {
    * @generated from field: optional bool prepend_bos = 9;
    */
   prependBos?: boolean | undefined;
+
+  /**
+   * A loss differentiated per prompt (Attribute's loss specs; positions count from each prompt's
+   * end). Needed by grad_captures; with a loss alone, only its values are returned.
+   *
+   * @generated from field: tdb.v1.Loss loss = 10;
+   */
+  loss?: Loss | undefined;
+
+  /**
+   * Sites whose gradient d(loss)/d(site) is returned, reduced exactly like captures. One forward
+   * and one backward pass; sites after the loss's node are refused (zero by causality).
+   *
+   * @generated from field: repeated tdb.v1.Capture grad_captures = 11;
+   */
+  gradCaptures: Capture[];
+
+  /**
+   * Hold the scale of the norm in front of the loss's node constant in gradients (Attribute's
+   * choice); unset means true.
+   *
+   * @generated from field: optional bool freeze_norm_scale = 12;
+   */
+  freezeNormScale?: boolean | undefined;
 };
 
 /**
@@ -124,6 +150,20 @@ export type ForwardHeader = Message<"tdb.v1.ForwardHeader"> & {
    * @generated from field: repeated tdb.v1.PromptTopLogits top_logits = 4;
    */
   topLogits: PromptTopLogits[];
+
+  /**
+   * One gradient per concrete site of grad_captures, in request order.
+   *
+   * @generated from field: repeated tdb.v1.CaptureResult grad_captures = 5;
+   */
+  gradCaptures: CaptureResult[];
+
+  /**
+   * The loss of each prompt (when the request has one).
+   *
+   * @generated from field: repeated float loss_values = 6;
+   */
+  lossValues: number[];
 };
 
 /**
@@ -246,6 +286,27 @@ export type AblateRequest = Message<"tdb.v1.AblateRequest"> & {
    * @generated from field: optional bool prepend_bos = 11;
    */
   prependBos?: boolean | undefined;
+
+  /**
+   * A loss differentiated on every row (see ForwardRequest.loss).
+   *
+   * @generated from field: tdb.v1.Loss loss = 12;
+   */
+  loss?: Loss | undefined;
+
+  /**
+   * Gradients returned for every row, reduced like captures.
+   *
+   * @generated from field: repeated tdb.v1.Capture grad_captures = 13;
+   */
+  gradCaptures: Capture[];
+
+  /**
+   * Hold the scale of the norm in front of the loss's node constant; unset means true.
+   *
+   * @generated from field: optional bool freeze_norm_scale = 14;
+   */
+  freezeNormScale?: boolean | undefined;
 };
 
 /**
@@ -361,6 +422,20 @@ export type AblateHeader = Message<"tdb.v1.AblateHeader"> & {
    * @generated from field: repeated int32 distractor_ids = 7;
    */
   distractorIds: number[];
+
+  /**
+   * Gradients of the loss; the batch axis is the row.
+   *
+   * @generated from field: repeated tdb.v1.CaptureResult grad_captures = 8;
+   */
+  gradCaptures: CaptureResult[];
+
+  /**
+   * The loss of each row (when the request has one).
+   *
+   * @generated from field: repeated float loss_values = 9;
+   */
+  lossValues: number[];
 };
 
 /**
@@ -477,6 +552,13 @@ export type PatchSweepRequest = Message<"tdb.v1.PatchSweepRequest"> & {
    * @generated from field: optional bool prepend_bos = 11;
    */
   prependBos?: boolean | undefined;
+
+  /**
+   * Exact patching (default) or its attribution-patching estimate.
+   *
+   * @generated from field: tdb.v1.PatchMethod method = 12;
+   */
+  method: PatchMethod;
 };
 
 /**
@@ -565,6 +647,13 @@ export type PatchSweepResponse = Message<"tdb.v1.PatchSweepResponse"> & {
    * @generated from field: tdb.v1.PromptTokens corrupted = 12;
    */
   corrupted?: PromptTokens | undefined;
+
+  /**
+   * The method that measured the cells.
+   *
+   * @generated from field: tdb.v1.PatchMethod method = 13;
+   */
+  method: PatchMethod;
 };
 
 /**
@@ -573,6 +662,180 @@ export type PatchSweepResponse = Message<"tdb.v1.PatchSweepResponse"> & {
  */
 export const PatchSweepResponseSchema: GenMessage<PatchSweepResponse> = /*@__PURE__*/
   messageDesc(file_tdb_v1_inference, 8);
+
+/**
+ * @generated from message tdb.v1.LogitLensRequest
+ */
+export type LogitLensRequest = Message<"tdb.v1.LogitLensRequest"> & {
+  /**
+   * Model name; empty means the default model.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The prompt.
+   *
+   * @generated from field: tdb.v1.Prompt prompt = 2;
+   */
+  prompt?: Prompt | undefined;
+
+  /**
+   * Residual site kind read at each layer: "hook_resid_post" (default), "hook_resid_pre" or
+   * "hook_resid_mid".
+   *
+   * @generated from field: string site = 3;
+   */
+  site: string;
+
+  /**
+   * Layers (empty: all).
+   *
+   * @generated from field: repeated int32 layers = 4;
+   */
+  layers: number[];
+
+  /**
+   * Positions (negative from the end; empty: all).
+   *
+   * @generated from field: repeated int32 positions = 5;
+   */
+  positions: number[];
+
+  /**
+   * Tokens per cell; unset means 5.
+   *
+   * @generated from field: optional uint32 top_k = 6;
+   */
+  topK?: number | undefined;
+
+  /**
+   * Final-norm scale: recomputed (default) or frozen.
+   *
+   * @generated from field: tdb.v1.LensScale scale = 7;
+   */
+  scale: LensScale;
+
+  /**
+   * Prepend the BOS token; unset follows the tokenizer's own default.
+   *
+   * @generated from field: optional bool prepend_bos = 8;
+   */
+  prependBos?: boolean | undefined;
+};
+
+/**
+ * Describes the message tdb.v1.LogitLensRequest.
+ * Use `create(LogitLensRequestSchema)` to create a new message.
+ */
+export const LogitLensRequestSchema: GenMessage<LogitLensRequest> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 9);
+
+/**
+ * The top tokens of one cell of the lens grid.
+ *
+ * @generated from message tdb.v1.LensCell
+ */
+export type LensCell = Message<"tdb.v1.LensCell"> & {
+  /**
+   * @generated from field: int32 layer = 1;
+   */
+  layer: number;
+
+  /**
+   * @generated from field: int32 position = 2;
+   */
+  position: number;
+
+  /**
+   * @generated from field: repeated int32 token_ids = 3;
+   */
+  tokenIds: number[];
+
+  /**
+   * @generated from field: repeated string tokens = 4;
+   */
+  tokens: string[];
+
+  /**
+   * The lens logits of those tokens and their softmax probabilities.
+   *
+   * @generated from field: repeated float logits = 5;
+   */
+  logits: number[];
+
+  /**
+   * @generated from field: repeated float probs = 6;
+   */
+  probs: number[];
+};
+
+/**
+ * Describes the message tdb.v1.LensCell.
+ * Use `create(LensCellSchema)` to create a new message.
+ */
+export const LensCellSchema: GenMessage<LensCell> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 10);
+
+/**
+ * @generated from message tdb.v1.LogitLensResponse
+ */
+export type LogitLensResponse = Message<"tdb.v1.LogitLensResponse"> & {
+  /**
+   * The model that ran.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The prompt's tokens.
+   *
+   * @generated from field: tdb.v1.PromptTokens prompt = 2;
+   */
+  prompt?: PromptTokens | undefined;
+
+  /**
+   * The residual site kind read.
+   *
+   * @generated from field: string site = 3;
+   */
+  site: string;
+
+  /**
+   * Grid rows (layers) and columns (absolute positions).
+   *
+   * @generated from field: repeated int32 layers = 4;
+   */
+  layers: number[];
+
+  /**
+   * @generated from field: repeated int32 positions = 5;
+   */
+  positions: number[];
+
+  /**
+   * Cells, layer-major: cells[i * len(positions) + j] is layers[i] at positions[j].
+   *
+   * @generated from field: repeated tdb.v1.LensCell cells = 6;
+   */
+  cells: LensCell[];
+
+  /**
+   * The scale treatment used.
+   *
+   * @generated from field: tdb.v1.LensScale scale = 7;
+   */
+  scale: LensScale;
+};
+
+/**
+ * Describes the message tdb.v1.LogitLensResponse.
+ * Use `create(LogitLensResponseSchema)` to create a new message.
+ */
+export const LogitLensResponseSchema: GenMessage<LogitLensResponse> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 11);
 
 /**
  * Steering: add coeff times an SAE latent's decoder direction to the SAE's input site.
@@ -614,7 +877,7 @@ export type SteerLatent = Message<"tdb.v1.SteerLatent"> & {
  * Use `create(SteerLatentSchema)` to create a new message.
  */
 export const SteerLatentSchema: GenMessage<SteerLatent> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 9);
+  messageDesc(file_tdb_v1_inference, 12);
 
 /**
  * Clamp an SAE latent to a value: the SAE's site becomes decode(latents with the latent set) plus
@@ -657,7 +920,7 @@ export type ClampLatent = Message<"tdb.v1.ClampLatent"> & {
  * Use `create(ClampLatentSchema)` to create a new message.
  */
 export const ClampLatentSchema: GenMessage<ClampLatent> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 10);
+  messageDesc(file_tdb_v1_inference, 13);
 
 /**
  * One edit of a generation set.
@@ -709,7 +972,7 @@ export type GenerateEdit = Message<"tdb.v1.GenerateEdit"> & {
  * Use `create(GenerateEditSchema)` to create a new message.
  */
 export const GenerateEditSchema: GenMessage<GenerateEdit> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 11);
+  messageDesc(file_tdb_v1_inference, 14);
 
 /**
  * A named group of edits applied together to one row of the generation batch.
@@ -737,7 +1000,7 @@ export type GenerateSet = Message<"tdb.v1.GenerateSet"> & {
  * Use `create(GenerateSetSchema)` to create a new message.
  */
 export const GenerateSetSchema: GenMessage<GenerateSet> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 12);
+  messageDesc(file_tdb_v1_inference, 15);
 
 /**
  * How each next token is chosen: Hugging Face generate's processors in its order (repetition
@@ -788,7 +1051,7 @@ export type Sampling = Message<"tdb.v1.Sampling"> & {
  * Use `create(SamplingSchema)` to create a new message.
  */
 export const SamplingSchema: GenMessage<Sampling> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 13);
+  messageDesc(file_tdb_v1_inference, 16);
 
 /**
  * @generated from message tdb.v1.GenerateRequest
@@ -878,7 +1141,7 @@ export type GenerateRequest = Message<"tdb.v1.GenerateRequest"> & {
  * Use `create(GenerateRequestSchema)` to create a new message.
  */
 export const GenerateRequestSchema: GenMessage<GenerateRequest> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 14);
+  messageDesc(file_tdb_v1_inference, 17);
 
 /**
  * A token with its log-probability under the model's next-token distribution (before the
@@ -910,7 +1173,7 @@ export type TokenChoice = Message<"tdb.v1.TokenChoice"> & {
  * Use `create(TokenChoiceSchema)` to create a new message.
  */
 export const TokenChoiceSchema: GenMessage<TokenChoice> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 15);
+  messageDesc(file_tdb_v1_inference, 18);
 
 /**
  * First event.
@@ -952,7 +1215,7 @@ export type GenerateStart = Message<"tdb.v1.GenerateStart"> & {
  * Use `create(GenerateStartSchema)` to create a new message.
  */
 export const GenerateStartSchema: GenMessage<GenerateStart> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 16);
+  messageDesc(file_tdb_v1_inference, 19);
 
 /**
  * One row's token of a step.
@@ -1001,7 +1264,7 @@ export type GenerateRowStep = Message<"tdb.v1.GenerateRowStep"> & {
  * Use `create(GenerateRowStepSchema)` to create a new message.
  */
 export const GenerateRowStepSchema: GenMessage<GenerateRowStep> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 17);
+  messageDesc(file_tdb_v1_inference, 20);
 
 /**
  * One decoding step.
@@ -1036,7 +1299,7 @@ export type GenerateStep = Message<"tdb.v1.GenerateStep"> & {
  * Use `create(GenerateStepSchema)` to create a new message.
  */
 export const GenerateStepSchema: GenMessage<GenerateStep> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 18);
+  messageDesc(file_tdb_v1_inference, 21);
 
 /**
  * One row's result.
@@ -1078,7 +1341,7 @@ export type GenerateRowResult = Message<"tdb.v1.GenerateRowResult"> & {
  * Use `create(GenerateRowResultSchema)` to create a new message.
  */
 export const GenerateRowResultSchema: GenMessage<GenerateRowResult> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 19);
+  messageDesc(file_tdb_v1_inference, 22);
 
 /**
  * Last event.
@@ -1113,7 +1376,7 @@ export type GenerateFinish = Message<"tdb.v1.GenerateFinish"> & {
  * Use `create(GenerateFinishSchema)` to create a new message.
  */
 export const GenerateFinishSchema: GenMessage<GenerateFinish> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 20);
+  messageDesc(file_tdb_v1_inference, 23);
 
 /**
  * @generated from message tdb.v1.GenerateResponse
@@ -1148,7 +1411,7 @@ export type GenerateResponse = Message<"tdb.v1.GenerateResponse"> & {
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_inference, 21);
+  messageDesc(file_tdb_v1_inference, 24);
 
 /**
  * What a patching sweep iterates over.
@@ -1183,6 +1446,77 @@ export enum SweepBy {
  */
 export const SweepBySchema: GenEnum<SweepBy> = /*@__PURE__*/
   enumDesc(file_tdb_v1_inference, 0);
+
+/**
+ * How a patching sweep measures each cell.
+ *
+ * @generated from enum tdb.v1.PatchMethod
+ */
+export enum PatchMethod {
+  /**
+   * same as EXACT
+   *
+   * @generated from enum value: PATCH_METHOD_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * One patched forward pass per cell.
+   *
+   * @generated from enum value: PATCH_METHOD_EXACT = 1;
+   */
+  EXACT = 1,
+
+  /**
+   * Attribution patching (AtP): the first-order estimate (a_clean - a_corrupted) . gradient of
+   * the logit difference at the corrupted run, for every cell from one clean forward and one
+   * corrupted forward + backward.
+   *
+   * @generated from enum value: PATCH_METHOD_ATTRIBUTION = 2;
+   */
+  ATTRIBUTION = 2,
+}
+
+/**
+ * Describes the enum tdb.v1.PatchMethod.
+ */
+export const PatchMethodSchema: GenEnum<PatchMethod> = /*@__PURE__*/
+  enumDesc(file_tdb_v1_inference, 1);
+
+/**
+ * How the logit lens treats the final norm's scale.
+ *
+ * @generated from enum tdb.v1.LensScale
+ */
+export enum LensScale {
+  /**
+   * same as RECOMPUTED
+   *
+   * @generated from enum value: LENS_SCALE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Each residual is normalized by its own scale (the classic logit lens).
+   *
+   * @generated from enum value: LENS_SCALE_RECOMPUTED = 1;
+   */
+  RECOMPUTED = 1,
+
+  /**
+   * Each residual is divided by the scale the final norm computed for the model's last residual
+   * at the same position (what the unembedding actually saw), so cells add up linearly.
+   *
+   * @generated from enum value: LENS_SCALE_FROZEN = 2;
+   */
+  FROZEN = 2,
+}
+
+/**
+ * Describes the enum tdb.v1.LensScale.
+ */
+export const LensScaleSchema: GenEnum<LensScale> = /*@__PURE__*/
+  enumDesc(file_tdb_v1_inference, 2);
 
 /**
  * Which part of the sequence an edit's positions refer to during generation. The prompt's tokens
@@ -1226,7 +1560,7 @@ export enum GenerateScope {
  * Describes the enum tdb.v1.GenerateScope.
  */
 export const GenerateScopeSchema: GenEnum<GenerateScope> = /*@__PURE__*/
-  enumDesc(file_tdb_v1_inference, 1);
+  enumDesc(file_tdb_v1_inference, 3);
 
 /**
  * Why a row stopped.
@@ -1270,7 +1604,7 @@ export enum StopReason {
  * Describes the enum tdb.v1.StopReason.
  */
 export const StopReasonSchema: GenEnum<StopReason> = /*@__PURE__*/
-  enumDesc(file_tdb_v1_inference, 2);
+  enumDesc(file_tdb_v1_inference, 4);
 
 /**
  * @generated from service tdb.v1.InferenceService
@@ -1308,6 +1642,17 @@ export const InferenceService: GenService<{
     methodKind: "unary";
     input: typeof PatchSweepRequestSchema;
     output: typeof PatchSweepResponseSchema;
+  },
+  /**
+   * Logit lens: the residual stream at chosen layers and positions read through the final norm
+   * and the unembedding; the top-k tokens of each cell of the layer x position grid.
+   *
+   * @generated from rpc tdb.v1.InferenceService.LogitLens
+   */
+  logitLens: {
+    methodKind: "unary";
+    input: typeof LogitLensRequestSchema;
+    output: typeof LogitLensResponseSchema;
   },
   /**
    * Generate text from one prompt for a baseline and N intervention sets side by side, as one

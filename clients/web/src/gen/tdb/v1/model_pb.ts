@@ -4,9 +4,9 @@
 // @generated from file tdb/v1/model.proto (package tdb.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { PromptTokens, SaeInfo } from "./common_pb";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { DType, PromptTokens, SaeInfo, Tensor, TensorChunk } from "./common_pb";
 import { file_tdb_v1_common } from "./common_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,203 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tdb/v1/model.proto.
  */
 export const file_tdb_v1_model: GenFile = /*@__PURE__*/
-  fileDesc("ChJ0ZGIvdjEvbW9kZWwucHJvdG8SBnRkYi52MSITChFMaXN0TW9kZWxzUmVxdWVzdCJWCgxNb2RlbFN1bW1hcnkSDAoEbmFtZRgBIAEoCRIUCgxhcmNoaXRlY3R1cmUYAiABKAkSDgoGc291cmNlGAMgASgJEhIKCmlzX2RlZmF1bHQYBCABKAgiOgoSTGlzdE1vZGVsc1Jlc3BvbnNlEiQKBm1vZGVscxgBIAMoCzIULnRkYi52MS5Nb2RlbFN1bW1hcnkiJAoTR2V0TW9kZWxJbmZvUmVxdWVzdBINCgVtb2RlbBgBIAEoCSKEAQoIU2l0ZUluZm8SDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEhIKBWxheWVyGAMgASgFSACIAQESDAoEZGltcxgEIAMoCRINCgVzaXplcxgFIAMoAxIQCgh1bml0X2RpbRgGIAEoCRIPCgdtZWFuaW5nGAcgASgJQggKBl9sYXllciKIAwoUR2V0TW9kZWxJbmZvUmVzcG9uc2USDAoEbmFtZRgBIAEoCRIUCgxhcmNoaXRlY3R1cmUYAiABKAkSDgoGc291cmNlGAMgASgJEhAKCG5fbGF5ZXJzGAQgASgFEg8KB25faGVhZHMYBSABKAUSEgoKbl9rdl9oZWFkcxgGIAEoBRIPCgdkX21vZGVsGAcgASgFEg4KBmRfaGVhZBgIIAEoBRINCgVkX21scBgJIAEoBRIPCgdkX3ZvY2FiGAogASgFEg0KBW5fY3R4GAsgASgFEg4KBmRldmljZRgMIAEoCRINCgVkdHlwZRgNIAEoCRIfCgVzaXRlcxgOIAMoCzIQLnRkYi52MS5TaXRlSW5mbxIZCgxib3NfdG9rZW5faWQYDyABKAVIAIgBARIZCgxlb3NfdG9rZW5faWQYECABKAVIAYgBARIdCgRzYWVzGBEgAygLMg8udGRiLnYxLlNhZUluZm9CDwoNX2Jvc190b2tlbl9pZEIPCg1fZW9zX3Rva2VuX2lkIlkKD1Rva2VuaXplUmVxdWVzdBINCgVtb2RlbBgBIAEoCRINCgV0ZXh0cxgCIAMoCRIYCgtwcmVwZW5kX2JvcxgDIAEoCEgAiAEBQg4KDF9wcmVwZW5kX2JvcyI5ChBUb2tlbml6ZVJlc3BvbnNlEiUKB3Byb21wdHMYASADKAsyFC50ZGIudjEuUHJvbXB0VG9rZW5zIjUKEURldG9rZW5pemVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEhEKCXRva2VuX2lkcxgCIAMoBSIyChJEZXRva2VuaXplUmVzcG9uc2USDAoEdGV4dBgBIAEoCRIOCgZ0b2tlbnMYAiADKAkyogIKDE1vZGVsU2VydmljZRJDCgpMaXN0TW9kZWxzEhkudGRiLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GhoudGRiLnYxLkxpc3RNb2RlbHNSZXNwb25zZRJJCgxHZXRNb2RlbEluZm8SGy50ZGIudjEuR2V0TW9kZWxJbmZvUmVxdWVzdBocLnRkYi52MS5HZXRNb2RlbEluZm9SZXNwb25zZRI9CghUb2tlbml6ZRIXLnRkYi52MS5Ub2tlbml6ZVJlcXVlc3QaGC50ZGIudjEuVG9rZW5pemVSZXNwb25zZRJDCgpEZXRva2VuaXplEhkudGRiLnYxLkRldG9rZW5pemVSZXF1ZXN0GhoudGRiLnYxLkRldG9rZW5pemVSZXNwb25zZWIGcHJvdG8z", [file_tdb_v1_common]);
+  fileDesc("ChJ0ZGIvdjEvbW9kZWwucHJvdG8SBnRkYi52MSKxAQoKV2VpZ2h0VmlldxIkCgRraW5kGAEgASgOMhYudGRiLnYxLldlaWdodFZpZXdLaW5kEg0KBWxheWVyGAIgASgFEgwKBHVuaXQYAyABKAUSGQoMc291cmNlX3Rva2VuGAQgASgFSACIAQESHgoRZGVzdGluYXRpb25fdG9rZW4YBSABKAVIAYgBAUIPCg1fc291cmNlX3Rva2VuQhQKEl9kZXN0aW5hdGlvbl90b2tlbiKSAQoRR2V0V2VpZ2h0c1JlcXVlc3QSDQoFbW9kZWwYASABKAkSDQoFbmFtZXMYAiADKAkSDQoFaGVhZHMYAyADKAUSDwoHbmV1cm9ucxgEIAMoBRIcCgVkdHlwZRgFIAEoDjINLnRkYi52MS5EVHlwZRIhCgV2aWV3cxgGIAMoCzISLnRkYi52MS5XZWlnaHRWaWV3IlIKBldlaWdodBIMCgRuYW1lGAEgASgJEgwKBGRpbXMYAiADKAkSHgoGdmFsdWVzGAMgASgLMg4udGRiLnYxLlRlbnNvchIMCgRrZXB0GAQgAygFIkIKEEdldFdlaWdodHNIZWFkZXISDQoFbW9kZWwYASABKAkSHwoHd2VpZ2h0cxgCIAMoCzIOLnRkYi52MS5XZWlnaHQibgoSR2V0V2VpZ2h0c1Jlc3BvbnNlEioKBmhlYWRlchgBIAEoCzIYLnRkYi52MS5HZXRXZWlnaHRzSGVhZGVySAASJAoFY2h1bmsYAiABKAsyEy50ZGIudjEuVGVuc29yQ2h1bmtIAEIGCgRwYXJ0IhMKEUxpc3RNb2RlbHNSZXF1ZXN0IlYKDE1vZGVsU3VtbWFyeRIMCgRuYW1lGAEgASgJEhQKDGFyY2hpdGVjdHVyZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSEgoKaXNfZGVmYXVsdBgEIAEoCCI6ChJMaXN0TW9kZWxzUmVzcG9uc2USJAoGbW9kZWxzGAEgAygLMhQudGRiLnYxLk1vZGVsU3VtbWFyeSIkChNHZXRNb2RlbEluZm9SZXF1ZXN0Eg0KBW1vZGVsGAEgASgJIoQBCghTaXRlSW5mbxIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSEgoFbGF5ZXIYAyABKAVIAIgBARIMCgRkaW1zGAQgAygJEg0KBXNpemVzGAUgAygDEhAKCHVuaXRfZGltGAYgASgJEg8KB21lYW5pbmcYByABKAlCCAoGX2xheWVyIogDChRHZXRNb2RlbEluZm9SZXNwb25zZRIMCgRuYW1lGAEgASgJEhQKDGFyY2hpdGVjdHVyZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSEAoIbl9sYXllcnMYBCABKAUSDwoHbl9oZWFkcxgFIAEoBRISCgpuX2t2X2hlYWRzGAYgASgFEg8KB2RfbW9kZWwYByABKAUSDgoGZF9oZWFkGAggASgFEg0KBWRfbWxwGAkgASgFEg8KB2Rfdm9jYWIYCiABKAUSDQoFbl9jdHgYCyABKAUSDgoGZGV2aWNlGAwgASgJEg0KBWR0eXBlGA0gASgJEh8KBXNpdGVzGA4gAygLMhAudGRiLnYxLlNpdGVJbmZvEhkKDGJvc190b2tlbl9pZBgPIAEoBUgAiAEBEhkKDGVvc190b2tlbl9pZBgQIAEoBUgBiAEBEh0KBHNhZXMYESADKAsyDy50ZGIudjEuU2FlSW5mb0IPCg1fYm9zX3Rva2VuX2lkQg8KDV9lb3NfdG9rZW5faWQiWQoPVG9rZW5pemVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg0KBXRleHRzGAIgAygJEhgKC3ByZXBlbmRfYm9zGAMgASgISACIAQFCDgoMX3ByZXBlbmRfYm9zIjkKEFRva2VuaXplUmVzcG9uc2USJQoHcHJvbXB0cxgBIAMoCzIULnRkYi52MS5Qcm9tcHRUb2tlbnMiNQoRRGV0b2tlbml6ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSEQoJdG9rZW5faWRzGAIgAygFIjIKEkRldG9rZW5pemVSZXNwb25zZRIMCgR0ZXh0GAEgASgJEg4KBnRva2VucxgCIAMoCSqSAQoOV2VpZ2h0Vmlld0tpbmQSIAocV0VJR0hUX1ZJRVdfS0lORF9VTlNQRUNJRklFRBAAEiIKHldFSUdIVF9WSUVXX0tJTkRfTkVVUk9OX0xPR0lUUxABEhwKGFdFSUdIVF9WSUVXX0tJTkRfSEVBRF9PVhACEhwKGFdFSUdIVF9WSUVXX0tJTkRfSEVBRF9RSxADMukCCgxNb2RlbFNlcnZpY2USQwoKTGlzdE1vZGVscxIZLnRkYi52MS5MaXN0TW9kZWxzUmVxdWVzdBoaLnRkYi52MS5MaXN0TW9kZWxzUmVzcG9uc2USSQoMR2V0TW9kZWxJbmZvEhsudGRiLnYxLkdldE1vZGVsSW5mb1JlcXVlc3QaHC50ZGIudjEuR2V0TW9kZWxJbmZvUmVzcG9uc2USPQoIVG9rZW5pemUSFy50ZGIudjEuVG9rZW5pemVSZXF1ZXN0GhgudGRiLnYxLlRva2VuaXplUmVzcG9uc2USQwoKRGV0b2tlbml6ZRIZLnRkYi52MS5EZXRva2VuaXplUmVxdWVzdBoaLnRkYi52MS5EZXRva2VuaXplUmVzcG9uc2USRQoKR2V0V2VpZ2h0cxIZLnRkYi52MS5HZXRXZWlnaHRzUmVxdWVzdBoaLnRkYi52MS5HZXRXZWlnaHRzUmVzcG9uc2UwAWIGcHJvdG8z", [file_tdb_v1_common]);
+
+/**
+ * One folded view.
+ *
+ * @generated from message tdb.v1.WeightView
+ */
+export type WeightView = Message<"tdb.v1.WeightView"> & {
+  /**
+   * @generated from field: tdb.v1.WeightViewKind kind = 1;
+   */
+  kind: WeightViewKind;
+
+  /**
+   * @generated from field: int32 layer = 2;
+   */
+  layer: number;
+
+  /**
+   * The neuron or head.
+   *
+   * @generated from field: int32 unit = 3;
+   */
+  unit: number;
+
+  /**
+   * Token pair (both or neither): the source token (the key / the attended-to token) and the
+   * destination token (the query / the predicted token).
+   *
+   * @generated from field: optional int32 source_token = 4;
+   */
+  sourceToken?: number | undefined;
+
+  /**
+   * @generated from field: optional int32 destination_token = 5;
+   */
+  destinationToken?: number | undefined;
+};
+
+/**
+ * Describes the message tdb.v1.WeightView.
+ * Use `create(WeightViewSchema)` to create a new message.
+ */
+export const WeightViewSchema: GenMessage<WeightView> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_model, 0);
+
+/**
+ * @generated from message tdb.v1.GetWeightsRequest
+ */
+export type GetWeightsRequest = Message<"tdb.v1.GetWeightsRequest"> & {
+  /**
+   * Model name; empty means the default model.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * Parameter names or globs, e.g. "W_E", "blocks.0.attn.W_Q", "blocks.*.mlp.W_out" (names and
+   * views may not both be empty; "*" lists every parameter).
+   *
+   * @generated from field: repeated string names = 2;
+   */
+  names: string[];
+
+  /**
+   * Heads kept on the head axis of attention parameters (empty: all).
+   *
+   * @generated from field: repeated int32 heads = 3;
+   */
+  heads: number[];
+
+  /**
+   * Neurons kept on the d_mlp axis of MLP parameters (empty: all).
+   *
+   * @generated from field: repeated int32 neurons = 4;
+   */
+  neurons: number[];
+
+  /**
+   * The dtype the values travel in (unspecified: the model's dtype).
+   *
+   * @generated from field: tdb.v1.DType dtype = 5;
+   */
+  dtype: DType;
+
+  /**
+   * Folded views.
+   *
+   * @generated from field: repeated tdb.v1.WeightView views = 6;
+   */
+  views: WeightView[];
+};
+
+/**
+ * Describes the message tdb.v1.GetWeightsRequest.
+ * Use `create(GetWeightsRequestSchema)` to create a new message.
+ */
+export const GetWeightsRequestSchema: GenMessage<GetWeightsRequest> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_model, 1);
+
+/**
+ * One returned parameter or view.
+ *
+ * @generated from message tdb.v1.Weight
+ */
+export type Weight = Message<"tdb.v1.Weight"> & {
+  /**
+   * The parameter name, or the view's label, e.g. "neuron_logits[blocks.1.mlp.W_out[5]]".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Axis names, e.g. ["head", "d_model", "d_head"].
+   *
+   * @generated from field: repeated string dims = 2;
+   */
+  dims: string[];
+
+  /**
+   * The values (sliced as requested).
+   *
+   * @generated from field: tdb.v1.Tensor values = 3;
+   */
+  values?: Tensor | undefined;
+
+  /**
+   * Indices kept on the sliced axis (heads or neurons), when sliced.
+   *
+   * @generated from field: repeated int32 kept = 4;
+   */
+  kept: number[];
+};
+
+/**
+ * Describes the message tdb.v1.Weight.
+ * Use `create(WeightSchema)` to create a new message.
+ */
+export const WeightSchema: GenMessage<Weight> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_model, 2);
+
+/**
+ * @generated from message tdb.v1.GetWeightsHeader
+ */
+export type GetWeightsHeader = Message<"tdb.v1.GetWeightsHeader"> & {
+  /**
+   * The model.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * Parameters in request order (each glob in the model's order), then the views.
+   *
+   * @generated from field: repeated tdb.v1.Weight weights = 2;
+   */
+  weights: Weight[];
+};
+
+/**
+ * Describes the message tdb.v1.GetWeightsHeader.
+ * Use `create(GetWeightsHeaderSchema)` to create a new message.
+ */
+export const GetWeightsHeaderSchema: GenMessage<GetWeightsHeader> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_model, 3);
+
+/**
+ * @generated from message tdb.v1.GetWeightsResponse
+ */
+export type GetWeightsResponse = Message<"tdb.v1.GetWeightsResponse"> & {
+  /**
+   * @generated from oneof tdb.v1.GetWeightsResponse.part
+   */
+  part: {
+    /**
+     * @generated from field: tdb.v1.GetWeightsHeader header = 1;
+     */
+    value: GetWeightsHeader;
+    case: "header";
+  } | {
+    /**
+     * @generated from field: tdb.v1.TensorChunk chunk = 2;
+     */
+    value: TensorChunk;
+    case: "chunk";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message tdb.v1.GetWeightsResponse.
+ * Use `create(GetWeightsResponseSchema)` to create a new message.
+ */
+export const GetWeightsResponseSchema: GenMessage<GetWeightsResponse> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_model, 4);
 
 /**
  * @generated from message tdb.v1.ListModelsRequest
@@ -27,7 +223,7 @@ export type ListModelsRequest = Message<"tdb.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_model, 0);
+  messageDesc(file_tdb_v1_model, 5);
 
 /**
  * One loaded model.
@@ -69,7 +265,7 @@ export type ModelSummary = Message<"tdb.v1.ModelSummary"> & {
  * Use `create(ModelSummarySchema)` to create a new message.
  */
 export const ModelSummarySchema: GenMessage<ModelSummary> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_model, 1);
+  messageDesc(file_tdb_v1_model, 6);
 
 /**
  * @generated from message tdb.v1.ListModelsResponse
@@ -86,7 +282,7 @@ export type ListModelsResponse = Message<"tdb.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_model, 2);
+  messageDesc(file_tdb_v1_model, 7);
 
 /**
  * @generated from message tdb.v1.GetModelInfoRequest
@@ -105,7 +301,7 @@ export type GetModelInfoRequest = Message<"tdb.v1.GetModelInfoRequest"> & {
  * Use `create(GetModelInfoRequestSchema)` to create a new message.
  */
 export const GetModelInfoRequestSchema: GenMessage<GetModelInfoRequest> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_model, 3);
+  messageDesc(file_tdb_v1_model, 8);
 
 /**
  * One hook site of a model.
@@ -168,7 +364,7 @@ export type SiteInfo = Message<"tdb.v1.SiteInfo"> & {
  * Use `create(SiteInfoSchema)` to create a new message.
  */
 export const SiteInfoSchema: GenMessage<SiteInfo> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_model, 4);
+  messageDesc(file_tdb_v1_model, 9);
 
 /**
  * @generated from message tdb.v1.GetModelInfoResponse
@@ -287,7 +483,7 @@ export type GetModelInfoResponse = Message<"tdb.v1.GetModelInfoResponse"> & {
  * Use `create(GetModelInfoResponseSchema)` to create a new message.
  */
 export const GetModelInfoResponseSchema: GenMessage<GetModelInfoResponse> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_model, 5);
+  messageDesc(file_tdb_v1_model, 10);
 
 /**
  * @generated from message tdb.v1.TokenizeRequest
@@ -320,7 +516,7 @@ export type TokenizeRequest = Message<"tdb.v1.TokenizeRequest"> & {
  * Use `create(TokenizeRequestSchema)` to create a new message.
  */
 export const TokenizeRequestSchema: GenMessage<TokenizeRequest> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_model, 6);
+  messageDesc(file_tdb_v1_model, 11);
 
 /**
  * @generated from message tdb.v1.TokenizeResponse
@@ -339,7 +535,7 @@ export type TokenizeResponse = Message<"tdb.v1.TokenizeResponse"> & {
  * Use `create(TokenizeResponseSchema)` to create a new message.
  */
 export const TokenizeResponseSchema: GenMessage<TokenizeResponse> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_model, 7);
+  messageDesc(file_tdb_v1_model, 12);
 
 /**
  * @generated from message tdb.v1.DetokenizeRequest
@@ -365,7 +561,7 @@ export type DetokenizeRequest = Message<"tdb.v1.DetokenizeRequest"> & {
  * Use `create(DetokenizeRequestSchema)` to create a new message.
  */
 export const DetokenizeRequestSchema: GenMessage<DetokenizeRequest> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_model, 8);
+  messageDesc(file_tdb_v1_model, 13);
 
 /**
  * @generated from message tdb.v1.DetokenizeResponse
@@ -391,7 +587,51 @@ export type DetokenizeResponse = Message<"tdb.v1.DetokenizeResponse"> & {
  * Use `create(DetokenizeResponseSchema)` to create a new message.
  */
 export const DetokenizeResponseSchema: GenMessage<DetokenizeResponse> = /*@__PURE__*/
-  messageDesc(file_tdb_v1_model, 9);
+  messageDesc(file_tdb_v1_model, 14);
+
+/**
+ * What a folded weight view computes.
+ *
+ * @generated from enum tdb.v1.WeightViewKind
+ */
+export enum WeightViewKind {
+  /**
+   * @generated from enum value: WEIGHT_VIEW_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * float [vocab]: an MLP neuron's output weights read through the final norm's gain (centred
+   * for LayerNorm) and the unembedding: W_out[n] * gain @ W_U (unit = neuron).
+   *
+   * @generated from enum value: WEIGHT_VIEW_KIND_NEURON_LOGITS = 1;
+   */
+  NEURON_LOGITS = 1,
+
+  /**
+   * A head's OV circuit W_V[h] @ W_O[h], [d_model, d_model] (unit = head); with a token pair,
+   * the scalar W_E[source] @ W_V[h] @ W_O[h] @ W_U[:, destination].
+   *
+   * @generated from enum value: WEIGHT_VIEW_KIND_HEAD_OV = 2;
+   */
+  HEAD_OV = 2,
+
+  /**
+   * A head's QK circuit W_Q[h] @ W_K[h]^T, [d_model, d_model] (unit = head); with a token pair,
+   * the scalar W_E[destination] @ W_Q[h] @ W_K[h]^T @ W_E[source]^T (query token destination,
+   * key token source). Norms and rotary embeddings are not applied (as TransformerLens's
+   * unfolded circuits).
+   *
+   * @generated from enum value: WEIGHT_VIEW_KIND_HEAD_QK = 3;
+   */
+  HEAD_QK = 3,
+}
+
+/**
+ * Describes the enum tdb.v1.WeightViewKind.
+ */
+export const WeightViewKindSchema: GenEnum<WeightViewKind> = /*@__PURE__*/
+  enumDesc(file_tdb_v1_model, 0);
 
 /**
  * @generated from service tdb.v1.ModelService
@@ -436,6 +676,18 @@ export const ModelService: GenService<{
     methodKind: "unary";
     input: typeof DetokenizeRequestSchema;
     output: typeof DetokenizeResponseSchema;
+  },
+  /**
+   * The model's parameters in the schema's layout (TransformerLens names, sliceable by head or
+   * neuron) and folded views (a neuron's logit weights, a head's OV and QK circuits). The first
+   * message is a header; streamed tensors follow as chunks.
+   *
+   * @generated from rpc tdb.v1.ModelService.GetWeights
+   */
+  getWeights: {
+    methodKind: "server_streaming";
+    input: typeof GetWeightsRequestSchema;
+    output: typeof GetWeightsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tdb_v1_model, 0);
