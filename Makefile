@@ -37,10 +37,11 @@ serve: $(STAMP)
 	@echo "gRPC at $(HOST):$(PORT); web app and gRPC-Web at http://$(HOST):$(HTTP_PORT)/"
 	$(VENV)/bin/tdb serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) $(if $(MODEL),--model $(MODEL))
 
-test: $(STAMP) lint
+test: $(STAMP) lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Hygiene gates (configured in pyproject.toml): ruff lint + format check; `make format` fixes.
+# Hygiene gates (configured in pyproject.toml): ruff lint + format check (`make format` fixes) and
+# mypy --strict over tdb_core/ and clients/python/tdb_client/; `make test` runs both first.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -11,7 +11,13 @@ is read:
     ln1.* / ln2.*                 derived from the pre-norms' input: hook_scale, and
                                   hook_normalized before the gain and bias (TransformerLens's
                                   meaning); an edit of either recomputes the norm's output
-    attn.hook_q .. hook_z         inside the "tdb" attention function
+    attn.hook_q / hook_k          rotary families: outputs of the query/key projections
+                                  (``q_proj``/``k_proj``), before the model rotates them;
+                                  otherwise inside the "tdb" attention function
+    attn.hook_rot_q / hook_rot_k  rotary families: inside the "tdb" attention function (what the
+                                  scores read); an edit of hook_q/hook_k is rotated into them
+    attn.hook_v .. hook_z         inside the "tdb" attention function; k, rot_k and v with their
+                                  kv heads, before grouped-query attention repeats them
     attn.hook_result              derived from the output projection's input, z @ W_O per head
     hook_attn_out                 output of the attention module, or of the post-attention norm
                                   where the layout has one (Gemma 2): what joins the residual
@@ -54,7 +60,10 @@ class Layout:
     ``ln2`` is None when the MLP reads the attention pre-norm's output (one shared norm, as in
     Phi and GPT-J): the ``ln2.*`` sites are then absent. ``post_attn_norm``/``post_mlp_norm`` name
     norms applied to a branch's output before it joins the residual (Gemma 2); the branch's
-    ``hook_*_out`` is then the norm's output.
+    ``hook_*_out`` is then the norm's output. ``q_proj``/``k_proj`` name the query/key
+    projections of rotary families, whose outputs (``[..., heads * d_head]``) are ``hook_q`` and
+    ``hook_k``; ``qkv_proj`` names a fused projection laid out per head (``[..., heads * (q, k,
+    v) * d_head]``, GPT-NeoX) instead, whose q and k slices are ``hook_q`` and ``hook_k``.
     """
 
     embed: str
@@ -72,6 +81,9 @@ class Layout:
     mlp_up: str | None = None  # gated MLPs: the up projection (mlp_in is then the gate)
     post_attn_norm: str | None = None
     post_mlp_norm: str | None = None
+    q_proj: str | None = None
+    k_proj: str | None = None
+    qkv_proj: str | None = None
 
 
 def _get(root: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -94,6 +106,8 @@ _BASE_KINDS = (
     "attn.hook_q",
     "attn.hook_k",
     "attn.hook_v",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
     "attn.hook_attn_scores",
     "attn.hook_pattern",
     "attn.hook_z",
@@ -149,6 +163,38 @@ SOFTCAP_LOGITS_MEANING = (
 )
 
 
+def heads_hook(ctx: HookContext, site: str, d_head: int, heads_first: bool = False) -> Any:
+    """A forward hook that serves a module's output as ``site`` ``[B, T, heads, d_head]``: the
+    output is ``[B, T, heads * d_head]``, or ``[B, heads, T, d_head]`` when ``heads_first``. The
+    output is replaced when the site's value was (an edit or a splice), or when the site is
+    differentiated (the model must then read the site's tensor, not the output it views)."""
+
+    def hook(mod: Any, args: Any, out: torch.Tensor) -> torch.Tensor | None:
+        x = out.transpose(1, 2) if heads_first else out.unflatten(-1, (-1, d_head))
+        y = ctx.point(site, x)
+        if y is x and not ctx.needs_graph(site):
+            return None
+        return y.transpose(1, 2) if heads_first else y.flatten(-2)
+
+    return hook
+
+
+def fused_qk_hook(ctx: HookContext, q_site: str, k_site: str, d_head: int) -> Any:
+    """A forward hook that serves the q and k slices of a per-head fused projection's output
+    ``[B, T, heads * (q, k, v) * d_head]`` as ``q_site``/``k_site`` ``[B, T, heads, d_head]``;
+    an edit of either (or a gradient wanted at either) is written back into the output."""
+
+    def hook(mod: Any, args: Any, out: torch.Tensor) -> torch.Tensor | None:
+        qkv = out.unflatten(-1, (-1, 3 * d_head))  # [B, T, heads, 3 * d_head]
+        q, k, v = qkv[..., :d_head], qkv[..., d_head : 2 * d_head], qkv[..., 2 * d_head :]
+        q2, k2 = ctx.point(q_site, q), ctx.point(k_site, k)
+        if q2 is q and k2 is k and not (ctx.needs_graph(q_site) or ctx.needs_graph(k_site)):
+            return None
+        return torch.cat([q2, k2, v], dim=-1).flatten(-2)
+
+    return hook
+
+
 def head_writes(z: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
     """Each head's write ``z[..., h, :] @ w_o[h]``: z ``[B, P, H, d_head]``, w_o ``[H, d_head,
     d_model]`` -> ``[B, P, H, d_model]`` (one batched product over heads; a view of its
@@ -167,11 +213,14 @@ class DecoderAdapter(Adapter):
     layout: Layout
     norm_kind: str = "layernorm"
     meanings: ClassVar[dict[str, str]] = {}
+    rotary: ClassVar[bool] = False  # rotates queries and keys: hook_q/hook_k vs hook_rot_q/rot_k
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
         self._blocks: list[torch.nn.Module] = list(_get(model, self.layout.blocks))
-        register_attention_layers([_get(b, self.layout.attn) for b in self._blocks])
+        register_attention_layers(
+            [_get(b, self.layout.attn) for b in self._blocks], rotary=self.rotary
+        )
 
     # -- schema ------------------------------------------------------------------------------------
     @cached_property
@@ -208,6 +257,8 @@ class DecoderAdapter(Adapter):
         return ModelSchema(self.dims, kinds)
 
     def _has_kind(self, key: str) -> bool:
+        if key in ("attn.hook_rot_q", "attn.hook_rot_k"):
+            return self.rotary
         if key == "mlp.hook_pre_linear":
             return self.layout.mlp_up is not None
         if key == "hook_resid_mid":
@@ -396,6 +447,8 @@ class DecoderAdapter(Adapter):
             pre(block, block_pre)
 
         self._install_norm(ctx, _get(block, lay.ln1), norm_name("ln1", layer), fwd)
+        if self.rotary:
+            self._install_pre_rotary(ctx, layer, block, fwd)
         if lay.ln2 is not None:
             self._install_norm(ctx, _get(block, lay.ln2), norm_name("ln2", layer), fwd)
             if ctx.wants(resid_mid):
@@ -463,6 +516,23 @@ class DecoderAdapter(Adapter):
                 block,
                 lambda mod, args, out: _replace_first(out, ctx.point(resid_post, _first(out))),
             )
+
+    def _install_pre_rotary(
+        self, ctx: HookContext, layer: int, block: torch.nn.Module, fwd: Callable[..., None]
+    ) -> None:
+        """``hook_q``/``hook_k`` of a rotary model: the projections' outputs, before rotation
+        (the attention function sees them rotated, as ``hook_rot_q``/``hook_rot_k``)."""
+        fused = self.layout.qkv_proj
+        if fused is not None:
+            q_site, k_site = site_name("attn.hook_q", layer), site_name("attn.hook_k", layer)
+            if ctx.wants_any((q_site, k_site)):
+                fwd(_get(block, fused), fused_qk_hook(ctx, q_site, k_site, self.dims.d_head))
+            return
+        for key, path in (("attn.hook_q", self.layout.q_proj), ("attn.hook_k", self.layout.k_proj)):
+            site = site_name(key, layer)
+            if ctx.wants(site):
+                assert path is not None, f"{type(self).__name__}: rotary layout without {key}"
+                fwd(_get(block, path), heads_hook(ctx, site, self.dims.d_head))
 
     def _install_mlp(
         self,

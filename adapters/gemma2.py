@@ -38,11 +38,14 @@ from tdb_core.adapter import register_adapter
 class Gemma2Adapter(DecoderAdapter):
     architectures = ("Gemma2ForCausalLM",)
     norm_kind = "rmsnorm_offset"
+    rotary = True
     layout = Layout(
         embed="model.embed_tokens",
         blocks="model.layers",
         ln1="input_layernorm",
         attn="self_attn",
+        q_proj="self_attn.q_proj",
+        k_proj="self_attn.k_proj",
         o_proj="self_attn.o_proj",
         post_attn_norm="post_attention_layernorm",
         ln2="pre_feedforward_layernorm",
@@ -57,8 +60,10 @@ class Gemma2Adapter(DecoderAdapter):
     meanings: ClassVar[dict[str, str]] = {
         "hook_embed": "token embedding times sqrt(d_model) (Gemma's embedding scale; W_E includes "
         "it): what the residual stream receives",
-        "attn.hook_q": "queries, after rotary embedding, before the query_pre_attn_scalar**-0.5 "
-        "scaling",
+        "attn.hook_q": "queries: the q_proj output, before the rotary embedding and the "
+        "query_pre_attn_scalar**-0.5 scaling",
+        "attn.hook_rot_q": "queries after the rotary embedding (hook_q rotated by position), "
+        "before the query_pre_attn_scalar**-0.5 scaling",
         "attn.hook_attn_scores": "attention scores: q.k * query_pre_attn_scalar**-0.5, soft-capped "
         "as cap * tanh(s / cap), masked (causal, and the sliding window on "
         "sliding layers), pre-softmax; masked entries are -inf",

@@ -12,8 +12,9 @@ Family quirks live in the HF modules and need no wiring here:
   for each layer, so ``hook_attn_scores`` shows keys outside it as ``-inf`` like causal masking.
 - Llama may have biases (``attention_bias``, ``mlp_bias``); ``b_O``/``b_out`` return them or None.
 
-Sites: no ``hook_pos_embed`` (rotary); ``hook_q``/``hook_k`` after rotary; grouped keys and values
-repeated per query head; ``mlp.hook_pre`` = gate projection, ``mlp.hook_pre_linear`` = up
+Sites: no ``hook_pos_embed`` (rotary); ``hook_q``/``hook_k`` are the ``q_proj``/``k_proj``
+outputs before rotary and ``hook_rot_q``/``hook_rot_k`` after it (TransformerLens's names);
+``hook_k``/``hook_rot_k``/``hook_v`` have ``num_key_value_heads`` heads; ``mlp.hook_pre`` = gate projection, ``mlp.hook_pre_linear`` = up
 projection, ``mlp.hook_post`` = the down projection's input; ``ln1``/``ln2`` are
 ``input_layernorm``/``post_attention_layernorm`` (``hook_scale`` = ``sqrt(mean(x^2) + eps)``).
 """
@@ -28,11 +29,14 @@ from tdb_core.adapter import register_adapter
 class LlamaAdapter(DecoderAdapter):
     architectures = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
     norm_kind = "rmsnorm"
+    rotary = True
     layout = Layout(
         embed="model.embed_tokens",
         blocks="model.layers",
         ln1="input_layernorm",
         attn="self_attn",
+        q_proj="self_attn.q_proj",
+        k_proj="self_attn.k_proj",
         o_proj="self_attn.o_proj",
         ln2="post_attention_layernorm",
         mlp="mlp",

@@ -8,11 +8,13 @@ Quirks, beside the code that needs them:
   ``post_attention_layernorm``, despite its name the MLP's pre-norm) reads ``hook_resid_pre``.
   With ``use_parallel_residual=False`` the block is sequential and every GPT-2 site exists.
 - **Partial rotary** (``rotary_pct``, 0.25 for Pythia): only the first ``rotary_pct * d_head``
-  dimensions of each query/key head are rotated; ``hook_q``/``hook_k`` are read after rotation,
-  so the remaining dimensions are the plain projections. No ``hook_pos_embed``.
-- The fused ``query_key_value`` projection is laid out per head (``[head, (q, k, v), d_head]``);
-  it is read inside the attention function, so the adapter never splits it. The unembedding
-  (``lm_head``, HF's former ``embed_out``) is untied and has no bias.
+  dimensions of each query/key head are rotated. ``hook_q``/``hook_k`` are the projections before
+  rotation, ``hook_rot_q``/``hook_rot_k`` after it (their remaining dimensions equal the plain
+  projections). No ``hook_pos_embed``.
+- The fused ``query_key_value`` projection is laid out per head (``[head, (q, k, v), d_head]``):
+  ``hook_q``/``hook_k`` are its per-head slices, read (and edited) at its output (``qkv_proj``);
+  values are read inside the attention function. The unembedding (``lm_head``, HF's former
+  ``embed_out``) is untied and has no bias.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from tdb_core.adapter import AttnWeights, register_adapter
 class GPTNeoXAdapter(DecoderAdapter):
     architectures = ("GPTNeoXForCausalLM",)
     norm_kind = "layernorm"
+    rotary = True
     layout = Layout(
         embed="gpt_neox.embed_in",
         blocks="gpt_neox.layers",
         ln1="input_layernorm",
         attn="attention",
+        qkv_proj="attention.query_key_value",
         o_proj="attention.dense",
         ln2="post_attention_layernorm",
         mlp="mlp",

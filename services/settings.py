@@ -99,6 +99,19 @@ def _env(name: str, default: str) -> str:
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``tdb serve``; each defaults to its ``TDB_*`` environment variable."""
     d = Settings()
+    for add in (
+        _model_arguments,
+        _address_arguments,
+        _limit_arguments,
+        _security_arguments,
+        _http_arguments,
+        _log_arguments,
+    ):
+        add(p, d)
+
+
+def _model_arguments(p: argparse.ArgumentParser, d: Settings) -> None:
+    """Models, SAEs, explanations and datasets the server offers."""
     p.add_argument(
         "--model",
         action="append",
@@ -156,6 +169,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help='a text dataset (JSONL of {"text": ...} or plain text) to mine '
         "records from (repeatable); 'toy' (the toy corpus) is always there",
     )
+
+
+def _address_arguments(p: argparse.ArgumentParser, d: Settings) -> None:
+    """The default model, where the server listens, and the device and dtype of loaded models."""
     p.add_argument(
         "--default-model",
         default=_env("DEFAULT_MODEL", "") or None,
@@ -179,6 +196,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         choices=DTYPES,
         help="weight dtype (env TDB_DTYPE)",
     )
+
+
+def _limit_arguments(p: argparse.ArgumentParser, d: Settings) -> None:
+    """Request limits, admission and worker threads."""
     p.add_argument(
         "--max-tokens",
         type=int,
@@ -260,6 +281,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long in-flight requests may run before they are cancelled "
         "(env TDB_GRACE_SECONDS)",
     )
+
+
+def _security_arguments(p: argparse.ArgumentParser, d: Settings) -> None:
+    """Authentication and TLS."""
     p.add_argument(
         "--auth-token-file",
         default=_env("AUTH_TOKEN_FILE", "") or None,
@@ -286,6 +311,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="mutual TLS: clients must present a certificate signed by this CA "
         "(env TDB_TLS_CLIENT_CA)",
     )
+
+
+def _http_arguments(p: argparse.ArgumentParser, d: Settings) -> None:
+    """The HTTP port: metrics, gRPC-Web, CORS and the web app."""
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -317,6 +346,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="serve the built web app from DIR at / on the HTTP port (default: "
         "clients/web/dist when it exists; env TDB_WEB_DIR)",
     )
+
+
+def _log_arguments(p: argparse.ArgumentParser, d: Settings) -> None:
+    """Logging."""
     p.add_argument(
         "--log-format",
         default=_env("LOG_FORMAT", d.log_format),

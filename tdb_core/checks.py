@@ -119,6 +119,7 @@ def quote(value: str, limit: int = QUOTE_CHARS) -> str:
 #: What an index on a site's unit axis is called in messages.
 UNIT_NOUNS = {
     "head": "head",
+    "kv_head": "kv head",
     "d_mlp": "neuron",
     "latent": "latent",
     "d_model": "channel",

@@ -208,7 +208,9 @@ def loss_values(lp: LossPlan, out: RunOutput) -> torch.Tensor:
             keep = torch.zeros_like(pattern)
             keep[rows, torch.tensor(lp.keys, device=device)] = 1
             pattern = pattern * keep
-        v = g[site_name("attn.hook_v", L)][:n, :, h]  # [n, T_k, d_head]
+        dims = lp.runner.schema.dims
+        kv = h // (dims.n_heads // dims.n_kv_heads)  # the kv head that query head h reads
+        v = g[site_name("attn.hook_v", L)][:n, :, kv]  # [n, T_k, d_head]
         w_o = lp.runner.adapter.W_O(L)[h]  # [d_head, d_model]
         write: torch.Tensor = torch.einsum("rk,rkd->rd", pattern, v) @ w_o  # [n, d_model]
         u = g[site_name("attn.hook_z", L)][rows, pos, h].detach() @ w_o  # the head's direction

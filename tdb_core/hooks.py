@@ -481,13 +481,18 @@ def activate(ctx: HookContext) -> Iterator[HookContext]:
 
 
 ATTENTION_NAME = "tdb"
-_LAYER_OF_MODULE: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+_LAYER_OF_MODULE: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, bool]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def register_attention_layers(modules: list[torch.nn.Module]) -> None:
-    """Tell the attention function which layer each attention module is (adapters call this)."""
+def register_attention_layers(modules: list[torch.nn.Module], rotary: bool = False) -> None:
+    """Tell the attention function which layer each attention module is (adapters call this), and
+    whether the model rotates queries and keys before it: the queries and keys it receives are
+    then ``hook_rot_q``/``hook_rot_k`` (the adapter reads ``hook_q``/``hook_k`` before the
+    rotation), otherwise ``hook_q``/``hook_k``."""
     for layer, module in enumerate(modules):
-        _LAYER_OF_MODULE[module] = layer
+        _LAYER_OF_MODULE[module] = (layer, rotary)
 
 
 def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -524,11 +529,12 @@ def tdb_attention(
     softcap: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention with hook points for q, k, v, scores, pattern and z.
+    """Eager attention with hook points for q, k (or rot_q, rot_k), v, scores, pattern and z.
 
     query ``[B, H, T, d_head]``, key/value ``[B, H_kv, T, d_head]`` (after rotary), additive
-    float mask ``[B, 1, T, T]``. Returns z ``[B, T, H, d_head]`` and the pattern, as HF's eager
-    attention does, and computes exactly what it computes.
+    float mask ``[B, 1, T, T]``. Keys and values are hooked with their ``H_kv`` heads, before
+    being repeated for the query heads of their group. Returns z ``[B, T, H, d_head]`` and the
+    pattern, as HF's eager attention does, and computes exactly what it computes.
     """
     unknown = set(kwargs) - _SUPPORTED_KWARGS
     if unknown or kwargs.get("head_mask") is not None:
@@ -540,23 +546,28 @@ def tdb_attention(
     if ctx is not None and ctx.check is not None:
         ctx.check()  # a cancelled or expired request stops here, layer by layer
     n_rep = query.shape[1] // key.shape[1]
-    key = _repeat_kv(key, n_rep)  # [B, H, T, d_head]
-    value = _repeat_kv(value, n_rep)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     names: dict[str, str] = {}
     if ctx is not None:
-        layer = _LAYER_OF_MODULE[module]
+        layer, rotary = _LAYER_OF_MODULE[module]
+        q_hook, k_hook = ("hook_rot_q", "hook_rot_k") if rotary else ("hook_q", "hook_k")
         names = {
-            k: site_name("attn." + k, layer)
-            for k in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z")
+            "q": site_name("attn." + q_hook, layer),
+            "k": site_name("attn." + k_hook, layer),
+            **{
+                h: site_name("attn." + h, layer)
+                for h in ("hook_v", "hook_attn_scores", "hook_pattern", "hook_z")
+            },
         }
         if not ctx.wants_any(list(names.values())):
             ctx = None
-    if ctx is not None:
-        query = ctx.point(names["hook_q"], query.transpose(1, 2)).transpose(1, 2)
-        key = ctx.point(names["hook_k"], key.transpose(1, 2)).transpose(1, 2)
+    if ctx is not None:  # keys and values with their own (kv) heads, as TransformerLens
+        query = ctx.point(names["q"], query.transpose(1, 2)).transpose(1, 2)
+        key = ctx.point(names["k"], key.transpose(1, 2)).transpose(1, 2)
         value = ctx.point(names["hook_v"], value.transpose(1, 2)).transpose(1, 2)
+    key = _repeat_kv(key, n_rep)  # [B, H, T, d_head]
+    value = _repeat_kv(value, n_rep)
 
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [B, H, T_q, T_k]
     if softcap is not None:

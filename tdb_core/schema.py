@@ -8,7 +8,9 @@ Shapes are given without the batch dimension; on the wire and in captures every 
 leading ``batch`` axis. Dimension names:
 
     pos      token position                      q_pos / k_pos   query / key position
-    head     attention head (query heads; grouped-query K/V are expanded per query head)
+    head     attention (query) head
+    kv_head  key/value head: as many as query heads, fewer under grouped-query attention, where
+             query head h reads kv head h // (head / kv_head) (TransformerLens's grouped shapes)
     d_head   per-head width     d_model  residual width     d_mlp  MLP hidden width
     vocab    vocabulary         one      a singleton axis (LayerNorm scales, as TransformerLens)
 
@@ -100,22 +102,41 @@ SITE_KINDS: tuple[SiteKind, ...] = (
         "attn.hook_q",
         True,
         ("pos", "head", "d_head"),
-        "queries, after bias and rotary embedding, before the 1/sqrt(d_head) scaling",
+        "queries: the query projection with its bias, before any rotary embedding and the "
+        "1/sqrt(d_head) scaling",
         "head",
     ),
     _k(
         "attn.hook_k",
         True,
-        ("pos", "head", "d_head"),
-        "keys, after bias and rotary embedding; grouped-query keys repeated per query head",
-        "head",
+        ("pos", "kv_head", "d_head"),
+        "keys: the key projection with its bias, before any rotary embedding; one per kv head "
+        "(grouped-query attention shares each among its query heads)",
+        "kv_head",
     ),
     _k(
         "attn.hook_v",
         True,
+        ("pos", "kv_head", "d_head"),
+        "values: the value projection with its bias; one per kv head (grouped-query attention "
+        "shares each among its query heads)",
+        "kv_head",
+    ),
+    _k(
+        "attn.hook_rot_q",
+        True,
         ("pos", "head", "d_head"),
-        "values; grouped-query values repeated per query head",
+        "rotary models only: queries after the rotary embedding (hook_q rotated by position), "
+        "what the scores read",
         "head",
+    ),
+    _k(
+        "attn.hook_rot_k",
+        True,
+        ("pos", "kv_head", "d_head"),
+        "rotary models only: keys after the rotary embedding (hook_k rotated by position), one "
+        "per kv head, what the scores read",
+        "kv_head",
     ),
     _k(
         "attn.hook_attn_scores",
@@ -363,6 +384,7 @@ class ModelDims:
             "q_pos": n_pos,
             "k_pos": n_pos,
             "head": self.n_heads,
+            "kv_head": self.n_kv_heads,
             "d_head": self.d_head,
             "d_model": self.d_model,
             "d_mlp": self.d_mlp,

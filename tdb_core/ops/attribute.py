@@ -475,7 +475,8 @@ class _Attribution:
                 (k,) = resolve_positions([loss.key_position], self.batch.lengths[:1])[0]
                 return g[site_name("attn.hook_attn_scores", L)][:rows, h, q, k].float()
             pattern = g[site_name("attn.hook_pattern", L)][:rows, h, q].detach()  # [rows, T_k]
-            v = g[site_name("attn.hook_v", L)][:rows, :, h]  # [rows, T_k, d_head]
+            kv = h // (self.dims.n_heads // self.dims.n_kv_heads)  # the kv head that h reads
+            v = g[site_name("attn.hook_v", L)][:rows, :, kv]  # [rows, T_k, d_head]
             if loss.key_position is not None:
                 (k,) = resolve_positions([loss.key_position], self.batch.lengths[:1])[0]
                 keep = torch.zeros_like(pattern)
@@ -660,7 +661,8 @@ class _Attribution:
         if NodeKind.ATTN_HEAD_PAIR in self.families:
             p = g[pattern_site][:rows].detach().float()  # [rows, H, T_q, T_k]
             gp = grads[pattern_site][:rows].float()
-            v = g[site_name("attn.hook_v", L)][:rows].detach().float()  # [rows, T_k, H, d_head]
+            v = g[site_name("attn.hook_v", L)][:rows].detach().float()  # [rows, T_k, H_kv, d_h]
+            v = v.repeat_interleave(w_o.shape[0] // v.shape[2], dim=2)  # per query head
             vo = torch.einsum("rkhd,hdm->rhkm", v, w_o)  # [rows, H, T_k, d_model]
             if factor.dim():
                 vo_mag = torch.einsum("rhkm,rqm->rhqk", vo.pow(2), factor.pow(2)).sqrt()

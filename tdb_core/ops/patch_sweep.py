@@ -87,7 +87,7 @@ def patch_sweep(
             f"{checks.quote(spec.site)} is not a per-layer site of this model; use one of: "
             f"{', '.join(layered)}"
         )
-    if spec.by is SweepBy.HEAD and kind.unit_dim != "head":
+    if spec.by is SweepBy.HEAD and kind.unit_dim not in ("head", "kv_head"):
         raise InvalidArgumentError(
             f"a per-head sweep needs a site with a head axis (e.g. "
             f"attn.hook_z); {checks.quote(spec.site)} has none"
@@ -111,7 +111,8 @@ def patch_sweep(
         columns = tuple(range(n))
         labels = runner.tokens.strings(clean_ids)
     else:
-        columns = tuple(range(dims.n_heads))
+        # query heads, or kv heads for hook_k/hook_v/hook_rot_k (grouped-query attention)
+        columns = tuple(range(dims.n_kv_heads if kind.unit_dim == "kv_head" else dims.n_heads))
         labels = tuple(f"H{h}" for h in columns)
         if spec.positions is not None:
             resolve_positions(spec.positions, [n])  # validates

@@ -10,7 +10,7 @@ adapter computes with:
                                     both branches), ln1_post.* / ln2_post.* Gemma 2's post-norms
     blocks.L.attn.W_Q/W_K/W_V [head, d_model, d_head]  q = ln1(x) @ W_Q[h] + b_Q[h], before
                                     rotary; grouped-query keys/values repeated per query head, as
-                                    hook_k / hook_v are
+                                    TransformerLens's W_K / W_V (hook_k / hook_v keep the kv heads)
     blocks.L.attn.b_Q/b_K/b_V [head, d_head]
     blocks.L.attn.W_O [head, d_head, d_model], b_O [d_model]   hook_result[h] = z[h] @ W_O[h]
     blocks.L.mlp.W_in [d_model, d_mlp], b_in [d_mlp]   the projection producing hook_pre; in gated
@@ -156,7 +156,7 @@ def _qkv(runner: ModelRunner, layer: int, which: str) -> torch.Tensor:
     x = _present(getattr(runner.adapter.attn_weights(layer), which))
     n_rep = dims.n_heads // dims.n_kv_heads
     if which[-1] in "KV" and n_rep > 1:
-        x = x.repeat_interleave(n_rep, dim=0)  # as hook_k / hook_v
+        x = x.repeat_interleave(n_rep, dim=0)  # as TransformerLens's W_K / W_V properties
     return x
 
 

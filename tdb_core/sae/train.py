@@ -343,6 +343,67 @@ def _metrics_json(metrics: CheckpointMetrics, config: TrainConfig) -> str:
     return json.dumps(body, indent=2) + "\n"
 
 
+def _input_scale_and_b_dec(
+    config: TrainConfig, init_x: torch.Tensor, device: torch.device
+) -> tuple[float, torch.Tensor]:
+    """The input scale (the scaled init sample's total variance is d_in) and the initial b_dec."""
+    d_in = init_x.shape[-1]
+    total_var = (init_x - init_x.mean(dim=0)).pow(2).sum(dim=-1).mean().item()
+    if not total_var > 0:
+        raise InvalidArgumentError("the init sample has zero variance; cannot train an SAE on it")
+    scale = math.sqrt(d_in / total_var)
+    if config.b_dec_init is BDecInit.GEOMETRIC_MEDIAN:
+        b_dec = geometric_median(init_x * scale)
+    elif config.b_dec_init is BDecInit.MEAN:
+        b_dec = (init_x * scale).mean(dim=0)
+    else:
+        b_dec = torch.zeros(d_in, device=device)
+    return scale, b_dec
+
+
+def _encode(
+    sae: ReluSae | TopKSae, x: torch.Tensor, config: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-activations and latents ``[bs, d_sae]`` of the (scaled) batch ``x``."""
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # [bs, d_sae]
+    if config.kind is SaeKind.TOPK:
+        top = torch.topk(pre, k=config.k, dim=-1)  # [bs, k]
+        return pre, torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    return pre, torch.relu(pre)
+
+
+def _sparsity_term(
+    sae: ReluSae | TopKSae,
+    config: TrainConfig,
+    pre: torch.Tensor,
+    z: torch.Tensor,
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    dead: torch.Tensor,
+    k_aux: int,
+) -> tuple[torch.Tensor, float]:
+    """The second loss term and its coefficient: AuxK over the dead latents (topk: how well they
+    reconstruct the residual error) or the decoder-norm weighted L1 / sqrt(d_in) (relu)."""
+    if config.kind is SaeKind.TOPK:
+        second = torch.zeros((), device=x.device)
+        n_dead = int(dead.sum().item())
+        if n_dead > 0 and config.aux_coeff > 0:
+            aux_pre = pre.masked_fill(~dead, float("-inf"))  # [bs, d_sae]
+            aux_top = torch.topk(aux_pre, k=min(k_aux, n_dead), dim=-1)
+            z_aux = torch.zeros_like(pre).scatter(
+                -1, aux_top.indices, torch.relu(aux_top.values)
+            )  # [bs, d_sae]
+            e = (x - x_hat).detach()  # [bs, d_in]
+            e_hat = z_aux @ sae.W_dec  # [bs, d_in]
+            aux = (e_hat - e).pow(2).sum(dim=-1).mean() / (
+                (e - e.mean(dim=0)).pow(2).sum(dim=-1).mean()
+            )
+            second = aux.nan_to_num(0.0)
+        return second, config.aux_coeff
+    l1 = (z * sae.W_dec.norm(dim=-1)).sum(dim=-1).mean()  # decoder-norm weighted
+    return l1 / math.sqrt(x.shape[-1]), config.l1_coeff
+
+
 def train_sae(
     config: TrainConfig,
     batches: Iterable[torch.Tensor],
@@ -373,19 +434,7 @@ def train_sae(
             f"+ init_rows ({config.init_rows}) rows before the first step"
         )
     d_in = stream.d_in
-
-    # input scale: total variance of the scaled data is d_in
-    total_var = (init_x - init_x.mean(dim=0)).pow(2).sum(dim=-1).mean().item()
-    if not total_var > 0:
-        raise InvalidArgumentError("the init sample has zero variance; cannot train an SAE on it")
-    scale = math.sqrt(d_in / total_var)
-    if config.b_dec_init is BDecInit.GEOMETRIC_MEDIAN:
-        b_dec = geometric_median(init_x * scale)
-    elif config.b_dec_init is BDecInit.MEAN:
-        b_dec = (init_x * scale).mean(dim=0)
-    else:
-        b_dec = torch.zeros(d_in, device=device)
-
+    scale, b_dec = _input_scale_and_b_dec(config, init_x, device)
     sae = _init_sae(config, d_in, b_dec, gen)
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr)
     k_aux = min(config.k_aux if config.k_aux is not None else d_in // 2, config.d_sae)
@@ -404,7 +453,7 @@ def train_sae(
         nonlocal window_steps, window_resampled
         folded = _folded(sae, scale)
         with torch.no_grad():  # in chunks: latents of the whole eval set can be large
-            parts = [folded(chunk) for chunk in eval_x.split(EVAL_CHUNK_ROWS)]
+            parts = [folded(chunk) for chunk in torch.split(eval_x, EVAL_CHUNK_ROWS)]
             x_hat = torch.cat([recon for _, recon in parts])  # [eval_rows, d_in]
             active = torch.cat([(z != 0).sum(dim=-1) for z, _ in parts])  # [eval_rows]
         dead = tokens_since_fired >= config.dead_tokens_threshold
@@ -443,15 +492,9 @@ def train_sae(
             if batch is None:
                 break
             x = batch * scale  # [bs, d_in]
-            pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # [bs, d_sae]
-            if config.kind is SaeKind.TOPK:
-                top = torch.topk(pre, k=config.k, dim=-1)  # [bs, k]
-                z = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
-            else:
-                z = torch.relu(pre)  # [bs, d_sae]
+            pre, z = _encode(sae, x, config)  # [bs, d_sae] each
             x_hat = z @ sae.W_dec + sae.b_dec  # [bs, d_in]
             recon = (x_hat - x).pow(2).sum(dim=-1).mean() / d_in
-            second = torch.zeros((), device=device)  # AuxK (topk) or L1 (relu) term
 
             fired = (z > 0).detach()  # [bs, d_sae]
             window_fires += fired.sum(dim=0)
@@ -459,28 +502,11 @@ def train_sae(
             tokens_since_fired[fired.any(dim=0)] = 0
             dead = tokens_since_fired >= config.dead_tokens_threshold  # [d_sae]
 
-            if config.kind is SaeKind.TOPK:
-                n_dead = int(dead.sum().item())
-                if n_dead > 0 and config.aux_coeff > 0:
-                    aux_pre = pre.masked_fill(~dead, float("-inf"))  # [bs, d_sae]
-                    aux_top = torch.topk(aux_pre, k=min(k_aux, n_dead), dim=-1)
-                    z_aux = torch.zeros_like(pre).scatter(
-                        -1, aux_top.indices, torch.relu(aux_top.values)
-                    )  # [bs, d_sae]
-                    e = (x - x_hat).detach()  # [bs, d_in]
-                    e_hat = z_aux @ sae.W_dec  # [bs, d_in]
-                    aux = (e_hat - e).pow(2).sum(dim=-1).mean() / (
-                        (e - e.mean(dim=0)).pow(2).sum(dim=-1).mean()
-                    )
-                    second = aux.nan_to_num(0.0)
-                loss = recon + config.aux_coeff * second
-            else:
-                l1 = (z * sae.W_dec.norm(dim=-1)).sum(dim=-1).mean()  # decoder-norm weighted
-                second = l1 / math.sqrt(d_in)
-                loss = recon + config.l1_coeff * second
+            second, coeff = _sparsity_term(sae, config, pre, z, x, x_hat, dead, k_aux)
+            loss = recon + coeff * second
 
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             with torch.no_grad():
                 w, g = sae.W_dec, sae.W_dec.grad
                 if g is not None:

@@ -42,7 +42,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``toy`` command and its ``train``, ``eval`` and ``corpus`` subcommands."""
     toy = subparsers.add_parser(
         "toy",

@@ -38,7 +38,7 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from tdb_core.errors import InvalidArgumentError
 
@@ -284,7 +284,12 @@ def _sorted_pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
-def _take_fraction(items: Sequence[tuple], fraction: float, rng: random.Random) -> frozenset:
+_Combo = TypeVar("_Combo", bound=tuple[object, ...])
+
+
+def _take_fraction(
+    items: Sequence[_Combo], fraction: float, rng: random.Random
+) -> frozenset[_Combo]:
     shuffled = list(items)
     rng.shuffle(shuffled)
     return frozenset(shuffled[: round(len(shuffled) * fraction)])

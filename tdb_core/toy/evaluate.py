@@ -202,7 +202,7 @@ def evaluate(
     if batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]  # transformers leaves PreTrainedModel.eval unannotated
     try:
         ioi = [
             ex for ex in corpus.generate_task("ioi", n, seed, split)
@@ -252,11 +252,13 @@ def top_predictions(
     if k < 1:
         raise InvalidArgumentError(f"k must be >= 1, got {k}")
     was_training = model.training
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]  # transformers leaves PreTrainedModel.eval unannotated
     try:
         logits = _last_logits(model, tokenizer, [prompt], batch_size=1)[0]  # [vocab]
     finally:
         model.train(was_training)
     probs = torch.softmax(logits, dim=-1)  # [vocab]
     values, indices = probs.topk(min(k, probs.numel()))
-    return [(tokenizer.decode([int(i)]), float(p)) for p, i in zip(values, indices, strict=True)]
+    return [
+        (str(tokenizer.decode([int(i)])), float(p)) for p, i in zip(values, indices, strict=True)
+    ]

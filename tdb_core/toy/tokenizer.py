@@ -59,7 +59,8 @@ def train_tokenizer(
         pair=f"{EOS_TOKEN} $A {EOS_TOKEN} $B",
         special_tokens=[(EOS_TOKEN, eos_id)],
     )
-    tokenizer = PreTrainedTokenizerFast(
+    # transformers leaves the fast tokenizer's constructor unannotated
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=bpe,
         bos_token=EOS_TOKEN,
         eos_token=EOS_TOKEN,
@@ -81,7 +82,7 @@ def single_token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
             "it to be exactly one token; train the tokenizer on more toy-corpus text or with a "
             "larger vocab_size"
         )
-    return ids[0]
+    return int(ids[0])
 
 
 def check_single_tokens(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> None:

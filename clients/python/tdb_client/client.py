@@ -131,11 +131,14 @@ def prompt_pb(p: PromptLike) -> cpb.Prompt:
 
 
 def prompts_pb(prompts: PromptLike | Sequence[PromptLike]) -> list[cpb.Prompt]:
-    if isinstance(prompts, str) or (
-        isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)
-    ):
-        return [prompt_pb(prompts)]  # type: ignore[arg-type]
-    return [prompt_pb(p) for p in prompts]  # type: ignore[union-attr]
+    if isinstance(prompts, str):
+        return [prompt_pb(prompts)]
+    items = list(prompts)
+    ids = [p for p in items if isinstance(p, int)]  # one prompt given as token ids
+    others = [p for p in items if not isinstance(p, int)]  # several prompts
+    if ids and others:
+        raise TypeError("prompts mix token ids with other prompts")
+    return [prompt_pb(ids)] if ids else [prompt_pb(p) for p in others]
 
 
 def capture_pb(c: str | Capture, positions: Sequence[int] | None = None) -> cpb.Capture:
@@ -251,7 +254,7 @@ def _chunked_stream(
         f"/{m.containing_service.full_name}/{m.name}",
         request_serializer=request.SerializeToString,
         response_deserializer=chunk_decoder(response),
-        _registered_method=True,
+        _registered_method=True,  # type: ignore[call-arg]  # grpc's own stubs pass it; types-grpcio omits it
     )
 
 
@@ -467,7 +470,7 @@ class TdbClient:
     def detokenize(
         self, token_ids: Sequence[int], model: str | None = None, timeout: float | None = None
     ) -> str:
-        r = self._unary(
+        r: mpb.DetokenizeResponse = self._unary(
             self._models.Detokenize,
             mpb.DetokenizeRequest(model=model or "", token_ids=list(token_ids)),
             timeout,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import grpc
 
 
@@ -20,7 +23,9 @@ class TdbClientError(Exception):
         details = err.details() if hasattr(err, "details") else str(err)
         rid = None
         trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-        for key, value in trailing or ():
+        # grpc yields (key, value) pairs; types-grpcio declares a non-iterable _Metadatum
+        pairs = cast("Iterable[tuple[str, str | bytes]]", trailing or ())
+        for key, value in pairs:
             if key == "x-request-id":
-                rid = value
+                rid = value if isinstance(value, str) else value.decode()
         return cls(code, details or "", rid)

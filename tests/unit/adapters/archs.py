@@ -12,7 +12,7 @@ To add an architecture: write its reference in ``references.py`` and append an :
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -165,10 +165,11 @@ def _gemma2(vocab: int) -> Any:
     )
 
 
-def _phi(vocab: int) -> Any:
+def _phi(vocab: int, qk_layernorm: bool = False) -> Any:
     from transformers import PhiConfig
 
     return PhiConfig(
+        qk_layernorm=qk_layernorm,
         vocab_size=vocab,
         hidden_size=64,
         num_hidden_layers=2,
@@ -186,9 +187,23 @@ def _phi(vocab: int) -> Any:
 
 # Site kinds each quirk removes from the schema.
 _ROTARY = frozenset({"hook_pos_embed"})
+_NOT_ROTARY = frozenset({"attn.hook_rot_q", "attn.hook_rot_k"})
 _UNGATED = frozenset({"mlp.hook_pre_linear"})
 _PARALLEL = frozenset({"hook_resid_mid"})
 _SHARED_NORM = frozenset({"ln2.hook_scale", "ln2.hook_normalized"})
+
+_PHI = ArchCase(
+    "phi",
+    "PhiForCausalLM",
+    _phi,
+    R.reference_phi,
+    o_proj="model.layers.{L}.self_attn.dense",
+    block="model.layers.{L}",
+    ln1="model.layers.{L}.input_layernorm",
+    ln_final="model.final_layernorm",
+    absent=_ROTARY | _UNGATED | _PARALLEL | _SHARED_NORM,
+    gqa=True,
+)
 
 ARCHS: tuple[ArchCase, ...] = (
     ArchCase(
@@ -200,7 +215,7 @@ ARCHS: tuple[ArchCase, ...] = (
         block="transformer.h.{L}",
         ln1="transformer.h.{L}.ln_1",
         ln_final="transformer.ln_f",
-        absent=_UNGATED,
+        absent=_UNGATED | _NOT_ROTARY,
     ),
     ArchCase(
         "neox",
@@ -274,23 +289,15 @@ ARCHS: tuple[ArchCase, ...] = (
         offset_norms=True,
         hf_sdpa=False,
     ),
-    ArchCase(
-        "phi",
-        "PhiForCausalLM",
-        _phi,
-        R.reference_phi,
-        o_proj="model.layers.{L}.self_attn.dense",
-        block="model.layers.{L}",
-        ln1="model.layers.{L}.input_layernorm",
-        ln_final="model.final_layernorm",
-        absent=_ROTARY | _UNGATED | _PARALLEL | _SHARED_NORM,
-        gqa=True,
-    ),
+    _PHI,
+    # per-head q/k LayerNorms before the rotary embedding: hook_q/hook_k are their outputs
+    replace(_PHI, name="phi_qk_norm", config=lambda vocab: _phi(vocab, qk_layernorm=True)),
 )
 
 ARCH_BY_NAME: dict[str, ArchCase] = {c.name: c for c in ARCHS}
 ARCH_NAMES: tuple[str, ...] = tuple(ARCH_BY_NAME)
 GQA_ARCH_NAMES: tuple[str, ...] = tuple(c.name for c in ARCHS if c.gqa)
+ROTARY_ARCH_NAMES: tuple[str, ...] = tuple(c.name for c in ARCHS if "hook_pos_embed" in c.absent)
 SDPA_ARCH_NAMES: tuple[str, ...] = tuple(c.name for c in ARCHS if c.hf_sdpa)
 
 # arch -> site kind -> max abs difference from the reference (filled by the site test, printed

@@ -130,19 +130,18 @@ def _attn_sites(
     pattern: Tensor,
     z: Tensor,
     w_o: Tensor,
+    rotated: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """Record the attention sites of layer L; return the per-head results [T, H, D]."""
+    """Record the attention sites of layer L; return the per-head results [T, H, D].
+
+    ``q``/``k`` are the projections, ``rotated`` their rotary-embedded values (rotary models);
+    keys and values keep their kv heads (TransformerLens's grouped shapes)."""
     result = torch.einsum("qhd,hdm->qhm", z, w_o)
-    for name, val in [
-        ("attn.hook_q", q),
-        ("attn.hook_k", expand_kv(q, k)),
-        ("attn.hook_v", expand_kv(q, v)),
-        ("attn.hook_attn_scores", scores),
-        ("attn.hook_pattern", pattern),
-        ("attn.hook_z", z),
-        ("attn.hook_result", result),
-    ]:
-        acts[f"blocks.{L}.{name}"] = val
+    sites = dict(hook_q=q, hook_k=k, hook_v=v, hook_attn_scores=scores, hook_pattern=pattern)
+    sites.update(hook_z=z, hook_result=result)
+    if rotated is not None:
+        sites["hook_rot_q"], sites["hook_rot_k"] = rotated
+    acts.update({f"blocks.{L}.attn.{name}": val for name, val in sites.items()})
     return result
 
 
@@ -221,8 +220,8 @@ def reference_neox(model: Any, ids: list[int]) -> Acts:
         )
         qkv = _linear(sd, p + "attention.query_key_value", n1).reshape(T, H, 3 * dh)
         q, k, v = qkv[..., :dh], qkv[..., dh : 2 * dh], qkv[..., 2 * dh :]
-        q, k = rotary(q, rot, theta), rotary(k, rot, theta)
-        scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
+        rq, rk = rotary(q, rot, theta), rotary(k, rot, theta)
+        scores, pattern, z = attention(rq, rk, v, dh**-0.5, allowed_keys(T, None))
         result = _attn_sites(
             acts,
             L,
@@ -233,6 +232,7 @@ def reference_neox(model: Any, ids: list[int]) -> Acts:
             pattern,
             z,
             sd[p + "attention.dense.weight"].T.reshape(H, dh, D),
+            (rq, rk),
         )
         attn_out = result.sum(1) + sd[p + "attention.dense.bias"]
         acts[b + "hook_attn_out"] = attn_out
@@ -290,11 +290,11 @@ def reference_llama(model: Any, ids: list[int]) -> Acts:
         p, b = f"model.layers.{L}.", f"blocks.{L}."
         acts[b + "hook_resid_pre"] = x
         n1 = _norm_sites(acts, b + "ln1", rms_norm(x, sd[p + "input_layernorm.weight"], eps))
-        q = rotary(_linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh), dh, theta)
-        k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
+        q = _linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh)
+        k = _linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh)
+        rq, rk = rotary(q, dh, theta), rotary(k, dh, theta)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
-        k, v = expand_kv(q, k), expand_kv(q, v)  # per query head, as recorded
-        scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, _window(cfg, L)))
+        scores, pattern, z = attention(rq, rk, v, dh**-0.5, allowed_keys(T, _window(cfg, L)))
         result = _attn_sites(
             acts,
             L,
@@ -305,6 +305,7 @@ def reference_llama(model: Any, ids: list[int]) -> Acts:
             pattern,
             z,
             sd[p + "self_attn.o_proj.weight"].T.reshape(H, dh, D),
+            (rq, rk),
         )
         attn_out = result.sum(1)
         if p + "self_attn.o_proj.bias" in sd:
@@ -344,14 +345,14 @@ def reference_gemma2(model: Any, ids: list[int]) -> Acts:
         p, b = f"model.layers.{L}.", f"blocks.{L}."
         acts[b + "hook_resid_pre"] = x
         n1 = _norm_sites(acts, b + "ln1", norm(p + "input_layernorm", x))
-        q = rotary(_linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh), dh, theta)
-        k = rotary(_linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh), dh, theta)
+        q = _linear(sd, p + "self_attn.q_proj", n1).reshape(T, H, dh)
+        k = _linear(sd, p + "self_attn.k_proj", n1).reshape(T, Hkv, dh)
+        rq, rk = rotary(q, dh, theta), rotary(k, dh, theta)
         v = _linear(sd, p + "self_attn.v_proj", n1).reshape(T, Hkv, dh)
-        k, v = expand_kv(q, k), expand_kv(q, v)  # per query head, as recorded
         window = cfg.sliding_window if cfg.layer_types[L] == "sliding_attention" else None
         scores, pattern, z = attention(
-            q,
-            k,
+            rq,
+            rk,
             v,
             cfg.query_pre_attn_scalar**-0.5,
             allowed_keys(T, window),
@@ -367,6 +368,7 @@ def reference_gemma2(model: Any, ids: list[int]) -> Acts:
             pattern,
             z,
             sd[p + "self_attn.o_proj.weight"].T.reshape(H, dh, D),
+            (rq, rk),
         )
         attn_out = norm(p + "post_attention_layernorm", result.sum(1))[2]
         acts[b + "hook_attn_out"] = attn_out
@@ -418,9 +420,8 @@ def reference_phi(model: Any, ids: list[int]) -> Acts:
             k = layer_norm(
                 k, sd[p + "self_attn.k_layernorm.weight"], sd[p + "self_attn.k_layernorm.bias"], eps
             )[2]
-        q, k = rotary(q, rot, theta), rotary(k, rot, theta)
-        k, v = expand_kv(q, k), expand_kv(q, v)  # per query head, as recorded
-        scores, pattern, z = attention(q, k, v, dh**-0.5, allowed_keys(T, None))
+        rq, rk = rotary(q, rot, theta), rotary(k, rot, theta)
+        scores, pattern, z = attention(rq, rk, v, dh**-0.5, allowed_keys(T, None))
         result = _attn_sites(
             acts,
             L,
@@ -431,6 +432,7 @@ def reference_phi(model: Any, ids: list[int]) -> Acts:
             pattern,
             z,
             sd[p + "self_attn.dense.weight"].T.reshape(H, dh, D),
+            (rq, rk),
         )
         attn_out = result.sum(1) + sd[p + "self_attn.dense.bias"]
         pre = _linear(sd, p + "mlp.fc1", n1)  # the MLP reads the same normalized input

@@ -20,6 +20,7 @@ import torch
 from tdb_core import specs
 from tdb_core.errors import InvalidArgumentError, NotFoundError, OutOfRangeError
 from tdb_core.ops.forward import forward
+from tdb_core.ops.patch_sweep import PatchSweepSpec, SweepBy, patch_sweep
 from tdb_core.schema import SITE_KINDS, site_name
 from tests.unit.adapters.archs import GQA_ARCH_NAMES, MAX_DIFF, SDPA_ARCH_NAMES, ArchCase
 
@@ -194,25 +195,44 @@ def test_batch_of_different_lengths_matches_single_prompts(arch_runner: Any) -> 
 
 
 @pytest.mark.parametrize("arch", GQA_ARCH_NAMES, indirect=True)
-def test_grouped_query_keys_and_values_are_repeated_per_query_head(arch_runner: Any) -> None:
-    """hook_k/hook_v of query heads that share a kv head are identical; other groups differ."""
+def test_grouped_query_keys_and_values_keep_their_kv_heads(arch_runner: Any) -> None:
+    """hook_k/hook_v (and hook_rot_k) have num_key_value_heads heads, as TransformerLens serves
+    them; queries keep one per query head."""
     cfg = arch_runner.adapter.model.config
     n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     assert n_kv < n_heads
-    group = n_heads // n_kv
-    res = _forward(
-        arch_runner,
-        PROMPTS[0],
-        captures=(specs.Capture("blocks.*.attn.hook_k"), specs.Capture("blocks.*.attn.hook_v")),
-    )
+    schema = arch_runner.schema
+    assert schema.dims.n_kv_heads == n_kv
+    res = _forward(arch_runner, PROMPTS[0], captures=(specs.Capture("blocks.*.attn.hook_*"),))
     for c in res.captures:
-        x = c.values[0]  # [pos, head, d_head]
-        assert x.shape[1] == n_heads
-        for h in range(n_heads):
-            assert torch.equal(x[:, h], x[:, (h // group) * group]), f"{c.site} head {h}"
-            if n_kv > 1:
-                other = ((h // group + 1) % n_kv) * group
-                assert not torch.equal(x[:, h], x[:, other]), f"{c.site} heads {h}, {other}"
+        site = schema.get(c.site)
+        if site.kind.key in ("attn.hook_k", "attn.hook_v", "attn.hook_rot_k"):
+            assert site.kind.dims == ("pos", "kv_head", "d_head")
+            assert c.values.shape[2] == n_kv == schema.unit_count(site), c.site
+        elif site.kind.key in ("attn.hook_q", "attn.hook_rot_q", "attn.hook_z"):
+            assert c.values.shape[2] == n_heads == schema.unit_count(site), c.site
+    with pytest.raises(OutOfRangeError, match="kv head"):
+        _forward(
+            arch_runner,
+            PROMPTS[1],
+            interventions=(
+                specs.Intervention("blocks.0.attn.hook_k", specs.Zero(), units=(n_kv,)),
+            ),
+        )
+    ids = arch_runner.tokens.encode(specs.Prompt(text=PROMPTS[1]))
+    other = [*ids[:-1], (ids[-1] + 1) % cfg.vocab_size]  # the same prompt, last token changed
+    sweep = patch_sweep(
+        arch_runner,
+        PatchSweepSpec(
+            specs.Prompt(token_ids=ids),
+            specs.Prompt(token_ids=other),
+            "attn.hook_v",
+            (ids[-1],),
+            (other[-1],),
+            by=SweepBy.HEAD,
+        ),
+    )
+    assert sweep.recovered.shape == (cfg.num_hidden_layers, n_kv)  # one column per kv head
 
 
 # --------------------------------------------------------------------------------------------------

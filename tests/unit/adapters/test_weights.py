@@ -52,12 +52,16 @@ def test_weights_recompute_every_site(arch_case: ArchCase, arch_runner: Any) -> 
     for L in range(dims.n_layers):
         p = f"blocks.{L}."
         x = _norm_out(acts, w, p + "ln1")  # [T, d_model]
+        qk_norm = bool(getattr(arch_runner.adapter.model.config, "qk_layernorm", False))
         for q, site in (("Q", "hook_q"), ("K", "hook_k"), ("V", "hook_v")):
+            if qk_norm and q != "V":
+                continue  # hook_q / hook_k are the per-head q/k norms' outputs there
             got = torch.einsum("td,hde->the", x, w[p + "attn.W_" + q])
             if p + "attn.b_" + q in w:
                 got = got + w[p + "attn.b_" + q]
-            T = 1 if q != "V" else len(ids)  # rotary is the identity at position 0
-            _close(p + "W_" + q, got[:T], acts[p + "attn." + site][:T])
+            want = acts[p + "attn." + site]  # before rotary; keys and values per kv head
+            want = want.repeat_interleave(dims.n_heads // want.shape[1], dim=1)
+            _close(p + "W_" + q, got, want)
         _close(
             p + "W_O",
             torch.einsum("thd,hdm->thm", acts[p + "attn.hook_z"], w[p + "attn.W_O"]),
