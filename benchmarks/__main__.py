@@ -20,6 +20,8 @@ BENCHMARKS = (
     "explain",
     "webapp",
     "grpcweb",
+    "latency",
+    "gpu",
     "gradients",
     "atp",
     "generate",

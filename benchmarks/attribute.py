@@ -2,13 +2,17 @@
 
     python -m benchmarks attribute [--seq 64] [--repeats 5] [--families embedding,mlp_neuron,...]
 
-Target: <= 2.5x (forward + autograd.grad alone is ~2x here).
+Target: <= 2.5x (forward + autograd.grad alone is ~2x here). ``stage_ms`` gives the median cost
+of each stage of the table (forward, backward, columns, ranking, node tokens, rows; see
+:func:`tdb_core.ops.attribute.attribute`), ``stage_vs_forward`` the same as multiples of the plain
+forward.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 
 import torch
 
@@ -53,13 +57,21 @@ def main(argv: list[str]) -> int:
         out = plain(inputs_embeds=emb).logits[0, -1]
         torch.autograd.grad(out[11] - out[12], [emb])
 
+    stage_runs: list[dict[str, float]] = []
+
     def run_table() -> None:
-        attribute(runner, spec)
+        stages: dict[str, float] = {}
+        attribute(runner, spec, stages)
+        stage_runs.append(stages)
 
     del probe
     t = interleaved_medians(
         {"plain": run_plain, "fwd_grad": run_fwd_grad, "table": run_table}, args.repeats, warmup=1
     )
+    stage_runs = stage_runs[1:]  # drop the warmup
+    stage_ms = {
+        k: round(statistics.median(r[k] for r in stage_runs) * 1e3, 1) for k in stage_runs[0]
+    }
     res = attribute(runner, spec)
     emit(
         {
@@ -71,6 +83,8 @@ def main(argv: list[str]) -> int:
             "node_table_ms": round(t["table"] * 1e3, 1),
             "ratio_table_vs_forward": round(t["table"] / t["plain"], 3),
             "ratio_forward_grad_vs_forward": round(t["fwd_grad"] / t["plain"], 3),
+            "stage_ms": stage_ms,
+            "stage_vs_forward": {k: round(v / (t["plain"] * 1e3), 3) for k, v in stage_ms.items()},
             "nodes_ranked": int(res.stats["nodes_ranked"]),
             "rows": len(res.rows),
             "target_ratio": 2.5,

@@ -6,6 +6,8 @@ Series (all prefixed ``tdb_``; the process_* series come from prometheus_client)
     tdb_rpc_duration_seconds{service, method, code}       histogram: RPC latency
     tdb_tokens_processed_total{model}                      counter: prompt tokens run through models
     tdb_queue_depth{model}                                 gauge: requests running or waiting
+    tdb_prompt_cache_{hits,misses,evictions,invalidations}_total   counters, with --cache-mb
+    tdb_prompt_cache_{bytes,entries,max_bytes}             gauges, with --cache-mb
     tdb_device_memory_{allocated,reserved,total}_bytes{device}   gauges, only when CUDA is present
     process_resident_memory_bytes, process_cpu_seconds_total, ...
 
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 #: Latency buckets, seconds: from a cached ListModels to a long attribution sweep.
@@ -85,6 +87,33 @@ class CudaMemoryCollector(Collector):
             reserved.add_metric([name], float(torch.cuda.memory_reserved(i)))
             total.add_metric([name], float(torch.cuda.get_device_properties(i).total_memory))
         yield from (allocated, reserved, total)
+
+
+class PromptCacheCollector(Collector):
+    """The prompt cache's counters and size (``tdb_core.cache.PromptCache.stats``), read at each
+    scrape."""
+
+    def __init__(self, stats: Callable[[], Any]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.stats()
+        for name, doc in (
+            ("hits", "Forward requests answered from the prompt cache"),
+            ("misses", "Cacheable Forward requests that ran a pass"),
+            ("evictions", "Entries dropped (least recently used, or over the budget)"),
+            (
+                "invalidations",
+                "Times a model's entries were dropped as its weights or SAEs changed",
+            ),
+        ):
+            yield CounterMetricFamily(f"tdb_prompt_cache_{name}", doc, value=getattr(st, name))
+        for name, doc in (
+            ("bytes", "Bytes of tensors held by the prompt cache"),
+            ("entries", "Recorded passes held by the prompt cache"),
+            ("max_bytes", "The prompt cache's budget (--cache-mb)"),
+        ):
+            yield GaugeMetricFamily(f"tdb_prompt_cache_{name}", doc, value=getattr(st, name))
 
 
 class Metrics:
@@ -149,6 +178,10 @@ class Metrics:
     def track_queue_depth(self, model: str, depth: Callable[[], float]) -> None:
         """Read ``model``'s queue depth from ``depth()`` at each scrape."""
         self.queue.labels(model).set_function(depth)
+
+    def track_prompt_cache(self, stats: Callable[[], Any]) -> None:
+        """Export the prompt cache whose ``stats()`` (a ``CacheStats``) is read at each scrape."""
+        self.registry.register(PromptCacheCollector(stats))
 
     # -- HTTP endpoint
     def serve(self, host: str, port: int) -> int:

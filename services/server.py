@@ -49,6 +49,7 @@ from tdb.v1 import (
     server_pb2,
     server_pb2_grpc,
 )
+from tdb_core.cache import PromptCache
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.memory import reuse_freed_memory
 from tdb_core.runner import ModelRunner
@@ -235,10 +236,23 @@ class Service:
             shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
+def attach_prompt_cache(models: ModelRegistry, max_bytes: int) -> PromptCache | None:
+    """Give every model that has none one prompt cache of ``max_bytes`` (a budget they share);
+    none when ``max_bytes`` is 0."""
+    if max_bytes <= 0:
+        return None
+    cache = PromptCache(max_bytes)
+    for runner in models.all():
+        if runner.cache is None:
+            runner.cache = cache
+    return cache
+
+
 def build_server(settings: Settings, models: ModelRegistry | None = None) -> Service:
     """Build and start a server on ``settings.host:settings.port`` (port 0 picks a free one)."""
     reuse_freed_memory()  # captures keep activations alive: recycle their pages across requests
     models = models or load_models(settings)
+    attach_prompt_cache(models, settings.cache_bytes)
     metrics = Metrics() if settings.metrics_port is not None else None
     authorize = (
         BearerTokenAuthorizer(read_tokens(settings.auth_token_file))
@@ -324,6 +338,9 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
     if metrics is not None and settings.metrics_port is not None:
         for runner in models.all():
             metrics.track_queue_depth(runner.name, lambda r=runner: r.queue_depth)
+        caches = {id(r.cache): r.cache for r in models.all() if r.cache is not None}
+        for cache in caches.values():
+            metrics.track_prompt_cache(cache.stats)
         metrics.serve(settings.host, settings.metrics_port)
     server.start()
     http = None

@@ -58,6 +58,7 @@ class Settings:
     http_port: int | None = None  # gRPC-Web and the web app on this port (0 picks one); None: off
     cors_origins: tuple[str, ...] = ()  # other origins whose pages may call over gRPC-Web; "*": any
     web_dir: str | None = None  # the built web app; None: clients/web/dist when it exists
+    cache_bytes: int = 0  # prompt cache budget (tdb_core.cache), shared by all models; 0: off
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -351,6 +352,14 @@ def _http_arguments(p: argparse.ArgumentParser, d: Settings) -> None:
 def _log_arguments(p: argparse.ArgumentParser, d: Settings) -> None:
     """Logging."""
     p.add_argument(
+        "--cache-mb",
+        type=float,
+        default=float(_env("CACHE_MB", str(d.cache_bytes / 2**20))),
+        metavar="MB",
+        help="keep recorded forward passes for repeated queries on a prompt, in an LRU of at "
+        "most MB MiB shared by all models; 0 (default) turns the cache off (env TDB_CACHE_MB)",
+    )
+    p.add_argument(
         "--log-format",
         default=_env("LOG_FORMAT", d.log_format),
         choices=("auto", "json", "console"),
@@ -426,4 +435,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         http_port=args.http_port if args.http_port >= 0 else None,
         cors_origins=tuple(o.rstrip("/") for o in cors_origins),
         web_dir=args.web_dir,
+        cache_bytes=_cache_bytes(args.cache_mb),
     )
+
+
+def _cache_bytes(mb: float) -> int:
+    if not mb >= 0:  # also refuses NaN
+        raise InvalidArgumentError(f"--cache-mb {mb}: expected a size in MiB >= 0 (0: no cache)")
+    return int(mb * 2**20)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from tdb_core import specs
+from tdb_core.cache import Recorded
 from tdb_core.errors import InvalidArgumentError
 from tdb_core.schema import SiteInfo, site_name
 
@@ -101,6 +102,11 @@ class HookPlan:
     freeze_norms: set[str] = field(default_factory=set)  # "ln_final", "blocks.L.ln1", ...
     observers: dict[str, Callable[[torch.Tensor], None]] = field(default_factory=dict)
     clone_captures: bool = False  # copy every capture (set after a model wrote to a view in place)
+    # positions whose logits the pass computes (None: every position); ignored when the logits
+    # site itself is hooked
+    logit_positions: tuple[int, ...] | None = None
+    # when set, every captured site's whole tensor (a copy) is recorded here (the prompt cache)
+    record: dict[str, Recorded] | None = None
 
     def captures_intact(self) -> bool:
         """False if a zero-copy capture was modified in place after it was taken."""
@@ -431,6 +437,9 @@ class HookContext:
             observed = site in self.plan.observers
             n = self.lengths.shape[0] if observed else max(c.n_rows for c in caps)
             self.observe(site, block(n, None, None))
+            rec = self.plan.record
+            if rec is not None and site in rec:
+                rec[site] = Recorded(rec[site].values, derived=True)
             return
         for cap in caps:
             units = cap.index.units if cap.index.unit_axis is not None else None
@@ -441,6 +450,8 @@ class HookContext:
         """Record captures of ``site`` and keep its graph tensor if gradients are wanted."""
         for cap in self.plan.captures.get(site, ()):
             _reduce_capture(cap, x, masked, self.plan.clone_captures)
+        if self.plan.record is not None and site in self.plan.captures:
+            self.plan.record[site] = Recorded(x.detach().clone(), masked)
         if site in self.plan.grad_sites:
             self._root(site, x)
             self.graph[site] = x

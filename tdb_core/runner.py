@@ -22,6 +22,7 @@ import torch
 from tdb_core import cancel
 from tdb_core.adapter import Adapter
 from tdb_core.admission import Admission, working_bytes
+from tdb_core.cache import PromptCache, runner_token
 from tdb_core.checks import Limits
 from tdb_core.hooks import HookContext, HookPlan, Splice, activate
 from tdb_core.plan import Batch, Planner
@@ -51,11 +52,23 @@ class LoadedModel:
 
 @dataclass
 class RunOutput:
-    """What one forward pass produced: logits ``[B, T, vocab]`` and the hook context."""
+    """What one forward pass produced: logits ``[B, T, vocab]`` and the hook context.
+
+    With ``logit_positions`` (a plan's :attr:`~tdb_core.hooks.HookPlan.logit_positions`), the
+    logits are those positions' only: ``[B, len(logit_positions), vocab]``; read them by
+    absolute position with :meth:`logits_at`.
+    """
 
     logits: torch.Tensor
     ctx: HookContext
     seconds: float
+    logit_positions: tuple[int, ...] | None = None
+
+    def logits_at(self, position: int) -> torch.Tensor:
+        """The logits at an absolute position, ``[B, vocab]``."""
+        if self.logit_positions is None:
+            return self.logits[:, position]
+        return self.logits[:, self.logit_positions.index(position)]
 
 
 class ModelRunner:
@@ -69,6 +82,11 @@ class ModelRunner:
         self.saes = SaeRegistry(loaded.name, loaded.adapter.schema, loaded.device)
         self.admission = Admission(loaded.name, self.limits)
         self.stats = {"passes": 0, "merged_passes": 0, "merged_requests": 0}
+        self.cache: PromptCache | None = None  # the server's prompt cache, when it has one
+        self.cache_token = runner_token()
+        # tensors derived from the weights alone (e.g. the normalized embedding node tables read),
+        # each with a stamp of the weights it was derived from: name -> (stamp, tensor)
+        self.derived: dict[str, tuple[object, torch.Tensor]] = {}
 
     @property
     def name(self) -> str:
@@ -95,6 +113,16 @@ class ModelRunner:
     def queue_depth(self) -> int:
         """Requests admitted to this model: running or waiting."""
         return self.admission.queue_depth
+
+    def cache_stamp(self) -> tuple[object, ...]:
+        """Changes whenever the weights (in place or replaced) or the attached SAEs change: part
+        of every prompt-cache key of this model."""
+        weights = tuple((id(p), p._version) for p in self.adapter.model.parameters())
+        saes = tuple(
+            (a.id, id(a), tuple((id(p), p._version) for p in a.sae.parameters()))
+            for a in self.saes.values()
+        )
+        return (weights, saes)
 
     def planner(self, batch: Batch) -> Planner:
         return Planner(self.schema, batch, self.device, self.dtype)
@@ -174,6 +202,10 @@ class ModelRunner:
         for att in self.saes.values():
             if wanted.intersection(att.site_names):
                 plan.splices[att.site.name] = _chain(plan.splices.get(att.site.name), att.splice())
+        kept = plan.logit_positions if "logits" not in wanted else None
+        extra: dict[str, Any] = {}
+        if kept is not None:  # the model's unembedding reads only these positions
+            extra["logits_to_keep"] = torch.tensor(kept, device=self.device)
         start = time.perf_counter()
         while True:
             ctx = HookContext(
@@ -181,9 +213,11 @@ class ModelRunner:
             )
             self.stats["passes"] += 1
             with self._hooks(ctx), torch.set_grad_enabled(grad):
-                out = self.adapter.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                out = self.adapter.model(
+                    input_ids=ids, attention_mask=mask, use_cache=False, **extra
+                )
             if plan.captures_intact():
-                return RunOutput(out.logits, ctx, time.perf_counter() - start)
+                return RunOutput(out.logits, ctx, time.perf_counter() - start, kept)
             # the model wrote in place to an activation captured without a copy: run again, copying
             plan.clone_captures = True
             plan.reset_captures()

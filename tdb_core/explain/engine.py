@@ -304,9 +304,8 @@ class Catalog:
         wanted = set(node_keys)
         out: dict[str, StoredExplanation] = {}
         candidates = list(self.shipped)
-        if self.store is not None and wanted:
-            for k in wanted:
-                candidates.extend(self.store.list(model=model, node_key=k, limit=50))
+        if self.store is not None and wanted:  # one connection for every node
+            candidates.extend(self.store.list_nodes(model, wanted, limit_per_node=50))
         for e in candidates:
             if e.model != model or e.node_key not in wanted:
                 continue

@@ -18,13 +18,14 @@ read and write at once. A lock held longer than the busy timeout raises Unavaila
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ CREATE TABLE IF NOT EXISTS explanations (
 );
 CREATE INDEX IF NOT EXISTS explanations_by_node ON explanations (model, node_key);
 """
+
+_KEYS_PER_QUERY = 500  # node keys per IN (...) list (SQLite allows 999 parameters at least)
 
 _COLUMNS = (
     "model, sae_id, node_key, method, explainer, explanation, score, score_reason, "
@@ -288,6 +291,32 @@ class ExplanationStore:
                 (*params, limit, offset),
             ).fetchall()
         return [_row_to_entry(r) for r in rows]
+
+    def list_nodes(
+        self, model: str, node_keys: Iterable[str], limit_per_node: int = 50
+    ) -> builtins.list[StoredExplanation]:
+        """The explanations of several nodes of a model over one connection: for each node key,
+        what ``list(model=model, node_key=key, limit=limit_per_node)`` returns, nodes in key
+        order."""
+        keys = sorted(set(node_keys))
+        if not keys:
+            return []
+        out: builtins.list[StoredExplanation] = []
+        with self._connection() as conn:
+            for start in range(0, len(keys), _KEYS_PER_QUERY):
+                chunk = keys[start : start + _KEYS_PER_QUERY]
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM explanations WHERE model = ? AND node_key IN "
+                    f"({', '.join('?' * len(chunk))}) "
+                    "ORDER BY model, sae_id, node_key, method, explainer",
+                    (model, *chunk),
+                ).fetchall()
+                by_key: dict[str, list[sqlite3.Row]] = {}
+                for r in rows:
+                    by_key.setdefault(r["node_key"], []).append(r)
+                for k in chunk:
+                    out.extend(_row_to_entry(r) for r in by_key.get(k, [])[:limit_per_node])
+        return out
 
     def delete(
         self, *, model: str, node_key: str, method: str, explainer: str, sae_id: str = ""

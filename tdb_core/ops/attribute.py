@@ -30,9 +30,12 @@ constant the direct effects plus ``bias_direct_effect`` and ``constant`` add up 
 
 from __future__ import annotations
 
+import bisect
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -178,6 +181,26 @@ def _residual_point(site: str, layer: int, key: str, position: int | None) -> _P
 
 
 _Tensors = dict[str, torch.Tensor]
+
+
+SPARSE = True
+"""Compute only what the loss can see: logits at the loss position, and products with the loss
+gradient at positions where it is not zero (a logit loss or a trace reads one position; every
+other position's direct effects are zero). False computes every position, as a check."""
+
+
+def _on_live_positions(d: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn(d)`` for a linear map ``fn`` of the last axis of ``d`` ``[rows, T, d_model]``,
+    computed only at the positions where ``d[r, t]`` is not all zeros (zeros elsewhere)."""
+    if not SPARSE:
+        return fn(d)
+    rows, T = d.shape[:2]
+    flat = d.reshape(rows * T, -1)
+    live = flat.ne(0).any(-1).nonzero().flatten()  # [n]
+    y = fn(flat[live])  # [n, *out]
+    out = torch.zeros(rows * T, *y.shape[1:], dtype=y.dtype, device=y.device)
+    out[live] = y
+    return out.reshape(rows, T, *y.shape[1:])
 
 
 def _row_vector(x: torch.Tensor) -> Callable[[int, tuple[int, ...]], torch.Tensor]:
@@ -426,6 +449,8 @@ class _Attribution:
         if self.spec.freeze_norm_scale and self.point.norm is not None:
             plan.freeze_norms.add(self.point.norm)
         loss = self.spec.loss
+        if SPARSE and isinstance(loss, (LogitDiffLoss, LogProbLoss)):
+            plan.logit_positions = (self.loss_position(),)  # the unembedding at one position
         if isinstance(loss, NeuronTrace):
             plan.grad_sites.add(site_name("mlp.hook_pre", loss.layer))
         if isinstance(loss, HeadTrace):
@@ -459,10 +484,10 @@ class _Attribution:
         loss, g = self.spec.loss, out.ctx.graph
         rows = self.n_rows if rows is None else rows
         if isinstance(loss, LogitDiffLoss):
-            lg = out.logits[:rows, self.loss_position()].float()
+            lg = out.logits_at(self.loss_position())[:rows].float()
             return lg[:, list(loss.target_ids)].mean(-1) - lg[:, list(loss.distractor_ids)].mean(-1)
         if isinstance(loss, LogProbLoss):
-            lp = out.logits[:rows, self.loss_position()].float().log_softmax(-1)
+            lp = out.logits_at(self.loss_position())[:rows].float().log_softmax(-1)
             return lp[:, list(loss.target_ids)].logsumexp(-1)
         if isinstance(loss, NeuronTrace):
             return g[site_name("mlp.hook_pre", loss.layer)][
@@ -603,7 +628,7 @@ class _Attribution:
         cols = {
             "activation": post,
             "write_magnitude": write_mag,
-            "direct_effect": post * (d_eff @ w_out.T),
+            "direct_effect": post * _on_live_positions(d_eff, lambda x: x @ w_out.T),
             "total_effect": post * gpost,
         }
 
@@ -637,11 +662,13 @@ class _Attribution:
             raw = torch.einsum("rthd,hdm->rtm", z, w_o) + (b.float() if b is not None else 0.0)
             factor = self._post_norm_gain(norm, raw)  # [rows, T, d_model]
         d_eff = d * factor  # [rows, T, d_model]
-        ow = torch.einsum("hdm,rtm->rthd", w_o, d_eff)  # [rows, T, H, d_head]: W_O[h] d_eff[t]
+        # [rows, T, H, d_head]: W_O[h] d_eff[t]
+        ow = _on_live_positions(d_eff, lambda x: torch.einsum("hdm,...m->...hd", w_o, x))
         fams = []
         if NodeKind.ATTN_HEAD in self.families:
             result = torch.einsum("rthd,hdm->rthm", z, w_o)  # [rows, T, H, d_model]
-            result_w = result * (factor[:, :, None] if factor.dim() else factor)
+            # the residual write: the raw write through a post norm's factor (none: as it is)
+            result_w = result * factor[:, :, None] if norm is not None else result
             cols = {
                 "activation": z.norm(dim=-1),
                 "write_magnitude": result_w.norm(dim=-1),
@@ -696,7 +723,12 @@ class _Attribution:
 
 def _topk_union(fams: list[_Family], k: int, n_rows: int) -> list[tuple[int, tuple[int, ...]]]:
     """Top-k (and bottom-k) of every column across all families and rows; union, in a fixed order:
-    columns in COLUMNS order, top before bottom, within each by value then family order."""
+    columns in COLUMNS order, top before bottom, within each by value then family order.
+
+    The nodes of each pick are those of one ``topk`` over every family's column laid end to end
+    (NaN ranked as 0, infinities as the largest finite values); :func:`_pick` finds the same
+    nodes without building that tensor when the k-th value is not tied across the boundary.
+    """
     sizes = [f.columns["activation"][0].numel() for f in fams]
     offsets = [0]
     for s in sizes:
@@ -704,20 +736,16 @@ def _topk_union(fams: list[_Family], k: int, n_rows: int) -> list[tuple[int, tup
     chosen: list[tuple[int, tuple[int, ...]]] = []
     seen: set[tuple[int, tuple[int, ...]]] = set()
     for col in COLUMNS:
-        flat = torch.cat([f.columns[col].reshape(n_rows, -1) for f in fams], dim=1)  # [rows, N]
-        flat = torch.nan_to_num(flat, nan=0.0)
-        kk = min(k, flat.shape[1])
-        picks = []
+        parts = [f.columns[col].reshape(n_rows, -1) for f in fams]  # [rows, n_f] each
+        kk = min(k, offsets[-1])
         for largest in (True, False) if col not in TOP_ONLY else (True,):
-            vals, idx = flat.topk(kk, dim=1, largest=largest, sorted=True)  # [rows, kk]
-            for r in range(n_rows):
-                for j in range(kk):
-                    picks.append(
-                        (-float(vals[r, j]) if largest else float(vals[r, j]), int(idx[r, j]))
-                    )
+            picks = []
+            for vals, idx in _pick(parts, kk, largest):
+                for v, i in zip(vals, idx, strict=True):
+                    picks.append((-v if largest else v, i))
             picks_sorted = sorted(set(picks), key=lambda t: (t[0], t[1]))
             for _, flat_i in picks_sorted:
-                fam_i = next(i for i in range(len(fams)) if offsets[i] <= flat_i < offsets[i + 1])
+                fam_i = bisect.bisect_right(offsets, flat_i) - 1
                 shape = fams[fam_i].columns[col].shape[1:]
                 local = flat_i - offsets[fam_i]
                 idx_t = tuple(int(x) for x in torch.unravel_index(torch.tensor(local), shape))
@@ -725,8 +753,66 @@ def _topk_union(fams: list[_Family], k: int, n_rows: int) -> list[tuple[int, tup
                 if key not in seen:
                     seen.add(key)
                     chosen.append(key)
-            picks = []
     return chosen
+
+
+_BLOCK = 256  # elements per block when bounding the k-th value by block extremes
+
+
+def _pick(parts: list[torch.Tensor], k: int, largest: bool) -> list[tuple[list[float], list[int]]]:
+    """Per row: the values and flat indices (into ``parts`` laid end to end) of
+    ``torch.cat(parts, 1).nan_to_num(nan=0.0).topk(k, largest=largest)``, as a set.
+
+    One pass takes each block's extreme; at least k blocks hold a value at or beyond the k-th
+    most extreme block extreme, so only the blocks reaching that bound are searched. When the
+    k-th value is tied and not every tied node fits, which ones ``topk`` keeps is up to its
+    implementation: then (and where NaN or infinities take part) this runs that very ``topk``.
+    """
+    rows = parts[0].shape[0]
+    extremes = []
+    first_block = [0]  # per part: index of its first block (a part's last block may be short)
+    for p in parts:
+        n = p.shape[1]
+        full = n - n % _BLOCK
+        if full:
+            blocks = p[:, :full].reshape(rows, -1, _BLOCK)
+            extremes.append(blocks.amax(-1) if largest else blocks.amin(-1))
+        if n > full:
+            tail = p[:, full:]
+            extremes.append((tail.amax(-1) if largest else tail.amin(-1))[:, None])
+        first_block.append(first_block[-1] + -(-n // _BLOCK))
+    ext = torch.cat(extremes, dim=1)  # [rows, n_blocks]; NaN anywhere shows up here
+    starts = [0]
+    for p in parts:
+        starts.append(starts[-1] + p.shape[1])
+    out: list[tuple[list[float], list[int]]] = []
+    for r in range(rows):
+        exact = None
+        if ext.shape[1] >= k and not bool(ext[r].isnan().any()):
+            bound = ext[r].topk(k, largest=largest).values[-1]
+            reach = (ext[r] >= bound) if largest else (ext[r] <= bound)
+            vals_l, idx_l = [], []
+            for b in reach.nonzero().flatten().tolist():
+                j = bisect.bisect_right(first_block, b) - 1
+                lo = (b - first_block[j]) * _BLOCK
+                seg = parts[j][r, lo : lo + _BLOCK]
+                hit = ((seg >= bound) if largest else (seg <= bound)).nonzero().flatten()
+                vals_l.append(seg[hit])
+                idx_l.append(hit + (starts[j] + lo))
+            vals, idx = torch.cat(vals_l), torch.cat(idx_l)
+            kth = vals.topk(k, largest=largest).values[-1]
+            beyond = (vals > kth) if largest else (vals < kth)
+            tied = vals == kth
+            if int(beyond.sum()) + int(tied.sum()) == k:  # no tie across the boundary
+                keep = beyond | tied
+                if bool(vals[keep].isfinite().all()):
+                    exact = (vals[keep].tolist(), idx[keep].tolist())
+        if exact is None:
+            flat = torch.nan_to_num(torch.cat([p[r : r + 1] for p in parts], dim=1), nan=0.0)
+            v, i = flat.topk(k, dim=1, largest=largest, sorted=True)
+            exact = (v[0].tolist(), i[0].tolist())
+        out.append(exact)
+    return out
 
 
 def _token_scores(
@@ -805,6 +891,21 @@ class Columns:
         raise KeyError((kind, layer))
 
 
+class _Clock:
+    """Seconds spent in each stage of a request, added into ``into`` (when given)."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self.into = into
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.into is None:
+            return
+        now = time.perf_counter()
+        self.into[stage] = self.into.get(stage, 0.0) + now - self.last
+        self.last = now
+
+
 def _prepared(runner: ModelRunner, spec: AttributeSpec) -> tuple[_Attribution, Planner]:
     """A validated, planned attribution (every error is raised here, before work)."""
     att = _Attribution(runner, spec)
@@ -815,20 +916,31 @@ def _prepared(runner: ModelRunner, spec: AttributeSpec) -> tuple[_Attribution, P
     return att, planner
 
 
-def compute_columns(runner: ModelRunner, spec: AttributeSpec) -> Columns:
+def compute_columns(
+    runner: ModelRunner, spec: AttributeSpec, stages: dict[str, float] | None = None
+) -> Columns:
     """One forward and one ``autograd.grad`` for every family's four columns (plus IG passes).
 
     The gradients are taken with the model's admission and execution lock held (``session``), so
-    concurrent attributions keep at most one graph alive at a time."""
+    concurrent attributions keep at most one graph alive at a time. ``stages``: when given,
+    receives the seconds spent in ``forward``, ``backward`` and ``columns`` (integrated gradients
+    count as ``columns``)."""
     att, planner = _prepared(runner, spec)
     with runner.session(att.batch, planner.plan, grad=True):
-        return _columns(runner, att, planner)
+        return _columns(runner, att, planner, stages)
 
 
-def _columns(runner: ModelRunner, att: _Attribution, planner: Planner) -> Columns:
+def _columns(
+    runner: ModelRunner,
+    att: _Attribution,
+    planner: Planner,
+    stages: dict[str, float] | None = None,
+) -> Columns:
+    clock = _Clock(stages)
     spec = att.spec
     out = runner.run(att.batch, planner.plan, grad=True)
     losses = att.loss_values(out)
+    clock.lap("forward")
     names = sorted(planner.plan.grad_sites - {"hook_embed"})
     tensors = [out.ctx.graph[n] for n in names]
     grads_list = torch.autograd.grad(losses.sum(), tensors, allow_unused=True)
@@ -836,25 +948,38 @@ def _columns(runner: ModelRunner, att: _Attribution, planner: Planner) -> Column
         n: (gr if gr is not None else torch.zeros_like(t))
         for n, t, gr in zip(names, tensors, grads_list)
     }
+    clock.lap("backward")
     with torch.no_grad():
         fams = att.families_from(out, grads)
     if spec.ig_steps:
         _integrated_gradients(att, fams)
+    clock.lap("columns")
     return Columns(att, out, losses.detach(), grads, fams)
 
 
-def attribute(runner: ModelRunner, spec: AttributeSpec) -> AttributeResult:
-    """Build TDB's node table for ``spec`` (see the module docstring)."""
+def attribute(
+    runner: ModelRunner, spec: AttributeSpec, stages: dict[str, float] | None = None
+) -> AttributeResult:
+    """Build TDB's node table for ``spec`` (see the module docstring).
+
+    ``stages``: when given, receives the seconds spent in each stage: ``forward``, ``backward``,
+    ``columns`` (see :func:`compute_columns`), ``ranking`` (the top-k union), ``node_tokens``
+    (up/down-voted output tokens and input tokens of the rows) and ``rows`` (building the result).
+    """
     att, planner = _prepared(runner, spec)
     with runner.session(att.batch, planner.plan, grad=True):
-        return _table(runner, spec, _columns(runner, att, planner))
+        return _table(runner, spec, _columns(runner, att, planner, stages), stages)
 
 
-def _table(runner: ModelRunner, spec: AttributeSpec, cols: Columns) -> AttributeResult:
+def _table(
+    runner: ModelRunner, spec: AttributeSpec, cols: Columns, stages: dict[str, float] | None = None
+) -> AttributeResult:
     """The node table from the columns (the session held: the graph is still alive)."""
+    clock = _Clock(stages)
     att, out, losses, grads, fams = cols.att, cols.out, cols.losses, cols.grads, cols.families
     with torch.no_grad():
         chosen = _topk_union(fams, spec.top_k, att.n_rows)
+        clock.lap("ranking")
         w_u = runner.adapter.W_U().float()
         gain = runner.adapter.final_norm().gain()
         nodes = [(fams[fam_i], idx) for fam_i, idx in chosen]
@@ -884,6 +1009,7 @@ def _table(runner: ModelRunner, spec: AttributeSpec, cols: Columns) -> Attribute
             runner, [(layer, n) for _, layer, n in neurons], spec.node_tokens
         )
         input_of = {i: inputs[j] for j, (i, _, _) in enumerate(neurons)}
+        clock.lap("node_tokens")
         rows_out = []
         for i, (f, idx) in enumerate(nodes):
             values = tuple(
@@ -913,7 +1039,7 @@ def _table(runner: ModelRunner, spec: AttributeSpec, cols: Columns) -> Attribute
         tok_attr = emb[0].columns["total_effect"] if emb else torch.zeros(att.n_rows, att.T)
     prompts = tuple(specs.PromptTokens(r, runner.tokens.strings(r)) for r in att.batch.rows)
     n_nodes = sum(f.columns["activation"][0].numel() for f in fams)
-    return AttributeResult(
+    result = AttributeResult(
         prompts=prompts,
         loss_values=tuple(float(x) for x in losses.detach()),
         rows=tuple(rows_out),
@@ -923,6 +1049,8 @@ def _table(runner: ModelRunner, spec: AttributeSpec, cols: Columns) -> Attribute
         loss_position=att.loss_position(),
         stats={"nodes_ranked": float(n_nodes)},
     )
+    clock.lap("rows")
+    return result
 
 
 def _neuron_input_tokens(
@@ -941,12 +1069,35 @@ def _neuron_input_tokens(
         cols.append(col * gain.float() if gain is not None else col)
         kinds.append(norm.kind)
     w = torch.stack(cols, dim=1)  # [d_model, n]
-    emb = runner.adapter.W_E().float()  # [vocab, d_model]
-    scores = torch.empty(emb.shape[0], len(neurons), device=emb.device)  # [vocab, n]
+    scores: torch.Tensor | None = None  # [vocab, n]
     for kind in set(kinds):  # one kind per model in practice
-        # what the norm makes of each token's embedding: mean removed for LayerNorm, unit RMS
-        e = emb - emb.mean(-1, keepdim=True) if kind == "layernorm" else emb
-        e = e * (math.sqrt(e.shape[-1]) / e.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        e = _normalized_embedding(runner, kind)
+        if scores is None:
+            scores = torch.empty(e.shape[0], len(neurons), device=e.device)
         sel = [j for j, k_ in enumerate(kinds) if k_ == kind]
         scores[:, sel] = e @ w[:, sel]
+    assert scores is not None
     return _token_scores(runner, scores.T, k, True)
+
+
+EMBEDDING_CACHE_MAX_BYTES = 1 << 30
+"""The largest normalized embedding kept between requests (per model and norm kind)."""
+
+
+def _normalized_embedding(runner: ModelRunner, kind: str) -> torch.Tensor:
+    """What a norm of ``kind`` makes of each token's embedding ``[vocab, d_model]`` (fp32): mean
+    removed for LayerNorm, unit RMS. It depends only on the weights, so it is kept on the runner
+    (up to :data:`EMBEDDING_CACHE_MAX_BYTES`) and recomputed when the embedding changes."""
+    hf: Any = runner.adapter.model  # a HF PreTrainedModel
+    weight: torch.Tensor = hf.get_input_embeddings().weight
+    stamp = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype)
+    key = f"normalized_embedding:{kind}"
+    kept = runner.derived.get(key)
+    if kept is not None and kept[0] == stamp:
+        return kept[1]
+    emb = runner.adapter.W_E().float()  # [vocab, d_model]
+    e: torch.Tensor = emb - emb.mean(-1, keepdim=True) if kind == "layernorm" else emb
+    e = e * (math.sqrt(e.shape[-1]) / e.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    if e.numel() * e.element_size() <= EMBEDDING_CACHE_MAX_BYTES:
+        runner.derived[key] = (stamp, e)
+    return e

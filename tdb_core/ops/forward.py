@@ -14,8 +14,9 @@ import torch
 
 from tdb_core import checks, specs
 from tdb_core.admission import GroupRunner, Member
-from tdb_core.gradients import GradPlan, compute_gradients, plan_gradients
-from tdb_core.hooks import ResolvedCapture
+from tdb_core.cache import Entry, PromptCache
+from tdb_core.gradients import Gradients, GradPlan, compute_gradients, plan_gradients
+from tdb_core.hooks import ResolvedCapture, _reduce_capture
 from tdb_core.ops.common import capture_result, prompt_tokens, top_logits
 from tdb_core.plan import (
     Batch,
@@ -29,7 +30,8 @@ from tdb_core.runner import ModelRunner, RunOutput
 
 @dataclass
 class _Prepared:
-    """A validated, planned Forward: its batch, planner, captures per spec, logit positions."""
+    """A validated, planned Forward: its batch, planner, captures per spec, logit positions,
+    and its prompt-cache key when the pass may be recorded."""
 
     spec: specs.ForwardSpec
     batch: Batch
@@ -38,10 +40,15 @@ class _Prepared:
     logit_pos: list[list[int]]
     top_k: int
     grads: GradPlan | None = None
+    cache_key: Hashable | None = None
 
 
 def forward(runner: ModelRunner, spec: specs.ForwardSpec) -> specs.ForwardResult:
-    """Run the spec's prompts with its captures and interventions; next-token top-k."""
+    """Run the spec's prompts with its captures and interventions; next-token top-k.
+
+    With a prompt cache (:mod:`tdb_core.cache`), a plain read whose captures can all be cut from
+    a recorded pass is answered from it; otherwise a plain read that runs on its own (not merged
+    with others) records its pass."""
     prep = _prepare(runner, spec)
     plan = prep.planner.plan
     if prep.grads is not None:
@@ -50,6 +57,10 @@ def forward(runner: ModelRunner, spec: specs.ForwardSpec) -> specs.ForwardResult
             return _finish(runner, prep, runner.run(prep.batch, plan, grad=True))
     if not _batchable(spec):
         return _finish(runner, prep, runner.run(prep.batch, plan))
+    if runner.cache is not None and runner.cache.max_bytes:
+        cached = _from_cache(runner, prep, runner.cache)
+        if cached is not None:
+            return cached
     b = prep.batch
     member = Member(prep, _key(spec), b.n_prompts, b.n_prompts * b.max_len)
     need, describe = runner.estimate(b, plan, False)
@@ -93,9 +104,18 @@ def _prepare(runner: ModelRunner, spec: specs.ForwardSpec) -> _Prepared:
 def _finish(runner: ModelRunner, prep: _Prepared, out: RunOutput) -> specs.ForwardResult:
     batch = prep.batch
     rows = torch.arange(batch.n_prompts, device=out.logits.device)[:, None]
-    at = out.logits[rows, torch.tensor(prep.logit_pos, device=out.logits.device)].float()
+    at = out.logits[rows, torch.tensor(prep.logit_pos, device=out.logits.device)]
     grads = compute_gradients(prep.grads, out) if prep.grads is not None else None
-    at = at.detach()
+    return _result(runner, prep, at, grads)
+
+
+def _result(
+    runner: ModelRunner, prep: _Prepared, logits: torch.Tensor, grads: Gradients | None = None
+) -> specs.ForwardResult:
+    """The result from filled captures, the logits at the asked positions ``[B, P, vocab]`` and
+    the gradients, if any."""
+    batch = prep.batch
+    at = logits.float().detach()
     return specs.ForwardResult(
         prompts=prompt_tokens(runner.tokens, batch.rows[: batch.n_prompts]),
         captures=tuple(capture_result(c) for g in prep.groups for c in g),
@@ -104,6 +124,63 @@ def _finish(runner: ModelRunner, prep: _Prepared, out: RunOutput) -> specs.Forwa
         grad_captures=grads.captures if grads is not None else (),
         loss_values=grads.loss_values if grads is not None else (),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The prompt cache
+
+
+def _spliced(runner: ModelRunner, prep: _Prepared) -> tuple[str, ...]:
+    """The SAEs spliced into this pass: those one of whose sites it reads."""
+    wanted = prep.planner.plan.sites()
+    return tuple(a.id for a in runner.saes.values() if wanted.intersection(a.site_names))
+
+
+def _from_cache(
+    runner: ModelRunner, prep: _Prepared, cache: PromptCache
+) -> specs.ForwardResult | None:
+    """The result cut from a recorded pass, or None (a miss: then ``prep.cache_key`` is set so
+    that the pass records itself if it runs alone)."""
+    rest = (prep.batch.rows, _spliced(runner, prep))
+    key = cache.key(runner.cache_token, runner.cache_stamp(), rest)
+    entry = cache.get(key)
+    if entry is not None:
+        n = prep.batch.n_prompts
+        wanted = [(b, p) for b in range(n) for p in prep.logit_pos[b]]
+        caps = [c for g in prep.groups for c in g]
+        if all(at in entry.logits for at in wanted) and all(_servable(entry, c) for c in caps):
+            for c in caps:
+                rec = entry.sites[c.site.name]
+                _reduce_capture(c, rec.values, rec.masked, clone=True)
+            rows = [
+                torch.stack([entry.logits[(b, p)] for p in prep.logit_pos[b]]) for b in range(n)
+            ]
+            cache.count(hit=True)
+            return _result(runner, prep, torch.stack(rows))
+    cache.count(hit=False)
+    prep.cache_key = key
+    return None
+
+
+def _servable(entry: Entry, c: ResolvedCapture) -> bool:
+    rec = entry.sites.get(c.site.name)
+    if rec is None or rec.values.shape[0] < c.n_rows:
+        return False
+    whole = c.index.pos is None and (c.index.units is None or c.index.unit_axis is None)
+    return whole or not rec.derived
+
+
+def _record(runner: ModelRunner, prep: _Prepared, out: RunOutput) -> None:
+    """Keep what a pass recorded (its captured sites, its logits at the asked positions)."""
+    assert runner.cache is not None and prep.cache_key is not None
+    sites = prep.planner.plan.record or {}
+    logits = {
+        (b, p): out.logits[b, p].detach().clone()
+        for b in range(prep.batch.n_prompts)
+        for p in prep.logit_pos[b]
+    }
+    runner.cache.add(prep.cache_key, sites, logits)
+    prep.planner.plan.record = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,9 +207,12 @@ def _group_runner(runner: ModelRunner) -> GroupRunner:
         preps: list[_Prepared] = [m.payload for m in group]
         if len(preps) == 1:
             prep = preps[0]
-            group[0].result = _finish(
-                runner, prep, runner.forward_pass(prep.batch, prep.planner.plan)
-            )
+            if prep.cache_key is not None:
+                prep.planner.plan.record = {}
+            out = runner.forward_pass(prep.batch, prep.planner.plan)
+            group[0].result = _finish(runner, prep, out)
+            if prep.cache_key is not None:
+                _record(runner, prep, out)
             return
         merged = Batch.plain([r for p in preps for r in p.batch.rows])
         planner = runner.planner(merged)

@@ -50,6 +50,55 @@ def test_grpcweb_benchmark_compares_both_paths() -> None:
     assert res["native_mb_s"] > 0 and res["grpcweb_mb_s"] > 0 and res["ratio"] > 0
 
 
+def test_gpu_benchmark_says_it_skipped_without_cuda() -> None:
+    """Without CUDA the GPU benchmark measures nothing: it exits 0 with a JSON saying it
+    skipped and why (this project's test machines have no GPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return  # the real run is `python -m benchmarks gpu` itself
+    res = _run("gpu")
+    assert res["benchmark"] == "gpu" and res["skipped"] is True and "CUDA" in res["reason"]
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_code_runs_on_the_cpu() -> None:
+    """The GPU benchmark's measuring code, run on the CPU at the tiny shape, reports every
+    figure for each dtype asked."""
+    res = _run(
+        "gpu",
+        "--device",
+        "cpu",
+        "--size",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "8",
+        "--table-seq",
+        "8",
+        "--dtypes",
+        "float32,bfloat16",
+        "--repeats",
+        "1",
+    )
+    assert res["skipped"] is False and set(res["results"]) == {"float32", "bfloat16"}
+    for r in res["results"].values():
+        assert r["plain_tokens_per_s"] > 0 and r["capture_tokens_per_s"] > 0
+        assert r["table_ratio_seq8"] > 0 and r["peak_capture_mib"] is None
+
+
+@pytest.mark.slow
+def test_latency_benchmark_drives_the_click_path_and_the_cache() -> None:
+    """The interactive-latency benchmark serves the toy model, times each kind of click, and
+    measures a cached Forward against an uncached one (the warm-up call a miss, the next a hit)."""
+    res = _run("latency", "--clicks", "2", "--cache-seq", "8", "--cache-repeats", "1")
+    assert res["benchmark"] == "latency" and res["clicks"] == 2
+    for k in ("node_table", "ablation", "node_page"):
+        assert 0 < res[f"{k}_p50_ms"] <= res[f"{k}_p95_ms"]
+    assert res["cache_hits"] == 1 and res["cache_misses"] == 1 and res["cache_speedup"] > 0
+
+
 @pytest.mark.slow
 def test_gradients_benchmark_checks_and_compares() -> None:
     """The gradients benchmark checks its gradients against the anchor and reports ratios."""
