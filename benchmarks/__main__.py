@@ -25,6 +25,7 @@ BENCHMARKS = (
     "gpu",
     "gradients",
     "atp",
+    "generate",
 )
 
 

@@ -1,8 +1,9 @@
 """The ``tdb`` command: a dispatcher over three audiences, importing no torch itself.
 
     tdb serve ...                                  the server            (services/cli_server.py)
-    tdb server-info | models | info | forward | ablate | patch | attribute |
-        sae list | sae encode | explanations      client commands       (tdb_client/cli.py)
+    tdb server-info | models | info | forward | ablate | patch | attribute | generate |
+        weights | lens | sae list | sae encode | explanations
+                                                   client commands       (tdb_client/cli.py)
     tdb sae train | explain | toy train|eval|corpus
                                                    offline tools         (services/cli_offline.py)
 

@@ -35,7 +35,7 @@ from tdb_core.explain import workflow
 from tdb_core.explain.records import NodeRecords, neuron_record_to_json
 from tdb_core.explain.store import StoredExplanation
 from tdb_core.nodes import Node, NodeKind
-from tdb_core.ops import ablate, lens, patch_sweep, weights
+from tdb_core.ops import ablate, generate, lens, patch_sweep, weights
 from tdb_core.ops import attribute as attribution
 from tdb_core.ops import encode as sae_encode
 from tdb_core.ops.mine import MiningOptions
@@ -893,3 +893,116 @@ def weights_header_to_pb(
         sink.put(msg.values, w.values)
         out.append(msg)
     return mpb.GetWeightsHeader(model=model, weights=out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generate
+
+_SCOPES = {
+    ipb.GENERATE_SCOPE_UNSPECIFIED: generate.Scope.ALL,
+    ipb.GENERATE_SCOPE_ALL: generate.Scope.ALL,
+    ipb.GENERATE_SCOPE_PROMPT: generate.Scope.PROMPT,
+    ipb.GENERATE_SCOPE_GENERATED: generate.Scope.GENERATED,
+}
+_STOP_REASONS = {
+    generate.StopReason.MAX_NEW_TOKENS: ipb.STOP_REASON_MAX_NEW_TOKENS,
+    generate.StopReason.EOS: ipb.STOP_REASON_EOS,
+    generate.StopReason.STOP_TOKEN: ipb.STOP_REASON_STOP_TOKEN,
+    generate.StopReason.STOP_STRING: ipb.STOP_REASON_STOP_STRING,
+}
+
+
+def generate_edit_from_pb(e: ipb.GenerateEdit) -> generate.Edit:
+    scope = _SCOPES.get(e.scope)
+    if scope is None:
+        raise InvalidArgumentError(f"unknown generate scope {e.scope}")
+    which = e.WhichOneof("edit")
+    edit: specs.Intervention | generate.SteerLatent | generate.ClampLatent
+    if which == "intervention":
+        edit = intervention_from_pb(e.intervention)
+    elif which == "steer_latent":
+        s = e.steer_latent
+        edit = generate.SteerLatent(s.sae, s.latent, s.coeff, tuple(s.positions) or None)
+    elif which == "clamp_latent":
+        c = e.clamp_latent
+        edit = generate.ClampLatent(c.sae, c.latent, c.value, tuple(c.positions) or None)
+    else:
+        raise InvalidArgumentError(
+            "a generate edit has no edit; set one of intervention, steer_latent, clamp_latent"
+        )
+    return generate.Edit(edit, scope)
+
+
+def generate_spec_from_pb(r: ipb.GenerateRequest) -> generate.GenerateSpec:
+    checks.present(r.prompt if r.HasField("prompt") else None, "prompt")
+    s = r.sampling
+    return generate.GenerateSpec(
+        prompt=prompt_from_pb(r.prompt),
+        sets=tuple(
+            generate.GenerateSet(g.name, tuple(generate_edit_from_pb(e) for e in g.edits))
+            for g in r.sets
+        ),
+        max_new_tokens=r.max_new_tokens if r.HasField("max_new_tokens") else 32,
+        sampling=generate.Sampling(
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p if s.HasField("top_p") else 1.0,
+            repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
+            seed=s.seed if s.HasField("seed") else None,
+        ),
+        stop_strings=tuple(r.stop_strings),
+        stop_token_ids=tuple(r.stop_token_ids),
+        stop_at_eos=r.stop_at_eos if r.HasField("stop_at_eos") else True,
+        top_k=r.top_k if r.HasField("top_k") else 5,
+        captures=tuple(capture_from_pb(c) for c in r.captures),
+        prepend_bos=r.prepend_bos if r.HasField("prepend_bos") else None,
+    )
+
+
+def _token_choice_pb(t: generate.TokenChoice) -> ipb.TokenChoice:
+    return ipb.TokenChoice(token_id=t.token_id, token=t.token, logprob=t.logprob)
+
+
+def generate_event_to_pb(model: str, e: generate.Event) -> ipb.GenerateResponse:
+    """One Generate event as a response message (step captures carry their data inline)."""
+    if isinstance(e, generate.Start):
+        start = ipb.GenerateStart(
+            model=model, prompt=prompt_tokens_to_pb(e.prompt), names=list(e.names)
+        )
+        if e.seed is not None:
+            start.seed = e.seed
+        return ipb.GenerateResponse(start=start)
+    if isinstance(e, generate.Step):
+        rows = []
+        for row in e.rows:
+            if row is None:
+                rows.append(ipb.GenerateRowStep(active=False))
+                continue
+            sink = TensorSink(inline_budget=generate.MAX_STEP_CAPTURE_BYTES)
+            rows.append(
+                ipb.GenerateRowStep(
+                    active=True,
+                    token=_token_choice_pb(row.token),
+                    top=[_token_choice_pb(t) for t in row.top],
+                    captures=[capture_to_pb(c, sink) for c in row.captures],
+                    finished=_STOP_REASONS[row.finished] if row.finished is not None else 0,
+                )
+            )
+        return ipb.GenerateResponse(
+            step=ipb.GenerateStep(step=e.step, position=e.position, rows=rows)
+        )
+    return ipb.GenerateResponse(
+        finish=ipb.GenerateFinish(
+            rows=[
+                ipb.GenerateRowResult(
+                    name=r.name,
+                    token_ids=list(r.token_ids),
+                    text=r.text,
+                    stop_reason=_STOP_REASONS[r.stop_reason],
+                )
+                for r in e.rows
+            ],
+            steps=e.steps,
+            seconds=e.seconds,
+        )
+    )

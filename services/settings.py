@@ -208,6 +208,12 @@ def _limit_arguments(p: argparse.ArgumentParser, d: Settings) -> None:
         help="max tokens per prompt (env TDB_MAX_TOKENS)",
     )
     p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=int(_env("MAX_NEW_TOKENS", str(d.limits.max_new_tokens))),
+        help="max tokens one Generate request generates per row (env TDB_MAX_NEW_TOKENS)",
+    )
+    p.add_argument(
         "--max-prompts",
         type=int,
         default=int(_env("MAX_PROMPTS", str(d.limits.max_prompts))),
@@ -412,6 +418,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             max_queue=args.max_queue,
             max_batch_tokens=args.max_batch_tokens,
             max_pass_rows=args.max_pass_rows,
+            max_new_tokens=args.max_new_tokens,
             max_interventions=args.max_interventions,
             max_tokenize_texts=args.max_tokenize_texts,
         ),

@@ -95,6 +95,7 @@ class Limits:
     max_queue: int = 64  # requests running or waiting per model; more get UNAVAILABLE
     max_batch_tokens: int = 8192  # micro-batching: padded tokens of one merged pass
     max_pass_rows: int = 4096  # prompt rows over all passes of one request (sweeps, IG steps)
+    max_new_tokens: int = 1024  # tokens one Generate request may generate per row
     max_interventions: int = 256  # interventions of one request (over all its sets)
     max_tokenize_texts: int = 1024  # texts of one Tokenize request
 

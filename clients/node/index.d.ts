@@ -132,6 +132,55 @@ export class TdbClient {
   weights(names?: string | string[], options?: { model?: string; heads?: number[];
           neurons?: number[]; dtype?: 'float32' | 'float16' | 'bfloat16'; views?: WeightView[] },
           timeout?: number): Promise<WeightsResult>;
+  /** Generate under interventions, a baseline and each set side by side; `cancel()` stops it. */
+  generate(prompt: string | number[], options?: GenerateOptions, timeout?: number):
+    Promise<GenerateResult> & { cancel(): void };
+}
+
+/** An edit of a generation set: an Intervention message's fields, or a steering helper. */
+export type GenerateEdit = Record<string, any> & { scope?: 'all' | 'prompt' | 'generated' };
+
+export interface GenerateOptions {
+  model?: string;
+  /** name -> edits, e.g. {zero: [{site: 'blocks.0.attn.hook_z', units: [1], zero: {}}]},
+   *  {steer: [{steerLatent: {sae: 'toy-res', latent: 467, coeff: 48}}]} */
+  sets?: Record<string, GenerateEdit[]>;
+  maxNewTokens?: number;
+  /** 0 (default) is greedy. */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  repetitionPenalty?: number;
+  seed?: number;
+  stop?: string[];
+  stopTokenIds?: number[];
+  stopAtEos?: boolean;
+  /** Alternatives reported per token (default 5). */
+  alternatives?: number;
+  capture?: Array<string | Record<string, any>>;
+  prependBos?: boolean;
+  onEvent?: (event: { start?: any; step?: GenerateStep; finish?: any }) => void;
+}
+
+export interface TokenChoice { tokenId: number; token: string; logprob: number }
+
+export interface GenerateStep {
+  step: number;
+  position: number;
+  /** One per row (baseline first); null once the row has stopped. */
+  rows: Array<{ token: TokenChoice; top: TokenChoice[]; finished: string;
+    captures: Record<string, { data: Float32Array | Float64Array | Int32Array | BigInt64Array
+      | Uint8Array; shape: number[] }> } | null>;
+}
+
+export interface GenerateResult {
+  start: { model: string; prompt: { tokenIds: number[]; tokens: string[] }; names: string[];
+    seed?: number };
+  steps: GenerateStep[];
+  finish: { rows: Array<{ name: string; tokenIds: number[]; text: string; stopReason: string }>;
+    steps: number; seconds: number };
+  /** Each row's final text by name ("baseline" first). */
+  texts: Record<string, string>;
 }
 
 export function decodeTensor(dtype: string, shape: number[], bytes: Uint8Array, owned?: boolean):

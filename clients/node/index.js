@@ -397,6 +397,79 @@ class TdbClient {
     }
     return out;
   }
+
+  /**
+   * Generate from one prompt for a baseline and intervention sets side by side (one batch on the
+   * server, KV-cached). `sets` maps a name to edits: an Intervention message object (e.g.
+   * `{site: 'blocks.0.attn.hook_z', units: [1], zero: {}}`, or `parseSelector(key).toIntervention()`
+   * with an op), `{steerLatent: {sae, latent, coeff}}` or `{clampLatent: {sae, latent, value}}`;
+   * add `scope: 'generated'` (positions index generated tokens; none: every one) or `'prompt'`.
+   * `onEvent(event)` sees each event as it streams: {start}, {step}, {finish}.
+   * Returns a Promise of {start, steps, finish, texts} with a `cancel()` method that stops the
+   * server before its next step. A step's rows[i] is null once row i has stopped; each row's
+   * captures are {site: {data, shape}}.
+   */
+  generate(prompt, { model = '', sets = {}, maxNewTokens = 32, temperature = 0, topK = 0, topP,
+    repetitionPenalty, seed, stop = [], stopTokenIds = [], stopAtEos = true, alternatives = 5,
+    capture = [], prependBos, onEvent } = {}, timeout) {
+    const sampling = { temperature, topK };
+    if (topP !== undefined) sampling.topP = topP;
+    if (repetitionPenalty !== undefined) sampling.repetitionPenalty = repetitionPenalty;
+    if (seed !== undefined) sampling.seed = seed;
+    const req = {
+      model, prompt: promptMessage(prompt), maxNewTokens, sampling, stopStrings: stop,
+      stopTokenIds, stopAtEos, topK: alternatives,
+      sets: Object.entries(sets).map(([name, edits]) => ({ name, edits: edits.map(generateEdit) })),
+      captures: capture.map((c) => (typeof c === 'string' ? { site: c } : c)),
+    };
+    if (prependBos !== undefined) req.prependBos = prependBos;
+    const call = this.inference.Generate(req, this.metadata, { deadline: this._deadline(timeout) });
+    const out = { start: null, steps: [], finish: null, texts: {} };
+    const done = new Promise((resolve, reject) => {
+      call.on('data', (msg) => {
+        let event;
+        if (msg.event === 'start') {
+          out.start = msg.start;
+          event = { start: msg.start };
+        } else if (msg.event === 'step') {
+          const step = {
+            step: msg.step.step, position: msg.step.position,
+            rows: msg.step.rows.map((r) => (r.active ? {
+              token: r.token, top: r.top, finished: r.finished,
+              captures: Object.fromEntries(r.captures.map((c) => [c.site, {
+                data: decodeTensor(c.values.dtype, c.values.shape.map(Number), c.values.data),
+                shape: c.values.shape.map(Number),
+              }])),
+            } : null)),
+          };
+          out.steps.push(step);
+          event = { step };
+        } else {
+          out.finish = msg.finish;
+          for (const r of msg.finish.rows) out.texts[r.name] = r.text;
+          event = { finish: msg.finish };
+        }
+        if (onEvent) onEvent(event);
+      });
+      call.on('error', (err) => reject(new TdbClientError(err)));
+      call.on('end', () => resolve(out));
+    });
+    done.cancel = () => call.cancel();
+    return done;
+  }
+}
+
+const SCOPES = { all: 'GENERATE_SCOPE_ALL', prompt: 'GENERATE_SCOPE_PROMPT',
+  generated: 'GENERATE_SCOPE_GENERATED' };
+
+/** A GenerateEdit message from an intervention or a steering helper (see `generate`). */
+function generateEdit(edit) {
+  const { scope = 'all', ...rest } = edit;
+  const enumScope = SCOPES[scope] || scope;
+  if ('steerLatent' in rest || 'clampLatent' in rest || 'intervention' in rest) {
+    return { scope: enumScope, ...rest };
+  }
+  return { scope: enumScope, intervention: rest };
 }
 
 /** Token lists for losses: strings (one token each) and ids. */

@@ -1,4 +1,4 @@
-"""InferenceService: Forward, Ablate and activation-patching sweeps."""
+"""InferenceService: Forward, Ablate, activation-patching sweeps and Generate."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from services.registry import ModelRegistry
 from tdb.v1 import inference_pb2 as ipb
 from tdb.v1 import inference_pb2_grpc as ipb_grpc
 from tdb_core.ops import ablate, lens, patch_sweep
+from tdb_core.ops import generate as gen
 from tdb_core.ops.forward import forward
 
 
@@ -64,3 +65,15 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         result = lens.logit_lens(runner, spec)
         note(tokens=len(result.prompt.token_ids), cells=len(result.cells))
         return convert.lens_to_pb(runner.name, result)
+
+    def Generate(
+        self, request: ipb.GenerateRequest, context: grpc.ServicerContext
+    ) -> Iterator[ipb.GenerateResponse]:
+        runner = self.models.get(request.model)
+        spec = convert.generate_spec_from_pb(request)
+        note(model=runner.name, sets=len(spec.sets), max_new_tokens=spec.max_new_tokens)
+        events = gen.generate(runner, spec)  # every check happens here, before the first event
+        for event in events:
+            if isinstance(event, gen.Finish):
+                note(tokens=sum(len(r.token_ids) for r in event.rows), steps=event.steps)
+            yield convert.generate_event_to_pb(runner.name, event)

@@ -126,4 +126,4 @@ def test_node_client(secured, tmp_path):
         timeout=120,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "# pass 12" in r.stdout and "# fail 0" in r.stdout, r.stdout
+    assert "# pass 13" in r.stdout and "# fail 0" in r.stdout, r.stdout

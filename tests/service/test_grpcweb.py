@@ -234,6 +234,24 @@ def _requests(np) -> dict[str, tuple[pb_message.Message, type[pb_message.Message
             ),
             ipb.AblateResponse,
         ),
+        "/tdb.v1.InferenceService/Generate": (
+            ipb.GenerateRequest(
+                prompt=prompt_pb(PROMPT),
+                sets=[
+                    ipb.GenerateSet(
+                        name="z",
+                        edits=[
+                            ipb.GenerateEdit(
+                                intervention=iv.zero("blocks.0.attn.hook_z[1]").to_pb()
+                            )
+                        ],
+                    )
+                ],
+                max_new_tokens=4,
+                captures=[capture_pb("blocks.1.hook_resid_post")],
+            ),
+            ipb.GenerateResponse,
+        ),
         "/tdb.v1.InferenceService/PatchSweep": (
             ipb.PatchSweepRequest(
                 clean=prompt_pb(PROMPT),
@@ -341,9 +359,10 @@ def _renamed(msg: pb_message.Message, sae_id: str) -> pb_message.Message:
 
 
 def _clear_times(msg: pb_message.Message) -> None:
-    """Clear created_at / updated_at (when an explanation was made) anywhere in ``msg``."""
+    """Clear created_at / updated_at (when an explanation was made) and Generate's seconds
+    anywhere in ``msg``."""
     for fd, value in msg.ListFields():
-        if fd.name in ("created_at", "updated_at"):
+        if fd.name in ("created_at", "updated_at", "seconds"):
             msg.ClearField(fd.name)
         elif fd.message_type is not None:
             items = value if fd.is_repeated else [value]

@@ -207,3 +207,35 @@ test('LogitLens and GetWeights', async () => {
     await assert.rejects(c.weights('W_Q'), (err) => err.codeName === 'NOT_FOUND');
   } finally { c.close(); }
 });
+
+test('Generate streams a baseline and an intervention set side by side', async () => {
+  const c = await client();
+  try {
+    const seen = [];
+    const out = await c.generate('When Mary and John went to the store', {
+      sets: { zero: [{ site: 'blocks.0.attn.hook_z', units: [1], zero: {} }],
+        late: [{ site: 'blocks.0.hook_resid_pre', scale: { factor: 0 }, scope: 'generated' }] },
+      maxNewTokens: 3, alternatives: 2, stopAtEos: false,
+      capture: [{ site: 'blocks.0.hook_resid_post', topK: { k: 3 } }],
+      onEvent: (e) => seen.push(Object.keys(e)[0]),
+    });
+    assert.deepEqual(seen, ['start', 'step', 'step', 'step', 'finish']);
+    assert.deepEqual(out.start.names, ['baseline', 'zero', 'late']);
+    assert.equal(out.steps.length, 3);
+    // the 'generated' scope starts at the first generated position: the first token is the baseline's
+    assert.equal(out.steps[0].rows[2].token.tokenId, out.steps[0].rows[0].token.tokenId);
+    for (const [i, row] of out.finish.rows.entries()) {
+      assert.deepEqual(row.tokenIds, out.steps.map((s) => s.rows[i].token.tokenId));
+      assert.equal(row.stopReason, 'STOP_REASON_MAX_NEW_TOKENS');
+      assert.equal(out.texts[row.name], row.text);
+    }
+    const step = out.steps[0].rows[0];
+    assert.equal(step.top.length, 2);
+    assert.ok(step.token.logprob <= 0);
+    assert.deepEqual(step.captures['blocks.0.hook_resid_post'].shape, [1, 1, 3]);
+    await assert.rejects(c.generate('hi', { maxNewTokens: -1 }), (err) => {
+      assert.equal(err.codeName, 'INVALID_ARGUMENT');
+      return true;
+    });
+  } finally { c.close(); }
+});

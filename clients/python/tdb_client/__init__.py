@@ -6,7 +6,7 @@ with TdbClient("localhost:50051") as c:
     out.activations["blocks.0.mlp.hook_post"].shape   # (1, n_tokens, d_mlp)
 """
 
-from tdb_client import interventions, losses, nodes
+from tdb_client import generation, interventions, losses, nodes
 from tdb_client.channel import TlsConfig
 from tdb_client.client import TdbClient
 from tdb_client.errors import TdbClientError
@@ -79,6 +79,7 @@ __all__ = [
     "UnknownModelError",
     "WeightView",
     "Weights",
+    "generation",
     "interventions",
     "losses",
     "nodes",

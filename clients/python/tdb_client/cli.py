@@ -11,6 +11,8 @@
     tdb attribute "PROMPT" --target " Mary" --distractor " John" [--trace-neuron L,N] [--zero SEL]
     tdb sae list | tdb sae encode "PROMPT" --sae ID
     tdb explanations [--node-prefix P] [--min-score S]
+    tdb generate "PROMPT" [--add SELECTOR=VALUES[@COEFF]] [--steer-latent SAE:INDEX@COEFF]
+                 [--zero SELECTOR] [--clamp-latent SAE:INDEX=VALUE] --max-new-tokens N
 
 Each talks to ``--server`` (env TDB_SERVER, default localhost:50051; several replicas as
 h1:p,h2:p or dns:///name:port), with ``--token``/``--tls-ca``/``--tls-cert`` for secured servers,
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from tdb_client import Capture, TdbClient, TdbClientError, TlsConfig, WeightView, losses, render
+from tdb_client import generation as gen
 from tdb_client import interventions as iv
 from tdb_client.nodes import NodeKeyError
 
@@ -800,6 +803,158 @@ def _parser_explanations(sub: Any) -> None:
     p.set_defaults(func=cmd_explanations)
 
 
+# -- generate --------------------------------------------------------------------------------------
+
+
+def _vector(text: str) -> np.ndarray:
+    """A steering vector: a .npy file, or comma-separated numbers."""
+    if text.endswith(".npy"):
+        return np.asarray(np.load(text), dtype=np.float32)
+    try:
+        return np.array([float(x) for x in text.split(",")], dtype=np.float32)
+    except ValueError:
+        raise SystemExit(
+            f"--add: {text!r} is neither a .npy file nor comma-separated numbers"
+        ) from None
+
+
+def _latent(flag: str, text: str, sep: str) -> tuple[str, int, float]:
+    """``SAE:INDEX{sep}NUMBER`` (the SAE id may contain ':', split from the right)."""
+    head, found, number = text.rpartition(sep)
+    sae, colon, index = head.rpartition(":")
+    if not (found and colon and sae):
+        raise SystemExit(f"{flag}: expected SAE:INDEX{sep}NUMBER, got {text!r}")
+    try:
+        return sae, int(index), float(number)
+    except ValueError:
+        raise SystemExit(f"{flag}: expected SAE:INDEX{sep}NUMBER, got {text!r}") from None
+
+
+def _generate_edits(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """(label, edit) pairs from --add/--zero/--scale/--steer-latent/--clamp-latent, in order."""
+    out: list[tuple[str, Any]] = []
+    for item in args.add:
+        sel, eq, value = item.rpartition("=")
+        if not eq:
+            raise SystemExit(f"--add: expected SELECTOR=VALUES[@COEFF], got {item!r}")
+        values, at, coeff = value.partition("@")
+        edit = iv.add(sel, _vector(values), float(coeff) if at else 1.0)
+        out.append((f"add {sel}{'@' + coeff if at else ''}", edit))
+    for sel in args.zero:
+        out.append((f"zero {sel}", iv.zero(sel)))
+    for item in args.scale:
+        sel, _, value = item.rpartition("=")
+        out.append((f"scale {sel}x{value}", iv.scale(sel, float(value))))
+    for item in args.steer_latent:
+        sae, index, coeff = _latent("--steer-latent", item, "@")
+        out.append((f"steer {sae}:{index}@{coeff:g}", gen.steer_latent(sae, index, coeff)))
+    for item in args.clamp_latent:
+        sae, index, value = _latent("--clamp-latent", item, "=")
+        out.append((f"clamp {sae}:{index}={value:g}", gen.clamp_latent(sae, index, value)))
+    if args.scope != "all":
+        out = [(f"{label} ({args.scope})", gen.Scoped(e, args.scope)) for label, e in out]
+    return out
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    edits = _generate_edits(args)
+    sets: dict[str, Any] = {}
+    if edits:
+        sets = (
+            {label: [e] for label, e in edits}
+            if args.each
+            else {" + ".join(label for label, _ in edits): [e for _, e in edits]}
+        )
+    with _connect(args) as c:
+        stream = c.generate(
+            args.prompt,
+            sets,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.sample_top_k,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+            seed=args.seed,
+            stop=args.stop,
+            model=args.model,
+        )
+        width = 0
+        names: list[str] = []
+        for event in stream:
+            if args.json:
+                continue
+            if isinstance(event, gen.GenerateStart):
+                print(
+                    f"prompt: {''.join(event.tokens)!r}"
+                    + (f" (seed {event.seed})" if event.seed is not None else "")
+                )
+                width = max(14, *(len(repr(n)) for n in event.names))
+                print("step  " + "  ".join(f"{n:{width}s}" for n in event.names), flush=True)
+                names = event.names
+            elif isinstance(event, gen.GenerateStep):
+                cells = [repr(event.rows[n].token.token) if n in event.rows else "" for n in names]
+                print(f"{event.step:4d}  " + "  ".join(f"{x:{width}s}" for x in cells), flush=True)
+        final = stream.finish
+    assert final is not None
+    if args.json:
+        print(json.dumps({n: r.__dict__ for n, r in final.rows.items()}))
+        return 0
+    print()
+    for name, row in final.rows.items():
+        print(f"{name} [{row.stop_reason}]: {row.text!r}")
+    return 0
+
+
+def _parser_generate(sub: Any) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate text under interventions, side by side with the baseline",
+        description="Each flag adds an edit; all edits form one set beside the baseline (--each: "
+        "one set per edit). Selectors as in ablate, e.g. 'blocks.0.attn.hook_z[head=1]'; "
+        "positions are absolute token positions (negative from the prompt's end).",
+    )
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="SELECTOR=VALUES[@COEFF]",
+        help="add a vector (a .npy file or comma-separated numbers), times COEFF",
+    )
+    p.add_argument("--zero", action="append", default=[], metavar="SELECTOR")
+    p.add_argument("--scale", action="append", default=[], metavar="SELECTOR=FACTOR")
+    p.add_argument(
+        "--steer-latent",
+        action="append",
+        default=[],
+        metavar="SAE:INDEX@COEFF",
+        help="add COEFF x an SAE latent's decoder direction at the SAE's site",
+    )
+    p.add_argument(
+        "--clamp-latent",
+        action="append",
+        default=[],
+        metavar="SAE:INDEX=VALUE",
+        help="clamp an SAE latent through the SAE splice (error term kept)",
+    )
+    p.add_argument(
+        "--scope",
+        choices=("all", "prompt", "generated"),
+        default="all",
+        help="where the edits act: every position (default), the prompt, or generated tokens",
+    )
+    p.add_argument("--each", action="store_true", help="one set per edit")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    p.add_argument("--sample-top-k", type=int, default=0, help="top-k filter when sampling")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus filter when sampling")
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed of the draws (reproducible)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string")
+    add_client_args(p)
+    p.set_defaults(func=cmd_generate)
+
+
 # commands with only the connection flags: name, handler, help
 _PLAIN = (
     ("server-info", cmd_server_info, "the server's version, models, limits, features, RPCs"),
@@ -825,6 +980,7 @@ def register(sub: Any, sae_sub: Any) -> None:
     _parser_explanations(sub)
     _parser_weights(sub)
     _parser_lens(sub)
+    _parser_generate(sub)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, Any, Any]:

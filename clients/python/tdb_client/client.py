@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -22,7 +22,7 @@ from tdb.v1 import sae_pb2 as spb
 from tdb.v1 import sae_pb2_grpc as spb_grpc
 from tdb.v1 import server_pb2 as svpb
 from tdb.v1 import server_pb2_grpc as svpb_grpc
-from tdb_client import losses, nodes
+from tdb_client import generation, losses, nodes
 from tdb_client.channel import MAX_ATTEMPTS, TlsConfig, make_channel
 from tdb_client.errors import TdbClientError
 from tdb_client.interventions import Intervention, intervention_pb
@@ -1051,3 +1051,66 @@ class TdbClient:
             positions=list(r.positions),
             grid=[cells[i * n : (i + 1) * n] for i in range(len(r.layers))],
         )
+
+    # -- Generate (issue 15)
+    def generate(
+        self,
+        prompt: PromptLike,
+        sets: Mapping[str, Iterable[generation.EditLike]]
+        | Iterable[Iterable[generation.EditLike]] = (),
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        stop_token_ids: Sequence[int] = (),
+        stop_at_eos: bool = True,
+        alternatives: int = 5,
+        capture: Iterable[str | Capture] = (),
+        model: str | None = None,
+        prepend_bos: bool | None = None,
+        timeout: float | None = None,
+    ) -> generation.GenerateStream:
+        """Generate from ``prompt`` for a baseline and each intervention set side by side.
+
+        ``sets``: a dict name -> edits (or a list, named set1, set2, ...): interventions from
+        :mod:`tdb_client.interventions`, or :func:`~tdb_client.generation.steer_latent`,
+        :func:`~tdb_client.generation.clamp_latent`, wrapped in
+        :func:`~tdb_client.generation.generated` / :func:`~tdb_client.generation.prompt_only`
+        to restrict them. ``temperature`` 0 is greedy; ``seed`` makes sampling reproducible.
+        Returns a :class:`~tdb_client.generation.GenerateStream` of events (iterate it, or call
+        ``.texts()``); errors raise :class:`TdbClientError` as the stream is read.
+        """
+        sampling = ipb.Sampling(temperature=temperature, top_k=top_k)
+        if top_p is not None:
+            sampling.top_p = top_p
+        if repetition_penalty is not None:
+            sampling.repetition_penalty = repetition_penalty
+        if seed is not None:
+            sampling.seed = seed
+        req = ipb.GenerateRequest(
+            model=model or "",
+            prompt=prompt_pb(prompt),
+            sets=generation.sets_pb(sets),
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            stop_strings=list(stop),
+            stop_token_ids=list(stop_token_ids),
+            stop_at_eos=stop_at_eos,
+            top_k=alternatives,
+            captures=[capture_pb(c) for c in capture],
+        )
+        if prepend_bos is not None:
+            req.prepend_bos = prepend_bos
+        call = self._inference.Generate(
+            req,
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata,
+        )
+        return generation.GenerateStream(call)
+
+    def generate_texts(self, prompt: PromptLike, sets: Any = (), **kw: Any) -> dict[str, str]:
+        """:meth:`generate` read to the end: each row's text by name ("baseline" first)."""
+        return self.generate(prompt, sets, **kw).texts()

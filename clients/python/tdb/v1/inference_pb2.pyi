@@ -26,6 +26,21 @@ class LensScale(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LENS_SCALE_UNSPECIFIED: _ClassVar[LensScale]
     LENS_SCALE_RECOMPUTED: _ClassVar[LensScale]
     LENS_SCALE_FROZEN: _ClassVar[LensScale]
+
+class GenerateScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GENERATE_SCOPE_UNSPECIFIED: _ClassVar[GenerateScope]
+    GENERATE_SCOPE_ALL: _ClassVar[GenerateScope]
+    GENERATE_SCOPE_PROMPT: _ClassVar[GenerateScope]
+    GENERATE_SCOPE_GENERATED: _ClassVar[GenerateScope]
+
+class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STOP_REASON_UNSPECIFIED: _ClassVar[StopReason]
+    STOP_REASON_MAX_NEW_TOKENS: _ClassVar[StopReason]
+    STOP_REASON_EOS: _ClassVar[StopReason]
+    STOP_REASON_STOP_TOKEN: _ClassVar[StopReason]
+    STOP_REASON_STOP_STRING: _ClassVar[StopReason]
 SWEEP_BY_UNSPECIFIED: SweepBy
 SWEEP_BY_POSITION: SweepBy
 SWEEP_BY_HEAD: SweepBy
@@ -35,6 +50,15 @@ PATCH_METHOD_ATTRIBUTION: PatchMethod
 LENS_SCALE_UNSPECIFIED: LensScale
 LENS_SCALE_RECOMPUTED: LensScale
 LENS_SCALE_FROZEN: LensScale
+GENERATE_SCOPE_UNSPECIFIED: GenerateScope
+GENERATE_SCOPE_ALL: GenerateScope
+GENERATE_SCOPE_PROMPT: GenerateScope
+GENERATE_SCOPE_GENERATED: GenerateScope
+STOP_REASON_UNSPECIFIED: StopReason
+STOP_REASON_MAX_NEW_TOKENS: StopReason
+STOP_REASON_EOS: StopReason
+STOP_REASON_STOP_TOKEN: StopReason
+STOP_REASON_STOP_STRING: StopReason
 
 class ForwardRequest(_message.Message):
     __slots__ = ("model", "prompts", "captures", "interventions", "sources", "references", "logit_positions", "top_k", "prepend_bos", "loss", "grad_captures", "freeze_norm_scale")
@@ -277,3 +301,165 @@ class LogitLensResponse(_message.Message):
     cells: _containers.RepeatedCompositeFieldContainer[LensCell]
     scale: LensScale
     def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ..., site: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., positions: _Optional[_Iterable[int]] = ..., cells: _Optional[_Iterable[_Union[LensCell, _Mapping]]] = ..., scale: _Optional[_Union[LensScale, str]] = ...) -> None: ...
+
+class SteerLatent(_message.Message):
+    __slots__ = ("sae", "latent", "coeff", "positions")
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    LATENT_FIELD_NUMBER: _ClassVar[int]
+    COEFF_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    sae: str
+    latent: int
+    coeff: float
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sae: _Optional[str] = ..., latent: _Optional[int] = ..., coeff: _Optional[float] = ..., positions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ClampLatent(_message.Message):
+    __slots__ = ("sae", "latent", "value", "positions")
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    LATENT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    sae: str
+    latent: int
+    value: float
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sae: _Optional[str] = ..., latent: _Optional[int] = ..., value: _Optional[float] = ..., positions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GenerateEdit(_message.Message):
+    __slots__ = ("scope", "intervention", "steer_latent", "clamp_latent")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    INTERVENTION_FIELD_NUMBER: _ClassVar[int]
+    STEER_LATENT_FIELD_NUMBER: _ClassVar[int]
+    CLAMP_LATENT_FIELD_NUMBER: _ClassVar[int]
+    scope: GenerateScope
+    intervention: _common_pb2.Intervention
+    steer_latent: SteerLatent
+    clamp_latent: ClampLatent
+    def __init__(self, scope: _Optional[_Union[GenerateScope, str]] = ..., intervention: _Optional[_Union[_common_pb2.Intervention, _Mapping]] = ..., steer_latent: _Optional[_Union[SteerLatent, _Mapping]] = ..., clamp_latent: _Optional[_Union[ClampLatent, _Mapping]] = ...) -> None: ...
+
+class GenerateSet(_message.Message):
+    __slots__ = ("name", "edits")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EDITS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    edits: _containers.RepeatedCompositeFieldContainer[GenerateEdit]
+    def __init__(self, name: _Optional[str] = ..., edits: _Optional[_Iterable[_Union[GenerateEdit, _Mapping]]] = ...) -> None: ...
+
+class Sampling(_message.Message):
+    __slots__ = ("temperature", "top_k", "top_p", "repetition_penalty", "seed")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    REPETITION_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    top_k: int
+    top_p: float
+    repetition_penalty: float
+    seed: int
+    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("model", "prompt", "sets", "max_new_tokens", "sampling", "stop_strings", "stop_token_ids", "stop_at_eos", "top_k", "captures", "prepend_bos")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SETS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    STOP_STRINGS_FIELD_NUMBER: _ClassVar[int]
+    STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    STOP_AT_EOS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    CAPTURES_FIELD_NUMBER: _ClassVar[int]
+    PREPEND_BOS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    prompt: _common_pb2.Prompt
+    sets: _containers.RepeatedCompositeFieldContainer[GenerateSet]
+    max_new_tokens: int
+    sampling: Sampling
+    stop_strings: _containers.RepeatedScalarFieldContainer[str]
+    stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    stop_at_eos: bool
+    top_k: int
+    captures: _containers.RepeatedCompositeFieldContainer[_common_pb2.Capture]
+    prepend_bos: bool
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ..., sets: _Optional[_Iterable[_Union[GenerateSet, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., stop_strings: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., stop_at_eos: _Optional[bool] = ..., top_k: _Optional[int] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.Capture, _Mapping]]] = ..., prepend_bos: _Optional[bool] = ...) -> None: ...
+
+class TokenChoice(_message.Message):
+    __slots__ = ("token_id", "token", "logprob")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    token_id: int
+    token: str
+    logprob: float
+    def __init__(self, token_id: _Optional[int] = ..., token: _Optional[str] = ..., logprob: _Optional[float] = ...) -> None: ...
+
+class GenerateStart(_message.Message):
+    __slots__ = ("model", "prompt", "names", "seed")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    prompt: _common_pb2.PromptTokens
+    names: _containers.RepeatedScalarFieldContainer[str]
+    seed: int
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[_Union[_common_pb2.PromptTokens, _Mapping]] = ..., names: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class GenerateRowStep(_message.Message):
+    __slots__ = ("active", "token", "top", "captures", "finished")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    CAPTURES_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    active: bool
+    token: TokenChoice
+    top: _containers.RepeatedCompositeFieldContainer[TokenChoice]
+    captures: _containers.RepeatedCompositeFieldContainer[_common_pb2.CaptureResult]
+    finished: StopReason
+    def __init__(self, active: _Optional[bool] = ..., token: _Optional[_Union[TokenChoice, _Mapping]] = ..., top: _Optional[_Iterable[_Union[TokenChoice, _Mapping]]] = ..., captures: _Optional[_Iterable[_Union[_common_pb2.CaptureResult, _Mapping]]] = ..., finished: _Optional[_Union[StopReason, str]] = ...) -> None: ...
+
+class GenerateStep(_message.Message):
+    __slots__ = ("step", "position", "rows")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    position: int
+    rows: _containers.RepeatedCompositeFieldContainer[GenerateRowStep]
+    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[GenerateRowStep, _Mapping]]] = ...) -> None: ...
+
+class GenerateRowResult(_message.Message):
+    __slots__ = ("name", "token_ids", "text", "stop_reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    stop_reason: StopReason
+    def __init__(self, name: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ...) -> None: ...
+
+class GenerateFinish(_message.Message):
+    __slots__ = ("rows", "steps", "seconds")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[GenerateRowResult]
+    steps: int
+    seconds: float
+    def __init__(self, rows: _Optional[_Iterable[_Union[GenerateRowResult, _Mapping]]] = ..., steps: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class GenerateResponse(_message.Message):
+    __slots__ = ("start", "step", "finish")
+    START_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
+    start: GenerateStart
+    step: GenerateStep
+    finish: GenerateFinish
+    def __init__(self, start: _Optional[_Union[GenerateStart, _Mapping]] = ..., step: _Optional[_Union[GenerateStep, _Mapping]] = ..., finish: _Optional[_Union[GenerateFinish, _Mapping]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class InferenceServiceStub:
                 request_serializer=tdb_dot_v1_dot_inference__pb2.LogitLensRequest.SerializeToString,
                 response_deserializer=tdb_dot_v1_dot_inference__pb2.LogitLensResponse.FromString,
                 _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/tdb.v1.InferenceService/Generate',
+                request_serializer=tdb_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=tdb_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -91,6 +96,18 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Generate(self, request, context):
+        """Generate text from one prompt for a baseline and N intervention sets side by side, as one
+        batch decoded with a KV cache (each step computes only the new position); every set's edits
+        apply in the prompt pass and in every step. Streams a GenerateStart, one GenerateStep per
+        token (each row's new token, its log-probability, the top alternatives, optional captures),
+        then a GenerateFinish with each row's text and why it stopped. Cancelling the call stops
+        generation before the next step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +130,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.LogitLens,
                     request_deserializer=tdb_dot_v1_dot_inference__pb2.LogitLensRequest.FromString,
                     response_serializer=tdb_dot_v1_dot_inference__pb2.LogitLensResponse.SerializeToString,
+            ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=tdb_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
+                    response_serializer=tdb_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +245,33 @@ class InferenceService:
             '/tdb.v1.InferenceService/LogitLens',
             tdb_dot_v1_dot_inference__pb2.LogitLensRequest.SerializeToString,
             tdb_dot_v1_dot_inference__pb2.LogitLensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tdb.v1.InferenceService/Generate',
+            tdb_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+            tdb_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,

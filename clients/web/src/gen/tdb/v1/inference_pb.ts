@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tdb/v1/inference.proto.
  */
 export const file_tdb_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0ZGIvdjEvaW5mZXJlbmNlLnByb3RvEgZ0ZGIudjEisAMKDkZvcndhcmRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEh8KB3Byb21wdHMYAiADKAsyDi50ZGIudjEuUHJvbXB0EiEKCGNhcHR1cmVzGAMgAygLMg8udGRiLnYxLkNhcHR1cmUSKwoNaW50ZXJ2ZW50aW9ucxgEIAMoCzIULnRkYi52MS5JbnRlcnZlbnRpb24SHwoHc291cmNlcxgFIAMoCzIOLnRkYi52MS5Qcm9tcHQSIgoKcmVmZXJlbmNlcxgGIAMoCzIOLnRkYi52MS5Qcm9tcHQSFwoPbG9naXRfcG9zaXRpb25zGAcgAygFEhIKBXRvcF9rGAggASgNSACIAQESGAoLcHJlcGVuZF9ib3MYCSABKAhIAYgBARIaCgRsb3NzGAogASgLMgwudGRiLnYxLkxvc3MSJgoNZ3JhZF9jYXB0dXJlcxgLIAMoCzIPLnRkYi52MS5DYXB0dXJlEh4KEWZyZWV6ZV9ub3JtX3NjYWxlGAwgASgISAKIAQFCCAoGX3RvcF9rQg4KDF9wcmVwZW5kX2Jvc0IUChJfZnJlZXplX25vcm1fc2NhbGUi3gEKDUZvcndhcmRIZWFkZXISDQoFbW9kZWwYASABKAkSJQoHcHJvbXB0cxgCIAMoCzIULnRkYi52MS5Qcm9tcHRUb2tlbnMSJwoIY2FwdHVyZXMYAyADKAsyFS50ZGIudjEuQ2FwdHVyZVJlc3VsdBIrCgp0b3BfbG9naXRzGAQgAygLMhcudGRiLnYxLlByb21wdFRvcExvZ2l0cxIsCg1ncmFkX2NhcHR1cmVzGAUgAygLMhUudGRiLnYxLkNhcHR1cmVSZXN1bHQSEwoLbG9zc192YWx1ZXMYBiADKAIiaAoPRm9yd2FyZFJlc3BvbnNlEicKBmhlYWRlchgBIAEoCzIVLnRkYi52MS5Gb3J3YXJkSGVhZGVySAASJAoFY2h1bmsYAiABKAsyEy50ZGIudjEuVGVuc29yQ2h1bmtIAEIGCgRwYXJ0IvcDCg1BYmxhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEh4KBnByb21wdBgCIAEoCzIOLnRkYi52MS5Qcm9tcHQSJQoEc2V0cxgDIAMoCzIXLnRkYi52MS5JbnRlcnZlbnRpb25TZXQSFQoIcG9zaXRpb24YBCABKAVIAIgBARIeCgZ0YXJnZXQYBSABKAsyDi50ZGIudjEuVG9rZW5zEiIKCmRpc3RyYWN0b3IYBiABKAsyDi50ZGIudjEuVG9rZW5zEhIKBXRvcF9rGAcgASgNSAGIAQESIQoIY2FwdHVyZXMYCCADKAsyDy50ZGIudjEuQ2FwdHVyZRIfCgdzb3VyY2VzGAkgAygLMg4udGRiLnYxLlByb21wdBIiCgpyZWZlcmVuY2VzGAogAygLMg4udGRiLnYxLlByb21wdBIYCgtwcmVwZW5kX2JvcxgLIAEoCEgCiAEBEhoKBGxvc3MYDCABKAsyDC50ZGIudjEuTG9zcxImCg1ncmFkX2NhcHR1cmVzGA0gAygLMg8udGRiLnYxLkNhcHR1cmUSHgoRZnJlZXplX25vcm1fc2NhbGUYDiABKAhIA4gBAUILCglfcG9zaXRpb25CCAoGX3RvcF9rQg4KDF9wcmVwZW5kX2Jvc0IUChJfZnJlZXplX25vcm1fc2NhbGUi2wEKCUFibGF0ZVJvdxIMCgRuYW1lGAEgASgJEh4KA3RvcBgCIAEoCzIRLnRkYi52MS5Ub3BMb2dpdHMSFwoKbG9naXRfZGlmZhgDIAEoAkgAiAEBEh4KEWxvZ2l0X2RpZmZfY2hhbmdlGAQgASgCSAGIAQESGAoQa2xfZnJvbV9iYXNlbGluZRgFIAEoAhIYCgt0YXJnZXRfcHJvYhgGIAEoAkgCiAEBQg0KC19sb2dpdF9kaWZmQhQKEl9sb2dpdF9kaWZmX2NoYW5nZUIOCgxfdGFyZ2V0X3Byb2IijgIKDEFibGF0ZUhlYWRlchINCgVtb2RlbBgBIAEoCRIkCgZwcm9tcHQYAiABKAsyFC50ZGIudjEuUHJvbXB0VG9rZW5zEhAKCHBvc2l0aW9uGAMgASgFEh8KBHJvd3MYBCADKAsyES50ZGIudjEuQWJsYXRlUm93EicKCGNhcHR1cmVzGAUgAygLMhUudGRiLnYxLkNhcHR1cmVSZXN1bHQSEgoKdGFyZ2V0X2lkcxgGIAMoBRIWCg5kaXN0cmFjdG9yX2lkcxgHIAMoBRIsCg1ncmFkX2NhcHR1cmVzGAggAygLMhUudGRiLnYxLkNhcHR1cmVSZXN1bHQSEwoLbG9zc192YWx1ZXMYCSADKAIiZgoOQWJsYXRlUmVzcG9uc2USJgoGaGVhZGVyGAEgASgLMhQudGRiLnYxLkFibGF0ZUhlYWRlckgAEiQKBWNodW5rGAIgASgLMhMudGRiLnYxLlRlbnNvckNodW5rSABCBgoEcGFydCLpAgoRUGF0Y2hTd2VlcFJlcXVlc3QSDQoFbW9kZWwYASABKAkSHQoFY2xlYW4YAiABKAsyDi50ZGIudjEuUHJvbXB0EiEKCWNvcnJ1cHRlZBgDIAEoCzIOLnRkYi52MS5Qcm9tcHQSDAoEc2l0ZRgEIAEoCRIeCgZ0YXJnZXQYBSABKAsyDi50ZGIudjEuVG9rZW5zEiIKCmRpc3RyYWN0b3IYBiABKAsyDi50ZGIudjEuVG9rZW5zEhsKAmJ5GAcgASgOMg8udGRiLnYxLlN3ZWVwQnkSEQoJcG9zaXRpb25zGAggAygFEg4KBmxheWVycxgJIAMoBRIVCghwb3NpdGlvbhgKIAEoBUgAiAEBEhgKC3ByZXBlbmRfYm9zGAsgASgISAGIAQESIwoGbWV0aG9kGAwgASgOMhMudGRiLnYxLlBhdGNoTWV0aG9kQgsKCV9wb3NpdGlvbkIOCgxfcHJlcGVuZF9ib3Mi+QIKElBhdGNoU3dlZXBSZXNwb25zZRINCgVtb2RlbBgBIAEoCRIMCgRzaXRlGAIgASgJEhsKAmJ5GAMgASgOMg8udGRiLnYxLlN3ZWVwQnkSDgoGbGF5ZXJzGAQgAygFEg8KB2NvbHVtbnMYBSADKAUSFQoNY29sdW1uX2xhYmVscxgGIAMoCRIhCglyZWNvdmVyZWQYByABKAsyDi50ZGIudjEuVGVuc29yEiMKC2xvZ2l0X2RpZmZzGAggASgLMg4udGRiLnYxLlRlbnNvchIYChBjbGVhbl9sb2dpdF9kaWZmGAkgASgCEhwKFGNvcnJ1cHRlZF9sb2dpdF9kaWZmGAogASgCEiMKBWNsZWFuGAsgASgLMhQudGRiLnYxLlByb21wdFRva2VucxInCgljb3JydXB0ZWQYDCABKAsyFC50ZGIudjEuUHJvbXB0VG9rZW5zEiMKBm1ldGhvZBgNIAEoDjITLnRkYi52MS5QYXRjaE1ldGhvZCLcAQoQTG9naXRMZW5zUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIeCgZwcm9tcHQYAiABKAsyDi50ZGIudjEuUHJvbXB0EgwKBHNpdGUYAyABKAkSDgoGbGF5ZXJzGAQgAygFEhEKCXBvc2l0aW9ucxgFIAMoBRISCgV0b3BfaxgGIAEoDUgAiAEBEiAKBXNjYWxlGAcgASgOMhEudGRiLnYxLkxlbnNTY2FsZRIYCgtwcmVwZW5kX2JvcxgIIAEoCEgBiAEBQggKBl90b3Bfa0IOCgxfcHJlcGVuZF9ib3MibQoITGVuc0NlbGwSDQoFbGF5ZXIYASABKAUSEAoIcG9zaXRpb24YAiABKAUSEQoJdG9rZW5faWRzGAMgAygFEg4KBnRva2VucxgEIAMoCRIOCgZsb2dpdHMYBSADKAISDQoFcHJvYnMYBiADKAIivAEKEUxvZ2l0TGVuc1Jlc3BvbnNlEg0KBW1vZGVsGAEgASgJEiQKBnByb21wdBgCIAEoCzIULnRkYi52MS5Qcm9tcHRUb2tlbnMSDAoEc2l0ZRgDIAEoCRIOCgZsYXllcnMYBCADKAUSEQoJcG9zaXRpb25zGAUgAygFEh8KBWNlbGxzGAYgAygLMhAudGRiLnYxLkxlbnNDZWxsEiAKBXNjYWxlGAcgASgOMhEudGRiLnYxLkxlbnNTY2FsZSpNCgdTd2VlcEJ5EhgKFFNXRUVQX0JZX1VOU1BFQ0lGSUVEEAASFQoRU1dFRVBfQllfUE9TSVRJT04QARIRCg1TV0VFUF9CWV9IRUFEEAIqYQoLUGF0Y2hNZXRob2QSHAoYUEFUQ0hfTUVUSE9EX1VOU1BFQ0lGSUVEEAASFgoSUEFUQ0hfTUVUSE9EX0VYQUNUEAESHAoYUEFUQ0hfTUVUSE9EX0FUVFJJQlVUSU9OEAIqWQoJTGVuc1NjYWxlEhoKFkxFTlNfU0NBTEVfVU5TUEVDSUZJRUQQABIZChVMRU5TX1NDQUxFX1JFQ09NUFVURUQQARIVChFMRU5TX1NDQUxFX0ZST1pFThACMpICChBJbmZlcmVuY2VTZXJ2aWNlEjwKB0ZvcndhcmQSFi50ZGIudjEuRm9yd2FyZFJlcXVlc3QaFy50ZGIudjEuRm9yd2FyZFJlc3BvbnNlMAESOQoGQWJsYXRlEhUudGRiLnYxLkFibGF0ZVJlcXVlc3QaFi50ZGIudjEuQWJsYXRlUmVzcG9uc2UwARJDCgpQYXRjaFN3ZWVwEhkudGRiLnYxLlBhdGNoU3dlZXBSZXF1ZXN0GhoudGRiLnYxLlBhdGNoU3dlZXBSZXNwb25zZRJACglMb2dpdExlbnMSGC50ZGIudjEuTG9naXRMZW5zUmVxdWVzdBoZLnRkYi52MS5Mb2dpdExlbnNSZXNwb25zZWIGcHJvdG8z", [file_tdb_v1_attribution, file_tdb_v1_common]);
+  fileDesc("ChZ0ZGIvdjEvaW5mZXJlbmNlLnByb3RvEgZ0ZGIudjEisAMKDkZvcndhcmRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEh8KB3Byb21wdHMYAiADKAsyDi50ZGIudjEuUHJvbXB0EiEKCGNhcHR1cmVzGAMgAygLMg8udGRiLnYxLkNhcHR1cmUSKwoNaW50ZXJ2ZW50aW9ucxgEIAMoCzIULnRkYi52MS5JbnRlcnZlbnRpb24SHwoHc291cmNlcxgFIAMoCzIOLnRkYi52MS5Qcm9tcHQSIgoKcmVmZXJlbmNlcxgGIAMoCzIOLnRkYi52MS5Qcm9tcHQSFwoPbG9naXRfcG9zaXRpb25zGAcgAygFEhIKBXRvcF9rGAggASgNSACIAQESGAoLcHJlcGVuZF9ib3MYCSABKAhIAYgBARIaCgRsb3NzGAogASgLMgwudGRiLnYxLkxvc3MSJgoNZ3JhZF9jYXB0dXJlcxgLIAMoCzIPLnRkYi52MS5DYXB0dXJlEh4KEWZyZWV6ZV9ub3JtX3NjYWxlGAwgASgISAKIAQFCCAoGX3RvcF9rQg4KDF9wcmVwZW5kX2Jvc0IUChJfZnJlZXplX25vcm1fc2NhbGUi3gEKDUZvcndhcmRIZWFkZXISDQoFbW9kZWwYASABKAkSJQoHcHJvbXB0cxgCIAMoCzIULnRkYi52MS5Qcm9tcHRUb2tlbnMSJwoIY2FwdHVyZXMYAyADKAsyFS50ZGIudjEuQ2FwdHVyZVJlc3VsdBIrCgp0b3BfbG9naXRzGAQgAygLMhcudGRiLnYxLlByb21wdFRvcExvZ2l0cxIsCg1ncmFkX2NhcHR1cmVzGAUgAygLMhUudGRiLnYxLkNhcHR1cmVSZXN1bHQSEwoLbG9zc192YWx1ZXMYBiADKAIiaAoPRm9yd2FyZFJlc3BvbnNlEicKBmhlYWRlchgBIAEoCzIVLnRkYi52MS5Gb3J3YXJkSGVhZGVySAASJAoFY2h1bmsYAiABKAsyEy50ZGIudjEuVGVuc29yQ2h1bmtIAEIGCgRwYXJ0IvcDCg1BYmxhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEh4KBnByb21wdBgCIAEoCzIOLnRkYi52MS5Qcm9tcHQSJQoEc2V0cxgDIAMoCzIXLnRkYi52MS5JbnRlcnZlbnRpb25TZXQSFQoIcG9zaXRpb24YBCABKAVIAIgBARIeCgZ0YXJnZXQYBSABKAsyDi50ZGIudjEuVG9rZW5zEiIKCmRpc3RyYWN0b3IYBiABKAsyDi50ZGIudjEuVG9rZW5zEhIKBXRvcF9rGAcgASgNSAGIAQESIQoIY2FwdHVyZXMYCCADKAsyDy50ZGIudjEuQ2FwdHVyZRIfCgdzb3VyY2VzGAkgAygLMg4udGRiLnYxLlByb21wdBIiCgpyZWZlcmVuY2VzGAogAygLMg4udGRiLnYxLlByb21wdBIYCgtwcmVwZW5kX2JvcxgLIAEoCEgCiAEBEhoKBGxvc3MYDCABKAsyDC50ZGIudjEuTG9zcxImCg1ncmFkX2NhcHR1cmVzGA0gAygLMg8udGRiLnYxLkNhcHR1cmUSHgoRZnJlZXplX25vcm1fc2NhbGUYDiABKAhIA4gBAUILCglfcG9zaXRpb25CCAoGX3RvcF9rQg4KDF9wcmVwZW5kX2Jvc0IUChJfZnJlZXplX25vcm1fc2NhbGUi2wEKCUFibGF0ZVJvdxIMCgRuYW1lGAEgASgJEh4KA3RvcBgCIAEoCzIRLnRkYi52MS5Ub3BMb2dpdHMSFwoKbG9naXRfZGlmZhgDIAEoAkgAiAEBEh4KEWxvZ2l0X2RpZmZfY2hhbmdlGAQgASgCSAGIAQESGAoQa2xfZnJvbV9iYXNlbGluZRgFIAEoAhIYCgt0YXJnZXRfcHJvYhgGIAEoAkgCiAEBQg0KC19sb2dpdF9kaWZmQhQKEl9sb2dpdF9kaWZmX2NoYW5nZUIOCgxfdGFyZ2V0X3Byb2IijgIKDEFibGF0ZUhlYWRlchINCgVtb2RlbBgBIAEoCRIkCgZwcm9tcHQYAiABKAsyFC50ZGIudjEuUHJvbXB0VG9rZW5zEhAKCHBvc2l0aW9uGAMgASgFEh8KBHJvd3MYBCADKAsyES50ZGIudjEuQWJsYXRlUm93EicKCGNhcHR1cmVzGAUgAygLMhUudGRiLnYxLkNhcHR1cmVSZXN1bHQSEgoKdGFyZ2V0X2lkcxgGIAMoBRIWCg5kaXN0cmFjdG9yX2lkcxgHIAMoBRIsCg1ncmFkX2NhcHR1cmVzGAggAygLMhUudGRiLnYxLkNhcHR1cmVSZXN1bHQSEwoLbG9zc192YWx1ZXMYCSADKAIiZgoOQWJsYXRlUmVzcG9uc2USJgoGaGVhZGVyGAEgASgLMhQudGRiLnYxLkFibGF0ZUhlYWRlckgAEiQKBWNodW5rGAIgASgLMhMudGRiLnYxLlRlbnNvckNodW5rSABCBgoEcGFydCLpAgoRUGF0Y2hTd2VlcFJlcXVlc3QSDQoFbW9kZWwYASABKAkSHQoFY2xlYW4YAiABKAsyDi50ZGIudjEuUHJvbXB0EiEKCWNvcnJ1cHRlZBgDIAEoCzIOLnRkYi52MS5Qcm9tcHQSDAoEc2l0ZRgEIAEoCRIeCgZ0YXJnZXQYBSABKAsyDi50ZGIudjEuVG9rZW5zEiIKCmRpc3RyYWN0b3IYBiABKAsyDi50ZGIudjEuVG9rZW5zEhsKAmJ5GAcgASgOMg8udGRiLnYxLlN3ZWVwQnkSEQoJcG9zaXRpb25zGAggAygFEg4KBmxheWVycxgJIAMoBRIVCghwb3NpdGlvbhgKIAEoBUgAiAEBEhgKC3ByZXBlbmRfYm9zGAsgASgISAGIAQESIwoGbWV0aG9kGAwgASgOMhMudGRiLnYxLlBhdGNoTWV0aG9kQgsKCV9wb3NpdGlvbkIOCgxfcHJlcGVuZF9ib3Mi+QIKElBhdGNoU3dlZXBSZXNwb25zZRINCgVtb2RlbBgBIAEoCRIMCgRzaXRlGAIgASgJEhsKAmJ5GAMgASgOMg8udGRiLnYxLlN3ZWVwQnkSDgoGbGF5ZXJzGAQgAygFEg8KB2NvbHVtbnMYBSADKAUSFQoNY29sdW1uX2xhYmVscxgGIAMoCRIhCglyZWNvdmVyZWQYByABKAsyDi50ZGIudjEuVGVuc29yEiMKC2xvZ2l0X2RpZmZzGAggASgLMg4udGRiLnYxLlRlbnNvchIYChBjbGVhbl9sb2dpdF9kaWZmGAkgASgCEhwKFGNvcnJ1cHRlZF9sb2dpdF9kaWZmGAogASgCEiMKBWNsZWFuGAsgASgLMhQudGRiLnYxLlByb21wdFRva2VucxInCgljb3JydXB0ZWQYDCABKAsyFC50ZGIudjEuUHJvbXB0VG9rZW5zEiMKBm1ldGhvZBgNIAEoDjITLnRkYi52MS5QYXRjaE1ldGhvZCLcAQoQTG9naXRMZW5zUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIeCgZwcm9tcHQYAiABKAsyDi50ZGIudjEuUHJvbXB0EgwKBHNpdGUYAyABKAkSDgoGbGF5ZXJzGAQgAygFEhEKCXBvc2l0aW9ucxgFIAMoBRISCgV0b3BfaxgGIAEoDUgAiAEBEiAKBXNjYWxlGAcgASgOMhEudGRiLnYxLkxlbnNTY2FsZRIYCgtwcmVwZW5kX2JvcxgIIAEoCEgBiAEBQggKBl90b3Bfa0IOCgxfcHJlcGVuZF9ib3MibQoITGVuc0NlbGwSDQoFbGF5ZXIYASABKAUSEAoIcG9zaXRpb24YAiABKAUSEQoJdG9rZW5faWRzGAMgAygFEg4KBnRva2VucxgEIAMoCRIOCgZsb2dpdHMYBSADKAISDQoFcHJvYnMYBiADKAIivAEKEUxvZ2l0TGVuc1Jlc3BvbnNlEg0KBW1vZGVsGAEgASgJEiQKBnByb21wdBgCIAEoCzIULnRkYi52MS5Qcm9tcHRUb2tlbnMSDAoEc2l0ZRgDIAEoCRIOCgZsYXllcnMYBCADKAUSEQoJcG9zaXRpb25zGAUgAygFEh8KBWNlbGxzGAYgAygLMhAudGRiLnYxLkxlbnNDZWxsEiAKBXNjYWxlGAcgASgOMhEudGRiLnYxLkxlbnNTY2FsZSJMCgtTdGVlckxhdGVudBILCgNzYWUYASABKAkSDgoGbGF0ZW50GAIgASgNEg0KBWNvZWZmGAMgASgCEhEKCXBvc2l0aW9ucxgEIAMoBSJMCgtDbGFtcExhdGVudBILCgNzYWUYASABKAkSDgoGbGF0ZW50GAIgASgNEg0KBXZhbHVlGAMgASgCEhEKCXBvc2l0aW9ucxgEIAMoBSLEAQoMR2VuZXJhdGVFZGl0EiQKBXNjb3BlGAEgASgOMhUudGRiLnYxLkdlbmVyYXRlU2NvcGUSLAoMaW50ZXJ2ZW50aW9uGAIgASgLMhQudGRiLnYxLkludGVydmVudGlvbkgAEisKDHN0ZWVyX2xhdGVudBgDIAEoCzITLnRkYi52MS5TdGVlckxhdGVudEgAEisKDGNsYW1wX2xhdGVudBgEIAEoCzITLnRkYi52MS5DbGFtcExhdGVudEgAQgYKBGVkaXQiQAoLR2VuZXJhdGVTZXQSDAoEbmFtZRgBIAEoCRIjCgVlZGl0cxgCIAMoCzIULnRkYi52MS5HZW5lcmF0ZUVkaXQioAEKCFNhbXBsaW5nEhMKC3RlbXBlcmF0dXJlGAEgASgCEg0KBXRvcF9rGAIgASgNEhIKBXRvcF9wGAMgASgCSACIAQESHwoScmVwZXRpdGlvbl9wZW5hbHR5GAQgASgCSAGIAQESEQoEc2VlZBgFIAEoBEgCiAEBQggKBl90b3BfcEIVChNfcmVwZXRpdGlvbl9wZW5hbHR5QgcKBV9zZWVkIvoCCg9HZW5lcmF0ZVJlcXVlc3QSDQoFbW9kZWwYASABKAkSHgoGcHJvbXB0GAIgASgLMg4udGRiLnYxLlByb21wdBIhCgRzZXRzGAMgAygLMhMudGRiLnYxLkdlbmVyYXRlU2V0EhsKDm1heF9uZXdfdG9rZW5zGAQgASgFSACIAQESIgoIc2FtcGxpbmcYBSABKAsyEC50ZGIudjEuU2FtcGxpbmcSFAoMc3RvcF9zdHJpbmdzGAYgAygJEhYKDnN0b3BfdG9rZW5faWRzGAcgAygFEhgKC3N0b3BfYXRfZW9zGAggASgISAGIAQESEgoFdG9wX2sYCSABKA1IAogBARIhCghjYXB0dXJlcxgKIAMoCzIPLnRkYi52MS5DYXB0dXJlEhgKC3ByZXBlbmRfYm9zGAsgASgISAOIAQFCEQoPX21heF9uZXdfdG9rZW5zQg4KDF9zdG9wX2F0X2Vvc0IICgZfdG9wX2tCDgoMX3ByZXBlbmRfYm9zIj8KC1Rva2VuQ2hvaWNlEhAKCHRva2VuX2lkGAEgASgFEg0KBXRva2VuGAIgASgJEg8KB2xvZ3Byb2IYAyABKAIibwoNR2VuZXJhdGVTdGFydBINCgVtb2RlbBgBIAEoCRIkCgZwcm9tcHQYAiABKAsyFC50ZGIudjEuUHJvbXB0VG9rZW5zEg0KBW5hbWVzGAMgAygJEhEKBHNlZWQYBCABKARIAIgBAUIHCgVfc2VlZCK2AQoPR2VuZXJhdGVSb3dTdGVwEg4KBmFjdGl2ZRgBIAEoCBIiCgV0b2tlbhgCIAEoCzITLnRkYi52MS5Ub2tlbkNob2ljZRIgCgN0b3AYAyADKAsyEy50ZGIudjEuVG9rZW5DaG9pY2USJwoIY2FwdHVyZXMYBCADKAsyFS50ZGIudjEuQ2FwdHVyZVJlc3VsdBIkCghmaW5pc2hlZBgFIAEoDjISLnRkYi52MS5TdG9wUmVhc29uIlUKDEdlbmVyYXRlU3RlcBIMCgRzdGVwGAEgASgNEhAKCHBvc2l0aW9uGAIgASgFEiUKBHJvd3MYAyADKAsyFy50ZGIudjEuR2VuZXJhdGVSb3dTdGVwImsKEUdlbmVyYXRlUm93UmVzdWx0EgwKBG5hbWUYASABKAkSEQoJdG9rZW5faWRzGAIgAygFEgwKBHRleHQYAyABKAkSJwoLc3RvcF9yZWFzb24YBCABKA4yEi50ZGIudjEuU3RvcFJlYXNvbiJZCg5HZW5lcmF0ZUZpbmlzaBInCgRyb3dzGAEgAygLMhkudGRiLnYxLkdlbmVyYXRlUm93UmVzdWx0Eg0KBXN0ZXBzGAIgASgNEg8KB3NlY29uZHMYAyABKAIikwEKEEdlbmVyYXRlUmVzcG9uc2USJgoFc3RhcnQYASABKAsyFS50ZGIudjEuR2VuZXJhdGVTdGFydEgAEiQKBHN0ZXAYAiABKAsyFC50ZGIudjEuR2VuZXJhdGVTdGVwSAASKAoGZmluaXNoGAMgASgLMhYudGRiLnYxLkdlbmVyYXRlRmluaXNoSABCBwoFZXZlbnQqTQoHU3dlZXBCeRIYChRTV0VFUF9CWV9VTlNQRUNJRklFRBAAEhUKEVNXRUVQX0JZX1BPU0lUSU9OEAESEQoNU1dFRVBfQllfSEVBRBACKmEKC1BhdGNoTWV0aG9kEhwKGFBBVENIX01FVEhPRF9VTlNQRUNJRklFRBAAEhYKElBBVENIX01FVEhPRF9FWEFDVBABEhwKGFBBVENIX01FVEhPRF9BVFRSSUJVVElPThACKlkKCUxlbnNTY2FsZRIaChZMRU5TX1NDQUxFX1VOU1BFQ0lGSUVEEAASGQoVTEVOU19TQ0FMRV9SRUNPTVBVVEVEEAESFQoRTEVOU19TQ0FMRV9GUk9aRU4QAiqAAQoNR2VuZXJhdGVTY29wZRIeChpHRU5FUkFURV9TQ09QRV9VTlNQRUNJRklFRBAAEhYKEkdFTkVSQVRFX1NDT1BFX0FMTBABEhkKFUdFTkVSQVRFX1NDT1BFX1BST01QVBACEhwKGEdFTkVSQVRFX1NDT1BFX0dFTkVSQVRFRBADKpcBCgpTdG9wUmVhc29uEhsKF1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASHgoaU1RPUF9SRUFTT05fTUFYX05FV19UT0tFTlMQARITCg9TVE9QX1JFQVNPTl9FT1MQAhIaChZTVE9QX1JFQVNPTl9TVE9QX1RPS0VOEAMSGwoXU1RPUF9SRUFTT05fU1RPUF9TVFJJTkcQBDLTAgoQSW5mZXJlbmNlU2VydmljZRI8CgdGb3J3YXJkEhYudGRiLnYxLkZvcndhcmRSZXF1ZXN0GhcudGRiLnYxLkZvcndhcmRSZXNwb25zZTABEjkKBkFibGF0ZRIVLnRkYi52MS5BYmxhdGVSZXF1ZXN0GhYudGRiLnYxLkFibGF0ZVJlc3BvbnNlMAESQwoKUGF0Y2hTd2VlcBIZLnRkYi52MS5QYXRjaFN3ZWVwUmVxdWVzdBoaLnRkYi52MS5QYXRjaFN3ZWVwUmVzcG9uc2USQAoJTG9naXRMZW5zEhgudGRiLnYxLkxvZ2l0TGVuc1JlcXVlc3QaGS50ZGIudjEuTG9naXRMZW5zUmVzcG9uc2USPwoIR2VuZXJhdGUSFy50ZGIudjEuR2VuZXJhdGVSZXF1ZXN0GhgudGRiLnYxLkdlbmVyYXRlUmVzcG9uc2UwAWIGcHJvdG8z", [file_tdb_v1_attribution, file_tdb_v1_common]);
 
 /**
  * @generated from message tdb.v1.ForwardRequest
@@ -838,6 +838,582 @@ export const LogitLensResponseSchema: GenMessage<LogitLensResponse> = /*@__PURE_
   messageDesc(file_tdb_v1_inference, 11);
 
 /**
+ * Steering: add coeff times an SAE latent's decoder direction to the SAE's input site.
+ *
+ * @generated from message tdb.v1.SteerLatent
+ */
+export type SteerLatent = Message<"tdb.v1.SteerLatent"> & {
+  /**
+   * Id of an attached SAE.
+   *
+   * @generated from field: string sae = 1;
+   */
+  sae: string;
+
+  /**
+   * Latent index, 0..d_sae-1.
+   *
+   * @generated from field: uint32 latent = 2;
+   */
+  latent: number;
+
+  /**
+   * Multiplier of the decoder direction (finite).
+   *
+   * @generated from field: float coeff = 3;
+   */
+  coeff: number;
+
+  /**
+   * Positions (see GenerateScope); empty selects every position of the scope.
+   *
+   * @generated from field: repeated int32 positions = 4;
+   */
+  positions: number[];
+};
+
+/**
+ * Describes the message tdb.v1.SteerLatent.
+ * Use `create(SteerLatentSchema)` to create a new message.
+ */
+export const SteerLatentSchema: GenMessage<SteerLatent> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 12);
+
+/**
+ * Clamp an SAE latent to a value: the SAE's site becomes decode(latents with the latent set) plus
+ * the SAE's error term (input minus the reconstruction of the unedited latents).
+ *
+ * @generated from message tdb.v1.ClampLatent
+ */
+export type ClampLatent = Message<"tdb.v1.ClampLatent"> & {
+  /**
+   * Id of an attached SAE.
+   *
+   * @generated from field: string sae = 1;
+   */
+  sae: string;
+
+  /**
+   * Latent index, 0..d_sae-1.
+   *
+   * @generated from field: uint32 latent = 2;
+   */
+  latent: number;
+
+  /**
+   * The value the latent is set to (finite).
+   *
+   * @generated from field: float value = 3;
+   */
+  value: number;
+
+  /**
+   * Positions (see GenerateScope); empty selects every position of the scope.
+   *
+   * @generated from field: repeated int32 positions = 4;
+   */
+  positions: number[];
+};
+
+/**
+ * Describes the message tdb.v1.ClampLatent.
+ * Use `create(ClampLatentSchema)` to create a new message.
+ */
+export const ClampLatentSchema: GenMessage<ClampLatent> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 13);
+
+/**
+ * One edit of a generation set.
+ *
+ * @generated from message tdb.v1.GenerateEdit
+ */
+export type GenerateEdit = Message<"tdb.v1.GenerateEdit"> & {
+  /**
+   * Which part of the sequence the edit's positions refer to.
+   *
+   * @generated from field: tdb.v1.GenerateScope scope = 1;
+   */
+  scope: GenerateScope;
+
+  /**
+   * @generated from oneof tdb.v1.GenerateEdit.edit
+   */
+  edit: {
+    /**
+     * Any forward intervention except patch, mean_over_positions and mean_over_reference (not
+     * defined during generation), without key_positions; on attention patterns only zero and
+     * scale, and no edits of attention scores (their key axis grows every step).
+     *
+     * @generated from field: tdb.v1.Intervention intervention = 2;
+     */
+    value: Intervention;
+    case: "intervention";
+  } | {
+    /**
+     * Add an SAE latent's decoder direction.
+     *
+     * @generated from field: tdb.v1.SteerLatent steer_latent = 3;
+     */
+    value: SteerLatent;
+    case: "steerLatent";
+  } | {
+    /**
+     * Clamp an SAE latent through the SAE splice.
+     *
+     * @generated from field: tdb.v1.ClampLatent clamp_latent = 4;
+     */
+    value: ClampLatent;
+    case: "clampLatent";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message tdb.v1.GenerateEdit.
+ * Use `create(GenerateEditSchema)` to create a new message.
+ */
+export const GenerateEditSchema: GenMessage<GenerateEdit> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 14);
+
+/**
+ * A named group of edits applied together to one row of the generation batch.
+ *
+ * @generated from message tdb.v1.GenerateSet
+ */
+export type GenerateSet = Message<"tdb.v1.GenerateSet"> & {
+  /**
+   * Name shown in results (unique, not "baseline"); empty means "set1", "set2", ...
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The edits.
+   *
+   * @generated from field: repeated tdb.v1.GenerateEdit edits = 2;
+   */
+  edits: GenerateEdit[];
+};
+
+/**
+ * Describes the message tdb.v1.GenerateSet.
+ * Use `create(GenerateSetSchema)` to create a new message.
+ */
+export const GenerateSetSchema: GenMessage<GenerateSet> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 15);
+
+/**
+ * How each next token is chosen: Hugging Face generate's processors in its order (repetition
+ * penalty, then temperature, top-k, top-p), then the arg-max (temperature 0) or a draw.
+ *
+ * @generated from message tdb.v1.Sampling
+ */
+export type Sampling = Message<"tdb.v1.Sampling"> & {
+  /**
+   * 0 (the default) is greedy decoding.
+   *
+   * @generated from field: float temperature = 1;
+   */
+  temperature: number;
+
+  /**
+   * Keep the k most likely tokens when sampling; 0 keeps all.
+   *
+   * @generated from field: uint32 top_k = 2;
+   */
+  topK: number;
+
+  /**
+   * Nucleus sampling, in (0, 1]; unset means 1 (off).
+   *
+   * @generated from field: optional float top_p = 3;
+   */
+  topP?: number | undefined;
+
+  /**
+   * Penalty on every token of the prompt and the generation so far, > 0; unset means 1 (none).
+   *
+   * @generated from field: optional float repetition_penalty = 4;
+   */
+  repetitionPenalty?: number | undefined;
+
+  /**
+   * Seed of the draws (the same request with the same seed gives the same tokens); unset draws
+   * one, reported in GenerateStart.
+   *
+   * @generated from field: optional uint64 seed = 5;
+   */
+  seed?: bigint | undefined;
+};
+
+/**
+ * Describes the message tdb.v1.Sampling.
+ * Use `create(SamplingSchema)` to create a new message.
+ */
+export const SamplingSchema: GenMessage<Sampling> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 16);
+
+/**
+ * @generated from message tdb.v1.GenerateRequest
+ */
+export type GenerateRequest = Message<"tdb.v1.GenerateRequest"> & {
+  /**
+   * Model name; empty means the default model.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The prompt.
+   *
+   * @generated from field: tdb.v1.Prompt prompt = 2;
+   */
+  prompt?: Prompt | undefined;
+
+  /**
+   * Intervention sets; each runs on its own row beside the baseline (row 0).
+   *
+   * @generated from field: repeated tdb.v1.GenerateSet sets = 3;
+   */
+  sets: GenerateSet[];
+
+  /**
+   * Tokens to generate per row, at least 1; unset means 32.
+   *
+   * @generated from field: optional int32 max_new_tokens = 4;
+   */
+  maxNewTokens?: number | undefined;
+
+  /**
+   * How tokens are chosen; unset is greedy.
+   *
+   * @generated from field: tdb.v1.Sampling sampling = 5;
+   */
+  sampling?: Sampling | undefined;
+
+  /**
+   * A row stops when its generated text contains one of these; its text ends before it.
+   *
+   * @generated from field: repeated string stop_strings = 6;
+   */
+  stopStrings: string[];
+
+  /**
+   * A row stops after generating one of these tokens (kept in its tokens).
+   *
+   * @generated from field: repeated int32 stop_token_ids = 7;
+   */
+  stopTokenIds: number[];
+
+  /**
+   * Stop at the model's end-of-sequence token; unset means true.
+   *
+   * @generated from field: optional bool stop_at_eos = 8;
+   */
+  stopAtEos?: boolean | undefined;
+
+  /**
+   * Alternatives reported per token; unset means 5.
+   *
+   * @generated from field: optional uint32 top_k = 9;
+   */
+  topK?: number | undefined;
+
+  /**
+   * Sites read at every step, at the position whose output is the new token (positions must be
+   * empty; attention scores and patterns are not allowed).
+   *
+   * @generated from field: repeated tdb.v1.Capture captures = 10;
+   */
+  captures: Capture[];
+
+  /**
+   * Prepend the BOS token; unset follows the tokenizer's own default.
+   *
+   * @generated from field: optional bool prepend_bos = 11;
+   */
+  prependBos?: boolean | undefined;
+};
+
+/**
+ * Describes the message tdb.v1.GenerateRequest.
+ * Use `create(GenerateRequestSchema)` to create a new message.
+ */
+export const GenerateRequestSchema: GenMessage<GenerateRequest> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 17);
+
+/**
+ * A token with its log-probability under the model's next-token distribution (before the
+ * repetition penalty, temperature and filters).
+ *
+ * @generated from message tdb.v1.TokenChoice
+ */
+export type TokenChoice = Message<"tdb.v1.TokenChoice"> & {
+  /**
+   * @generated from field: int32 token_id = 1;
+   */
+  tokenId: number;
+
+  /**
+   * The token decoded on its own (leading spaces kept).
+   *
+   * @generated from field: string token = 2;
+   */
+  token: string;
+
+  /**
+   * @generated from field: float logprob = 3;
+   */
+  logprob: number;
+};
+
+/**
+ * Describes the message tdb.v1.TokenChoice.
+ * Use `create(TokenChoiceSchema)` to create a new message.
+ */
+export const TokenChoiceSchema: GenMessage<TokenChoice> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 18);
+
+/**
+ * First event.
+ *
+ * @generated from message tdb.v1.GenerateStart
+ */
+export type GenerateStart = Message<"tdb.v1.GenerateStart"> & {
+  /**
+   * The model that runs.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The prompt's tokens.
+   *
+   * @generated from field: tdb.v1.PromptTokens prompt = 2;
+   */
+  prompt?: PromptTokens | undefined;
+
+  /**
+   * Row names: "baseline", then each set's.
+   *
+   * @generated from field: repeated string names = 3;
+   */
+  names: string[];
+
+  /**
+   * The seed of the draws (absent for greedy decoding).
+   *
+   * @generated from field: optional uint64 seed = 4;
+   */
+  seed?: bigint | undefined;
+};
+
+/**
+ * Describes the message tdb.v1.GenerateStart.
+ * Use `create(GenerateStartSchema)` to create a new message.
+ */
+export const GenerateStartSchema: GenMessage<GenerateStart> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 19);
+
+/**
+ * One row's token of a step.
+ *
+ * @generated from message tdb.v1.GenerateRowStep
+ */
+export type GenerateRowStep = Message<"tdb.v1.GenerateRowStep"> & {
+  /**
+   * False when the row had already stopped (the other fields are then empty).
+   *
+   * @generated from field: bool active = 1;
+   */
+  active: boolean;
+
+  /**
+   * The new token.
+   *
+   * @generated from field: tdb.v1.TokenChoice token = 2;
+   */
+  token?: TokenChoice | undefined;
+
+  /**
+   * The most likely tokens, best first.
+   *
+   * @generated from field: repeated tdb.v1.TokenChoice top = 3;
+   */
+  top: TokenChoice[];
+
+  /**
+   * The captures at the position that produced the token, each [1, 1, ...].
+   *
+   * @generated from field: repeated tdb.v1.CaptureResult captures = 4;
+   */
+  captures: CaptureResult[];
+
+  /**
+   * Set on the row's last token.
+   *
+   * @generated from field: tdb.v1.StopReason finished = 5;
+   */
+  finished: StopReason;
+};
+
+/**
+ * Describes the message tdb.v1.GenerateRowStep.
+ * Use `create(GenerateRowStepSchema)` to create a new message.
+ */
+export const GenerateRowStepSchema: GenMessage<GenerateRowStep> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 20);
+
+/**
+ * One decoding step.
+ *
+ * @generated from message tdb.v1.GenerateStep
+ */
+export type GenerateStep = Message<"tdb.v1.GenerateStep"> & {
+  /**
+   * 0-based step.
+   *
+   * @generated from field: uint32 step = 1;
+   */
+  step: number;
+
+  /**
+   * Absolute position of the new tokens (prompt length + step).
+   *
+   * @generated from field: int32 position = 2;
+   */
+  position: number;
+
+  /**
+   * One entry per row, in GenerateStart.names order.
+   *
+   * @generated from field: repeated tdb.v1.GenerateRowStep rows = 3;
+   */
+  rows: GenerateRowStep[];
+};
+
+/**
+ * Describes the message tdb.v1.GenerateStep.
+ * Use `create(GenerateStepSchema)` to create a new message.
+ */
+export const GenerateStepSchema: GenMessage<GenerateStep> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 21);
+
+/**
+ * One row's result.
+ *
+ * @generated from message tdb.v1.GenerateRowResult
+ */
+export type GenerateRowResult = Message<"tdb.v1.GenerateRowResult"> & {
+  /**
+   * "baseline" or the set's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The generated tokens (a stop token or a stop string's tokens included).
+   *
+   * @generated from field: repeated int32 token_ids = 2;
+   */
+  tokenIds: number[];
+
+  /**
+   * Their text, ending before a stop string.
+   *
+   * @generated from field: string text = 3;
+   */
+  text: string;
+
+  /**
+   * Why the row stopped.
+   *
+   * @generated from field: tdb.v1.StopReason stop_reason = 4;
+   */
+  stopReason: StopReason;
+};
+
+/**
+ * Describes the message tdb.v1.GenerateRowResult.
+ * Use `create(GenerateRowResultSchema)` to create a new message.
+ */
+export const GenerateRowResultSchema: GenMessage<GenerateRowResult> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 22);
+
+/**
+ * Last event.
+ *
+ * @generated from message tdb.v1.GenerateFinish
+ */
+export type GenerateFinish = Message<"tdb.v1.GenerateFinish"> & {
+  /**
+   * One entry per row, in GenerateStart.names order.
+   *
+   * @generated from field: repeated tdb.v1.GenerateRowResult rows = 1;
+   */
+  rows: GenerateRowResult[];
+
+  /**
+   * Decoding steps run.
+   *
+   * @generated from field: uint32 steps = 2;
+   */
+  steps: number;
+
+  /**
+   * Seconds from the prompt pass to the last token.
+   *
+   * @generated from field: float seconds = 3;
+   */
+  seconds: number;
+};
+
+/**
+ * Describes the message tdb.v1.GenerateFinish.
+ * Use `create(GenerateFinishSchema)` to create a new message.
+ */
+export const GenerateFinishSchema: GenMessage<GenerateFinish> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 23);
+
+/**
+ * @generated from message tdb.v1.GenerateResponse
+ */
+export type GenerateResponse = Message<"tdb.v1.GenerateResponse"> & {
+  /**
+   * @generated from oneof tdb.v1.GenerateResponse.event
+   */
+  event: {
+    /**
+     * @generated from field: tdb.v1.GenerateStart start = 1;
+     */
+    value: GenerateStart;
+    case: "start";
+  } | {
+    /**
+     * @generated from field: tdb.v1.GenerateStep step = 2;
+     */
+    value: GenerateStep;
+    case: "step";
+  } | {
+    /**
+     * @generated from field: tdb.v1.GenerateFinish finish = 3;
+     */
+    value: GenerateFinish;
+    case: "finish";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message tdb.v1.GenerateResponse.
+ * Use `create(GenerateResponseSchema)` to create a new message.
+ */
+export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
+  messageDesc(file_tdb_v1_inference, 24);
+
+/**
  * What a patching sweep iterates over.
  *
  * @generated from enum tdb.v1.SweepBy
@@ -943,6 +1519,94 @@ export const LensScaleSchema: GenEnum<LensScale> = /*@__PURE__*/
   enumDesc(file_tdb_v1_inference, 2);
 
 /**
+ * Which part of the sequence an edit's positions refer to during generation. The prompt's tokens
+ * are positions 0..P-1 and the i-th generated token is at P+i. A generated token's position is
+ * computed when the token is fed back in, so an edit there changes the tokens after it.
+ *
+ * @generated from enum tdb.v1.GenerateScope
+ */
+export enum GenerateScope {
+  /**
+   * same as ALL
+   *
+   * @generated from enum value: GENERATE_SCOPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Positions are absolute (negative ones count from the prompt's end); empty selects every
+   * position, prompt and generated.
+   *
+   * @generated from enum value: GENERATE_SCOPE_ALL = 1;
+   */
+  ALL = 1,
+
+  /**
+   * Empty selects every prompt position; positions must lie in the prompt.
+   *
+   * @generated from enum value: GENERATE_SCOPE_PROMPT = 2;
+   */
+  PROMPT = 2,
+
+  /**
+   * Positions index the generated tokens (0 is the first); empty selects every generated token.
+   *
+   * @generated from enum value: GENERATE_SCOPE_GENERATED = 3;
+   */
+  GENERATED = 3,
+}
+
+/**
+ * Describes the enum tdb.v1.GenerateScope.
+ */
+export const GenerateScopeSchema: GenEnum<GenerateScope> = /*@__PURE__*/
+  enumDesc(file_tdb_v1_inference, 3);
+
+/**
+ * Why a row stopped.
+ *
+ * @generated from enum tdb.v1.StopReason
+ */
+export enum StopReason {
+  /**
+   * @generated from enum value: STOP_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: STOP_REASON_MAX_NEW_TOKENS = 1;
+   */
+  MAX_NEW_TOKENS = 1,
+
+  /**
+   * the model's end-of-sequence token
+   *
+   * @generated from enum value: STOP_REASON_EOS = 2;
+   */
+  EOS = 2,
+
+  /**
+   * one of stop_token_ids
+   *
+   * @generated from enum value: STOP_REASON_STOP_TOKEN = 3;
+   */
+  STOP_TOKEN = 3,
+
+  /**
+   * one of stop_strings
+   *
+   * @generated from enum value: STOP_REASON_STOP_STRING = 4;
+   */
+  STOP_STRING = 4,
+}
+
+/**
+ * Describes the enum tdb.v1.StopReason.
+ */
+export const StopReasonSchema: GenEnum<StopReason> = /*@__PURE__*/
+  enumDesc(file_tdb_v1_inference, 4);
+
+/**
  * @generated from service tdb.v1.InferenceService
  */
 export const InferenceService: GenService<{
@@ -989,6 +1653,21 @@ export const InferenceService: GenService<{
     methodKind: "unary";
     input: typeof LogitLensRequestSchema;
     output: typeof LogitLensResponseSchema;
+  },
+  /**
+   * Generate text from one prompt for a baseline and N intervention sets side by side, as one
+   * batch decoded with a KV cache (each step computes only the new position); every set's edits
+   * apply in the prompt pass and in every step. Streams a GenerateStart, one GenerateStep per
+   * token (each row's new token, its log-probability, the top alternatives, optional captures),
+   * then a GenerateFinish with each row's text and why it stopped. Cancelling the call stops
+   * generation before the next step.
+   *
+   * @generated from rpc tdb.v1.InferenceService.Generate
+   */
+  generate: {
+    methodKind: "server_streaming";
+    input: typeof GenerateRequestSchema;
+    output: typeof GenerateResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tdb_v1_inference, 0);
