@@ -127,6 +127,16 @@ def attribute(**kw) -> tuple[str, apb.AttributeRequest]:
     return "Attribute", apb.AttributeRequest(**kw)
 
 
+def generate(*edits: cpb.Intervention, **kw) -> tuple[str, ipb.GenerateRequest]:
+    kw.setdefault("prompt", text())
+    kw.setdefault("max_new_tokens", 2)
+    if edits:
+        kw["sets"] = [
+            ipb.GenerateSet(name="e", edits=[ipb.GenerateEdit(intervention=e) for e in edits])
+        ]
+    return "Generate", ipb.GenerateRequest(**kw)
+
+
 def encode(**kw) -> tuple[str, spb.EncodeRequest]:
     kw.setdefault("sae", "res1")
     if "prompts" not in kw:
@@ -163,6 +173,7 @@ STUBS = {
     "Forward": (ipb_grpc.InferenceServiceStub, True),
     "Ablate": (ipb_grpc.InferenceServiceStub, True),
     "PatchSweep": (ipb_grpc.InferenceServiceStub, False),
+    "Generate": (ipb_grpc.InferenceServiceStub, True),
     "Attribute": (apb_grpc.AttributionServiceStub, False),
     "Encode": (spb_grpc.SaeServiceStub, True),
     "Decode": (spb_grpc.SaeServiceStub, False),
@@ -223,6 +234,7 @@ MISTAKES: dict[str, Mistake] = {
             ),
             attribute(log_prob=apb.LogProbLoss(target=toks(ids=(_oov(s),)))),
             encode(prompts=spb.PromptList(prompts=[ids(1, _oov(s))])),
+            generate(prompt=ids(1, _oov(s))),
             ("Detokenize", mpb.DetokenizeRequest(token_ids=[1, _oov(s)])),
         ],
     ),
@@ -236,6 +248,7 @@ MISTAKES: dict[str, Mistake] = {
                 sets=[cpb.InterventionSet(name="z", interventions=[zero("blocks.9.mlp.hook_post")])]
             ),
             sweep(layers=[0, 9]),
+            generate(zero("blocks.9.mlp.hook_post")),
             attribute(neuron=apb.NeuronTrace(layer=9, neuron=0)),
             attribute(head=apb.HeadTrace(layer=9, head=0, key_position=0)),
             attribute(direction=apb.DirectionLoss(site="blocks.9.hook_resid_pre", vector=VECTOR)),
@@ -256,6 +269,7 @@ MISTAKES: dict[str, Mistake] = {
                 ]
             ),
             attribute(head=apb.HeadTrace(layer=0, head=7, key_position=0)),
+            generate(zero("blocks.0.attn.hook_z", units=(7,))),
             *node_rpcs("blocks.0.attn.hook_pattern[7]"),
         ],
     ),
@@ -273,6 +287,7 @@ MISTAKES: dict[str, Mistake] = {
                 ]
             ),
             attribute(neuron=apb.NeuronTrace(layer=1, neuron=s.d_mlp + 5)),
+            generate(zero("blocks.0.mlp.hook_post", units=(s.d_mlp + 5,))),
             *node_rpcs(f"blocks.0.mlp.hook_post[{s.d_mlp + 5}]"),
         ],
     ),
@@ -290,6 +305,7 @@ MISTAKES: dict[str, Mistake] = {
                 ]
             ),
             attribute(latent=apb.LatentTrace(sae="res1", latent=D_SAE + 5)),
+            generate(zero("sae.res1.hook_sae_acts_post", units=(D_SAE + 5,))),
             *node_rpcs(f"sae.res1.hook_sae_acts_post[{D_SAE + 5}]"),
         ],
     ),
@@ -322,6 +338,7 @@ MISTAKES: dict[str, Mistake] = {
             ablate(top_k=5000),
             attribute(top_k=5000),
             encode(top_k=5000),
+            generate(top_k=5000),
         ],
     ),
     "top-k of zero where one is needed": Mistake(
