@@ -7,7 +7,7 @@ its own result.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +40,9 @@ class _Prepared:
     logit_pos: list[list[int]]
     top_k: int
     grads: GradPlan | None = None
+    # the pass's working memory with the logit gather, and its description, for admission
+    need: int = 0
+    describe: Callable[[], str] = str
     cache_key: Hashable | None = None
 
 
@@ -63,9 +66,8 @@ def forward(runner: ModelRunner, spec: specs.ForwardSpec) -> specs.ForwardResult
             return cached
     b = prep.batch
     member = Member(prep, _key(spec), b.n_prompts, b.n_prompts * b.max_len)
-    need, describe = runner.estimate(b, plan, False)
     result: specs.ForwardResult = runner.admission.batched(
-        member, need, describe, _group_runner(runner)
+        member, prep.need, prep.describe, _group_runner(runner)
     )
     return result
 
@@ -94,11 +96,13 @@ def _prepare(runner: ModelRunner, spec: specs.ForwardSpec) -> _Prepared:
     )
     # the logit gather after the pass: logits at the positions, a float copy, probabilities
     gather = 3 * batch.n_prompts * len(logit_pos[0]) * runner.schema.dims.d_vocab * 4
-    need, describe = runner.estimate(batch, planner.plan, grads is not None)
-    runner.admission.check_budget(
-        need + gather, lambda: f"{describe()}, logits at {len(logit_pos[0])} positions"
-    )
-    return _Prepared(spec, batch, planner, groups, logit_pos, top_k, grads)
+    need, what = runner.estimate(batch, planner.plan, grads is not None)
+
+    def describe() -> str:
+        return f"{what()}, logits at {len(logit_pos[0])} positions"
+
+    runner.admission.check_budget(need + gather, describe)
+    return _Prepared(spec, batch, planner, groups, logit_pos, top_k, grads, need + gather, describe)
 
 
 def _finish(runner: ModelRunner, prep: _Prepared, out: RunOutput) -> specs.ForwardResult:
