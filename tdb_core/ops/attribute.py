@@ -257,6 +257,19 @@ def _on_live_positions(
     return out.reshape(rows, T, *y.shape[1:])
 
 
+def _pair_products(v: torch.Tensor, ow: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+    """``v[r, k, h] . ow[r, q, h]`` ``[rows, H, T_q, T_k]`` for values ``v`` ``[rows, T_k, H,
+    d_head]`` and ``ow`` ``[rows, T_q, H, d_head]``; with ``live`` (flat ``rows * T_q``
+    positions where ``ow`` may not be zero, see :func:`_live_positions`), computed there only."""
+    if not SPARSE or live is None:
+        return torch.einsum("rkhd,rqhd->rhqk", v, ow)
+    rows, T, H = ow.shape[:3]
+    out = torch.zeros(rows, H, T, v.shape[1], device=v.device, dtype=v.dtype)
+    r_i, q_i = live // T, live % T
+    out[r_i, :, q_i, :] = torch.einsum("nkhd,nhd->nhk", v[r_i], ow[r_i, q_i])
+    return out
+
+
 def _row_vector(x: torch.Tensor) -> Callable[[int, tuple[int, ...]], torch.Tensor]:
     """The write of a node that is one vector of ``x`` ``[rows, T, d_model]`` per position."""
 
@@ -688,7 +701,9 @@ class _Attribution:
         cols = {
             "activation": post,
             "write_magnitude": write_mag,
-            "direct_effect": post * _on_live_positions(d_eff, lambda x: F.linear(x, w_out), live),
+            "direct_effect": _on_live_positions(d_eff, lambda x: F.linear(x, w_out), live).mul_(
+                post
+            ),
             "total_effect": post * gpost,
         }
 
@@ -726,7 +741,7 @@ class _Attribution:
         H, d_head, d_model = w_o.shape
         w_o_rows = w_o.reshape(H * d_head, d_model)
         # [rows, T, H, d_head]: W_O[h] d_eff[t]
-        ow = _on_live_positions(
+        ow = _on_live_positions(  # zeros where d_eff is (at every position but ``live``)
             d_eff, lambda x: F.linear(x, w_o_rows).reshape(*x.shape[:-1], H, d_head), live
         )
         fams = []
@@ -776,18 +791,18 @@ class _Attribution:
             p = g[pattern_site][:rows].detach().float()  # [rows, H, T_q, T_k]
             gp = grads[pattern_site][:rows].float()
             v = g[site_name("attn.hook_v", L)][:rows].detach().float()  # [rows, T_k, H_kv, d_h]
-            v = v.repeat_interleave(w_o.shape[0] // v.shape[2], dim=2)  # per query head
+            if v.shape[2] != w_o.shape[0]:  # grouped-query attention: one copy per query head
+                v = v.repeat_interleave(w_o.shape[0] // v.shape[2], dim=2)
             vo: torch.Tensor | None = None  # [rows, H, T_k, d_model], with a post norm only
             if r_o is None:
                 vo = torch.einsum("rkhd,hdm->rhkm", v, w_o)
                 vo_mag = torch.einsum("rhkm,rqm->rhqk", vo.pow(2), factor.pow(2)).sqrt()
             else:  # ||v[k, h] @ W_O[h]||, the same for every query
                 vo_mag = torch.einsum("rkhd,hed->rhke", v, r_o).norm(dim=-1)[:, :, None, :]
-                vo_mag = vo_mag.expand_as(p)
             cols = {
                 "activation": p,
-                "write_magnitude": p.abs() * vo_mag,
-                "direct_effect": p * torch.einsum("rkhd,rqhd->rhqk", v, ow),
+                "write_magnitude": p.abs().mul_(vo_mag),
+                "direct_effect": _pair_products(v, ow, live).mul_(p),
                 "total_effect": p * gp,
             }
 
@@ -838,12 +853,21 @@ def _topk_union(fams: list[_Family], k: int, n_rows: int) -> list[tuple[int, tup
                 fam_i = bisect.bisect_right(offsets, flat_i) - 1
                 shape = fams[fam_i].columns[col].shape[1:]
                 local = flat_i - offsets[fam_i]
-                idx_t = tuple(int(x) for x in torch.unravel_index(torch.tensor(local), shape))
+                idx_t = _unravel(local, tuple(shape))
                 key = (fam_i, idx_t)
                 if key not in seen:
                     seen.add(key)
                     chosen.append(key)
     return chosen
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The index into ``shape`` of a flat (row-major) offset, as ``torch.unravel_index``."""
+    out = []
+    for n in reversed(shape):
+        flat, i = divmod(flat, n)
+        out.append(i)
+    return tuple(reversed(out))
 
 
 _BLOCK = 256  # elements per block when bounding the k-th value by block extremes
