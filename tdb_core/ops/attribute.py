@@ -34,7 +34,8 @@ import bisect
 import math
 import time
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,6 +256,34 @@ def _on_live_positions(
     out = torch.zeros(rows * T, *y.shape[1:], dtype=y.dtype, device=y.device)
     out[live] = y
     return out.reshape(rows, T, *y.shape[1:])
+
+
+@contextmanager
+def _unembedding_columns(runner: ModelRunner, columns: list[int] | None) -> Iterator[None]:
+    """While it is open (a pass of this request, the model's lock held), the model's unembedding
+    computes only the logits of ``columns`` and leaves every other logit 0, when it is a plain
+    ``nn.Linear``: a loss that reads only those columns gets the same values (to float rounding)
+    without a pass over ``W_U`` in the forward nor in the backward. What the model does after
+    its unembedding (e.g. Gemma 2's soft cap) is elementwise, so it sees the same numbers."""
+    hf: Any = runner.adapter.model
+    head = hf.get_output_embeddings() if columns is not None else None
+    if type(head) is not torch.nn.Linear or "forward" in vars(head):  # e.g. an offload hook's
+        yield
+        return
+    idx = torch.tensor(columns, device=head.weight.device)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        w = head.weight.index_select(0, idx)
+        b = head.bias.index_select(0, idx) if head.bias is not None else None
+        y = F.linear(x, w, b)  # [..., len(columns)]
+        out = torch.zeros(*x.shape[:-1], head.out_features, device=y.device, dtype=y.dtype)
+        return out.index_copy(-1, idx, y)
+
+    setattr(head, "forward", forward)  # noqa: B010  (an instance attribute, undone below)
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 def _pair_products(v: torch.Tensor, ow: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
@@ -548,6 +577,13 @@ class _Attribution:
         if isinstance(loss, LatentTrace):
             att = self.sae(loss.sae)
             plan.grad_sites.update({att.acts_pre, att.input})
+
+    def logit_columns(self) -> list[int] | None:
+        """The only logits the loss reads (a logit difference's tokens; None: all of them)."""
+        loss = self.spec.loss
+        if SPARSE and isinstance(loss, LogitDiffLoss):
+            return sorted(set(loss.target_ids) | set(loss.distractor_ids))
+        return None
 
     def loss_values(self, out: RunOutput, rows: int | None = None) -> torch.Tensor:
         """The loss of each of the first ``rows`` rows (default: the prompts), differentiable."""
@@ -977,7 +1013,8 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
                         planner.add_intervention(iv, [j * rows + 1])
             planner.plan.grad_sites.add(site)
             att.plan_loss(planner, range(batch.n_prompts))
-            out = runner.run(batch, planner.plan, grad=True)
+            with _unembedding_columns(runner, att.logit_columns()):
+                out = runner.run(batch, planner.plan, grad=True)
             losses = att.loss_values(out, batch.n_prompts)
             x = out.ctx.graph[site]
             (gx,) = torch.autograd.grad(losses.sum(), [x], allow_unused=True)
@@ -1059,7 +1096,8 @@ def _columns(
 ) -> Columns:
     clock = _Clock(stages)
     spec = att.spec
-    out = runner.run(att.batch, planner.plan, grad=True)
+    with _unembedding_columns(runner, att.logit_columns()):
+        out = runner.run(att.batch, planner.plan, grad=True)
     losses = att.loss_values(out)
     clock.lap("forward")
     names = sorted(planner.plan.grad_sites - {"hook_embed"})

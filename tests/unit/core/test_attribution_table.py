@@ -141,3 +141,31 @@ def test_values_kept_per_weights_are_dropped_when_a_weight_changes(tiny_runner, 
             restored.family(kind, 0).columns["write_magnitude"],
             before.family(kind, 0).columns["write_magnitude"],
         )
+
+
+def test_a_logit_difference_reads_only_its_logits_and_leaves_the_head_as_it_was(tiny_runner, spec):
+    """A logit-difference table computes the unembedding for its tokens only (every other logit
+    of the pass is 0), gets the HF model's logit difference, and leaves the unembedding module
+    untouched afterwards: a plain forward's logits are HF's, bit for bit."""
+    hf = tiny_runner.adapter.model
+    head = hf.get_output_embeddings()
+    ids = torch.tensor([tiny_runner.tokens.encode(specs.Prompt(text=PROMPT))])
+    with torch.no_grad():
+        full = hf(input_ids=ids).logits[0, -1]
+    seen = []
+    handle = head.register_forward_hook(lambda mod, args, out: seen.append(out.detach()))
+    try:
+        table = attribute(tiny_runner, spec)
+    finally:
+        handle.remove()
+    (logits,) = seen
+    cols = sorted({*spec.loss.target_ids, *spec.loss.distractor_ids})
+    others = torch.ones(logits.shape[-1], dtype=torch.bool)
+    others[cols] = False
+    assert not logits[..., others].any() and logits[..., cols].all()
+    assert "forward" not in vars(head)
+    want = float(full[spec.loss.target_ids[0]] - full[spec.loss.distractor_ids[0]])
+    assert table.loss_values[0] == pytest.approx(want, abs=1e-5)
+    with torch.no_grad():
+        again = hf(input_ids=ids).logits[0, -1]
+    assert torch.equal(again, full)
