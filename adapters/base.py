@@ -586,13 +586,21 @@ class DecoderAdapter(Adapter):
 
         def norm_hook(mod: Any, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
             x = args[0]
-            raw_scale = norm.scale(x)  # [..., 1]
-            scale = ctx.point(scale_site, raw_scale)
+            read_scale, read_normed = norm.read(x)  # both values from one fused kernel
             if not graph:  # read only
+                ctx.point(scale_site, read_scale)
                 if read_normalized:
-                    ctx.observe(norm_site, norm.normalize(x, scale))
+                    ctx.point(norm_site, read_normed)
                 return out
-            raw = norm.normalize(x, scale.detach() if freeze else scale)
+            # the same values as a read (bit for bit), with gradients through the formulas
+            grad = torch.is_grad_enabled()
+            raw_scale = _valued(read_scale, norm.scale(x)) if grad else read_scale
+            scale = ctx.point(scale_site, raw_scale)
+            held = scale.detach() if freeze else scale
+            if scale is not raw_scale:  # an edited scale: the normalized value follows it
+                raw = norm.normalize(x, held)
+            else:
+                raw = _valued(read_normed, norm.normalize(x, held)) if grad else read_normed
             normed = ctx.point(norm_site, raw)
             if may_replace and (normed is not raw or scale is not raw_scale):
                 return norm.affine(normed)  # the output follows the edited values
@@ -602,6 +610,11 @@ class DecoderAdapter(Adapter):
             return out.detach() + (new - new.detach())
 
         fwd(module, norm_hook)
+
+
+def _valued(value: torch.Tensor, formula: torch.Tensor) -> torch.Tensor:
+    """``value`` bit for bit, differentiated as ``formula`` (which computes the same thing)."""
+    return value.detach() + (formula - formula.detach())
 
 
 def _replaces_values(ctx: HookContext, site: str) -> bool:

@@ -1,6 +1,6 @@
 """Micro-batching: 8 concurrent clients vs the same requests sent one at a time.
 
-    python -m benchmarks batching [--clients 8] [--requests 64] [--model toy|gpt2-small]
+    python -m benchmarks batching [--clients 8] [--requests 256] [--model toy|gpt2-small]
 
 Each request is a Forward of one prompt reading one site at the last position. Target: >= 1.5x
 the serial throughput on CPU.
@@ -41,7 +41,7 @@ def _runner(name: str) -> ModelRunner:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks batching")
     p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--requests", type=int, default=256)
     p.add_argument("--model", default="toy", choices=("toy", "gpt2-small"))
     args = p.parse_args(argv)
     from tdb_client import Capture, TdbClient

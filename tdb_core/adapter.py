@@ -45,10 +45,21 @@ class Norm:
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         if self.kind == "layernorm":
-            var = (xf - xf.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True)
+            var = torch.var(xf, -1, correction=0, keepdim=True)
         else:
             var = xf.pow(2).mean(-1, keepdim=True)
         return torch.sqrt(var + self.eps).to(x.dtype)  # [..., 1]
+
+    def read(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale(x), normalize(x, scale(x)))`` from one fused kernel (torch's layer or RMS
+        norm without gain and bias, which also returns the reciprocal scale): what reading both
+        sites costs when nothing edits or differentiates them."""
+        d = [x.shape[-1]]
+        if self.kind == "layernorm":
+            normalized, _, rstd = torch.native_layer_norm(x, d, None, None, self.eps)
+        else:
+            normalized, rstd = torch.ops.aten._fused_rms_norm(x, d, None, self.eps)
+        return rstd.float().reciprocal().to(x.dtype), normalized
 
     def _normalize(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         xf = x.float()

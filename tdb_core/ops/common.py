@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from tdb_core import specs
@@ -17,7 +19,7 @@ def capture_result(c: ResolvedCapture) -> specs.CaptureResult:
         positions = index.pos.cpu()
     else:
         T = c.values.shape[1 + c.site.kind.dims.index(c.site.kind.pos_dim)]
-        positions = torch.arange(T).expand(c.n_rows, T).contiguous()
+        positions = _every_position(c.n_rows, T)
     dims = list(c.site.kind.dims)
     if c.top_k is not None:
         dims[-1] = "top_k"
@@ -29,6 +31,13 @@ def capture_result(c: ResolvedCapture) -> specs.CaptureResult:
         positions=positions,
         units=c.units_list,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _every_position(rows: int, T: int) -> torch.Tensor:
+    """``[rows, T]`` positions 0..T-1 of every row: one shared tensor per shape (a pass captures
+    hundreds of whole sites; results only read it)."""
+    return torch.arange(T).expand(rows, T).contiguous()
 
 
 def top_logits(

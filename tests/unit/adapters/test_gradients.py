@@ -304,3 +304,32 @@ def test_bad_gradient_requests_are_refused(arch_runner: Any) -> None:
         )
     with pytest.raises(InvalidArgumentError, match="target and one distractor"):
         _grad_forward(arch_runner, A.LogitDiffLoss((), ()), [], PROMPTS[1])
+
+
+def test_norm_sites_read_the_same_bits_when_differentiated(arch_runner: Any) -> None:
+    """``hook_scale`` and ``hook_normalized`` come from one fused kernel when only read; when
+    they are differentiated (free or frozen scale) their values must be those same bits, with
+    gradients through the formulas (checked against autograd by the test above)."""
+    sites = ["blocks.0.ln1.hook_scale", "blocks.0.ln1.hook_normalized", "ln_final.hook_normalized"]
+    read = forward(
+        arch_runner,
+        specs.ForwardSpec(
+            prompts=(specs.Prompt(text=PROMPTS[0]),),
+            captures=tuple(specs.Capture(s) for s in sites),
+        ),
+    )
+    for freeze in (False, True):
+        res = forward(
+            arch_runner,
+            specs.ForwardSpec(
+                prompts=(specs.Prompt(text=PROMPTS[0]),),
+                captures=tuple(specs.Capture(s) for s in sites),
+                loss=A.LogitDiffLoss(TARGET, DISTRACTOR),
+                grad_captures=tuple(specs.Capture(s) for s in sites),
+                freeze_norm_scale=freeze,
+            ),
+        )
+        assert torch.equal(res.logits_at, read.logits_at)
+        for a, b in zip(res.captures, read.captures, strict=True):
+            assert torch.equal(a.values, b.values), (a.site, freeze)
+        assert all(float(g.values.abs().max()) > 0 for g in res.grad_captures)
