@@ -1250,7 +1250,7 @@ def _input_directions(
     """Each (layer, neuron)'s W_in column times its input norm's gain ``[n, d_model]`` (fp32),
     and that norm's kind."""
     if not neurons:
-        return torch.empty(0, runner.schema.dims.d_model), []
+        return torch.empty(0, runner.schema.dims.d_model, device=runner.adapter.W_E().device), []
     cols, kinds = [], []
     for layer, neuron in neurons:
         col = runner.adapter.W_in(layer)[:, neuron].float()  # [d_model]
