@@ -292,11 +292,14 @@ def _reduce_capture(
     masked: torch.Tensor | None,
     clone: bool,
     selected: bool = False,
+    masked_in_place: bool = False,
 ) -> None:
     """Select the capture's block of ``x`` (detached), fill padding, top-k, cast, and store.
 
     The block is cut first, so masking, top-k and casts touch only what is kept. ``selected``:
     ``x`` is already the block (a derived site computed for the capture's positions and units).
+    ``masked_in_place``: ``x`` already holds -inf where ``masked`` says (padding is still filled
+    with -inf).
     A capture that needs no reduction keeps a view of the activation instead of a copy (unless
     ``clone``); :meth:`HookPlan.captures_intact` tells whether the model later wrote to it in place.
     """
@@ -305,7 +308,7 @@ def _reduce_capture(
         x = x[: cap.n_rows]
     index = cap.index
     if (
-        masked is None
+        (masked is None or masked_in_place)
         and cap.valid is None
         and cap.key_valid is None
         and cap.top_k is None
@@ -323,10 +326,11 @@ def _reduce_capture(
     copied = out is not x
     fill = 0.0
     if masked is not None:  # attention scores: show masked entries as -inf
-        m = masked[: cap.n_rows].expand(x.shape)
-        out = out.masked_fill(m if selected else _select_block(m, index), float("-inf"))
         fill = float("-inf")
-        copied = True
+        if not masked_in_place:
+            m = masked[: cap.n_rows].expand(x.shape)
+            out = out.masked_fill(m if selected else _select_block(m, index), fill)
+            copied = True
     if cap.valid is not None:
         xb = _to_block_layout(out, index)
         shape = (*cap.valid.shape, *([1] * (xb.dim() - 2)))
@@ -383,6 +387,7 @@ class HookContext:
         self._active = plan.sites()
         self.graph: dict[str, torch.Tensor] = {}
         self.stash: dict[Any, torch.Tensor] = {}  # adapter scratch space (e.g. resid_pre per layer)
+        self._blocked: dict[tuple[Any, ...], tuple[torch.Tensor, bool]] = {}
 
     # -- what the adapter asks
     def wants(self, site: str) -> bool:
@@ -446,10 +451,18 @@ class HookContext:
             values = block(cap.n_rows, cap.index.pos, units)
             _reduce_capture(cap, values, None, self.plan.clone_captures, selected=True)
 
-    def observe(self, site: str, x: torch.Tensor, masked: torch.Tensor | None = None) -> None:
+    def observe(
+        self,
+        site: str,
+        x: torch.Tensor,
+        masked: torch.Tensor | None = None,
+        masked_in_place: bool = False,
+    ) -> None:
         """Record captures of ``site`` and keep its graph tensor if gradients are wanted."""
         for cap in self.plan.captures.get(site, ()):
-            _reduce_capture(cap, x, masked, self.plan.clone_captures)
+            _reduce_capture(
+                cap, x, masked, self.plan.clone_captures, masked_in_place=masked_in_place
+            )
         if self.plan.record is not None and site in self.plan.captures:
             self.plan.record[site] = Recorded(x.detach().clone(), masked)
         if site in self.plan.grad_sites:
@@ -466,6 +479,16 @@ class HookContext:
         x = self.edit(site, x)
         self.observe(site, x, masked)
         return x
+
+    def blocked_keys(self, mask: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Where HF's additive float mask ``[B, 1, T_q, T_k]`` blocks a key, and whether every
+        query row keeps at least one key; computed once per mask per pass (layers share it)."""
+        key = (mask.data_ptr(), tuple(mask.shape), tuple(mask.stride()))
+        got = self._blocked.get(key)
+        if got is None:
+            blocked = mask <= torch.finfo(mask.dtype).min
+            got = self._blocked[key] = (blocked, not bool(blocked.all(-1).any()))
+        return got
 
 
 _ACTIVE: contextvars.ContextVar[HookContext | None] = contextvars.ContextVar(
@@ -583,13 +606,20 @@ def tdb_attention(
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [B, H, T_q, T_k]
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    blocked = None
+    blocked, observed = None, False
     if attention_mask is not None:
         mask = attention_mask[:, :, :, : key.shape[-2]]
         scores = scores + mask
         if ctx is not None and ctx.wants(names["hook_attn_scores"]):
-            blocked = mask <= torch.finfo(mask.dtype).min
-    if ctx is not None:
+            blocked, every_row_sees = ctx.blocked_keys(mask)
+            if every_row_sees and not ctx.needs_graph(names["hook_attn_scores"]):
+                # Read only: write the capture's -inf into the scores themselves (no copy). The
+                # softmax is bit for bit the same: a blocked entry's exp underflowed to 0 already,
+                # and every row keeps a finite maximum.
+                scores.masked_fill_(blocked, float("-inf"))
+                ctx.observe(names["hook_attn_scores"], scores, blocked, masked_in_place=True)
+                observed = True
+    if ctx is not None and not observed:
         scores = ctx.point(names["hook_attn_scores"], scores, masked=blocked)
 
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)  # [B, H, T_q, T_k]

@@ -223,3 +223,29 @@ def test_glob_resolves_in_forward_order(tiny_runner):
         ),
     )
     assert [c.site for c in res.captures] == ["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"]
+
+
+def test_read_scores_are_masked_in_place_with_the_same_bits(tiny_runner):
+    """A read-only capture of attention scores writes its -inf into the scores (no copy); an
+    identity edit at the same site takes the copying path. Both give the same capture (padding
+    included) and the same logits as a pass that reads nothing."""
+    prompts = tuple(specs.Prompt(text=t) for t in PROMPTS)
+    site = "blocks.1.attn.hook_attn_scores"
+
+    def run(*interventions: specs.Intervention, capture: bool = True) -> specs.ForwardResult:
+        return forward(
+            tiny_runner,
+            specs.ForwardSpec(
+                prompts=prompts,
+                captures=(specs.Capture(site), specs.Capture("logits")) if capture else (),
+                interventions=interventions,
+                top_k=5,
+            ),
+        )
+
+    read = run()
+    edited = run(specs.Intervention(site, specs.Scale(1.0)))
+    assert torch.equal(read.captures[0].values, edited.captures[0].values)
+    assert torch.equal(read.captures[1].values, edited.captures[1].values)
+    assert bool(torch.isneginf(read.captures[0].values[0, 0, 0, 1:]).all())  # causal
+    assert read.top_logits == run(capture=False).top_logits
