@@ -33,11 +33,14 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from tdb_core import checks, nodes, specs
 from tdb_core.adapter import Norm
@@ -183,24 +186,117 @@ def _residual_point(site: str, layer: int, key: str, position: int | None) -> _P
 _Tensors = dict[str, torch.Tensor]
 
 
+class _WeightCache:
+    """What the node table derives from the weights alone, kept between requests (per layer:
+    ``W_out`` row norms, the triangular factors of ``W_O``). Everything is dropped together when
+    any parameter of the model changes (its storage, version counter, dtype or device), so a
+    kept value always equals a fresh computation."""
+
+    def __init__(self) -> None:
+        self.stamp: object = None
+        self.tensors: dict[Hashable, torch.Tensor] = {}
+
+    def tensor(self, key: Hashable, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        t = self.tensors.get(key)
+        if t is None:
+            t = self.tensors[key] = make()
+        return t
+
+
+_WEIGHT_CACHES: weakref.WeakKeyDictionary[ModelRunner, _WeightCache] = weakref.WeakKeyDictionary()
+
+
+def _weight_cache(runner: ModelRunner) -> _WeightCache:
+    """The runner's :class:`_WeightCache`, emptied first if any parameter changed since."""
+    hf: Any = runner.adapter.model
+    stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in hf.parameters())
+    cache = _WEIGHT_CACHES.get(runner)
+    if cache is None:
+        cache = _WEIGHT_CACHES[runner] = _WeightCache()
+    if cache.stamp != stamp:
+        cache.tensors.clear()
+        cache.stamp = stamp
+    return cache
+
+
+def _head_factors(w_o: torch.Tensor) -> torch.Tensor:
+    """Per head, the triangular ``R`` of ``W_O[h]^T = Q R`` ``[H, d_head, d_head]`` (fp32, from a
+    float64 QR): ``||x @ W_O[h]|| = ||x @ R[h]^T||`` for any ``x``, since ``Q`` has orthonormal
+    columns; the write magnitudes of every head and key position in ``d_head`` work, not
+    ``d_model``, as a sum of squares (no cancellation)."""
+    r: torch.Tensor = torch.linalg.qr(w_o.double().transpose(1, 2), mode="r").R
+    return r.float()
+
+
 SPARSE = True
 """Compute only what the loss can see: logits at the loss position, and products with the loss
 gradient at positions where it is not zero (a logit loss or a trace reads one position; every
 other position's direct effects are zero). False computes every position, as a check."""
 
 
-def _on_live_positions(d: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _live_positions(d: torch.Tensor) -> torch.Tensor:
+    """Flat indices (over ``rows * T``) of the positions where ``d`` ``[rows, T, d_model]`` is
+    not all zeros."""
+    return d.reshape(d.shape[0] * d.shape[1], -1).ne(0).any(-1).nonzero().flatten()
+
+
+def _on_live_positions(
+    d: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], live: torch.Tensor | None = None
+) -> torch.Tensor:
     """``fn(d)`` for a linear map ``fn`` of the last axis of ``d`` ``[rows, T, d_model]``,
-    computed only at the positions where ``d[r, t]`` is not all zeros (zeros elsewhere)."""
+    computed only at the positions where ``d[r, t]`` is not all zeros (zeros elsewhere);
+    ``live``: those positions (:func:`_live_positions` of ``d``), when already known."""
     if not SPARSE:
         return fn(d)
     rows, T = d.shape[:2]
     flat = d.reshape(rows * T, -1)
-    live = flat.ne(0).any(-1).nonzero().flatten()  # [n]
+    if live is None:
+        live = _live_positions(d)  # [n]
     y = fn(flat[live])  # [n, *out]
     out = torch.zeros(rows * T, *y.shape[1:], dtype=y.dtype, device=y.device)
     out[live] = y
     return out.reshape(rows, T, *y.shape[1:])
+
+
+@contextmanager
+def _unembedding_columns(runner: ModelRunner, columns: list[int] | None) -> Iterator[None]:
+    """While it is open (a pass of this request, the model's lock held), the model's unembedding
+    computes only the logits of ``columns`` and leaves every other logit 0, when it is a plain
+    ``nn.Linear``: a loss that reads only those columns gets the same values (to float rounding)
+    without a pass over ``W_U`` in the forward nor in the backward. What the model does after
+    its unembedding (e.g. Gemma 2's soft cap) is elementwise, so it sees the same numbers."""
+    hf: Any = runner.adapter.model
+    head = hf.get_output_embeddings() if columns is not None else None
+    if type(head) is not torch.nn.Linear or "forward" in vars(head):  # e.g. an offload hook's
+        yield
+        return
+    idx = torch.tensor(columns, device=head.weight.device)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        w = head.weight.index_select(0, idx)
+        b = head.bias.index_select(0, idx) if head.bias is not None else None
+        y = F.linear(x, w, b)  # [..., len(columns)]
+        out = torch.zeros(*x.shape[:-1], head.out_features, device=y.device, dtype=y.dtype)
+        return out.index_copy(-1, idx, y)
+
+    setattr(head, "forward", forward)  # noqa: B010  (an instance attribute, undone below)
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def _pair_products(v: torch.Tensor, ow: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+    """``v[r, k, h] . ow[r, q, h]`` ``[rows, H, T_q, T_k]`` for values ``v`` ``[rows, T_k, H,
+    d_head]`` and ``ow`` ``[rows, T_q, H, d_head]``; with ``live`` (flat ``rows * T_q``
+    positions where ``ow`` may not be zero, see :func:`_live_positions`), computed there only."""
+    if not SPARSE or live is None:
+        return torch.einsum("rkhd,rqhd->rhqk", v, ow)
+    rows, T, H = ow.shape[:3]
+    out = torch.zeros(rows, H, T, v.shape[1], device=v.device, dtype=v.dtype)
+    r_i, q_i = live // T, live % T
+    out[r_i, :, q_i, :] = torch.einsum("nkhd,nhd->nhk", v[r_i], ow[r_i, q_i])
+    return out
 
 
 def _row_vector(x: torch.Tensor) -> Callable[[int, tuple[int, ...]], torch.Tensor]:
@@ -223,6 +319,9 @@ def _resolve_loss_tokens(runner: ModelRunner, loss: LogitDiffLoss | LogProbLoss)
 
 class _Attribution:
     """State of one attribution request."""
+
+    cache: _WeightCache  # set when the columns are computed (with the model's lock held)
+    live: torch.Tensor  # flat positions where the loss gradient at the point is not zero
 
     def __init__(self, runner: ModelRunner, spec: AttributeSpec) -> None:
         self.runner = runner
@@ -479,6 +578,13 @@ class _Attribution:
             att = self.sae(loss.sae)
             plan.grad_sites.update({att.acts_pre, att.input})
 
+    def logit_columns(self) -> list[int] | None:
+        """The only logits the loss reads (a logit difference's tokens; None: all of them)."""
+        loss = self.spec.loss
+        if SPARSE and isinstance(loss, LogitDiffLoss):
+            return sorted(set(loss.target_ids) | set(loss.distractor_ids))
+        return None
+
     def loss_values(self, out: RunOutput, rows: int | None = None) -> torch.Tensor:
         """The loss of each of the first ``rows`` rows (default: the prompts), differentiable."""
         loss, g = self.spec.loss, out.ctx.graph
@@ -524,11 +630,13 @@ class _Attribution:
     # -- the table
     def families_from(self, out: RunOutput, grads: dict[str, torch.Tensor]) -> list[_Family]:
         g, rows, T = out.ctx.graph, self.n_rows, self.T
+        self.cache = _weight_cache(self.runner)
         d = grads[self.point.site][:rows].detach().float()  # [rows, T, d_model]
         if self.point.position is not None:  # a trace: only the traced position's residual counts
             mask = torch.zeros(T, device=d.device)
             mask[self.point.position] = 1
             d = d * mask[None, :, None]
+        self.live = _live_positions(d)
         fams: list[_Family] = []
         if NodeKind.EMBEDDING in self.families:
             x = g[nodes.EMBEDDING_SITE][:rows].detach().float()  # [rows, T, d_model]
@@ -618,17 +726,20 @@ class _Attribution:
             raw = post @ w_out + (b.float() if b is not None else 0.0)
             factor = self._post_norm_gain(norm, raw)  # [rows, T, d_model]
         d_eff = d * factor  # gradient seen by the raw write
-        w_norm = w_out.norm(dim=-1)  # [d_mlp]
+        live = self.live if norm is None else None  # where d_eff is d: its positions
         if norm is not None:
             write_mag = (
                 post.abs() * ((w_out[None, None] * factor[:, :, None]).norm(dim=-1)) * post.sign()
             )
         else:
+            w_norm = self.cache.tensor(("w_out_norm", L), lambda: w_out.norm(dim=-1))  # [d_mlp]
             write_mag = post * w_norm
         cols = {
             "activation": post,
             "write_magnitude": write_mag,
-            "direct_effect": post * _on_live_positions(d_eff, lambda x: x @ w_out.T),
+            "direct_effect": _on_live_positions(d_eff, lambda x: F.linear(x, w_out), live).mul_(
+                post
+            ),
             "total_effect": post * gpost,
         }
 
@@ -662,16 +773,43 @@ class _Attribution:
             raw = torch.einsum("rthd,hdm->rtm", z, w_o) + (b.float() if b is not None else 0.0)
             factor = self._post_norm_gain(norm, raw)  # [rows, T, d_model]
         d_eff = d * factor  # [rows, T, d_model]
+        live = self.live if norm is None else None  # where d_eff is d: its positions
+        H, d_head, d_model = w_o.shape
+        w_o_rows = w_o.reshape(H * d_head, d_model)
         # [rows, T, H, d_head]: W_O[h] d_eff[t]
-        ow = _on_live_positions(d_eff, lambda x: torch.einsum("hdm,...m->...hd", w_o, x))
+        ow = _on_live_positions(  # zeros where d_eff is (at every position but ``live``)
+            d_eff, lambda x: F.linear(x, w_o_rows).reshape(*x.shape[:-1], H, d_head), live
+        )
         fams = []
+        # Without a post norm, write magnitudes come from W_O's triangular factors (d_head work
+        # per head and position) and a returned row's write is computed when it is read; with
+        # one, the factor varies over d_model, so the writes are materialized.
+        r_o = (
+            None
+            if norm is not None
+            else self.cache.tensor(("w_o_r", L), lambda: _head_factors(w_o))
+        )
         if NodeKind.ATTN_HEAD in self.families:
-            result = torch.einsum("rthd,hdm->rthm", z, w_o)  # [rows, T, H, d_model]
-            # the residual write: the raw write through a post norm's factor (none: as it is)
-            result_w = result * factor[:, :, None] if norm is not None else result
+            head_write: Callable[[int, tuple[int, ...]], torch.Tensor]
+            if r_o is None:
+                result = torch.einsum("rthd,hdm->rthm", z, w_o)  # [rows, T, H, d_model]
+                # the residual write: the raw write through the post norm's factor
+                result_w = result * factor[:, :, None]
+                write_mag = result_w.norm(dim=-1)
+
+                def head_write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
+                    return result_w[r, idx[0], idx[1]]
+
+            else:
+                write_mag = torch.einsum("rthd,hed->rthe", z, r_o).norm(dim=-1)
+
+                def head_write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
+                    t, h = idx
+                    return z[r, t, h] @ w_o[h]
+
             cols = {
                 "activation": z.norm(dim=-1),
-                "write_magnitude": result_w.norm(dim=-1),
+                "write_magnitude": write_mag,
                 "direct_effect": (z * ow).sum(-1),
                 "total_effect": (z * gz).sum(-1),
             }
@@ -682,30 +820,33 @@ class _Attribution:
                     cols,
                     lambda idx: nodes.attn_head(L, idx[1], idx[0]),
                     z_site,  # a head's write at a position is z[pos, head] @ W_O[head]
-                    lambda r, idx: result_w[r, idx[0], idx[1]],
+                    head_write,
                 )
             )
         if NodeKind.ATTN_HEAD_PAIR in self.families:
             p = g[pattern_site][:rows].detach().float()  # [rows, H, T_q, T_k]
             gp = grads[pattern_site][:rows].float()
             v = g[site_name("attn.hook_v", L)][:rows].detach().float()  # [rows, T_k, H_kv, d_h]
-            v = v.repeat_interleave(w_o.shape[0] // v.shape[2], dim=2)  # per query head
-            vo = torch.einsum("rkhd,hdm->rhkm", v, w_o)  # [rows, H, T_k, d_model]
-            if factor.dim():
+            if v.shape[2] != w_o.shape[0]:  # grouped-query attention: one copy per query head
+                v = v.repeat_interleave(w_o.shape[0] // v.shape[2], dim=2)
+            vo: torch.Tensor | None = None  # [rows, H, T_k, d_model], with a post norm only
+            if r_o is None:
+                vo = torch.einsum("rkhd,hdm->rhkm", v, w_o)
                 vo_mag = torch.einsum("rhkm,rqm->rhqk", vo.pow(2), factor.pow(2)).sqrt()
-            else:
-                vo_mag = vo.norm(dim=-1)[:, :, None, :].expand_as(p)
+            else:  # ||v[k, h] @ W_O[h]||, the same for every query
+                vo_mag = torch.einsum("rkhd,hed->rhke", v, r_o).norm(dim=-1)[:, :, None, :]
             cols = {
                 "activation": p,
-                "write_magnitude": p.abs() * vo_mag,
-                "direct_effect": p * torch.einsum("rkhd,rqhd->rhqk", v, ow),
+                "write_magnitude": p.abs().mul_(vo_mag),
+                "direct_effect": _pair_products(v, ow, live).mul_(p),
                 "total_effect": p * gp,
             }
 
             def write(r: int, idx: tuple[int, ...]) -> torch.Tensor:
                 h, q, k = idx
-                f = factor if factor.dim() == 0 else factor[r, q]
-                w: torch.Tensor = p[r, h, q, k] * vo[r, h, k] * f
+                if vo is None:
+                    return p[r, h, q, k] * (v[r, k, h] @ w_o[h])
+                w: torch.Tensor = p[r, h, q, k] * vo[r, h, k] * factor[r, q]
                 return w
 
             fams.append(
@@ -748,12 +889,21 @@ def _topk_union(fams: list[_Family], k: int, n_rows: int) -> list[tuple[int, tup
                 fam_i = bisect.bisect_right(offsets, flat_i) - 1
                 shape = fams[fam_i].columns[col].shape[1:]
                 local = flat_i - offsets[fam_i]
-                idx_t = tuple(int(x) for x in torch.unravel_index(torch.tensor(local), shape))
+                idx_t = _unravel(local, tuple(shape))
                 key = (fam_i, idx_t)
                 if key not in seen:
                     seen.add(key)
                     chosen.append(key)
     return chosen
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The index into ``shape`` of a flat (row-major) offset, as ``torch.unravel_index``."""
+    out = []
+    for n in reversed(shape):
+        flat, i = divmod(flat, n)
+        out.append(i)
+    return tuple(reversed(out))
 
 
 _BLOCK = 256  # elements per block when bounding the k-th value by block extremes
@@ -816,12 +966,19 @@ def _pick(parts: list[torch.Tensor], k: int, largest: bool) -> list[tuple[list[f
 
 
 def _token_scores(
-    runner: ModelRunner, scores: torch.Tensor, k: int, largest: bool
+    runner: ModelRunner,
+    scores: torch.Tensor,
+    k: int,
+    largest: bool,
+    minus: torch.Tensor | None = None,
 ) -> list[tuple[TokenScore, ...]]:
-    """The ``k`` largest (or smallest) tokens of each row of ``scores`` [n, vocab], one top-k."""
+    """The ``k`` largest (or smallest) tokens of each row of ``scores`` [n, vocab], one top-k;
+    with ``minus`` ``[n, 1]``, of ``scores - minus`` (subtracted from the k values only)."""
     if k <= 0:
         return [() for _ in range(scores.shape[0])]
     vals, idx = scores.topk(min(k, scores.shape[-1]), dim=-1, largest=largest)
+    if minus is not None:
+        vals = vals - minus
     out = []
     for v_row, i_row in zip(vals.tolist(), idx.tolist(), strict=True):
         strs = runner.tokens.strings(i_row)
@@ -856,7 +1013,8 @@ def _integrated_gradients(att: _Attribution, fams: list[_Family]) -> None:
                         planner.add_intervention(iv, [j * rows + 1])
             planner.plan.grad_sites.add(site)
             att.plan_loss(planner, range(batch.n_prompts))
-            out = runner.run(batch, planner.plan, grad=True)
+            with _unembedding_columns(runner, att.logit_columns()):
+                out = runner.run(batch, planner.plan, grad=True)
             losses = att.loss_values(out, batch.n_prompts)
             x = out.ctx.graph[site]
             (gx,) = torch.autograd.grad(losses.sum(), [x], allow_unused=True)
@@ -938,7 +1096,8 @@ def _columns(
 ) -> Columns:
     clock = _Clock(stages)
     spec = att.spec
-    out = runner.run(att.batch, planner.plan, grad=True)
+    with _unembedding_columns(runner, att.logit_columns()):
+        out = runner.run(att.batch, planner.plan, grad=True)
     losses = att.loss_values(out)
     clock.lap("forward")
     names = sorted(planner.plan.grad_sites - {"hook_embed"})
@@ -980,35 +1139,8 @@ def _table(
     with torch.no_grad():
         chosen = _topk_union(fams, spec.top_k, att.n_rows)
         clock.lap("ranking")
-        w_u = runner.adapter.W_U().float()
-        gain = runner.adapter.final_norm().gain()
         nodes = [(fams[fam_i], idx) for fam_i, idx in chosen]
-        # Every chosen node's write read through the unembedding in one product (one pass over
-        # W_U), and every chosen neuron's input tokens in another.
-        writes = [
-            (i, f.write(0, idx))
-            for i, (f, idx) in enumerate(nodes)
-            if spec.node_tokens and f.write is not None
-        ]
-        pushed: dict[int, tuple[tuple[TokenScore, ...], tuple[TokenScore, ...]]] = {}
-        if writes:
-            stacked = torch.stack([w.float() for _, w in writes])  # [n, d_model]
-            if gain is not None:
-                stacked = stacked * gain.float()
-            vecs = stacked @ w_u  # [n, vocab]
-            vecs = vecs - vecs.mean(-1, keepdim=True)
-            ups = _token_scores(runner, vecs, spec.node_tokens, True)
-            downs = _token_scores(runner, vecs, spec.node_tokens, False)
-            pushed = {i: (ups[j], downs[j]) for j, (i, _) in enumerate(writes)}
-        neurons = [
-            (i, f.layer or 0, idx[1])
-            for i, (f, idx) in enumerate(nodes)
-            if spec.node_tokens and f.kind is NodeKind.MLP_NEURON
-        ]
-        inputs = _neuron_input_tokens(
-            runner, [(layer, n) for _, layer, n in neurons], spec.node_tokens
-        )
-        input_of = {i: inputs[j] for j, (i, _, _) in enumerate(neurons)}
+        pushed, input_of = _node_tokens(att, nodes)
         clock.lap("node_tokens")
         rows_out = []
         for i, (f, idx) in enumerate(nodes):
@@ -1053,6 +1185,106 @@ def _table(
     return result
 
 
+_Pushed = tuple[tuple[TokenScore, ...], tuple[TokenScore, ...]]  # (upvoted, downvoted)
+
+
+def _node_tokens(
+    att: _Attribution, nodes: list[tuple[_Family, tuple[int, ...]]]
+) -> tuple[dict[int, _Pushed], dict[int, tuple[TokenScore, ...]]]:
+    """Each row's up/down-voted output tokens (its write in row 0, through the final norm's gain
+    and ``W_U``, mean-subtracted) and each neuron row's input tokens, by row index.
+
+    Every write is read through ``W_U`` in one product (one pass over the unembedding); with tied
+    embeddings the neurons' input directions ride in the same product (see
+    :func:`_input_scores`), otherwise they are read by the normalized embedding in a second."""
+    runner, k = att.runner, att.spec.node_tokens
+    if not k:
+        return {}, {}
+    adapter = runner.adapter
+    writes = [(i, f.write(0, idx).float()) for i, (f, idx) in enumerate(nodes) if f.write]
+    neurons = [
+        (i, (f.layer or 0, idx[1]))
+        for i, (f, idx) in enumerate(nodes)
+        if f.kind is NodeKind.MLP_NEURON
+    ]
+    w_u = adapter.W_U().float()
+    parts = []
+    if writes:
+        stacked = torch.stack([w for _, w in writes])  # [n, d_model]
+        gain = adapter.final_norm().gain()
+        parts.append(stacked * gain.float() if gain is not None else stacked)
+    w_in, kinds = _input_directions(runner, [ln for _, ln in neurons])
+    tied = bool(neurons) and _tied_embedding(runner)
+    if tied:
+        parts.append(w_in)
+    scores = torch.cat(parts) @ w_u if parts else None  # [n (+ neurons), vocab]
+    pushed: dict[int, _Pushed] = {}
+    if writes:
+        assert scores is not None
+        vecs = scores[: len(writes)]
+        mean = vecs.mean(-1, keepdim=True)
+        ups = _token_scores(runner, vecs, k, True, mean)
+        downs = _token_scores(runner, vecs, k, False, mean)
+        pushed = {i: (ups[j], downs[j]) for j, (i, _) in enumerate(writes)}
+    if not neurons:
+        return pushed, {}
+    products = scores[len(writes) :] if tied and scores is not None else None
+    inputs = _token_scores(runner, _input_scores(runner, w_in, kinds, products), k, True)
+    return pushed, {i: inputs[j] for j, (i, _) in enumerate(neurons)}
+
+
+def _tied_embedding(runner: ModelRunner) -> bool:
+    """Whether the unembedding is the token embedding read transposed (tied weights)."""
+    e, u = runner.adapter.W_E(), runner.adapter.W_U()
+    return bool(
+        e.shape == u.T.shape
+        and e.data_ptr() == u.data_ptr()
+        and e.stride() == u.T.stride()
+        and e.dtype == u.dtype
+    )
+
+
+def _input_directions(
+    runner: ModelRunner, neurons: list[tuple[int, int]]
+) -> tuple[torch.Tensor, list[str]]:
+    """Each (layer, neuron)'s W_in column times its input norm's gain ``[n, d_model]`` (fp32),
+    and that norm's kind."""
+    if not neurons:
+        return torch.empty(0, runner.schema.dims.d_model, device=runner.adapter.W_E().device), []
+    cols, kinds = [], []
+    for layer, neuron in neurons:
+        col = runner.adapter.W_in(layer)[:, neuron].float()  # [d_model]
+        norm = runner.adapter.mlp_in_norm(layer)
+        gain = norm.gain()
+        cols.append(col * gain.float() if gain is not None else col)
+        kinds.append(norm.kind)
+    return torch.stack(cols), kinds
+
+
+def _input_scores(
+    runner: ModelRunner, w: torch.Tensor, kinds: list[str], products: torch.Tensor | None
+) -> torch.Tensor:
+    """Each direction of ``w`` ``[n, d_model]`` read by every token's normalized embedding
+    (mean removed for LayerNorm, unit RMS) ``[n, vocab]``.
+
+    ``products``: ``w @ W_E^T`` when already computed (tied embeddings: it is ``w @ W_U``). Then
+    the normalized embedding ``s_t (E_t - mu_t)`` is applied through each token's mean ``mu_t``
+    and scale ``s_t``: ``s_t (E_t . w - mu_t sum(w))``, the same number as reading the normalized
+    row (to float rounding) without a second pass over the vocabulary."""
+    out = torch.empty(w.shape[0], runner.adapter.W_E().shape[0], device=w.device)
+    for kind in set(kinds):  # one kind per model in practice
+        sel = [j for j, k_ in enumerate(kinds) if k_ == kind]
+        if products is None:
+            out[sel] = w[sel] @ _normalized_embedding(runner, kind).T
+            continue
+        mu, s = _embedding_stats(runner, kind)
+        prod = products[sel]
+        if kind == "layernorm":
+            prod = prod - w[sel].sum(-1, keepdim=True) * mu
+        out[sel] = prod * s
+    return out
+
+
 def _neuron_input_tokens(
     runner: ModelRunner, neurons: list[tuple[int, int]], k: int
 ) -> list[tuple[TokenScore, ...]]:
@@ -1061,36 +1293,45 @@ def _neuron_input_tokens(
     upvote", weights only). One product over the embedding for all neurons."""
     if not neurons:
         return []
-    cols, kinds = [], []
-    for layer, neuron in neurons:
-        col = runner.adapter.W_in(layer)[:, neuron].float()  # [d_model]
-        norm = runner.adapter.mlp_in_norm(layer)
-        gain = norm.gain()
-        cols.append(col * gain.float() if gain is not None else col)
-        kinds.append(norm.kind)
-    w = torch.stack(cols, dim=1)  # [d_model, n]
-    scores: torch.Tensor | None = None  # [vocab, n]
-    for kind in set(kinds):  # one kind per model in practice
-        e = _normalized_embedding(runner, kind)
-        if scores is None:
-            scores = torch.empty(e.shape[0], len(neurons), device=e.device)
-        sel = [j for j, k_ in enumerate(kinds) if k_ == kind]
-        scores[:, sel] = e @ w[:, sel]
-    assert scores is not None
-    return _token_scores(runner, scores.T, k, True)
+    w, kinds = _input_directions(runner, neurons)
+    products = w @ runner.adapter.W_U().float() if _tied_embedding(runner) else None
+    return _token_scores(runner, _input_scores(runner, w, kinds, products), k, True)
 
 
 EMBEDDING_CACHE_MAX_BYTES = 1 << 30
 """The largest normalized embedding kept between requests (per model and norm kind)."""
 
 
+def _embedding_stamp(runner: ModelRunner) -> tuple[object, ...]:
+    hf: Any = runner.adapter.model  # a HF PreTrainedModel
+    weight: torch.Tensor = hf.get_input_embeddings().weight
+    return (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype)
+
+
+def _embedding_stats(runner: ModelRunner, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token, the mean ``mu`` a norm of ``kind`` removes (0 unless LayerNorm) and the factor
+    ``s`` giving unit RMS, ``[vocab]`` each (fp32): the normalized embedding is ``s (E - mu)``.
+    Kept on the runner like :func:`_normalized_embedding`."""
+    stamp = _embedding_stamp(runner)
+    key = f"normalized_embedding_stats:{kind}"
+    kept = runner.derived.get(key)
+    if kept is not None and kept[0] == stamp:
+        return kept[1][0], kept[1][1]
+    emb = runner.adapter.W_E().float()  # [vocab, d_model]
+    mu = emb.mean(-1) if kind == "layernorm" else torch.zeros(emb.shape[0], device=emb.device)
+    e: torch.Tensor = emb - mu[:, None] if kind == "layernorm" else emb
+    s = math.sqrt(e.shape[-1]) / e.norm(dim=-1).clamp_min(1e-12)
+    stats = torch.stack([mu, s])
+    if stats.numel() * stats.element_size() <= EMBEDDING_CACHE_MAX_BYTES:
+        runner.derived[key] = (stamp, stats)
+    return mu, s
+
+
 def _normalized_embedding(runner: ModelRunner, kind: str) -> torch.Tensor:
     """What a norm of ``kind`` makes of each token's embedding ``[vocab, d_model]`` (fp32): mean
     removed for LayerNorm, unit RMS. It depends only on the weights, so it is kept on the runner
     (up to :data:`EMBEDDING_CACHE_MAX_BYTES`) and recomputed when the embedding changes."""
-    hf: Any = runner.adapter.model  # a HF PreTrainedModel
-    weight: torch.Tensor = hf.get_input_embeddings().weight
-    stamp = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype)
+    stamp = _embedding_stamp(runner)
     key = f"normalized_embedding:{kind}"
     kept = runner.derived.get(key)
     if kept is not None and kept[0] == stamp:
