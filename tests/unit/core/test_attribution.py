@@ -382,7 +382,9 @@ def test_neuron_rows_read_their_tokens_from_the_hf_weights(tiny_runner, tokens):
     for row in table.rows:
         block = hf.transformer.h[row.node.layer]
         n = row.node.unit
-        write = block.mlp.c_proj.weight.detach().double()[n]  # Conv1D: [d_mlp, d_model]
+        # the row's write is its activation times its W_out row: a negative one flips the tokens
+        sign = 1.0 if row.values[0]["activation"] >= 0 else -1.0
+        write = sign * block.mlp.c_proj.weight.detach().double()[n]  # Conv1D: [d_mlp, d_model]
         logits = (
             write * hf.transformer.ln_f.weight.double()
         ) @ hf.lm_head.weight.detach().double().T
