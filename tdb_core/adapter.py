@@ -20,6 +20,11 @@ from tdb_core.errors import FailedPreconditionError, InvalidArgumentError
 from tdb_core.hooks import HookContext
 from tdb_core.schema import ModelDims, ModelSchema
 
+# torch's fused RMS norm (returns the reciprocal scale too); absent from older torch releases
+_FUSED_RMS_NORM: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = getattr(
+    torch.ops.aten, "_fused_rms_norm", None
+)
+
 
 @dataclass(frozen=True)
 class Norm:
@@ -57,8 +62,15 @@ class Norm:
         d = [x.shape[-1]]
         if self.kind == "layernorm":
             normalized, _, rstd = torch.native_layer_norm(x, d, None, None, self.eps)
-        else:
-            normalized, rstd = torch.ops.aten._fused_rms_norm(x, d, None, self.eps)
+        elif _FUSED_RMS_NORM is not None:
+            try:
+                normalized, rstd = _FUSED_RMS_NORM(x, d, None, self.eps)
+            except (NotImplementedError, RuntimeError):  # no kernel for this device or dtype
+                scale = self.scale(x)
+                return scale, self.normalize(x, scale)
+        else:  # a torch without the fused RMS norm
+            scale = self.scale(x)
+            return scale, self.normalize(x, scale)
         return rstd.float().reciprocal().to(x.dtype), normalized
 
     def _normalize(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
