@@ -60,15 +60,14 @@ class Norm:
         norm without gain and bias, which also returns the reciprocal scale): what reading both
         sites costs when nothing edits or differentiates them."""
         d = [x.shape[-1]]
-        if self.kind == "layernorm":
-            normalized, _, rstd = torch.native_layer_norm(x, d, None, None, self.eps)
-        elif _FUSED_RMS_NORM is not None:
-            try:
+        try:
+            if self.kind == "layernorm":
+                normalized, _, rstd = torch.native_layer_norm(x, d, None, None, self.eps)
+            elif _FUSED_RMS_NORM is not None:
                 normalized, rstd = _FUSED_RMS_NORM(x, d, None, self.eps)
-            except (NotImplementedError, RuntimeError):  # no kernel for this device or dtype
-                scale = self.scale(x)
-                return scale, self.normalize(x, scale)
-        else:  # a torch without the fused RMS norm
+            else:  # a torch without the fused RMS norm
+                raise NotImplementedError
+        except (NotImplementedError, RuntimeError):  # or no kernel for this device or dtype
             scale = self.scale(x)
             return scale, self.normalize(x, scale)
         return rstd.float().reciprocal().to(x.dtype), normalized
