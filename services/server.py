@@ -72,6 +72,8 @@ RESERVED_THREADS = 4
 #: in-flight limit: excess calls are refused by our handler long before it is reached.
 QUEUE_BACKSTOP = 64
 
+#: How often the main thread wakes to run a signal handler that another thread received.
+_SIGNAL_POLL_S = 0.2
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -425,7 +427,11 @@ def serve(settings: Settings) -> int:
             else None
         ),
     )
-    stop.wait()
+    # Wait in short slices: a process-directed SIGTERM may land on any thread (gRPC's, torch's),
+    # and CPython runs the handler only when the main thread next executes bytecode; a wait
+    # without a timeout would sleep through it until something else woke the main thread.
+    while not stop.wait(_SIGNAL_POLL_S):
+        pass
     service.stop(settings.grace_seconds)
     stuck = service.in_flight.count if service.in_flight is not None else 0
     log.info("stopped", unfinished_requests=stuck)

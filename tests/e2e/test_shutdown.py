@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
 import signal
+import sys
 import threading
 import time
 import urllib.request
@@ -98,3 +102,34 @@ def test_sigterm_drains_in_flight_request(tiny_gpt2_dir):
             raise AssertionError("a stopped server answered")
         except Exception as exc:  # noqa: BLE001
             assert getattr(exc, "code", None) == grpc.StatusCode.UNAVAILABLE
+
+
+_SYS_TGKILL = {"x86_64": 234, "aarch64": 131}
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.machine() not in _SYS_TGKILL, reason="needs Linux tgkill"
+)
+def test_sigterm_received_by_another_thread_still_stops(tiny_gpt2_dir):
+    """The kernel delivers a process-directed SIGTERM to any thread that does not block it, and
+    CPython runs the handler only when the main thread next runs bytecode. Sent here to one of
+    the server's other threads (gRPC's, torch's), as happens now and then: the server must still
+    stop within seconds, not sleep through it."""
+    proc = start_server("--model", f"tiny={tiny_gpt2_dir}")
+    pid = proc.proc.pid
+    try:
+        others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+        assert others, "the server has no threads besides the main one"
+        libc = ctypes.CDLL(None, use_errno=True)
+        sent = libc.syscall(_SYS_TGKILL[platform.machine()], pid, others[-1], signal.SIGTERM)
+        assert sent == 0, os.strerror(ctypes.get_errno())
+        assert proc.proc.wait(20) == 0
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait(10)
+        proc.drain.join(10)
+        assert proc.proc.stderr is not None
+        proc.proc.stderr.close()
+    names = [e.get("event") for e in proc.events()]
+    assert "shutting down" in names and names[-1] == "stopped"
