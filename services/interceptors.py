@@ -253,6 +253,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             )
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
+            if getattr(inner_stream, "experimental_non_blocking", False):
+                return self._non_blocking_stream(method, handler, decode)
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 return self._call_stream(
@@ -292,6 +294,33 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+    def _non_blocking_stream(
+        self, method: str, handler: grpc.RpcMethodHandler, decode: Callable[[bytes], Any] | None
+    ) -> grpc.RpcMethodHandler:
+        """A handler that answers through a callback (the health Watch): it returns at once and
+        its responses are sent by whichever thread calls back, so an open stream holds no worker
+        thread. Wrapping it as an iterator would pin one thread per watcher for the stream's
+        life, and a few watchers (every client channel with gRPC health checking opens one)
+        would starve the pool. Request id, auth, error mapping and the log line apply to its
+        set-up."""
+        inner = handler.unary_stream
+
+        def stream(
+            request: Any, context: grpc.ServicerContext, send: Callable[[Any], None]
+        ) -> None:
+            self._call(method, context, lambda: inner(_valid(request), context, send))
+
+        # grpc reads these two attributes off the behavior
+        stream.experimental_non_blocking = True  # type: ignore[attr-defined]
+        stream.experimental_thread_pool = getattr(  # type: ignore[attr-defined]
+            inner, "experimental_thread_pool", None
+        )
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=decode,
+            response_serializer=_passing_bytes(handler.response_serializer),
+        )
 
     # -- helpers
     def _begin(self, method: str, context: grpc.ServicerContext) -> tuple[dict[str, Any], Any]:

@@ -592,6 +592,44 @@ def test_excess_requests_are_shed_and_health_still_answers(busy_server):
     _serves(channel)
 
 
+def test_health_watchers_hold_no_worker_threads(busy_server):
+    """Found while chasing a flaky shutdown test: the interceptor wrapped the health Watch (a
+    callback handler) as an iterator, so every open Watch pinned one of the pool's threads for
+    its life; with --workers 2 (6 threads) the 7th watcher hung and so did every other call.
+    gRPC clients with health checking turned on open one Watch per channel. Now 24 watchers
+    (4x the pool) hold no thread: a 25th Watch, Check and ListModels answer at once, and a
+    status change reaches every watcher."""
+    svc, _, channel = busy_server
+    channels = [grpc.insecure_channel(f"127.0.0.1:{svc.port}") for _ in range(24)]
+    watches = [
+        health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        for ch in channels
+    ]
+    try:
+        for w in watches:
+            assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+        extra = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        assert next(extra).status == health_pb2.HealthCheckResponse.SERVING
+        extra.cancel()
+        check = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        _serves(channel)
+        svc.set_serving(False)
+        for w in watches:
+            assert next(w).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        svc.set_serving(True)
+        for w in watches:
+            assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for w, ch in zip(watches, channels, strict=True):
+            w.cancel()
+            ch.close()
+
+
 def test_calls_whose_clients_left_do_not_shed_live_ones(busy_server, monkeypatch):
     """A call whose client has gone (here: past its deadline while its handler is stuck in the
     tokenizer, which never checks cancellation) is only finishing up: it does not count against
