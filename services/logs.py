@@ -36,4 +36,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
 def get_logger(name: str = "tdb") -> structlog.typing.FilteringBoundLogger:
     if not _configured:
         configure_logging()
-    return structlog.get_logger(name)
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(
+        name
+    )  # the configured class
+    return logger
