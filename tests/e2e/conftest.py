@@ -39,6 +39,16 @@ class ServerProcess:
         self.proc.stderr.close()
         return code
 
+    def close(self) -> None:
+        """Kill the server if a failed test left it running and release its pipe, so one
+        failure does not leak a live process into the tests after it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        self.drain.join(10)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
     def events(self) -> list[dict]:
         out = []
         for line in list(self.log):

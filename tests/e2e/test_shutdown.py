@@ -40,62 +40,65 @@ def test_sigterm_drains_in_flight_request(tiny_gpt2_dir):
     proc = start_server(
         "--model", f"tiny={tiny_gpt2_dir}", "--metrics-port", "0", "--grace-seconds", "240"
     )
-    metrics = proc.events()[0]["metrics_address"]
-    statuses: list[int] = []
-    channel = grpc.insecure_channel(proc.address)
-    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=300)
+    try:
+        metrics = proc.events()[0]["metrics_address"]
+        statuses: list[int] = []
+        channel = grpc.insecure_channel(proc.address)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=300
+        )
 
-    def read_watch() -> None:
-        try:
-            for r in watch:
-                statuses.append(r.status)
-        except grpc.RpcError:
-            pass  # cancelled below
-
-    watcher = threading.Thread(target=read_watch, daemon=True)
-    watcher.start()
-    result: dict = {}
-
-    def slow_call() -> None:
-        with TdbClient(proc.address, timeout=300, max_attempts=1) as c:
+        def read_watch() -> None:
             try:
-                result["value"] = c.attribute(
-                    PROMPT, loss=losses.logit_diff(5, 9), ig_steps=16, top_k=20
-                )
-            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-                result["error"] = exc
+                for r in watch:
+                    statuses.append(r.status)
+            except grpc.RpcError:
+                pass  # cancelled below
 
-    caller = threading.Thread(target=slow_call)
-    caller.start()
-    deadline = time.monotonic() + 120
-    while _queue_depth(metrics) < 1:  # wait until the request is admitted and running
-        assert caller.is_alive(), f"the request finished before SIGTERM could be sent: {result}"
-        assert time.monotonic() < deadline, "the request never started"
-        time.sleep(0.01)
-    proc.proc.send_signal(signal.SIGTERM)
+        watcher = threading.Thread(target=read_watch, daemon=True)
+        watcher.start()
+        result: dict = {}
 
-    deadline = time.monotonic() + 30
-    while health_pb2.HealthCheckResponse.NOT_SERVING not in statuses:
-        assert time.monotonic() < deadline, f"health never turned NOT_SERVING: {statuses}"
-        time.sleep(0.01)
-    assert statuses[0] == health_pb2.HealthCheckResponse.SERVING
-    watch.cancel()
-    channel.close()
+        def slow_call() -> None:
+            with TdbClient(proc.address, timeout=300, max_attempts=1) as c:
+                try:
+                    result["value"] = c.attribute(
+                        PROMPT, loss=losses.logit_diff(5, 9), ig_steps=16, top_k=20
+                    )
+                except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                    result["error"] = exc
 
-    caller.join(280)
-    assert "error" not in result, result.get("error")
-    res = result["value"]
-    assert res.rows and len(res.loss_values) == 1
-    assert proc.proc.wait(60) == 0
-    proc.drain.join(10)
-    assert proc.proc.stderr is not None
-    proc.proc.stderr.close()
-    events = proc.events()
-    names = [e.get("event") for e in events]
-    assert "shutting down" in names and names[-1] == "stopped"
-    done = [e for e in events if e.get("method", "").endswith("/Attribute")]
-    assert done and done[0]["status"] == "OK"
-    assert names.index("shutting down") < events.index(done[0])  # it finished after SIGTERM
+        caller = threading.Thread(target=slow_call)
+        caller.start()
+        deadline = time.monotonic() + 120
+        while _queue_depth(metrics) < 1:  # wait until the request is admitted and running
+            assert caller.is_alive(), f"the request finished before SIGTERM could be sent: {result}"
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.01)
+        proc.proc.send_signal(signal.SIGTERM)
+
+        deadline = time.monotonic() + 30
+        while health_pb2.HealthCheckResponse.NOT_SERVING not in statuses:
+            assert time.monotonic() < deadline, f"health never turned NOT_SERVING: {statuses}"
+            time.sleep(0.01)
+        assert statuses[0] == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        channel.close()
+
+        caller.join(280)
+        assert "error" not in result, result.get("error")
+        res = result["value"]
+        assert res.rows and len(res.loss_values) == 1
+        assert proc.proc.wait(60) == 0
+        proc.drain.join(10)  # the last log lines ("stopped") are read
+        events = proc.events()
+        names = [e.get("event") for e in events]
+        assert "shutting down" in names and names[-1] == "stopped"
+        done = [e for e in events if e.get("method", "").endswith("/Attribute")]
+        assert done and done[0]["status"] == "OK"
+        assert names.index("shutting down") < events.index(done[0])  # it finished after SIGTERM
+    finally:
+        proc.close()
     with TdbClient(proc.address, timeout=5, max_attempts=1) as c:
         try:
             c.list_models()
@@ -125,11 +128,6 @@ def test_sigterm_received_by_another_thread_still_stops(tiny_gpt2_dir):
         assert sent == 0, os.strerror(ctypes.get_errno())
         assert proc.proc.wait(20) == 0
     finally:
-        if proc.proc.poll() is None:
-            proc.proc.kill()
-            proc.proc.wait(10)
-        proc.drain.join(10)
-        assert proc.proc.stderr is not None
-        proc.proc.stderr.close()
+        proc.close()
     names = [e.get("event") for e in proc.events()]
     assert "shutting down" in names and names[-1] == "stopped"
