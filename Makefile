@@ -50,7 +50,8 @@ test: $(STAMP) lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Hygiene gates (configured in pyproject.toml): ruff lint + format check (`make format` fixes) and
-# mypy --strict over tdb_core/ and clients/python/tdb_client/; `make test` runs both first.
+# mypy --strict over tdb_core/, adapters/, services/ and clients/python/tdb_client/; `make test`
+# runs both first.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

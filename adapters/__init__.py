@@ -16,7 +16,7 @@ import it below, and add a case and a hand-written reference to ``tests/unit/ada
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,9 @@ from tdb_core.adapter import adapter_for, supported_architectures
 from tdb_core.errors import InvalidArgumentError, NotFoundError
 from tdb_core.hooks import ATTENTION_NAME, register_attention_function
 from tdb_core.runner import LoadedModel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["load_model", "resolve_device", "supported_architectures", "wrap_model"]
 
@@ -46,7 +49,7 @@ def resolve_device(device: str) -> torch.device:
 
 def wrap_model(
     name: str,
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     tokenizer: Any,
     source: str = "<memory>",
     device: torch.device | None = None,
@@ -56,10 +59,10 @@ def wrap_model(
     cls = adapter_for(arch)
     register_attention_function()
     model.set_attn_implementation(ATTENTION_NAME)
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]  # transformers leaves PreTrainedModel.eval unannotated
     model.requires_grad_(False)
     if device is not None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' @wraps on .to hides self
     param = next(model.parameters())
     return LoadedModel(
         name=name,
@@ -92,4 +95,5 @@ def load_model(
     dev = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(source)
-    return wrap_model(name, model.to(dev), tokenizer, source=source)
+    model.to(dev)  # type: ignore[arg-type]  # transformers' @wraps on .to hides self (moves in place)
+    return wrap_model(name, model, tokenizer, source=source)

@@ -49,6 +49,7 @@ import torch
 
 from tdb_core import specs
 from tdb_core.adapter import Adapter, AttnWeights, Norm
+from tdb_core.errors import FailedPreconditionError
 from tdb_core.hooks import HookContext, register_attention_layers
 from tdb_core.schema import SITE_KIND_BY_KEY, ModelDims, ModelSchema, norm_name, site_name
 
@@ -90,8 +91,39 @@ def _get(root: torch.nn.Module, path: str) -> torch.nn.Module:
     return root.get_submodule(path)
 
 
+def _unsupported(module: torch.nn.Module, what: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"this model's {type(module).__name__} module {what}; the adapter cannot wire it"
+    )
+
+
+def module_tensor(module: torch.nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer ``name`` of ``module`` (e.g. ``weight``), checked to be a tensor."""
+    t = getattr(module, name, None)
+    if not isinstance(t, torch.Tensor):
+        raise _unsupported(module, f"has no tensor '{name}'")
+    return t
+
+
+def module_bias(module: torch.nn.Module) -> torch.Tensor | None:
+    """The module's ``bias`` tensor, or None where it has none (or ``bias=False``)."""
+    b = getattr(module, "bias", None)
+    if b is not None and not isinstance(b, torch.Tensor):
+        raise _unsupported(module, "has a 'bias' that is not a tensor")
+    return b
+
+
+def _blocks_of(root: torch.nn.Module, path: str) -> list[torch.nn.Module]:
+    blocks = _get(root, path)
+    if not isinstance(blocks, torch.nn.ModuleList):
+        raise _unsupported(blocks, f"at '{path}' is not a list of blocks (nn.ModuleList)")
+    return list(blocks)
+
+
 def _first(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
+    """A module's output tensor: the output, or its first element where it is a tuple."""
+    first: torch.Tensor = out[0] if isinstance(out, tuple) else out
+    return first
 
 
 def _replace_first(out: Any, x: torch.Tensor) -> Any:
@@ -170,7 +202,10 @@ def heads_hook(ctx: HookContext, site: str, d_head: int, heads_first: bool = Fal
     differentiated (the model must then read the site's tensor, not the output it views)."""
 
     def hook(mod: Any, args: Any, out: torch.Tensor) -> torch.Tensor | None:
-        x = out.transpose(1, 2) if heads_first else out.unflatten(-1, (-1, d_head))
+        if heads_first:
+            x = out.transpose(1, 2)
+        else:  # torch leaves Tensor.unflatten unannotated
+            x = out.unflatten(-1, (-1, d_head))  # type: ignore[no-untyped-call]
         y = ctx.point(site, x)
         if y is x and not ctx.needs_graph(site):
             return None
@@ -185,7 +220,8 @@ def fused_qk_hook(ctx: HookContext, q_site: str, k_site: str, d_head: int) -> An
     an edit of either (or a gradient wanted at either) is written back into the output."""
 
     def hook(mod: Any, args: Any, out: torch.Tensor) -> torch.Tensor | None:
-        qkv = out.unflatten(-1, (-1, 3 * d_head))  # [B, T, heads, 3 * d_head]
+        # [B, T, heads, 3 * d_head]; torch leaves Tensor.unflatten unannotated
+        qkv = out.unflatten(-1, (-1, 3 * d_head))  # type: ignore[no-untyped-call]
         q, k, v = qkv[..., :d_head], qkv[..., d_head : 2 * d_head], qkv[..., 2 * d_head :]
         q2, k2 = ctx.point(q_site, q), ctx.point(k_site, k)
         if q2 is q and k2 is k and not (ctx.needs_graph(q_site) or ctx.needs_graph(k_site)):
@@ -217,15 +253,22 @@ class DecoderAdapter(Adapter):
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
-        self._blocks: list[torch.nn.Module] = list(_get(model, self.layout.blocks))
+        self._blocks: list[torch.nn.Module] = _blocks_of(model, self.layout.blocks)
         register_attention_layers(
             [_get(b, self.layout.attn) for b in self._blocks], rotary=self.rotary
         )
 
     # -- schema ------------------------------------------------------------------------------------
+    @property
+    def hf_config(self) -> Any:
+        """The HF model's config. Its fields differ by architecture (``n_layer`` or
+        ``num_hidden_layers``, quirk flags such as ``use_parallel_residual``), so they are read
+        untyped, as :meth:`read_dims` reads them."""
+        return self.model.config
+
     @cached_property
     def dims(self) -> ModelDims:
-        return self.read_dims(self.model.config)
+        return self.read_dims(self.hf_config)
 
     def read_dims(self, config: Any) -> ModelDims:
         """Sizes from the HF config; adapters override for configs with other field names."""
@@ -288,36 +331,40 @@ class DecoderAdapter(Adapter):
         return _get(self._blocks[layer], path)
 
     def W_E(self) -> torch.Tensor:
-        return _get(self.model, self.layout.embed).weight  # [vocab, d_model]
+        return module_tensor(_get(self.model, self.layout.embed), "weight")  # [vocab, d_model]
 
     def W_U(self) -> torch.Tensor:
-        return _get(self.model, self.layout.unembed).weight.T  # [d_model, vocab]
+        return module_tensor(_get(self.model, self.layout.unembed), "weight").T  # [d_model, vocab]
 
     def b_U(self) -> torch.Tensor | None:
-        return getattr(_get(self.model, self.layout.unembed), "bias", None)
+        return module_bias(_get(self.model, self.layout.unembed))
 
     def W_O(self, layer: int) -> torch.Tensor:
         d = self.dims
-        w = self._block_module(layer, self.layout.o_proj).weight  # [d_model, H * d_head]
+        o_proj = self._block_module(layer, self.layout.o_proj)
+        w = module_tensor(o_proj, "weight")  # [d_model, H * d_head]
         return w.T.reshape(d.n_heads, d.d_head, d.d_model)
 
     def b_O(self, layer: int) -> torch.Tensor | None:
-        return getattr(self._block_module(layer, self.layout.o_proj), "bias", None)
+        return module_bias(self._block_module(layer, self.layout.o_proj))
 
     def W_in(self, layer: int) -> torch.Tensor:
         """The projection that produces ``mlp.hook_pre`` ``[d_model, d_mlp]`` (the gate, in gated
         MLPs; TransformerLens calls that one ``W_gate`` and the up projection ``W_in``)."""
-        return self._block_module(layer, self.layout.mlp_in).weight.T
+        return module_tensor(self._block_module(layer, self.layout.mlp_in), "weight").T
 
     def W_out(self, layer: int) -> torch.Tensor:
-        return self._block_module(layer, self.layout.mlp_out).weight.T  # [d_mlp, d_model]
+        mlp_out = self._block_module(layer, self.layout.mlp_out)
+        return module_tensor(mlp_out, "weight").T  # [d_mlp, d_model]
 
     def b_out(self, layer: int) -> torch.Tensor | None:
-        return getattr(self._block_module(layer, self.layout.mlp_out), "bias", None)
+        return module_bias(self._block_module(layer, self.layout.mlp_out))
 
     def W_pos(self) -> torch.Tensor | None:
         path = self.layout.pos_embed
-        return None if path is None else _get(self.model, path).weight  # [n_ctx, d_model]
+        if path is None:
+            return None
+        return module_tensor(_get(self.model, path), "weight")  # [n_ctx, d_model]
 
     def attn_weights(self, layer: int) -> AttnWeights:
         """Separate ``q_proj``/``k_proj``/``v_proj`` ``nn.Linear`` modules beside the output
@@ -327,8 +374,8 @@ class DecoderAdapter(Adapter):
 
         def split(name: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
             m = self._block_module(layer, f"{attn}.{name}")
-            w = m.weight.T.reshape(d.d_model, n, d.d_head).permute(1, 0, 2)  # [n, d_model, d_head]
-            b = getattr(m, "bias", None)
+            w = module_tensor(m, "weight").T.reshape(d.d_model, n, d.d_head).permute(1, 0, 2)
+            b = module_bias(m)  # w: [n, d_model, d_head]
             return w, None if b is None else b.reshape(n, d.d_head)
 
         (wq, bq), (wk, bk), (wv, bv) = (
@@ -339,21 +386,23 @@ class DecoderAdapter(Adapter):
         return AttnWeights(wq, wk, wv, bq, bk, bv)
 
     def b_in(self, layer: int) -> torch.Tensor | None:
-        return getattr(self._block_module(layer, self.layout.mlp_in), "bias", None)
+        return module_bias(self._block_module(layer, self.layout.mlp_in))
 
     def W_up(self, layer: int) -> torch.Tensor | None:
         path = self.layout.mlp_up
-        return None if path is None else self._block_module(layer, path).weight.T
+        return None if path is None else module_tensor(self._block_module(layer, path), "weight").T
 
     def b_up(self, layer: int) -> torch.Tensor | None:
         path = self.layout.mlp_up
-        return None if path is None else getattr(self._block_module(layer, path), "bias", None)
+        return None if path is None else module_bias(self._block_module(layer, path))
 
     # -- norms -------------------------------------------------------------------------------------
     def norm_of(self, module: torch.nn.Module) -> Norm:
         eps = getattr(module, "eps", None)
         if eps is None:
-            eps = module.variance_epsilon
+            eps = getattr(module, "variance_epsilon", None)
+        if eps is None:
+            raise _unsupported(module, "has neither 'eps' nor 'variance_epsilon'")
         return Norm(
             self.norm_kind,
             float(eps),
@@ -435,7 +484,9 @@ class DecoderAdapter(Adapter):
 
         if ctx.wants(resid_pre) or mid_edit:
 
-            def block_pre(mod: Any, args: tuple, kwargs: dict) -> Any:
+            def block_pre(
+                mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> tuple[tuple[Any, ...], dict[str, Any]]:
                 if args:
                     x = ctx.point(resid_pre, args[0])
                     ctx.stash[("resid_pre", layer)] = x
@@ -453,7 +504,7 @@ class DecoderAdapter(Adapter):
             self._install_norm(ctx, _get(block, lay.ln2), norm_name("ln2", layer), fwd)
             if ctx.wants(resid_mid):
 
-                def ln2_pre(mod: Any, args: tuple, kwargs: dict) -> None:
+                def ln2_pre(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                     x = args[0] if args else kwargs["hidden_states"]
                     ctx.observe(resid_mid, x)
 
@@ -463,7 +514,7 @@ class DecoderAdapter(Adapter):
         if ctx.wants(result):
             o_proj = _get(block, lay.o_proj)
 
-            def o_proj_hook(mod: Any, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            def o_proj_hook(mod: Any, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
                 z = args[0]  # [B, T, H * d_head]
                 w_o = self.W_O(layer)  # [H, d_head, d_model]
                 z = z.reshape(*z.shape[:-1], w_o.shape[0], w_o.shape[1])  # [B, T, H, d_head]
@@ -494,7 +545,7 @@ class DecoderAdapter(Adapter):
 
         if ctx.wants(attn_out) or mid_edit:
 
-            def attn_out_hook(mod: Any, args: tuple, out: Any) -> Any:
+            def attn_out_hook(mod: Any, args: tuple[Any, ...], out: Any) -> Any:
                 a = ctx.point(attn_out, _first(out))
                 if mid_edit:
                     r = ctx.stash[("resid_pre", layer)]
@@ -555,7 +606,9 @@ class DecoderAdapter(Adapter):
             )
         if ctx.wants(post_site):
 
-            def post_hook(mod: Any, args: tuple, kwargs: dict) -> Any:
+            def post_hook(
+                mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> tuple[tuple[Any, ...], dict[str, Any]]:
                 return (ctx.point(post_site, args[0]), *args[1:]), kwargs
 
             pre(_get(block, lay.mlp_out), post_hook)

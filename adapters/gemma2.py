@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import torch
 
-from adapters.base import DecoderAdapter, Layout
+from adapters.base import DecoderAdapter, Layout, module_tensor
 from tdb_core.adapter import register_adapter
 
 
@@ -76,9 +76,10 @@ class Gemma2Adapter(DecoderAdapter):
     }
 
     def W_E(self) -> torch.Tensor:
-        emb = self.model.model.embed_tokens
-        return emb.weight * emb.embed_scale.to(emb.weight.dtype)  # [vocab, d_model], scaled
+        emb = self.model.get_submodule("model.embed_tokens")
+        weight, scale = module_tensor(emb, "weight"), module_tensor(emb, "embed_scale")
+        return weight * scale.to(weight.dtype)  # [vocab, d_model], scaled
 
     def logit_softcap(self) -> float | None:
-        cap = self.model.config.final_logit_softcapping
+        cap = self.hf_config.final_logit_softcapping
         return None if cap is None else float(cap)

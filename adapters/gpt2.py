@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from adapters.base import DecoderAdapter, Layout
+from adapters.base import DecoderAdapter, Layout, module_tensor
 from tdb_core.adapter import AttnWeights, register_adapter
 from tdb_core.schema import ModelDims
 
@@ -47,33 +47,32 @@ class GPT2Adapter(DecoderAdapter):
             n_ctx=config.n_positions,
         )
 
-    def W_E(self) -> torch.Tensor:
-        return self.model.transformer.wte.weight  # [vocab, d_model]
-
-    def W_U(self) -> torch.Tensor:
-        return self.model.lm_head.weight.T  # [d_model, vocab]
+    # W_E, W_U: the generic accessors (wte and lm_head are ordinary [vocab, d_model] weights)
 
     def W_O(self, layer: int) -> torch.Tensor:
         d = self.dims
-        w = self.model.transformer.h[layer].attn.c_proj.weight  # Conv1D: [in = H * d_head, d_model]
-        return w.view(d.n_heads, d.d_head, d.d_model)
+        w = module_tensor(self._block_module(layer, "attn.c_proj"), "weight")
+        return w.view(d.n_heads, d.d_head, d.d_model)  # Conv1D: [in = H * d_head, d_model]
 
     def b_O(self, layer: int) -> torch.Tensor:
-        return self.model.transformer.h[layer].attn.c_proj.bias
+        return module_tensor(self._block_module(layer, "attn.c_proj"), "bias")
 
     def W_out(self, layer: int) -> torch.Tensor:
-        return self.model.transformer.h[layer].mlp.c_proj.weight  # Conv1D: [d_mlp, d_model]
+        c_proj = self._block_module(layer, "mlp.c_proj")
+        return module_tensor(c_proj, "weight")  # Conv1D: [d_mlp, d_model]
 
     def b_out(self, layer: int) -> torch.Tensor:
-        return self.model.transformer.h[layer].mlp.c_proj.bias
+        return module_tensor(self._block_module(layer, "mlp.c_proj"), "bias")
 
     def W_in(self, layer: int) -> torch.Tensor:
-        return self.model.transformer.h[layer].mlp.c_fc.weight  # Conv1D: [d_model, d_mlp]
+        c_fc = self._block_module(layer, "mlp.c_fc")
+        return module_tensor(c_fc, "weight")  # Conv1D: [d_model, d_mlp]
 
     def attn_weights(self, layer: int) -> AttnWeights:
         d = self.dims
-        attn = self.model.transformer.h[layer].attn
+        c_attn = self._block_module(layer, "attn.c_attn")
         # fused c_attn, Conv1D: weight [d_model, 3 * d_model] = [q | k | v], each [H * d_head]
-        w = attn.c_attn.weight.reshape(d.d_model, 3, d.n_heads, d.d_head).permute(1, 2, 0, 3)
-        b = attn.c_attn.bias.reshape(3, d.n_heads, d.d_head)
+        w = module_tensor(c_attn, "weight").reshape(d.d_model, 3, d.n_heads, d.d_head)
+        w = w.permute(1, 2, 0, 3)
+        b = module_tensor(c_attn, "bias").reshape(3, d.n_heads, d.d_head)
         return AttnWeights(w[0], w[1], w[2], b[0], b[1], b[2])

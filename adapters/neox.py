@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from adapters.base import DecoderAdapter, Layout
+from adapters.base import DecoderAdapter, Layout, module_bias, module_tensor
 from tdb_core.adapter import AttnWeights, register_adapter
 
 
@@ -51,14 +51,15 @@ class GPTNeoXAdapter(DecoderAdapter):
 
     @property
     def parallel_blocks(self) -> bool:
-        return bool(self.model.config.use_parallel_residual)
+        return bool(self.hf_config.use_parallel_residual)
 
     def attn_weights(self, layer: int) -> AttnWeights:
         d = self.dims
-        qkv = self.model.gpt_neox.layers[layer].attention.query_key_value
+        qkv = self._block_module(layer, "attention.query_key_value")
         # nn.Linear [H * 3 * d_head, d_model], outputs laid out per head: [head, (q, k, v), d_head]
-        w = qkv.weight.T.reshape(d.d_model, d.n_heads, 3, d.d_head).permute(2, 1, 0, 3)
-        b = qkv.bias
+        w = module_tensor(qkv, "weight").T.reshape(d.d_model, d.n_heads, 3, d.d_head)
+        w = w.permute(2, 1, 0, 3)
+        b = module_bias(qkv)
         bb = None if b is None else b.reshape(d.n_heads, 3, d.d_head).permute(1, 0, 2)
         return AttnWeights(
             w[0],

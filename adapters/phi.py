@@ -65,7 +65,7 @@ class PhiAdapter(DecoderAdapter):
     def _install_pre_rotary(
         self, ctx: HookContext, layer: int, block: torch.nn.Module, fwd: Callable[..., None]
     ) -> None:
-        if not self.model.config.qk_layernorm:
+        if not self.hf_config.qk_layernorm:
             super()._install_pre_rotary(ctx, layer, block, fwd)
             return
         # The per-head norms run on [B, heads, T, d_head]; their outputs are what is rotated.

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
@@ -52,6 +54,13 @@ def read_tokens(path: str | Path) -> tuple[bytes, ...]:
     return tokens
 
 
+class CallMetadata(Protocol):
+    """What an authorizer reads of a call: its metadata. A ``grpc.ServicerContext`` has it, and
+    so has the interceptor's view of a call's details before the request body is parsed."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+
 class BearerTokenAuthorizer:
     """The interceptor's ``authorize`` hook: accept a request only with a configured token."""
 
@@ -61,7 +70,7 @@ class BearerTokenAuthorizer:
         # Digests, so every comparison is over 32 bytes whatever the tokens' lengths.
         self._digests = tuple(hashlib.sha256(t).digest() for t in tokens)
 
-    def __call__(self, method: str, context: grpc.ServicerContext) -> None:
+    def __call__(self, method: str, context: CallMetadata) -> None:
         if method.startswith(OPEN_METHOD_PREFIXES):
             return
         header = ""

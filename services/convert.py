@@ -57,7 +57,7 @@ _PB_TO_TORCH = {v: k for k, v in _TORCH_TO_PB.items()}
 assert sys.byteorder == "little", "tensor bytes are little-endian; big-endian hosts are unsupported"
 
 
-def dtype_from_pb(d: int) -> torch.dtype | None:
+def dtype_from_pb(d: cpb.DType) -> torch.dtype | None:
     """DTYPE_UNSPECIFIED -> None; float dtypes map to torch dtypes."""
     if d == cpb.DTYPE_UNSPECIFIED:
         return None
@@ -73,7 +73,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
         t = t.view(torch.int16)
     if t.numel() == 0:  # memoryview cannot cast a view with a zero in its shape
         return memoryview(b"")
-    return memoryview(t.numpy()).cast("B")
+    return t.numpy().data.cast("B")
 
 
 class TensorSink:
@@ -501,31 +501,31 @@ def loss_from_pb(runner: ModelRunner, r: apb.AttributeRequest | apb.Loss) -> att
             _opt(m, "position", -1),
         )
     if which == "log_prob":
-        m = r.log_prob
+        lp = r.log_prob
         return attribution.LogProbLoss(
-            tokens_from_pb(runner, m.target, "target"), _opt(m, "position", -1)
+            tokens_from_pb(runner, lp.target, "target"), _opt(lp, "position", -1)
         )
     if which == "neuron":
-        m = r.neuron
-        return attribution.NeuronTrace(m.layer, m.neuron, _opt(m, "position", -1))
+        n = r.neuron
+        return attribution.NeuronTrace(n.layer, n.neuron, _opt(n, "position", -1))
     if which == "head":
-        m = r.head
-        if m.through not in _THROUGH:
-            raise InvalidArgumentError(f"unknown trace side {m.through}")
+        h = r.head
+        if h.through not in _THROUGH:
+            raise InvalidArgumentError(f"unknown trace side {h.through}")
         return attribution.HeadTrace(
-            m.layer,
-            m.head,
-            _opt(m, "query_position", -1),
-            m.key_position if m.HasField("key_position") else None,
-            _THROUGH[m.through],
+            h.layer,
+            h.head,
+            _opt(h, "query_position", -1),
+            h.key_position if h.HasField("key_position") else None,
+            _THROUGH[h.through],
         )
     if which == "latent":
-        m = r.latent
-        return attribution.LatentTrace(m.sae, m.latent, _opt(m, "position", -1))
+        lt = r.latent
+        return attribution.LatentTrace(lt.sae, lt.latent, _opt(lt, "position", -1))
     if which == "direction":
-        m = r.direction
+        d = r.direction
         return attribution.DirectionLoss(
-            m.site, tensor_from_pb(m.vector, "direction vector").float(), _opt(m, "position", -1)
+            d.site, tensor_from_pb(d.vector, "direction vector").float(), _opt(d, "position", -1)
         )
     raise InvalidArgumentError(
         "a loss is needed: logit_diff, log_prob, neuron, head, latent or direction"
@@ -554,10 +554,19 @@ def _token_scores_pb(ts: tuple[attribution.TokenScore, ...]) -> list[apb.TokenSc
     return [apb.TokenScore(token_id=t.token_id, token=t.token, score=t.score) for t in ts]
 
 
-_NODE_KINDS = {k: cpb.NodeKind.Value(f"NODE_KIND_{k.name}") for k in NodeKind}
+_NODE_KINDS: dict[NodeKind, cpb.NodeKind] = {
+    NodeKind.EMBEDDING: cpb.NODE_KIND_EMBEDDING,
+    NodeKind.MLP_NEURON: cpb.NODE_KIND_MLP_NEURON,
+    NodeKind.ATTN_HEAD: cpb.NODE_KIND_ATTN_HEAD,
+    NodeKind.ATTN_HEAD_PAIR: cpb.NODE_KIND_ATTN_HEAD_PAIR,
+    NodeKind.SAE_LATENT: cpb.NODE_KIND_SAE_LATENT,
+    NodeKind.UNIT: cpb.NODE_KIND_UNIT,
+    NodeKind.VECTOR: cpb.NODE_KIND_VECTOR,
+}
+assert set(_NODE_KINDS) == set(NodeKind), "every node kind has its proto enum value"
 
 
-def node_kind_to_pb(kind: NodeKind) -> int:
+def node_kind_to_pb(kind: NodeKind) -> cpb.NodeKind:
     return _NODE_KINDS[kind]
 
 
@@ -985,7 +994,11 @@ def generate_event_to_pb(model: str, e: generate.Event) -> ipb.GenerateResponse:
                     token=_token_choice_pb(row.token),
                     top=[_token_choice_pb(t) for t in row.top],
                     captures=[capture_to_pb(c, sink) for c in row.captures],
-                    finished=_STOP_REASONS[row.finished] if row.finished is not None else 0,
+                    finished=(
+                        _STOP_REASONS[row.finished]
+                        if row.finished is not None
+                        else ipb.STOP_REASON_UNSPECIFIED
+                    ),
                 )
             )
         return ipb.GenerateResponse(

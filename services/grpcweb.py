@@ -407,7 +407,11 @@ class GrpcWebGateway:
     ) -> None:
         # Every method is called as unary-request, stream-response: on the wire a unary response
         # is a stream of one message, so one code path serves both, with the bytes untouched.
-        call = self._get_channel().unary_stream(method)(payload, timeout=timeout, metadata=metadata)
+        # no serializers: the request and the responses pass as the bytes they are
+        rpc: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = self._get_channel().unary_stream(
+            method
+        )
+        call = rpc(payload, timeout=timeout, metadata=metadata)
         gone = asyncio.Event()
 
         async def watch() -> None:  # the browser going away cancels the call

@@ -21,11 +21,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
 import torch
 
+from services.auth import CallMetadata
 from services.logs import get_logger
 from tdb_core import cancel, errors
 
@@ -154,8 +156,28 @@ class _MetadataOnly:
     def __init__(self, details: grpc.HandlerCallDetails) -> None:
         self._metadata = details.invocation_metadata
 
-    def invocation_metadata(self) -> Any:
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata
+
+
+class _NonBlocking:
+    """A non-blocking unary-stream behavior: grpc reads ``experimental_non_blocking`` and
+    ``experimental_thread_pool`` off it and calls it as ``behavior(request, context, send)``."""
+
+    experimental_non_blocking = True
+
+    def __init__(
+        self,
+        fn: Callable[[Any, grpc.ServicerContext, Callable[[Any], None]], None],
+        thread_pool: futures.ThreadPoolExecutor | None,
+    ) -> None:
+        self._fn = fn
+        self.experimental_thread_pool = thread_pool
+
+    def __call__(
+        self, request: Any, context: grpc.ServicerContext, send: Callable[[Any], None]
+    ) -> None:
+        self._fn(request, context, send)
 
 
 class _Undecodable:
@@ -213,7 +235,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def __init__(
         self,
-        authorize: Callable[[str, grpc.ServicerContext], None] | None = None,
+        authorize: Callable[[str, CallMetadata], None] | None = None,
         on_done: Callable[[str, str, float, dict[str, Any]], None] | None = None,
         in_flight: InFlight | None = None,
     ) -> None:
@@ -254,7 +276,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
             if getattr(inner_stream, "experimental_non_blocking", False):
-                return self._non_blocking_stream(method, handler, decode)
+                return self._non_blocking_stream(method, inner_stream, handler, decode)
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 return self._call_stream(
@@ -296,28 +318,27 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         return handler
 
     def _non_blocking_stream(
-        self, method: str, handler: grpc.RpcMethodHandler, decode: Callable[[bytes], Any] | None
-    ) -> grpc.RpcMethodHandler:
+        self,
+        method: str,
+        inner: Callable[..., object],
+        handler: grpc.RpcMethodHandler[Any, Any],
+        decode: Callable[[bytes], Any] | None,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         """A handler that answers through a callback (the health Watch): it returns at once and
         its responses are sent by whichever thread calls back, so an open stream holds no worker
         thread. Wrapping it as an iterator would pin one thread per watcher for the stream's
         life, and a few watchers (every client channel with gRPC health checking opens one)
         would starve the pool. Request id, auth, error mapping and the log line apply to its
-        set-up."""
-        inner = handler.unary_stream
+        set-up. ``inner`` is ``handler.unary_stream``, called as ``inner(request, context, send)``
+        (grpc's stubs know only the iterator form)."""
 
         def stream(
             request: Any, context: grpc.ServicerContext, send: Callable[[Any], None]
         ) -> None:
             self._call(method, context, lambda: inner(_valid(request), context, send))
 
-        # grpc reads these two attributes off the behavior
-        stream.experimental_non_blocking = True  # type: ignore[attr-defined]
-        stream.experimental_thread_pool = getattr(  # type: ignore[attr-defined]
-            inner, "experimental_thread_pool", None
-        )
         return grpc.unary_stream_rpc_method_handler(
-            stream,
+            _NonBlocking(stream, getattr(inner, "experimental_thread_pool", None)),
             request_deserializer=decode,
             response_serializer=_passing_bytes(handler.response_serializer),
         )

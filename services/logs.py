@@ -36,4 +36,6 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
 def get_logger(name: str = "tdb") -> structlog.typing.FilteringBoundLogger:
     if not _configured:
         configure_logging()
-    return structlog.get_logger(name)
+    # structlog types get_logger as Any; it returns the wrapper class configured above
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    return logger

@@ -14,6 +14,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 
 
+# grpc_reflection ships no type stubs: its servicer class is Any to mypy
 class ReflectionServicer(reflection.ReflectionServicer):  # type: ignore[misc]
     """The standard servicer, plus method symbols resolved to their service's file."""
 

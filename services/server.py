@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,9 +188,18 @@ def build_explain_setup(settings: Settings, models: ModelRegistry | None = None)
             raise InvalidArgumentError(
                 f"--explainer {spec!r}: use baseline, hf:PATH_OR_HUB_ID or openai:MODEL"
             )
-    datasets = {"toy": _toy_corpus}
-    datasets.update({name: (lambda p=path: p) for name, path in settings.datasets})
+    datasets: dict[str, Callable[[], Sequence[str] | str]] = {"toy": _toy_corpus}
+    datasets.update({name: _returning(path) for name, path in settings.datasets})
     return ExplainSetup(catalog, methods, next(iter(methods)), datasets)
+
+
+def _returning(path: str) -> Callable[[], str]:
+    """A dataset given as a file: the explain servicer reads ``path`` when it is mined."""
+    return lambda: path
+
+
+def _queue_depth_of(runner: ModelRunner) -> Callable[[], float]:
+    return lambda: runner.queue_depth
 
 
 @functools.cache
@@ -340,7 +350,7 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
             raise OSError(f"cannot bind {local_target}")
     if metrics is not None and settings.metrics_port is not None:
         for runner in models.all():
-            metrics.track_queue_depth(runner.name, lambda r=runner: r.queue_depth)
+            metrics.track_queue_depth(runner.name, _queue_depth_of(runner))
         caches = {id(r.cache): r.cache for r in models.all() if r.cache is not None}
         for cache in caches.values():
             metrics.track_prompt_cache(cache.stats)
@@ -367,6 +377,7 @@ def build_server(settings: Settings, models: ModelRegistry | None = None) -> Ser
             http.start()
         except OSError as e:  # e.g. the port is taken: leave nothing running behind
             server.stop(None)
+            assert local_dir is not None  # made above whenever http_port is set
             shutil.rmtree(local_dir, ignore_errors=True)
             raise OSError(
                 f"cannot serve HTTP on {settings.host}:{settings.http_port}: {e.strerror or e}"

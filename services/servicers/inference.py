@@ -22,7 +22,7 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
 
     def Forward(
         self, request: ipb.ForwardRequest, context: grpc.ServicerContext
-    ) -> Iterator[ipb.ForwardResponse]:
+    ) -> Iterator[ipb.ForwardResponse | bytes]:  # bytes: pre-serialized chunks
         runner = self.models.get(request.model)
         spec = convert.forward_spec_with_loss_from_pb(runner, request)
         note(model=runner.name, prompts=len(spec.prompts))
@@ -35,7 +35,7 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
 
     def Ablate(
         self, request: ipb.AblateRequest, context: grpc.ServicerContext
-    ) -> Iterator[ipb.AblateResponse]:
+    ) -> Iterator[ipb.AblateResponse | bytes]:  # bytes: pre-serialized chunks
         runner = self.models.get(request.model)
         spec = convert.ablate_spec_from_pb(runner, request)
         note(model=runner.name, sets=len(spec.sets))

@@ -65,7 +65,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
 
     def GetWeights(
         self, request: mpb.GetWeightsRequest, context: grpc.ServicerContext
-    ) -> Iterator[mpb.GetWeightsResponse]:
+    ) -> Iterator[mpb.GetWeightsResponse | bytes]:  # bytes: pre-serialized chunks
         runner = self.models.get(request.model)
         spec = convert.weights_spec_from_pb(request)
         note(model=runner.name, weights=len(spec.names), views=len(spec.views))

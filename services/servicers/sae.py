@@ -35,7 +35,7 @@ class SaeServicer(spb_grpc.SaeServiceServicer):
 
     def Encode(
         self, request: spb.EncodeRequest, context: grpc.ServicerContext
-    ) -> Iterator[spb.EncodeResponse]:
+    ) -> Iterator[spb.EncodeResponse | bytes]:  # bytes: pre-serialized chunks
         runner = self.models.get(request.model)
         if request.WhichOneof("input") == "activations":  # refused before the bytes are copied
             sae_encode.check_activations_shape(
