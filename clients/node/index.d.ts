@@ -109,6 +109,49 @@ export interface ForwardOptions {
   freezeNormScale?: boolean;
 }
 
+/** A stored or shipped explanation (tdb.v1.Explanation). */
+export interface Explanation {
+  model: string;
+  /** SAE id for latents, else empty. */
+  sae: string;
+  /** The unit-level node key, e.g. "blocks.1.mlp.hook_post[42]". */
+  node: string;
+  method: string;
+  explainer: string;
+  explanation: string;
+  /** Pooled correlation (neurons, latents) or ROC AUC (heads); null when it could not be scored. */
+  score: number | null;
+  /** Why there is no score. */
+  scoreReason: string;
+  scoresJson: string;
+  recordsUsedJson: string;
+  /** Unix times. */
+  createdAt: number;
+  updatedAt: number;
+}
+
+/** ListExplanations filters; empty fields match everything. */
+export interface ExplanationFilters {
+  model?: string;
+  sae?: string;
+  /** A node key or Node; a positioned key matches its unit's explanations. */
+  node?: string | Node;
+  nodePrefix?: string;
+  method?: string;
+  minScore?: number;
+}
+
+export interface ExplanationPage {
+  explanations: Explanation[];
+  /** Methods the server can run (for ExplainNode) and its default. */
+  methods: string[];
+  defaultMethod: string;
+  /** Datasets registered on the server. */
+  datasets: string[];
+  /** The offset of the next page when more explanations match; 0 on the last page. */
+  nextOffset: number;
+}
+
 export class TdbClientError extends Error {
   code: number;
   codeName: string;
@@ -132,6 +175,14 @@ export class TdbClient {
   weights(names?: string | string[], options?: { model?: string; heads?: number[];
           neurons?: number[]; dtype?: 'float32' | 'float16' | 'bfloat16'; views?: WeightView[] },
           timeout?: number): Promise<WeightsResult>;
+  /** One ListExplanations page as the server returns it (`limit`: server default 100, at most
+   *  10000); `nextOffset` is where the next page starts, 0 on the last. */
+  listExplanationsPage(options?: ExplanationFilters & { limit?: number; offset?: number },
+                       timeout?: number): Promise<ExplanationPage>;
+  /** Every matching explanation up to `limit` (default 100) after `offset`, following the
+   *  server's pages by `nextOffset`; `pageSize` caps each request. */
+  listExplanations(options?: ExplanationFilters & { limit?: number; offset?: number;
+                   pageSize?: number }, timeout?: number): Promise<Explanation[]>;
   /** Generate under interventions, a baseline and each set side by side; `cancel()` stops it. */
   generate(prompt: string | number[], options?: GenerateOptions, timeout?: number):
     Promise<GenerateResult> & { cancel(): void };

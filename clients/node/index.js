@@ -17,6 +17,9 @@
  *   parseNode('blocks.0.attn.hook_pattern[head=3,pos=14,key=2]').key  // '...[3,pos=14,key=2]'
  *   parseSelector(key).toIntervention()  // {site, units, positions, keyPositions} for `zero: {}`
  *
+ * Stored explanations, every page followed (up to `limit`):
+ *   const list = await c.listExplanations({ nodePrefix: 'blocks.1.mlp.hook_post[', limit: 500 });
+ *
  * Several replicas: `new TdbClient(['h1:50051', 'h2:50051'])` or a target such as
  * 'dns:///tdb.default.svc.cluster.local:50051'; calls are balanced round-robin and retried on
  * UNAVAILABLE (every RPC except LoadSae), like the Python client.
@@ -27,7 +30,7 @@ const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
 const DEFAULT_PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
-const PROTO_FILES = ['model', 'inference', 'attribution', 'sae', 'server']
+const PROTO_FILES = ['model', 'inference', 'attribution', 'sae', 'explain', 'server']
   .map((n) => `tdb/v1/${n}.proto`);
 const NOT_RETRIED = new Set(['tdb.v1.SaeService/LoadSae']);
 const MAX_ATTEMPTS = 5;
@@ -170,7 +173,7 @@ function promptMessage(p) {
 function serviceConfig(pkg) {
   const names = [];
   for (const svc of ['ModelService', 'InferenceService', 'AttributionService', 'SaeService',
-    'ServerService']) {
+    'ExplainService', 'ServerService']) {
     for (const method of Object.keys(pkg[svc].service)) {
       const rpc = pkg[svc].service[method];
       if (rpc.originalName !== method) continue; // each RPC appears twice (camelCase alias)
@@ -236,6 +239,7 @@ class TdbClient {
     this.inference = new pkg.InferenceService(address, creds, shared);
     this.attribution = new pkg.AttributionService(address, creds, shared);
     this.saes = new pkg.SaeService(address, creds, shared);
+    this.explain = new pkg.ExplainService(address, creds, shared);
     this.server = new pkg.ServerService(address, creds, shared);
   }
 
@@ -306,6 +310,55 @@ class TdbClient {
     if (prependBos !== undefined) req.prependBos = prependBos;
     const res = await this._unary(this.models, 'Tokenize', req, timeout);
     return res.prompts.map((p) => p.tokenIds);
+  }
+
+  // -- ExplainService
+  /**
+   * One page of stored and shipped explanations (ListExplanations as it is):
+   * {explanations, methods, defaultMethod, datasets, nextOffset}. `nextOffset` is the `offset`
+   * of the next page when more explanations match (the page ended at `limit` or at the server's
+   * response limit), 0 on the last page. Filters (empty: everything): model, sae, node (a node
+   * key or Node; a positioned key matches its unit), nodePrefix, method, minScore; `limit`
+   * (server default 100, at most 10000) and `offset`. An explanation without a score has
+   * `score: null` (and says why in `scoreReason`).
+   */
+  async listExplanationsPage({ model = '', sae = '', node = '', nodePrefix = '', method = '',
+    minScore, limit, offset = 0 } = {}, timeout) {
+    const req = {
+      model, sae, node: typeof node === 'string' ? node : node.key, nodePrefix, method, offset,
+    };
+    if (minScore !== undefined && minScore !== null) req.minScore = minScore;
+    if (limit !== undefined) req.limit = limit;
+    const r = await this._unary(this.explain, 'ListExplanations', req, timeout);
+    return {
+      explanations: r.explanations.map(explanationOf), methods: r.methods,
+      defaultMethod: r.defaultMethod, datasets: r.datasets, nextOffset: r.nextOffset,
+    };
+  }
+
+  /**
+   * Every explanation matching the filters (those of `listExplanationsPage`), up to `limit`
+   * (default 100) after `offset`, following the server's pages by `nextOffset` as the Python
+   * client's `list_explanations` does. `pageSize` caps each request (default: all that remain;
+   * the server still ends a page early at its response limit).
+   * @returns {Promise<object[]>} Explanation messages, in the catalog's order.
+   */
+  async listExplanations({ limit = 100, offset = 0, pageSize, ...filters } = {}, timeout) {
+    if (!Number.isInteger(limit) || limit < 0) throw new Error('limit must be an integer >= 0');
+    if (!Number.isInteger(offset) || offset < 0) throw new Error('offset must be an integer >= 0');
+    if (pageSize !== undefined && (!Number.isInteger(pageSize) || pageSize < 1)) {
+      throw new Error('pageSize must be an integer >= 1');
+    }
+    const out = [];
+    let next = offset;
+    for (;;) {
+      const want = limit - out.length;
+      const page = await this.listExplanationsPage(
+        { ...filters, offset: next, limit: pageSize ? Math.min(pageSize, want) : want }, timeout);
+      out.push(...page.explanations);
+      next = page.nextOffset;
+      if (!next || out.length >= limit || !page.explanations.length) return out;
+    }
   }
 
   // -- InferenceService
@@ -457,6 +510,12 @@ class TdbClient {
     done.cancel = () => call.cancel();
     return done;
   }
+}
+
+/** An Explanation message as decoded, with `score: null` where it is unset (proto3 optional). */
+function explanationOf(e) {
+  const { _score: has, ...rest } = e;
+  return { ...rest, score: has === 'score' ? e.score : null };
 }
 
 const SCOPES = { all: 'GENERATE_SCOPE_ALL', prompt: 'GENERATE_SCOPE_PROMPT',

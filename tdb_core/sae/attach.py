@@ -9,11 +9,22 @@ An SAE attached as ``ID`` at site ``S`` adds four sites to the model's schema, l
     sae.ID.hook_sae_recons      [pos, d_in]    reconstruction from the (possibly edited) latents
     sae.ID.hook_sae_error       [pos, d_in]    input minus the reconstruction of the clean latents
 
-Splicing: when a request edits or differentiates the latents (or edits the error), the site's
-value is replaced by ``decode(latents') + error`` with ``error = x - decode(latents)`` kept in the
-graph, so with no edit the output equals the input (within one rounding) and gradients upstream
-of the SAE are the model's own. A request that only reads latents does not splice at all, so its
-results are bit-identical to the unspliced model.
+Splicing: when a request edits or differentiates any of these sites, the site's value is
+replaced by ``decode(latents') + error`` with ``error = x - decode(latents)`` kept in the graph, so
+with no edit the output equals the input (within one rounding) and gradients upstream of the SAE
+are the model's own. A request that only reads them does not splice at all, so its results are
+bit-identical to the unspliced model.
+
+Gradients treat the latents as their own node, the error held at its value:
+
+    d/d hook_sae_acts_post = (the gradient at the site) . decoder directions (times the input's
+                             scale for SAEs that normalize their input)
+    d/d hook_sae_acts_pre  = act'(pre) * d/d hook_sae_acts_post (TopK: 1 on the kept latents)
+    d/d hook_sae_recons = d/d hook_sae_error = d/d hook_sae_input = the gradient at the site
+
+Edits follow the same chain: an edited input is what the SAE reads and what the site carries on,
+edited pre-activations are activated again (a TopK SAE re-selects its k), edited latents are
+decoded, and an edited reconstruction or error is added as edited.
 """
 
 from __future__ import annotations
@@ -182,31 +193,32 @@ def attach(
 
 def _make_splice(att: AttachedSae) -> Splice:
     sae = att.sae
+    sites = att.site_names
 
     def splice(ctx: HookContext, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         rows = x.reshape(*shape[:2], -1)  # [B, T, d_in]
-        ctx.observe(att.input, rows)
-        pre, z, stats = sae.encode_with_stats(rows)  # [B, T, d_sae]
-        ctx.observe(att.acts_pre, pre)
-        splice_needed = (
-            ctx.needs_graph(att.acts)
-            or ctx.needs_graph(att.acts_pre)
-            or ctx.has_edit(att.error)
-            or ctx.has_edit(att.recons)
-        )
-        if not splice_needed:
+        if not any(ctx.needs_graph(s) for s in sites):
+            ctx.observe(att.input, rows)
+            pre, z, stats = sae.encode_with_stats(rows)  # [B, T, d_sae]
+            ctx.observe(att.acts_pre, pre)
             ctx.observe(att.acts, z)
             if ctx.wants(att.recons) or ctx.wants(att.error):
                 recon = sae.decode(z, stats)
                 ctx.observe(att.recons, recon)
                 ctx.observe(att.error, rows.to(recon.dtype) - recon)
             return x  # reading latents never changes the model
-        # The latents as their own graph node: the error term below uses ``z`` itself, so the
-        # gradient at the node is the decoder path's alone (total effect = z * W_dec . grad),
-        # while the site's input still gets its exact gradient (error + decode path = identity).
-        z_new = ctx.point(att.acts, z.clone())
+        # Any SAE site edited or differentiated: the site becomes recon + error, every SAE site a
+        # tensor of that graph. The latents are their own node: the error term uses the clean
+        # ``pre``/``z`` themselves, and the latents are a fresh activation of a copy of ``pre``,
+        # so the gradient at pre-activations and latents is the decoder path's alone (total effect
+        # = z * W_dec . grad) while the site's input still gets its exact gradient (the error
+        # term's path and the decode path through the copy add up to the identity).
+        rows = ctx.point(att.input, rows)
+        pre, z, stats = sae.encode_with_stats(rows)  # [B, T, d_sae]
         error = ctx.point(att.error, rows.to(sae.dtype) - sae.decode(z, stats))  # in the graph
+        pre_new = ctx.point(att.acts_pre, pre.clone())
+        z_new = ctx.point(att.acts, sae.activate(rows, pre_new, stats))
         recon = ctx.point(att.recons, sae.decode(z_new, stats))
         return (recon + error).to(dtype).reshape(shape)
 

@@ -436,6 +436,15 @@ class SparseAutoencoder(nn.Module, ABC):
         pre = self._pre(x_c)  # [..., d_sae]
         return pre, self._activate(x_c, pre), stats
 
+    def activate(
+        self, x: torch.Tensor, pre: torch.Tensor, stats: InputStats | None = None
+    ) -> torch.Tensor:
+        """Latents ``[..., d_sae]`` from pre-activations ``pre`` (possibly edited) of input
+        ``x [..., d_in]``: the step ``encode`` takes after ``encode_pre`` (a gated SAE's gate
+        reads ``x``). ``stats`` as ``encode_with_stats`` returned them for ``x``."""
+        rows = self._as_rows(x)  # [..., d_in]
+        return self._activate(self._center(self._normalize(rows, stats)), pre.to(self.dtype))
+
     def encode_sparse(self, x: torch.Tensor, k: int) -> SparseCode:
         """The k largest latents of each row of ``x [..., d_in]``, its L0 and reconstruction,
         equal to ``encode`` + top-k + ``decode`` (see :class:`SparseCode`) but without keeping

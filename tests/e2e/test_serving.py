@@ -29,7 +29,11 @@ def secured(tiny_gpt2_dir, tmp_path_factory) -> Iterator[tuple[ServerProcess, Pa
     server = ca.issue("server", "localhost", server=True)
     tokens = out / "tokens"
     tokens.write_text(f"{TOKEN}\n")
+    catalog = out / "explanations.sqlite"
+    _seed_catalog(catalog)
     proc = start_server(
+        "--explanations-db",
+        str(catalog),
         "--model",
         f"tiny={tiny_gpt2_dir}",
         "--tls-cert",
@@ -44,6 +48,25 @@ def secured(tiny_gpt2_dir, tmp_path_factory) -> Iterator[tuple[ServerProcess, Pa
     yield proc, ca.pem.cert_path, tokens
     if proc.proc.poll() is None:
         proc.stop()
+
+
+def _seed_catalog(path: Path) -> None:
+    """Explanations of the tiny model for the Node client's paging test (it needs >= 9): 12
+    neurons, two explainers for neuron 0, one unscored."""
+    from tdb_core.explain.store import ExplanationStore
+
+    store = ExplanationStore(path)
+    for i in range(12):
+        for explainer in ("baseline", "other") if i == 0 else ("baseline",):
+            store.put(
+                model="tiny",
+                node_key=f"blocks.0.mlp.hook_post[{i}]",
+                method="baseline",
+                explainer=explainer,
+                explanation=f'the token " t{i}" (5.0)',
+                score=None if i == 5 else i / 20,
+                score_reason="never fired" if i == 5 else None,
+            )
 
 
 @pytest.mark.slow
@@ -126,4 +149,4 @@ def test_node_client(secured, tmp_path):
         timeout=120,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "# pass 13" in r.stdout and "# fail 0" in r.stdout, r.stdout
+    assert "# pass 14" in r.stdout and "# fail 0" in r.stdout, r.stdout

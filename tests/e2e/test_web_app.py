@@ -205,6 +205,40 @@ def test_records_can_be_cancelled(page, base):
     page.wait_for_selector("button:has-text('Mine again')")
 
 
+def test_explanations_show_more_reads_the_next_page(page, base, tmp_path):
+    """A unit with more stored explanations than one ListExplanations page (50) shows the first
+    page and "Show more", which appends the page starting at next_offset and goes away after the
+    last one."""
+    from tdb_core.explain.store import ExplanationStore
+    from tdb_core.toy import TOY_MODEL_NAME
+
+    unit = "blocks.1.mlp.hook_post[5]"
+    db = tmp_path / "explanations.sqlite"
+    store = ExplanationStore(db)
+    for i in range(60):
+        store.put(
+            model=TOY_MODEL_NAME,
+            node_key=unit,
+            method="baseline",
+            explainer=f"seeded-{i:02d}",
+            explanation=f"seeded explanation {i:02d}",
+            score=i / 100,
+        )
+    with web.web_server(explanations_db=str(db)) as url:
+        page.goto(f"{url}/?view=node&node={unit}&prompt={urllib.parse.quote(web.IOI)}")
+        more = page.wait_for_selector("[data-testid=explanations-more]", timeout=60_000)
+        items = page.locator("[data-testid=explanations] li")
+        assert items.count() == 50
+        more.click()
+        page.wait_for_selector("[data-testid=explanations-more]", state="detached")
+        texts = items.all_inner_texts()
+        seeded = sorted(t for t in texts if "seeded explanation" in t)
+        assert len(seeded) == 60 and len(texts) - 60 in (0, 1)  # and the shipped one, if any
+        assert [t.split("seeded explanation ")[1][:2] for t in seeded] == [
+            f"{i:02d}" for i in range(60)
+        ]
+
+
 def test_attention_and_patching_views(page, base):
     """The attention view draws a head's pattern; the patching view a layer x position heatmap
     with its colour scale."""

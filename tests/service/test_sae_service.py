@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from tdb_client import TdbClient, TdbClientError
+from tdb_client import TdbClient, TdbClientError, losses
 from tdb_client import interventions as iv
+from tdb_core import specs
+from tdb_core.ops.attribute import LogitDiffLoss
+from tdb_core.ops.forward import forward
 from tdb_core.runner import ModelRunner
 from tdb_core.sae import ReluArch, SaeConfig, build_sae, save_sae
 
@@ -95,6 +98,27 @@ def test_decode_and_latent_interventions(sclient, sae_service):
         interventions=[iv.zero("sae.res1.hook_sae_acts_post[pos=-1]")],
     )
     assert np.all(out.activations["sae.res1.hook_sae_acts_post"][0, -1] == 0)
+
+
+def test_gradients_at_sae_sites_over_the_wire(sclient, sae_service):
+    """Forward's gradient captures at an SAE's sites come back as computed in process (which
+    tests/unit/core/test_sae_gradients.py checks against an independent splice)."""
+    runner = sae_service[1]
+    sites = [f"sae.res1.{h}" for h in ("hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_error")]
+    got = sclient.forward(PROMPT, loss=losses.logit_diff(" Mary", " John"), grad=sites)
+    t, d = (runner.tokens.single_token(w) for w in (" Mary", " John"))
+    want = forward(
+        runner,
+        specs.ForwardSpec(
+            prompts=(specs.Prompt(text=PROMPT),),
+            loss=LogitDiffLoss((t,), (d,)),
+            grad_captures=tuple(specs.Capture(s) for s in sites),
+        ),
+    )
+    assert got.loss_values == pytest.approx(list(want.loss_values), abs=1e-6)
+    for c in want.grad_captures:
+        assert float(c.values.abs().max()) > 0, c.site
+        np.testing.assert_array_equal(got.grads[c.site], c.values.numpy())
 
 
 def test_load_sae_at_runtime_and_bad_files(sclient):

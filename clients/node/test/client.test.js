@@ -5,7 +5,8 @@
 // (a PEM path) when it is secured; TDB_EXPECTED names a JSON file with the Python client's
 // activations for the same request, to compare against. Without TDB_SERVER a server is started:
 // `python -m services.cli serve --port 0` from the repository root (TDB_PYTHON, default
-// .venv/bin/python; TDB_SERVE_ARGS adds flags, e.g. "--model tiny=/path").
+// .venv/bin/python; TDB_SERVE_ARGS adds flags, e.g. "--model tiny=/path"). The explanation tests
+// need at least 9 explanations in the served catalog (the toy model ships 2,354).
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -234,6 +235,49 @@ test('Generate streams a baseline and an intervention set side by side', async (
     assert.ok(step.token.logprob <= 0);
     assert.deepEqual(step.captures['blocks.0.hook_resid_post'].shape, [1, 1, 3]);
     await assert.rejects(c.generate('hi', { maxNewTokens: -1 }), (err) => {
+      assert.equal(err.codeName, 'INVALID_ARGUMENT');
+      return true;
+    });
+  } finally { c.close(); }
+});
+
+test('listExplanations follows nextOffset up to its limit; pages equal one long request', async () => {
+  const c = await client();
+  try {
+    const first = await c.listExplanationsPage({ limit: 4 });
+    assert.equal(first.explanations.length, 4, 'the served catalog needs at least 9 explanations');
+    assert.equal(first.nextOffset, 4);
+    assert.ok(first.methods.includes(first.defaultMethod));
+    const all = await c.listExplanations({ limit: 30 });
+    const n = all.length; // min(30, what the catalog holds)
+    assert.ok(n >= 9, `${n} explanations served`);
+    assert.deepEqual(all.slice(0, 4), first.explanations);
+    for (const e of all) assert.ok(e.score === null || Number.isFinite(e.score), e.node);
+    const second = await c.listExplanationsPage({ limit: 4, offset: 4 });
+    assert.deepEqual(second.explanations, all.slice(4, 8));
+    assert.equal(second.nextOffset, 8);
+    // pages of 4: the same list, one request per page
+    const pages = [];
+    const page = c.listExplanationsPage.bind(c);
+    c.listExplanationsPage = (req, t) => { pages.push([req.offset, req.limit]); return page(req, t); };
+    assert.deepEqual(await c.listExplanations({ limit: 30, pageSize: 4 }), all);
+    assert.equal(pages.length, Math.ceil(n / 4));
+    assert.deepEqual(pages.slice(0, 2), [[0, 4], [4, 4]]);
+    pages.length = 0;
+    assert.deepEqual(await c.listExplanations({ offset: 3, limit: 6, pageSize: 4 }), all.slice(3, 9));
+    assert.deepEqual(pages, [[3, 4], [7, 2]]);
+    c.listExplanationsPage = page;
+    const past = await c.listExplanationsPage({ offset: 50000, limit: 5 });
+    assert.deepEqual([past.explanations, past.nextOffset], [[], 0]);
+    // filters: a positioned key matches its unit's explanations
+    const unit = all[0].node;
+    const mine = await c.listExplanations({ node: `${unit.slice(0, -1)},pos=3]` });
+    assert.ok(mine.length >= 1 && mine.every((e) => e.node === unit));
+    assert.deepEqual(mine, all.filter((e) => e.node === unit && e.model === all[0].model
+      && e.sae === all[0].sae));
+    assert.deepEqual(await c.listExplanations({ limit: 0 }), []);
+    await assert.rejects(c.listExplanations({ pageSize: 0 }), /pageSize must be an integer >= 1/);
+    await assert.rejects(c.listExplanationsPage({ limit: 10001 }), (err) => {
       assert.equal(err.codeName, 'INVALID_ARGUMENT');
       return true;
     });

@@ -273,3 +273,28 @@ def test_a_latent_on_the_final_norm_is_traced_through_it(tiny_loaded):
     assert total + res.bias_direct_effect[0] + res.constant[0] == pytest.approx(
         res.loss_values[0], abs=1e-4
     )
+
+
+def test_edits_of_the_sae_input_and_pre_activations_take_effect(sae_runner):
+    """An edit of ``hook_sae_input`` is what the SAE reads and what the site carries on (zeroing
+    it equals zeroing the site); an edit of ``hook_sae_acts_pre`` is activated again (for a ReLU
+    SAE, zeroing a latent's pre-activation equals zeroing the latent). Neither is ignored."""
+    base = _forward(sae_runner).captures[0].values
+    site = "blocks.1.hook_resid_pre"
+    zero_in = _forward(sae_runner, specs.Intervention("sae.res1.hook_sae_input", specs.Zero()))
+    zero_site = _forward(sae_runner, specs.Intervention(site, specs.Zero()))
+    assert float((zero_in.captures[0].values - base).abs().max()) > 1e-2
+    torch.testing.assert_close(
+        zero_in.captures[0].values, zero_site.captures[0].values, atol=1e-5, rtol=0
+    )
+    z = _forward(sae_runner, captures=("sae.res1.hook_sae_acts_post",)).captures[0].values[0]
+    i = int(z[4].argmax())
+
+    def zero_latent(site: str) -> torch.Tensor:
+        iv = specs.Intervention(site, specs.Zero(), positions=(4,), units=(i,))
+        return _forward(sae_runner, iv).captures[0].values
+
+    pre = zero_latent("sae.res1.hook_sae_acts_pre")
+    post = zero_latent("sae.res1.hook_sae_acts_post")
+    assert float((post - base).abs().max()) > 1e-3
+    torch.testing.assert_close(pre, post, atol=1e-6, rtol=0)

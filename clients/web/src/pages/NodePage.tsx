@@ -193,15 +193,36 @@ function LiveActivations(props: { nodeKey: string; kind: NodeKind; prompts: stri
   );
 }
 
+/** Explanations per ListExplanations request; "Show more" reads the next page (next_offset). */
+const EXPLANATIONS_PAGE = 50;
+
 function Explanations(props: { unit: string; kind: NodeKind; model: string }) {
-  const list = useCall<Explanation[]>();
+  const list = useCall<Explanation[]>(); // the first page
+  const more = useCall<Explanation[]>(); // a further page
+  // what is shown: the pages read so far, and where the next one starts (0: none left)
+  const [shown, setShown] = useState<{ items: Explanation[]; next: number }>();
   const explain = useCall<Explanation[]>();
   const score = useCall<Explanation>();
   const meta = useCatalogMeta();
   const [progress, setProgress] = useState<ExplainProgress>();
   const [text, setText] = useState("");
   const [method, setMethod] = useState("");
-  const load = () => list.run(async (signal) => (await api.explain.listExplanations({ node: props.unit, model: props.model, limit: 50 }, { signal })).explanations);
+  const page = (offset: number, signal: AbortSignal) =>
+    api.explain.listExplanations({ node: props.unit, model: props.model, limit: EXPLANATIONS_PAGE, offset }, { signal });
+  const load = () => {
+    more.reset();
+    return list.run(async (signal) => {
+      const r = await page(0, signal);
+      if (!signal.aborted) setShown({ items: r.explanations, next: r.nextOffset });
+      return r.explanations;
+    });
+  };
+  const showMore = (from: { items: Explanation[]; next: number }) =>
+    more.run(async (signal) => {
+      const r = await page(from.next, signal);
+      if (!signal.aborted) setShown({ items: [...from.items, ...r.explanations], next: r.nextOffset });
+      return r.explanations;
+    });
   useEffect(() => {
     if (props.kind !== "embedding" && props.kind !== "vector") void load();
   }, [props.unit]); // eslint-disable-line react-hooks/exhaustive-deps
@@ -256,7 +277,7 @@ function Explanations(props: { unit: string; kind: NodeKind; model: string }) {
       <ErrorBox error={list.error} what="ListExplanations" />
       {list.data && !list.data.length && <div className="muted small">None stored yet.</div>}
       <ul className="expl" data-testid="explanations">
-        {(list.data ?? []).map((e, i) => (
+        {(list.data ? (shown?.items ?? []) : []).map((e, i) => (
           <li key={i}>
             <span className="score" title={e.score === undefined ? e.scoreReason : "score"}>
               {e.score === undefined ? "–" : e.score.toFixed(2)}
@@ -270,6 +291,13 @@ function Explanations(props: { unit: string; kind: NodeKind; model: string }) {
           </li>
         ))}
       </ul>
+      {list.data && shown && shown.next > 0 && (
+        <button className="btn" onClick={() => void showMore(shown)} disabled={more.loading} data-testid="explanations-more">
+          Show more
+        </button>
+      )}
+      <Busy loading={more.loading} started={more.started} label="ListExplanations" onCancel={more.cancel} />
+      <ErrorBox error={more.error} what="ListExplanations" />
       <form
         className="scorebox"
         onSubmit={(e) => {
