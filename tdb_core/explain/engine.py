@@ -45,7 +45,7 @@ from tdb_core.explain.pipeline import (
 )
 from tdb_core.explain.records import NodeRecords, RecordKind
 from tdb_core.explain.simulators import AllAtOnceSimulator, BaselineSimulator, Simulator
-from tdb_core.explain.store import ExplanationStore, StoredExplanation
+from tdb_core.explain.store import MAX_LIST_LIMIT, ExplanationStore, StoredExplanation
 from tdb_core.schema import SiteInfo
 
 if TYPE_CHECKING:
@@ -273,10 +273,12 @@ class Catalog:
                 limit=limit,
                 offset=offset,
             )
-        stored = (
-            []
-            if self.store is None
-            else self.store.list(
+        # Shipped rows match too: merge them with the stored rows up to the page's end, read
+        # from the store in pages it accepts, however deep the offset.
+        stored: list[StoredExplanation] = []
+        while self.store is not None and len(stored) < offset + limit:
+            want = min(offset + limit - len(stored), MAX_LIST_LIMIT)
+            page = self.store.list(
                 model=model,
                 sae_id=sae_id,
                 node_key=node_key,
@@ -284,10 +286,12 @@ class Catalog:
                 method=method,
                 explainer=explainer,
                 min_score=min_score,
-                limit=limit + offset,
-                offset=0,
+                limit=want,
+                offset=len(stored),
             )
-        )
+            stored += page
+            if len(page) < want:
+                break
 
         def key(e: StoredExplanation) -> tuple[str, str, str, str, str]:
             return (e.model, e.sae_id, e.node_key, e.method, e.explainer)

@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS explanations (
 CREATE INDEX IF NOT EXISTS explanations_by_node ON explanations (model, node_key);
 """
 
+#: The most rows one ``list`` call returns.
+MAX_LIST_LIMIT = 100_000
 _KEYS_PER_QUERY = 500  # node keys per IN (...) list (SQLite allows 999 parameters at least)
 
 _COLUMNS = (
@@ -261,8 +263,8 @@ class ExplanationStore:
 
         ``min_score`` drops rows whose score is NULL or lower.
         """
-        if not 1 <= limit <= 100_000:
-            raise InvalidArgumentError(f"limit is {limit}; it must be in 1..100000")
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidArgumentError(f"limit is {limit}; it must be in 1..{MAX_LIST_LIMIT}")
         if offset < 0:
             raise InvalidArgumentError(f"offset is {offset}; it must be >= 0")
         clauses: list[str] = []
