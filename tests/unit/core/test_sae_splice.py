@@ -298,3 +298,45 @@ def test_edits_of_the_sae_input_and_pre_activations_take_effect(sae_runner):
     post = zero_latent("sae.res1.hook_sae_acts_post")
     assert float((post - base).abs().max()) > 1e-3
     torch.testing.assert_close(pre, post, atol=1e-6, rtol=0)
+
+
+def test_admission_counts_the_sae_tensors_of_a_pass(tiny_loaded):
+    """The working-memory estimate adds an attached SAE's latent-sized tensors when a pass touches
+    its sites (2 per row read, 4 spliced, 6 spliced with gradients), so a request that reads a
+    wide SAE is refused before work when they do not fit, while a pass not touching it is not."""
+    from tdb_core.admission import sae_bytes_per_row
+    from tdb_core.checks import Limits
+    from tdb_core.hooks import HookPlan
+
+    d_sae = 2**15
+    runner = ModelRunner(tiny_loaded)
+    runner.saes.attach("wide", _sae(64, d_sae=d_sae, site="blocks.1.hook_resid_pre"), "memory")
+    acts = "sae.wide.hook_sae_acts_post"
+    T = 10
+    per_tensor = T * d_sae * 4
+    assert sae_bytes_per_row(runner.schema, T, HookPlan(), grad=False) == 0
+    read = HookPlan(observers={acts: lambda t: None})
+    assert sae_bytes_per_row(runner.schema, T, read, grad=False) == 2 * per_tensor
+    spliced = HookPlan(grad_sites={acts})
+    assert sae_bytes_per_row(runner.schema, T, spliced, grad=False) == 4 * per_tensor
+    assert sae_bytes_per_row(runner.schema, T, spliced, grad=True) == 6 * per_tensor
+
+    needs: list[int] = []
+    estimate = runner.estimate
+
+    def recorded(*a, **k):
+        need, describe = estimate(*a, **k)
+        needs.append(need)
+        return need, describe
+
+    runner.estimate = recorded  # type: ignore[method-assign]
+    _forward(runner, captures=("logits",))
+    _forward(runner, captures=("logits", acts))
+    plain, with_sae = needs
+    runner.limits = Limits(max_working_bytes=(plain + with_sae) // 2)
+    runner.admission.limits = runner.limits
+    passes = runner.stats["passes"]
+    with pytest.raises(errors.ResourceExhaustedError, match="working memory"):
+        _forward(runner, captures=("logits", acts))
+    assert runner.stats["passes"] == passes
+    assert _forward(runner, captures=("logits",)).top_logits
