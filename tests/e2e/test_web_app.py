@@ -237,6 +237,9 @@ def test_explanations_show_more_reads_the_next_page(page, base, tmp_path):
         assert [t.split("seeded explanation ")[1][:2] for t in seeded] == [
             f"{i:02d}" for i in range(60)
         ]
+        # the page's other cards finish loading while this server still runs, so the
+        # screenshot (taken after it stops) shows the page as a user sees it
+        page.wait_for_selector("[data-testid=records-top] .tokmap", timeout=120_000)
 
 
 def test_attention_and_patching_views(page, base):
