@@ -13,9 +13,10 @@ spellings are stored in the canonical ``[3]`` form.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,12 +46,14 @@ from tdb_core.explain.pipeline import (
 )
 from tdb_core.explain.records import NodeRecords, RecordKind
 from tdb_core.explain.simulators import AllAtOnceSimulator, BaselineSimulator, Simulator
-from tdb_core.explain.store import MAX_LIST_LIMIT, ExplanationStore, StoredExplanation
+from tdb_core.explain.store import ExplanationStore, StoredExplanation
 from tdb_core.schema import SiteInfo
 
 if TYPE_CHECKING:
     from tdb_core.runner import ModelRunner
 
+#: Stored rows read per query when shipped explanations are merged into a listing.
+_MERGE_PAGE = 10_000
 HEAD_SITE = "attn.hook_pattern"
 log = structlog.get_logger(__name__)
 
@@ -273,35 +276,51 @@ class Catalog:
                 limit=limit,
                 offset=offset,
             )
-        # Shipped rows match too: merge them with the stored rows up to the page's end, read
-        # from the store in pages it accepts, however deep the offset.
-        stored: list[StoredExplanation] = []
-        while self.store is not None and len(stored) < offset + limit:
-            want = min(offset + limit - len(stored), MAX_LIST_LIMIT)
-            page = self.store.list(
-                model=model,
-                sae_id=sae_id,
-                node_key=node_key,
-                node_key_prefix=node_key_prefix,
-                method=method,
-                explainer=explainer,
-                min_score=min_score,
-                limit=want,
-                offset=len(stored),
-            )
-            stored += page
-            if len(page) < want:
-                break
 
+        # Shipped rows match too. Both listings are in key order, so one merge walk gives the
+        # merged order, a stored entry replacing the shipped one with its key where they meet.
+        # A row's merged position is at least its store index, so at most offset + limit stored
+        # rows are needed, read in bounded pages; only the page asked for is kept.
         def key(e: StoredExplanation) -> tuple[str, str, str, str, str]:
             return (e.model, e.sae_id, e.node_key, e.method, e.explainer)
 
-        seen = {key(e) for e in stored}
-        shipped = [e for e in self.shipped if key(e) not in seen and matches(e)]
-        merged = sorted(
-            stored + shipped, key=lambda e: (e.model, e.sae_id, e.node_key, e.method, e.explainer)
-        )
-        return merged[offset : offset + limit]
+        shipped = sorted((e for e in self.shipped if matches(e)), key=key)
+        if offset >= len(shipped) + (self.store.count() if self.store is not None else 0):
+            return []  # past every row there is, without walking the store
+
+        def stored_rows() -> Iterator[StoredExplanation]:
+            read = 0
+            while self.store is not None and read < offset + limit:
+                want = min(offset + limit - read, _MERGE_PAGE)
+                page = self.store.list(
+                    model=model,
+                    sae_id=sae_id,
+                    node_key=node_key,
+                    node_key_prefix=node_key_prefix,
+                    method=method,
+                    explainer=explainer,
+                    min_score=min_score,
+                    limit=want,
+                    offset=read,
+                )
+                yield from page
+                read += len(page)
+                if len(page) < want:
+                    return
+
+        def merged() -> Iterator[StoredExplanation]:
+            i = 0
+            for row in stored_rows():
+                k = key(row)
+                while i < len(shipped) and key(shipped[i]) < k:
+                    yield shipped[i]
+                    i += 1
+                if i < len(shipped) and key(shipped[i]) == k:
+                    i += 1  # replaced by the stored entry
+                yield row
+            yield from shipped[i:]
+
+        return list(itertools.islice(merged(), offset, offset + limit))
 
     def best(self, model: str, node_keys: Iterable[str]) -> dict[str, StoredExplanation]:
         """The highest-scoring explanation of each node that has one."""

@@ -45,9 +45,9 @@ def _everything(catalog: Catalog) -> list[StoredExplanation]:
     return sorted(stored + [e for e in catalog.shipped if _key(e) not in seen], key=_key)
 
 
-@pytest.mark.parametrize("store_page", [100_000, 3])  # the store's own bound, and a small one
+@pytest.mark.parametrize("store_page", [10_000, 3])  # the default page, and a small one
 def test_pages_equal_slices_of_the_merged_listing(catalog, monkeypatch, store_page):
-    monkeypatch.setattr(engine, "MAX_LIST_LIMIT", store_page)
+    monkeypatch.setattr(engine, "_MERGE_PAGE", store_page)
     whole = _everything(catalog)
     assert len(whole) == 20 + 4  # 20 stored, 8 shipped of which 4 replaced
     assert [e.explanation for e in whole if e.node_key.endswith("[10]")] == ["stored 10"]
@@ -62,3 +62,31 @@ def test_an_offset_past_the_stores_page_bound_is_an_empty_page(catalog):
     'limit is N; it must be in 1..100000' instead of answering an empty page."""
     assert catalog.list(model="m", offset=150_000, limit=10) == []
     assert catalog.list(model="m", offset=99_995, limit=10) == []
+
+
+def test_the_merge_reads_the_store_once_in_bounded_pages(catalog, monkeypatch):
+    """A page at offset O reads at most O + limit stored rows, each once, in pages of at most
+    the merge page, and stops when the store runs out; an offset past every row there is (a
+    client's 4e9) answers at once. Found in review: the merge kept every stored row up to the
+    offset in memory (400k rows: +495 MB, 4.9 s)."""
+    monkeypatch.setattr(engine, "_MERGE_PAGE", 3)
+    assert catalog.store is not None
+    whole = _everything(catalog)
+    calls: list[tuple[int, int, int]] = []  # (offset, limit, rows returned)
+    real = catalog.store.list
+
+    def counted(**kw):
+        rows = real(**kw)
+        calls.append((kw["offset"], kw["limit"], len(rows)))
+        return rows
+
+    monkeypatch.setattr(catalog.store, "list", counted)
+    catalog.list(model="m", offset=5, limit=4)
+    assert sum(n for _, _, n in calls) <= 9 and all(lim <= 3 for _, lim, _ in calls)
+    assert [o for o, _, _ in calls] == [sum(n for _, _, n in calls[:i]) for i in range(len(calls))]
+    calls.clear()
+    assert catalog.list(model="m", offset=23, limit=10) == whole[23:]
+    assert sum(n for _, _, n in calls) == 20 and all(lim <= 3 for _, lim, _ in calls)
+    calls.clear()
+    assert catalog.list(model="m", offset=4_000_000_000, limit=10) == []
+    assert calls == []  # past every stored and shipped row: no walk at all
