@@ -197,6 +197,9 @@ def _make_splice(att: AttachedSae) -> Splice:
 
     def splice(ctx: HookContext, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
+        # the error term and the sum in the wider of the two dtypes: a bf16 SAE on a float32
+        # model keeps the site within one float32 rounding and the input's gradient exact
+        wide = torch.promote_types(dtype, sae.dtype)
         rows = x.reshape(*shape[:2], -1)  # [B, T, d_in]
         if not any(ctx.needs_graph(s) for s in sites):
             ctx.observe(att.input, rows)
@@ -206,7 +209,7 @@ def _make_splice(att: AttachedSae) -> Splice:
             if ctx.wants(att.recons) or ctx.wants(att.error):
                 recon = sae.decode(z, stats)
                 ctx.observe(att.recons, recon)
-                ctx.observe(att.error, rows.to(recon.dtype) - recon)
+                ctx.observe(att.error, rows.to(wide) - recon.to(wide))
             return x  # reading latents never changes the model
         # Any SAE site edited or differentiated: the site becomes recon + error, every SAE site a
         # tensor of that graph. The latents are their own node: the error term uses the clean
@@ -216,11 +219,11 @@ def _make_splice(att: AttachedSae) -> Splice:
         # term's path and the decode path through the copy add up to the identity).
         rows = ctx.point(att.input, rows)
         pre, z, stats = sae.encode_with_stats(rows)  # [B, T, d_sae]
-        error = ctx.point(att.error, rows.to(sae.dtype) - sae.decode(z, stats))  # in the graph
+        error = ctx.point(att.error, rows.to(wide) - sae.decode(z, stats).to(wide))  # in the graph
         pre_new = ctx.point(att.acts_pre, pre.clone())
         z_new = ctx.point(att.acts, sae.activate(rows, pre_new, stats))
         recon = ctx.point(att.recons, sae.decode(z_new, stats))
-        return (recon + error).to(dtype).reshape(shape)
+        return (recon.to(wide) + error).to(dtype).reshape(shape)
 
     return splice
 

@@ -340,3 +340,36 @@ def test_admission_counts_the_sae_tensors_of_a_pass(tiny_loaded):
         _forward(runner, captures=("logits", acts))
     assert runner.stats["passes"] == passes
     assert _forward(runner, captures=("logits",)).top_logits
+
+
+def test_a_bf16_sae_on_a_float32_model_splices_within_float32_rounding(tiny_loaded):
+    """Found in review: the splice summed the error term in the SAE's dtype, so a bf16 SAE (the
+    file's dtype is kept) on a float32 model moved the logits by 4e-3 and the input's gradient
+    by 1.8e-3 whenever a gradient or edit spliced it. The error term and the sum now run in the
+    wider dtype: both stay within float32 rounding of the model without the SAE."""
+    site = "blocks.1.hook_resid_pre"
+    loss = LogitDiffLoss((5, 9), (7,))
+    plain = ModelRunner(tiny_loaded)
+    runner = ModelRunner(tiny_loaded)
+    runner.saes.attach("half", _sae(64, site=site).to(torch.bfloat16), "memory")
+
+    def grad_pass(r, grad_site):
+        return forward(
+            r,
+            specs.ForwardSpec(
+                prompts=(specs.Prompt(text=PROMPT),),
+                captures=(specs.Capture("logits"),),
+                grad_captures=(specs.Capture(grad_site),),
+                loss=loss,
+                freeze_norm_scale=False,
+            ),
+        )
+
+    want = grad_pass(plain, site)
+    got = grad_pass(runner, "sae.half.hook_sae_input")
+
+    def rel(a, b):
+        return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+    assert rel(got.captures[0].values, want.captures[0].values) < 1e-5
+    assert rel(got.grad_captures[0].values, want.grad_captures[0].values) < 1e-5
