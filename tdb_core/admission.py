@@ -50,14 +50,15 @@ def sae_bytes_per_row(schema: ModelSchema, T: int, plan: HookPlan, grad: bool) -
     """The latent-sized tensors an attached SAE adds to one row of a pass whose plan touches its
     sites: pre-activations and latents when read; when spliced (edited or differentiated) also
     their copies in the graph, and gradients of those with ``grad``. Counted at 4 bytes."""
-    sae_sites = [s for s in plan.sites() if s.startswith("sae.")]
+    # an SAE site is ``sae.ID.HOOK``: ids may contain dots, hook names do not
+    by_id: dict[str, list[str]] = {}
+    for s in plan.sites():
+        if s.startswith("sae."):
+            by_id.setdefault(s[len("sae.") : s.rindex(".")], []).append(s)
     total = 0
-    for sae_id in {s[len("sae.") : s.rindex(".")] for s in sae_sites}:
+    for sae_id, sites in by_id.items():
         latents = math.prod(schema.shape(schema.get(f"sae.{sae_id}.hook_sae_acts_post"), T))
-        spliced = any(
-            s.startswith(f"sae.{sae_id}.") and (s in plan.edits or s in plan.grad_sites)
-            for s in sae_sites
-        )
+        spliced = any(s in plan.edits or s in plan.grad_sites for s in sites)
         total += latents * 4 * ((6 if grad else 4) if spliced else 2)
     return total
 

@@ -320,6 +320,10 @@ def test_admission_counts_the_sae_tensors_of_a_pass(tiny_loaded):
     spliced = HookPlan(grad_sites={acts})
     assert sae_bytes_per_row(runner.schema, T, spliced, grad=False) == 4 * per_tensor
     assert sae_bytes_per_row(runner.schema, T, spliced, grad=True) == 6 * per_tensor
+    # ids may contain dots: splicing "wide.b" does not count "wide" as spliced
+    runner.saes.attach("wide.b", _sae(64, d_sae=8, site="blocks.0.hook_resid_pre"), "memory")
+    both = HookPlan(observers={acts: lambda t: None}, grad_sites={"sae.wide.b.hook_sae_acts_post"})
+    assert sae_bytes_per_row(runner.schema, T, both, grad=False) == 2 * per_tensor + 4 * T * 8 * 4
 
     needs: list[int] = []
     estimate = runner.estimate
