@@ -180,7 +180,7 @@ export class TdbClient {
   listExplanationsPage(options?: ExplanationFilters & { limit?: number; offset?: number },
                        timeout?: number): Promise<ExplanationPage>;
   /** Every matching explanation up to `limit` (default 100) after `offset`, following the
-   *  server's pages by `nextOffset`; `pageSize` caps each request. */
+   *  server's pages by `nextOffset`; `pageSize` caps each request (at most and by default 10000). */
   listExplanations(options?: ExplanationFilters & { limit?: number; offset?: number;
                    pageSize?: number }, timeout?: number): Promise<Explanation[]>;
   /** Generate under interventions, a baseline and each set side by side; `cancel()` stops it. */

@@ -34,6 +34,8 @@ const PROTO_FILES = ['model', 'inference', 'attribution', 'sae', 'explain', 'ser
   .map((n) => `tdb/v1/${n}.proto`);
 const NOT_RETRIED = new Set(['tdb.v1.SaeService/LoadSae']);
 const MAX_ATTEMPTS = 5;
+/** The most explanations one ListExplanations request may ask for (the server's bound). */
+const MAX_LIST_PAGE = 10000;
 
 /** An RPC failure: `code` is the gRPC status code number, `codeName` its name. */
 class TdbClientError extends Error {
@@ -339,8 +341,8 @@ class TdbClient {
   /**
    * Every explanation matching the filters (those of `listExplanationsPage`), up to `limit`
    * (default 100) after `offset`, following the server's pages by `nextOffset` as the Python
-   * client's `list_explanations` does. `pageSize` caps each request (default: all that remain;
-   * the server still ends a page early at its response limit).
+   * client's `list_explanations` does. `pageSize` caps each request (default and most: the
+   * server's 10000; the server still ends a page early at its response limit).
    * @returns {Promise<object[]>} Explanation messages, in the catalog's order.
    */
   async listExplanations({ limit = 100, offset = 0, pageSize, ...filters } = {}, timeout) {
@@ -350,11 +352,13 @@ class TdbClient {
       throw new Error('pageSize must be an integer >= 1');
     }
     const out = [];
+    if (limit === 0) return out;
     let next = offset;
     for (;;) {
       const want = limit - out.length;
       const page = await this.listExplanationsPage(
-        { ...filters, offset: next, limit: pageSize ? Math.min(pageSize, want) : want }, timeout);
+        { ...filters, offset: next, limit: Math.min(pageSize ?? MAX_LIST_PAGE, MAX_LIST_PAGE, want) },
+        timeout);
       out.push(...page.explanations);
       next = page.nextOffset;
       if (!next || out.length >= limit || !page.explanations.length) return out;

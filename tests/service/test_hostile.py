@@ -486,6 +486,9 @@ def test_list_explanations_pages_within_the_response_limit(hostile):
     with TdbClient(hostile[4]) as client:
         assert len(client.list_explanations(limit=n)) == n
         assert len(client.list_explanations(limit=n, offset=n - 3)) == 3
+        # a limit over the server's 10000 per request is asked for in pages it accepts
+        assert len(client.list_explanations(limit=25_000)) == n
+        assert client.list_explanations(limit=0) == []
 
 
 # --------------------------------------------------------------------------------------------------

@@ -276,6 +276,8 @@ test('listExplanations follows nextOffset up to its limit; pages equal one long 
     assert.deepEqual(mine, all.filter((e) => e.node === unit && e.model === all[0].model
       && e.sae === all[0].sae));
     assert.deepEqual(await c.listExplanations({ limit: 0 }), []);
+    // a limit over the server's 10000 per request is asked for in pages it accepts
+    assert.deepEqual((await c.listExplanations({ limit: 25000 })).slice(0, n), all);
     await assert.rejects(c.listExplanations({ pageSize: 0 }), /pageSize must be an integer >= 1/);
     await assert.rejects(c.listExplanationsPage({ limit: 10001 }), (err) => {
       assert.equal(err.codeName, 'INVALID_ARGUMENT');

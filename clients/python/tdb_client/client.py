@@ -63,6 +63,8 @@ InterventionLike: TypeAlias = Intervention | cpb.Intervention  # typed, or a raw
 LossLike: TypeAlias = losses.Loss | Message | tuple[str, Message]  # typed, or a raw message
 NodeLike: TypeAlias = str | Node | nodes.Node  # a node key, or a node with a ``.key``
 R = TypeVar("R")
+#: The most explanations one ListExplanations request may ask for (the server's bound).
+MAX_LIST_PAGE = 10_000
 
 
 _PATCH_METHODS = {"exact": ipb.PATCH_METHOD_EXACT, "attribution": ipb.PATCH_METHOD_ATTRIBUTION}
@@ -940,22 +942,25 @@ class TdbClient:
         timeout: float | None = None,
     ) -> list[Explanation]:
         """Stored and shipped explanations matching the filters: up to ``limit`` after
-        ``offset``, following the server's pages (each within its response limit)."""
+        ``offset``, following the server's pages (each within its response limit and at most
+        the server's 10000 per request)."""
         req = epb.ListExplanationsRequest(
             model=model or "",
             node=_key(node) if node is not None else "",
             node_prefix=node_prefix or "",
             sae=sae or "",
             method=method or "",
-            limit=limit,
+            limit=min(limit, MAX_LIST_PAGE),
             offset=offset,
         )
+        if limit <= 0:
+            return []
         if min_score is not None:
             req.min_score = min_score
         r = self._unary(self._explain.ListExplanations, req, timeout)
         out = [explanation_from_pb(e) for e in r.explanations]
         while r.next_offset and len(out) < limit:
-            req.offset, req.limit = r.next_offset, limit - len(out)
+            req.offset, req.limit = r.next_offset, min(limit - len(out), MAX_LIST_PAGE)
             r = self._unary(self._explain.ListExplanations, req, timeout)
             out.extend(explanation_from_pb(e) for e in r.explanations)
         return out
