@@ -59,18 +59,26 @@ class Norm:
         """``(scale(x), normalize(x, scale(x)))`` from one fused kernel (torch's layer or RMS
         norm without gain and bias, which also returns the reciprocal scale): what reading both
         sites costs when nothing edits or differentiates them."""
+        fused = self._fused(x)
+        if fused is None:
+            scale = self.scale(x)
+            return scale, self.normalize(x, scale)
+        normalized, rstd = fused
+        return rstd.float().reciprocal().to(x.dtype), normalized
+
+    def _fused(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(normalized, rstd)`` from torch's fused kernel without gain, or None where torch has
+        none for this norm (a release without the fused RMS norm), device or dtype."""
         d = [x.shape[-1]]
         try:
             if self.kind == "layernorm":
                 normalized, _, rstd = torch.native_layer_norm(x, d, None, None, self.eps)
-            elif _FUSED_RMS_NORM is not None:
-                normalized, rstd = _FUSED_RMS_NORM(x, d, None, self.eps)
-            else:  # a torch without the fused RMS norm
-                raise NotImplementedError
-        except (NotImplementedError, RuntimeError):  # or no kernel for this device or dtype
-            scale = self.scale(x)
-            return scale, self.normalize(x, scale)
-        return rstd.float().reciprocal().to(x.dtype), normalized
+                return normalized, rstd
+            if _FUSED_RMS_NORM is not None:
+                return _FUSED_RMS_NORM(x, d, None, self.eps)
+        except (NotImplementedError, RuntimeError):  # torch's answer for a missing kernel
+            pass
+        return None
 
     def _normalize(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         xf = x.float()
