@@ -13,6 +13,7 @@ spellings are stored in the canonical ``[3]`` form.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -263,9 +264,12 @@ class Catalog:
                 and (min_score is None or (e.score is not None and e.score >= min_score))
             )
 
-        if self.store is not None and not any(matches(e) for e in self.shipped):
-            # only stored rows match: the store pages itself, however deep the offset
-            return self.store.list(
+        store = self.store
+        stored = (  # the store's rows under the same filters: stored(limit=, offset=)
+            None
+            if store is None
+            else functools.partial(
+                store.list,
                 model=model,
                 sae_id=sae_id,
                 node_key=node_key,
@@ -273,9 +277,11 @@ class Catalog:
                 method=method,
                 explainer=explainer,
                 min_score=min_score,
-                limit=limit,
-                offset=offset,
             )
+        )
+        if stored is not None and not any(matches(e) for e in self.shipped):
+            # only stored rows match: the store pages itself, however deep the offset
+            return stored(limit=limit, offset=offset)
 
         # Shipped rows match too. Both listings are in key order, so one merge walk gives the
         # merged order, a stored entry replacing the shipped one with its key where they meet.
@@ -285,24 +291,14 @@ class Catalog:
             return (e.model, e.sae_id, e.node_key, e.method, e.explainer)
 
         shipped = sorted((e for e in self.shipped if matches(e)), key=key)
-        if offset >= len(shipped) + (self.store.count() if self.store is not None else 0):
+        if offset >= len(shipped) + (store.count() if store is not None else 0):
             return []  # past every row there is, without walking the store
 
         def stored_rows() -> Iterator[StoredExplanation]:
             read = 0
-            while self.store is not None and read < offset + limit:
+            while stored is not None and read < offset + limit:
                 want = min(offset + limit - read, _MERGE_PAGE)
-                page = self.store.list(
-                    model=model,
-                    sae_id=sae_id,
-                    node_key=node_key,
-                    node_key_prefix=node_key_prefix,
-                    method=method,
-                    explainer=explainer,
-                    min_score=min_score,
-                    limit=want,
-                    offset=read,
-                )
+                page = stored(limit=want, offset=read)
                 yield from page
                 read += len(page)
                 if len(page) < want:
